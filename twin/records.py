@@ -1,0 +1,80 @@
+"""Plain records that leave the twin: one control step, one episode.
+
+These are the contract between `twin`/`processes` (which produce them) and `api`
+(which stores and serves them). Everything is in engineering units and JSON-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StepStatus(StrEnum):
+    OK = "ok"
+    FALLBACK = "fallback"
+    STALE = "stale"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SafetyEvent:
+    """Something the safety layer did or saw; `kind` is a short machine-readable word."""
+
+    kind: str  # e.g. "clipped_bounds", "rate_limited", "solver_failed", "deadline", "stale_data"
+    message: str
+    tag: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """A planner's proposal over its horizon, already in engineering units.
+
+    `time_s[k]` is seconds after the step's own time; `sensors` holds the readout of the
+    predicted embeddings (what the twin expects to measure), `actuators` the planned moves.
+    """
+
+    time_s: list[float]
+    actuators: dict[str, list[float]]
+    sensors: dict[str, list[float]] = field(default_factory=dict)
+    spread: dict[str, list[float]] = field(default_factory=dict)
+    cost: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepRecord:
+    """One sample of a run: what was measured, asked, applied and planned."""
+
+    step: int
+    time_s: float
+    measurements: dict[str, float]  # sensors and measured disturbances
+    setpoints: dict[str, float]  # targets of controlled sensors
+    actuators: dict[str, float]  # values actually applied (after the safety layer)
+    status: StepStatus = StepStatus.OK
+    solve_ms: float = 0.0
+    events: list[SafetyEvent] = field(default_factory=list)
+    plan: Plan | None = None
+    margins: dict[str, float] = field(default_factory=dict)  # distance to each sensor limit
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = str(self.status)
+        return out
+
+
+@dataclass
+class EpisodeResult:
+    """A closed-loop or replay run, ready to be stored."""
+
+    process: str
+    controller: str
+    config: dict[str, Any]
+    steps: list[StepRecord]
+    metrics: dict[str, float]

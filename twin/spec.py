@@ -1,0 +1,184 @@
+"""Process specification: the tags a twin learns from and a controller drives.
+
+A spec is plain data, loadable from YAML or JSON, so a plant engineer can describe
+a process without writing code. Validation errors name the offending tag and field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(ValueError):
+    """A process specification is invalid; the message says where and why."""
+
+
+class TagRole(StrEnum):
+    SENSOR = "sensor"
+    ACTUATOR = "actuator"
+    DISTURBANCE = "disturbance"
+
+
+class Tag(BaseModel):
+    """One signal of the process, in engineering units.
+
+    For an actuator, `low`/`high` are hard actuator bounds and `rate_limit` is the largest
+    allowed change per second. For a sensor, `low`/`high` are hard safety limits that the
+    controller must never cross (None means unlimited on that side).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+    role: TagRole
+    unit: str = Field(min_length=1)
+    low: float | None = None
+    high: float | None = None
+    rate_limit: float | None = Field(default=None, gt=0, description="max |change| per second")
+    nominal: float | None = None
+    controlled: bool = Field(default=False, description="sensor that tracks a setpoint")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Tag:
+        for field in ("low", "high", "nominal", "rate_limit"):
+            value = getattr(self, field)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number, got {value}")
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.role is TagRole.ACTUATOR:
+            if self.low is None or self.high is None:
+                raise ValueError("an actuator needs both bounds, low and high")
+            if self.rate_limit is None:
+                raise ValueError("an actuator needs a rate_limit (max change per second)")
+        elif self.rate_limit is not None:
+            raise ValueError("rate_limit applies to actuators only")
+        if self.controlled and self.role is not TagRole.SENSOR:
+            raise ValueError("only a sensor can be controlled")
+        if self.nominal is not None:
+            if (self.low is not None and self.nominal < self.low) or (
+                self.high is not None and self.nominal > self.high
+            ):
+                raise ValueError(f"nominal {self.nominal} lies outside [{self.low}, {self.high}]")
+        return self
+
+
+class ProcessSpec(BaseModel):
+    """Everything a twin needs to know about a process that is not in the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_\-]*$")
+    description: str = ""
+    sample_period_s: float = Field(gt=0)
+    timestamp_column: str = "time_s"
+    tags: tuple[Tag, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check_tags(self) -> ProcessSpec:
+        names = [t.name for t in self.tags]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate tag names: {', '.join(duplicates)}")
+        if self.timestamp_column in names:
+            raise ValueError(f"timestamp column '{self.timestamp_column}' is also a tag name")
+        if not self.sensors:
+            raise ValueError("a process needs at least one sensor")
+        if not self.actuators:
+            raise ValueError("a process needs at least one actuator")
+        return self
+
+    def _by_role(self, role: TagRole) -> tuple[Tag, ...]:
+        return tuple(t for t in self.tags if t.role is role)
+
+    @property
+    def sensors(self) -> tuple[Tag, ...]:
+        return self._by_role(TagRole.SENSOR)
+
+    @property
+    def actuators(self) -> tuple[Tag, ...]:
+        return self._by_role(TagRole.ACTUATOR)
+
+    @property
+    def disturbances(self) -> tuple[Tag, ...]:
+        return self._by_role(TagRole.DISTURBANCE)
+
+    @property
+    def controlled(self) -> tuple[Tag, ...]:
+        return tuple(t for t in self.sensors if t.controlled)
+
+    def tag(self, name: str) -> Tag:
+        for t in self.tags:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.tags)
+        raise SpecError(f"unknown tag '{name}' for process '{self.name}' (known: {known})")
+
+    def rate_limit_per_sample(self, tag: Tag) -> float:
+        if tag.rate_limit is None:
+            raise SpecError(f"tag '{tag.name}' has no rate limit")
+        return tag.rate_limit * self.sample_period_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "spec") -> ProcessSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(_describe(exc, data, source)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProcessSpec:
+        """Load a spec from a .yaml/.yml or .json file."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            elif path.suffix.lower() in (".yaml", ".yml"):
+                data = yaml.safe_load(text)
+            else:
+                raise SpecError(f"{path}: unsupported spec format (use .yaml, .yml or .json)")
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise SpecError(f"{path}: cannot parse: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: the top level must be a mapping")
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix.lower() == ".json":
+            path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        else:
+            path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _describe(exc: ValidationError, data: Any, source: str) -> str:
+    """Turn pydantic's errors into lines that name the tag, not just its index."""
+    lines = [f"{source}: invalid process spec"]
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if len(loc) >= 2 and loc[0] == "tags" and isinstance(loc[1], int):
+            try:
+                name = data["tags"][loc[1]].get("name", f"#{loc[1]}")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                name = f"#{loc[1]}"
+            rest = ".".join(str(p) for p in loc[2:])
+            where = f"tag '{name}'" + (f" field '{rest}'" if rest else "")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
