@@ -1,0 +1,39 @@
+"""Health, processes and trained models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import services
+from api.deps import SessionDep
+from api.migrate import revision_of
+from api.schemas import Health, ModelOut, ProcessOut
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/health", response_model=Health, tags=["health"])
+def health(session: SessionDep) -> Health:
+    # Touches the database, so a health check fails when the database is unreachable.
+    revision = revision_of(session.connection())
+    return Health(database=session.get_bind().dialect.name, revision=revision)
+
+
+@router.get("/processes", response_model=list[ProcessOut], tags=["processes"])
+def list_processes(session: SessionDep) -> list[ProcessOut]:
+    return [ProcessOut.of(p) for p in services.list_processes(session)]
+
+
+@router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])
+def get_process(name: str, session: SessionDep) -> ProcessOut:
+    return ProcessOut.of(services.get_process(session, name))
+
+
+@router.get("/models", response_model=list[ModelOut], tags=["models"])
+def list_models(session: SessionDep, process: str | None = None) -> list[ModelOut]:
+    return [ModelOut.of(m) for m in services.list_models(session, process)]
+
+
+@router.get("/models/{model_id}", response_model=ModelOut, tags=["models"])
+def get_model(model_id: int, session: SessionDep) -> ModelOut:
+    return ModelOut.of(services.get_model(session, model_id))

@@ -1,0 +1,50 @@
+"""Stored runs and their time series."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api import services
+from api.deps import SessionDep, SettingsDep
+from api.orm import Channel, RunKind, RunStatus
+from api.schemas import RunOut, SeriesOut, StepDetailOut
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+
+@router.get("", response_model=list[RunOut])
+def list_runs(session: SessionDep, settings: SettingsDep,
+              kind: RunKind | None = None, process: str | None = None,
+              status: RunStatus | None = None,
+              limit: Annotated[int, Query(ge=1)] = 100,
+              offset: Annotated[int, Query(ge=0)] = 0) -> list[RunOut]:
+    runs = services.list_runs(session, kind=kind, process=process, status=status,
+                              limit=min(limit, settings.max_list_limit), offset=offset)
+    counts = services.step_counts(session, [r.id for r in runs])
+    return [RunOut.of(r, counts.get(r.id, 0)) for r in runs]
+
+
+@router.get("/{run_id}", response_model=RunOut)
+def get_run(run_id: int, session: SessionDep) -> RunOut:
+    run = services.get_run(session, run_id)
+    return RunOut.of(run, services.step_counts(session, [run_id]).get(run_id, 0))
+
+
+@router.get("/{run_id}/series", response_model=SeriesOut)
+def get_series(run_id: int, session: SessionDep, settings: SettingsDep,
+               channels: Annotated[list[Channel] | None, Query()] = None,
+               tags: Annotated[list[str] | None, Query()] = None,
+               max_points: Annotated[int | None, Query(ge=1)] = None) -> SeriesOut:
+    """Channels and tags repeat (`?channels=sensor&channels=actuator&tags=T`)."""
+    limit = min(max_points or settings.max_series_points, settings.max_series_points)
+    data = services.get_series(session, run_id, channels=channels, tags=tags, max_points=limit)
+    return SeriesOut(**data)
+
+
+@router.get("/{run_id}/steps/{step}", response_model=StepDetailOut)
+def get_step(run_id: int, step: int, session: SessionDep) -> StepDetailOut:
+    row = services.get_step(session, run_id, step)
+    return StepDetailOut.of(row, services.list_events(session, run_id, step),
+                            services.step_values(session, run_id, step))

@@ -1,0 +1,171 @@
+"""Pydantic models at the HTTP edge: what requests may carry and what responses contain.
+
+Floats in requests are `FiniteFloat`: Python's json module accepts `NaN` and
+`Infinity` literals, so without this a NaN would reach the controller.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+
+from api.orm import Process, Run, RunEvent, RunStep, TwinModel
+from api.services.jsonsafe import json_safe
+from twin.records import StepRecord
+from twin.spec import ProcessSpec
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    database: str
+    revision: str | None
+
+
+class ProcessOut(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+    spec: ProcessSpec
+
+    @classmethod
+    def of(cls, process: Process) -> ProcessOut:
+        return cls(id=process.id, name=process.name, created_at=process.created_at,
+                   spec=ProcessSpec.model_validate(process.spec))
+
+
+class ModelOut(BaseModel):
+    """A trained twin, without its checkpoint bytes (fetch those through the CLI)."""
+
+    id: int
+    process: str
+    name: str
+    version: int
+    sha256: str
+    size_bytes: int
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, model: TwinModel) -> ModelOut:
+        return cls(id=model.id, process=model.process.name, name=model.name,
+                   version=model.version, sha256=model.sha256, size_bytes=model.size_bytes,
+                   config=model.config, metrics=model.metrics, created_at=model.created_at)
+
+
+class RunOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    process: str
+    model_id: int | None
+    controller: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime | None
+    n_steps: int
+
+    @classmethod
+    def of(cls, run: Run, n_steps: int) -> RunOut:
+        return cls(id=run.id, kind=run.kind, status=run.status, process=run.process.name,
+                   model_id=run.model_id, controller=run.controller, config=run.config,
+                   metrics=run.metrics, started_at=run.started_at,
+                   finished_at=run.finished_at, n_steps=n_steps)
+
+
+class SeriesOut(BaseModel):
+    run_id: int
+    steps: list[int]
+    time_s: list[float]
+    stride: int = Field(description="every stride-th step is returned (1: all of them)")
+    series: dict[str, dict[str, list[float | None]]] = Field(
+        description="channel -> tag -> values aligned with time_s (null where not recorded)")
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int | None = None
+    time_s: float | None = None
+    kind: str
+    message: str
+    tag: str | None = None
+
+    @classmethod
+    def of(cls, event: RunEvent) -> EventOut:
+        return cls.model_validate(event)
+
+
+class StepDetailOut(BaseModel):
+    run_id: int
+    step: int
+    time_s: float
+    status: str
+    solve_ms: float
+    plan: dict[str, Any] | None
+    events: list[EventOut]
+    values: dict[str, dict[str, float]] = Field(description="channel -> tag -> value")
+
+    @classmethod
+    def of(cls, row: RunStep, events: list[RunEvent],
+           values: dict[str, dict[str, float]]) -> StepDetailOut:
+        return cls(run_id=row.run_id, step=row.step, time_s=row.time_s, status=row.status,
+                   solve_ms=row.solve_ms, plan=row.plan, values=values,
+                   events=[EventOut.of(e) for e in events])
+
+
+class LoopCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    process: str = Field(min_length=1, max_length=100)
+    model_id: int
+    planner: Literal["casadi", "cem"] = "casadi"
+    setpoints: dict[str, FiniteFloat] = Field(default_factory=dict)
+
+
+class LoopOut(BaseModel):
+    run_id: int
+    status: str
+    process: str
+    model_id: int | None
+    planner: str
+    setpoints: dict[str, float]
+
+    @classmethod
+    def of(cls, run: Run) -> LoopOut:
+        return cls(run_id=run.id, status=run.status, process=run.process.name,
+                   model_id=run.model_id, planner=str(run.config.get("planner", "")),
+                   setpoints=run.config.get("setpoints", {}))
+
+
+class StepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time_s: FiniteFloat
+    measurements: dict[str, FiniteFloat]
+    setpoints: dict[str, FiniteFloat] | None = None
+
+
+class StepOut(BaseModel):
+    run_id: int
+    step: int
+    time_s: float
+    status: str
+    actuators: dict[str, float]
+    events: list[EventOut]
+    solve_ms: float
+    plan: dict[str, Any] | None
+    margins: dict[str, float | None] = Field(description="distance to each sensor limit")
+
+    @classmethod
+    def of(cls, run_id: int, record: StepRecord) -> StepOut:
+        return cls(run_id=run_id, step=record.step, time_s=record.time_s,
+                   status=str(record.status), actuators=record.actuators,
+                   solve_ms=record.solve_ms,
+                   plan=json_safe(record.plan.to_dict()) if record.plan is not None else None,
+                   margins=json_safe(record.margins),
+                   events=[EventOut(step=record.step, time_s=record.time_s, kind=e.kind,
+                                    message=e.message, tag=e.tag) for e in record.events])

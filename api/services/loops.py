@@ -1,0 +1,289 @@
+"""Live control loops: a program posts measurements each sample and gets actuator values.
+
+Each loop is a `control` run. Its controller (with its history window) is kept in
+memory in this OS process, keyed by run id; one step at a time per loop (a lock per
+loop), any number of loops in parallel. If the process restarts, the controller is
+rebuilt from the stored model on the next step (its history window starts empty).
+The database, not memory, is the authority on step numbers and time order, so a
+step is refused the same way whichever API worker receives it.
+
+A rejected step stores nothing and leaves the controller untouched: everything is
+validated before `controller.step` is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, Invalid, PayloadTooLarge
+from api.orm import Run, RunKind, RunStatus
+from api.services.models import get_model, load_model_bytes
+from api.services.processes import process_or_builtin
+from api.services.runs import (
+    create_run,
+    finish_run,
+    get_run,
+    last_step,
+    step_values,
+    write_steps,
+)
+from twin.errors import InvalidInput
+from twin.records import SafetyEvent, StepRecord, StepStatus
+from twin.spec import ProcessSpec, SpecError, Tag, TagRole
+
+PLANNERS = ("casadi", "cem")
+
+
+class Controller(Protocol):
+    """What `twin.controller.TwinController` offers; tests inject fakes with this shape."""
+
+    spec: ProcessSpec
+
+    def step(self, time_s: float, measurements: dict[str, float],
+             setpoints: dict[str, float]) -> StepRecord: ...
+
+
+ControllerFactory = Callable[[bytes, str], Controller]
+
+
+def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
+    # Imported late: torch and casadi load only when a loop actually starts.
+    from twin.controller import TwinController
+
+    return TwinController.from_checkpoint_bytes(checkpoint, planner=planner)
+
+
+@dataclass
+class Loop:
+    run_id: int
+    controller: Controller
+    setpoints: dict[str, float]
+    applied: dict[str, float] = field(default_factory=dict)  # last actuator values sent
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def spec(self) -> ProcessSpec:
+        return self.controller.spec
+
+
+class LoopManager:
+    def __init__(self, factory: ControllerFactory = default_controller_factory, *,
+                 lock_timeout_s: float = 10.0, max_tags: int = 2_000) -> None:
+        self._factory = factory
+        self._lock_timeout_s = lock_timeout_s
+        self._max_tags = max_tags
+        self._loops: dict[int, Loop] = {}
+        self._registry_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, session: Session, process: str, model_id: int, planner: str,
+              setpoints: Mapping[str, float]) -> Run:
+        if planner not in PLANNERS:
+            raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
+        self._check_size(setpoints)
+        _check_finite("setpoints", setpoints)
+        proc = process_or_builtin(session, process)
+        if get_model(session, model_id).process_id != proc.id:
+            raise Invalid(f"model {model_id} was not trained for process '{process}'")
+        controller = self._build(session, model_id, planner)
+        if controller.spec.name != process:
+            raise Invalid(f"model {model_id} controls '{controller.spec.name}', not '{process}'")
+        full_setpoints = _initial_setpoints(controller.spec, setpoints)
+        run = create_run(session, kind=RunKind.CONTROL, process=process,
+                         controller=f"twin/{planner}", model_id=model_id,
+                         config={"planner": planner, "model_id": model_id,
+                                 "setpoints": full_setpoints})
+        with self._registry_lock:
+            self._loops[run.id] = Loop(run.id, controller, full_setpoints)
+        return run
+
+    def stop(self, session: Session, run_id: int) -> Run:
+        run = get_run(session, run_id)
+        if run.kind != RunKind.CONTROL:
+            raise Conflict(f"run {run_id} is a {run.kind} run, not a control loop")
+        with self._registry_lock:
+            self._loops.pop(run_id, None)
+        if run.status == RunStatus.STOPPED:
+            return run  # stopping twice is harmless: the caller may retry after a timeout
+        if run.status != RunStatus.RUNNING:
+            raise Conflict(f"run {run_id} is {run.status}; only a running loop can be stopped")
+        return finish_run(session, run_id, RunStatus.STOPPED)
+
+    # ------------------------------------------------------------ one step
+
+    def step(self, session: Session, run_id: int, time_s: float,
+             measurements: Mapping[str, float],
+             setpoints: Mapping[str, float] | None = None) -> tuple[int, StepRecord]:
+        """Validate, ask the controller, store; returns (step number, stored record)."""
+        setpoints = dict(setpoints or {})
+        self._check_size(measurements, setpoints)
+        _check_finite("time_s", {"time_s": time_s})
+        _check_finite("measurements", measurements)
+        _check_finite("setpoints", setpoints)
+        loop = self._loop(session, run_id)
+        if not loop.lock.acquire(timeout=self._lock_timeout_s):
+            raise Conflict(f"loop {run_id} is still busy with the previous step")
+        try:
+            return self._step_locked(session, loop, time_s, dict(measurements), setpoints)
+        finally:
+            loop.lock.release()
+
+    def _step_locked(self, session: Session, loop: Loop, time_s: float,
+                     measurements: dict[str, float],
+                     setpoints: dict[str, float]) -> tuple[int, StepRecord]:
+        _check_measurements(loop.spec, measurements)
+        _check_setpoint_tags(loop.spec, setpoints)
+        previous = last_step(session, loop.run_id)
+        if previous is not None and time_s <= previous.time_s:
+            raise Conflict(f"time_s {time_s} is not after the last step's {previous.time_s}")
+        merged = {**loop.setpoints, **setpoints}
+        try:
+            record = loop.controller.step(time_s, measurements, merged)
+        except InvalidInput as exc:
+            raise Invalid(str(exc)) from None
+        dt = None if previous is None else time_s - previous.time_s
+        record = _guard(loop, record, time_s, measurements, merged, dt)
+        number = 0 if previous is None else previous.step + 1
+        try:
+            write_steps(session, loop.run_id, loop.spec, [(number, record)])
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        loop.setpoints, loop.applied = merged, dict(record.actuators)
+        return number, dataclasses.replace(record, step=number)
+
+    # ------------------------------------------------------------ helpers
+
+    def _loop(self, session: Session, run_id: int) -> Loop:
+        with self._registry_lock:
+            loop = self._loops.get(run_id)
+            if loop is None:
+                loop = self._restore(session, run_id)
+                self._loops[run_id] = loop
+            return loop
+
+    def _restore(self, session: Session, run_id: int) -> Loop:
+        """Rebuild a loop after a restart (or on another worker) from what is stored."""
+        run = get_run(session, run_id)
+        if run.kind != RunKind.CONTROL:
+            raise Conflict(f"run {run_id} is a {run.kind} run, not a control loop")
+        if run.status != RunStatus.RUNNING or run.model_id is None:
+            raise Conflict(f"loop {run_id} is {run.status}; start a new loop")
+        controller = self._build(session, run.model_id, str(run.config.get("planner", "casadi")))
+        setpoints = dict(run.config.get("setpoints", {}))
+        applied: dict[str, float] = {}
+        previous = last_step(session, run_id)
+        if previous is not None:
+            values = step_values(session, run_id, previous.step)
+            setpoints.update(values.get("setpoint", {}))
+            applied = values.get("actuator", {})
+        return Loop(run_id, controller, setpoints, applied)
+
+    def _build(self, session: Session, model_id: int, planner: str) -> Controller:
+        checkpoint = load_model_bytes(session, model_id)
+        try:
+            return self._factory(checkpoint, planner)
+        except InvalidInput as exc:
+            raise Invalid(f"model {model_id} cannot drive a loop: {exc}") from None
+
+    def _check_size(self, *mappings: Mapping[str, float]) -> None:
+        count = sum(len(m) for m in mappings)
+        if count > self._max_tags:
+            raise PayloadTooLarge(f"{count} tags in one request (at most {self._max_tags})")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_finite(what: str, values: Mapping[str, float]) -> None:
+    bad = sorted(tag for tag, v in values.items()
+                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v))
+    if bad:
+        raise Invalid(f"{what}: not a finite number for {', '.join(bad)}")
+
+
+def _check_measurements(spec: ProcessSpec, measurements: Mapping[str, float]) -> None:
+    for tag in measurements:
+        role = _role(spec, tag)
+        if role is TagRole.ACTUATOR:
+            raise Invalid(f"'{tag}' is an actuator: measurements take sensors and disturbances")
+    missing = [t.name for t in spec.sensors if t.name not in measurements]
+    if missing:
+        raise Invalid(f"missing sensor measurements: {', '.join(missing)}")
+
+
+def _check_setpoint_tags(spec: ProcessSpec, setpoints: Mapping[str, float]) -> None:
+    for tag in setpoints:
+        if _role(spec, tag) is not TagRole.SENSOR:
+            raise Invalid(f"setpoint for '{tag}': only sensors take setpoints")
+
+
+def _initial_setpoints(spec: ProcessSpec, given: Mapping[str, float]) -> dict[str, float]:
+    _check_setpoint_tags(spec, given)
+    out = dict(given)
+    for tag in spec.controlled:
+        if tag.name not in out:
+            if tag.nominal is None:
+                raise Invalid(f"no setpoint for controlled sensor '{tag.name}'")
+            out[tag.name] = tag.nominal
+    return out
+
+
+def _role(spec: ProcessSpec, tag: str) -> TagRole:
+    try:
+        return spec.tag(tag).role
+    except SpecError as exc:
+        raise Invalid(str(exc)) from None
+
+
+# ---------------------------------------------------------------- last line of defence
+
+
+def _guard(loop: Loop, record: StepRecord, time_s: float, measurements: dict[str, float],
+           setpoints: dict[str, float], dt: float | None) -> StepRecord:
+    """Never send an actuator value outside its bounds or rate limit, whatever the controller
+    returned (the twin's safety layer should already ensure it; this catches its bugs)."""
+    actuators, events = {}, list(record.events)
+    for tag in loop.spec.actuators:
+        value, why = _safe_value(tag, record.actuators.get(tag.name),
+                                 loop.applied.get(tag.name), dt)
+        actuators[tag.name] = value
+        if why:
+            events.append(SafetyEvent("api_guard", f"{tag.name}: {why}", tag.name))
+    guarded = len(events) > len(record.events)
+    status = StepStatus.FALLBACK if guarded and record.status is StepStatus.OK else record.status
+    return dataclasses.replace(
+        record, time_s=time_s, measurements=record.measurements or measurements,
+        setpoints=record.setpoints or setpoints, actuators=actuators, events=events,
+        status=status)
+
+
+def _safe_value(tag: Tag, value: float | None, previous: float | None,
+                dt: float | None) -> tuple[float, str]:
+    """(value to apply, why it was changed or '')."""
+    assert tag.low is not None and tag.high is not None and tag.rate_limit is not None
+    if previous is None:
+        previous_or_nominal = tag.nominal if tag.nominal is not None else (tag.low + tag.high) / 2
+    else:
+        previous_or_nominal = previous
+    if value is None or not math.isfinite(value):
+        return previous_or_nominal, f"controller gave {value}; holding {previous_or_nominal}"
+    safe, why = value, ""
+    if previous is not None and dt is not None:
+        max_move = tag.rate_limit * dt
+        if abs(value - previous) > max_move * (1 + 1e-9) + 1e-12:
+            safe = min(max(value, previous - max_move), previous + max_move)
+            why = f"rate limited {value} to {safe}"
+    if not tag.low <= safe <= tag.high:
+        safe = min(max(safe, tag.low), tag.high)
+        why = f"clipped {value} to [{tag.low}, {tag.high}]"
+    return safe, why

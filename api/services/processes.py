@@ -1,0 +1,57 @@
+"""Processes: the tag specifications runs and models refer to."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound
+from api.orm import Process
+from twin.spec import ProcessSpec, SpecError
+
+
+def ensure_process(session: Session, spec: ProcessSpec, *, commit: bool = True) -> Process:
+    """Insert the process or update its spec (the spec in code is the source of truth)."""
+    process = find_process(session, spec.name)
+    if process is None:
+        process = Process(name=spec.name, spec=spec.to_dict())
+        session.add(process)
+    elif process.spec != spec.to_dict():
+        process.spec = spec.to_dict()
+    session.flush()
+    if commit:
+        session.commit()
+    return process
+
+
+def find_process(session: Session, name: str) -> Process | None:
+    return session.scalars(select(Process).where(Process.name == name)).one_or_none()
+
+
+def get_process(session: Session, name: str) -> Process:
+    process = find_process(session, name)
+    if process is None:
+        raise NotFound(f"unknown process '{name}'")
+    return process
+
+
+def list_processes(session: Session) -> list[Process]:
+    return list(session.scalars(select(Process).order_by(Process.name)))
+
+
+def process_or_builtin(session: Session, name: str) -> Process:
+    """The stored process, else a built-in one from `processes/`, stored on first use."""
+    process = find_process(session, name)
+    if process is not None:
+        return process
+    from processes import get_spec  # late: importing simulators is not free
+
+    try:
+        spec = get_spec(name)
+    except SpecError as exc:
+        raise NotFound(str(exc)) from None
+    return ensure_process(session, spec, commit=False)
+
+
+def spec_of(process: Process) -> ProcessSpec:
+    return ProcessSpec.from_dict(process.spec, source=f"stored process '{process.name}'")

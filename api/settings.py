@@ -1,0 +1,40 @@
+"""Runtime configuration, read from the environment (and `.env` when present).
+
+`DATABASE_URL` is the one variable most deployments set; the others have the
+`TWIN_` prefix (e.g. `TWIN_PORT`, `TWIN_MAX_BODY_BYTES`).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TWIN_",
+        env_file=".env",
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    database_url: str = Field(
+        default="sqlite:///./twin.db",
+        # DATABASE_URL is the convention of docker-compose and most PaaS; TWIN_ for symmetry.
+        validation_alias=AliasChoices("DATABASE_URL", "TWIN_DATABASE_URL"),
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    echo_sql: bool = False
+    # Requests larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    # Most tags one control step may carry; a real unit has tens to a few hundred.
+    max_tags_per_step: int = Field(default=2_000, gt=0)
+    # Ceiling for `max_points` of a series request and the default for dashboards.
+    max_series_points: int = Field(default=20_000, gt=0)
+    dashboard_points: int = Field(default=2_000, gt=0)
+    # Most rows listed by one index request.
+    max_list_limit: int = Field(default=1_000, gt=0)
+    # How long a step waits for the previous step of the same loop before giving up (409).
+    loop_lock_timeout_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,1 @@
+"""Server-rendered Plotly dashboards, served by the API app (plotly.js served locally)."""
