@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +20,7 @@ from api.db import make_engine, make_session_factory
 from api.errors import ServiceError
 from api.migrate import check_migrated
 from api.routes import catalog, loops, runs
+from api.services.jsonsafe import json_safe
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
 from twin.errors import InvalidInput
@@ -65,6 +68,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": str(exc)}, status_code=code)
         return respond
 
+    async def invalid_request(_request: Request, exc: Exception) -> Response:
+        # The default handler echoes the input, and a NaN input cannot be written as JSON.
+        assert isinstance(exc, RequestValidationError)
+        errors = json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(ServiceError, handler(None))
     app.add_exception_handler(InvalidInput, handler(422))
     app.add_exception_handler(SpecError, handler(422))

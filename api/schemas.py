@@ -145,7 +145,9 @@ class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     time_s: FiniteFloat
-    measurements: dict[str, FiniteFloat]
+    measurements: dict[str, FiniteFloat | None] = Field(
+        description="sensors (all of them), measured disturbances, optionally actuator "
+                    "read-backs; null marks a sample that is missing")
     setpoints: dict[str, FiniteFloat] | None = None
 
 

@@ -157,11 +157,13 @@ class FakeController:
 
 @pytest.fixture
 def fake_factory(cstr_spec: ProcessSpec) -> Callable[[bytes, str], FakeController]:
-    """A controller factory; `fake_factory.output` forces the actuator value it returns."""
+    """A controller factory; `.output` forces the actuator value of the next controllers
+    built, `.built` lists the controllers it made."""
 
     def factory(checkpoint: bytes, planner: str) -> FakeController:
-        factory.built.append(planner)
-        return FakeController(cstr_spec, planner, factory.output)
+        controller = FakeController(cstr_spec, planner, factory.output)
+        factory.built.append(controller)
+        return controller
 
     factory.built = []
     factory.output = None

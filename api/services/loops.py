@@ -46,8 +46,8 @@ class Controller(Protocol):
 
     spec: ProcessSpec
 
-    def step(self, time_s: float, measurements: dict[str, float],
-             setpoints: dict[str, float]) -> StepRecord: ...
+    def step(self, time_s: float, measurements: Mapping[str, float | None],
+             setpoints: Mapping[str, float]) -> StepRecord: ...
 
 
 ControllerFactory = Callable[[bytes, str], Controller]
@@ -120,13 +120,13 @@ class LoopManager:
     # ------------------------------------------------------------ one step
 
     def step(self, session: Session, run_id: int, time_s: float,
-             measurements: Mapping[str, float],
+             measurements: Mapping[str, float | None],
              setpoints: Mapping[str, float] | None = None) -> tuple[int, StepRecord]:
         """Validate, ask the controller, store; returns (step number, stored record)."""
         setpoints = dict(setpoints or {})
         self._check_size(measurements, setpoints)
         _check_finite("time_s", {"time_s": time_s})
-        _check_finite("measurements", measurements)
+        _check_finite("measurements", measurements, allow_null=True)
         _check_finite("setpoints", setpoints)
         loop = self._loop(session, run_id)
         if not loop.lock.acquire(timeout=self._lock_timeout_s):
@@ -137,7 +137,7 @@ class LoopManager:
             loop.lock.release()
 
     def _step_locked(self, session: Session, loop: Loop, time_s: float,
-                     measurements: dict[str, float],
+                     measurements: dict[str, float | None],
                      setpoints: dict[str, float]) -> tuple[int, StepRecord]:
         _check_measurements(loop.spec, measurements)
         _check_setpoint_tags(loop.spec, setpoints)
@@ -204,21 +204,28 @@ class LoopManager:
 # ---------------------------------------------------------------- validation
 
 
-def _check_finite(what: str, values: Mapping[str, float]) -> None:
+def _check_finite(what: str, values: Mapping[str, float | None], *,
+                  allow_null: bool = False) -> None:
     bad = sorted(tag for tag, v in values.items()
-                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v))
+                 if not (v is None and allow_null) and not _is_finite_number(v))
     if bad:
         raise Invalid(f"{what}: not a finite number for {', '.join(bad)}")
 
 
-def _check_measurements(spec: ProcessSpec, measurements: Mapping[str, float]) -> None:
+def _is_finite_number(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_measurements(spec: ProcessSpec, measurements: Mapping[str, float | None]) -> None:
+    """Every tag known; every sensor present. An explicit null is a missing sample (the twin
+    masks it); an absent key is a client bug, refused."""
     for tag in measurements:
-        role = _role(spec, tag)
-        if role is TagRole.ACTUATOR:
-            raise Invalid(f"'{tag}' is an actuator: measurements take sensors and disturbances")
+        _role(spec, tag)
     missing = [t.name for t in spec.sensors if t.name not in measurements]
     if missing:
-        raise Invalid(f"missing sensor measurements: {', '.join(missing)}")
+        raise Invalid(f"missing sensor measurements: {', '.join(missing)} "
+                      "(send null for a sample that is really missing)")
 
 
 def _check_setpoint_tags(spec: ProcessSpec, setpoints: Mapping[str, float]) -> None:
@@ -248,21 +255,26 @@ def _role(spec: ProcessSpec, tag: str) -> TagRole:
 # ---------------------------------------------------------------- last line of defence
 
 
-def _guard(loop: Loop, record: StepRecord, time_s: float, measurements: dict[str, float],
-           setpoints: dict[str, float], dt: float | None) -> StepRecord:
+def _guard(loop: Loop, record: StepRecord, time_s: float,
+           measurements: dict[str, float | None], setpoints: dict[str, float],
+           dt: float | None) -> StepRecord:
     """Never send an actuator value outside its bounds or rate limit, whatever the controller
-    returned (the twin's safety layer should already ensure it; this catches its bugs)."""
+    returned (the twin's safety layer should already ensure it; this catches its bugs).
+    The rate limit counts from what the plant reports it applied, else from what we sent."""
     actuators, events = {}, list(record.events)
     for tag in loop.spec.actuators:
-        value, why = _safe_value(tag, record.actuators.get(tag.name),
-                                 loop.applied.get(tag.name), dt)
+        readback = measurements.get(tag.name)
+        previous = readback if readback is not None else loop.applied.get(tag.name)
+        value, why = _safe_value(tag, record.actuators.get(tag.name), previous, dt)
         actuators[tag.name] = value
         if why:
             events.append(SafetyEvent("api_guard", f"{tag.name}: {why}", tag.name))
     guarded = len(events) > len(record.events)
     status = StepStatus.FALLBACK if guarded and record.status is StepStatus.OK else record.status
     return dataclasses.replace(
-        record, time_s=time_s, measurements=record.measurements or measurements,
+        record, time_s=time_s,
+        measurements=record.measurements or {k: v for k, v in measurements.items()
+                                             if v is not None},
         setpoints=record.setpoints or setpoints, actuators=actuators, events=events,
         status=status)
 
