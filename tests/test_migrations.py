@@ -119,3 +119,20 @@ def test_plain_postgresql_urls_use_psycopg3(url: str) -> None:
 def test_other_urls_are_left_alone() -> None:
     assert normalize_url("sqlite:///./twin.db") == "sqlite:///./twin.db"
     assert normalize_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+def test_migrations_dir_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Docker image installs api/ without migrations and points at them by env var."""
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(migrate.REPO_MIGRATIONS_DIR, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("TWIN_MIGRATIONS_DIR", str(copy))
+    assert migrate.migrations_dir() == copy
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    migrate.upgrade(url)
+    assert migrate.is_up_to_date(url)
+    monkeypatch.setenv("TWIN_MIGRATIONS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(Exception, match="missing"):
+        migrate.upgrade(url)

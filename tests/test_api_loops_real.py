@@ -1,0 +1,50 @@
+"""A live loop through HTTP with the real TwinController (a tiny twin trained in the test)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api import services
+from api.app import create_app
+from api.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint() -> bytes:
+    pytest.importorskip("twin.controller")
+    from processes.cstr import SPEC, generate_training_log
+    from twin.train import TrainConfig, train_twin
+
+    log = generate_training_log(hours=0.5, seed=1)
+    twin, _ = train_twin(log, SPEC, TrainConfig(epochs=1, seed=0), show_progress=False)
+    return twin.to_bytes()
+
+
+@pytest.mark.parametrize("planner", ["cem", "casadi"])
+def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: bytes,
+                              planner: str) -> None:
+    model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
+    app = create_app(Settings(database_url=db_url))  # the default controller factory
+    with TestClient(app) as client:
+        start = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
+                                                "planner": planner, "setpoints": {"T": 360.0}})
+        assert start.status_code == 201, start.text
+        run_id = start.json()["run_id"]
+        previous = None
+        for k in range(4):
+            body = {"time_s": 6.0 * k,
+                    "measurements": {"Ca": 0.5, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0}}
+            response = client.post(f"/api/loops/{run_id}/step", json=body)
+            assert response.status_code == 200, response.text
+            out = response.json()
+            tc = out["actuators"]["Tc"]
+            assert 280.0 <= tc <= 320.0
+            if previous is not None:
+                assert abs(tc - previous) <= 0.5 * 6.0 + 1e-6
+            previous = tc
+        assert client.get(f"/api/runs/{run_id}").json()["n_steps"] == 4
+        assert client.post(f"/api/loops/{run_id}/stop").json()["status"] == "stopped"
