@@ -74,3 +74,23 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def open_session(url: str | None = None, *, check_migrated: bool = True) -> Iterator[Session]:
+    """Engine + session for one command-line action, disposed afterwards.
+
+    `url` defaults to Settings().database_url. With `check_migrated`, an un-migrated
+    database raises api.migrate.DatabaseNotMigrated instead of "no such table" later.
+    """
+    from api.migrate import check_migrated as check  # late: migrate imports this module
+    from api.settings import Settings
+
+    engine = make_engine(url or Settings().database_url)
+    try:
+        if check_migrated:
+            check(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()

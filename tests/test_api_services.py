@@ -131,3 +131,21 @@ def test_list_runs_filters(session: Session, make_episode) -> None:
     assert len(services.list_runs(session, process="cstr")) == 2
     assert services.list_runs(session, process="other") == []
     assert services.step_counts(session, [replay.id]) == {replay.id: 3}
+
+
+def test_open_session_for_the_cli(db_url: str, make_episode) -> None:
+    from api.db import open_session
+
+    with open_session(db_url) as session:
+        run = services.store_episode(session, make_episode(3))
+    with open_session(db_url) as session:
+        assert services.get_run(session, run.id).status == "succeeded"
+
+
+def test_open_session_refuses_an_unmigrated_database(tmp_path) -> None:
+    from api.db import open_session
+    from api.migrate import DatabaseNotMigrated
+
+    with pytest.raises(DatabaseNotMigrated, match="twin db upgrade"):
+        with open_session(f"sqlite:///{tmp_path / 'empty.db'}"):
+            pass
