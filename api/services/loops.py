@@ -164,6 +164,8 @@ class LoopManager:
     # ------------------------------------------------------------ helpers
 
     def _loop(self, session: Session, run_id: int) -> Loop:
+        # Restoring under the registry lock delays other loops' lookups for one checkpoint
+        # load, but guarantees a loop is never built twice (two controllers, two histories).
         with self._registry_lock:
             loop = self._loops.get(run_id)
             if loop is None:
