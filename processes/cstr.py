@@ -14,27 +14,33 @@ Disturbances: feed concentration Caf [mol/L] and feed temperature Tf [K].
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import casadi as ca
 import numpy as np
 import pandas as pd
+from rich.progress import track
 
+from twin.controller import TwinController
+from twin.records import EpisodeResult, StepRecord, StepStatus
+from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
 Q_L_PER_MIN = 100.0
 VOLUME_L = 100.0
 RHO_G_PER_L = 1000.0
 CP_J_PER_G_K = 0.239
-DELTA_H_J_PER_MOL = -5.0e4
+DELTA_H_J_PER_MOL = -4.0e4
 E_OVER_R_K = 8750.0
 K0_PER_MIN = 7.2e10
-UA_J_PER_MIN_K = 5.0e4
+UA_J_PER_MIN_K = 1.0e5
 
 CAF_NOMINAL = 1.0
 TF_NOMINAL = 350.0
-TC_NOMINAL = 300.0
-TC_LOW, TC_HIGH = 280.0, 320.0
+TC_NOMINAL = 330.0
+TC_LOW, TC_HIGH = 280.0, 360.0
 TC_RATE_K_PER_S = 0.5
 T_LIMIT_K = 385.0
 SAMPLE_PERIOD_S = 6.0
@@ -136,8 +142,12 @@ class CSTRSimulator:
 
     def step(self, tc: float) -> dict[str, float]:
         tc = float(np.clip(tc, TC_LOW, TC_HIGH))
-        self.state = tuple(float(v) for v in rk4_step(
-            self.state, tc, self.disturbances.caf, self.disturbances.tf, SAMPLE_PERIOD_S / 60.0))
+        args = (tc, self.disturbances.caf, self.disturbances.tf, SAMPLE_PERIOD_S / 60.0)
+        with np.errstate(all="ignore"):
+            state = rk4_step(self.state, *args)
+            if not all(np.isfinite(state)):  # a runaway is stiff: integrate it finely
+                state = rk4_step(self.state, *args, substeps=50 * RK4_SUBSTEPS)
+        self.state = (float(state[0]), float(state[1]))
         self.time_s += SAMPLE_PERIOD_S
         return self.measure()
 
@@ -180,7 +190,7 @@ def benchmark_scenario() -> Scenario:
 class PIController:
     """Velocity-form PI on T through Tc, with bound and rate clamping (no windup)."""
 
-    def __init__(self, kp: float = 4.0, ti_s: float = 240.0, u0: float = TC_NOMINAL) -> None:
+    def __init__(self, kp: float = 0.8, ti_s: float = 30.0, u0: float = TC_NOMINAL) -> None:
         self.kp, self.ti_s, self.u = kp, ti_s, u0
         self.prev_error: float | None = None
 
@@ -268,38 +278,166 @@ def _aprbs_levels(rng: np.random.Generator, n: int, low: float, high: float,
     return out
 
 
+def _would_run_away(sim: CSTRSimulator, u: float, lookahead: int = 5,
+                    margin_k: float = 4.0) -> bool:
+    """Supervisory guard of the logging rig: would holding `u` approach the limit soon?
+
+    A cold reactor full of reactant ignites within two samples, faster than any
+    measurement-based trip, so the rig looks ahead on the plant model.
+    """
+    x = sim.state
+    dist = sim.disturbances
+    for _ in range(lookahead):
+        x = rk4_step(x, u, dist.caf, dist.tf, SAMPLE_PERIOD_S / 60.0)
+        if x[1] > T_LIMIT_K - margin_k:
+            return True
+    return False
+
+
 def generate_training_log(hours: float, seed: int, show_progress: bool = False) -> pd.DataFrame:
     """Excitation data: PI on random setpoints with dither, alternating with open-loop APRBS.
 
-    Every phase keeps actuator bounds and rate limits; a supervisory guard pulls the coolant
-    down whenever the measured temperature comes near the limit, so the log never shows a
-    runaway the real plant would have tripped on.
+    Every phase keeps actuator bounds and rate limits; a supervisory guard lowers the
+    coolant whenever holding it would bring the reactor near its limit within 30 s, so
+    the log never shows a runaway the real plant would have tripped on.
     """
     rng = np.random.default_rng(seed)
     n = int(round(hours * 3600.0 / SAMPLE_PERIOD_S))
     sim = CSTRSimulator(seed=seed + 10_000, ca0=0.5, t0=350.0)
     pi = PIController()
     sp_levels = _aprbs_levels(rng, n, 330.0, 380.0, 30, 120)
-    open_loop = _aprbs_levels(rng, n, TC_LOW, 308.0, 8, 40)
+    open_loop_offset = _aprbs_levels(rng, n, -4.0, 4.0, 5, 30)
     mode_closed = _aprbs_levels(rng, n, 0.0, 1.0, 60, 240) < 0.6
     caf = _aprbs_levels(rng, n, 0.9, 1.1, 100, 400)
     tf = _aprbs_levels(rng, n, 345.0, 355.0, 100, 400)
     rows: list[dict[str, float]] = []
     meas = sim.measure()
-    u = TC_NOMINAL
+    u = anchor = TC_NOMINAL
     for k in range(n):
         sim.disturbances = Disturbances(float(caf[k]), float(tf[k]))
         if mode_closed[k]:
-            target = pi(meas["T"], float(sp_levels[k])) + rng.normal(0.0, 0.4)
+            target = pi(meas["T"], float(sp_levels[k])) + rng.normal(0.0, 0.5)
+            anchor = u
         else:
-            target = float(open_loop[k])
+            # open-loop steps around where the loop last held the plant: local excitation
+            target = anchor + float(open_loop_offset[k])
             pi.reset(u)
-        if meas["T"] > T_LIMIT_K - 12.0:
-            target = TC_LOW
-            pi.reset(u)
-        u = float(np.clip(np.clip(target, u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE),
-                          TC_LOW, TC_HIGH))
+        u_next = float(np.clip(np.clip(target, u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE),
+                               TC_LOW, TC_HIGH))
+        if _would_run_away(sim, u_next):
+            u_next = max(TC_LOW, u - RATE_PER_SAMPLE)
+            anchor = min(anchor, u_next - 4.0)
+            pi.reset(u_next)
+        u = u_next
         rows.append({"time_s": sim.time_s, **meas, "Tc": u})
         meas = sim.step(u)
     df = pd.DataFrame(rows, columns=["time_s", "Ca", "T", "Tc", "Caf", "Tf"])
     return df
+
+
+# -- closed-loop episodes ----------------------------------------------------------------
+
+TRACKING_SCALE_K = 10.0
+MOVE_WEIGHT = 0.05
+
+Policy = Callable[[CSTRSimulator, float, dict[str, float], float], StepRecord]
+"""(plant, time_s, measurements, setpoint) -> the step's record with applied actuators."""
+
+
+def pi_policy() -> Policy:
+    pi = PIController()
+
+    def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
+        start = time.perf_counter()
+        u = pi(meas["T"], sp)
+        return StepRecord(0, time_s, meas, {"T": sp}, {"Tc": u},
+                          solve_ms=(time.perf_counter() - start) * 1e3)
+
+    return act
+
+
+def oracle_policy(horizon: int = 20) -> Policy:
+    """The oracle sees the true state and disturbances: the bar, not a deployable controller."""
+    nmpc = OracleNMPC(horizon=horizon)
+    applied = {"Tc": TC_NOMINAL}
+
+    def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
+        u = nmpc(sim.state, applied["Tc"], sp, sim.disturbances)
+        u = float(np.clip(np.clip(u, applied["Tc"] - RATE_PER_SAMPLE,
+                                  applied["Tc"] + RATE_PER_SAMPLE), TC_LOW, TC_HIGH))
+        applied["Tc"] = u
+        return StepRecord(0, time_s, meas, {"T": sp}, {"Tc": u}, solve_ms=nmpc.last_plan_ms)
+
+    return act
+
+
+def pi_fallback() -> Fallback:
+    """The PI baseline as the twin controller's fallback (bumpless from the applied value)."""
+    pi = PIController()
+
+    def fallback(meas: Mapping[str, float | None], setpoints: Mapping[str, float],
+                 applied: Mapping[str, float]) -> dict[str, float]:
+        pi.u = float(applied["Tc"])
+        measured = meas.get("T")
+        if measured is None or "T" not in setpoints:
+            return {"Tc": pi.u}
+        return {"Tc": pi(float(measured), float(setpoints["T"]))}
+
+    return fallback
+
+
+def twin_policy(controller: TwinController) -> Policy:
+    def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
+        return controller.step(time_s, meas, {"T": sp})
+
+    return act
+
+
+def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None = None,
+                seed: int = 7, config: dict[str, Any] | None = None,
+                show_progress: bool = False) -> EpisodeResult:
+    """Drive the plant with `policy` through `scenario`; score it on the true temperature."""
+    scenario = scenario or benchmark_scenario()
+    sim = CSTRSimulator(seed=seed)
+    steps: list[StepRecord] = []
+    true_t: list[float] = []
+    moves: list[float] = []
+    applied_before = TC_NOMINAL
+    for k in track(range(scenario.steps), description=f"closed loop ({controller_name})",
+                   disable=not show_progress):
+        sim.disturbances = scenario.disturbances(k)
+        meas = sim.measure()
+        record = policy(sim, sim.time_s, meas, scenario.setpoint(k))
+        record.step = k
+        u = record.actuators["Tc"]
+        moves.append(u - applied_before)
+        applied_before = u
+        sim.step(u)
+        true_t.append(sim.state[1])
+        record.margins = {"T": T_LIMIT_K - meas["T"]}
+        steps.append(record)
+    setpoints = np.array([scenario.setpoint(k) for k in range(scenario.steps)])
+    metrics = episode_metrics(np.array(true_t), setpoints, np.array(moves), steps)
+    return EpisodeResult("cstr", controller_name,
+                         {"scenario": asdict(scenario), "seed": seed, **(config or {})},
+                         steps, metrics)
+
+
+def episode_metrics(true_t: np.ndarray, setpoints: np.ndarray, moves: np.ndarray,
+                    steps: list[StepRecord]) -> dict[str, float]:
+    """Cost = sum of ((T - T_sp)/10 K)^2 + 0.05 (dTc / max step)^2 on the true state."""
+    tracking = float((((true_t - setpoints) / TRACKING_SCALE_K) ** 2).sum())
+    move = float(MOVE_WEIGHT * ((moves / RATE_PER_SAMPLE) ** 2).sum())
+    plan_ms = np.array([s.solve_ms for s in steps])
+    return {
+        "cost": tracking + move,
+        "tracking_cost": tracking,
+        "move_cost": move,
+        "violations": int((true_t > T_LIMIT_K).sum()),
+        "worst_violation_K": float(max(0.0, true_t.max() - T_LIMIT_K)),
+        "max_T_K": float(true_t.max()),
+        "mean_abs_error_K": float(np.abs(true_t - setpoints).mean()),
+        "fallbacks": int(sum(s.status == StepStatus.FALLBACK for s in steps)),
+        "plan_ms_median": float(np.median(plan_ms)),
+        "plan_ms_p99": float(np.percentile(plan_ms, 99)),
+    }

@@ -1,0 +1,160 @@
+"""A trained twin: the JEPA plus everything needed to use it on live data.
+
+Bundles the network with its spec, normalisation, and a bank of embeddings seen in
+training (used to turn an engineering-unit setpoint into a goal embedding). A checkpoint
+holds all of it, so a twin reloads from one file with bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Layout, Normalizer
+from .errors import InvalidInput
+from .model import JEPA, JEPAConfig
+from .spec import ProcessSpec
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class GoalBank:
+    """Embeddings of training windows with the sensor values they ended on."""
+
+    embeddings: torch.Tensor  # (N, D)
+    observed: torch.Tensor  # (N, O) normalised observed tags at the window's end
+    unsteadiness: torch.Tensor  # (N,) spread of the sensors over the window, normalised
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.embeddings, "observed": self.observed,
+                "unsteadiness": self.unsteadiness}
+
+
+@dataclass
+class Twin:
+    spec: ProcessSpec
+    config: JEPAConfig
+    norm: Normalizer
+    model: JEPA
+    bank: GoalBank
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    goal_neighbours: int = 8
+
+    def __post_init__(self) -> None:
+        self.layout = Layout.from_spec(self.spec)
+        self.model.eval()
+
+    # -- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, window: torch.Tensor) -> np.ndarray:
+        """One context window (W, 2F) -> embedding (D,)."""
+        expected = (self.config.window, 2 * self.layout.feature_dim)
+        if tuple(window.shape) != expected:
+            raise InvalidInput(f"context window has shape {tuple(window.shape)}, "
+                               f"expected {expected}")
+        return self.model.encode(window.unsqueeze(0))[0].numpy().astype(float)
+
+    @torch.no_grad()
+    def readout(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """Embeddings (..., D) -> sensors in engineering units, by tag."""
+        y = self.model.readout(torch.as_tensor(z, dtype=torch.float32)).numpy()
+        values = self.norm.denormalise(y, self.layout.observed)
+        return {tag: values[..., i] for i, tag in enumerate(self.layout.observed)
+                if tag in self.layout.sensors}
+
+    def normalise_actions(self, u: np.ndarray) -> np.ndarray:
+        return self.norm.normalise(np.asarray(u, dtype=float), self.layout.actions)
+
+    def denormalise_actions(self, u: np.ndarray) -> np.ndarray:
+        return self.norm.denormalise(np.asarray(u, dtype=float), self.layout.actions)
+
+    def normalise_sensor(self, tag: str, value: float) -> float:
+        return float(self.norm.normalise(np.array([value]), (tag,))[0])
+
+    def goal_embedding(self, setpoints: dict[str, float],
+                       conditions: dict[str, float] | None = None) -> np.ndarray:
+        """Setpoints in engineering units -> goal embedding.
+
+        The goal is the mean embedding of the training windows that ended closest to the
+        setpoints while steady, under conditions (measured disturbances) closest to the
+        present ones: a state the plant has really been in, not an invented one.
+        """
+        if not setpoints:
+            raise InvalidInput("at least one setpoint is needed")
+        cols, targets = [], []
+        for tag, value in setpoints.items():
+            if tag not in self.layout.sensors:
+                raise InvalidInput(f"setpoint for '{tag}', which is not a sensor of "
+                                   f"'{self.spec.name}' (sensors: {', '.join(self.layout.sensors)})")
+            if not np.isfinite(value):
+                raise InvalidInput(f"setpoint for '{tag}' must be finite, got {value}")
+            cols.append(self.layout.observed.index(tag))
+            targets.append(self.normalise_sensor(tag, value))
+        for tag, value in (conditions or {}).items():
+            if tag in self.layout.observed and tag not in setpoints and np.isfinite(value):
+                cols.append(self.layout.observed.index(tag))
+                targets.append(self.normalise_sensor(tag, value))
+        observed = self.bank.observed[:, cols]
+        distance = ((observed - torch.tensor(targets, dtype=observed.dtype)) ** 2).sum(dim=1)
+        score = distance + 0.5 * self.bank.unsteadiness
+        k = min(self.goal_neighbours, len(score))
+        nearest = torch.topk(score, k, largest=False).indices
+        return self.bank.embeddings[nearest].mean(dim=0).numpy().astype(float)
+
+    # -- persistence ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "spec": self.spec.to_dict(),
+            "config": self.config.to_dict(),
+            "normalizer": self.norm.to_dict(),
+            "weights": self.model.state_dict(),
+            "bank": self.bank.to_dict(),
+            "metrics": self.metrics,
+            "train_config": self.train_config,
+        }
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.state(), buffer)
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> str:
+        """Write the checkpoint; returns its sha256."""
+        data = self.to_bytes()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Twin:
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a corrupt file
+            raise InvalidInput(f"not a twin checkpoint: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise InvalidInput("not a twin checkpoint of a supported format")
+        spec = ProcessSpec.from_dict(state["spec"], source="checkpoint spec")
+        config = JEPAConfig(**state["config"])
+        layout = Layout.from_spec(spec)
+        model = JEPA(config, layout.feature_dim, len(layout.actions), len(layout.observed))
+        model.load_state_dict(state["weights"])
+        bank = GoalBank(**state["bank"])
+        return cls(spec, config, Normalizer.from_dict(state["normalizer"]), model, bank,
+                   state.get("metrics", {}), state.get("train_config", {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Twin:
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInput(f"checkpoint not found: {path}")
+        return cls.from_bytes(path.read_bytes())
