@@ -159,7 +159,7 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
                 optimiser.step()
                 schedule.step()
                 model.update_target(cfg.ema_momentum)
-                total += float(loss) * len(chunk)
+                total += loss.item() * len(chunk)
             stats = evaluate(model, data, hold_idx)
             log = EpochLog(epoch + 1, total / len(train_idx), stats["prediction"],
                            stats["readout_rmse"], stats["effective_rank"], stats["dim_std_min"],

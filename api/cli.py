@@ -1,0 +1,334 @@
+"""`twin`: the command line for every step of the demo, and for operators.
+
+    twin db upgrade                 migrate the database (DATABASE_URL, default ./twin.db)
+    twin data generate ...          log excitation data from a process simulator
+    twin train ...                  train a JEPA twin on a log, save and register it
+    twin control ...                run a closed-loop episode and store it as a run
+    twin serve                      serve the API and dashboards
+    twin worker                     run queued training jobs
+
+Errors a user can fix (bad input, missing files, an un-migrated database) are printed as
+one clear message with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from twin.errors import InvalidInput
+from twin.spec import ProcessSpec, SpecError
+
+app = typer.Typer(help="Process-control digital twin: data, training, control, serving.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
+data_app = typer.Typer(help="Training data.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(data_app, name="data")
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+UrlOption = Annotated[str | None, typer.Option(
+    "--database-url", envvar="DATABASE_URL",
+    help="SQLAlchemy URL; default sqlite:///./twin.db")]
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn the errors a user can act on into one red line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from api.errors import ServiceError
+        from api.migrate import DatabaseNotMigrated
+
+        try:
+            return fn(*args, **kwargs)
+        except (InvalidInput, SpecError, ServiceError, DatabaseNotMigrated,
+                FileNotFoundError, ValueError) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _url(url: str | None) -> str:
+    from api.settings import Settings
+
+    return url or Settings().database_url
+
+
+# -- db ----------------------------------------------------------------------------------
+@db_app.command("upgrade")
+@friendly_errors
+def db_upgrade(database_url: UrlOption = None,
+               revision: Annotated[str, typer.Option(help="target revision")] = "head") -> None:
+    """Migrate the database to the latest schema (creates a SQLite file if needed)."""
+    from api import migrate
+
+    url = _url(database_url)
+    migrate.upgrade(url, revision)
+    console.print(f"database at [bold]{url}[/] is at revision {migrate.current_revision(url)}")
+
+
+@db_app.command("downgrade")
+@friendly_errors
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base")],
+                 database_url: UrlOption = None) -> None:
+    """Migrate the database down to REVISION."""
+    from api import migrate
+
+    url = _url(database_url)
+    migrate.downgrade(url, revision)
+    console.print(f"database at [bold]{url}[/] is at revision {migrate.current_revision(url)}")
+
+
+@db_app.command("current")
+@friendly_errors
+def db_current(database_url: UrlOption = None) -> None:
+    """Show the database's revision and whether it is up to date."""
+    from api import migrate
+
+    url = _url(database_url)
+    state = "up to date" if migrate.is_up_to_date(url) else "NOT up to date: run twin db upgrade"
+    console.print(f"{url}: revision {migrate.current_revision(url)} ({state})")
+
+
+# -- data --------------------------------------------------------------------------------
+def write_table(df: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        df.to_csv(out, index=False)
+    elif out.suffix.lower() == ".parquet":
+        df.to_parquet(out, index=False)
+    else:
+        raise InvalidInput(f"{out}: use a .csv or .parquet file name")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InvalidInput(f"data file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path)
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    raise InvalidInput(f"{path}: use a .csv or .parquet file")
+
+
+@data_app.command("generate")
+@friendly_errors
+def data_generate(
+    out: Annotated[Path, typer.Option(help="output .csv or .parquet")],
+    process: Annotated[str, typer.Option(help="process name")] = "cstr",
+    hours: Annotated[float, typer.Option(min=0.05, max=10_000, help="plant hours to log")] = 6.0,
+    seed: Annotated[int, typer.Option(help="random seed (data is reproducible by seed)")] = 1,
+) -> None:
+    """Log excitation data from a process simulator (within every actuator limit)."""
+    from processes import get_process
+
+    module = get_process(process)
+    with console.status(f"simulating {hours:g} h of {process}..."):
+        df = module.generate_training_log(hours, seed)
+    write_table(df, out)
+    console.print(f"wrote {len(df)} samples ({hours:g} h at {module.SPEC.sample_period_s:g} s) "
+                  f"to [bold]{out}[/]")
+
+
+# -- train -------------------------------------------------------------------------------
+def _spec_for(process: str | None, spec_file: Path | None) -> ProcessSpec:
+    if spec_file is not None:
+        return ProcessSpec.load(spec_file)
+    if process is None:
+        raise InvalidInput("give --process NAME or --spec FILE")
+    from processes import get_spec
+
+    return get_spec(process)
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Annotated[Path, typer.Option(help="training log, .csv or .parquet")],
+    out: Annotated[Path, typer.Option(help="checkpoint file to write")],
+    process: Annotated[str | None, typer.Option(help="built-in process name")] = None,
+    spec: Annotated[Path | None, typer.Option(help="tag spec .yaml/.json instead")] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    max_minutes: Annotated[float, typer.Option(min=0.1, help="stop after this long")] = 5.0,
+    name: Annotated[str, typer.Option(help="model name in the registry")] = "jepa",
+    register: Annotated[bool, typer.Option(help="store the model and a train run")] = True,
+    database_url: UrlOption = None,
+) -> None:
+    """Train a JEPA twin on a log; save the checkpoint and register it in the database."""
+    from twin.train import TrainConfig, train_twin
+
+    process_spec = _spec_for(process, spec)
+    df = read_table(data)
+    config = TrainConfig(epochs=epochs, seed=seed, max_seconds=max_minutes * 60.0)
+    twin, history = train_twin(df, process_spec, config, show_progress=True)
+    sha = twin.save(out)
+    _print_training(twin.metrics, process_spec)
+    console.print(f"checkpoint [bold]{out}[/] sha256 {sha[:16]}...")
+    if register:
+        model_id = _register(database_url, process_spec, name, out, twin.metrics,
+                             {"train": config.to_dict(), "data": _provenance(data, df,
+                                                                             process_spec)})
+        console.print(f"registered as model [bold]{model_id}[/]")
+
+
+def _provenance(path: Path, df: pd.DataFrame, spec: ProcessSpec) -> dict[str, Any]:
+    ts = df[spec.timestamp_column]
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "rows": len(df), "time_s": [float(ts.min()), float(ts.max())]}
+
+
+def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
+              metrics: dict[str, Any], config: dict[str, Any]) -> int:
+    from api import services
+    from api.db import open_session
+
+    with open_session(_url(url)) as session:
+        services.ensure_process(session, spec)
+        model = services.register_model(session, spec.name, name, checkpoint.read_bytes(),
+                                        config, metrics)
+        run = services.create_run(session, kind="train", process=spec.name, controller="jepa",
+                                  config=config, model_id=model.id)
+        summary = {k: v for k, v in metrics.items() if k != "history"}
+        summary["history"] = metrics.get("history", [])
+        services.finish_run(session, run.id, "succeeded", summary)
+        return int(model.id)
+
+
+def _print_training(metrics: dict[str, Any], spec: ProcessSpec) -> None:
+    units = {t.name: t.unit for t in spec.tags}
+    table = Table(title="twin after training (held-out windows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("epochs", str(metrics["epochs"]))
+    table.add_row("training time", f"{metrics['train_seconds']:.1f} s")
+    table.add_row("embedding prediction error (MSE)", f"{metrics['holdout_prediction']:.4f}")
+    table.add_row("effective rank", f"{metrics['effective_rank']:.2f}")
+    table.add_row("min per-dimension std", f"{metrics['dim_std_min']:.3f}")
+    for tag, rmse in metrics["readout_rmse"].items():
+        table.add_row(f"readout RMSE {tag}", f"{rmse:.4g} {units[tag]}")
+    console.print(table)
+
+
+# -- control -----------------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def control(
+    model: Annotated[Path, typer.Option(help="checkpoint file of a trained twin")],
+    process: Annotated[str, typer.Option(help="process simulator to drive")] = "cstr",
+    planner: Annotated[str, typer.Option(help="casadi or cem")] = "casadi",
+    seed: Annotated[int, typer.Option(help="plant noise seed")] = 7,
+    store: Annotated[bool, typer.Option(help="store the episode as a run")] = True,
+    database_url: UrlOption = None,
+) -> None:
+    """Run the standard closed-loop episode with the twin's MPC and store it."""
+    from processes import get_process
+    from twin.controller import TwinController
+    from twin.twin_model import Twin
+
+    if planner not in ("casadi", "cem"):
+        raise InvalidInput(f"unknown planner '{planner}' (choose casadi or cem)")
+    module = get_process(process)
+    twin_model = Twin.load(model)
+    if twin_model.spec.name != process:
+        raise InvalidInput(f"checkpoint is a twin of '{twin_model.spec.name}', not '{process}'")
+    controller = TwinController.from_twin(twin_model, planner, fallback=module.pi_fallback())
+    episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
+                                 config={"planner": planner, "checkpoint": str(model)},
+                                 show_progress=True)
+    _print_episode(episode.metrics)
+    if store:
+        run_id = _store_episode(database_url, episode, model)
+        console.print(f"stored as run [bold]{run_id}[/]: "
+                      f"http://127.0.0.1:8000/runs/{run_id}")
+
+
+def _store_episode(url: str | None, episode: Any, checkpoint: Path) -> int:
+    from api import services
+    from api.db import open_session
+    from api.orm import TwinModel
+
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    with open_session(_url(url)) as session:
+        model = session.query(TwinModel).filter_by(sha256=sha).order_by(
+            TwinModel.id.desc()).first()
+        run = services.store_episode(session, episode, kind="control",
+                                     model_id=model.id if model else None)
+        return int(run.id)
+
+
+def _print_episode(metrics: dict[str, Any]) -> None:
+    table = Table(title="closed-loop episode (true plant state)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("cost", f"{metrics['cost']:.2f}"),
+            ("mean |T - T_sp|", f"{metrics['mean_abs_error_K']:.2f} K"),
+            ("max T", f"{metrics['max_T_K']:.1f} K"),
+            ("limit violations", f"{metrics['violations']} samples"),
+            ("fallbacks", f"{metrics['fallbacks']} steps"),
+            ("planning median / p99", f"{metrics['plan_ms_median']:.1f} / "
+                                      f"{metrics['plan_ms_p99']:.1f} ms")]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+# -- serving and workers -----------------------------------------------------------------
+@app.command()
+@friendly_errors
+def serve(
+    host: Annotated[str, typer.Option(envvar="TWIN_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="TWIN_PORT", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API worker processes")] = 1,
+    migrate_first: Annotated[bool, typer.Option(
+        "--migrate/--no-migrate", help="upgrade the database before serving")] = False,
+    database_url: UrlOption = None,
+) -> None:
+    """Serve the API (/docs) and the dashboards (/)."""
+    import os
+
+    import uvicorn
+
+    from api import migrate
+
+    url = _url(database_url)
+    os.environ["DATABASE_URL"] = url
+    if migrate_first:
+        migrate.upgrade(url)
+    elif not migrate.is_up_to_date(url):
+        raise migrate.DatabaseNotMigrated(
+            f"database at {url} is not migrated to the latest schema: run `twin db upgrade`")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"dashboards: [bold]http://{shown}:{port}/[/]   "
+                  f"API docs: [bold]http://{shown}:{port}/docs[/]   (Ctrl+C to stop)")
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
+
+
+@app.command()
+@friendly_errors
+def worker(
+    poll_seconds: Annotated[float, typer.Option(min=0.1)] = 2.0,
+    once: Annotated[bool, typer.Option(help="process what is queued, then exit")] = False,
+    database_url: UrlOption = None,
+) -> None:
+    """Run queued training jobs (POST /api/jobs/train) outside the API process."""
+    from api.worker import run_worker
+
+    count = run_worker(_url(database_url), poll_seconds=poll_seconds, once=once)
+    console.print(f"worker processed {count} job(s)")
+
+
+if __name__ == "__main__":
+    app()
