@@ -5,17 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATABASE_URL ?= sqlite:///./twin.db
 DEMO_DIR ?= demo_artifacts
-DEMO_HOURS ?= 6
-DEMO_EPOCHS ?= 30
+DEMO_HOURS ?= 12
+DEMO_EPOCHS ?= 20
+DEMO_MAX_MINUTES ?= 4.5
 PORT ?= 8000
 
 export DATABASE_URL
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e ".[dev]"
@@ -25,13 +25,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/twin db upgrade
-	$(BIN)/twin data generate --process cstr --hours $(DEMO_HOURS) --seed 1 --out $(DEMO_DIR)/cstr_train.csv
-	$(BIN)/twin train --process cstr --data $(DEMO_DIR)/cstr_train.csv --epochs $(DEMO_EPOCHS) --seed 0 --out $(DEMO_DIR)/cstr_twin.pt
+	$(BIN)/twin data generate --process cstr --hours $(DEMO_HOURS) --seed 1 --out $(DEMO_DIR)/cstr_train.parquet
+	$(BIN)/twin train --process cstr --data $(DEMO_DIR)/cstr_train.parquet --epochs $(DEMO_EPOCHS) --max-minutes $(DEMO_MAX_MINUTES) --seed 0 --out $(DEMO_DIR)/cstr_twin.pt
 	$(BIN)/twin control --process cstr --model $(DEMO_DIR)/cstr_twin.pt --planner casadi --seed 7
 	$(BIN)/twin serve --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cstr_closed_loop.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
