@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.db import make_engine, make_session_factory
 from api.errors import ServiceError
 from api.migrate import check_migrated
-from api.routes import catalog, loops, runs
+from api.routes import catalog, jobs, loops, runs
 from api.services.jsonsafe import json_safe
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *,
                                   max_tags=settings.max_tags_per_step)
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (catalog.router, runs.router, loops.router):
+    for router in (catalog.router, runs.router, loops.router, jobs.router):
         app.include_router(router)
     from dashboards.pages import router as pages_router  # late: dashboards import api
 

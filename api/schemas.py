@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from api.orm import Process, Run, RunEvent, RunStep, TwinModel
+from api.services.jobs import TrainJobSpec
 from api.services.jsonsafe import json_safe
 from twin.records import StepRecord
 from twin.spec import ProcessSpec
@@ -171,3 +172,42 @@ class StepOut(BaseModel):
                    margins=json_safe(record.margins),
                    events=[EventOut(step=record.step, time_s=record.time_s, kind=e.kind,
                                     message=e.message, tag=e.tag) for e in record.events])
+
+
+# ---------------------------------------------------------------- training jobs
+
+
+class TrainJobCreate(TrainJobSpec):
+    """A training job: which process, which data, how to train, what to call the model.
+
+    The worker (`twin worker`) runs it; a csv `path` is read on the worker's machine."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "process": "cstr", "data": {"source": "simulator", "hours": 24, "seed": 1},
+        "train": {"epochs": 30, "seed": 0}, "model_name": "jepa"}]})
+
+
+class JobOut(BaseModel):
+    id: int
+    status: str = Field(description="queued, running, succeeded, failed or stopped")
+    process: str
+    model_name: str
+    model_id: int | None = Field(description="the registered model, once succeeded")
+    cancel_requested: bool
+    progress: dict[str, Any] | None = Field(
+        description="latest epoch: {epoch, of, train_loss, ...}; null before the first")
+    error: str | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    started_at: datetime = Field(description="when it was queued, until a worker starts it")
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, run: Run) -> JobOut:
+        metrics = run.metrics or {}
+        return cls(id=run.id, status=run.status, process=run.process.name,
+                   model_name=str(run.config.get("model_name", "")), model_id=run.model_id,
+                   cancel_requested=bool(run.config.get("cancel_requested")),
+                   progress=metrics.get("progress"), error=metrics.get("error"),
+                   config=run.config, metrics=metrics, started_at=run.started_at,
+                   finished_at=run.finished_at)

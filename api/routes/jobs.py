@@ -1,0 +1,41 @@
+"""Training jobs: queued here, run by `twin worker` (never inside a request)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import SessionDep, SettingsDep
+from api.orm import RunStatus
+from api.schemas import JobOut, TrainJobCreate
+from api.services import jobs
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@router.post("/train", response_model=JobOut, status_code=201)
+def enqueue_training(body: TrainJobCreate, session: SessionDep) -> JobOut:
+    """Queue a training job; poll GET /api/jobs/{id} for its progress."""
+    config = body.model_dump(exclude={"process"})
+    return JobOut.of(jobs.enqueue_training(session, body.process, config))
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(session: SessionDep, settings: SettingsDep, status: RunStatus | None = None,
+              limit: Annotated[int, Query(ge=1)] = 100,
+              offset: Annotated[int, Query(ge=0)] = 0) -> list[JobOut]:
+    runs = jobs.list_jobs(session, status=status,
+                          limit=min(limit, settings.max_list_limit), offset=offset)
+    return [JobOut.of(r) for r in runs]
+
+
+@router.get("/{run_id}", response_model=JobOut)
+def get_job(run_id: int, session: SessionDep) -> JobOut:
+    return JobOut.of(jobs.get_job(session, run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=JobOut)
+def cancel_job(run_id: int, session: SessionDep) -> JobOut:
+    """Queued: stopped at once. Running: stopped by its worker after the current epoch."""
+    return JobOut.of(jobs.cancel_job(session, run_id))

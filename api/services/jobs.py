@@ -1,0 +1,335 @@
+"""Training jobs: a queue kept in the `runs` table (kind "train"), run by `twin worker`.
+
+A job is a run row and nothing else, so it survives restarts of the API and of the
+worker. Its life:
+
+    queued --claim_next_job--> running --finish_job--> succeeded (model registered)
+       |                          |------fail_job----> failed (metrics["error"])
+       |                          |------stop_job----> stopped (cancel was requested)
+       |                          '----requeue_job---> queued (the worker was shut down)
+       '--------cancel_job------> stopped
+
+The job definition lives in `runs.config` (validated by `TrainJobSpec`), progress in
+`runs.metrics["progress"]`, committed after every epoch so the API sees it live. Only
+the API writes `config` after enqueueing (the cancel flag `config["cancel_requested"]`)
+and only the worker writes `metrics` while the job runs: the two never overwrite each
+other's update, since an ORM flush writes only the columns it changed.
+
+Claiming is safe with several workers:
+
+* PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` picks the oldest queued row that no
+  other transaction holds; a concurrent claimer skips it instead of waiting for it.
+* SQLite has no row locks (SQLAlchemy drops FOR UPDATE there) and serialises writers on
+  the whole database file. Two workers may pick the same row, but the claim itself is a
+  conditional `UPDATE ... WHERE status = 'queued'`, so only one of them gets it; the
+  other tries the next row. Several workers work, with no parallelism in their writes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, Invalid, NotFound
+from api.orm import Run, RunKind, RunStatus, utcnow
+from api.services.jsonsafe import json_safe
+from api.services.models import register_model
+from api.services.processes import process_or_builtin
+from api.services.runs import create_run, get_run
+
+CONTROLLER = "jepa"  # the runs.controller of training runs, as `twin train` records them
+
+
+# ---------------------------------------------------------------- job definition
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimulatorData(_Strict):
+    """Generate a training log with the process's built-in simulator."""
+
+    source: Literal["simulator"]
+    hours: float = Field(gt=0, le=24 * 365, description="length of the simulated log")
+    seed: int = 0
+
+
+class CsvData(_Strict):
+    """A log file (.csv or .parquet) on the worker's file system: a timestamp column and
+    one column per tag of the process spec."""
+
+    source: Literal["csv"]
+    path: str = Field(min_length=1, max_length=4096)
+
+
+DataSource = Annotated[SimulatorData | CsvData, Field(discriminator="source")]
+
+
+class ModelSettings(_Strict):
+    """`twin.model.JEPAConfig`; fields left out keep its defaults."""
+
+    window: int | None = Field(default=None, ge=2, le=1024)
+    embed_dim: int | None = Field(default=None, ge=1, le=1024)
+    encoder_hidden: int | None = Field(default=None, ge=2, le=8192)
+    predictor_hidden: int | None = Field(default=None, ge=1, le=8192)
+    predictor_layers: int | None = Field(default=None, ge=1, le=16)
+    readout_hidden: int | None = Field(default=None, ge=0, le=8192)
+
+
+class TrainSettings(_Strict):
+    """`twin.train.TrainConfig`; fields left out keep its defaults."""
+
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    seed: int = 0
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    learning_rate: float | None = Field(default=None, gt=0, le=10)
+    weight_decay: float | None = Field(default=None, ge=0, le=10)
+    rollout_steps: int | None = Field(default=None, ge=1, le=1024)
+    ema_momentum: float | None = Field(default=None, ge=0, le=1)
+    variance_weight: float | None = Field(default=None, ge=0)
+    covariance_weight: float | None = Field(default=None, ge=0)
+    readout_weight: float | None = Field(default=None, ge=0)
+    holdout_fraction: float | None = Field(default=None, gt=0, lt=1)
+    max_seconds: float | None = Field(default=None, gt=0,
+                                      description="stop training after this long")
+    model: ModelSettings | None = None
+
+
+class TrainJobSpec(_Strict):
+    """What a training job does: the body of POST /api/jobs/train."""
+
+    process: str = Field(min_length=1, max_length=100)
+    data: DataSource
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    model_name: str = Field(default="jepa", min_length=1, max_length=200,
+                            description="registry name; each job adds the next version")
+
+    def stored(self) -> dict[str, Any]:
+        """The run's config: every given field, defaults of TrainConfig left out."""
+        out = self.model_dump(exclude_none=True)
+        out["train"] = self.train.model_dump(exclude_none=True)
+        return out
+
+
+def parse_job_config(process: str, config: dict[str, Any]) -> TrainJobSpec:
+    """Validate a job definition; raises Invalid with one line per problem."""
+    if not isinstance(config, dict):
+        raise Invalid("job config must be an object with data, train and model_name")
+    body = {k: v for k, v in config.items() if k != "process"}
+    if config.get("process", process) != process:
+        raise Invalid(f"config names process '{config['process']}', not '{process}'")
+    try:
+        return TrainJobSpec.model_validate({"process": process, **body})
+    except ValidationError as exc:
+        raise Invalid("invalid training job: " + "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors())) from None
+
+
+def train_config(spec: TrainJobSpec) -> Any:
+    """The `twin.train.TrainConfig` a job trains with (imported late: torch is heavy)."""
+    from twin.model import JEPAConfig
+    from twin.train import TrainConfig
+
+    fields = spec.train.model_dump(exclude_none=True, exclude={"model"})
+    if spec.train.model is not None:
+        fields["model"] = JEPAConfig(**spec.train.model.model_dump(exclude_none=True))
+    return TrainConfig(**fields)
+
+
+# ---------------------------------------------------------------- API side
+
+
+def enqueue_training(session: Session, process: str, config: dict[str, Any]) -> Run:
+    """Validate the job and store it as a queued train run; stores nothing if invalid."""
+    spec = parse_job_config(process, config)
+    if spec.data.source == "simulator":
+        from processes import PROCESSES  # late: simulators are not free to import
+
+        if process not in PROCESSES:
+            known = ", ".join(sorted(PROCESSES))
+            raise Invalid(f"process '{process}' has no built-in simulator (those with one: "
+                          f"{known}); train it from a csv data source")
+    try:
+        try:
+            process_or_builtin(session, process)
+        except NotFound as exc:  # in a job definition, an unknown process is bad input
+            raise Invalid(str(exc)) from None
+        run = create_run(session, kind=RunKind.TRAIN, process=process, controller=CONTROLLER,
+                         config=spec.stored(), status=RunStatus.QUEUED, commit=False)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+def get_job(session: Session, run_id: int) -> Run:
+    run = get_run(session, run_id)
+    if run.kind != RunKind.TRAIN:
+        raise NotFound(f"run {run_id} is a {run.kind} run, not a training job")
+    return run
+
+
+def list_jobs(session: Session, status: str | None = None, limit: int = 100,
+              offset: int = 0) -> list[Run]:
+    query = (select(Run).where(Run.kind == RunKind.TRAIN).order_by(Run.id.desc())
+             .limit(limit).offset(offset))
+    if status is not None:
+        query = query.where(Run.status == status)
+    return list(session.scalars(query))
+
+
+def cancel_job(session: Session, run_id: int) -> Run:
+    """Queued: stopped now. Running: flagged (config["cancel_requested"]); the worker stops
+    it after the current epoch. Cancelling a stopped job again is harmless; cancelling a
+    finished one is a Conflict."""
+    try:
+        run = get_job(session, run_id)
+        session.refresh(run)
+        flagged = {**run.config, "cancel_requested": True}
+        if run.status == RunStatus.QUEUED:
+            # Conditional: a worker may claim it at this very moment (then it is running).
+            stopped = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .values(status=RunStatus.STOPPED, finished_at=utcnow(), config=flagged)
+                .execution_options(synchronize_session=False)).rowcount
+            if stopped:
+                session.commit()
+                return _fresh(session, run_id)
+        # Lock the row so the worker's finish cannot slip in between read and write.
+        run = session.scalars(select(Run).where(Run.id == run_id).with_for_update(of=Run)
+                              .execution_options(populate_existing=True)).one()
+        if run.status == RunStatus.RUNNING:
+            if not run.config.get("cancel_requested"):
+                run.config = {**run.config, "cancel_requested": True}
+        elif run.status != RunStatus.STOPPED:
+            raise Conflict(f"job {run_id} already {run.status}; nothing to cancel")
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def claim_next_job(session: Session) -> Run | None:
+    """Mark the oldest queued training job running and return it (None: queue empty)."""
+    while True:  # a lost race means another worker got a job: the queue shrinks
+        try:
+            run_id = session.scalar(
+                select(Run.id).where(Run.kind == RunKind.TRAIN, Run.status == RunStatus.QUEUED)
+                .order_by(Run.id).limit(1).with_for_update(skip_locked=True))
+            if run_id is None:
+                session.commit()
+                return None
+            # Conditional: on SQLite another worker may have claimed the same row meanwhile.
+            claimed = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .values(status=RunStatus.RUNNING, started_at=utcnow())
+                .execution_options(synchronize_session=False)).rowcount
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        if claimed:
+            return _fresh(session, run_id)
+
+
+def record_progress(session: Session, run_id: int, epoch_metrics: dict[str, Any]) -> Run:
+    """Store the latest epoch as metrics["progress"] ({"epoch", "of", ...}); committed."""
+    try:
+        run = get_job(session, run_id)
+        progress = {**json_safe(epoch_metrics), "updated_at": utcnow().isoformat()}
+        run.metrics = {**(run.metrics or {}), "progress": progress}
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+def cancel_requested(session: Session, run_id: int) -> bool:
+    """Read from the database, not the session's cached row: the API sets the flag."""
+    config = session.scalar(select(Run.config).where(Run.id == run_id))
+    session.commit()
+    return bool(config and config.get("cancel_requested"))
+
+
+def finish_job(session: Session, run_id: int, checkpoint: bytes,
+               model_metrics: dict[str, Any], model_config: dict[str, Any]) -> Run:
+    """Register the trained model and mark the job succeeded, in one transaction."""
+    try:
+        run = get_job(session, run_id)
+        model = register_model(session, run.process.name, str(run.config.get("model_name",
+                                                                             "jepa")),
+                               checkpoint, model_config, model_metrics, commit=False)
+        run.model_id = model.id
+        run.status = RunStatus.SUCCEEDED
+        run.finished_at = utcnow()
+        run.metrics = json_safe({
+            **(run.metrics or {}), **model_metrics,
+            "model": {"id": model.id, "name": model.name, "version": model.version,
+                      "sha256": model.sha256, "size_bytes": model.size_bytes}})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+def fail_job(session: Session, run_id: int, error: str) -> Run:
+    return _end(session, run_id, RunStatus.FAILED, {"error": error})
+
+
+def stop_job(session: Session, run_id: int) -> Run:
+    """The worker honoured a cancel request."""
+    return _end(session, run_id, RunStatus.STOPPED, {"cancelled": "while training"})
+
+
+def requeue_job(session: Session, run_id: int, reason: str) -> Run:
+    """Give a running job back to the queue (its worker is shutting down)."""
+    try:
+        run = get_job(session, run_id)
+        metrics = {k: v for k, v in (run.metrics or {}).items() if k != "progress"}
+        metrics["requeued"] = [*metrics.get("requeued", []),
+                               {"at": utcnow().isoformat(), "reason": reason}]
+        run.metrics = metrics
+        run.status = RunStatus.QUEUED
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+def _end(session: Session, run_id: int, status: RunStatus, extra: dict[str, Any]) -> Run:
+    session.rollback()  # whatever failed may have left the transaction unusable
+    try:
+        run = _fresh(session, run_id)
+        run.status = status
+        run.finished_at = utcnow()
+        run.metrics = json_safe({**(run.metrics or {}), **extra})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+def _fresh(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"unknown run id {run_id}")
+    return run
+
+
+def job_progress(run: Run) -> dict[str, Any] | None:
+    return (run.metrics or {}).get("progress")
+

@@ -1,0 +1,195 @@
+"""The training worker (`twin worker`): runs queued training jobs, one at a time.
+
+Jobs are rows of the `runs` table (see api.services.jobs); the API only enqueues them,
+nothing trains inside an HTTP request. Run as many workers as you like against
+PostgreSQL (SKIP LOCKED hands each job to one of them); with SQLite they are safe but
+their writes are serialised.
+
+Per job: load the data (built-in simulator or a CSV/Parquet file), train with
+`twin.train.train_twin`, store progress after every epoch, register the model. Between
+epochs the worker checks whether the job was cancelled (then it is `stopped`) and
+whether the worker itself is shutting down (SIGTERM/SIGINT, or `stop` set): then the
+job goes back to the queue for the next worker instead of being lost half-trained.
+A job whose training raises is `failed` with the message in metrics["error"]; the
+worker goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from api.db import make_engine, make_session_factory
+from api.migrate import check_migrated
+from api.orm import Run
+from api.services import jobs
+from api.services.processes import spec_of
+from api.settings import Settings
+
+log = logging.getLogger("api.worker")
+
+
+class JobCancelled(Exception):
+    """Raised from the epoch callback: the job was cancelled through the API."""
+
+
+class WorkerStopping(Exception):
+    """Raised from the epoch callback: the worker was asked to shut down."""
+
+
+def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once: bool = False,
+               stop: threading.Event | None = None) -> int:
+    """Run queued training jobs until `stop` is set (or SIGTERM/SIGINT arrives).
+
+    With `once`, return as soon as the queue is empty instead of polling every
+    `poll_seconds`. Returns the number of jobs run to an end (succeeded, failed or
+    stopped); a job handed back to the queue on shutdown does not count.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = stop or threading.Event()
+    engine = make_engine(database_url or Settings().database_url)
+    processed = 0
+    try:
+        check_migrated(engine)
+        factory = make_session_factory(engine)
+        log.info("worker started on %s", engine.url.render_as_string(hide_password=True))
+        with _stop_on_signals(stop):
+            while not stop.is_set():
+                with factory() as session:
+                    try:
+                        run = jobs.claim_next_job(session)
+                    except OperationalError as exc:  # database restarting, SQLite busy...
+                        log.warning("could not claim a job: %s", exc)
+                        run = None
+                    if run is None:
+                        if once:
+                            break
+                        stop.wait(poll_seconds)
+                        continue
+                    if run_job(session, run, stop):
+                        processed += 1
+    finally:
+        engine.dispose()
+    log.info("worker stopped after %d job(s)", processed)
+    return processed
+
+
+def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> bool:
+    """Run one claimed job to its end; False when it was handed back to the queue."""
+    run_id = run.id
+    log.info("job %d: training '%s' for process '%s'", run_id,
+             run.config.get("model_name"), run.process.name)
+    started = time.perf_counter()
+    try:
+        spec = jobs.parse_job_config(run.process.name, run.config)
+        cfg = jobs.train_config(spec)
+        df, process_spec = load_data(spec, run)
+        _check(session, run_id, stop)  # loading may take a while: honour a cancel first
+
+        def on_epoch(epoch: Any) -> None:
+            jobs.record_progress(session, run_id, {
+                "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
+                "holdout_prediction": epoch.holdout_prediction,
+                "holdout_readout_rmse": epoch.holdout_readout_rmse,
+                "effective_rank": epoch.effective_rank, "dim_std_min": epoch.dim_std_min,
+                "seconds": epoch.seconds})
+            log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs,
+                     epoch.train_loss)
+            _check(session, run_id, stop)
+
+        from twin.train import train_twin  # late: torch loads only when there is work
+
+        twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
+                                    on_epoch=on_epoch)
+        model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
+                        "job_run_id": run_id}
+        done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config)
+        log.info("job %d: succeeded in %.1f s, model %s", run_id,
+                 time.perf_counter() - started, done.model_id)
+    except JobCancelled:
+        jobs.stop_job(session, run_id)
+        log.info("job %d: cancelled", run_id)
+    except WorkerStopping:
+        jobs.requeue_job(session, run_id, "worker shut down")
+        log.info("job %d: handed back to the queue (worker shutting down)", run_id)
+        return False
+    except KeyboardInterrupt:  # a second Ctrl+C: leave now, but do not strand the job
+        jobs.requeue_job(session, run_id, "worker interrupted")
+        raise
+    except Exception as exc:
+        log.exception("job %d: failed", run_id)
+        try:
+            jobs.fail_job(session, run_id, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database itself is gone: the row stays running
+            log.exception("job %d: could not record the failure", run_id)
+    return True
+
+
+def load_data(spec: jobs.TrainJobSpec, run: Run) -> tuple[Any, Any]:
+    """(training log, process spec) for a job."""
+    import pandas as pd
+
+    data = spec.data
+    if isinstance(data, jobs.SimulatorData):
+        from processes import get_process
+
+        module = get_process(spec.process)
+        return module.generate_training_log(hours=data.hours, seed=data.seed), module.SPEC
+    path = Path(data.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} not found on the worker "
+                                f"(paths are read by the worker, not the API)")
+    if path.suffix.lower() == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path)
+    return df, spec_of(run.process)
+
+
+def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str, Any]:
+    out: dict[str, Any] = spec.data.model_dump()
+    out["rows"] = len(df)
+    column = getattr(process_spec, "timestamp_column", None)
+    if column in getattr(df, "columns", ()):
+        out["time_s"] = [float(df[column].min()), float(df[column].max())]
+    return out
+
+
+def _check(session: Session, run_id: int, stop: threading.Event | None) -> None:
+    if jobs.cancel_requested(session, run_id):  # first: a cancelled job is not handed back
+        raise JobCancelled()
+    if stop is not None and stop.is_set():
+        raise WorkerStopping()
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM (docker stop) and SIGINT set `stop`; only possible in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt  # asked twice: do not wait for the epoch to end
+        log.info("received %s: stopping after the current epoch (a running job goes "
+                 "back to the queue)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
