@@ -16,6 +16,7 @@ from api import services
 from api.app import create_app
 from api.orm import RunStep, RunValue
 from api.settings import Settings
+from processes import cstr
 
 GOOD = {"Ca": 0.5, "T": 350.0, "Caf": 1.0, "Tf": 350.0}
 
@@ -117,23 +118,24 @@ def test_unknown_loop_and_model(client: TestClient, model_id: int) -> None:
 
 def test_guard_clips_a_misbehaving_controller(client: TestClient, loop: int,
                                               fake_factory) -> None:
-    fake_factory.output = 1_000.0  # far above the coolant's 320 K bound
+    coolant = cstr.SPEC.tag("Tc")
+    fake_factory.output = 1_000.0  # far above the coolant's upper bound
     # The loop's controller was built before: make a new loop with the broken one.
     model = client.get(f"/api/runs/{loop}").json()["model_id"]
     run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model}).json()[
         "run_id"]
     first = _step(client, run_id, 0.0).json()
-    assert first["actuators"]["Tc"] == 320.0
+    assert first["actuators"]["Tc"] == coolant.high
     assert first["status"] == "fallback"
     assert first["events"][-1]["kind"] == "api_guard"
     controller = fake_factory.built[-1]
-    controller.output = 280.0  # inside the bounds, but 40 K in one second
+    controller.output = coolant.low  # inside the bounds, but far too far in one second
     second = _step(client, run_id, 1.0).json()
-    assert second["actuators"]["Tc"] == pytest.approx(319.5)  # 0.5 K/s rate limit
+    assert second["actuators"]["Tc"] == pytest.approx(coolant.high - coolant.rate_limit * 1.0)
     assert "rate limited" in second["events"][-1]["message"]
     controller.output = float("nan")
     held = _step(client, run_id, 2.0).json()
-    assert held["actuators"]["Tc"] == pytest.approx(319.5)
+    assert held["actuators"]["Tc"] == second["actuators"]["Tc"]
     assert "holding" in held["events"][-1]["message"]
 
 

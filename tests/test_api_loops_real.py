@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from api import services
 from api.app import create_app
 from api.settings import Settings
+from processes import cstr
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,7 @@ def tiny_checkpoint() -> bytes:
 def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: bytes,
                               planner: str) -> None:
     model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
+    coolant = cstr.SPEC.tag("Tc")
     app = create_app(Settings(database_url=db_url))  # the default controller factory
     with TestClient(app) as client:
         start = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
@@ -42,9 +44,9 @@ def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: by
             assert response.status_code == 200, response.text
             out = response.json()
             tc = out["actuators"]["Tc"]
-            assert 280.0 <= tc <= 320.0
+            assert coolant.low <= tc <= coolant.high
             if previous is not None:
-                assert abs(tc - previous) <= 0.5 * 6.0 + 1e-6
+                assert abs(tc - previous) <= coolant.rate_limit * 6.0 + 1e-6
             previous = tc
         assert client.get(f"/api/runs/{run_id}").json()["n_steps"] == 4
         assert client.post(f"/api/loops/{run_id}/stop").json()["status"] == "stopped"

@@ -55,7 +55,8 @@ def test_limits_are_drawn_as_red_bands_beyond_them(cstr_spec: ProcessSpec) -> No
     assert "214, 39, 40" in t_rects[0].fillcolor
     tc_axis = _trace(fig, "Tc applied").yaxis
     tc_rects = sorted((r.y0, r.y1) for r in rects if r.yref == tc_axis)
-    assert tc_rects[0][1] == 280.0 and tc_rects[1][0] == 320.0  # both actuator bounds
+    coolant = cstr_spec.tag("Tc")
+    assert tc_rects[0][1] == coolant.low and tc_rects[1][0] == coolant.high  # both bounds
     ca_axis = _trace(fig, "Ca measured").yaxis
     assert [r.y1 for r in rects if r.yref == ca_axis] == [0.0]  # Ca >= 0 only
 
