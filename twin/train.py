@@ -44,6 +44,8 @@ class TrainConfig:
     covariance_weight: float = 0.04
     readout_weight: float = 5.0
     holdout_fraction: float = 0.15
+    history_dropout: float = 0.2  # share of rollout starts with a truncated history
+    sample_dropout: float = 0.02  # share of samples hidden at random
     seed: int = 0
     max_seconds: float | None = None
     model: JEPAConfig = field(default_factory=JEPAConfig)
@@ -70,13 +72,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+def mask_history(windows: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+                 ) -> torch.Tensor:
+    """Hide a random leading part of some windows, and a few random samples in all.
+
+    A control loop starts with an empty history and live data has holes; the encoder
+    must give a usable embedding from whatever part of the window is present.
+    """
+    b, w, f2 = windows.shape
+    f = f2 // 2
+    keep = torch.rand(b, w, 1, generator=generator) >= cfg.sample_dropout
+    keep[:, -1] = True  # the present sample is what the controller always has
+    cut = torch.randint(0, w, (b, 1), generator=generator)
+    truncated = torch.rand(b, 1, generator=generator) < cfg.history_dropout
+    position = torch.arange(w).unsqueeze(0)
+    keep &= ~(truncated & (position < cut)).unsqueeze(-1)
+    keep = keep.float()
+    return torch.cat([windows[..., :f] * keep, windows[..., f:] * keep], dim=-1)
+
+
+def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     windows, actions = batch["windows"], batch["actions"]
     z_all = model.encode(windows)  # (B, H+1, D)
     with torch.no_grad():
         target = model.target_encoder(windows[:, 1:])
-    predicted = model.predictor.rollout(z_all[:, 0], actions)
+    z0 = z_all[:, 0]
+    if generator is not None and (cfg.history_dropout > 0 or cfg.sample_dropout > 0):
+        z0 = model.encode(mask_history(windows[:, 0], cfg, generator))
+    predicted = model.predictor.rollout(z0, actions)
     prediction = ((predicted - target) ** 2).mean()
     variance, covariance = vicreg_terms(z_all.reshape(-1, z_all.shape[-1]))
     err = (model.readout(z_all) - batch["obs"]) ** 2 * batch["obs_mask"]
@@ -152,7 +176,7 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
             epoch_start, total = time.perf_counter(), 0.0
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]
             for chunk in order.split(cfg.batch_size):
-                loss, _ = batch_loss(model, data.batch(chunk), cfg)
+                loss, _ = batch_loss(model, data.batch(chunk), cfg, gen)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
