@@ -92,8 +92,9 @@ class Twin:
         cols, targets = [], []
         for tag, value in setpoints.items():
             if tag not in self.layout.sensors:
+                sensors = ", ".join(self.layout.sensors)
                 raise InvalidInput(f"setpoint for '{tag}', which is not a sensor of "
-                                   f"'{self.spec.name}' (sensors: {', '.join(self.layout.sensors)})")
+                                   f"'{self.spec.name}' (sensors: {sensors})")
             if not np.isfinite(value):
                 raise InvalidInput(f"setpoint for '{tag}' must be finite, got {value}")
             cols.append(self.layout.observed.index(tag))
