@@ -174,7 +174,7 @@ class CasadiPlanner:
             "print_time": False,
             "ipopt": {"print_level": 0, "sb": "yes", "max_iter": s.max_iterations,
                       "max_cpu_time": s.deadline_ms / 1e3, "tol": 1e-6,
-                      "acceptable_tol": 1e-4, "warm_start_init_point": "no"},
+                      "acceptable_tol": 1e-4, "mu_strategy": "adaptive"},
         }
         self.solver = ca.nlpsol("latent_mpc", "ipopt", nlp, options)
         inf_z = np.full(d * horizon, np.inf)
