@@ -1,0 +1,340 @@
+"""The safety layer and the controller's failure paths: whatever the planner or the input
+does, what reaches the plant is within bounds and rate limits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twin_fixtures import rate_per_sample, tiny_twin
+
+from processes import cstr
+from twin.controller import TwinController
+from twin.errors import InvalidInput
+from twin.planning import PlannerSettings, PlanningProblem, PlanResult
+from twin.records import StepStatus
+from twin.safety import SafetyLayer
+from twin.spec import ProcessSpec, Tag, TagRole
+from twin.twin_model import Twin
+
+SPEC2 = ProcessSpec(
+    name="two-valves", sample_period_s=2.0,
+    tags=(
+        Tag(name="level", role=TagRole.SENSOR, unit="m", high=3.0),
+        Tag(name="A", role=TagRole.ACTUATOR, unit="%", low=0.0, high=100.0, rate_limit=2.0,
+            nominal=10.0),
+        Tag(name="B", role=TagRole.ACTUATOR, unit="bar", low=-5.0, high=5.0, rate_limit=0.1),
+    ),
+)
+KINDS = {"no_previous", "invalid_proposal", "rate_limited", "clipped_bounds"}
+
+proposal_value = st.one_of(
+    st.none(), st.just(math.nan), st.just(math.inf), st.just(-math.inf),
+    st.floats(-1e300, 1e300), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["abc", "", "1e400", "nan"]), st.integers(-10**30, 10**30),
+)
+MISSING = object()
+
+
+def proposals(spec: ProcessSpec) -> st.SearchStrategy[dict]:
+    def build(values: list) -> dict:
+        return {t.name: v for t, v in zip(spec.actuators, values, strict=True)
+                if v is not MISSING}
+    return st.lists(st.one_of(proposal_value, st.just(MISSING)),
+                    min_size=len(spec.actuators), max_size=len(spec.actuators)).map(build)
+
+
+def previous_inside(spec: ProcessSpec) -> st.SearchStrategy[dict]:
+    return st.tuples(*[st.floats(t.low, t.high) for t in spec.actuators]).map(
+        lambda vs: {t.name: v for t, v in zip(spec.actuators, vs, strict=True)})
+
+
+def previous_anywhere(spec: ProcessSpec) -> st.SearchStrategy[dict]:
+    value = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none(),
+                      st.floats(-1e6, 1e6))
+    return st.lists(st.one_of(value, st.just(MISSING)), min_size=len(spec.actuators),
+                    max_size=len(spec.actuators)).map(
+        lambda vs: {t.name: v for t, v in zip(spec.actuators, vs, strict=True)
+                    if v is not MISSING})
+
+
+def _finite(value: object) -> float | None:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@pytest.mark.parametrize("spec", [cstr.SPEC, SPEC2], ids=["cstr", "two-valves"])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_enforce_keeps_bounds_and_rates(spec: ProcessSpec, data) -> None:
+    proposed = data.draw(proposals(spec))
+    previous = data.draw(previous_inside(spec))
+    out = SafetyLayer(spec).enforce(proposed, previous)
+    assert set(out.actuators) == {t.name for t in spec.actuators}
+    assert {e.kind for e in out.events} <= KINDS
+    for tag in spec.actuators:
+        value, prev = out.actuators[tag.name], previous[tag.name]
+        rate = tag.rate_limit * spec.sample_period_s
+        assert isinstance(value, float) and math.isfinite(value)
+        assert tag.low <= value <= tag.high
+        assert abs(value - prev) <= rate + 1e-9
+        kinds = {e.kind for e in out.events if e.tag == tag.name}
+        asked = _finite(proposed.get(tag.name))
+        if asked is None:
+            assert "invalid_proposal" in kinds
+            assert value == prev  # hold
+        elif tag.low <= asked <= tag.high and abs(asked - prev) <= rate:
+            assert value == asked and not kinds  # a safe proposal passes untouched
+        else:
+            assert value != asked and kinds & {"rate_limited", "clipped_bounds"}
+        assert "no_previous" not in kinds
+
+
+@pytest.mark.parametrize("spec", [cstr.SPEC, SPEC2], ids=["cstr", "two-valves"])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_enforce_with_any_previous_stays_in_bounds(spec: ProcessSpec, data) -> None:
+    proposed = data.draw(proposals(spec))
+    previous = data.draw(previous_anywhere(spec))
+    layer = SafetyLayer(spec)
+    out = layer.enforce(proposed, previous)
+    for tag in spec.actuators:
+        value = out.actuators[tag.name]
+        assert math.isfinite(value) and tag.low <= value <= tag.high
+        kinds = {e.kind for e in out.events if e.tag == tag.name}
+        prev = _finite(previous.get(tag.name))
+        rate = tag.rate_limit * spec.sample_period_s
+        if prev is None:
+            assert "no_previous" in kinds
+            assert abs(value - layer.initial()[tag.name]) <= rate + 1e-9
+        elif tag.low <= prev <= tag.high:
+            assert abs(value - prev) <= rate + 1e-9
+        else:
+            # outside bounds: the rate limit around it still applies, then bounds win
+            asked = _finite(proposed.get(tag.name))
+            target = prev if asked is None else asked
+            limited = min(max(target, prev - rate), prev + rate)
+            assert value == min(max(limited, tag.low), tag.high)
+            if not tag.low <= limited <= tag.high:
+                assert value in (tag.low, tag.high) and "clipped_bounds" in kinds
+
+
+def test_initial_is_nominal_else_mid_range() -> None:
+    assert SafetyLayer(SPEC2).initial() == {"A": 10.0, "B": 0.0}
+    assert SafetyLayer(cstr.SPEC).initial() == {"Tc": cstr.TC_NOMINAL}
+
+
+def test_enforce_examples() -> None:
+    layer = SafetyLayer(cstr.SPEC)
+    out = layer.enforce({"Tc": 400.0}, {"Tc": 359.0})
+    assert out.actuators == {"Tc": 360.0}
+    assert [e.kind for e in out.events] == ["rate_limited", "clipped_bounds"]
+    assert all(e.tag == "Tc" for e in out.events)
+    assert "max step 3" in out.events[0].message and "360" in out.events[1].message
+    out = layer.enforce({"Tc": float("nan")}, {"Tc": 300.0})
+    assert out.actuators == {"Tc": 300.0} and out.events[0].kind == "invalid_proposal"
+    out = layer.enforce({}, {})
+    assert out.actuators == {"Tc": cstr.TC_NOMINAL}
+    assert [e.kind for e in out.events] == ["no_previous", "invalid_proposal"]
+
+
+# ---------------------------------------------------------------- controller failure paths
+
+DEADLINE_MS = 50.0
+
+
+@dataclass
+class StubPlanner:
+    """Planner stand-in; `mode` picks how it misbehaves."""
+
+    mode: str
+    value: float = 1e6  # normalised action proposed by the "wild" mode
+    name: str = "stub"
+    settings: PlannerSettings = field(
+        default_factory=lambda: PlannerSettings(horizon=3, deadline_ms=DEADLINE_MS))
+    calls: int = 0
+    resets: int = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        self.calls += 1
+        h, d = self.settings.horizon, len(problem.z0)
+        actions, embeddings = np.full((h, 1), self.value), np.zeros((h, d))
+        if self.mode == "fail":
+            return PlanResult(False, actions, embeddings, 0.0, 1.0, message="Infeasible_Problem")
+        if self.mode == "raise":
+            raise RuntimeError("solver exploded")
+        if self.mode == "nan":
+            return PlanResult(True, np.full((h, 1), np.nan), embeddings, 0.0, 1.0)
+        if self.mode == "slow":
+            return PlanResult(True, actions, embeddings, 0.0, DEADLINE_MS + 25.0)
+        if self.mode == "wild":
+            return PlanResult(True, actions, embeddings, 1.0, 1.0)
+        raise AssertionError(self.mode)
+
+
+@pytest.fixture(scope="module")
+def twin() -> Twin:
+    return tiny_twin()[0]
+
+
+def _plant_samples(n: int, seed: int = 0) -> list[dict[str, float]]:
+    sim = cstr.CSTRSimulator(seed=seed)
+    out = [sim.measure()]
+    for _ in range(n - 1):
+        out.append(sim.step(cstr.TC_NOMINAL))
+    return out
+
+
+EXPECTED = {
+    "fail": ("solver_failed", "solver failed: Infeasible_Problem"),
+    "raise": ("solver_failed", "planner raised RuntimeError: solver exploded"),
+    "nan": ("invalid_plan", "plan is not finite"),
+    "slow": ("deadline", "deadline overrun: 75.0 ms > 50 ms"),
+}
+
+
+@pytest.mark.parametrize("with_pi", [False, True], ids=["hold", "pi"])
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_failing_planner_falls_back(twin: Twin, mode: str, with_pi: bool) -> None:
+    planner = StubPlanner(mode)
+    controller = TwinController(twin, planner, cstr.pi_fallback() if with_pi else None)
+    reference = cstr.PIController()
+    kind, reason = EXPECTED[mode]
+    setpoint = 375.0  # far from T: the PI moves, a hold does not
+    dt, rate = cstr.SAMPLE_PERIOD_S, rate_per_sample()
+    previous = cstr.TC_NOMINAL
+    for k, meas in enumerate(_plant_samples(12)):
+        record = controller.step(k * dt, meas, {"T": setpoint})
+        assert record.status is StepStatus.FALLBACK
+        failures = [e for e in record.events if e.kind == kind]
+        assert len(failures) == 1 and reason in failures[0].message
+        assert ("baseline controller used" if with_pi else "holding actuators") \
+            in failures[0].message
+        tc = record.actuators["Tc"]
+        assert cstr.TC_LOW <= tc <= cstr.TC_HIGH
+        assert abs(tc - previous) <= rate + 1e-9
+        if with_pi:
+            reference.u = previous
+            assert tc == pytest.approx(reference(meas["T"], setpoint), abs=1e-9)
+            assert tc > previous or tc == cstr.TC_HIGH  # T far below the setpoint
+        else:
+            assert tc == previous
+        previous = tc
+    assert planner.calls == 12
+    if mode != "raise":
+        assert record.plan is not None  # the failed plan is kept for the record
+    assert record.solve_ms == (0.0 if mode == "raise" else
+                               DEADLINE_MS + 25.0 if mode == "slow" else 1.0)
+
+
+def test_wild_plan_is_clipped_by_safety_layer(twin: Twin) -> None:
+    for value in (1e6, -1e6):
+        controller = TwinController(twin, StubPlanner("wild", value=value))
+        previous = cstr.TC_NOMINAL
+        for k, meas in enumerate(_plant_samples(40)):
+            record = controller.step(k * 6.0, meas, {"T": 360.0})
+            assert record.status is StepStatus.OK
+            tc = record.actuators["Tc"]
+            assert cstr.TC_LOW <= tc <= cstr.TC_HIGH
+            assert abs(tc - previous) == pytest.approx(rate_per_sample()) or \
+                tc in (cstr.TC_LOW, cstr.TC_HIGH)
+            assert {e.kind for e in record.events} & {"rate_limited", "clipped_bounds"}
+            previous = tc
+        assert previous == (cstr.TC_HIGH if value > 0 else cstr.TC_LOW)
+
+
+def test_controller_uses_reported_actuator_as_previous(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("fail"))
+    meas = dict(_plant_samples(1)[0], Tc=300.0)  # the plant says it applied 300 K
+    record = controller.step(0.0, meas, {"T": 350.0})
+    assert record.actuators == {"Tc": 300.0}
+
+
+@pytest.mark.parametrize("gap_periods", [4, 10, 100])
+def test_stale_data_holds(twin: Twin, gap_periods: int) -> None:
+    planner = StubPlanner("wild", value=1e6)
+    controller = TwinController(twin, planner, cstr.pi_fallback())
+    samples = _plant_samples(4)
+    first = controller.step(0.0, samples[0], {"T": 360.0})
+    second = controller.step(6.0, samples[1], {"T": 360.0})
+    assert second.status is StepStatus.OK
+    calls = planner.calls
+    held = second.actuators
+    stale = controller.step(6.0 + gap_periods * 6.0, samples[2], {"T": 360.0})
+    assert stale.status is StepStatus.STALE
+    assert stale.actuators == held and stale.plan is None
+    assert [e.kind for e in stale.events] == ["stale_data"]
+    assert planner.calls == calls  # no planning on stale data
+    # the next regular sample plans again
+    after = controller.step(12.0 + gap_periods * 6.0, samples[3], {"T": 360.0})
+    assert after.status is StepStatus.OK and planner.calls == calls + 1
+    assert first.status is StepStatus.OK
+
+
+def test_gap_of_exactly_three_periods_is_not_stale(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("fail"))
+    samples = _plant_samples(2)
+    controller.step(0.0, samples[0], {"T": 360.0})
+    record = controller.step(18.0, samples[1], {"T": 360.0})
+    assert record.status is StepStatus.FALLBACK
+    assert "stale_data" not in {e.kind for e in record.events}
+
+
+def test_sample_without_any_sensor_holds(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("wild"))
+    meas = _plant_samples(1)[0]
+    record = controller.step(0.0, dict(meas, T=None, Ca=None), {"T": 360.0})
+    assert record.status is StepStatus.STALE
+    assert record.actuators == {"Tc": cstr.TC_NOMINAL}
+    assert "missing_data" in {e.kind for e in record.events}
+    # one missing sensor is fine: it is masked, and planning goes on
+    record = controller.step(6.0, dict(meas, Ca=None), {"T": 360.0})
+    assert record.status is StepStatus.OK and "Ca" not in record.measurements
+
+
+def _state(controller: TwinController) -> tuple:
+    return (list(controller.rows), list(controller.before), dict(controller.applied),
+            controller.last_time_s, controller.step_index, controller._goal_key)
+
+
+BAD_INPUTS = {
+    "nan measurement": (12.0, {"T": math.nan}, {"T": 360.0}, r"measurement 'T'"),
+    "inf measurement": (12.0, {"Caf": math.inf}, {"T": 360.0}, r"measurement 'Caf'"),
+    "text measurement": (12.0, {"T": "hot"}, {"T": 360.0}, r"measurement 'T'"),
+    "unknown tag": (12.0, {"Tx": 1.0}, {"T": 360.0}, r"unknown tag 'Tx'"),
+    "same time": (6.0, {}, {"T": 360.0}, r"not after the previous step"),
+    "earlier time": (3.0, {}, {"T": 360.0}, r"must strictly increase"),
+    "nan time": (math.nan, {}, {"T": 360.0}, r"time_s must be a finite"),
+    "setpoint on disturbance": (12.0, {}, {"Caf": 1.0}, r"setpoint for 'Caf'"),
+    "setpoint on actuator": (12.0, {}, {"Tc": 300.0}, r"setpoint for 'Tc'"),
+    "setpoint on unknown": (12.0, {}, {"Q": 1.0}, r"setpoint for 'Q'"),
+    "nan setpoint": (12.0, {}, {"T": math.nan}, r"setpoint 'T' must be a finite"),
+    "no setpoint": (12.0, {}, {}, r"at least one setpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_invalid_input_leaves_state_unchanged(twin: Twin, case: str) -> None:
+    time_s, override, setpoints, pattern = BAD_INPUTS[case]
+    planner = StubPlanner("wild", value=0.0)
+    controller = TwinController(twin, planner)
+    samples = _plant_samples(3)
+    controller.step(0.0, samples[0], {"T": 360.0})
+    controller.step(6.0, samples[1], {"T": 360.0})
+    before, calls = _state(controller), planner.calls
+    with pytest.raises(InvalidInput, match=pattern):
+        controller.step(time_s, dict(samples[2], **override), setpoints)
+    assert _state(controller) == before and planner.calls == calls
+    record = controller.step(12.0, samples[2], {"T": 360.0})
+    assert record.step == 2 and record.status is StepStatus.OK
+    assert len(controller.rows) == twin.config.window
