@@ -263,7 +263,8 @@ def test_controller_uses_reported_actuator_as_previous(twin: Twin) -> None:
 @pytest.mark.parametrize("gap_periods", [4, 10, 100])
 def test_stale_data_holds(twin: Twin, gap_periods: int) -> None:
     planner = StubPlanner("wild", value=1e6)
-    controller = TwinController(twin, planner, cstr.pi_fallback())
+    # the stub's embeddings forecast nothing real: keep the mismatch check out of this test
+    controller = TwinController(twin, planner, cstr.pi_fallback(), mismatch_trip=math.inf)
     samples = _plant_samples(4)
     first = controller.step(0.0, samples[0], {"T": 360.0})
     second = controller.step(6.0, samples[1], {"T": 360.0})
@@ -338,3 +339,47 @@ def test_invalid_input_leaves_state_unchanged(twin: Twin, case: str) -> None:
     record = controller.step(12.0, samples[2], {"T": 360.0})
     assert record.step == 2 and record.status is StepStatus.OK
     assert len(controller.rows) == twin.config.window
+
+
+def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+                                mismatch_trip=math.inf)
+    meas = _plant_samples(1)[0]
+    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
+    far = cstr.T_LIMIT_K - 5 * band
+    first = controller.step(0.0, dict(meas, T=far), {"T": 360.0})
+    assert "limit_guard" not in {e.kind for e in first.events}
+    # rising fast: one more such step would be inside the guard band
+    rising = cstr.T_LIMIT_K - 2.5 * band  # extrapolates to half a band from the limit
+    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
+    guards = [e for e in second.events if e.kind == "limit_guard"]
+    assert second.status is StepStatus.FALLBACK and len(guards) == 1
+    assert "high limit" in guards[0].message and "baseline controller used" in guards[0].message
+    reference = cstr.PIController()
+    reference.u = first.actuators["Tc"]
+    assert second.actuators["Tc"] == pytest.approx(reference(rising, 360.0))
+    assert second.actuators["Tc"] < first.actuators["Tc"]  # the baseline cools
+
+
+def test_model_mismatch_trips_and_recovers_with_hysteresis(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+                                trust_after_steps=3, guard_band=0.0)
+    forecasts = {t: float(v) for t, v in twin.readout(np.zeros(twin.config.embed_dim)).items()}
+    forecast = forecasts["T"]
+    std_t = twin.norm.std[twin.norm.index("T")]
+    meas = dict(_plant_samples(1)[0], **forecasts)  # the stub plan forecasts these
+    statuses = []
+    for k, t_value in enumerate([forecast, forecast - 2 * std_t] + [forecast] * 4):
+        record = controller.step(6.0 * k, dict(meas, T=t_value), {"T": 360.0})
+        statuses.append((record.status, {e.kind for e in record.events}))
+    assert statuses[0][0] is StepStatus.OK
+    assert statuses[1][0] is StepStatus.FALLBACK and "model_mismatch" in statuses[1][1]
+    # three good forecasts in a row are needed before the twin is trusted again
+    assert [s for s, _ in statuses[2:]] == [StepStatus.FALLBACK, StepStatus.FALLBACK,
+                                            StepStatus.OK, StepStatus.OK]
+
+
+def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:
+    controller = TwinController(twin, StubPlanner("wild", value=0.0))
+    with pytest.raises(InvalidInput, match="limits"):
+        controller.step(0.0, _plant_samples(1)[0], {"T": cstr.T_LIMIT_K + 1.0})

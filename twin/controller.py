@@ -24,9 +24,21 @@ from .twin_model import Twin
 
 class TwinController:
     def __init__(self, twin: Twin, planner: Planner, fallback: Fallback | None = None,
-                 stale_after_s: float | None = None) -> None:
+                 stale_after_s: float | None = None, guard_band: float = 0.3,
+                 mismatch_trip: float = 0.3, mismatch_clear: float = 0.15,
+                 trust_after_steps: int = 10) -> None:
+        """Thresholds are in training standard deviations of each sensor.
+
+        `guard_band`: distance to a sensor limit inside which the fallback takes over.
+        `mismatch_trip`: one-step prediction error of a sensor that marks the twin as
+        untrusted; it is trusted again after `trust_after_steps` consecutive steps with
+        errors below `mismatch_clear` (hysteresis, so control does not chatter).
+        """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
+        self.guard_band = guard_band
+        self.mismatch_trip, self.mismatch_clear = mismatch_trip, mismatch_clear
+        self.trust_after_steps = trust_after_steps
         self.safety = SafetyLayer(self.spec)
         self.stale_after_s = stale_after_s or 3.0 * self.spec.sample_period_s
         self.reset()
@@ -48,6 +60,9 @@ class TwinController:
         self.before: deque[dict[str, float] | None] = deque([None] * w, maxlen=w)
         self.applied: dict[str, float] = dict(applied or self.safety.initial())
         self.last_time_s: float | None = None
+        self.last_measured: dict[str, float] = {}
+        self.expected: dict[str, float] = {}  # the twin's forecast for the next sample
+        self.good_steps = self.trust_after_steps
         self.step_index = 0
         self._goal_key: tuple | None = None
         self._goal: np.ndarray | None = None
@@ -78,6 +93,11 @@ class TwinController:
                                    f"'{self.spec.name}'")
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise InvalidInput(f"setpoint '{tag}' must be a finite number, got {value!r}")
+            spec_tag = self.spec.tag(tag)
+            if (spec_tag.high is not None and value >= spec_tag.high) or (
+                    spec_tag.low is not None and value <= spec_tag.low):
+                raise InvalidInput(f"setpoint {value:g} {spec_tag.unit} for '{tag}' is not "
+                                   f"inside its limits [{spec_tag.low}, {spec_tag.high}]")
         if not setpoints:
             raise InvalidInput("at least one setpoint is needed")
 
@@ -92,10 +112,24 @@ class TwinController:
                 previous[tag] = float(measurements[tag])  # type: ignore[arg-type]
         stale = self._append(time_s, measurements, previous, events)
         plan_result: PlanResult | None = None
+        near_limit, mismatch = self._limit_guard(measurements), self._mismatch(measurements)
+        guard = near_limit or mismatch
         if stale:
             status, proposal = StepStatus.STALE, previous
         else:
             status, proposal, plan_result = self._plan(measurements, setpoints, previous, events)
+            if plan_result is not None and plan_result.ok:
+                first = self.twin.readout(plan_result.embeddings[0])
+                self.expected = {tag: float(v) for tag, v in first.items()}
+            if guard:
+                kind = "limit_guard" if guard.startswith("limit") else "model_mismatch"
+                if self.fallback is None:
+                    events.append(SafetyEvent(kind, f"{guard}; no baseline configured, "
+                                                    "twin plan kept"))
+                else:
+                    events.append(SafetyEvent(kind, f"{guard}; baseline controller used"))
+                    status = StepStatus.FALLBACK
+                    proposal = dict(self.fallback(measurements, setpoints, previous))
         safe = self.safety.enforce(proposal, previous)
         events += safe.events
         self.applied = safe.actuators
@@ -110,6 +144,49 @@ class TwinController:
         )
         self.step_index += 1
         return record
+
+    def _mismatch(self, measurements: Mapping[str, float | None]) -> str | None:
+        """Why the twin is not trusted, if its last forecast missed the plant by too much."""
+        errors = {}
+        for tag, forecast in self.expected.items():
+            value = measurements.get(tag)
+            if value is not None:
+                std = self.twin.norm.std[self.twin.norm.index(tag)]
+                errors[tag] = abs(float(value) - forecast) / std
+        worst = max(errors.values(), default=0.0)
+        if worst > self.mismatch_trip:
+            self.good_steps = 0
+        elif worst < self.mismatch_clear:
+            self.good_steps += 1
+        if self.good_steps >= self.trust_after_steps:
+            return None
+        detail = ", ".join(f"{t} {e:.2f}" for t, e in errors.items())
+        return (f"model mismatch: one-step forecast error (in std) {detail}; "
+                f"{self.good_steps}/{self.trust_after_steps} good steps to trust again")
+
+    def _limit_guard(self, measurements: Mapping[str, float | None]) -> str | None:
+        """Why the twin is not trusted this step, if a sensor is heading into its limit.
+
+        The sensor is extrapolated one sample ahead from its last change: near a hard
+        limit the plant, not the model, has the last word (fast overshoots are exactly
+        what a twin trained on safe data has seen least).
+        """
+        reasons = []
+        for tag in self.spec.sensors:
+            value = measurements.get(tag.name)
+            if value is None or (tag.low is None and tag.high is None):
+                continue
+            value = float(value)
+            ahead = 2 * value - self.last_measured.get(tag.name, value)
+            self.last_measured[tag.name] = value
+            band = self.guard_band * self.twin.norm.std[self.twin.norm.index(tag.name)]
+            if tag.high is not None and ahead > tag.high - band:
+                reasons.append(f"{tag.name} heading to {ahead:.4g} {tag.unit}, within "
+                               f"{band:.3g} {tag.unit} of its high limit {tag.high:g}")
+            if tag.low is not None and ahead < tag.low + band:
+                reasons.append(f"{tag.name} heading to {ahead:.4g} {tag.unit}, within "
+                               f"{band:.3g} {tag.unit} of its low limit {tag.low:g}")
+        return ("limit guard: " + "; ".join(reasons)) if reasons else None
 
     def _append(self, time_s: float, measurements: Mapping[str, float | None],
                 previous: dict[str, float], events: list[SafetyEvent]) -> bool:
