@@ -237,3 +237,11 @@ def test_live_window_matches_training_features(log: pd.DataFrame) -> None:
     expected[0, len(layout.observed)] = 0.0
     expected[0, F + len(layout.observed)] = 0.0
     torch.testing.assert_close(live, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_text_in_a_sensor_column_is_named(log: pd.DataFrame) -> None:
+    values = log["T"].astype(object).copy()
+    values.iloc[42] = "bad probe"
+    log["T"] = values
+    with pytest.raises(InvalidInput, match=r"'T' has a non-numeric value 'bad probe' at row 42"):
+        check_log(log, SPEC)

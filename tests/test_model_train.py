@@ -182,10 +182,6 @@ def test_missing_checkpoint_file(tmp_path: Path) -> None:
         Twin.load(tmp_path / "none.pt")
 
 
-@pytest.mark.xfail(strict=True, raises=(KeyError, RuntimeError),
-                   reason="BUG twin/twin_model.py Twin.from_bytes: a checkpoint of the right "
-                          "format with missing keys or weights that do not fit its config "
-                          "raises KeyError/RuntimeError, not InvalidInput")
 @pytest.mark.parametrize("damage", ["missing-keys", "wrong-shapes"])
 def test_malformed_checkpoint_is_invalid_input(tiny: Twin, damage: str) -> None:
     state = tiny.state()
@@ -197,9 +193,6 @@ def test_malformed_checkpoint_is_invalid_input(tiny: Twin, damage: str) -> None:
         Twin.from_bytes(_saved(state))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="twin/twin_model.py: checkpoints carry no checksum, so a flipped byte "
-                          "in the weights loads silently as a different model")
 def test_bit_flips_never_load_silently_as_another_model(tiny: Twin) -> None:
     good = tiny.to_bytes()
     reference = _probe(tiny)

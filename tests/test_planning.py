@@ -203,10 +203,6 @@ def test_make_planner(twin: Twin) -> None:
         make_planner("lqr", twin)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG twin/planning.py CEMPlanner.plan: when every sampled cost is "
-                          "inf/NaN (goal ~1e20 or NaN), best_z stays None and "
-                          "best_z.numpy() raises AttributeError instead of returning ok=False")
 @pytest.mark.parametrize("goal", [1e20, float("nan")])
 def test_cem_with_non_finite_costs_reports_failure(cem_planner: CEMPlanner, goal: float) -> None:
     result = cem_planner.plan(PlanningProblem(np.zeros(D), np.zeros(1), np.full(D, goal)))

@@ -101,6 +101,11 @@ def check_log(df: pd.DataFrame, spec: ProcessSpec) -> None:
                                "applied value must be known at every sample")
     for tag in spec.tags:
         col = pd.to_numeric(df[tag.name], errors="coerce")
+        not_numbers = col.isna() & df[tag.name].notna()
+        if not_numbers.any():
+            row = int(np.flatnonzero(not_numbers.to_numpy())[0])
+            raise InvalidInput(f"tag '{tag.name}' has a non-numeric value "
+                               f"{df[tag.name].iloc[row]!r} at row {row}")
         if np.isinf(col.to_numpy(dtype=float)).any():
             raise InvalidInput(f"tag '{tag.name}' contains infinite values")
 

@@ -298,8 +298,13 @@ class CEMPlanner:
                 best_cost, best_u, best_z = float(cost[order[0]]), u[order[0]], z[order[0]]
             elite = u[order]
             mean, std = elite.mean(dim=0), elite.std(dim=0).clamp_min(1e-3)
-        self._mean = best_u
         solve_ms = (time.perf_counter() - start) * 1e3
+        if best_z is None:  # every candidate scored NaN or inf: nothing to trust
+            self._mean = None
+            return PlanResult(False, mean.numpy().astype(float),
+                              np.full((horizon, len(problem.z0)), np.nan), float("nan"),
+                              solve_ms, message="cem: no finite cost")
+        self._mean = best_u
         return PlanResult(True, best_u.numpy().astype(float), best_z.numpy().astype(float),
                           best_cost, solve_ms, message="cem")
 

@@ -19,7 +19,7 @@ import torch
 from .data import Layout, Normalizer
 from .errors import InvalidInput
 from .model import JEPA, JEPAConfig
-from .spec import ProcessSpec
+from .spec import ProcessSpec, SpecError
 
 CHECKPOINT_FORMAT = 1
 
@@ -124,9 +124,10 @@ class Twin:
         }
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(self.state(), buffer)
-        return buffer.getvalue()
+        """The checkpoint: the state, wrapped with its own sha256 so damage never loads."""
+        payload = _torch_bytes(self.state())
+        return _torch_bytes({"format": CHECKPOINT_FORMAT, "payload": payload,
+                             "sha256": hashlib.sha256(payload).hexdigest()})
 
     def save(self, path: str | Path) -> str:
         """Write the checkpoint; returns its sha256."""
@@ -138,20 +139,29 @@ class Twin:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Twin:
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt file
-            raise InvalidInput(f"not a twin checkpoint: {exc}") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        wrapper = _torch_load(data)
+        if not isinstance(wrapper, dict) or wrapper.get("format") != CHECKPOINT_FORMAT:
             raise InvalidInput("not a twin checkpoint of a supported format")
-        spec = ProcessSpec.from_dict(state["spec"], source="checkpoint spec")
-        config = JEPAConfig(**state["config"])
-        layout = Layout.from_spec(spec)
-        model = JEPA(config, layout.feature_dim, len(layout.actions), len(layout.observed))
-        model.load_state_dict(state["weights"])
-        bank = GoalBank(**state["bank"])
-        return cls(spec, config, Normalizer.from_dict(state["normalizer"]), model, bank,
-                   state.get("metrics", {}), state.get("train_config", {}))
+        payload = wrapper.get("payload")
+        if not isinstance(payload, bytes) or \
+                hashlib.sha256(payload).hexdigest() != wrapper.get("sha256"):
+            raise InvalidInput("checkpoint is damaged: its content does not match its sha256")
+        state = _torch_load(payload)
+        if not isinstance(state, dict):
+            raise InvalidInput("not a twin checkpoint of a supported format")
+        try:
+            spec = ProcessSpec.from_dict(state["spec"], source="checkpoint spec")
+            config = JEPAConfig(**state["config"])
+            layout = Layout.from_spec(spec)
+            model = JEPA(config, layout.feature_dim, len(layout.actions), len(layout.observed))
+            model.load_state_dict(state["weights"])
+            bank = GoalBank(**state["bank"])
+            norm = Normalizer.from_dict(state["normalizer"])
+        except (KeyError, TypeError, RuntimeError, SpecError) as exc:
+            raise InvalidInput(f"checkpoint is incomplete or inconsistent: "
+                               f"{type(exc).__name__}: {exc}") from None
+        return cls(spec, config, norm, model, bank, state.get("metrics", {}),
+                   state.get("train_config", {}))
 
     @classmethod
     def load(cls, path: str | Path) -> Twin:
@@ -159,3 +169,16 @@ class Twin:
         if not path.is_file():
             raise InvalidInput(f"checkpoint not found: {path}")
         return cls.from_bytes(path.read_bytes())
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _torch_load(data: bytes) -> Any:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise InvalidInput(f"not a twin checkpoint: {type(exc).__name__}: {exc}") from None
