@@ -33,7 +33,7 @@ from twin.train import TrainConfig, train_twin
 from twin.twin_model import Twin
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_cstr.json"
-console = Console()
+console = Console(width=150)
 
 
 def get_twin(model: Path | None, hours: float, epochs: int, seed: int) -> Twin:
