@@ -250,7 +250,7 @@ def control(
     _print_episode(episode.metrics)
     if store:
         run_id = _store_episode(database_url, episode, model)
-        console.print(f"stored as run [bold]{run_id}[/]: "
+        console.print(f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
                       f"http://127.0.0.1:8000/runs/{run_id}")
 
 
@@ -312,8 +312,20 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"dashboards: [bold]http://{shown}:{port}/[/]   "
                   f"API docs: [bold]http://{shown}:{port}/docs[/]   (Ctrl+C to stop)")
+    latest = _latest_control_run(url)
+    if latest is not None:
+        console.print(f"latest closed-loop run: [bold]http://{shown}:{port}/runs/{latest}[/]")
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info")
+
+
+def _latest_control_run(url: str) -> int | None:
+    from api import services
+    from api.db import open_session
+
+    with open_session(url) as session:
+        runs = services.list_runs(session, kind="control", limit=1)
+        return int(runs[0].id) if runs else None
 
 
 @app.command()

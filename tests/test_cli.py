@@ -1,0 +1,64 @@
+"""The `twin` command line: help for every step, real work on tiny inputs, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args", [[], ["db", "upgrade"], ["data", "generate"], ["train"],
+                                  ["control"], ["serve"], ["worker"]])
+def test_every_command_has_help(args: list[str]) -> None:
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_db_upgrade_then_generate_and_train(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = runner.invoke(app, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "revision" in result.output
+    log = tmp_path / "log.csv"
+    result = runner.invoke(app, ["data", "generate", "--process", "cstr", "--hours", "0.5",
+                                 "--seed", "3", "--out", str(log)])
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(log)
+    assert len(df) == 300 and {"time_s", "Ca", "T", "Tc", "Caf", "Tf"} <= set(df.columns)
+    checkpoint = tmp_path / "twin.pt"
+    result = runner.invoke(app, ["train", "--process", "cstr", "--data", str(log), "--epochs",
+                                 "1", "--out", str(checkpoint), "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.is_file() and "registered as model 1" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--process", "cstr", "--data", "missing.csv", "--out", "x.pt",
+      "--no-register"], "data file not found"),
+    (["train", "--process", "reactor9", "--data", "missing.csv", "--out", "x.pt"],
+     "unknown process 'reactor9'"),
+    (["data", "generate", "--out", "log.txt"], "use a .csv or .parquet"),
+    (["control", "--model", "missing.pt"], "checkpoint not found"),
+    (["control", "--model", "missing.pt", "--planner", "lqr"], "unknown planner 'lqr'"),
+])
+def test_user_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = runner.invoke(app, ["serve", "--database-url", url])
+    assert result.exit_code == 2
+    assert "twin db upgrade" in result.output
