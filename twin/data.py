@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .errors import InvalidInput
-from .spec import ProcessSpec, TagRole
+from .spec import ProcessSpec
 
 STD_FLOOR = 1e-6
 
@@ -155,8 +155,7 @@ class WindowDataset:
             raise InvalidInput(f"log too short: need more than {window + horizon + 1} "
                                "contiguous samples")
         self.starts = torch.tensor(starts, dtype=torch.long)
-        offsets = torch.arange(-window + 1, 1)
-        self._offsets = offsets
+        self._offsets = torch.arange(-window + 1, 1)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -194,7 +193,3 @@ def window_from_rows(rows: list[dict[str, float | None]], prev_actions: list[dic
     mask = np.isfinite(feats)
     out = np.concatenate([np.where(mask, feats, 0.0), mask], axis=1).astype(np.float32)
     return torch.from_numpy(out)
-
-
-def role_of(spec: ProcessSpec, tag: str) -> TagRole:
-    return spec.tag(tag).role
