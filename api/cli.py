@@ -243,7 +243,7 @@ def control(
     twin_model = Twin.load(model)
     if twin_model.spec.name != process:
         raise InvalidInput(f"checkpoint is a twin of '{twin_model.spec.name}', not '{process}'")
-    controller = TwinController.from_twin(twin_model, planner, fallback=module.pi_fallback())
+    controller = TwinController.from_twin(twin_model, planner, fallback=module.baseline_fallback())
     episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
                                  config={"planner": planner, "checkpoint": str(model)},
                                  show_progress=True)

@@ -1,22 +1,42 @@
-"""One module per process: simulator, tag spec, constraints, baseline and oracle controllers."""
+"""One module per process: simulator, tag spec, constraints, baseline and oracle controllers.
+
+Modules load on first use: the Tennessee Eastman and glucose simulators are not free to
+import, and a CLI call about one process should not pay for the others.
+"""
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from twin.spec import ProcessSpec, SpecError
 
-from . import cstr
+from .base import check_module
 
-PROCESSES: dict[str, ModuleType] = {"cstr": cstr}
+PROCESS_MODULES: dict[str, str] = {
+    "cstr": "processes.cstr",
+    "tennessee_eastman": "processes.tennessee_eastman",
+    "turbofan": "processes.turbofan",
+    "glucose": "processes.glucose",
+}
+"""Built-in process name -> module. A process defined by files alone is not listed here."""
+
+
+def process_names() -> list[str]:
+    return sorted(PROCESS_MODULES)
 
 
 def get_process(name: str) -> ModuleType:
-    try:
-        return PROCESSES[name]
-    except KeyError:
-        known = ", ".join(sorted(PROCESSES))
-        raise SpecError(f"unknown process '{name}' (known: {known})") from None
+    if name not in PROCESS_MODULES:
+        known = ", ".join(process_names())
+        raise SpecError(f"unknown process '{name}' (built in: {known}; a process of your "
+                        f"own is given by its tag file, --spec FILE)")
+    return check_module(importlib.import_module(PROCESS_MODULES[name]))
+
+
+def find_process(name: str) -> ModuleType | None:
+    """The built-in module for `name`, or None for a process known only from its files."""
+    return get_process(name) if name in PROCESS_MODULES else None
 
 
 def get_spec(name: str) -> ProcessSpec:

@@ -24,9 +24,11 @@ import pandas as pd
 from rich.progress import track
 
 from twin.controller import TwinController
-from twin.records import EpisodeResult, StepRecord, StepStatus
+from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
+
+from .base import SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics
 
 Q_L_PER_MIN = 100.0
 VOLUME_L = 100.0
@@ -266,18 +268,6 @@ class OracleNMPC:
         return u0
 
 
-def _aprbs_levels(rng: np.random.Generator, n: int, low: float, high: float,
-                  min_hold: int, max_hold: int) -> np.ndarray:
-    """Amplitude-modulated pseudo-random binary sequence: random levels, random hold times."""
-    out = np.empty(n)
-    k = 0
-    while k < n:
-        hold = int(rng.integers(min_hold, max_hold + 1))
-        out[k:k + hold] = rng.uniform(low, high)
-        k += hold
-    return out
-
-
 def _would_run_away(sim: CSTRSimulator, u: float, lookahead: int = 5,
                     margin_k: float = 4.0) -> bool:
     """Supervisory guard of the logging rig: would holding `u` approach the limit soon?
@@ -305,11 +295,11 @@ def generate_training_log(hours: float, seed: int, show_progress: bool = False) 
     n = int(round(hours * 3600.0 / SAMPLE_PERIOD_S))
     sim = CSTRSimulator(seed=seed + 10_000, ca0=0.5, t0=350.0)
     pi = PIController()
-    sp_levels = _aprbs_levels(rng, n, 330.0, 380.0, 30, 120)
-    open_loop_offset = _aprbs_levels(rng, n, -4.0, 4.0, 5, 30)
-    mode_closed = _aprbs_levels(rng, n, 0.0, 1.0, 60, 240) < 0.6
-    caf = _aprbs_levels(rng, n, 0.9, 1.1, 100, 400)
-    tf = _aprbs_levels(rng, n, 345.0, 355.0, 100, 400)
+    sp_levels = aprbs_levels(rng, n, 330.0, 380.0, 30, 120)
+    open_loop_offset = aprbs_levels(rng, n, -4.0, 4.0, 5, 30)
+    mode_closed = aprbs_levels(rng, n, 0.0, 1.0, 60, 240) < 0.6
+    caf = aprbs_levels(rng, n, 0.9, 1.1, 100, 400)
+    tf = aprbs_levels(rng, n, 345.0, 355.0, 100, 400)
     rows: list[dict[str, float]] = []
     meas = sim.measure()
     u = anchor = TC_NOMINAL
@@ -428,16 +418,32 @@ def episode_metrics(true_t: np.ndarray, setpoints: np.ndarray, moves: np.ndarray
     """Cost = sum of ((T - T_sp)/10 K)^2 + 0.05 (dTc / max step)^2 on the true state."""
     tracking = float((((true_t - setpoints) / TRACKING_SCALE_K) ** 2).sum())
     move = float(MOVE_WEIGHT * ((moves / RATE_PER_SAMPLE) ** 2).sum())
-    plan_ms = np.array([s.solve_ms for s in steps])
     return {
         "cost": tracking + move,
         "tracking_cost": tracking,
         "move_cost": move,
         "violations": int((true_t > T_LIMIT_K).sum()),
+        "worst_violation": float(max(0.0, true_t.max() - T_LIMIT_K)),
         "worst_violation_K": float(max(0.0, true_t.max() - T_LIMIT_K)),
         "max_T_K": float(true_t.max()),
         "mean_abs_error_K": float(np.abs(true_t - setpoints).mean()),
-        "fallbacks": int(sum(s.status == StepStatus.FALLBACK for s in steps)),
-        "plan_ms_median": float(np.median(plan_ms)),
-        "plan_ms_p99": float(np.percentile(plan_ms, 99)),
+        **plan_time_metrics(steps),
     }
+
+
+# -- the process contract (processes.base.ProcessModule) ---------------------------------
+
+baseline_policy = pi_policy
+baseline_fallback = pi_fallback
+
+EPISODE_SUMMARY = (
+    SummaryRow("cost", "cost"),
+    SummaryRow("mean_abs_error_K", "mean |T - T_sp|", "K"),
+    SummaryRow("max_T_K", "max T", "K", ".1f"),
+    SummaryRow("violations", f"samples above {T_LIMIT_K:g} K", "", "d"),
+    SummaryRow("fallbacks", "fallback steps", "", "d"),
+    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
+    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+)
+
+TRAINING_RECIPE = TrainingRecipe(hours=12.0, epochs=20, max_minutes=4.5)

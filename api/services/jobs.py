@@ -148,10 +148,10 @@ def enqueue_training(session: Session, process: str, config: dict[str, Any]) -> 
     """Validate the job and store it as a queued train run; stores nothing if invalid."""
     spec = parse_job_config(process, config)
     if spec.data.source == "simulator":
-        from processes import PROCESSES  # late: simulators are not free to import
+        from processes import PROCESS_MODULES  # late: simulators are not free to import
 
-        if process not in PROCESSES:
-            known = ", ".join(sorted(PROCESSES))
+        if process not in PROCESS_MODULES:
+            known = ", ".join(sorted(PROCESS_MODULES))
             raise Invalid(f"process '{process}' has no built-in simulator (those with one: "
                           f"{known}); train it from a csv data source")
     try:
