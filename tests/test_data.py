@@ -16,6 +16,7 @@ from twin.data import (
     check_log,
     features,
     segment_ids,
+    timestamps_s,
     window_from_rows,
 )
 from twin.errors import InvalidInput
@@ -53,7 +54,10 @@ def test_bad_timestamps(log: pd.DataFrame, kind: str) -> None:
     else:
         ts.iloc[5] = "noon"
     log["time_s"] = ts
-    pattern = r"strictly increase" if kind in ("swap", "duplicate") else r"missing or non-numeric"
+    pattern = {"swap": r"must strictly increase: row 11 \(60 s\) is before row 10",
+               "duplicate": r"duplicate timestamp in 'time_s' at rows 10 and 11",
+               "nan": r"missing or non-numeric value at row 5",
+               "text": r"'noon' at row 5, which is not a number of seconds"}[kind]
     with pytest.raises(InvalidInput, match=pattern):
         check_log(log, SPEC)
     with pytest.raises(InvalidInput):
@@ -69,7 +73,7 @@ def test_nan_in_actuator(log: pd.DataFrame) -> None:
 @pytest.mark.parametrize(("tag", "value"), [("T", np.inf), ("Caf", -np.inf), ("Tc", np.inf)])
 def test_infinite_values(log: pd.DataFrame, tag: str, value: float) -> None:
     log.loc[42, tag] = value
-    with pytest.raises(InvalidInput, match=rf"tag '{tag}' contains infinite values"):
+    with pytest.raises(InvalidInput, match=rf"tag '{tag}' has an infinite value at row 42"):
         check_log(log, SPEC)
 
 
@@ -244,4 +248,67 @@ def test_text_in_a_sensor_column_is_named(log: pd.DataFrame) -> None:
     values.iloc[42] = "bad probe"
     log["T"] = values
     with pytest.raises(InvalidInput, match=r"'T' has a non-numeric value 'bad probe' at row 42"):
+        check_log(log, SPEC)
+
+
+# -- the checks a tag file written by hand needs ------------------------------------------
+
+def test_unknown_column_is_named_and_can_be_ignored(log: pd.DataFrame) -> None:
+    log["operator_note"] = "ok"
+    with pytest.raises(InvalidInput, match=r"column\(s\) operator_note that spec 'cstr' does "
+                                           r"not know.*ignore_columns"):
+        check_log(log, SPEC)
+    relaxed = SPEC.model_copy(update={"ignore_columns": ("operator_note",)})
+    check_log(log, relaxed)
+
+
+def test_iso_datetimes_are_read_as_seconds(log: pd.DataFrame) -> None:
+    start = pd.Timestamp("2026-03-01T08:00:00Z")
+    log["time_s"] = [(start + pd.Timedelta(seconds=float(t))).isoformat() for t in log["time_s"]]
+    check_log(log, SPEC)
+    seconds = timestamps_s(log, SPEC)
+    assert np.allclose(np.diff(seconds), SPEC.sample_period_s)
+    log.loc[3, "time_s"] = "yesterday-ish"
+    with pytest.raises(InvalidInput, match=r"'yesterday-ish', which is neither a number"):
+        check_log(log, SPEC)
+
+
+def test_sample_period_must_match_the_tag_file(log: pd.DataFrame) -> None:
+    log["time_s"] = log["time_s"] * 10.0
+    with pytest.raises(InvalidInput, match=r"sampled every 60 s .* sample_period_s: 6"):
+        check_log(log, SPEC)
+
+
+def test_actuator_outside_bounds_contradicts_the_tag_file(log: pd.DataFrame) -> None:
+    log.loc[40, "Tc"] = 365.0
+    with pytest.raises(InvalidInput, match=r"'Tc' is 365 K at row 40, outside its bounds "
+                                           r"\[280, 360\] K"):
+        check_log(log, SPEC)
+
+
+def test_actuator_faster_than_its_rate_limit(log: pd.DataFrame) -> None:
+    log.loc[40:, "Tc"] = log.loc[40:, "Tc"] - 5.0  # a 5 K jump in one 6 s sample
+    with pytest.raises(InvalidInput, match=r"'Tc' moves .* K/s at row 40, faster than its "
+                                           r"rate_limit 0.5 K/s"):
+        check_log(log, SPEC)
+
+
+def test_rate_limit_is_not_applied_across_a_gap(log: pd.DataFrame) -> None:
+    gapped = log.drop(index=range(40, 60)).reset_index(drop=True)
+    gapped.loc[40:, "Tc"] = np.clip(gapped.loc[40:, "Tc"] - 5.0, 280.0, 360.0)
+    check_log(gapped, SPEC)
+
+
+def test_sensor_limit_in_the_wrong_unit_is_caught(log: pd.DataFrame) -> None:
+    tags = tuple(t.model_copy(update={"high": 112.0}) if t.name == "T" else t
+                 for t in SPEC.tags)  # a limit in degC on data in K
+    wrong = SPEC.model_copy(update={"tags": tags})
+    with pytest.raises(InvalidInput, match=r"sensor 'T' is typically 3\d\d(\.\d+)? K, beyond "
+                                           r"its high limit 112 K"):
+        check_log(log, wrong)
+
+
+def test_sensor_without_any_value(log: pd.DataFrame) -> None:
+    log["Ca"] = np.nan
+    with pytest.raises(InvalidInput, match=r"sensor 'Ca' has no values at all"):
         check_log(log, SPEC)

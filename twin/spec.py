@@ -79,8 +79,11 @@ class ProcessSpec(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_\-]*$")
     description: str = ""
     sample_period_s: float = Field(gt=0)
-    timestamp_column: str = "time_s"
+    timestamp_column: str = Field(
+        default="time_s", description="seconds (numbers) or date-times (ISO 8601 strings)")
     tags: tuple[Tag, ...] = Field(min_length=2)
+    ignore_columns: tuple[str, ...] = Field(
+        default=(), description="log columns that are neither tags nor the timestamp")
 
     @model_validator(mode="after")
     def _check_tags(self) -> ProcessSpec:
@@ -90,6 +93,9 @@ class ProcessSpec(BaseModel):
             raise ValueError(f"duplicate tag names: {', '.join(duplicates)}")
         if self.timestamp_column in names:
             raise ValueError(f"timestamp column '{self.timestamp_column}' is also a tag name")
+        ignored_tags = sorted(set(self.ignore_columns) & set(names))
+        if ignored_tags:
+            raise ValueError(f"ignore_columns lists tag(s) {', '.join(ignored_tags)}")
         if not self.sensors:
             raise ValueError("a process needs at least one sensor")
         if not self.actuators:
