@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from twin.errors import InvalidInput
+from twin.logs import read_log, write_log
 from twin.spec import ProcessSpec, SpecError
 
 app = typer.Typer(help="Process-control digital twin: data, training, control, serving.",
@@ -102,26 +103,6 @@ def db_current(database_url: UrlOption = None) -> None:
 
 
 # -- data --------------------------------------------------------------------------------
-def write_table(df: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".csv":
-        df.to_csv(out, index=False)
-    elif out.suffix.lower() == ".parquet":
-        df.to_parquet(out, index=False)
-    else:
-        raise InvalidInput(f"{out}: use a .csv or .parquet file name")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InvalidInput(f"data file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    raise InvalidInput(f"{path}: use a .csv or .parquet file")
-
-
 @data_app.command("generate")
 @friendly_errors
 def data_generate(
@@ -136,7 +117,7 @@ def data_generate(
     module = get_process(process)
     with console.status(f"simulating {hours:g} h of {process}..."):
         df = module.generate_training_log(hours, seed)
-    write_table(df, out)
+    write_log(df, out)
     console.print(f"wrote {len(df)} samples ({hours:g} h at {module.SPEC.sample_period_s:g} s) "
                   f"to [bold]{out}[/]")
 
@@ -170,7 +151,7 @@ def train(
     from twin.train import TrainConfig, train_twin
 
     process_spec = _spec_for(process, spec)
-    df = read_table(data)
+    df = read_log(data)
     config = TrainConfig(epochs=epochs, seed=seed, max_seconds=max_minutes * 60.0)
     twin, history = train_twin(df, process_spec, config, show_progress=True)
     sha = twin.save(out)
@@ -184,7 +165,9 @@ def train(
 
 
 def _provenance(path: Path, df: pd.DataFrame, spec: ProcessSpec) -> dict[str, Any]:
-    ts = df[spec.timestamp_column]
+    from twin.data import timestamps_s
+
+    ts = timestamps_s(df, spec)
     return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "rows": len(df), "time_s": [float(ts.min()), float(ts.max())]}
 
@@ -226,62 +209,163 @@ def _print_training(metrics: dict[str, Any], spec: ProcessSpec) -> None:
 @friendly_errors
 def control(
     model: Annotated[Path, typer.Option(help="checkpoint file of a trained twin")],
-    process: Annotated[str, typer.Option(help="process simulator to drive")] = "cstr",
+    plant: Annotated[str | None, typer.Option(
+        "--plant", "--process",
+        help="built-in simulator to drive (default: the twin's own process)")] = None,
     planner: Annotated[str, typer.Option(help="casadi or cem")] = "casadi",
     seed: Annotated[int, typer.Option(help="plant noise seed")] = 7,
     store: Annotated[bool, typer.Option(help="store the episode as a run")] = True,
     database_url: UrlOption = None,
 ) -> None:
-    """Run the standard closed-loop episode with the twin's MPC and store it."""
-    from processes import get_process
+    """Run a process's standard closed-loop episode with the twin's MPC and store it.
+
+    A twin of a process known only from its tag file can drive a built-in simulator whose
+    tags it shares (--plant): the simulator stands in for the real plant, and the
+    controller knows nothing but what the twin learned from the files.
+    """
+    from processes import find_process, get_process
     from twin.controller import TwinController
     from twin.twin_model import Twin
 
     if planner not in ("casadi", "cem"):
         raise InvalidInput(f"unknown planner '{planner}' (choose casadi or cem)")
-    module = get_process(process)
     twin_model = Twin.load(model)
-    if twin_model.spec.name != process:
-        raise InvalidInput(f"checkpoint is a twin of '{twin_model.spec.name}', not '{process}'")
-    controller = TwinController.from_twin(twin_model, planner, fallback=module.baseline_fallback())
+    name = plant or twin_model.spec.name
+    module = get_process(name)
+    _check_plant_tags(twin_model.spec, module.SPEC)
+    own = find_process(twin_model.spec.name)  # a file-only process has no baseline: hold
+    fallback = own.baseline_fallback() if own is not None else None
+    controller = TwinController.from_twin(twin_model, planner, fallback=fallback)
     episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
                                  config={"planner": planner, "checkpoint": str(model)},
                                  show_progress=True)
-    _print_episode(episode.metrics)
+    episode.process = twin_model.spec.name
+    _print_episode(episode.metrics, module.EPISODE_SUMMARY)
     if store:
-        run_id = _store_episode(database_url, episode, model)
+        run_id = _store_episode(database_url, episode, model, twin_model.spec)
         console.print(f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
                       f"http://127.0.0.1:8000/runs/{run_id}")
 
 
-def _store_episode(url: str | None, episode: Any, checkpoint: Path) -> int:
+def _check_plant_tags(twin_spec: ProcessSpec, plant_spec: ProcessSpec) -> None:
+    if twin_spec.name == plant_spec.name:
+        return
+    plant_tags = {t.name: t for t in plant_spec.tags}
+    problems = []
+    for tag in twin_spec.tags:
+        other = plant_tags.get(tag.name)
+        if other is None:
+            problems.append(f"'{tag.name}' is not a tag of {plant_spec.name}")
+        elif other.role != tag.role or other.unit != tag.unit:
+            problems.append(f"'{tag.name}' is a {tag.role} in {tag.unit} for the twin but a "
+                            f"{other.role} in {other.unit} on {plant_spec.name}")
+    if problems:
+        raise InvalidInput(f"twin of '{twin_spec.name}' cannot drive {plant_spec.name}: "
+                           + "; ".join(problems))
+
+
+def _store_episode(url: str | None, episode: Any, checkpoint: Path | None,
+                   spec: ProcessSpec, kind: str = "control") -> int:
     from api import services
     from api.db import open_session
     from api.orm import TwinModel
 
-    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     with open_session(_url(url)) as session:
-        model = session.query(TwinModel).filter_by(sha256=sha).order_by(
-            TwinModel.id.desc()).first()
-        run = services.store_episode(session, episode, kind="control",
-                                     model_id=model.id if model else None)
+        services.ensure_process(session, spec)
+        model_id = None
+        if checkpoint is not None:
+            sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+            model = session.query(TwinModel).filter_by(sha256=sha).order_by(
+                TwinModel.id.desc()).first()
+            model_id = model.id if model else None
+        run = services.store_episode(session, episode, kind=kind, model_id=model_id)
         return int(run.id)
 
 
-def _print_episode(metrics: dict[str, Any]) -> None:
-    table = Table(title="closed-loop episode (true plant state)")
+def _print_episode(metrics: dict[str, Any], rows: Any, title: str = "closed-loop episode "
+                   "(true plant state)") -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("cost", f"{metrics['cost']:.2f}"),
-            ("mean |T - T_sp|", f"{metrics['mean_abs_error_K']:.2f} K"),
-            ("max T", f"{metrics['max_T_K']:.1f} K"),
-            ("limit violations", f"{metrics['violations']} samples"),
-            ("fallbacks", f"{metrics['fallbacks']} steps"),
-            ("planning median / p99", f"{metrics['plan_ms_median']:.1f} / "
-                                      f"{metrics['plan_ms_p99']:.1f} ms")]
-    for key, value in rows:
-        table.add_row(key, value)
+    for row in rows:
+        value = metrics.get(row.key)
+        if value is None:
+            continue
+        text = format(int(value), "d") if row.fmt == "d" else format(float(value), row.fmt)
+        table.add_row(row.label, f"{text} {row.unit}".strip())
     console.print(table)
+
+
+# -- replay ------------------------------------------------------------------------------
+def _parse_setpoints(items: list[str] | None) -> dict[str, float] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        tag, sep, value = item.partition("=")
+        try:
+            out[tag.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not tag.strip():
+            raise InvalidInput(f"setpoint '{item}' must look like TAG=VALUE, e.g. T=360")
+    return out
+
+
+@app.command()
+@friendly_errors
+def replay(
+    model: Annotated[Path, typer.Option(help="checkpoint file of a trained twin")],
+    data: Annotated[Path, typer.Option(help="logged data, .csv or .parquet")],
+    mode: Annotated[str, typer.Option(help="open-loop, shadow or logged")] = "open-loop",
+    horizon: Annotated[int, typer.Option(min=1, max=500, help="open-loop steps ahead")] = 20,
+    stride: Annotated[int, typer.Option(min=1, help="open loop: predict from every n-th "
+                                                    "sample")] = 1,
+    setpoint: Annotated[list[str] | None, typer.Option(
+        help="shadow: TAG=VALUE (repeat); default: each controlled tag's median")] = None,
+    planner: Annotated[str, typer.Option(help="shadow: casadi or cem")] = "casadi",
+    store: Annotated[bool, typer.Option(help="store the replay as a run")] = True,
+    database_url: UrlOption = None,
+) -> None:
+    """Replay a log through a twin: open-loop predictions, shadow control, or the log itself."""
+    from processes import find_process
+    from processes.base import SummaryRow
+    from twin import replay as replays
+    from twin.controller import TwinController
+    from twin.twin_model import Twin
+
+    if mode not in ("open-loop", "shadow", "logged"):
+        raise InvalidInput(f"unknown mode '{mode}' (choose open-loop, shadow or logged)")
+    twin_model = Twin.load(model)
+    spec = twin_model.spec
+    df = read_log(data)
+    if mode == "open-loop":
+        episode = replays.open_loop(twin_model, df, horizon, stride, show_progress=True)
+        rows = [SummaryRow("samples", "predictions", "", "d")] + [
+            SummaryRow(f"nrmse_h{h}", f"{h}-step RMSE / range", "", ".4f")
+            for h in sorted({*[h for h in replays.REPORT_HORIZONS if h <= horizon], horizon})]
+        for tag in twin_model.layout.sensors:
+            rows.append(SummaryRow(f"rmse_{tag}_h{horizon}", f"{horizon}-step RMSE {tag}",
+                                   spec.tag(tag).unit, ".4g"))
+    elif mode == "shadow":
+        own = find_process(spec.name)
+        controller = TwinController.from_twin(
+            twin_model, planner, fallback=own.baseline_fallback() if own else None)
+        episode = replays.shadow(controller, df, _parse_setpoints(setpoint), show_progress=True)
+        rows = [SummaryRow("samples", "samples", "", "d"),
+                SummaryRow("fallbacks", "fallback steps", "", "d"),
+                SummaryRow("plan_ms_median", "planning median", "ms", ".1f")] + [
+            SummaryRow(f"mean_abs_diff_{a}", f"mean |twin - logged| {a}", spec.tag(a).unit)
+            for a in twin_model.layout.actions]
+    else:
+        episode = replays.as_logged(df, spec)
+        rows = [SummaryRow("samples", "samples", "", "d"),
+                SummaryRow("violations", "samples beyond a hard limit", "", "d")]
+    episode.config["data"] = str(data)
+    _print_episode(episode.metrics, rows, title=f"replay ({mode}) of {data.name}")
+    if store:
+        run_id = _store_episode(database_url, episode, model, spec, kind="replay")
+        console.print(f"stored as run [bold]{run_id}[/]")
 
 
 # -- serving and workers -----------------------------------------------------------------

@@ -34,6 +34,7 @@ from api.orm import Run
 from api.services import jobs
 from api.services.processes import spec_of
 from api.settings import Settings
+from twin.logs import read_log
 
 log = logging.getLogger("api.worker")
 
@@ -138,7 +139,6 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> 
 
 def load_data(spec: jobs.TrainJobSpec, run: Run) -> tuple[Any, Any]:
     """(training log, process spec) for a job."""
-    import pandas as pd
 
     data = spec.data
     if isinstance(data, jobs.SimulatorData):
@@ -150,11 +150,7 @@ def load_data(spec: jobs.TrainJobSpec, run: Run) -> tuple[Any, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} not found on the worker "
                                 f"(paths are read by the worker, not the API)")
-    if path.suffix.lower() == ".parquet":
-        df = pd.read_parquet(path)
-    else:
-        df = pd.read_csv(path)
-    return df, spec_of(run.process)
+    return read_log(path), spec_of(run.process)
 
 
 def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str, Any]:
@@ -162,7 +158,10 @@ def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str
     out["rows"] = len(df)
     column = getattr(process_spec, "timestamp_column", None)
     if column in getattr(df, "columns", ()):
-        out["time_s"] = [float(df[column].min()), float(df[column].max())]
+        from twin.data import timestamps_s
+
+        ts = timestamps_s(df, process_spec)
+        out["time_s"] = [float(ts.min()), float(ts.max())]
     return out
 
 

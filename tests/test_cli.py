@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["db", "upgrade"], ["data", "generate"], ["train"],
-                                  ["control"], ["serve"], ["worker"]])
+                                  ["control"], ["replay"], ["serve"], ["worker"]])
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -41,7 +41,7 @@ def test_db_upgrade_then_generate_and_train(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--process", "cstr", "--data", "missing.csv", "--out", "x.pt",
-      "--no-register"], "data file not found"),
+      "--no-register"], "log file not found"),
     (["train", "--process", "reactor9", "--data", "missing.csv", "--out", "x.pt"],
      "unknown process 'reactor9'"),
     (["data", "generate", "--out", "log.txt"], "use a .csv or .parquet"),

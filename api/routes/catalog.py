@@ -8,6 +8,7 @@ from api import services
 from api.deps import SessionDep
 from api.migrate import revision_of
 from api.schemas import Health, ModelOut, ProcessOut
+from twin.spec import ProcessSpec
 
 router = APIRouter(prefix="/api")
 
@@ -22,6 +23,16 @@ def health(session: SessionDep) -> Health:
 @router.get("/processes", response_model=list[ProcessOut], tags=["processes"])
 def list_processes(session: SessionDep) -> list[ProcessOut]:
     return [ProcessOut.of(p) for p in services.list_processes(session)]
+
+
+@router.post("/processes", response_model=ProcessOut, status_code=201, tags=["processes"])
+def define_process(spec: ProcessSpec, session: SessionDep) -> ProcessOut:
+    """Register a process of your own from its tag file (the YAML as JSON).
+
+    Then queue a training job on its logged data (POST /api/jobs/train with a csv data
+    source) and start control loops or replays with the model it produces.
+    """
+    return ProcessOut.of(services.define_process(session, spec))
 
 
 @router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])

@@ -16,6 +16,7 @@ from api.services.loops import (
 )
 from api.services.models import get_model, list_models, load_model_bytes, register_model
 from api.services.processes import (
+    define_process,
     ensure_process,
     find_process,
     get_process,
@@ -45,6 +46,7 @@ __all__ = [
     "create_run",
     "default_controller_factory",
     "enqueue_training",
+    "define_process",
     "ensure_process",
     "find_process",
     "finish_run",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
-from api.orm import Process
+from api.errors import Conflict, NotFound
+from api.orm import Process, TwinModel
 from twin.spec import ProcessSpec, SpecError
 
 
@@ -22,6 +22,26 @@ def ensure_process(session: Session, spec: ProcessSpec, *, commit: bool = True) 
     if commit:
         session.commit()
     return process
+
+
+def define_process(session: Session, spec: ProcessSpec) -> Process:
+    """Store a process known only from its tag file (a plant engineer's own process).
+
+    Built-in names are refused (their spec lives in code), and so is a new spec for a
+    process that already has trained models: those models were trained on the old tags.
+    """
+    from processes import PROCESS_MODULES  # late: the registry imports simulators lazily
+
+    if spec.name in PROCESS_MODULES:
+        raise Conflict(f"'{spec.name}' is a built-in process; choose another name")
+    existing = find_process(session, spec.name)
+    if existing is not None and existing.spec != spec.to_dict():
+        has_models = session.scalars(
+            select(TwinModel.id).where(TwinModel.process_id == existing.id).limit(1)).first()
+        if has_models is not None:
+            raise Conflict(f"process '{spec.name}' already has trained models on other tags; "
+                           "register the new tag file under a new name")
+    return ensure_process(session, spec)
 
 
 def find_process(session: Session, name: str) -> Process | None:
