@@ -33,8 +33,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+BENCH_PROCESSES ?= cstr turbofan tennessee_eastman glucose
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/cstr_closed_loop.py
+	for p in $(BENCH_PROCESSES); do $(BIN)/python benchmarks/control.py --process $$p || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

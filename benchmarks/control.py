@@ -1,0 +1,175 @@
+"""Closed-loop benchmark for any built-in process: baseline, oracle, twin + CasADi, twin + CEM.
+
+    python benchmarks/control.py --process cstr                  # trains a twin first
+    python benchmarks/control.py --process turbofan --model t.pt # uses a trained checkpoint
+    python benchmarks/control.py --process glucose --cases all   # every virtual patient
+
+The twin is trained on the process's own excitation data (its TRAINING_RECIPE, or
+--hours/--epochs), with training seed --train-seed; plant seeds differ from the data seed.
+Every controller meets the same cases x seeds. Scores come from the true plant state.
+
+Writes benchmarks/results/control_<process>.json shaped
+{"<process>": {"<controller>": {"cost", "cost_ratio_to_oracle", "violations",
+"worst_violation", "fallbacks", "plan_ms_median", "plan_ms_p99", "metrics": {...},
+"episodes": [...]}}, "meta": {...}}. Costs are means over episodes; the ratio is the mean of
+per-episode ratios to the oracle (or to the baseline where a process has no oracle, and
+then says so in meta.reference); planning times are over all steps of all episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from processes import get_process, process_names  # noqa: E402
+from processes.base import benchmark_cases  # noqa: E402
+from twin.controller import TwinController  # noqa: E402
+from twin.records import EpisodeResult  # noqa: E402
+from twin.train import TrainConfig, train_twin  # noqa: E402
+from twin.twin_model import Twin  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console(width=160)
+
+
+def get_twin(module: ModuleType, model: Path | None, hours: float | None, epochs: int | None,
+             seed: int) -> Twin:
+    if model is not None:
+        return Twin.load(model)
+    recipe = module.TRAINING_RECIPE
+    df = module.generate_training_log(hours or recipe.hours, seed=1, show_progress=True)
+    config = TrainConfig(epochs=epochs or recipe.epochs, seed=seed,
+                         max_seconds=recipe.max_minutes * 60.0)
+    twin, _ = train_twin(df, module.SPEC, config, show_progress=True)
+    return twin
+
+
+def controllers(module: ModuleType, twin: Twin, planners: list[str]
+                ) -> dict[str, Callable[[], Any]]:
+    """Fresh policy factories: each episode starts from a clean controller state."""
+    out: dict[str, Callable[[], Any]] = {"baseline": module.baseline_policy}
+    if module.oracle_policy() is not None:
+        out["oracle_nmpc"] = module.oracle_policy
+    for planner in planners:
+        out[f"twin_{planner}"] = (lambda p=planner: module.twin_policy(TwinController.from_twin(
+            twin, p, fallback=module.baseline_fallback())))
+    return out
+
+
+def run(module: ModuleType, twin: Twin, seeds: list[int], cases: list[dict[str, Any]],
+        planners: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
+    episodes: dict[str, list[tuple[dict[str, Any], int, EpisodeResult]]] = {}
+    for name, factory in controllers(module, twin, planners).items():
+        episodes[name] = []
+        for case in cases:
+            for seed in seeds:
+                label = f"{name} {case or ''} seed {seed}".replace("  ", " ")
+                episode = module.run_episode(factory(), name, seed=seed, show_progress=False,
+                                             **case)
+                episodes[name].append((case, seed, episode))
+                console.log(f"{label}: cost {episode.metrics['cost']:.4g}, violations "
+                            f"{episode.metrics['violations']}, fallbacks "
+                            f"{episode.metrics['fallbacks']}")
+    reference = "oracle_nmpc" if "oracle_nmpc" in episodes else "baseline"
+    reference_costs = [ep.metrics["cost"] for _, _, ep in episodes[reference]]
+    return {name: summarise(runs, reference_costs) for name, runs in episodes.items()}, reference
+
+
+def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
+              reference_costs: list[float]) -> dict[str, Any]:
+    metrics = [ep.metrics for _, _, ep in runs]
+    plan_ms = np.concatenate([[s.solve_ms for s in ep.steps] for _, _, ep in runs])
+    numeric = sorted({k for m in metrics for k, v in m.items() if isinstance(v, int | float)})
+    ratios = [m["cost"] / ref if ref > 0 else float("nan")
+              for m, ref in zip(metrics, reference_costs, strict=True)]
+    return {
+        "cost": float(np.mean([m["cost"] for m in metrics])),
+        "cost_ratio_to_oracle": float(np.mean(ratios)),
+        "violations": int(sum(m["violations"] for m in metrics)),
+        "worst_violation": float(max(m["worst_violation"] for m in metrics)),
+        "fallbacks": int(sum(m["fallbacks"] for m in metrics)),
+        "plan_ms_median": float(np.median(plan_ms)),
+        "plan_ms_p99": float(np.percentile(plan_ms, 99)),
+        "metrics": {k: float(np.mean([m[k] for m in metrics if k in m])) for k in numeric},
+        "episodes": [{"case": case, "seed": seed, **{k: ep.metrics[k] for k in (
+            "cost", "violations", "worst_violation", "fallbacks")}} for case, seed, ep in runs],
+    }
+
+
+def print_table(process: str, results: dict[str, dict[str, Any]], reference: str,
+                extra: list[str]) -> None:
+    ratio = "ratio to oracle" if reference == "oracle_nmpc" else "ratio to baseline"
+    table = Table(title=f"{process}: closed loop, true plant state")
+    for col in ("controller", "cost", ratio, "violations", "worst", "fallbacks",
+                "plan ms median", "plan ms p99", *extra):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['cost']:.4g}", f"{r['cost_ratio_to_oracle']:.3f}",
+                      str(r["violations"]), f"{r['worst_violation']:.3g}", str(r["fallbacks"]),
+                      f"{r['plan_ms_median']:.2f}", f"{r['plan_ms_p99']:.2f}",
+                      *[f"{r['metrics'].get(k, float('nan')):.4g}" for k in extra])
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--process", choices=process_names(), required=True)
+    parser.add_argument("--model", type=Path, help="trained twin checkpoint (else train one)")
+    parser.add_argument("--save-model", type=Path, help="keep the trained twin here")
+    parser.add_argument("--hours", type=float, help="training log length (default: recipe)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: recipe)")
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13, 17, 19],
+                        help="plant seeds (noise, scenario draws)")
+    parser.add_argument("--cases", default="default",
+                        help="'default' (the module's BENCHMARK_CASES) or 'all' (ALL_CASES)")
+    parser.add_argument("--planners", nargs="+", default=["casadi", "cem"])
+    parser.add_argument("--extra", nargs="*", default=None,
+                        help="process metrics to show as columns (default: EPISODE_SUMMARY)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    module = get_process(args.process)
+    started = time.perf_counter()
+    twin = get_twin(module, args.model, args.hours, args.epochs, args.train_seed)
+    if args.save_model:
+        twin.save(args.save_model)
+    cases = ([dict(c) for c in module.ALL_CASES] if args.cases == "all"
+             and hasattr(module, "ALL_CASES") else benchmark_cases(module))
+    results, reference = run(module, twin, args.seeds, cases, args.planners)
+    extra = args.extra if args.extra is not None else [
+        row.key for row in module.EPISODE_SUMMARY
+        if row.key not in ("cost", "violations", "fallbacks", "plan_ms_median", "plan_ms_p99")]
+    print_table(args.process, results, reference, extra)
+    payload = {
+        args.process: results,
+        "meta": {
+            "reference": reference,
+            "cases": cases,
+            "seeds": args.seeds,
+            "twin": {k: v for k, v in twin.metrics.items() if k != "history"},
+            "train_config": twin.train_config,
+            "machine": platform.platform(),
+            "wall_s": time.perf_counter() - started,
+        },
+    }
+    out = args.out or RESULTS / f"control_{args.process}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=float))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
