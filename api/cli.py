@@ -223,7 +223,7 @@ def control(
     tags it shares (--plant): the simulator stands in for the real plant, and the
     controller knows nothing but what the twin learned from the files.
     """
-    from processes import find_process, get_process
+    from processes import fallback_for, get_process
     from twin.controller import TwinController
     from twin.twin_model import Twin
 
@@ -233,9 +233,8 @@ def control(
     name = plant or twin_model.spec.name
     module = get_process(name)
     _check_plant_tags(twin_model.spec, module.SPEC)
-    own = find_process(twin_model.spec.name)  # a file-only process has no baseline: hold
-    fallback = own.baseline_fallback() if own is not None else None
-    controller = TwinController.from_twin(twin_model, planner, fallback=fallback)
+    controller = TwinController.from_twin(twin_model, planner,
+                                          fallback=fallback_for(twin_model.spec))
     episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
                                  config={"planner": planner, "checkpoint": str(model)},
                                  show_progress=True)
@@ -328,7 +327,7 @@ def replay(
     database_url: UrlOption = None,
 ) -> None:
     """Replay a log through a twin: open-loop predictions, shadow control, or the log itself."""
-    from processes import find_process
+    from processes import fallback_for
     from processes.base import SummaryRow
     from twin import replay as replays
     from twin.controller import TwinController
@@ -348,9 +347,7 @@ def replay(
             rows.append(SummaryRow(f"rmse_{tag}_h{horizon}", f"{horizon}-step RMSE {tag}",
                                    spec.tag(tag).unit, ".4g"))
     elif mode == "shadow":
-        own = find_process(spec.name)
-        controller = TwinController.from_twin(
-            twin_model, planner, fallback=own.baseline_fallback() if own else None)
+        controller = TwinController.from_twin(twin_model, planner, fallback=fallback_for(spec))
         episode = replays.shadow(controller, df, _parse_setpoints(setpoint), show_progress=True)
         rows = [SummaryRow("samples", "samples", "", "d"),
                 SummaryRow("fallbacks", "fallback steps", "", "d"),

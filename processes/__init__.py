@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from twin.baseline import spec_fallback
+from twin.safety import Fallback
 from twin.spec import ProcessSpec, SpecError
 
 from .base import check_module
@@ -41,3 +43,10 @@ def find_process(name: str) -> ModuleType | None:
 
 def get_spec(name: str) -> ProcessSpec:
     return get_process(name).SPEC
+
+
+def fallback_for(spec: ProcessSpec) -> Fallback | None:
+    """The baseline a twin controller falls back to: the built-in process's own, else the
+    PI loops its tag file declares, else None (hold the actuators)."""
+    module = find_process(spec.name)
+    return module.baseline_fallback() if module is not None else spec_fallback(spec)

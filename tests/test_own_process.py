@@ -21,6 +21,7 @@ from api.cli import app as cli
 from api.worker import run_worker
 from processes import cstr
 from twin import replay
+from twin.baseline import spec_fallback
 from twin.controller import TwinController
 from twin.errors import InvalidInput
 from twin.spec import ProcessSpec, SpecError
@@ -42,6 +43,7 @@ TAG_FILE: dict[str, Any] = {
         {"name": "Caf", "role": "disturbance", "unit": "mol/L"},
         {"name": "Tf", "role": "disturbance", "unit": "K"},
     ],
+    "baseline": [{"sensor": "T", "actuator": "Tc", "kp": 0.8, "ti_s": 30.0}],
 }
 TINY_TRAIN = ["--epochs", "2", "--max-minutes", "1"]
 
@@ -199,3 +201,28 @@ def test_api_defines_the_process_and_trains_it_from_its_log(client: TestClient, 
     changed = {**TAG_FILE, "description": "new tags", "sample_period_s": 12}
     conflict = client.post("/api/processes", json=changed)
     assert conflict.status_code == 409 and "already has trained models" in conflict.text
+
+
+def test_declared_pi_loop_is_the_fallback_and_matches_the_built_in_pi() -> None:
+    spec = ProcessSpec.from_dict(TAG_FILE)
+    own, built_in = spec_fallback(spec), cstr.pi_fallback()
+    assert own is not None
+    applied = {"Tc": 330.0}
+    for t in (350.0, 349.2, 348.9, 349.5, 350.3):  # small errors: no rate clamp in cstr's PI
+        meas = {"T": t, "Ca": 0.5}
+        mine, theirs = own(meas, {"T": 350.0}, applied), built_in(meas, {"T": 350.0}, applied)
+        assert mine["Tc"] == pytest.approx(theirs["Tc"])
+        applied = dict(mine)
+    assert own({"T": None}, {"T": 350.0}, {"Tc": 331.0}) == {"Tc": 331.0}  # no measurement
+    assert spec_fallback(spec.model_copy(update={"baseline": ()})) is None
+
+
+@pytest.mark.parametrize(("loop", "message"), [
+    ({"sensor": "Tc", "actuator": "Tc", "kp": 1.0, "ti_s": 10.0}, "'Tc' is not a sensor tag"),
+    ({"sensor": "T", "actuator": "Caf", "kp": 1.0, "ti_s": 10.0}, "'Caf' is not an actuator"),
+    ({"sensor": "T", "actuator": "Tc", "kp": 0.0, "ti_s": 10.0}, "kp must be a finite, non-zero"),
+    ({"sensor": "T", "actuator": "Tc", "kp": 1.0, "ti_s": -1.0}, "greater than 0"),
+])
+def test_bad_baseline_loops_are_refused(loop: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        ProcessSpec.from_dict({**TAG_FILE, "baseline": [loop]})

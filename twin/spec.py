@@ -71,6 +71,28 @@ class Tag(BaseModel):
         return self
 
 
+class PILoop(BaseModel):
+    """A plain PI loop from the tag file: the fallback of a process that has no code.
+
+    Velocity form: u += kp (e - e_prev) + kp dt / ti_s e, with e = setpoint - measurement,
+    so kp > 0 when raising the actuator raises the sensor (kp in actuator unit per sensor
+    unit). It starts from what is applied (bumpless) and the safety layer clips it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str
+    actuator: str
+    kp: float
+    ti_s: float = Field(gt=0, description="integral time, seconds")
+
+    @model_validator(mode="after")
+    def _check_gain(self) -> PILoop:
+        if not math.isfinite(self.kp) or self.kp == 0 or not math.isfinite(self.ti_s):
+            raise ValueError("kp must be a finite, non-zero number and ti_s finite")
+        return self
+
+
 class ProcessSpec(BaseModel):
     """Everything a twin needs to know about a process that is not in the data."""
 
@@ -84,6 +106,8 @@ class ProcessSpec(BaseModel):
     tags: tuple[Tag, ...] = Field(min_length=2)
     ignore_columns: tuple[str, ...] = Field(
         default=(), description="log columns that are neither tags nor the timestamp")
+    baseline: tuple[PILoop, ...] = Field(
+        default=(), description="PI loops the controller falls back to (else it holds)")
 
     @model_validator(mode="after")
     def _check_tags(self) -> ProcessSpec:
@@ -93,6 +117,12 @@ class ProcessSpec(BaseModel):
             raise ValueError(f"duplicate tag names: {', '.join(duplicates)}")
         if self.timestamp_column in names:
             raise ValueError(f"timestamp column '{self.timestamp_column}' is also a tag name")
+        roles = {t.name: t.role for t in self.tags}
+        for loop in self.baseline:
+            if roles.get(loop.sensor) is not TagRole.SENSOR:
+                raise ValueError(f"baseline loop: '{loop.sensor}' is not a sensor tag")
+            if roles.get(loop.actuator) is not TagRole.ACTUATOR:
+                raise ValueError(f"baseline loop: '{loop.actuator}' is not an actuator tag")
         ignored_tags = sorted(set(self.ignore_columns) & set(names))
         if ignored_tags:
             raise ValueError(f"ignore_columns lists tag(s) {', '.join(ignored_tags)}")

@@ -55,15 +55,13 @@ ControllerFactory = Callable[[bytes, str], Controller]
 
 def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     # Imported late: torch and casadi load only when a loop actually starts.
-    from processes import find_process
+    from processes import fallback_for
     from twin.controller import TwinController
     from twin.twin_model import Twin
 
     twin = Twin.from_bytes(checkpoint)
-    # A built-in process lends its baseline as the fallback; a file-defined one holds.
-    module = find_process(twin.spec.name)
-    fallback = module.baseline_fallback() if module is not None else None
-    return TwinController.from_twin(twin, planner, fallback=fallback)
+    # A built-in process lends its baseline; a file-defined one its declared PI loops.
+    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec))
 
 
 @dataclass

@@ -1,0 +1,38 @@
+"""The fallback of a process known only from its tag file: its declared PI loops, or a hold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .safety import Fallback
+from .spec import ProcessSpec
+
+
+def spec_fallback(spec: ProcessSpec) -> Fallback | None:
+    """Velocity-form PI loops from `spec.baseline`; None when the tag file declares none.
+
+    Each call continues from the applied actuator value (bumpless), so the loop can take
+    over from the twin at any step; a loop without its measurement or setpoint holds.
+    """
+    if not spec.baseline:
+        return None
+    dt = spec.sample_period_s
+    previous_error: dict[str, float | None] = {loop.sensor: None for loop in spec.baseline}
+
+    def fallback(measurements: Mapping[str, float | None], setpoints: Mapping[str, float],
+                 applied: Mapping[str, float]) -> dict[str, float]:
+        out = dict(applied)
+        for loop in spec.baseline:
+            measured, target = measurements.get(loop.sensor), setpoints.get(loop.sensor)
+            if measured is None or target is None:
+                previous_error[loop.sensor] = None
+                continue
+            error = float(target) - float(measured)
+            before = previous_error[loop.sensor]
+            proportional = loop.kp * ((error - before) if before is not None else 0.0)
+            integral = loop.kp * dt / loop.ti_s * error
+            out[loop.actuator] = float(applied[loop.actuator]) + proportional + integral
+            previous_error[loop.sensor] = error
+        return out
+
+    return fallback
