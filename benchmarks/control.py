@@ -45,15 +45,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=160)
 
 
-def get_twin(module: ModuleType, model: Path | None, hours: float | None, epochs: int | None,
-             seed: int) -> Twin:
+TrainingKey = tuple[tuple[str, Any], ...]
+
+
+def training_key(module: ModuleType, case: dict[str, Any]) -> TrainingKey:
+    """Case arguments that change the plant a twin must learn (glucose: the patient)."""
+    return tuple((k, case[k]) for k in getattr(module, "TRAINING_CASE_KEYS", ()) if k in case)
+
+
+def get_twin(module: ModuleType, key: TrainingKey, model: Path | None, hours: float | None,
+             epochs: int | None, seed: int) -> Twin:
     if model is not None:
         return Twin.load(model)
-    recipe = module.TRAINING_RECIPE
-    df = module.generate_training_log(hours or recipe.hours, seed=1, show_progress=True)
+    recipe, kwargs = module.TRAINING_RECIPE, dict(key)
+    spec = module.spec_for(**kwargs) if kwargs and hasattr(module, "spec_for") else module.SPEC
+    console.log(f"training a twin of {spec.name} {kwargs or ''}")
+    df = module.generate_training_log(hours or recipe.hours, seed=1, show_progress=True,
+                                      **kwargs)
     config = TrainConfig(epochs=epochs or recipe.epochs, seed=seed,
                          max_seconds=recipe.max_minutes * 60.0)
-    twin, _ = train_twin(df, module.SPEC, config, show_progress=True)
+    twin, _ = train_twin(df, spec, config, show_progress=True)
     return twin
 
 
@@ -69,18 +80,19 @@ def controllers(module: ModuleType, twin: Twin, planners: list[str]
     return out
 
 
-def run(module: ModuleType, twin: Twin, seeds: list[int], cases: list[dict[str, Any]],
-        planners: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
+def run(module: ModuleType, twins: dict[TrainingKey, Twin], seeds: list[int],
+        cases: list[dict[str, Any]], planners: list[str]
+        ) -> tuple[dict[str, dict[str, Any]], str]:
     episodes: dict[str, list[tuple[dict[str, Any], int, EpisodeResult]]] = {}
-    for name, factory in controllers(module, twin, planners).items():
-        episodes[name] = []
-        for case in cases:
+    for case in cases:
+        twin = twins[training_key(module, case)]
+        for name, factory in controllers(module, twin, planners).items():
             for seed in seeds:
-                label = f"{name} {case or ''} seed {seed}".replace("  ", " ")
                 episode = module.run_episode(factory(), name, seed=seed, show_progress=False,
                                              **case)
-                episodes[name].append((case, seed, episode))
-                console.log(f"{label}: cost {episode.metrics['cost']:.4g}, violations "
+                episodes.setdefault(name, []).append((case, seed, episode))
+                console.log(f"{name} {case or ''} seed {seed}: cost "
+                            f"{episode.metrics['cost']:.4g}, violations "
                             f"{episode.metrics['violations']}, fallbacks "
                             f"{episode.metrics['fallbacks']}")
     reference = "oracle_nmpc" if "oracle_nmpc" in episodes else "baseline"
@@ -143,12 +155,19 @@ def main() -> None:
     args = parser.parse_args()
     module = get_process(args.process)
     started = time.perf_counter()
-    twin = get_twin(module, args.model, args.hours, args.epochs, args.train_seed)
-    if args.save_model:
-        twin.save(args.save_model)
     cases = ([dict(c) for c in module.ALL_CASES] if args.cases == "all"
              and hasattr(module, "ALL_CASES") else benchmark_cases(module))
-    results, reference = run(module, twin, args.seeds, cases, args.planners)
+    keys = list(dict.fromkeys(training_key(module, case) for case in cases))
+    if args.model is not None and len(keys) > 1:
+        parser.error("--model gives one twin, but these cases need one per "
+                     f"{', '.join(module.TRAINING_CASE_KEYS)}")
+    twins = {key: get_twin(module, key, args.model, args.hours, args.epochs, args.train_seed)
+             for key in keys}
+    if args.save_model:
+        for i, twin in enumerate(twins.values()):
+            twin.save(args.save_model if len(twins) == 1 else
+                      args.save_model.with_suffix(f".{i}{args.save_model.suffix}"))
+    results, reference = run(module, twins, args.seeds, cases, args.planners)
     extra = args.extra if args.extra is not None else [
         row.key for row in module.EPISODE_SUMMARY
         if row.key not in ("cost", "violations", "fallbacks", "plan_ms_median", "plan_ms_p99")]
@@ -159,8 +178,10 @@ def main() -> None:
             "reference": reference,
             "cases": cases,
             "seeds": args.seeds,
-            "twin": {k: v for k, v in twin.metrics.items() if k != "history"},
-            "train_config": twin.train_config,
+            "twins": [{"training_case": dict(key), **{k: v for k, v in twin.metrics.items()
+                                                       if k != "history"}}
+                      for key, twin in twins.items()],
+            "train_config": next(iter(twins.values())).train_config,
             "machine": platform.platform(),
             "wall_s": time.perf_counter() - started,
         },

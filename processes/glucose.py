@@ -742,6 +742,9 @@ BENCHMARK_CASES: tuple[dict[str, Any], ...] = (
     {"patient": "adult#001", "unannounced": True},
 )
 
+TRAINING_CASE_KEYS = ("patient",)
+"""A twin learns one patient: benchmarks train one per patient in their cases."""
+
 ALL_CASES: tuple[dict[str, Any], ...] = tuple({"patient": p} for p in ALL_PATIENTS)
 """Every virtual patient, announced meals (benchmarks: --cases all)."""
 
