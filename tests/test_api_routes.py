@@ -28,8 +28,10 @@ def test_health(client: TestClient) -> None:
 
 
 def test_processes(client: TestClient, stored) -> None:
-    names = [p["name"] for p in client.get("/api/processes").json()]
-    assert names == ["cstr"]
+    listed = {p["name"]: p["spec"] for p in client.get("/api/processes").json()}
+    assert sorted(listed) == ["cstr", "glucose", "tennessee_eastman", "turbofan"]
+    assert len([t for t in listed["tennessee_eastman"]["tags"] if t["role"] == "actuator"]) == 12
+    assert "Fn" in {t["name"] for t in listed["turbofan"]["tags"]}
     spec = client.get("/api/processes/cstr").json()["spec"]
     temperature = next(t for t in spec["tags"] if t["name"] == "T")
     assert (temperature["unit"], temperature["high"]) == ("K", 385.0)
@@ -88,13 +90,14 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
         "/api/health": "get", "/api/processes": "get", "/api/processes/{name}": "get",
+        "/api/processes#define": "post",
         "/api/models": "get", "/api/models/{model_id}": "get", "/api/runs": "get",
         "/api/runs/{run_id}": "get", "/api/runs/{run_id}/series": "get",
         "/api/runs/{run_id}/steps/{step}": "get", "/api/loops": "post",
         "/api/loops/{run_id}/step": "post", "/api/loops/{run_id}/stop": "post",
     }
     for path, method in expected.items():
-        operation = paths[path][method]
+        operation = paths[path.split("#")[0]][method]
         success = next(code for code in operation["responses"] if code.startswith("2"))
         assert "application/json" in operation["responses"][success]["content"], path
     assert client.get("/docs").status_code == 200

@@ -22,7 +22,8 @@ def health(session: SessionDep) -> Health:
 
 @router.get("/processes", response_model=list[ProcessOut], tags=["processes"])
 def list_processes(session: SessionDep) -> list[ProcessOut]:
-    return [ProcessOut.of(p) for p in services.list_processes(session)]
+    """Built-in processes (stored on first listing) and those defined by a tag file."""
+    return [ProcessOut.of(p) for p in services.list_processes(session, with_builtins=True)]
 
 
 @router.post("/processes", response_model=ProcessOut, status_code=201, tags=["processes"])
@@ -37,7 +38,7 @@ def define_process(spec: ProcessSpec, session: SessionDep) -> ProcessOut:
 
 @router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])
 def get_process(name: str, session: SessionDep) -> ProcessOut:
-    return ProcessOut.of(services.get_process(session, name))
+    return ProcessOut.of(services.process_or_builtin(session, name, commit=True))
 
 
 @router.get("/models", response_model=list[ModelOut], tags=["models"])

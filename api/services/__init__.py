@@ -21,6 +21,7 @@ from api.services.processes import (
     find_process,
     get_process,
     list_processes,
+    process_or_builtin,
     spec_of,
 )
 from api.services.runs import (
@@ -60,6 +61,7 @@ __all__ = [
     "list_jobs",
     "list_models",
     "list_processes",
+    "process_or_builtin",
     "list_runs",
     "load_model_bytes",
     "record_progress",

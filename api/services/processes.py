@@ -55,11 +55,16 @@ def get_process(session: Session, name: str) -> Process:
     return process
 
 
-def list_processes(session: Session) -> list[Process]:
+def list_processes(session: Session, with_builtins: bool = False) -> list[Process]:
+    if with_builtins:
+        from processes import process_names  # late: importing simulators is not free
+
+        for name in process_names():
+            process_or_builtin(session, name, commit=True)
     return list(session.scalars(select(Process).order_by(Process.name)))
 
 
-def process_or_builtin(session: Session, name: str) -> Process:
+def process_or_builtin(session: Session, name: str, commit: bool = False) -> Process:
     """The stored process, else a built-in one from `processes/`, stored on first use."""
     process = find_process(session, name)
     if process is not None:
@@ -70,7 +75,7 @@ def process_or_builtin(session: Session, name: str) -> Process:
         spec = get_spec(name)
     except SpecError as exc:
         raise NotFound(str(exc)) from None
-    return ensure_process(session, spec, commit=False)
+    return ensure_process(session, spec, commit=commit)
 
 
 def spec_of(process: Process) -> ProcessSpec:

@@ -1,0 +1,46 @@
+"""Every built-in process keeps the module contract the CLI, API and benchmarks rely on."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from processes import fallback_for, get_process, process_names
+from processes.base import CORE_METRICS, benchmark_cases
+from twin.data import check_log
+from twin.spec import SpecError
+
+NAMES = process_names()
+SHORT_HOURS = {"cstr": 0.5, "turbofan": 0.1, "glucose": 6.0, "tennessee_eastman": 1.0}
+
+
+def test_the_user_named_families_are_all_there() -> None:
+    assert NAMES == ["cstr", "glucose", "tennessee_eastman", "turbofan"]
+    with pytest.raises(SpecError, match=r"unknown process 'reactor9' .*--spec FILE"):
+        get_process("reactor9")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_log_is_reproducible_and_valid(name: str) -> None:
+    module = get_process(name)
+    assert module.SPEC.name == name
+    first = module.generate_training_log(SHORT_HOURS[name], seed=3)
+    again = module.generate_training_log(SHORT_HOURS[name], seed=3)
+    other = module.generate_training_log(SHORT_HOURS[name], seed=4)
+    pd.testing.assert_frame_equal(first, again)
+    assert not first[[t.name for t in module.SPEC.actuators]].equals(
+        other[[t.name for t in module.SPEC.actuators]])
+    check_log(first, module.SPEC)  # bounds, rate limits, timestamps, columns
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_baseline_episode_reports_the_core_metrics(name: str) -> None:
+    module = get_process(name)
+    case = benchmark_cases(module)[0]
+    episode = module.run_episode(module.baseline_policy(), "baseline", seed=7, **case)
+    assert set(CORE_METRICS) <= set(episode.metrics)
+    assert episode.process == name and episode.steps
+    assert {t.name for t in module.SPEC.actuators} <= set(episode.steps[0].actuators)
+    assert fallback_for(module.SPEC) is not None
+    keys = {row.key for row in module.EPISODE_SUMMARY}
+    assert keys <= set(episode.metrics), keys - set(episode.metrics)
