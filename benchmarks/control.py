@@ -148,6 +148,8 @@ def main() -> None:
                         help="plant seeds (noise, scenario draws)")
     parser.add_argument("--cases", default="default",
                         help="'default' (the module's BENCHMARK_CASES) or 'all' (ALL_CASES)")
+    parser.add_argument("--episode-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="run_episode argument for every case, e.g. hours=4 (repeat)")
     parser.add_argument("--planners", nargs="+", default=["casadi", "cem"])
     parser.add_argument("--extra", nargs="*", default=None,
                         help="process metrics to show as columns (default: EPISODE_SUMMARY)")
@@ -157,6 +159,10 @@ def main() -> None:
     started = time.perf_counter()
     cases = ([dict(c) for c in module.ALL_CASES] if args.cases == "all"
              and hasattr(module, "ALL_CASES") else benchmark_cases(module))
+    for item in args.episode_arg:
+        key, _, value = item.partition("=")
+        for case in cases:
+            case[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     keys = list(dict.fromkeys(training_key(module, case) for case in cases))
     if args.model is not None and len(keys) > 1:
         parser.error("--model gives one twin, but these cases need one per "
