@@ -3,6 +3,7 @@ does, what reaches the plant is within bounds and rate limits."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -377,6 +378,27 @@ def test_model_mismatch_trips_and_recovers_with_hysteresis(twin: Twin) -> None:
     # three good forecasts in a row are needed before the twin is trusted again
     assert [s for s, _ in statuses[2:]] == [StepStatus.FALLBACK, StepStatus.FALLBACK,
                                             StepStatus.OK, StepStatus.OK]
+
+
+def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(twin: Twin) -> None:
+    """A forecast miss within 3 held-out readout RMSEs is the twin's usual error: no trip."""
+    forecasts = {t: float(v) for t, v in twin.readout(np.zeros(twin.config.embed_dim)).items()}
+    std_t = twin.norm.std[twin.norm.index("T")]
+    meas = dict(_plant_samples(1)[0], **forecasts)
+
+    def second_step_status(rmse_t: float, miss: float) -> StepStatus:
+        poor = copy.copy(twin)
+        poor.metrics = {**twin.metrics, "readout_rmse": {**twin.metrics["readout_rmse"],
+                                                         "T": rmse_t}}
+        controller = TwinController(poor, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+                                    guard_band=0.0)
+        controller.step(0.0, meas, {"T": 360.0})
+        return controller.step(6.0, dict(meas, T=forecasts["T"] + miss), {"T": 360.0}).status
+
+    rmse = 0.5 * std_t  # a noisy reading: 0.5 std of readout error on held-out data
+    assert second_step_status(rmse, 2.5 * rmse) is StepStatus.OK
+    assert second_step_status(rmse, 3.5 * rmse) is StepStatus.FALLBACK
+    assert second_step_status(0.01 * std_t, 0.5 * std_t) is StepStatus.FALLBACK
 
 
 def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:

@@ -70,6 +70,13 @@ class Twin:
         return {tag: values[..., i] for i, tag in enumerate(self.layout.observed)
                 if tag in self.layout.sensors}
 
+    @torch.no_grad()
+    def predict_next(self, z: np.ndarray, actuators: np.ndarray) -> np.ndarray:
+        """Next embedding (D,) from embedding z (D,) and applied actuators in engineering units."""
+        u = torch.as_tensor(self.normalise_actions(actuators), dtype=torch.float32)
+        z_t = torch.as_tensor(z, dtype=torch.float32)
+        return self.model.predictor(z_t.unsqueeze(0), u.unsqueeze(0))[0].numpy().astype(float)
+
     def normalise_actions(self, u: np.ndarray) -> np.ndarray:
         return self.norm.normalise(np.asarray(u, dtype=float), self.layout.actions)
 
