@@ -62,3 +62,24 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--database-url", url])
     assert result.exit_code == 2
     assert "twin db upgrade" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("process", "hours"), [("turbofan", 0.1), ("glucose", 8.0),
+                                                ("tennessee_eastman", 1.0)])
+def test_every_process_from_the_command_line(process: str, hours: float,
+                                             tmp_path: Path) -> None:
+    """generate -> train -> control, for each built-in process (a 1-epoch twin: the
+    controller mostly falls back to the baseline, which is what this proves works)."""
+    log, checkpoint = tmp_path / "log.parquet", tmp_path / "twin.pt"
+    steps = [
+        ["data", "generate", "--process", process, "--hours", str(hours), "--seed", "2",
+         "--out", str(log)],
+        ["train", "--process", process, "--data", str(log), "--epochs", "1", "--out",
+         str(checkpoint), "--no-register"],
+        ["control", "--model", str(checkpoint), "--planner", "cem", "--no-store"],
+    ]
+    for args in steps:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert "fallback steps" in result.output and "planning median" in result.output
