@@ -2,6 +2,11 @@
 
 `create_app` refuses to start on a database that is not at the latest migration
 (see `api.migrate`): run `twin db upgrade` first.
+
+Access: every route but /api/health, /docs and /openapi.json needs an API key with a
+role (api.services.auth); the dashboards' pages need the viewer role and also accept
+the key from the `twin_key` cookie. Without TWIN_AUTH_REQUIRED, keyless requests pass
+as an anonymous admin (api.settings).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db import make_engine, make_session_factory
+from api.deps import require_page_viewer
 from api.errors import ServiceError
 from api.migrate import check_migrated
-from api.routes import catalog, jobs, loops, runs
+from api.routes import catalog, jobs, keys, loops, runs
 from api.services.jsonsafe import json_safe
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
@@ -53,11 +59,13 @@ def create_app(settings: Settings | None = None, *,
                                   max_tags=settings.max_tags_per_step)
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (catalog.router, runs.router, loops.router, jobs.router):
+    for router in (catalog.public_router, catalog.router, runs.router, loops.router,
+                   jobs.router, keys.router):
         app.include_router(router)
     from dashboards.pages import router as pages_router  # late: dashboards import api
 
-    app.include_router(pages_router)
+    # Read-only pages: the viewer role, from a header or the twin_key cookie.
+    app.include_router(pages_router, dependencies=[require_page_viewer()])
     return app
 
 
@@ -65,7 +73,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     def handler(status_code: int | None) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def respond(_request: Request, exc: Exception) -> Response:
             code = status_code or getattr(exc, "status_code", 500)
-            return JSONResponse({"detail": str(exc)}, status_code=code)
+            return JSONResponse({"detail": str(exc)}, status_code=code,
+                                headers=getattr(exc, "headers", None))
         return respond
 
     async def invalid_request(_request: Request, exc: Exception) -> Response:

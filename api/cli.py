@@ -6,6 +6,7 @@
     twin control ...                run a closed-loop episode and store it as a run
     twin serve                      serve the API and dashboards
     twin worker                     run queued training jobs
+    twin keys create --role admin --name NAME   an API key (prints its token once)
 
 Errors a user can fix (bad input, missing files, an un-migrated database) are printed as
 one clear message with exit status 2, never as a traceback.
@@ -22,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from twin.errors import InvalidInput
@@ -32,8 +34,11 @@ app = typer.Typer(help="Process-control digital twin: data, training, control, s
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the HTTP API (roles: viewer < operator < engineer "
+                            "< admin).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
+app.add_typer(keys_app, name="keys")
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,6 +105,59 @@ def db_current(database_url: UrlOption = None) -> None:
     url = _url(database_url)
     state = "up to date" if migrate.is_up_to_date(url) else "NOT up to date: run twin db upgrade"
     console.print(f"{url}: revision {migrate.current_revision(url)} ({state})")
+
+
+# -- keys --------------------------------------------------------------------------------
+# Whoever can reach the database may manage keys (that is how the first admin key is
+# made); these changes are audited with the actor "cli:<os user>".
+@keys_app.command("create")
+@friendly_errors
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer, operator, engineer or admin")],
+    name: Annotated[str, typer.Option(help="who or what uses it, e.g. alice")],
+    database_url: UrlOption = None,
+) -> None:
+    """Create an API key and print its token, once: only its hash is stored."""
+    from api.db import open_session
+    from api.services import auth
+
+    with open_session(_url(database_url)) as session:
+        key, token = auth.create_key(session, name, role, auth.cli_actor())
+        console.print(f"created API key [bold]{key.id}[/] '{escape(key.name)}' with the {key.role} "
+                      "role; its token is shown only now, store it:")
+    # Plain echo: no rich wrapping or markup in the one line people copy.
+    typer.echo(token)
+
+
+@keys_app.command("list")
+@friendly_errors
+def keys_list(database_url: UrlOption = None) -> None:
+    """List the keys (never their tokens), revoked ones too."""
+    from api.db import open_session
+    from api.services import auth
+
+    table = Table(title="API keys")
+    for column in ("id", "name", "role", "prefix", "created", "by", "revoked"):
+        table.add_column(column)
+    with open_session(_url(database_url)) as session:
+        for key in auth.list_keys(session):
+            revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+            table.add_row(str(key.id), escape(key.name), key.role, key.prefix,
+                          f"{key.created_at:%Y-%m-%d %H:%M}", escape(key.created_by), revoked)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@friendly_errors
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id (twin keys list)")],
+                database_url: UrlOption = None) -> None:
+    """Revoke a key; requests with it are refused (401) from now on."""
+    from api.db import open_session
+    from api.services import auth
+
+    with open_session(_url(database_url)) as session:
+        key = auth.revoke_key(session, key_id, auth.cli_actor())
+        console.print(f"API key {key.id} '{escape(key.name)}' ({key.role}) is revoked")
 
 
 # -- data --------------------------------------------------------------------------------

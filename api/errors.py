@@ -9,6 +9,28 @@ from __future__ import annotations
 
 class ServiceError(Exception):
     status_code = 500
+    # Extra response headers (WWW-Authenticate on 401); api.app adds them to the response.
+    headers: dict[str, str] | None = None
+
+
+class Unauthorized(ServiceError):
+    """No key where one is required, or a key that is unknown, malformed or revoked."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        # RFC 6750: say `invalid_token` when a key was presented, nothing when none was.
+        challenge = 'Bearer realm="twin"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(ServiceError):
+    """A valid key whose role is too weak for the request."""
+
+    status_code = 403
 
 
 class NotFound(ServiceError):

@@ -62,6 +62,15 @@ class Channel(StrEnum):
     MARGIN = "margin"
 
 
+class Role(StrEnum):
+    """API key roles, weakest first; each includes every role before it (see api.services.auth)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ENGINEER = "engineer"
+    ADMIN = "admin"
+
+
 def _in(column: str, enum: type[StrEnum]) -> str:
     values = ", ".join(f"'{m.value}'" for m in enum)
     return f"{column} IN ({values})"
@@ -169,3 +178,44 @@ class RunEvent(Base):
     kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     tag: Mapped[str | None] = mapped_column(String(200))
+
+
+class ApiKey(Base):
+    """An API key. The token itself is never stored: only its public `prefix` (to find the
+    row and to tell keys apart in listings) and the sha256 of the whole token."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint(_in("role", Role), name="ck_api_keys_role"),
+        UniqueConstraint("prefix", name="uq_api_keys_prefix"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """One successful change: who (key and name at the time), what action, on what target.
+
+    `key_id` is null for changes made without a key (the CLI, or the API while
+    auth is not required); `actor` says which."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_key_id", "key_id"),
+        Index("ix_audit_log_target", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from api.orm import Process, Run, RunEvent, RunStep, TwinModel
+from api.orm import ApiKey, AuditEntry, Process, Role, Run, RunEvent, RunStep, TwinModel
 from api.services.jobs import TrainJobSpec
 from api.services.jsonsafe import json_safe
 from twin.records import StepRecord
@@ -211,3 +211,59 @@ class JobOut(BaseModel):
                    progress=metrics.get("progress"), error=metrics.get("error"),
                    config=run.config, metrics=metrics, started_at=run.started_at,
                    finished_at=run.finished_at)
+
+
+# ---------------------------------------------------------------- keys and audit
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100,
+                      description="who or what uses the key: 'alice', 'historian-bridge'")
+    role: Role = Field(description="viewer < operator < engineer < admin; each includes "
+                                   "the ones before it")
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never its token nor its hash; the prefix tells keys apart."""
+
+    id: int
+    name: str
+    role: str
+    prefix: str = Field(description="the public part of the token: twin_<prefix>_...")
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(id=key.id, name=key.name, role=key.role, prefix=key.prefix,
+                   created_at=key.created_at, created_by=key.created_by,
+                   revoked_at=key.revoked_at)
+
+
+class KeyCreated(KeyOut):
+    token: str = Field(description="the key to send as 'Authorization: Bearer <token>'; "
+                                   "shown only in this response, never stored")
+
+    @classmethod
+    def with_token(cls, key: ApiKey, token: str) -> KeyCreated:
+        return cls(**KeyOut.of(key).model_dump(), token=token)
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    key_id: int | None = Field(description="null: no key (the CLI, or auth not required)")
+    actor: str
+    action: str = Field(description="e.g. loop.start, job.enqueue, process.define, "
+                                    "key.create")
+    target: str = Field(description="what changed: run:12, process:my_reactor, key:3")
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditOut:
+        return cls.model_validate(entry)

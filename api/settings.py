@@ -2,6 +2,14 @@
 
 `DATABASE_URL` is the one variable most deployments set; the others have the
 `TWIN_` prefix (e.g. `TWIN_PORT`, `TWIN_MAX_BODY_BYTES`).
+
+`auth_required` (TWIN_AUTH_REQUIRED) defaults to False. The default install is the
+embedded demo: SQLite on a laptop, `twin serve` bound to 127.0.0.1, where demanding a
+key before the first page would only be in the way. Any shared deployment sets it to
+true, as docker-compose.yml does for its API. Even when it is False, a request that
+presents a key is authenticated and held to that key's role (a wrong key is a 401, a
+weak one a 403), so clients behave the same before and after auth is switched on;
+only requests without any key are let through, as an anonymous admin.
 """
 
 from __future__ import annotations
@@ -38,3 +46,5 @@ class Settings(BaseSettings):
     max_list_limit: int = Field(default=1_000, gt=0)
     # How long a step waits for the previous step of the same loop before giving up (409).
     loop_lock_timeout_s: float = Field(default=10.0, gt=0)
+    # Refuse requests without an API key (401); see the module docstring for the default.
+    auth_required: bool = False

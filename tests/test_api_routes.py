@@ -24,7 +24,7 @@ def stored(session: Session, make_episode) -> dict[str, int]:
 
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
-    assert body["status"] == "ok" and body["revision"] == "0001"
+    assert body["status"] == "ok" and body["revision"] == "0002"
 
 
 def test_processes(client: TestClient, stored) -> None:
@@ -95,6 +95,8 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/api/runs/{run_id}": "get", "/api/runs/{run_id}/series": "get",
         "/api/runs/{run_id}/steps/{step}": "get", "/api/loops": "post",
         "/api/loops/{run_id}/step": "post", "/api/loops/{run_id}/stop": "post",
+        "/api/keys": "post", "/api/keys#list": "get", "/api/keys/{key_id}/revoke": "post",
+        "/api/audit": "get",
     }
     for path, method in expected.items():
         operation = paths[path.split("#")[0]][method]

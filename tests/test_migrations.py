@@ -13,7 +13,8 @@ from api.db import make_engine, normalize_url
 from api.orm import Base
 from api.settings import Settings
 
-TABLES = {"processes", "models", "runs", "run_steps", "run_values", "run_events"}
+TABLES = {"processes", "models", "runs", "run_steps", "run_values", "run_events",
+          "api_keys", "audit_log"}
 
 
 def _tables(url: str) -> set[str]:
@@ -30,7 +31,7 @@ def test_upgrade_creates_all_tables_and_downgrade_removes_them(empty_db_url: str
 
     migrate.upgrade(empty_db_url)
     assert TABLES <= _tables(empty_db_url)
-    assert migrate.current_revision(empty_db_url) == migrate.head_revision() == "0001"
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision() == "0002"
     assert migrate.is_up_to_date(empty_db_url)
 
     migrate.downgrade(empty_db_url, "base")
@@ -92,7 +93,7 @@ def test_upgrade_reads_database_url_from_the_environment(tmp_path,
     url = f"sqlite:///{tmp_path / 'env.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     migrate.upgrade()
-    assert migrate.current_revision(url) == "0001"
+    assert migrate.current_revision(url) == "0002"
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:

@@ -1,19 +1,25 @@
-"""Health, processes and trained models."""
+"""Health, processes and trained models.
+
+Health is public (load balancers and docker-compose's healthcheck carry no key; it
+tells only the database kind and schema revision); everything else needs a key.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from api import services
-from api.deps import SessionDep
+from api.deps import EngineerDep, SessionDep, require
 from api.migrate import revision_of
+from api.orm import Role
 from api.schemas import Health, ModelOut, ProcessOut
 from twin.spec import ProcessSpec
 
-router = APIRouter(prefix="/api")
+public_router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", dependencies=[require(Role.VIEWER)])
 
 
-@router.get("/health", response_model=Health, tags=["health"])
+@public_router.get("/health", response_model=Health, tags=["health"])
 def health(session: SessionDep) -> Health:
     # Touches the database, so a health check fails when the database is unreachable.
     revision = revision_of(session.connection())
@@ -27,13 +33,13 @@ def list_processes(session: SessionDep) -> list[ProcessOut]:
 
 
 @router.post("/processes", response_model=ProcessOut, status_code=201, tags=["processes"])
-def define_process(spec: ProcessSpec, session: SessionDep) -> ProcessOut:
-    """Register a process of your own from its tag file (the YAML as JSON).
+def define_process(spec: ProcessSpec, session: SessionDep, actor: EngineerDep) -> ProcessOut:
+    """Register a process of your own from its tag file (the YAML as JSON). Engineer role.
 
     Then queue a training job on its logged data (POST /api/jobs/train with a csv data
     source) and start control loops or replays with the model it produces.
     """
-    return ProcessOut.of(services.define_process(session, spec))
+    return ProcessOut.of(services.define_process(session, spec, actor=actor))
 
 
 @router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])

@@ -1,4 +1,7 @@
-"""Training jobs: queued here, run by `twin worker` (never inside a request)."""
+"""Training jobs: queued here, run by `twin worker` (never inside a request).
+
+Reading needs the viewer role; queueing and cancelling the engineer role.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +9,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep, SettingsDep
-from api.orm import RunStatus
+from api.deps import EngineerDep, SessionDep, SettingsDep, require
+from api.orm import Role, RunStatus
 from api.schemas import JobOut, TrainJobCreate
 from api.services import jobs
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[require(Role.VIEWER)])
 
 
 @router.post("/train", response_model=JobOut, status_code=201)
-def enqueue_training(body: TrainJobCreate, session: SessionDep) -> JobOut:
+def enqueue_training(body: TrainJobCreate, session: SessionDep, actor: EngineerDep) -> JobOut:
     """Queue a training job; poll GET /api/jobs/{id} for its progress."""
     config = body.model_dump(exclude={"process"})
-    return JobOut.of(jobs.enqueue_training(session, body.process, config))
+    return JobOut.of(jobs.enqueue_training(session, body.process, config, actor=actor))
 
 
 @router.get("", response_model=list[JobOut])
@@ -36,6 +39,6 @@ def get_job(run_id: int, session: SessionDep) -> JobOut:
 
 
 @router.post("/{run_id}/cancel", response_model=JobOut)
-def cancel_job(run_id: int, session: SessionDep) -> JobOut:
+def cancel_job(run_id: int, session: SessionDep, actor: EngineerDep) -> JobOut:
     """Queued: stopped at once. Running: stopped by its worker after the current epoch."""
-    return JobOut.of(jobs.cancel_job(session, run_id))
+    return JobOut.of(jobs.cancel_job(session, run_id, actor=actor))

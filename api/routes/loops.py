@@ -1,18 +1,24 @@
-"""Live control loops: start, step every sample period, stop."""
+"""Live control loops: start, step every sample period, stop. Operator role.
+
+Starting and stopping are audited; steps are not (see api.services.audit).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import LoopsDep, SessionDep
+from api.deps import LoopsDep, OperatorDep, SessionDep, require
+from api.orm import Role
 from api.schemas import LoopCreate, LoopOut, StepIn, StepOut
 
-router = APIRouter(prefix="/api/loops", tags=["loops"])
+router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.OPERATOR)])
 
 
 @router.post("", response_model=LoopOut, status_code=status.HTTP_201_CREATED)
-def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep) -> LoopOut:
-    run = loops.start(session, body.process, body.model_id, body.planner, body.setpoints)
+def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep,
+               actor: OperatorDep) -> LoopOut:
+    run = loops.start(session, body.process, body.model_id, body.planner, body.setpoints,
+                      actor=actor)
     return LoopOut.of(run)
 
 
@@ -23,5 +29,6 @@ def step_loop(run_id: int, body: StepIn, session: SessionDep, loops: LoopsDep) -
 
 
 @router.post("/{run_id}/stop", response_model=LoopOut)
-def stop_loop(run_id: int, session: SessionDep, loops: LoopsDep) -> LoopOut:
-    return LoopOut.of(loops.stop(session, run_id))
+def stop_loop(run_id: int, session: SessionDep, loops: LoopsDep,
+              actor: OperatorDep) -> LoopOut:
+    return LoopOut.of(loops.stop(session, run_id, actor=actor))

@@ -1,4 +1,4 @@
-"""Stored runs and their time series."""
+"""Stored runs and their time series: read-only, viewer role."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api import services
-from api.deps import SessionDep, SettingsDep
-from api.orm import Channel, RunKind, RunStatus
+from api.deps import SessionDep, SettingsDep, require
+from api.orm import Channel, Role, RunKind, RunStatus
 from api.schemas import RunOut, SeriesOut, StepDetailOut
 
-router = APIRouter(prefix="/api/runs", tags=["runs"])
+router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[require(Role.VIEWER)])
 
 
 @router.get("", response_model=list[RunOut])

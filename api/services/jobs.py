@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, Invalid, NotFound
 from api.orm import Run, RunKind, RunStatus, utcnow
+from api.services.audit import Actor, record
 from api.services.jsonsafe import json_safe
 from api.services.models import register_model
 from api.services.processes import process_or_builtin
@@ -144,8 +145,10 @@ def train_config(spec: TrainJobSpec) -> Any:
 # ---------------------------------------------------------------- API side
 
 
-def enqueue_training(session: Session, process: str, config: dict[str, Any]) -> Run:
-    """Validate the job and store it as a queued train run; stores nothing if invalid."""
+def enqueue_training(session: Session, process: str, config: dict[str, Any], *,
+                     actor: Actor | None = None) -> Run:
+    """Validate the job and store it as a queued train run; stores nothing if invalid.
+    With an `actor`, the audit row ("job.enqueue") is committed with the job."""
     spec = parse_job_config(process, config)
     if spec.data.source == "simulator":
         from processes import PROCESS_MODULES  # late: simulators are not free to import
@@ -161,6 +164,9 @@ def enqueue_training(session: Session, process: str, config: dict[str, Any]) -> 
             raise Invalid(str(exc)) from None
         run = create_run(session, kind=RunKind.TRAIN, process=process, controller=CONTROLLER,
                          config=spec.stored(), status=RunStatus.QUEUED, commit=False)
+        record(session, actor, "job.enqueue", f"run:{run.id}",
+               {"process": process, "model_name": spec.model_name,
+                "data": spec.data.source, "epochs": spec.train.epochs})
         session.commit()
     except BaseException:
         session.rollback()
@@ -184,10 +190,10 @@ def list_jobs(session: Session, status: str | None = None, limit: int = 100,
     return list(session.scalars(query))
 
 
-def cancel_job(session: Session, run_id: int) -> Run:
+def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
     """Queued: stopped now. Running: flagged (config["cancel_requested"]); the worker stops
     it after the current epoch. Cancelling a stopped job again is harmless; cancelling a
-    finished one is a Conflict."""
+    finished one is a Conflict. With an `actor`, a real change is audited ("job.cancel")."""
     try:
         run = get_job(session, run_id)
         session.refresh(run)
@@ -199,6 +205,8 @@ def cancel_job(session: Session, run_id: int) -> Run:
                 .values(status=RunStatus.STOPPED, finished_at=utcnow(), config=flagged)
                 .execution_options(synchronize_session=False)).rowcount
             if stopped:
+                record(session, actor, "job.cancel", f"run:{run_id}",
+                       {"was": RunStatus.QUEUED, "status": RunStatus.STOPPED})
                 session.commit()
                 return _fresh(session, run_id)
         # Lock the row so the worker's finish cannot slip in between read and write.
@@ -207,6 +215,9 @@ def cancel_job(session: Session, run_id: int) -> Run:
         if run.status == RunStatus.RUNNING:
             if not run.config.get("cancel_requested"):
                 run.config = {**run.config, "cancel_requested": True}
+                record(session, actor, "job.cancel", f"run:{run_id}",
+                       {"was": RunStatus.RUNNING, "status": RunStatus.RUNNING,
+                        "cancel_requested": True})
         elif run.status != RunStatus.STOPPED:
             raise Conflict(f"job {run_id} already {run.status}; nothing to cancel")
         session.commit()

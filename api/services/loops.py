@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, Invalid, PayloadTooLarge
 from api.orm import Run, RunKind, RunStatus
+from api.services.audit import Actor, record
 from api.services.models import get_model, load_model_bytes
 from api.services.processes import process_or_builtin
 from api.services.runs import (
@@ -89,7 +90,8 @@ class LoopManager:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, session: Session, process: str, model_id: int, planner: str,
-              setpoints: Mapping[str, float]) -> Run:
+              setpoints: Mapping[str, float], *, actor: Actor | None = None) -> Run:
+        """Build the controller, then store the run (audited as "loop.start" with an actor)."""
         if planner not in PLANNERS:
             raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
         self._check_size(setpoints)
@@ -101,15 +103,23 @@ class LoopManager:
         if controller.spec.name != process:
             raise Invalid(f"model {model_id} controls '{controller.spec.name}', not '{process}'")
         full_setpoints = _initial_setpoints(controller.spec, setpoints)
-        run = create_run(session, kind=RunKind.CONTROL, process=process,
-                         controller=f"twin/{planner}", model_id=model_id,
-                         config={"planner": planner, "model_id": model_id,
-                                 "setpoints": full_setpoints})
+        try:
+            run = create_run(session, kind=RunKind.CONTROL, process=process,
+                             controller=f"twin/{planner}", model_id=model_id,
+                             config={"planner": planner, "model_id": model_id,
+                                     "setpoints": full_setpoints}, commit=False)
+            record(session, actor, "loop.start", f"run:{run.id}",
+                   {"process": process, "model_id": model_id, "planner": planner})
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
         with self._registry_lock:
             self._loops[run.id] = Loop(run.id, controller, full_setpoints)
         return run
 
-    def stop(self, session: Session, run_id: int) -> Run:
+    def stop(self, session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
+        """Stop the loop (audited as "loop.stop" with an actor); stopping twice is harmless."""
         run = get_run(session, run_id)
         if run.kind != RunKind.CONTROL:
             raise Conflict(f"run {run_id} is a {run.kind} run, not a control loop")
@@ -119,7 +129,14 @@ class LoopManager:
             return run  # stopping twice is harmless: the caller may retry after a timeout
         if run.status != RunStatus.RUNNING:
             raise Conflict(f"run {run_id} is {run.status}; only a running loop can be stopped")
-        return finish_run(session, run_id, RunStatus.STOPPED)
+        try:
+            run = finish_run(session, run_id, RunStatus.STOPPED, commit=False)
+            record(session, actor, "loop.stop", f"run:{run_id}", {"process": run.process.name})
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return run
 
     # ------------------------------------------------------------ one step
 

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
 from api.orm import Process, TwinModel
+from api.services.audit import Actor, record
 from twin.spec import ProcessSpec, SpecError
 
 
@@ -24,11 +25,14 @@ def ensure_process(session: Session, spec: ProcessSpec, *, commit: bool = True) 
     return process
 
 
-def define_process(session: Session, spec: ProcessSpec) -> Process:
+def define_process(session: Session, spec: ProcessSpec, *,
+                   actor: Actor | None = None) -> Process:
     """Store a process known only from its tag file (a plant engineer's own process).
 
     Built-in names are refused (their spec lives in code), and so is a new spec for a
     process that already has trained models: those models were trained on the old tags.
+    With an `actor`, a new or changed spec is audited ("process.define"); the same spec
+    again changes nothing and records nothing.
     """
     from processes import PROCESS_MODULES  # late: the registry imports simulators lazily
 
@@ -41,7 +45,17 @@ def define_process(session: Session, spec: ProcessSpec) -> Process:
         if has_models is not None:
             raise Conflict(f"process '{spec.name}' already has trained models on other tags; "
                            "register the new tag file under a new name")
-    return ensure_process(session, spec)
+    if existing is not None and existing.spec == spec.to_dict():
+        return existing
+    try:
+        process = ensure_process(session, spec, commit=False)
+        record(session, actor, "process.define", f"process:{spec.name}",
+               {"created": existing is None, "tags": len(spec.tags)})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return process
 
 
 def find_process(session: Session, name: str) -> Process | None:
