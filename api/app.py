@@ -25,7 +25,7 @@ from api.db import make_engine, make_session_factory
 from api.deps import require_page_viewer
 from api.errors import ServiceError
 from api.migrate import check_migrated
-from api.routes import catalog, jobs, keys, loops, runs
+from api.routes import catalog, jobs, keys, loops, replays, runs
 from api.services.jsonsafe import json_safe
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *,
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (catalog.public_router, catalog.router, runs.router, loops.router,
-                   jobs.router, keys.router):
+                   jobs.router, replays.router, keys.router):
         app.include_router(router)
     from dashboards.pages import router as pages_router  # late: dashboards import api
 

@@ -1,17 +1,23 @@
-"""The training worker (`twin worker`): runs queued training jobs, one at a time.
+"""The worker (`twin worker`): runs queued jobs, training and replays, one at a time.
 
 Jobs are rows of the `runs` table (see api.services.jobs); the API only enqueues them,
-nothing trains inside an HTTP request. Run as many workers as you like against
-PostgreSQL (SKIP LOCKED hands each job to one of them); with SQLite they are safe but
-their writes are serialised.
+nothing trains or replays inside an HTTP request. A job's run kind picks what runs it:
+"train" below, "replay" in `_replay` (api.services.replays does the work). Run as many
+workers as you like against PostgreSQL (SKIP LOCKED hands each job to one of them); with
+SQLite they are safe but their writes are serialised.
 
-Per job: load the data (built-in simulator or a CSV/Parquet file), train with
+Per training job: load the data (built-in simulator or a CSV/Parquet file), train with
 `twin.train.train_twin`, store progress after every epoch, register the model. Between
 epochs the worker checks whether the job was cancelled (then it is `stopped`) and
 whether the worker itself is shutting down (SIGTERM/SIGINT, or `stop` set): then the
 job goes back to the queue for the next worker instead of being lost half-trained.
 A job whose training raises is `failed` with the message in metrics["error"]; the
 worker goes on with the next one.
+
+Per replay: the same, with progress {"step", "of", "phase"} committed about once a second
+(and cancel and shutdown checked then); the result's steps are written only when it
+succeeds, in the transaction that marks it so. A replay handed back on shutdown starts
+over on the next worker.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from sqlalchemy.orm import Session
 
 from api.db import make_engine, make_session_factory
 from api.migrate import check_migrated
-from api.orm import Run
+from api.orm import Run, RunKind
 from api.services import jobs
 from api.services.processes import spec_of
 from api.settings import Settings
 from twin.logs import read_log
 
 log = logging.getLogger("api.worker")
+# How often a replay commits its progress and looks for a cancel request.
+PROGRESS_EVERY_S = 1.0
 
 
 class JobCancelled(Exception):
@@ -49,7 +57,7 @@ class WorkerStopping(Exception):
 
 def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once: bool = False,
                stop: threading.Event | None = None) -> int:
-    """Run queued training jobs until `stop` is set (or SIGTERM/SIGINT arrives).
+    """Run queued jobs (training, replays) until `stop` is set (or SIGTERM/SIGINT arrives).
 
     With `once`, return as soon as the queue is empty instead of polling every
     `poll_seconds`. Returns the number of jobs run to an end (succeeded, failed or
@@ -89,37 +97,16 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
 def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> bool:
     """Run one claimed job to its end; False when it was handed back to the queue."""
     run_id = run.id
-    log.info("job %d: training '%s' for process '%s'", run_id,
-             run.config.get("model_name"), run.process.name)
+    replay = run.kind == RunKind.REPLAY
     started = time.perf_counter()
     try:
-        spec = jobs.parse_job_config(run.process.name, run.config)
-        cfg = jobs.train_config(spec)
-        df, process_spec = load_data(spec, run)
-        _check(session, run_id, stop)  # loading may take a while: honour a cancel first
-
-        def on_epoch(epoch: Any) -> None:
-            jobs.record_progress(session, run_id, {
-                "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
-                "holdout_prediction": epoch.holdout_prediction,
-                "holdout_readout_rmse": epoch.holdout_readout_rmse,
-                "effective_rank": epoch.effective_rank, "dim_std_min": epoch.dim_std_min,
-                "seconds": epoch.seconds})
-            log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs,
-                     epoch.train_loss)
-            _check(session, run_id, stop)
-
-        from twin.train import train_twin  # late: torch loads only when there is work
-
-        twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
-                                    on_epoch=on_epoch)
-        model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
-                        "job_run_id": run_id}
-        done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config)
-        log.info("job %d: succeeded in %.1f s, model %s", run_id,
-                 time.perf_counter() - started, done.model_id)
+        if replay:
+            _replay(session, run, stop)
+        else:
+            _train(session, run, stop)
+        log.info("job %d: succeeded in %.1f s", run_id, time.perf_counter() - started)
     except JobCancelled:
-        jobs.stop_job(session, run_id)
+        jobs.stop_job(session, run_id, "replaying" if replay else "training")
         log.info("job %d: cancelled", run_id)
     except WorkerStopping:
         jobs.requeue_job(session, run_id, "worker shut down")
@@ -135,6 +122,59 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> 
         except Exception:  # the database itself is gone: the row stays running
             log.exception("job %d: could not record the failure", run_id)
     return True
+
+
+def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
+    run_id = run.id
+    log.info("job %d: training '%s' for process '%s'", run_id,
+             run.config.get("model_name"), run.process.name)
+    spec = jobs.parse_job_config(run.process.name, run.config)
+    cfg = jobs.train_config(spec)
+    df, process_spec = load_data(spec, run)
+    _check(session, run_id, stop)  # loading may take a while: honour a cancel first
+
+    def on_epoch(epoch: Any) -> None:
+        jobs.record_progress(session, run_id, {
+            "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
+            "holdout_prediction": epoch.holdout_prediction,
+            "holdout_readout_rmse": epoch.holdout_readout_rmse,
+            "effective_rank": epoch.effective_rank, "dim_std_min": epoch.dim_std_min,
+            "seconds": epoch.seconds})
+        log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs,
+                 epoch.train_loss)
+        _check(session, run_id, stop)
+
+    from twin.train import train_twin  # late: torch loads only when there is work
+
+    twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
+                                on_epoch=on_epoch)
+    model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
+                    "job_run_id": run_id}
+    done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config)
+    log.info("job %d: model %s registered", run_id, done.model_id)
+
+
+def _replay(session: Session, run: Run, stop: threading.Event | None) -> None:
+    from api.services import replays  # late: pandas and the replay code only when needed
+
+    run_id = run.id
+    log.info("job %d: %s replay of %s for process '%s'", run_id, run.config.get("mode"),
+             run.config.get("source"), run.process.name)
+    _check(session, run_id, stop)
+    throttle = replays.Throttle(PROGRESS_EVERY_S)
+
+    def on_step(done: int, total: int | None, phase: str) -> None:
+        if not throttle.due(done, total):
+            if stop is not None and stop.is_set():  # cheap: no database round trip
+                raise WorkerStopping()
+            return
+        jobs.record_progress(session, run_id, {"step": done, "of": total, "phase": phase})
+        _check(session, run_id, stop)
+
+    episode = replays.execute(session, run, on_step)
+    _check(session, run_id, stop)  # a cancel during the last second is honoured
+    replays.finish_replay(session, run_id, episode)
+    log.info("job %d: replay stored with %d steps", run_id, len(episode.steps))
 
 
 def load_data(spec: jobs.TrainJobSpec, run: Run) -> tuple[Any, Any]:

@@ -97,9 +97,13 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/api/loops/{run_id}/step": "post", "/api/loops/{run_id}/stop": "post",
         "/api/keys": "post", "/api/keys#list": "get", "/api/keys/{key_id}/revoke": "post",
         "/api/audit": "get",
+        "/api/replays": "post", "/api/replays#list": "get", "/api/replays/{run_id}": "get",
+        "/api/replays/{run_id}/cancel": "post",
     }
     for path, method in expected.items():
         operation = paths[path.split("#")[0]][method]
         success = next(code for code in operation["responses"] if code.startswith("2"))
         assert "application/json" in operation["responses"][success]["content"], path
+    export = paths["/api/runs/{run_id}/export"]["get"]["responses"]["200"]["content"]
+    assert set(export) == {"text/csv", "application/vnd.apache.parquet"}
     assert client.get("/docs").status_code == 200

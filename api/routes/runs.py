@@ -1,15 +1,17 @@
-"""Stored runs and their time series: read-only, viewer role."""
+"""Stored runs and their time series: read-only, viewer role (exports included)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import FiniteFloat
 
 from api import services
 from api.deps import SessionDep, SettingsDep, require
 from api.orm import Channel, Role, RunKind, RunStatus
 from api.schemas import RunOut, SeriesOut, StepDetailOut
+from api.services import replays
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[require(Role.VIEWER)])
 
@@ -48,3 +50,19 @@ def get_step(run_id: int, step: int, session: SessionDep) -> StepDetailOut:
     row = services.get_step(session, run_id, step)
     return StepDetailOut.of(row, services.list_events(session, run_id, step),
                             services.step_values(session, run_id, step))
+
+
+@router.get("/{run_id}/export", response_class=Response, responses={200: {
+    "description": "the run's series in its process's log shape",
+    "content": {media.split(";")[0]: {} for media in replays.EXPORT_MEDIA_TYPES.values()}}})
+def export_run(run_id: int, session: SessionDep,
+               fmt: Annotated[Literal["csv", "parquet"], Query(alias="format")] = "csv",
+               start_s: FiniteFloat | None = None,
+               end_s: FiniteFloat | None = None) -> Response:
+    """The run as a log file: the timestamp column and every tag (as `twin.logs.read_log`
+    reads it), then `<tag>.setpoint`, `<tag>.prediction` and `status` columns. Times
+    are the run's own `time_s`; [start_s, end_s] keeps part of it. Large ranges are
+    refused (413): narrow them."""
+    export = replays.export_run(session, run_id, fmt, start_s, end_s)
+    return Response(export.content, media_type=export.media_type, headers={
+        "Content-Disposition": f'attachment; filename="{export.filename}"'})

@@ -24,6 +24,13 @@ from api.services.processes import (
     process_or_builtin,
     spec_of,
 )
+from api.services.replays import (
+    cancel_replay,
+    enqueue_replay,
+    export_run,
+    get_replay,
+    list_replays,
+)
 from api.services.runs import (
     create_run,
     finish_run,
@@ -43,10 +50,13 @@ __all__ = [
     "ControllerFactory",
     "LoopManager",
     "cancel_job",
+    "cancel_replay",
     "claim_next_job",
     "create_run",
     "default_controller_factory",
+    "enqueue_replay",
     "enqueue_training",
+    "export_run",
     "define_process",
     "ensure_process",
     "find_process",
@@ -54,6 +64,7 @@ __all__ = [
     "get_job",
     "get_model",
     "get_process",
+    "get_replay",
     "get_run",
     "get_series",
     "get_step",
@@ -61,6 +72,7 @@ __all__ = [
     "list_jobs",
     "list_models",
     "list_processes",
+    "list_replays",
     "process_or_builtin",
     "list_runs",
     "load_model_bytes",

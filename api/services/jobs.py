@@ -1,5 +1,7 @@
-"""Training jobs: a queue kept in the `runs` table (kind "train"), run by `twin worker`.
+"""Jobs: a queue kept in the `runs` table, run by `twin worker`.
 
+Two job types share the queue, told apart by the run's kind: training jobs (kind
+"train", defined here) and replays (kind "replay", defined in api.services.replays).
 A job is a run row and nothing else, so it survives restarts of the API and of the
 worker. Its life:
 
@@ -42,6 +44,10 @@ from api.services.processes import process_or_builtin
 from api.services.runs import create_run, get_run
 
 CONTROLLER = "jepa"  # the runs.controller of training runs, as `twin train` records them
+# Run kinds the worker claims. A replay run made by `twin replay` is stored finished
+# (status succeeded), so only replays queued through the API are ever claimed.
+JOB_KINDS = (RunKind.TRAIN, RunKind.REPLAY)
+_JOB_NAMES = {RunKind.TRAIN: "training job", RunKind.REPLAY: "replay job"}
 
 
 # ---------------------------------------------------------------- job definition
@@ -174,10 +180,19 @@ def enqueue_training(session: Session, process: str, config: dict[str, Any], *,
     return run
 
 
-def get_job(session: Session, run_id: int) -> Run:
+def get_job(session: Session, run_id: int, kind: RunKind = RunKind.TRAIN) -> Run:
+    """A job of one type (the API's routes are per type); NotFound for any other run."""
     run = get_run(session, run_id)
-    if run.kind != RunKind.TRAIN:
-        raise NotFound(f"run {run_id} is a {run.kind} run, not a training job")
+    if run.kind != kind:
+        raise NotFound(f"run {run_id} is a {run.kind} run, not a {_JOB_NAMES[kind]}")
+    return run
+
+
+def _job(session: Session, run_id: int) -> Run:
+    """A job of any type: the worker's bookkeeping is the same for all of them."""
+    run = get_run(session, run_id)
+    if run.kind not in JOB_KINDS:
+        raise NotFound(f"run {run_id} is a {run.kind} run, not a job")
     return run
 
 
@@ -190,12 +205,15 @@ def list_jobs(session: Session, status: str | None = None, limit: int = 100,
     return list(session.scalars(query))
 
 
-def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
+def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None,
+               kind: RunKind = RunKind.TRAIN) -> Run:
     """Queued: stopped now. Running: flagged (config["cancel_requested"]); the worker stops
-    it after the current epoch. Cancelling a stopped job again is harmless; cancelling a
-    finished one is a Conflict. With an `actor`, a real change is audited ("job.cancel")."""
+    it after the current epoch (a replay: within about a second). Cancelling a stopped job
+    again is harmless; cancelling a finished one is a Conflict. With an `actor`, a real
+    change is audited ("job.cancel", or "replay.cancel" for a replay)."""
+    action = "job.cancel" if kind == RunKind.TRAIN else f"{kind}.cancel"
     try:
-        run = get_job(session, run_id)
+        run = get_job(session, run_id, kind)
         session.refresh(run)
         flagged = {**run.config, "cancel_requested": True}
         if run.status == RunStatus.QUEUED:
@@ -205,7 +223,7 @@ def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None) -> 
                 .values(status=RunStatus.STOPPED, finished_at=utcnow(), config=flagged)
                 .execution_options(synchronize_session=False)).rowcount
             if stopped:
-                record(session, actor, "job.cancel", f"run:{run_id}",
+                record(session, actor, action, f"run:{run_id}",
                        {"was": RunStatus.QUEUED, "status": RunStatus.STOPPED})
                 session.commit()
                 return _fresh(session, run_id)
@@ -215,7 +233,7 @@ def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None) -> 
         if run.status == RunStatus.RUNNING:
             if not run.config.get("cancel_requested"):
                 run.config = {**run.config, "cancel_requested": True}
-                record(session, actor, "job.cancel", f"run:{run_id}",
+                record(session, actor, action, f"run:{run_id}",
                        {"was": RunStatus.RUNNING, "status": RunStatus.RUNNING,
                         "cancel_requested": True})
         elif run.status != RunStatus.STOPPED:
@@ -231,11 +249,11 @@ def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None) -> 
 
 
 def claim_next_job(session: Session) -> Run | None:
-    """Mark the oldest queued training job running and return it (None: queue empty)."""
+    """Mark the oldest queued job (of any type) running and return it (None: queue empty)."""
     while True:  # a lost race means another worker got a job: the queue shrinks
         try:
             run_id = session.scalar(
-                select(Run.id).where(Run.kind == RunKind.TRAIN, Run.status == RunStatus.QUEUED)
+                select(Run.id).where(Run.kind.in_(JOB_KINDS), Run.status == RunStatus.QUEUED)
                 .order_by(Run.id).limit(1).with_for_update(skip_locked=True))
             if run_id is None:
                 session.commit()
@@ -254,9 +272,10 @@ def claim_next_job(session: Session) -> Run | None:
 
 
 def record_progress(session: Session, run_id: int, epoch_metrics: dict[str, Any]) -> Run:
-    """Store the latest epoch as metrics["progress"] ({"epoch", "of", ...}); committed."""
+    """Store the latest progress as metrics["progress"]; committed. Training reports
+    {"epoch", "of", ...} after each epoch, a replay {"step", "of", "phase"}."""
     try:
-        run = get_job(session, run_id)
+        run = _job(session, run_id)
         progress = {**json_safe(epoch_metrics), "updated_at": utcnow().isoformat()}
         run.metrics = {**(run.metrics or {}), "progress": progress}
         session.commit()
@@ -299,15 +318,15 @@ def fail_job(session: Session, run_id: int, error: str) -> Run:
     return _end(session, run_id, RunStatus.FAILED, {"error": error})
 
 
-def stop_job(session: Session, run_id: int) -> Run:
+def stop_job(session: Session, run_id: int, doing: str = "training") -> Run:
     """The worker honoured a cancel request."""
-    return _end(session, run_id, RunStatus.STOPPED, {"cancelled": "while training"})
+    return _end(session, run_id, RunStatus.STOPPED, {"cancelled": f"while {doing}"})
 
 
 def requeue_job(session: Session, run_id: int, reason: str) -> Run:
     """Give a running job back to the queue (its worker is shutting down)."""
     try:
-        run = get_job(session, run_id)
+        run = _job(session, run_id)
         metrics = {k: v for k, v in (run.metrics or {}).items() if k != "progress"}
         metrics["requeued"] = [*metrics.get("requeued", []),
                                {"at": utcnow().isoformat(), "reason": reason}]
