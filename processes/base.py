@@ -46,6 +46,14 @@ class SummaryRow:
     fmt: str = ".2f"
 
 
+CONTROLLER_ROWS = (
+    SummaryRow("fallbacks", "fallback steps", "", "d"),
+    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
+    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+)
+"""The rows of `plan_time_metrics`, which every EPISODE_SUMMARY ends with."""
+
+
 @dataclass(frozen=True)
 class TrainingRecipe:
     """How much excitation data and training a twin of this process needs (benchmarks, demo)."""

@@ -28,7 +28,7 @@ from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
-from .base import SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics
+from .base import CONTROLLER_ROWS, SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics
 
 Q_L_PER_MIN = 100.0
 VOLUME_L = 100.0
@@ -441,9 +441,7 @@ EPISODE_SUMMARY = (
     SummaryRow("mean_abs_error_K", "mean |T - T_sp|", "K"),
     SummaryRow("max_T_K", "max T", "K", ".1f"),
     SummaryRow("violations", f"samples above {T_LIMIT_K:g} K", "", "d"),
-    SummaryRow("fallbacks", "fallback steps", "", "d"),
-    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
-    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+    *CONTROLLER_ROWS,
 )
 
 TRAINING_RECIPE = TrainingRecipe(hours=12.0, epochs=20, max_minutes=4.5)

@@ -111,7 +111,14 @@ from twin.records import EpisodeResult, SafetyEvent, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
-from .base import SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics, rate_clip
+from .base import (
+    CONTROLLER_ROWS,
+    SummaryRow,
+    TrainingRecipe,
+    aprbs_levels,
+    plan_time_metrics,
+    rate_clip,
+)
 
 with warnings.catch_warnings():  # simglucose imports pkg_resources, deprecated upstream
     warnings.simplefilter("ignore")
@@ -759,9 +766,7 @@ EPISODE_SUMMARY = (
     SummaryRow("hbgi", "HBGI"),
     SummaryRow("violations", "true BG samples below 70", "", "d"),
     SummaryRow("iob_limited_steps", "steps cut by the IOB limit", "", "d"),
-    SummaryRow("fallbacks", "fallback steps", "", "d"),
-    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
-    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+    *CONTROLLER_ROWS,
 )
 
 # 15 days: as many samples as the CSTR recipe (7200), some 55 meals

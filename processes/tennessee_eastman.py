@@ -103,7 +103,14 @@ from twin.records import EpisodeResult, SafetyEvent, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
-from .base import SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics, rate_clip
+from .base import (
+    CONTROLLER_ROWS,
+    SummaryRow,
+    TrainingRecipe,
+    aprbs_levels,
+    plan_time_metrics,
+    rate_clip,
+)
 
 SAMPLE_PERIOD_S = 36.0
 SAMPLE_PERIOD_H = SAMPLE_PERIOD_S / 3600.0
@@ -797,9 +804,7 @@ EPISODE_SUMMARY = (
     SummaryRow("shutdown", "shutdown", "", "d"),
     SummaryRow("hours_run", "hours before end or shutdown", "h", ".2f"),
     SummaryRow("violations", "samples beyond an interlock", "", "d"),
-    SummaryRow("fallbacks", "fallback steps", "", "d"),
-    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
-    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+    *CONTROLLER_ROWS,
 )
 
 TRAINING_RECIPE = TrainingRecipe(hours=72.0, epochs=20, max_minutes=5.0)

@@ -99,7 +99,14 @@ from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
-from .base import SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics, rate_clip
+from .base import (
+    CONTROLLER_ROWS,
+    SummaryRow,
+    TrainingRecipe,
+    aprbs_levels,
+    plan_time_metrics,
+    rate_clip,
+)
 
 Scalar = Any  # a float, or a CasADi SX/MX expression: the model is written for both
 
@@ -1091,9 +1098,7 @@ EPISODE_SUMMARY = (
     SummaryRow("max_Nf_rpm", "max fan speed", "rpm", ".0f"),
     SummaryRow("max_Nc_rpm", "max core speed", "rpm", ".0f"),
     SummaryRow("violations", "samples beyond a limit", "", "d"),
-    SummaryRow("fallbacks", "fallback steps", "", "d"),
-    SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
-    SummaryRow("plan_ms_p99", "planning p99", "ms", ".1f"),
+    *CONTROLLER_ROWS,
 )
 
 TRAINING_RECIPE = TrainingRecipe(hours=1.5, epochs=8, max_minutes=5.0)
