@@ -3,6 +3,7 @@ round-trip bit for bit and corrupt ones are refused."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from twin_fixtures import tiny_config, tiny_twin, train, training_log
 
 from twin.data import WindowDataset
 from twin.errors import InvalidInput
-from twin.model import JEPA, JEPAConfig, effective_rank, vicreg_terms
+from twin.model import JEPA, JEPAConfig, effective_rank, sigreg, vicreg_terms
 from twin.train import EpochLog
 from twin.twin_model import Twin
 
@@ -219,3 +220,62 @@ def test_default_config_shapes() -> None:
     # the target encoder starts as a copy and is frozen
     for p, q in zip(model.encoder.parameters(), model.target_encoder.parameters(), strict=True):
         assert torch.equal(p, q) and not q.requires_grad
+
+
+def test_sigreg_is_small_for_gaussian_embeddings_and_large_for_collapse() -> None:
+    gen = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(4000, 8, generator=gen)
+    collapsed = gaussian[:, :1].repeat(1, 8) * 0.01
+    shifted = gaussian + 3.0
+    small = float(sigreg(gaussian, generator=torch.Generator().manual_seed(1)))
+    assert small < 0.01
+    assert float(sigreg(collapsed, generator=torch.Generator().manual_seed(1))) > 20 * small
+    assert float(sigreg(shifted, generator=torch.Generator().manual_seed(1))) > 20 * small
+
+
+def test_ensemble_member_zero_is_the_planning_predictor() -> None:
+    cfg = JEPAConfig(ensemble_size=3, coarse_steps=2)
+    model = JEPA(cfg, feature_dim=5, action_dim=1, observed_dim=4)
+    assert model.members()[0] is model.predictor
+    assert len(model.members()) == 3
+    z, u = torch.randn(4, cfg.embed_dim), torch.randn(4, 6, 1)
+    rolled = model.ensemble_rollout(z, u)
+    assert rolled.shape == (3, 4, 6, cfg.embed_dim)
+    assert torch.equal(rolled[0], model.predictor.rollout(z, u))
+    assert not torch.equal(rolled[0], rolled[1])  # members differ: disagreement means something
+    assert model.coarse_rollout(z, u).shape == (4, 3, cfg.embed_dim)
+    # the planner rebuilds only Linear/Tanh stacks
+    assert all(isinstance(m, torch.nn.Linear | torch.nn.Tanh) for m in model.predictor.net)
+
+
+def test_checkpoint_from_before_the_ensemble_still_loads(tiny: Twin) -> None:
+    state = tiny.state()
+    legacy = JEPAConfig(**{**tiny.config.to_dict(), "ensemble_size": 1, "coarse_steps": 0,
+                           "present_skip": False, "window_norm": False})
+    model = JEPA(legacy, tiny.layout.feature_dim, 1, len(tiny.layout.observed))
+    config = legacy.to_dict()
+    for key in ("ensemble_size", "coarse_steps", "present_skip", "window_norm"):
+        del config[key]  # what a checkpoint written before those fields holds
+    state.update(config=config, weights=model.state_dict())
+    wrapped = _saved({"format": state["format"], "payload": _saved(state),
+                      "sha256": hashlib.sha256(_saved(state)).hexdigest()})
+    loaded = Twin.from_bytes(wrapped)
+    assert loaded.config == legacy
+    assert len(loaded.model.members()) == 1
+
+
+def test_unknown_collapse_method_is_refused() -> None:
+    from processes import cstr
+    from twin.train import TrainConfig, train_twin
+
+    with pytest.raises(ValueError, match="collapse must be one of"):
+        train_twin(training_log(1.5, 3), cstr.SPEC, TrainConfig(collapse="none"),
+                   show_progress=False)
+
+
+@pytest.mark.parametrize("collapse", ["ema_vicreg", "sigreg"])
+def test_every_anti_collapse_method_trains(collapse: str) -> None:
+    from dataclasses import replace
+    twin, history = train(training_log(1.5, 3), replace(tiny_config(epochs=2), collapse=collapse))
+    assert all(np.isfinite(h.train_loss) for h in history)
+    assert history[-1].effective_rank > 1.5

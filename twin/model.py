@@ -4,10 +4,13 @@
     z_{t+1}  = z_t + predictor([z_t, u_t])          (prediction in embedding space)
     y_t      = readout(z_t)                          (sensors, normalised units)
 
-Training (see `twin.train`) matches rolled-out predictions to an EMA copy of the encoder
-on the real future windows (stop-gradient), with VICReg-style variance and covariance
-terms against collapse. The predictor and readout are small tanh MLPs / linear maps so
-that the CasADi planner can rebuild them exactly as symbolic expressions.
+Training (see `twin.train`) matches rolled-out predictions to the encoder's embeddings of
+the real future windows (stop-gradient; an EMA target is an option), with VICReg-style
+variance and covariance terms (or SIGReg) against collapse. The planning predictor and the
+readout are small tanh MLPs / linear maps so that the CasADi planner can rebuild them
+exactly as symbolic expressions. Extra predictors ride along: an ensemble (member 0 is the
+planning predictor; their disagreement measures uncertainty) and a coarse predictor that
+jumps `coarse_steps` samples at once.
 """
 
 from __future__ import annotations
@@ -27,32 +30,81 @@ class JEPAConfig:
     predictor_hidden: int = 128
     predictor_layers: int = 1
     readout_hidden: int = 0  # 0: linear readout (keeps sensor limits linear in z)
+    ensemble_size: int = 3  # predictors; member 0 is the one the planner uses
+    coarse_steps: int = 4  # >0: a second predictor that jumps this many steps at once
+    present_skip: bool = True  # a linear path from the latest sample to the embedding
+    window_norm: bool = True  # RevIN-style: the conv sees the window relative to its end
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> JEPAConfig:
+        """A config from a checkpoint; fields it predates take the value they implied."""
+        return cls(**{**LEGACY_FIELDS, **data})
+
+
+LEGACY_FIELDS = {"ensemble_size": 1, "coarse_steps": 0, "present_skip": False,
+                 "window_norm": False}
+"""Fields added after the first checkpoints, with the behaviour those checkpoints had."""
+
 
 class ContextEncoder(nn.Module):
-    """Window (W, 2F) of values and masks -> embedding. Masks let it tell zero from missing."""
+    """Window (W, 2F) of values and masks -> embedding. Masks let it tell zero from missing.
 
-    def __init__(self, window: int, feature_dim: int, hidden: int, embed_dim: int) -> None:
+    `window_norm` (RevIN-style): the convolution sees each window relative to its latest
+    valid values and scaled by its own spread, so one shape detector serves every
+    operating point; the level and spread enter the head directly. `present_skip`: the
+    latest sample also reaches the embedding through a linear map, so a linear readout can
+    recover the present sensors exactly.
+    """
+
+    def __init__(self, window: int, feature_dim: int, hidden: int, embed_dim: int,
+                 window_norm: bool = False, present_skip: bool = False) -> None:
         super().__init__()
+        self.window_norm = window_norm
         self.conv = nn.Sequential(
             nn.Conv1d(2 * feature_dim, hidden // 2, kernel_size=3, padding=1), nn.GELU(),
             nn.Conv1d(hidden // 2, hidden // 2, kernel_size=3, padding=1), nn.GELU(),
         )
+        stats = 2 * feature_dim if window_norm else 0
         self.head = nn.Sequential(
-            nn.Linear(window * hidden // 2 + 2 * feature_dim, hidden), nn.GELU(),
+            nn.Linear(window * hidden // 2 + 2 * feature_dim + stats, hidden), nn.GELU(),
             nn.Linear(hidden, embed_dim),
         )
+        self.skip = nn.Linear(2 * feature_dim, embed_dim, bias=False) if present_skip else None
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         lead = windows.shape[:-2]
         x = windows.reshape(-1, *windows.shape[-2:])
+        present = x[:, -1]
+        extra: list[torch.Tensor] = []
+        if self.window_norm:
+            x, stats = _relative_window(x)
+            extra.append(stats)
         h = self.conv(x.transpose(1, 2))
         # the latest sample enters directly: the present matters most for control
-        out = self.head(torch.cat([h.flatten(1), x[:, -1]], dim=1))
+        out = self.head(torch.cat([h.flatten(1), present, *extra], dim=1))
+        if self.skip is not None:
+            out = out + self.skip(present)
         return out.reshape(*lead, -1)
+
+
+def _relative_window(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values relative to the latest valid value of each feature, over the window's spread.
+
+    x (B, W, 2F) -> the same shape with values replaced, and (B, 2F) level and log-spread.
+    """
+    f = x.shape[-1] // 2
+    values, mask = x[..., :f], x[..., f:]
+    count = mask.sum(dim=1).clamp_min(1.0)
+    mean = (values * mask).sum(dim=1) / count
+    spread = torch.sqrt(((values - mean.unsqueeze(1)) ** 2 * mask).sum(dim=1) / count + 1e-4)
+    position = torch.arange(x.shape[1], dtype=x.dtype).view(1, -1, 1)
+    latest = (position * mask).argmax(dim=1, keepdim=True)  # last valid row per feature
+    level = values.gather(1, latest).squeeze(1)
+    relative = (values - level.unsqueeze(1)) / spread.unsqueeze(1) * mask
+    return torch.cat([relative, mask], dim=-1), torch.cat([level, torch.log(spread)], dim=-1)
 
 
 class Predictor(nn.Module):
@@ -97,11 +149,38 @@ class JEPA(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ContextEncoder(config.window, feature_dim, config.encoder_hidden,
-                                      config.embed_dim)
+                                      config.embed_dim, config.window_norm, config.present_skip)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.predictor = Predictor(config.embed_dim, action_dim, config.predictor_hidden,
                                    config.predictor_layers)
         self.readout = Readout(config.embed_dim, observed_dim, config.readout_hidden)
+        if config.ensemble_size > 1:
+            # member 0 is the planning predictor itself; disagreement is an uncertainty signal
+            self.ensemble = nn.ModuleList([self.predictor] + [
+                Predictor(config.embed_dim, action_dim, config.predictor_hidden,
+                          config.predictor_layers) for _ in range(config.ensemble_size - 1)])
+        if config.coarse_steps > 0:
+            self.coarse = Predictor(config.embed_dim, action_dim * config.coarse_steps,
+                                    config.predictor_hidden, config.predictor_layers)
+
+    def members(self) -> list[Predictor]:
+        """The ensemble's predictors, the planning predictor first."""
+        return list(self.ensemble) if self.config.ensemble_size > 1 else [self.predictor]
+
+    def predictor_rollout(self, z0: torch.Tensor, actions: torch.Tensor,
+                          member: int = 0) -> torch.Tensor:
+        return self.members()[member].rollout(z0, actions)
+
+    def ensemble_rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(M, B, H, D): every member's rollout from the same embeddings."""
+        return torch.stack([m.rollout(z0, actions) for m in self.members()])
+
+    def coarse_rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Embeddings at steps k, 2k, ... (B, H // k, D) from blocks of k actions at once."""
+        k = self.config.coarse_steps
+        blocks = actions.shape[1] // k
+        grouped = actions[:, :blocks * k].reshape(actions.shape[0], blocks, -1)
+        return self.coarse.rollout(z0, grouped)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -131,3 +210,27 @@ def vicreg_terms(z: torch.Tensor, std_target: float = 1.0) -> tuple[torch.Tensor
     off = cov - torch.diag(torch.diag(cov))
     covariance = (off**2).sum() / z.shape[1]
     return variance, covariance
+
+
+def sigreg(z: torch.Tensor, directions: int = 64, points: int = 17,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sketched isotropic Gaussian regulariser (SIGReg, LeJEPA / LeWorldModel).
+
+    Projects the batch of embeddings (N, D) on random unit directions and measures, per
+    direction, the Epps-Pulley distance between the empirical characteristic function and
+    that of N(0, 1), weighted by a Gaussian window over t in [0, 3]. Zero for embeddings
+    that are standard normal in every direction: full rank, unit spread, no tuning per task.
+    """
+    d = z.shape[1]
+    dirs = torch.randn(d, directions, generator=generator, dtype=z.dtype)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    proj = z @ dirs  # (N, M)
+    t = torch.linspace(0.0, 3.0, points, dtype=z.dtype)
+    phase = proj.unsqueeze(-1) * t  # (N, M, T)
+    real, imag = torch.cos(phase).mean(dim=0), torch.sin(phase).mean(dim=0)
+    gauss = torch.exp(-0.5 * t**2)
+    err = (real - gauss) ** 2 + imag**2
+    weighted = err * gauss
+    # trapezoid over t; x2 for the symmetric half t < 0
+    integral = 2.0 * torch.trapezoid(weighted, t, dim=-1)
+    return integral.mean()

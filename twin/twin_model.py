@@ -158,7 +158,7 @@ class Twin:
             raise InvalidInput("not a twin checkpoint of a supported format")
         try:
             spec = ProcessSpec.from_dict(state["spec"], source="checkpoint spec")
-            config = JEPAConfig(**state["config"])
+            config = JEPAConfig.from_dict(state["config"])
             layout = Layout.from_spec(spec)
             model = JEPA(config, layout.feature_dim, len(layout.actions), len(layout.observed))
             model.load_state_dict(state["weights"])
