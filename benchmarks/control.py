@@ -150,7 +150,7 @@ def main() -> None:
                         help="'default' (the module's BENCHMARK_CASES) or 'all' (ALL_CASES)")
     parser.add_argument("--episode-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="run_episode argument for every case, e.g. hours=4 (repeat)")
-    parser.add_argument("--planners", nargs="+", default=["casadi", "cem"])
+    parser.add_argument("--planners", nargs="+", default=["casadi", "cem", "mppi"])
     parser.add_argument("--extra", nargs="*", default=None,
                         help="process metrics to show as columns (default: EPISODE_SUMMARY)")
     parser.add_argument("--out", type=Path)

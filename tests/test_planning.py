@@ -3,6 +3,9 @@ rate limits whatever the goal."""
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import casadi as ca
 import numpy as np
 import pytest
@@ -12,19 +15,27 @@ from hypothesis import strategies as st
 from twin_fixtures import tiny_twin
 
 from processes import cstr
+from twin.data import Normalizer
 from twin.model import JEPA, JEPAConfig
 from twin.planning import (
+    PLANNER_NAMES,
     CasadiPlanner,
     CEMPlanner,
     Constraints,
+    MPPIPlanner,
     PlannerSettings,
     PlanningProblem,
     PlanResult,
+    RTIPlanner,
+    StructuredNLPPlanner,
     casadi_dynamics,
+    find_compiler,
     make_planner,
     torch_mlp_to_casadi,
 )
-from twin.twin_model import Twin
+from twin.safety import SafetyLayer
+from twin.spec import ProcessSpec, Tag, TagRole
+from twin.twin_model import GoalBank, Twin
 
 TOL = 1e-6
 D = 8  # embed_dim of the tiny twin
@@ -156,7 +167,7 @@ def test_cem_plans_keep_bounds_and_rates(cem_planner: CEMPlanner, data) -> None:
 
 
 @pytest.mark.parametrize("side", ["low", "high"])
-@pytest.mark.parametrize("name", ["casadi", "cem"])
+@pytest.mark.parametrize("name", ["casadi", "casadi-ipopt", "cem", "mppi"])
 def test_plans_from_the_bounds_pushed_outwards(twin: Twin, name: str, side: str) -> None:
     """u_prev exactly at a bound with a goal that wants to go further out."""
     planner = make_planner(name, twin, PlannerSettings(horizon=8))
@@ -207,3 +218,252 @@ def test_make_planner(twin: Twin) -> None:
 def test_cem_with_non_finite_costs_reports_failure(cem_planner: CEMPlanner, goal: float) -> None:
     result = cem_planner.plan(PlanningProblem(np.zeros(D), np.zeros(1), np.full(D, goal)))
     assert not result.ok
+
+
+# -- the real-time-iteration planner (the default `casadi`), MPPI, and what reaches the plant --
+
+def _rti(twin: Twin, **kwargs) -> RTIPlanner:
+    return RTIPlanner(twin, PlannerSettings(horizon=10), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def rti_planner(twin: Twin) -> RTIPlanner:
+    return RTIPlanner(twin)
+
+
+@pytest.fixture(scope="module")
+def mppi_planner(twin: Twin) -> MPPIPlanner:
+    return MPPIPlanner(twin)
+
+
+def _bank_problem(twin: Twin, index: int = 100, setpoint_k: float = 370.0,
+                  tc: float = 330.0) -> PlanningProblem:
+    z0 = twin.bank.embeddings[index].double().numpy()
+    return PlanningProblem(z0, twin.normalise_actions(np.array([tc])),
+                           twin.goal_embedding({"T": setpoint_k}))
+
+
+def test_make_planner_knows_every_name(twin: Twin) -> None:
+    kinds = {"casadi": RTIPlanner, "casadi-ipopt": CasadiPlanner,
+             "casadi-fatrop": StructuredNLPPlanner, "cem": CEMPlanner, "mppi": MPPIPlanner}
+    assert set(kinds) == set(PLANNER_NAMES)
+    for name, kind in kinds.items():
+        planner = make_planner(name, twin, PlannerSettings(horizon=4))
+        assert isinstance(planner, kind) and planner.name == name
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rti_plans_keep_bounds_and_rates(rti_planner: RTIPlanner, data) -> None:
+    lim = rti_planner.limits
+    problem = _problem(data, rti_planner.twin, lim)
+    if data.draw(st.booleans()):
+        rti_planner.reset()
+    result = rti_planner.plan(problem)
+    _check_plan(result, lim, problem.u_prev, rti_planner.settings.horizon)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mppi_plans_keep_bounds_and_rates(mppi_planner: MPPIPlanner, data) -> None:
+    lim = mppi_planner.limits
+    problem = _problem(data, mppi_planner.twin, lim)
+    if data.draw(st.booleans()):
+        mppi_planner.reset()
+    result = mppi_planner.plan(problem)
+    assert result.ok
+    _check_plan(result, lim, problem.u_prev, mppi_planner.settings.horizon)
+
+
+def test_rti_reaches_the_ipopt_optimum(twin: Twin) -> None:
+    problem = _bank_problem(twin)
+    reference = CasadiPlanner(twin, PlannerSettings(horizon=10)).plan(problem)
+    converged = _rti(twin, sqp_iterations=60, step_tolerance=1e-9).plan(problem)
+    assert reference.ok and converged.ok, (reference.message, converged.message)
+    assert converged.cost == pytest.approx(reference.cost, rel=0.02)
+    np.testing.assert_allclose(converged.actions[0], reference.actions[0], atol=0.05)
+
+
+def test_rti_plan_follows_the_twin_dynamics_and_reports_its_cost(twin: Twin) -> None:
+    planner = _rti(twin)
+    problem = _bank_problem(twin)
+    result = planner.plan(problem)
+    assert result.ok, result.message
+    z = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
+    u = torch.as_tensor(result.actions, dtype=torch.float32).unsqueeze(0)
+    with torch.no_grad():
+        rolled = twin.model.predictor.rollout(z, u)[0].double().numpy()
+    np.testing.assert_allclose(result.embeddings, rolled, atol=1e-4)
+    y = twin.model.readout(torch.as_tensor(rolled, dtype=torch.float32)).detach().double()
+    y = y.numpy()[:, planner.limits.limit_rows]
+    slack = np.maximum(np.maximum(y - planner.limits.y_high, planner.limits.y_low - y), 0)
+    moves = np.diff(np.vstack([problem.u_prev, result.actions]), axis=0) / planner.limits.rate
+    expected = (((rolled - problem.z_goal) ** 2).sum() + 0.5 * (moves**2).sum()
+                + 1e4 * slack.sum())
+    assert result.cost == pytest.approx(expected, rel=1e-4)
+
+
+def test_rti_keeps_sensor_limits_when_it_can(twin: Twin) -> None:
+    """A goal beyond the temperature limit: the plan stops at the (backed-off) limit."""
+    planner = _rti(twin, sqp_iterations=30)
+    lim = planner.limits
+    problem = _bank_problem(twin, setpoint_k=cstr.T_LIMIT_K - 0.01)
+    problem.z_goal = problem.z_goal + 3.0 * (problem.z_goal - problem.z0)  # further out
+    hold = np.tile(problem.u_prev, (10, 1))
+    with torch.no_grad():
+        z_hold = twin.model.predictor.rollout(
+            torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
+            torch.as_tensor(hold, dtype=torch.float32).unsqueeze(0))
+        y_hold = twin.model.readout(z_hold)[0].double().numpy()[:, lim.limit_rows]
+    assert np.all(y_hold <= lim.y_high) and np.all(y_hold >= lim.y_low)  # feasible start
+    result = planner.plan(problem)
+    assert result.ok, result.message
+    y = twin.model.readout(torch.as_tensor(result.embeddings, dtype=torch.float32))
+    y = y.detach().double().numpy()[:, lim.limit_rows]
+    assert np.all(y <= lim.y_high + 1e-3) and np.all(y >= lim.y_low - 1e-3)
+
+
+def test_rti_warm_start_carries_across_steps(twin: Twin) -> None:
+    """After a converged step, one iteration from the shifted plan does better than one
+    iteration from holding, and no worse than the shifted plan itself."""
+    warm, cold = _rti(twin, sqp_iterations=40), _rti(twin, sqp_iterations=1)
+    problem = _bank_problem(twin, setpoint_k=375.0)
+    first = warm.plan(problem)
+    assert first.ok
+    warm.sqp_iterations = 1
+    advanced = PlanningProblem(first.embeddings[0], first.actions[0], problem.z_goal)
+    shifted = np.vstack([first.actions[1:], first.actions[-1:]])
+    Z, Y = warm._rollout(advanced.z0, shifted)
+    shifted_cost = warm._cost(shifted, Z, Y, advanced)
+    from_warm, from_hold = warm.plan(advanced), cold.plan(advanced)
+    assert from_warm.ok and from_hold.ok
+    assert from_warm.cost <= shifted_cost + 1e-9
+    assert from_warm.cost < from_hold.cost
+
+
+def test_rti_reports_a_failed_qp(twin: Twin) -> None:
+    planner = _rti(twin)
+
+    class FailingQP:
+        def __call__(self, **_: object) -> dict:
+            return {"x": ca.DM.zeros(1)}
+
+        def stats(self) -> dict:
+            return {"success": False, "return_status": "infeasible"}
+
+    planner._qp = FailingQP()
+    problem = _bank_problem(twin)
+    result = planner.plan(problem)
+    assert not result.ok and "failed" in result.message
+    _check_plan(result, planner.limits, problem.u_prev, 10)
+    assert planner._warm is None  # a failed plan never seeds the next one
+
+
+@pytest.mark.parametrize("field", ["z0", "u_prev", "z_goal"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rti_rejects_non_finite_problems(twin: Twin, field: str, bad: float) -> None:
+    planner = _rti(twin)
+    problem = _bank_problem(twin)
+    getattr(problem, field)[0] = bad
+    result = planner.plan(problem)
+    assert not result.ok and "not finite" in result.message
+    lim = planner.limits
+    assert np.all(result.actions >= lim.u_low) and np.all(result.actions <= lim.u_high)
+
+
+def test_compiled_linearisation_matches_and_falls_back(twin: Twin, tmp_path, monkeypatch
+                                                       ) -> None:
+    monkeypatch.setenv("TWIN_CASADI_CACHE", str(tmp_path))
+    problem = _bank_problem(twin)
+    reference = _rti(twin).plan(problem)
+    monkeypatch.setattr("twin.planning.find_compiler", lambda: None)
+    without = _rti(twin, compile=True)
+    assert not without.compiled and not list(tmp_path.iterdir())
+    np.testing.assert_allclose(without.plan(problem).actions, reference.actions, atol=1e-9)
+    monkeypatch.undo()
+    monkeypatch.setenv("TWIN_CASADI_CACHE", str(tmp_path))
+    if find_compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    built = _rti(twin, compile=True)
+    assert built.compiled and len(list(tmp_path.glob("*.so"))) == 2
+    np.testing.assert_allclose(built.plan(problem).actions, reference.actions, atol=1e-6)
+    cached = list(tmp_path.glob("*.so"))
+    again = _rti(twin, compile=True)  # a second build reuses the cached libraries
+    assert again.compiled and sorted(tmp_path.glob("*.so")) == sorted(cached)
+
+
+def test_mppi_is_deterministic_by_seed_and_fails_on_non_finite_costs(twin: Twin) -> None:
+    problem = PlanningProblem(np.zeros(D), np.array([0.1]), np.full(D, 2.0))
+    a, b = MPPIPlanner(twin, seed=4).plan(problem), MPPIPlanner(twin, seed=4).plan(problem)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    bad = MPPIPlanner(twin).plan(PlanningProblem(np.zeros(D), np.zeros(1), np.full(D, np.nan)))
+    assert not bad.ok
+
+
+def test_mppi_improves_on_holding(twin: Twin) -> None:
+    planner = MPPIPlanner(twin, PlannerSettings(horizon=10))
+    problem = _bank_problem(twin, setpoint_k=375.0)
+    result = planner.plan(problem)
+    hold = np.tile(problem.u_prev, (10, 1))
+    u = torch.as_tensor(hold, dtype=torch.float32).unsqueeze(0)
+    cost, _ = planner._score(u, torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
+                             torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0),
+                             torch.as_tensor(problem.z_goal, dtype=torch.float32))
+    assert result.ok and result.cost < float(cost[0])
+
+
+# -- random small twins: whatever a planner returns, the safety layer's output is safe ---------
+
+def _small_spec(n_actuators: int) -> ProcessSpec:
+    tags = [Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.0),
+            Tag(name="y_lo", role=TagRole.SENSOR, unit="1", low=-1.0)]
+    tags += [Tag(name=f"u{i}", role=TagRole.ACTUATOR, unit="bar", low=-1.0 - i, high=2.0,
+                 rate_limit=0.1 * (i + 1), nominal=0.0) for i in range(n_actuators)]
+    return ProcessSpec(name=f"small-{n_actuators}", sample_period_s=2.0, tags=tuple(tags))
+
+
+@lru_cache(maxsize=8)
+def _small_twin(n_actuators: int, embed_dim: int, seed: int) -> Twin:
+    spec = _small_spec(n_actuators)
+    names = tuple(t.name for t in spec.tags)
+    rng = np.random.default_rng(seed)
+    norm = Normalizer(names, tuple(rng.normal(0, 0.3, len(names)).tolist()),
+                      tuple(rng.uniform(0.5, 2.0, len(names)).tolist()))
+    config = JEPAConfig(window=4, embed_dim=embed_dim, encoder_hidden=8, predictor_hidden=8)
+    torch.manual_seed(seed)
+    model = JEPA(config, len(names), n_actuators, 2)
+    bank = GoalBank(torch.randn(4, embed_dim), torch.randn(4, 2), torch.zeros(4))
+    return Twin(spec, config, norm, model, bank)
+
+
+odd_float = st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf),
+                      st.just(-math.inf))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_actuators=st.integers(1, 2), embed_dim=st.sampled_from([2, 3]),
+       seed=st.integers(0, 3), name=st.sampled_from(["casadi", "mppi", "cem"]),
+       data=st.data())
+def test_any_plan_through_the_safety_layer_is_safe(n_actuators: int, embed_dim: int,
+                                                   seed: int, name: str, data) -> None:
+    twin = _small_twin(n_actuators, embed_dim, seed)
+    planner = make_planner(name, twin, PlannerSettings(horizon=5))
+    spec = twin.spec
+    z0 = np.array(data.draw(st.lists(odd_float, min_size=embed_dim, max_size=embed_dim)))
+    goal = np.array(data.draw(st.lists(odd_float, min_size=embed_dim, max_size=embed_dim)))
+    previous = {t.name: data.draw(st.one_of(st.floats(t.low, t.high), odd_float))
+                for t in spec.actuators}
+    u_prev = twin.normalise_actions(np.array([previous[t.name] for t in spec.actuators]))
+    try:
+        result = planner.plan(PlanningProblem(z0, u_prev, goal))
+        first = twin.denormalise_actions(result.actions[0])
+        proposal = {t.name: float(v) for t, v in zip(spec.actuators, first, strict=True)}
+    except Exception:  # noqa: BLE001 - the controller treats a raising planner as failed
+        proposal = {}
+    safe = SafetyLayer(spec).enforce(proposal, previous).actuators
+    for tag in spec.actuators:
+        value = safe[tag.name]
+        assert math.isfinite(value) and tag.low <= value <= tag.high
+        before = previous[tag.name]
+        if math.isfinite(before) and tag.low <= before <= tag.high:
+            assert abs(value - before) <= spec.rate_limit_per_sample(tag) + 1e-9

@@ -365,13 +365,15 @@ def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None
 def test_model_mismatch_trips_and_recovers_with_hysteresis(twin: Twin) -> None:
     controller = TwinController(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
                                 trust_after_steps=3, guard_band=0.0)
-    forecasts = {t: float(v) for t, v in twin.readout(np.zeros(twin.config.embed_dim)).items()}
-    forecast = forecasts["T"]
-    std_t = twin.norm.std[twin.norm.index("T")]
-    meas = dict(_plant_samples(1)[0], **forecasts)  # the stub plan forecasts these
+    # Two error units off: a clear trip whatever the twin's readout error widened them to.
+    miss = 2 * controller._error_scale("T")
+    plant = _plant_samples(1)[0]
     statuses = []
-    for k, t_value in enumerate([forecast, forecast - 2 * std_t] + [forecast] * 4):
-        record = controller.step(6.0 * k, dict(meas, T=t_value), {"T": 360.0})
+    for k, off in enumerate([0.0, -miss] + [0.0] * 4):
+        # The plant measures exactly what the twin forecast last step, except `off` on T.
+        meas = dict(plant, **controller.expected)
+        meas["T"] = meas["T"] + off
+        record = controller.step(6.0 * k, meas, {"T": 360.0})
         statuses.append((record.status, {e.kind for e in record.events}))
     assert statuses[0][0] is StepStatus.OK
     assert statuses[1][0] is StepStatus.FALLBACK and "model_mismatch" in statuses[1][1]

@@ -1,6 +1,7 @@
-"""Planning in embedding space: a CasADi NLP (the controller) and CEM (the classic JEPA planner).
+"""Planning in embedding space: CasADi planners (the controller) and the classic JEPA sampling
+planners (CEM, MPPI) batched in torch.
 
-Both solve the same problem, in normalised units, behind one interface:
+All solve the same problem, in normalised units, behind one interface:
 
     minimise   sum_k |z_k - z_goal|^2 + move_weight * sum_k (du_k / rate)^2 + slack_weight * s
     subject to z_{k+1} = predictor(z_k, u_k)              (the twin's dynamics)
@@ -9,20 +10,45 @@ Both solve the same problem, in normalised units, behind one interface:
                readout(z_k) <= sensor_high - margin + s_k  (sensor limits, penalised slack)
                readout(z_k) >= sensor_low + margin - s_k
 
-Costs live in `PlanningProblem`; solvers only see arrays. A planner never applies anything:
-its output always passes through `twin.safety.SafetyLayer`.
+(one slack per limited sensor and stage). Costs live in `PlanningProblem`; solvers only see
+arrays. A planner never applies anything: its output always passes through
+`twin.safety.SafetyLayer`.
+
+The planners, by name (`make_planner`):
+
+- `casadi` (`RTIPlanner`): Gauss-Newton SQP in real-time-iteration form. Each step linearises
+  the twin along the warm start (the previous plan shifted by one sample) with one CasADi
+  function, condenses the embeddings away and solves one dense QP in the moves (DAQP by
+  default, up to 3 iterations) per step, with a backtracking line search on the exact cost.
+  Bounds and rate limits are linear in the moves, so every iterate keeps them exactly.
+- `casadi-ipopt` (`CasadiPlanner`): the full multiple-shooting NLP solved by IPOPT with exact
+  Hessians; the reference optimum, several times slower.
+- `casadi-fatrop` (`StructuredNLPPlanner`): the same NLP laid out for fatrop's structure
+  detection (initial state fixed by bounds, each stage opening with its dynamics, the
+  previous input carried as a state for the rate limits), optionally compiled.
+- `cem`, `mppi`: sampling planners; every sample keeps bounds and rate limits by
+  construction, sensor limits enter as the slack penalty.
+
+Timings for each setup: `benchmarks/planning_speed.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import casadi as ca
 import numpy as np
 import torch
 
+from .planner_names import PLANNER_NAMES
 from .twin_model import Twin
 
 
@@ -95,7 +121,7 @@ class Constraints:
         return cls(lo, hi, rate, np.array(rows, dtype=int), np.array(y_lo), np.array(y_hi))
 
 
-def torch_mlp_to_casadi(module: torch.nn.Sequential, x: ca.SX) -> ca.SX:
+def torch_mlp_to_casadi(module: torch.nn.Sequential, x: ca.SX | ca.MX) -> ca.SX | ca.MX:
     """Rebuild a Linear/Tanh Sequential as a CasADi expression with the same weights."""
     for layer in module:
         if isinstance(layer, torch.nn.Linear):
@@ -109,10 +135,33 @@ def torch_mlp_to_casadi(module: torch.nn.Sequential, x: ca.SX) -> ca.SX:
     return x
 
 
-def casadi_dynamics(twin: Twin) -> tuple[ca.Function, ca.Function]:
-    """(z, u) -> z_next and z -> readout, as CasADi functions equal to the torch modules."""
+def mlp_with_jacobian(module: torch.nn.Sequential, x: ca.MX) -> tuple[ca.MX, ca.MX]:
+    """A Linear/Tanh Sequential and its Jacobian, accumulated forward layer by layer as
+    dense matrix products (far cheaper than CasADi's generic AD through the same graph)."""
+    jac: ca.MX | None = None
+    for layer in module:
+        if isinstance(layer, torch.nn.Linear):
+            w = ca.DM(layer.weight.detach().double().numpy())
+            x = ca.mtimes(w, x) + ca.DM(layer.bias.detach().double().numpy())
+            jac = w if jac is None else ca.mtimes(w, jac)
+        elif isinstance(layer, torch.nn.Tanh):
+            x = ca.tanh(x)
+            if jac is not None:
+                jac = ca.repmat(1 - x**2, 1, jac.shape[1]) * jac
+        else:
+            raise TypeError(f"cannot export layer {type(layer).__name__} to CasADi")
+    assert jac is not None, "an MLP starts with a Linear layer"
+    return x, ca.MX(jac)
+
+
+def casadi_dynamics(twin: Twin, symbol: type = ca.SX) -> tuple[ca.Function, ca.Function]:
+    """(z, u) -> z_next and z -> readout, as CasADi functions equal to the torch modules.
+
+    `ca.SX` gives scalar expression graphs (fast to evaluate for small nets, but compiled
+    code grows with the square of the width); `ca.MX` keeps the weights as dense matrix
+    products (compact, compiles in a second at any width)."""
     d, a = twin.config.embed_dim, len(twin.layout.actions)
-    z, u = ca.SX.sym("z", d), ca.SX.sym("u", a)
+    z, u = symbol.sym("z", d), symbol.sym("u", a)
     z_next = z + torch_mlp_to_casadi(twin.model.predictor.net, ca.vertcat(z, u))
     readout_net = twin.model.readout.net
     readout_seq = readout_net if isinstance(readout_net, torch.nn.Sequential) else \
@@ -128,7 +177,7 @@ class CasadiPlanner:
     and warm-starts from the previous solution shifted by one sample.
     """
 
-    name = "casadi"
+    name = "casadi-ipopt"
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None) -> None:
         self.twin, self.settings = twin, settings or PlannerSettings()
@@ -226,26 +275,515 @@ class CasadiPlanner:
                           stats={"iterations": float(stats.get("iter_count", -1))})
 
 
-class CEMPlanner:
-    """Cross-entropy method over action sequences, batched in torch.
+# -- compiled CasADi functions, cached on disk ------------------------------------------------
 
-    Samples are projected onto the bounds and rate limits before scoring, so every
-    candidate is feasible for the actuators; sensor limits enter as a heavy penalty.
+CACHE_DIR_ENV = "TWIN_CASADI_CACHE"
+COMPILE_FLAGS = ("-O2", "-shared", "-fPIC")
+COMPILE_TIMEOUT_S = 120.0
+
+
+def casadi_cache_dir() -> Path:
+    """Where compiled planner code lives (`TWIN_CASADI_CACHE`, else the user's cache)."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "plant-twin" / "casadi"
+
+
+def find_compiler() -> str | None:
+    """The C compiler to use (`CC`, else gcc, else cc), or None when there is none."""
+    for candidate in (os.environ.get("CC"), "gcc", "cc"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def compiled_function(fn: ca.Function) -> tuple[ca.Function, bool]:
+    """`fn` as compiled C, built once and cached on disk under the hash of its content (the
+    weights are constants inside it, so a new model gets new code); `(fn, False)` when no
+    compiler is present or compiling fails: CasADi's virtual machine gives the same numbers."""
+    compiler = find_compiler()
+    if compiler is None:
+        return fn, False
+    content = "\n".join([ca.__version__, " ".join(COMPILE_FLAGS), fn.serialize()])
+    key = hashlib.sha256(content.encode()).hexdigest()[:32]
+    library = casadi_cache_dir() / f"{fn.name()}_{key}.so"
+    try:
+        if not library.is_file():
+            _compile(fn, compiler, library)
+        return ca.external(fn.name(), str(library)), True
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return fn, False
+
+
+def _compile(fn: ca.Function, compiler: str, library: Path) -> None:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as build:
+        source = f"{fn.name()}.c"
+        generator = ca.CodeGenerator(source, {"with_header": False})
+        generator.add(fn)
+        generator.generate(build + os.sep)
+        target = Path(build) / library.name
+        subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(target), str(Path(build) / source)],
+                       check=True, capture_output=True, timeout=COMPILE_TIMEOUT_S)
+        os.replace(target, library)  # atomic: a concurrent builder never sees half a file
+
+
+def _project_moves(u: np.ndarray, u_prev: np.ndarray, lim: Constraints) -> np.ndarray:
+    """(H, A) actions moved, stage by stage, into the rate limits and then the bounds.
+
+    With u_prev inside the bounds the result keeps both (the rate window around a point
+    inside the bounds always meets them); it is the identity on a feasible sequence."""
+    out, before = np.empty_like(u), u_prev
+    for k in range(u.shape[0]):
+        step = np.clip(u[k], before - lim.rate, before + lim.rate)
+        out[k] = before = np.clip(step, lim.u_low, lim.u_high)
+    return out
+
+
+def _inputs_problem(problem: PlanningProblem, lim: Constraints, dims: tuple[int, int]
+                    ) -> str | None:
+    """Why a planning problem cannot be solved as posed, or None."""
+    d, a = dims
+    shapes = (np.shape(problem.z0), np.shape(problem.u_prev), np.shape(problem.z_goal))
+    if shapes != ((d,), (a,), (d,)):
+        return f"problem shapes {shapes}, expected {((d,), (a,), (d,))}"
+    for label, value in (("z0", problem.z0), ("u_prev", problem.u_prev),
+                         ("z_goal", problem.z_goal)):
+        if not np.all(np.isfinite(value)):
+            return f"{label} is not finite"
+    if np.any(problem.u_prev < lim.u_low - lim.rate) or \
+            np.any(problem.u_prev > lim.u_high + lim.rate):
+        return "previous action is more than one rate step outside its bounds"
+    return None
+
+
+class RTIPlanner:
+    """Gauss-Newton SQP, real-time iterations, single shooting condensed to a dense QP.
+
+    Per iteration: one CasADi call rolls the twin out along the current moves and returns
+    each stage's Jacobians; numpy condenses them into dZ/dU (the embeddings are eliminated,
+    so the QP has only the moves and the sensor slacks); a CasADi QP solver takes the
+    Gauss-Newton step (the cost is a sum of squares plus a linear slack term, so its
+    Gauss-Newton Hessian is exact but for the twin's curvature); a backtracking line search
+    on the exact cost keeps the plan no worse than the warm start. The warm start is the
+    previous plan shifted by one sample, projected onto the new rate window.
+
+    `sqp_iterations=1` is the acados-style real-time iteration; more iterations converge to
+    the same local optimum as IPOPT. `compile=True` compiles the linearisation with the
+    system C compiler (cached on disk per model), falling back to the CasADi VM.
     """
 
-    name = "cem"
+    name = "casadi"
+    slack_regularisation = 1e-5  # keeps the QP strictly convex (and solvable) in the slacks
+    # Levenberg-Marquardt damping of each step, |U - U_bar|^2: keeps the QP well conditioned
+    # where the twin is flat in some move; it shortens steps but leaves the optimum alone
+    step_damping = 1e-4
+    line_search = (1.0, 0.5, 0.25, 0.1)
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 samples: int = 256, elites: int = 24, iterations: int = 6,
-                 seed: int = 0) -> None:
+                 qp_solver: str = "daqp", sqp_iterations: int = 3,
+                 step_tolerance: float = 1e-4, compile: bool = False) -> None:
         self.twin, self.settings = twin, settings or PlannerSettings()
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
-        self.samples, self.elites, self.iterations = samples, elites, iterations
+        self.qp_solver_name, self.sqp_iterations = qp_solver, sqp_iterations
+        self.step_tolerance = step_tolerance
+        self.d, self.a = twin.config.embed_dim, len(self.limits.u_low)
+        self.n_lim = len(self.limits.limit_rows)
+        self._build_functions(compile)
+        self._build_qp()
+        self._warm: np.ndarray | None = None
+
+    # -- construction ------------------------------------------------------------------
+    def _build_functions(self, compile: bool) -> None:
+        horizon, rows = self.settings.horizon, self.limits.limit_rows.tolist()
+        z, u = ca.MX.sym("z", self.d), ca.MX.sym("u", self.a)
+        step, step_jac = mlp_with_jacobian(self.twin.model.predictor.net, ca.vertcat(z, u))
+        z_next = z + step
+        stage = ca.Function("stage", [z, u], [z_next, ca.DM.eye(self.d) + step_jac[:, :self.d],
+                                              step_jac[:, self.d:]])
+        readout = self.twin.model.readout.net
+        y, y_jac = mlp_with_jacobian(readout if isinstance(readout, torch.nn.Sequential)
+                                     else torch.nn.Sequential(readout), z)
+        y, y_jac = (y[rows], y_jac[rows, :]) if rows else (ca.MX(0, 1), ca.MX(0, self.d))
+        sensor = ca.Function("sensor", [z], [y, y_jac]).map(horizon)
+        z0, U = ca.MX.sym("z0", self.d), ca.MX.sym("U", self.a, horizon)
+        Z, A, B = stage.mapaccum("rollout", horizon)(z0, U)
+        Y, C = sensor(Z)
+        linearise = ca.Function("latent_linearise", [z0, U], [Z, A, B, Y, C])
+        Z_only = ca.Function("step", [z, u], [z_next]).mapaccum("simulate_z", horizon)(z0, U)
+        simulate = ca.Function("latent_simulate", [z0, U], [Z_only, sensor(Z_only)[0]])
+        if compile:
+            linearise, lin_compiled = compiled_function(linearise)
+            simulate, sim_compiled = compiled_function(simulate)
+            self.compiled = lin_compiled and sim_compiled
+        else:
+            self.compiled = False
+        self._linearise, self._simulate = linearise, simulate
+
+    def _build_qp(self) -> None:
+        """The QP's constant parts: bounds, rate rows, the move penalty M (cost |M U - c|^2)."""
+        s, lim, a, horizon = self.settings, self.limits, self.a, self.settings.horizon
+        n_u, n_s = a * horizon, self.n_lim * horizon
+        difference = np.eye(n_u) - np.eye(n_u, k=-a)  # U stage-major: rows u_k - u_{k-1}
+        self._move = np.sqrt(s.move_weight) * difference / np.tile(lim.rate, horizon)[:, None]
+        self._rate_rows = difference[a:]  # the first move is bounded through lbx/ubx
+        high = np.isfinite(lim.y_high)
+        low = np.isfinite(lim.y_low)
+        self._high_rows = np.flatnonzero(np.tile(high, horizon))  # over (stage, sensor)
+        self._low_rows = np.flatnonzero(np.tile(low, horizon))
+        n_g = len(self._rate_rows) + len(self._high_rows) + len(self._low_rows)
+        hessian = ca.Sparsity.dense(n_u + n_s, n_u + n_s)
+        rows = ca.Sparsity.dense(n_g, n_u + n_s)
+        options: dict = {"error_on_fail": False}
+        if self.qp_solver_name == "qpoases":
+            options.update({"printLevel": "none", "sparse": False})
+        elif self.qp_solver_name == "osqp":
+            options.update({"osqp": {"verbose": False, "eps_abs": 1e-7, "eps_rel": 1e-7,
+                                     "max_iter": 20000, "polish": True}})
+        elif self.qp_solver_name == "qrqp":
+            options.update({"print_iter": False, "print_header": False, "print_info": False})
+        elif self.qp_solver_name == "highs":
+            options.update({"highs": {"output_flag": False}})
+        elif self.qp_solver_name == "proxqp":
+            options.update({"proxqp": {"eps_abs": 1e-9}})
+        self._qp = ca.conic("latent_qp", self.qp_solver_name,
+                            {"h": hessian, "a": rows}, options)
+        self._dims = (n_u, n_s, n_g)
+
+    def reset(self) -> None:
+        self._warm = None
+
+    # -- one plan ----------------------------------------------------------------------
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        start = time.perf_counter()
+        why = _inputs_problem(problem, self.limits, (self.d, self.a))
+        if why is not None:
+            self._warm = None
+            return self._failed(problem, start, why)
+        U = self._initial_moves(problem)
+        Z, Y = self._rollout(problem.z0, U)
+        cost = self._cost(U, Z, Y, problem)
+        iterations, message = 0, "converged"
+        for iteration in range(1, self.sqp_iterations + 1):
+            iterations = iteration
+            step = self._qp_step(problem, U)
+            if step is None:
+                self._warm = None
+                return self._failed(problem, start, f"QP solver {self.qp_solver_name} failed")
+            U, Z, Y, cost, moved = self._line_search(problem, U, step, cost, Z, Y)
+            if moved < self.step_tolerance:
+                break
+            if (time.perf_counter() - start) * 1e3 > 0.5 * self.settings.deadline_ms:
+                message = "stopped early for the deadline"
+                break
+        else:
+            message = f"{self.sqp_iterations} iterations"
+        ok = bool(np.isfinite(cost) and np.all(np.isfinite(U)) and np.all(np.isfinite(Z)))
+        self._warm = U if ok else None
+        solve_ms = (time.perf_counter() - start) * 1e3
+        return PlanResult(ok, U.copy(), Z.T.copy(), float(cost), solve_ms,
+                          message=f"rti/{self.qp_solver_name}: {message}",
+                          stats={"iterations": float(iterations)})
+
+    def _failed(self, problem: PlanningProblem, start: float, why: str) -> PlanResult:
+        """ok=False with a plan that still keeps the bounds: hold, clipped (mid-range if the
+        previous action is unusable)."""
+        lim, horizon = self.limits, self.settings.horizon
+        u_prev = np.broadcast_to(np.asarray(problem.u_prev, dtype=float).ravel()[: self.a],
+                                 (self.a,)) if np.size(problem.u_prev) else np.zeros(self.a)
+        hold = np.where(np.isfinite(u_prev), u_prev, (lim.u_low + lim.u_high) / 2)
+        actions = np.tile(np.clip(hold, lim.u_low, lim.u_high), (horizon, 1))
+        return PlanResult(False, actions, np.full((horizon, self.d), np.nan), float("nan"),
+                          (time.perf_counter() - start) * 1e3, message=f"rti: {why}")
+
+    def _initial_moves(self, problem: PlanningProblem) -> np.ndarray:
+        if self._warm is not None:
+            guess = np.vstack([self._warm[1:], self._warm[-1:]])
+        else:
+            guess = np.tile(problem.u_prev, (self.settings.horizon, 1))
+        # u_prev is at most one rate step outside the bounds here, so this meets both
+        return _project_moves(guess, problem.u_prev, self.limits)
+
+    def _rollout(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Z, Y = self._simulate(z0, U.T)
+        return np.asarray(Z), np.asarray(Y)
+
+    def _cost(self, U: np.ndarray, Z: np.ndarray, Y: np.ndarray,
+              problem: PlanningProblem) -> float:
+        """The exact objective with each slack at its optimum (the violation)."""
+        s, lim = self.settings, self.limits
+        moves = np.diff(np.vstack([problem.u_prev, U]), axis=0) / lim.rate
+        cost = float(((Z - problem.z_goal[:, None]) ** 2).sum())
+        cost += s.move_weight * float((moves**2).sum())
+        if self.n_lim:
+            over = np.maximum(Y - lim.y_high[:, None], lim.y_low[:, None] - Y)
+            cost += s.slack_weight * float(np.maximum(over, 0.0).sum())
+        return cost
+
+    def _qp_step(self, problem: PlanningProblem, U: np.ndarray) -> np.ndarray | None:
+        """The Gauss-Newton QP around U; returns the QP's moves (H, A), or None on failure."""
+        lim, s, horizon, a = self.limits, self.settings, self.settings.horizon, self.a
+        n_u, n_s, _ = self._dims
+        Z, A, B, Y, C = (np.asarray(m) for m in self._linearise(problem.z0, U.T))
+        G = self._condense(A, B)  # (D*H, n_u): d vec(Z) / d vec(U), stage-major
+        u_bar = U.ravel()
+        residual = Z.ravel(order="F") - np.tile(problem.z_goal, horizon) - G @ u_bar
+        c = np.zeros(n_u)
+        c[:a] = np.sqrt(s.move_weight) * problem.u_prev / lim.rate
+        hess = np.zeros((n_u + n_s, n_u + n_s))
+        hess[:n_u, :n_u] = 2.0 * (G.T @ G + self._move.T @ self._move
+                                  + self.step_damping * np.eye(n_u))
+        hess[n_u:, n_u:] = 2.0 * self.slack_regularisation * np.eye(n_s)
+        grad = np.concatenate([2.0 * (G.T @ residual - self._move.T @ c
+                                      - self.step_damping * u_bar),
+                               np.full(n_s, s.slack_weight)])
+        lbx = np.concatenate([np.tile(lim.u_low, horizon), np.zeros(n_s)])
+        ubx = np.concatenate([np.tile(lim.u_high, horizon), np.full(n_s, np.inf)])
+        lbx[:a] = np.maximum(lbx[:a], problem.u_prev - lim.rate)
+        ubx[:a] = np.minimum(ubx[:a], problem.u_prev + lim.rate)
+        if np.any(lbx > ubx):
+            return None
+        rows, lba, uba = self._constraint_rows(G, Y, C, u_bar)
+        solution = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx,
+                            x0=np.concatenate([u_bar, np.zeros(n_s)]))
+        if not self._qp.stats().get("success", False):
+            return None
+        x = np.asarray(solution["x"]).ravel()[:n_u]
+        if not np.all(np.isfinite(x)):
+            return None
+        # clip the solver's round-off: the line search then mixes feasible points only
+        return _project_moves(x.reshape(horizon, a), problem.u_prev, lim)
+
+    def _condense(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        d, a, horizon = self.d, self.a, self.settings.horizon
+        G = np.zeros((d * horizon, a * horizon))
+        block = np.zeros((d, a * horizon))
+        for k in range(horizon):
+            block = A[:, k * d:(k + 1) * d] @ block
+            block[:, k * a:(k + 1) * a] = B[:, k * a:(k + 1) * a]
+            G[k * d:(k + 1) * d] = block
+        return G
+
+    def _constraint_rows(self, G: np.ndarray, Y: np.ndarray, C: np.ndarray, u_bar: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rate rows on U, then linearised sensor rows with their slacks: y - s <= high,
+        y + s >= low (one slack per sensor and stage serves both sides)."""
+        lim, horizon, d, n = self.limits, self.settings.horizon, self.d, self.n_lim
+        n_u, n_s, n_g = self._dims
+        rows = np.zeros((n_g, n_u + n_s))
+        n_rate = len(self._rate_rows)
+        rows[:n_rate, :n_u] = self._rate_rows
+        rate = np.tile(lim.rate, horizon)[self._rate_rows.argmax(axis=1)] if n_rate else []
+        lba, uba = [-np.asarray(rate)], [np.asarray(rate)]
+        if n:
+            sens = np.vstack([C[:, k * d:(k + 1) * d] @ G[k * d:(k + 1) * d]
+                              for k in range(horizon)])  # (H*n, n_u)
+            offset = Y.ravel(order="F") - sens @ u_bar
+            y_high = np.tile(lim.y_high, horizon)
+            y_low = np.tile(lim.y_low, horizon)
+            at = n_rate
+            for side, idx in ((1.0, self._high_rows), (-1.0, self._low_rows)):
+                rows[at:at + len(idx), :n_u] = sens[idx]
+                rows[at + np.arange(len(idx)), n_u + idx] = -side
+                bound = (y_high if side > 0 else y_low)[idx] - offset[idx]
+                lba.append(np.full(len(idx), -np.inf) if side > 0 else bound)
+                uba.append(bound if side > 0 else np.full(len(idx), np.inf))
+                at += len(idx)
+        return rows, np.concatenate(lba), np.concatenate(uba)
+
+    def _line_search(self, problem: PlanningProblem, U: np.ndarray, target: np.ndarray,
+                     cost: float, Z: np.ndarray, Y: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """Backtrack from the full step; every trial mixes two feasible plans, so it is
+        feasible. Returns the accepted plan and the largest move it made (0: none)."""
+        step = target - U
+        for alpha in self.line_search:
+            trial = U + alpha * step
+            Z_t, Y_t = self._rollout(problem.z0, trial)
+            trial_cost = self._cost(trial, Z_t, Y_t, problem)
+            if trial_cost < cost:
+                return trial, Z_t, Y_t, trial_cost, float(np.abs(alpha * step).max())
+        return U, Z, Y, cost, 0.0
+
+
+class StructuredNLPPlanner:
+    """The multiple-shooting NLP laid out the way fatrop detects an optimal-control problem.
+
+    Stage k has the state x_k = [z_k; u_{k-1}] (the previous input rides along, so the rate
+    limit is a stage constraint) and the controls [u_k; s_k]; x_0 is fixed by its bounds;
+    each stage's constraints open with its dynamics x_{k+1} = F(x_k, u_k); costs and
+    constraints of a stage involve that stage's variables only. Solved by fatrop
+    (structure detection) or IPOPT. `compile=True` compiles the NLP's functions with CasADi's
+    jit at construction (tens of seconds per model, and no faster than the virtual machine
+    for these dense MX graphs: see `benchmarks/planning_speed.py`).
+    """
+
+    name = "casadi-fatrop"
+
+    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
+                 solver: str = "fatrop", compile: bool = False) -> None:
+        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
+        self.solver_name = solver
+        self.compile = compile and find_compiler() is not None
+        self.d, self.a = twin.config.embed_dim, len(self.limits.u_low)
+        self.n_lim = len(self.limits.limit_rows)
+        self._build()
+        self._warm: np.ndarray | None = None
+
+    def _build(self) -> None:
+        s, lim, d, a, n = self.settings, self.limits, self.d, self.a, self.n_lim
+        f, h = casadi_dynamics(self.twin, ca.MX)
+        horizon, nx, nu = s.horizon, d + a, a + n
+        z_goal = ca.MX.sym("z_goal", d)
+        X = [ca.MX.sym(f"x{k}", nx) for k in range(horizon + 1)]
+        W = [ca.MX.sym(f"w{k}", nu) for k in range(horizon)]
+        g, lbg, ubg, cost = [], [], [], 0
+        rate = ca.DM(lim.rate)
+        for k in range(horizon):
+            z, before, u, slack = X[k][:d], X[k][d:], W[k][:a], W[k][a:]
+            z_next = f(z, u)
+            g.append(X[k + 1] - ca.vertcat(z_next, u))  # dynamics first: fatrop's structure
+            lbg += [0.0] * nx
+            ubg += [0.0] * nx
+            g.append(u - before)
+            lbg += list(-lim.rate)
+            ubg += list(lim.rate)
+            if n:
+                # on f(z_k, u_k), not z_{k+1}: a stage's constraints see only its own stage
+                y = h(z_next)[lim.limit_rows.tolist()]
+                for j in range(n):
+                    if np.isfinite(lim.y_high[j]):
+                        g.append(y[j] - slack[j])
+                        lbg.append(-np.inf)
+                        ubg.append(float(lim.y_high[j]))
+                    if np.isfinite(lim.y_low[j]):
+                        g.append(y[j] + slack[j])
+                        lbg.append(float(lim.y_low[j]))
+                        ubg.append(np.inf)
+            if k:
+                cost += ca.sumsqr(z - z_goal)
+            cost += s.move_weight * ca.sumsqr((u - before) / rate)
+            cost += s.slack_weight * ca.sum1(slack)
+        cost += ca.sumsqr(X[horizon][:d] - z_goal)
+        variables = []
+        for k in range(horizon):
+            variables += [X[k], W[k]]
+        variables.append(X[horizon])
+        nlp = {"x": ca.vertcat(*variables), "p": z_goal, "f": cost, "g": ca.vertcat(*g)}
+        options: dict = {"print_time": False, "error_on_fail": False}
+        if self.compile:
+            options.update({"jit": True, "compiler": "shell",
+                            "jit_options": {"flags": ["-O1"], "verbose": False}})
+        if self.solver_name == "fatrop":
+            options.update({"structure_detection": "auto", "expand": False,
+                            "equality": [lo == hi for lo, hi in zip(lbg, ubg, strict=True)],
+                            "fatrop": {"print_level": 0, "max_iter": s.max_iterations,
+                                       "tol": 1e-6}})
+        else:
+            options.update({"ipopt": {"print_level": 0, "sb": "yes",
+                                      "max_iter": s.max_iterations, "tol": 1e-6,
+                                      "max_cpu_time": s.deadline_ms / 1e3,
+                                      "acceptable_tol": 1e-4, "mu_strategy": "adaptive"}})
+        here = os.getcwd()
+        with tempfile.TemporaryDirectory() as scratch:
+            os.chdir(scratch)  # CasADi's jit writes its sources to the working directory
+            try:
+                self.solver = ca.nlpsol("latent_ocp", self.solver_name, nlp, options)
+            finally:
+                os.chdir(here)
+        self.lbg, self.ubg = np.array(lbg), np.array(ubg)
+        self._layout = (nx, nu, horizon)
+        self._f = f
+
+    def reset(self) -> None:
+        self._warm = None
+
+    def _bounds(self, problem: PlanningProblem) -> tuple[np.ndarray, np.ndarray]:
+        lim, (nx, _, horizon) = self.limits, self._layout
+        x0 = np.concatenate([problem.z0, problem.u_prev])
+        free_x = np.full(nx, np.inf)
+        w_low = np.concatenate([lim.u_low, np.zeros(self.n_lim)])
+        w_high = np.concatenate([lim.u_high, np.full(self.n_lim, np.inf)])
+        low, high = [x0], [x0]
+        for _ in range(horizon):
+            low += [w_low, -free_x]
+            high += [w_high, free_x]
+        return np.concatenate(low), np.concatenate(high)
+
+    def _guess(self, problem: PlanningProblem) -> np.ndarray:
+        horizon = self.settings.horizon
+        if self._warm is not None:
+            U = np.vstack([self._warm[1:], self._warm[-1:]])
+        else:
+            U = np.tile(problem.u_prev, (horizon, 1))
+        U = _project_moves(U, np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high),
+                           self.limits)
+        parts, z, before = [], problem.z0, problem.u_prev
+        parts.append(np.concatenate([z, before]))
+        for k in range(horizon):
+            parts.append(np.concatenate([U[k], np.zeros(self.n_lim)]))
+            z = np.asarray(self._f(z, U[k])).ravel()
+            parts.append(np.concatenate([z, U[k]]))
+        return np.concatenate(parts)
+
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        nx, nu, horizon = self._layout
+        start = time.perf_counter()
+        why = _inputs_problem(problem, self.limits, (self.d, self.a))
+        if why is not None:
+            self._warm = None
+            hold = np.clip(np.nan_to_num(np.asarray(problem.u_prev, dtype=float)),
+                           self.limits.u_low, self.limits.u_high)
+            return PlanResult(False, np.tile(hold, (horizon, 1)),
+                              np.full((horizon, self.d), np.nan), float("nan"),
+                              (time.perf_counter() - start) * 1e3, message=why)
+        lbx, ubx = self._bounds(problem)
+        sol = self.solver(x0=self._guess(problem), p=problem.z_goal, lbx=lbx, ubx=ubx,
+                          lbg=self.lbg, ubg=self.ubg)
+        solve_ms = (time.perf_counter() - start) * 1e3
+        stats = self.solver.stats()
+        x = np.asarray(sol["x"]).ravel()
+        stride = nx + nu
+        U = np.array([x[k * stride + nx: k * stride + nx + self.a] for k in range(horizon)])
+        Z = np.array([x[(k + 1) * stride: (k + 1) * stride + self.d] for k in range(horizon)])
+        ok = bool(stats.get("success", False)) and bool(np.all(np.isfinite(x)))
+        U = np.clip(U, self.limits.u_low, self.limits.u_high)
+        self._warm = U if ok else None
+        return PlanResult(ok, U, Z, float(sol["f"]), solve_ms,
+                          message=f"{self.solver_name}: {stats.get('return_status', '')}",
+                          stats={"iterations": float(stats.get("iter_count", -1))})
+
+
+class SamplingPlanner:
+    """What CEM and MPPI share: the batched cost (the same objective as the CasADi planners,
+    sensor limits through the slack penalty) and the projection that makes every sampled
+    sequence keep the bounds and rate limits."""
+
+    name = "sampling"
+
+    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
+                 samples: int = 256, iterations: int = 6, seed: int = 0) -> None:
+        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
+        self.samples, self.iterations = samples, iterations
         self.generator = torch.Generator().manual_seed(seed)
         self._mean: torch.Tensor | None = None
 
     def reset(self) -> None:
         self._mean = None
+
+    def _start(self, problem: PlanningProblem
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z0 (1, D), z_goal (D,), u_prev (1, A) as tensors and the warm-started mean (H, A)."""
+        horizon, a = self.settings.horizon, len(self.limits.u_low)
+        z0 = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
+        z_goal = torch.as_tensor(problem.z_goal, dtype=torch.float32)
+        u_prev = torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0)
+        if self._mean is None:
+            mean = u_prev.expand(horizon, a).clone()
+        else:
+            mean = torch.cat([self._mean[1:], self._mean[-1:]])
+        return z0, z_goal, u_prev, mean
 
     def _project(self, u: torch.Tensor, u_prev: torch.Tensor) -> torch.Tensor:
         lim = self.limits
@@ -276,16 +814,26 @@ class CEMPlanner:
             cost += s.slack_weight * (over + under).sum(dim=(1, 2))
         return cost, z
 
+
+class CEMPlanner(SamplingPlanner):
+    """Cross-entropy method over action sequences, batched in torch.
+
+    Samples are projected onto the bounds and rate limits before scoring, so every
+    candidate is feasible for the actuators; sensor limits enter as a heavy penalty.
+    """
+
+    name = "cem"
+
+    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
+                 samples: int = 256, elites: int = 24, iterations: int = 6,
+                 seed: int = 0) -> None:
+        super().__init__(twin, settings, samples, iterations, seed)
+        self.elites = elites
+
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
         horizon, a = self.settings.horizon, len(self.limits.u_low)
-        z0 = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
-        z_goal = torch.as_tensor(problem.z_goal, dtype=torch.float32)
-        u_prev = torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0)
-        if self._mean is None:
-            mean = u_prev.expand(horizon, a).clone()
-        else:
-            mean = torch.cat([self._mean[1:], self._mean[-1:]])
+        z0, z_goal, u_prev, mean = self._start(problem)
         std = torch.as_tensor(self.limits.rate * 3.0, dtype=torch.float32).expand(horizon, a)
         best_u, best_cost, best_z = mean, float("inf"), None
         for _ in range(self.iterations):
@@ -309,9 +857,77 @@ class CEMPlanner:
                           best_cost, solve_ms, message="cem")
 
 
+class MPPIPlanner(SamplingPlanner):
+    """Model-predictive path integral control, batched in torch (the PLDM / TD-MPC2 planner).
+
+    Each iteration perturbs the mean sequence with Gaussian noise (a multiple of the rate
+    limit), projects the samples onto bounds and rate limits, and moves the mean to the
+    samples' average weighted by exp(-cost / temperature). The temperature is relative to
+    the spread of this batch's costs, so the same setting works whatever the cost's scale.
+    A weighted average of feasible sequences is feasible (the set is convex), so the mean
+    keeps bounds and rate limits too. Returns the better of the final mean and the best
+    sample seen.
+    """
+
+    name = "mppi"
+
+    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
+                 samples: int = 256, iterations: int = 4, temperature: float = 0.1,
+                 noise_rate_multiple: float = 2.0, seed: int = 0) -> None:
+        super().__init__(twin, settings, samples, iterations, seed)
+        self.temperature, self.noise_rate_multiple = temperature, noise_rate_multiple
+
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        start = time.perf_counter()
+        horizon, a = self.settings.horizon, len(self.limits.u_low)
+        z0, z_goal, u_prev, mean = self._start(problem)
+        std = torch.as_tensor(self.limits.rate * self.noise_rate_multiple,
+                              dtype=torch.float32).expand(horizon, a)
+        best: tuple[float, torch.Tensor, torch.Tensor] | None = None
+        for _ in range(self.iterations):
+            noise = torch.randn(self.samples, horizon, a, generator=self.generator)
+            u = self._project(mean + std * noise, u_prev)
+            u[0] = self._project(mean.unsqueeze(0), u_prev)[0]  # keep the current mean
+            cost, z = self._score(u, z0, u_prev, z_goal)
+            finite = torch.isfinite(cost)
+            if not bool(finite.any()):
+                break
+            cost = torch.where(finite, cost, torch.full_like(cost, float("inf")))
+            lowest = int(torch.argmin(cost))
+            if best is None or float(cost[lowest]) < best[0]:
+                best = (float(cost[lowest]), u[lowest], z[lowest])
+            excess = cost - cost[lowest]
+            scale = torch.quantile(excess[finite], 0.5).clamp_min(1e-9) * self.temperature
+            weights = torch.softmax(-excess / scale, dim=0)
+            mean = (weights[:, None, None] * u).sum(dim=0)
+        if best is not None:
+            final = self._project(mean.unsqueeze(0), u_prev)
+            cost, z = self._score(final, z0, u_prev, z_goal)
+            if bool(torch.isfinite(cost[0])) and float(cost[0]) <= best[0]:
+                best = (float(cost[0]), final[0], z[0])
+        solve_ms = (time.perf_counter() - start) * 1e3
+        if best is None:
+            self._mean = None
+            hold = self._project(u_prev.expand(horizon, a).unsqueeze(0), u_prev)[0]
+            return PlanResult(False, hold.numpy().astype(float),
+                              np.full((horizon, len(problem.z0)), np.nan), float("nan"),
+                              solve_ms, message="mppi: no finite cost")
+        self._mean = best[1]
+        return PlanResult(True, best[1].numpy().astype(float), best[2].numpy().astype(float),
+                          best[0], solve_ms, message="mppi")
+
+
+
+
 def make_planner(name: str, twin: Twin, settings: PlannerSettings | None = None) -> Planner:
-    if name == "casadi":
-        return CasadiPlanner(twin, settings)
-    if name == "cem":
-        return CEMPlanner(twin, settings)
-    raise ValueError(f"unknown planner '{name}' (choose casadi or cem)")
+    """A planner by name (see the module's docstring for what each one is)."""
+    factories = {
+        "casadi": lambda: RTIPlanner(twin, settings),
+        "casadi-ipopt": lambda: CasadiPlanner(twin, settings),
+        "casadi-fatrop": lambda: StructuredNLPPlanner(twin, settings),
+        "cem": lambda: CEMPlanner(twin, settings),
+        "mppi": lambda: MPPIPlanner(twin, settings),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown planner '{name}' (choose {', '.join(PLANNER_NAMES)})")
+    return factories[name]()
