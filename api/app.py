@@ -18,14 +18,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db import make_engine, make_session_factory
 from api.deps import require_page_viewer
 from api.errors import ServiceError
 from api.migrate import check_migrated
-from api.routes import catalog, jobs, keys, loops, replays, runs
+from api.routes import alarms, catalog, jobs, keys, loops, models, replays, runs
 from api.services.jsonsafe import json_safe
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
@@ -59,13 +59,19 @@ def create_app(settings: Settings | None = None, *,
                                   max_tags=settings.max_tags_per_step)
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (catalog.public_router, catalog.router, runs.router, loops.router,
-                   jobs.router, replays.router, keys.router):
+    for router in (catalog.public_router, catalog.router, models.router, runs.router,
+                   loops.router, jobs.router, replays.router, keys.router,
+                   alarms.router):
         app.include_router(router)
     from dashboards.pages import router as pages_router  # late: dashboards import api
 
     # Read-only pages: the viewer role, from a header or the twin_key cookie.
     app.include_router(pages_router, dependencies=[require_page_viewer()])
+    from dashboards.alarms_page import router as alarms_page_router
+    from dashboards.model_page import router as model_page_router
+
+    for page_router in (model_page_router, alarms_page_router):
+        app.include_router(page_router, dependencies=[require_page_viewer()])
     return app
 
 
@@ -89,6 +95,29 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, handler(422))
     # Two writers raced (e.g. two registrations of the same model version): retryable.
     app.add_exception_handler(IntegrityError, handler(409))
+
+    async def unstorable(_request: Request, exc: Exception) -> Response:
+        # Input the database cannot hold (an id beyond 64 bits, a NUL byte in a name)
+        # is the client's error. The message names the cause, never the SQL.
+        cause = getattr(exc, "orig", None) or exc
+        return JSONResponse({"detail": f"a value in the request cannot be stored or looked "
+                                       f"up: {str(cause).splitlines()[0][:200]}"},
+                            status_code=422)
+
+    app.add_exception_handler(DataError, unstorable)
+    app.add_exception_handler(OverflowError, unstorable)
+    app.add_exception_handler(StatementError, _overflow_or_raise(unstorable))
+
+
+def _overflow_or_raise(respond: Callable[[Request, Exception], Awaitable[Response]]
+                       ) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """SQLAlchemy wraps a driver's OverflowError (SQLite: an int beyond 64 bits) in a
+    StatementError; any other StatementError is a server fault and stays a 500."""
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(getattr(exc, "orig", None), OverflowError):
+            return await respond(request, exc)
+        raise exc
+    return handle
 
 
 class BodySizeLimit:

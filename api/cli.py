@@ -18,9 +18,8 @@ import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -29,6 +28,9 @@ from rich.table import Table
 from twin.errors import InvalidInput
 from twin.logs import read_log, write_log
 from twin.spec import ProcessSpec, SpecError
+
+if TYPE_CHECKING:  # the API loads only for the commands that use it
+    from api.services.models import DataProvenance
 
 app = typer.Typer(help="Process-control digital twin: data, training, control, serving.",
                   no_args_is_help=True, add_completion=False)
@@ -216,29 +218,27 @@ def train(
     _print_training(twin.metrics, process_spec)
     console.print(f"checkpoint [bold]{out}[/] sha256 {sha[:16]}...")
     if register:
+        from api.services.models import log_provenance
+
+        provenance = log_provenance(df, process_spec, source=f"file:{data.resolve()}",
+                                    path=data)
+        data_config = {"path": str(data), "sha256": provenance.sha256,
+                       "rows": provenance.rows, "time_s": [provenance.start_s, provenance.end_s]}
         model_id = _register(database_url, process_spec, name, out, twin.metrics,
-                             {"train": config.to_dict(), "data": _provenance(data, df,
-                                                                             process_spec)})
+                             {"train": config.to_dict(), "data": data_config}, provenance)
         console.print(f"registered as model [bold]{model_id}[/]")
 
 
-def _provenance(path: Path, df: pd.DataFrame, spec: ProcessSpec) -> dict[str, Any]:
-    from twin.data import timestamps_s
-
-    ts = timestamps_s(df, spec)
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "rows": len(df), "time_s": [float(ts.min()), float(ts.max())]}
-
-
 def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
-              metrics: dict[str, Any], config: dict[str, Any]) -> int:
+              metrics: dict[str, Any], config: dict[str, Any],
+              provenance: DataProvenance) -> int:
     from api import services
     from api.db import open_session
 
     with open_session(_url(url)) as session:
         services.ensure_process(session, spec)
         model = services.register_model(session, spec.name, name, checkpoint.read_bytes(),
-                                        config, metrics)
+                                        config, metrics, provenance=provenance)
         run = services.create_run(session, kind="train", process=spec.name, controller="jepa",
                                   config=config, model_id=model.id)
         summary = {k: v for k, v in metrics.items() if k != "history"}
@@ -270,7 +270,8 @@ def control(
     plant: Annotated[str | None, typer.Option(
         "--plant", "--process",
         help="built-in simulator to drive (default: the twin's own process)")] = None,
-    planner: Annotated[str, typer.Option(help="casadi or cem")] = "casadi",
+    planner: Annotated[str, typer.Option(
+        help="casadi (default), casadi-ipopt, casadi-fatrop, cem or mppi")] = "casadi",
     seed: Annotated[int, typer.Option(help="plant noise seed")] = 7,
     store: Annotated[bool, typer.Option(help="store the episode as a run")] = True,
     database_url: UrlOption = None,
@@ -283,10 +284,11 @@ def control(
     """
     from processes import fallback_for, get_process
     from twin.controller import TwinController
+    from twin.planner_names import PLANNER_NAMES as PLANNERS
     from twin.twin_model import Twin
 
-    if planner not in ("casadi", "cem"):
-        raise InvalidInput(f"unknown planner '{planner}' (choose casadi or cem)")
+    if planner not in PLANNERS:
+        raise InvalidInput(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
     twin_model = Twin.load(model)
     name = plant or twin_model.spec.name
     module = get_process(name)
@@ -380,7 +382,8 @@ def replay(
                                                     "sample")] = 1,
     setpoint: Annotated[list[str] | None, typer.Option(
         help="shadow: TAG=VALUE (repeat); default: each controlled tag's median")] = None,
-    planner: Annotated[str, typer.Option(help="shadow: casadi or cem")] = "casadi",
+    planner: Annotated[str, typer.Option(
+        help="shadow: casadi, casadi-ipopt, casadi-fatrop, cem or mppi")] = "casadi",
     store: Annotated[bool, typer.Option(help="store the replay as a run")] = True,
     database_url: UrlOption = None,
 ) -> None:

@@ -11,10 +11,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from api.orm import ApiKey, AuditEntry, Process, Role, Run, RunEvent, RunStep, TwinModel
+from api.orm import (
+    Alarm,
+    AlarmEvent,
+    ApiKey,
+    AuditEntry,
+    ModelActivation,
+    Process,
+    Role,
+    Run,
+    RunEvent,
+    RunStep,
+    TwinModel,
+)
 from api.services.jobs import TrainJobSpec
 from api.services.jsonsafe import json_safe
+from api.services.loops import LoopView
+from api.services.models import DataProvenance
 from api.services.replays import ReplaySpec
+from twin.planner_names import PlannerName
 from twin.records import StepRecord
 from twin.spec import ProcessSpec
 
@@ -44,17 +59,37 @@ class ModelOut(BaseModel):
     process: str
     name: str
     version: int
-    sha256: str
+    sha256: str = Field(description="of the checkpoint; verified every time it is loaded")
     size_bytes: int
-    config: dict[str, Any]
+    config: dict[str, Any] = Field(description="training config and data source")
     metrics: dict[str, Any]
     created_at: datetime
+    provenance: DataProvenance | None = Field(
+        description="the training data: sha256, rows, first/last timestamp (s), source; "
+                    "null for a model registered without it")
+    active_loops: list[int] = Field(
+        description="ids of the running control loops this model drives now")
 
     @classmethod
-    def of(cls, model: TwinModel) -> ModelOut:
+    def of(cls, model: TwinModel, active_loops: list[int] | None = None) -> ModelOut:
         return cls(id=model.id, process=model.process.name, name=model.name,
                    version=model.version, sha256=model.sha256, size_bytes=model.size_bytes,
-                   config=model.config, metrics=model.metrics, created_at=model.created_at)
+                   config=model.config, metrics=model.metrics, created_at=model.created_at,
+                   provenance=DataProvenance.of_model(model),
+                   active_loops=active_loops or [])
+
+
+class ModelRef(BaseModel):
+    """A model as named from elsewhere (a loop, an activation)."""
+
+    id: int
+    name: str
+    version: int
+    sha256: str
+
+    @classmethod
+    def of(cls, model: TwinModel) -> ModelRef:
+        return cls(id=model.id, name=model.name, version=model.version, sha256=model.sha256)
 
 
 class RunOut(BaseModel):
@@ -82,7 +117,11 @@ class SeriesOut(BaseModel):
     run_id: int
     steps: list[int]
     time_s: list[float]
-    stride: int = Field(description="every stride-th step is returned (1: all of them)")
+    stride: int = Field(description="steps between returned points: every stride-th step "
+                        "(method stride), or half a min/max bucket (method minmax); 1: all")
+    method: Literal["stride", "minmax"] = Field(
+        default="stride", description="how points were picked when the range had more "
+        "steps than max_points: minmax keeps each bucket's minimum and maximum (spikes)")
     series: dict[str, dict[str, list[float | None]]] = Field(
         description="channel -> tag -> values aligned with time_s (null where not recorded)")
 
@@ -124,23 +163,93 @@ class LoopCreate(BaseModel):
 
     process: str = Field(min_length=1, max_length=100)
     model_id: int
-    planner: Literal["casadi", "cem"] = "casadi"
+    planner: PlannerName = "casadi"
     setpoints: dict[str, FiniteFloat] = Field(default_factory=dict)
 
 
 class LoopOut(BaseModel):
     run_id: int
-    status: str
+    status: Literal["ok", "fallback", "stale", "stopped"] = Field(
+        description="stopped: the loop no longer runs; stale: no step for more than "
+                    "stale_after_s (or the last step held on stale data); else the last "
+                    "step's ok or fallback")
+    run_status: str = Field(description="the run's own status: running or stopped")
     process: str
-    model_id: int | None
+    model_id: int | None = Field(description="the active model")
+    model: ModelRef | None
     planner: str
-    setpoints: dict[str, float]
+    setpoints: dict[str, float] = Field(description="latest sensor setpoints")
+    actuators: dict[str, float] = Field(description="latest actuator values sent; {} "
+                                                    "before the first step")
+    last_step: int | None
+    last_time_s: float | None = Field(description="the client's time of the last step, s")
+    age_s: float = Field(description="seconds since the last step arrived (since the "
+                                     "start before the first)")
+    stale_after_s: float = Field(description="3 sample periods, s")
+    started_at: datetime
+    finished_at: datetime | None
 
     @classmethod
-    def of(cls, run: Run) -> LoopOut:
-        return cls(run_id=run.id, status=run.status, process=run.process.name,
-                   model_id=run.model_id, planner=str(run.config.get("planner", "")),
-                   setpoints=run.config.get("setpoints", {}))
+    def of(cls, view: LoopView) -> LoopOut:
+        run, last = view.run, view.last
+        return cls(run_id=run.id, status=view.status, run_status=run.status,
+                   process=run.process.name, model_id=run.model_id,
+                   model=ModelRef.of(view.model) if view.model is not None else None,
+                   planner=str(run.config.get("planner", "")), setpoints=view.setpoints,
+                   actuators=view.actuators, last_step=last.step if last else None,
+                   last_time_s=last.time_s if last else None, age_s=view.age_s,
+                   stale_after_s=view.stale_after_s, started_at=run.started_at,
+                   finished_at=run.finished_at)
+
+
+class SetpointOut(BaseModel):
+    """The latest actuator setpoints of a loop: what its last step returned."""
+
+    run_id: int
+    step: int
+    time_s: float = Field(description="the client's time of that step, s")
+    status: Literal["ok", "fallback", "stale", "stopped"] = Field(
+        description="the loop's status now (see LoopOut.status)")
+    step_status: str = Field(description="that step's own status")
+    age_s: float = Field(description="seconds since that step arrived")
+    actuators: dict[str, float]
+    setpoints: dict[str, float] = Field(description="the sensor setpoints of that step")
+    model_id: int | None
+
+    @classmethod
+    def of(cls, view: LoopView) -> SetpointOut:
+        last = view.last
+        assert last is not None  # LoopManager.latest_setpoint refuses a loop without steps
+        return cls(run_id=view.run.id, step=last.step, time_s=last.time_s,
+                   status=view.status, step_status=last.status, age_s=view.age_s,
+                   actuators=view.actuators, setpoints=view.setpoints,
+                   model_id=view.run.model_id)
+
+
+class ModelSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: int = Field(description="a model of the loop's process")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
+                        description="why: kept in the loop's model history")
+
+
+class ActivationOut(BaseModel):
+    id: int
+    run_id: int
+    model: ModelRef
+    previous_model_id: int | None
+    activated_at: datetime
+    actor: str
+    reason: str
+
+    @classmethod
+    def of(cls, activation: ModelActivation) -> ActivationOut:
+        return cls(id=activation.id, run_id=activation.run_id,
+                   model=ModelRef.of(activation.model),
+                   previous_model_id=activation.previous_model_id,
+                   activated_at=activation.activated_at, actor=activation.actor,
+                   reason=activation.reason)
 
 
 class StepIn(BaseModel):
@@ -318,3 +427,77 @@ class AuditOut(BaseModel):
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
         return cls.model_validate(entry)
+
+
+# ---------------------------------------------------------------- alarms (ISA-18.2)
+
+
+class AlarmOut(BaseModel):
+    """An alarm point of a control loop and its ISA-18.2 state."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    loop: int = Field(description="the control loop (run id)")
+    process: str
+    tag: str = Field(description="the sensor; empty for a point of the whole loop")
+    kind: str = Field(description="limit_approach, limit_violation, fallback or stale_data")
+    priority: str = Field(description="critical, high, medium or low")
+    state: str = Field(description="normal, unacknowledged, acknowledged, "
+                                   "rtn_unacknowledged (returned to normal, not yet "
+                                   "acknowledged) or shelved")
+    active: bool = Field(description="whether the condition is present now")
+    message: str
+    value: float | None = Field(description="when last raised, in `unit`")
+    worst_value: float | None = Field(description="most severe while active, in `unit`")
+    unit: str
+    step: int = Field(description="loop step when last raised")
+    time_s: float = Field(description="loop time when last raised, s")
+    raised_at: datetime
+    cleared_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    shelved_at: datetime | None
+    shelved_by: str | None
+    shelved_until: datetime | None
+    shelve_reason: str | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, alarm: Alarm, process: str) -> AlarmOut:
+        fields = {name: getattr(alarm, name) for name in cls.model_fields
+                  if name not in ("loop", "process")}
+        return cls(**fields, loop=alarm.run_id, process=process)
+
+
+class AlarmEventOut(BaseModel):
+    """One transition of an alarm; `actor` is null for the alarm system itself."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    action: str = Field(description="raised, cleared, acknowledged, shelved, unshelved or "
+                                    "shelve_expired")
+    from_state: str
+    to_state: str
+    step: int | None
+    value: float | None
+    actor: str | None
+    note: str
+
+    @classmethod
+    def of(cls, event: AlarmEvent) -> AlarmEventOut:
+        return cls.model_validate(event)
+
+
+class AlarmDetailOut(AlarmOut):
+    history: list[AlarmEventOut]
+
+
+class ShelveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    minutes: FiniteFloat = Field(gt=0, le=24 * 60, description="how long, at most 24 h")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
+                        description="why, for the next shift")

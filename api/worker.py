@@ -131,6 +131,7 @@ def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
     spec = jobs.parse_job_config(run.process.name, run.config)
     cfg = jobs.train_config(spec)
     df, process_spec = load_data(spec, run)
+    provenance = jobs.training_data_provenance(spec, df, process_spec)
     _check(session, run_id, stop)  # loading may take a while: honour a cancel first
 
     def on_epoch(epoch: Any) -> None:
@@ -150,7 +151,8 @@ def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
                                 on_epoch=on_epoch)
     model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
                     "job_run_id": run_id}
-    done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config)
+    done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config,
+                           provenance)
     log.info("job %d: model %s registered", run_id, done.model_id)
 
 

@@ -32,7 +32,8 @@ def loop(client: TestClient, model_id: int) -> int:
                                                "planner": "cem", "setpoints": {"T": 360.0}})
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["status"] == "running" and body["setpoints"] == {"T": 360.0}
+    assert (body["status"], body["run_status"]) == ("ok", "running")
+    assert body["setpoints"] == {"T": 360.0} and body["actuators"] == {}
     return body["run_id"]
 
 

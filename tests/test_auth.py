@@ -141,10 +141,16 @@ def test_both_headers_are_accepted_but_must_agree(secure: TestClient,
 ROUTES: list[tuple[str, str, dict[str, Any] | None, Role]] = [
     ("GET", "/api/runs", None, Role.VIEWER),
     ("GET", "/api/models", None, Role.VIEWER),
+    ("GET", "/api/models/999", None, Role.VIEWER),
     ("GET", "/api/jobs", None, Role.VIEWER),
+    ("GET", "/api/loops", None, Role.VIEWER),
+    ("GET", "/api/loops/999", None, Role.VIEWER),
+    ("GET", "/api/loops/999/setpoint", None, Role.VIEWER),
+    ("GET", "/api/loops/999/models", None, Role.VIEWER),
     ("POST", "/api/loops", {"process": "cstr", "model_id": 999}, Role.OPERATOR),
     ("POST", "/api/loops/999/step", GOOD_STEP, Role.OPERATOR),
     ("POST", "/api/loops/999/stop", None, Role.OPERATOR),
+    ("PUT", "/api/loops/999/model", {"model_id": 999, "reason": "r"}, Role.ENGINEER),
     ("POST", "/api/jobs/train", {"process": "cstr"}, Role.ENGINEER),
     ("POST", "/api/jobs/999/cancel", None, Role.ENGINEER),
     ("POST", "/api/processes", {"name": "x"}, Role.ENGINEER),
@@ -152,6 +158,11 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, Role]] = [
     ("POST", "/api/keys", {"name": "n", "role": "emperor"}, Role.ADMIN),
     ("POST", "/api/keys/999/revoke", None, Role.ADMIN),
     ("GET", "/api/audit", None, Role.ADMIN),
+    ("GET", "/api/alarms", None, Role.VIEWER),
+    ("GET", "/api/alarms/999", None, Role.VIEWER),
+    ("POST", "/api/alarms/999/acknowledge", None, Role.OPERATOR),
+    ("POST", "/api/alarms/999/shelve", {"minutes": 5, "reason": "test"}, Role.OPERATOR),
+    ("POST", "/api/alarms/999/unshelve", None, Role.OPERATOR),
 ]
 
 

@@ -14,7 +14,16 @@ from api.orm import Base
 from api.settings import Settings
 
 TABLES = {"processes", "models", "runs", "run_steps", "run_values", "run_events",
-          "api_keys", "audit_log"}
+          "api_keys", "audit_log", "model_activations", "alarms", "alarm_events",
+          "alarm_cursors"}
+
+
+def _chain() -> list[str]:
+    """Revision ids from the head down to the first migration."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate._config())
+    return [rev.revision for rev in script.walk_revisions()]
 
 
 def _tables(url: str) -> set[str]:
@@ -31,7 +40,9 @@ def test_upgrade_creates_all_tables_and_downgrade_removes_them(empty_db_url: str
 
     migrate.upgrade(empty_db_url)
     assert TABLES <= _tables(empty_db_url)
-    assert migrate.current_revision(empty_db_url) == migrate.head_revision() == "0002"
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert "0003" in _chain()
+    assert migrate.head_revision() == "0005"  # alarms, the newest revision
     assert migrate.is_up_to_date(empty_db_url)
 
     migrate.downgrade(empty_db_url, "base")
@@ -93,7 +104,7 @@ def test_upgrade_reads_database_url_from_the_environment(tmp_path,
     url = f"sqlite:///{tmp_path / 'env.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     migrate.upgrade()
-    assert migrate.current_revision(url) == "0002"
+    assert migrate.current_revision(url) == migrate.head_revision()
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:
@@ -137,3 +148,41 @@ def test_migrations_dir_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TWIN_MIGRATIONS_DIR", str(tmp_path / "missing"))
     with pytest.raises(Exception, match="missing"):
         migrate.upgrade(url)
+
+
+def test_0003_backfills_loop_history_and_downgrades_without_losing_rows(
+        empty_db_url: str) -> None:
+    """Loops stored before the registry get their first activation; going back to 0002
+    drops the new columns without touching the rows (no table rebuild on SQLite)."""
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_db_url, "0002")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO processes (id, name, spec, created_at) "
+                              "VALUES (1, 'cstr', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO models (id, process_id, name, version, checkpoint, sha256, "
+                "size_bytes, config, metrics, created_at) VALUES (1, 1, 'jepa', 1, :blob, "
+                "'x', 1, '{}', '{}', CURRENT_TIMESTAMP)"), {"blob": b"w"})
+            for run_id, kind in ((1, "control"), (2, "train")):
+                conn.execute(text(
+                    "INSERT INTO runs (id, kind, status, process_id, model_id, controller, "
+                    "config, metrics, started_at) VALUES (:id, :kind, 'running', 1, 1, 'c', "
+                    "'{}', '{}', CURRENT_TIMESTAMP)"), {"id": run_id, "kind": kind})
+        migrate.upgrade(empty_db_url)
+        with engine.connect() as conn:
+            history = conn.execute(text(
+                "SELECT run_id, model_id, previous_model_id FROM model_activations")).all()
+            assert [tuple(row) for row in history] == [(1, 1, None)]  # the loop, not training
+            assert conn.execute(text("SELECT dataset_sha256 FROM models")).scalar() is None
+        migrate.downgrade(empty_db_url, "0002")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 2
+            assert conn.execute(text("SELECT count(*) FROM models")).scalar() == 1
+        assert "model_activations" not in _tables(empty_db_url)
+        columns = {c["name"] for c in inspect(engine).get_columns("models")}
+        assert "dataset_sha256" not in columns and "sha256" in columns
+    finally:
+        engine.dispose()

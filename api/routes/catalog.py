@@ -1,4 +1,4 @@
-"""Health, processes and trained models.
+"""Health and processes (trained models: api.routes.models).
 
 Health is public (load balancers and docker-compose's healthcheck carry no key; it
 tells only the database kind and schema revision); everything else needs a key.
@@ -12,7 +12,7 @@ from api import services
 from api.deps import EngineerDep, SessionDep, require
 from api.migrate import revision_of
 from api.orm import Role
-from api.schemas import Health, ModelOut, ProcessOut
+from api.schemas import Health, ProcessOut
 from twin.spec import ProcessSpec
 
 public_router = APIRouter(prefix="/api")
@@ -45,13 +45,3 @@ def define_process(spec: ProcessSpec, session: SessionDep, actor: EngineerDep) -
 @router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])
 def get_process(name: str, session: SessionDep) -> ProcessOut:
     return ProcessOut.of(services.process_or_builtin(session, name, commit=True))
-
-
-@router.get("/models", response_model=list[ModelOut], tags=["models"])
-def list_models(session: SessionDep, process: str | None = None) -> list[ModelOut]:
-    return [ModelOut.of(m) for m in services.list_models(session, process)]
-
-
-@router.get("/models/{model_id}", response_model=ModelOut, tags=["models"])
-def get_model(model_id: int, session: SessionDep) -> ModelOut:
-    return ModelOut.of(services.get_model(session, model_id))

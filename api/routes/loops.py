@@ -1,17 +1,42 @@
-"""Live control loops: start, step every sample period, stop. Operator role.
+"""Live control loops: read them (viewer), start, step and stop them (operator), switch
+their model (engineer).
 
-Starting and stopping are audited; steps are not (see api.services.audit).
+A client either posts measurements and gets setpoints in the same call (`/step`), or
+polls `GET /api/loops/{id}/setpoint` for the latest. Starting, stopping and model
+switches are audited; steps are not (see api.services.audit).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
-from api.deps import LoopsDep, OperatorDep, SessionDep, require
+from fastapi import APIRouter, Query, status
+
+from api.deps import EngineerDep, LoopsDep, OperatorDep, SessionDep, require
 from api.orm import Role
-from api.schemas import LoopCreate, LoopOut, StepIn, StepOut
+from api.schemas import (
+    ActivationOut,
+    LoopCreate,
+    LoopOut,
+    ModelSwitch,
+    SetpointOut,
+    StepIn,
+    StepOut,
+)
 
-router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.OPERATOR)])
+router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.VIEWER)])
+
+
+@router.get("", response_model=list[LoopOut])
+def list_loops(session: SessionDep, loops: LoopsDep, process: str | None = None,
+               running: Annotated[bool | None, Query(
+                   description="true: running loops only; false: stopped ones only")] = None,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+               offset: Annotated[int, Query(ge=0)] = 0) -> list[LoopOut]:
+    """Control loops, newest first, with their status, active model and latest values."""
+    views = loops.list_loops(session, process=process, running=running, limit=limit,
+                             offset=offset)
+    return [LoopOut.of(view) for view in views]
 
 
 @router.post("", response_model=LoopOut, status_code=status.HTTP_201_CREATED)
@@ -19,10 +44,23 @@ def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep,
                actor: OperatorDep) -> LoopOut:
     run = loops.start(session, body.process, body.model_id, body.planner, body.setpoints,
                       actor=actor)
-    return LoopOut.of(run)
+    return LoopOut.of(loops.view(session, run.id))
 
 
-@router.post("/{run_id}/step", response_model=StepOut)
+@router.get("/{run_id}", response_model=LoopOut)
+def get_loop(run_id: int, session: SessionDep, loops: LoopsDep) -> LoopOut:
+    return LoopOut.of(loops.view(session, run_id))
+
+
+@router.get("/{run_id}/setpoint", response_model=SetpointOut)
+def latest_setpoint(run_id: int, session: SessionDep, loops: LoopsDep) -> SetpointOut:
+    """The actuator setpoints the last step returned, its status and age (404 before the
+    first step). Poll it every sample period; `stale` means no step arrived lately."""
+    return SetpointOut.of(loops.latest_setpoint(session, run_id))
+
+
+@router.post("/{run_id}/step", response_model=StepOut,
+             dependencies=[require(Role.OPERATOR)])
 def step_loop(run_id: int, body: StepIn, session: SessionDep, loops: LoopsDep) -> StepOut:
     _, record = loops.step(session, run_id, body.time_s, body.measurements, body.setpoints)
     return StepOut.of(run_id, record)
@@ -31,4 +69,22 @@ def step_loop(run_id: int, body: StepIn, session: SessionDep, loops: LoopsDep) -
 @router.post("/{run_id}/stop", response_model=LoopOut)
 def stop_loop(run_id: int, session: SessionDep, loops: LoopsDep,
               actor: OperatorDep) -> LoopOut:
-    return LoopOut.of(loops.stop(session, run_id, actor=actor))
+    loops.stop(session, run_id, actor=actor)
+    return LoopOut.of(loops.view(session, run_id))
+
+
+@router.get("/{run_id}/models", response_model=list[ActivationOut])
+def model_history(run_id: int, session: SessionDep, loops: LoopsDep) -> list[ActivationOut]:
+    """The models this loop was driven by, newest first (the first is the active one)."""
+    return [ActivationOut.of(a) for a in loops.history(session, run_id)]
+
+
+@router.put("/{run_id}/model", response_model=LoopOut)
+def switch_model(run_id: int, body: ModelSwitch, session: SessionDep, loops: LoopsDep,
+                 actor: EngineerDep) -> LoopOut:
+    """Make another model of the loop's process drive it, from the next step on.
+
+    The new controller is built (checkpoint verified) before anything changes, and
+    continues from the actuator values last applied. Engineer role."""
+    loops.switch_model(session, run_id, body.model_id, body.reason, actor=actor)
+    return LoopOut.of(loops.view(session, run_id))

@@ -38,10 +38,23 @@ def get_run(run_id: int, session: SessionDep) -> RunOut:
 def get_series(run_id: int, session: SessionDep, settings: SettingsDep,
                channels: Annotated[list[Channel] | None, Query()] = None,
                tags: Annotated[list[str] | None, Query()] = None,
-               max_points: Annotated[int | None, Query(ge=1)] = None) -> SeriesOut:
-    """Channels and tags repeat (`?channels=sensor&channels=actuator&tags=T`)."""
+               max_points: Annotated[int | None, Query(ge=1)] = None,
+               start_s: Annotated[FiniteFloat | None, Query(
+                   description="first time (s, the run's time_s) to include")] = None,
+               end_s: Annotated[FiniteFloat | None, Query(
+                   description="last time (s) to include; not before start_s")] = None,
+               method: Annotated[Literal["minmax", "stride"], Query(
+                   description="minmax: each bucket's minimum and maximum (spikes survive); "
+                   "stride: every n-th step")] = "minmax") -> SeriesOut:
+    """Channels and tags repeat (`?channels=sensor&channels=actuator&tags=T`).
+
+    At most `max_points` points per tag (capped by the server's limit) over the steps
+    whose time is in [start_s, end_s]; a range with more steps is downsampled in the
+    database by `method`. A range that ends before it starts, or a time that is not a
+    finite number, is refused (422); a range without steps gives empty lists."""
     limit = min(max_points or settings.max_series_points, settings.max_series_points)
-    data = services.get_series(session, run_id, channels=channels, tags=tags, max_points=limit)
+    data = services.get_series(session, run_id, channels=channels, tags=tags, max_points=limit,
+                               start_s=start_s, end_s=end_s, method=method)
     return SeriesOut(**data)
 
 

@@ -14,7 +14,15 @@ from api.services.loops import (
     LoopManager,
     default_controller_factory,
 )
-from api.services.models import get_model, list_models, load_model_bytes, register_model
+from api.services.models import (
+    DataProvenance,
+    active_loops,
+    get_model,
+    list_models,
+    load_model_bytes,
+    log_provenance,
+    register_model,
+)
 from api.services.processes import (
     define_process,
     ensure_process,
@@ -47,8 +55,10 @@ from api.services.runs import (
 
 __all__ = [
     "Controller",
+    "DataProvenance",
     "ControllerFactory",
     "LoopManager",
+    "active_loops",
     "cancel_job",
     "cancel_replay",
     "claim_next_job",
@@ -76,6 +86,7 @@ __all__ = [
     "process_or_builtin",
     "list_runs",
     "load_model_bytes",
+    "log_provenance",
     "record_progress",
     "register_model",
     "spec_of",

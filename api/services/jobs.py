@@ -29,7 +29,8 @@ Claiming is safe with several workers:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, update
@@ -39,9 +40,12 @@ from api.errors import Conflict, Invalid, NotFound
 from api.orm import Run, RunKind, RunStatus, utcnow
 from api.services.audit import Actor, record
 from api.services.jsonsafe import json_safe
-from api.services.models import register_model
+from api.services.models import DataProvenance, log_provenance, register_model
 from api.services.processes import process_or_builtin
 from api.services.runs import create_run, get_run
+
+if TYPE_CHECKING:
+    from twin.spec import ProcessSpec
 
 CONTROLLER = "jepa"  # the runs.controller of training runs, as `twin train` records them
 # Run kinds the worker claims. A replay run made by `twin replay` is stored finished
@@ -293,13 +297,16 @@ def cancel_requested(session: Session, run_id: int) -> bool:
 
 
 def finish_job(session: Session, run_id: int, checkpoint: bytes,
-               model_metrics: dict[str, Any], model_config: dict[str, Any]) -> Run:
-    """Register the trained model and mark the job succeeded, in one transaction."""
+               model_metrics: dict[str, Any], model_config: dict[str, Any],
+               provenance: DataProvenance | None = None) -> Run:
+    """Register the trained model (with the `provenance` of its training data) and mark
+    the job succeeded, in one transaction."""
     try:
         run = get_job(session, run_id)
         model = register_model(session, run.process.name, str(run.config.get("model_name",
                                                                              "jepa")),
-                               checkpoint, model_config, model_metrics, commit=False)
+                               checkpoint, model_config, model_metrics,
+                               provenance=provenance, commit=False)
         run.model_id = model.id
         run.status = RunStatus.SUCCEEDED
         run.finished_at = utcnow()
@@ -312,6 +319,18 @@ def finish_job(session: Session, run_id: int, checkpoint: bytes,
         session.rollback()
         raise
     return run
+
+
+def training_data_provenance(spec: TrainJobSpec, df: Any,
+                             process_spec: ProcessSpec) -> DataProvenance:
+    """Provenance of a job's training log: of the file it read, or of the log it generated."""
+    data = spec.data
+    if isinstance(data, CsvData):
+        path = Path(data.path).resolve()
+        return log_provenance(df, process_spec, source=f"file:{path}", path=path)
+    return log_provenance(df, process_spec,
+                          source=f"simulator:{spec.process} hours={data.hours:g} "
+                                 f"seed={data.seed}")
 
 
 def fail_job(session: Session, run_id: int, error: str) -> Run:

@@ -4,11 +4,23 @@ Each loop is a `control` run. Its controller (with its history window) is kept i
 memory in this OS process, keyed by run id; one step at a time per loop (a lock per
 loop), any number of loops in parallel. If the process restarts, the controller is
 rebuilt from the stored model on the next step (its history window starts empty).
-The database, not memory, is the authority on step numbers and time order, so a
-step is refused the same way whichever API worker receives it.
+The database, not memory, is the authority on step numbers, time order, whether the
+loop still runs and which model drives it, so a step is handled the same way whichever
+API worker receives it (a worker notices a model switched on another one at its next
+step and rebuilds its controller).
 
 A rejected step stores nothing and leaves the controller untouched: everything is
 validated before `controller.step` is called.
+
+Models: the loop's active model is `runs.model_id`, and `model_activations` its
+history (the model it started with, then every switch). A switch builds the new
+controller before touching anything, so a model that cannot drive the loop (wrong
+process, corrupted checkpoint) changes nothing; the new controller starts from the
+actuator values last applied (bumpless: its safety layer rate-limits from there).
+
+Status of a loop, as clients see it: `stopped` when the run no longer runs; `stale`
+when no step arrived for more than STALE_AFTER_PERIODS sample periods (or the last
+step itself held on stale data); else the last step's `ok` or `fallback`.
 """
 
 from __future__ import annotations
@@ -18,15 +30,18 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, PayloadTooLarge
-from api.orm import Run, RunKind, RunStatus
+from api.errors import ChecksumMismatch, Conflict, Invalid, NotFound, PayloadTooLarge
+from api.orm import ModelActivation, Run, RunKind, RunStatus, RunStep, TwinModel, utcnow
+from api.services import alarms
 from api.services.audit import Actor, record
 from api.services.models import get_model, load_model_bytes
-from api.services.processes import process_or_builtin
+from api.services.processes import process_or_builtin, spec_of
 from api.services.runs import (
     create_run,
     finish_run,
@@ -36,14 +51,21 @@ from api.services.runs import (
     write_steps,
 )
 from twin.errors import InvalidInput
+from twin.planner_names import PLANNER_NAMES as PLANNERS
 from twin.records import SafetyEvent, StepRecord, StepStatus
 from twin.spec import ProcessSpec, SpecError, Tag, TagRole
 
-PLANNERS = ("casadi", "cem")
+STALE_AFTER_PERIODS = 3  # sample periods without a step before a running loop is stale
+SYSTEM_ACTOR = "system"  # history's actor for changes made without one (CLI, tests)
+
+Clock = Callable[[], datetime]
 
 
 class Controller(Protocol):
-    """What `twin.controller.TwinController` offers; tests inject fakes with this shape."""
+    """What `twin.controller.TwinController` offers; tests inject fakes with this shape.
+
+    A controller may also offer `reset(applied)` (TwinController does): it is called with
+    the actuator values last applied when the controller takes over a running loop."""
 
     spec: ProcessSpec
 
@@ -72,18 +94,36 @@ class Loop:
     setpoints: dict[str, float]
     applied: dict[str, float] = field(default_factory=dict)  # last actuator values sent
     lock: threading.Lock = field(default_factory=threading.Lock)
+    model_id: int | None = None  # the model `controller` was built from
 
     @property
     def spec(self) -> ProcessSpec:
         return self.controller.spec
 
 
+@dataclass(frozen=True)
+class LoopView:
+    """What a client or a person reads about a loop (GET /api/loops...)."""
+
+    run: Run
+    status: str  # ok / fallback / stale / stopped
+    model: TwinModel | None
+    last: RunStep | None
+    age_s: float  # seconds since the last step (since the start before the first)
+    stale_after_s: float
+    setpoints: dict[str, float]  # latest sensor setpoints (engineering units)
+    actuators: dict[str, float]  # latest actuator values sent
+
+
 class LoopManager:
     def __init__(self, factory: ControllerFactory = default_controller_factory, *,
-                 lock_timeout_s: float = 10.0, max_tags: int = 2_000) -> None:
+                 lock_timeout_s: float = 10.0, max_tags: int = 2_000,
+                 clock: Clock = utcnow) -> None:
+        """`clock` gives the server time (timezone-aware) that staleness is judged by."""
         self._factory = factory
         self._lock_timeout_s = lock_timeout_s
         self._max_tags = max_tags
+        self._clock = clock
         self._loops: dict[int, Loop] = {}
         self._registry_lock = threading.Lock()
 
@@ -91,7 +131,8 @@ class LoopManager:
 
     def start(self, session: Session, process: str, model_id: int, planner: str,
               setpoints: Mapping[str, float], *, actor: Actor | None = None) -> Run:
-        """Build the controller, then store the run (audited as "loop.start" with an actor)."""
+        """Build the controller, then store the run and its first model activation
+        (audited as "loop.start" with an actor)."""
         if planner not in PLANNERS:
             raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
         self._check_size(setpoints)
@@ -108,6 +149,10 @@ class LoopManager:
                              controller=f"twin/{planner}", model_id=model_id,
                              config={"planner": planner, "model_id": model_id,
                                      "setpoints": full_setpoints}, commit=False)
+            run.started_at = self._clock()
+            session.add(ModelActivation(run_id=run.id, model_id=model_id,
+                                        activated_at=run.started_at, actor=_name(actor),
+                                        reason="loop started"))
             record(session, actor, "loop.start", f"run:{run.id}",
                    {"process": process, "model_id": model_id, "planner": planner})
             session.commit()
@@ -115,7 +160,7 @@ class LoopManager:
             session.rollback()
             raise
         with self._registry_lock:
-            self._loops[run.id] = Loop(run.id, controller, full_setpoints)
+            self._loops[run.id] = Loop(run.id, controller, full_setpoints, model_id=model_id)
         return run
 
     def stop(self, session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
@@ -138,6 +183,120 @@ class LoopManager:
             raise
         return run
 
+    # ------------------------------------------------------------ models
+
+    def switch_model(self, session: Session, run_id: int, model_id: int, reason: str, *,
+                     actor: Actor | None = None) -> Run:
+        """Make `model_id` the loop's model (audited as "loop.model_switch" with an actor).
+
+        Refused, changing nothing, for a model of another process (422), an unknown model
+        (404), a corrupted checkpoint or a stopped loop (409). Switching to the model that
+        is already active succeeds and records nothing."""
+        run = _control_run(session, run_id)
+        if run.status != RunStatus.RUNNING:
+            raise Conflict(f"loop {run_id} is {run.status}; only a running loop can switch "
+                           "models")
+        model = get_model(session, model_id)
+        if model.process_id != run.process_id:
+            raise Invalid(f"model {model_id} ('{model.name}' v{model.version}) was trained "
+                          f"for process '{model.process.name}', not for this loop's "
+                          f"'{run.process.name}'")
+        if run.model_id == model_id:
+            return run
+        planner = str(run.config.get("planner", "casadi"))
+        try:
+            controller = self._build(session, model_id, planner)
+        except ChecksumMismatch as exc:
+            raise Conflict(f"model {model_id} cannot be activated: {exc}") from None
+        if controller.spec.name != run.process.name:
+            raise Invalid(f"model {model_id} controls '{controller.spec.name}', "
+                          f"not '{run.process.name}'")
+        loop = self._loop(session, run_id, prebuilt=(controller, model_id))
+        if not loop.lock.acquire(timeout=self._lock_timeout_s):
+            raise Conflict(f"loop {run_id} is busy with a step; try the switch again")
+        try:
+            self._switch_locked(session, loop, run, model, controller, reason, actor)
+        finally:
+            loop.lock.release()
+        return run
+
+    def _switch_locked(self, session: Session, loop: Loop, run: Run, model: TwinModel,
+                       controller: Controller, reason: str, actor: Actor | None) -> None:
+        session.refresh(run)  # a step or a stop may have committed while we waited
+        if run.status != RunStatus.RUNNING:
+            raise Conflict(f"loop {run.id} was {run.status} meanwhile; nothing switched")
+        previous = run.model_id
+        if previous == model.id:  # a concurrent request made the same switch first
+            return
+        try:
+            run.model_id = model.id
+            session.add(ModelActivation(run_id=run.id, model_id=model.id,
+                                        previous_model_id=previous,
+                                        activated_at=self._clock(), actor=_name(actor),
+                                        reason=reason))
+            record(session, actor, "loop.model_switch", f"run:{run.id}",
+                   {"model_id": model.id, "previous_model_id": previous,
+                    "name": model.name, "version": model.version, "sha256": model.sha256,
+                    "reason": reason})
+            session.commit()
+        except BaseException:
+            session.rollback()
+            if loop.controller is controller:  # restored for this switch: forget it
+                with self._registry_lock:
+                    self._loops.pop(run.id, None)
+            raise
+        _hand_over(controller, loop.applied)
+        loop.controller, loop.model_id = controller, model.id
+
+    def history(self, session: Session, run_id: int) -> list[ModelActivation]:
+        """The loop's model activations, newest first."""
+        _control_run(session, run_id)
+        return list(session.scalars(
+            select(ModelActivation).where(ModelActivation.run_id == run_id)
+            .order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())))
+
+    # ------------------------------------------------------------ reading
+
+    def view(self, session: Session, run_id: int) -> LoopView:
+        return self._view(session, _control_run(session, run_id), self._clock())
+
+    def list_loops(self, session: Session, *, process: str | None = None,
+                   running: bool | None = None, limit: int = 100,
+                   offset: int = 0) -> list[LoopView]:
+        """Loops newest first; optionally of one process, running (or not) only."""
+        query = (select(Run).where(Run.kind == RunKind.CONTROL).order_by(Run.id.desc())
+                 .limit(limit).offset(offset))
+        if process is not None:
+            query = query.where(Run.process.has(name=process))
+        if running is not None:
+            status_is_running = Run.status == RunStatus.RUNNING
+            query = query.where(status_is_running if running else ~status_is_running)
+        now = self._clock()
+        return [self._view(session, run, now) for run in session.scalars(query)]
+
+    def latest_setpoint(self, session: Session, run_id: int) -> LoopView:
+        """The loop with its latest step; NotFound before the first step."""
+        view = self.view(session, run_id)
+        if view.last is None:
+            raise NotFound(f"loop {run_id} has no setpoint yet: nothing was posted to "
+                           f"POST /api/loops/{run_id}/step")
+        return view
+
+    def _view(self, session: Session, run: Run, now: datetime) -> LoopView:
+        spec = spec_of(run.process)
+        stale_after_s = STALE_AFTER_PERIODS * spec.sample_period_s
+        last = last_step(session, run.id)
+        values = step_values(session, run.id, last.step) if last is not None else {}
+        since = _aware(run.last_step_at if last is not None and run.last_step_at
+                       else run.started_at)
+        age_s = max(0.0, (now - since).total_seconds())
+        model = session.get(TwinModel, run.model_id) if run.model_id is not None else None
+        return LoopView(
+            run=run, status=_loop_status(run, last, age_s, stale_after_s), model=model,
+            last=last, age_s=age_s, stale_after_s=stale_after_s,
+            setpoints=values.get("setpoint") or dict(run.config.get("setpoints", {})),
+            actuators=values.get("actuator", {}))
+
     # ------------------------------------------------------------ one step
 
     def step(self, session: Session, run_id: int, time_s: float,
@@ -153,9 +312,24 @@ class LoopManager:
         if not loop.lock.acquire(timeout=self._lock_timeout_s):
             raise Conflict(f"loop {run_id} is still busy with the previous step")
         try:
+            self._follow_database(session, loop)
             return self._step_locked(session, loop, time_s, dict(measurements), setpoints)
         finally:
             loop.lock.release()
+
+    def _follow_database(self, session: Session, loop: Loop) -> None:
+        """Another API worker may have stopped the loop or switched its model."""
+        status, model_id, planner = session.execute(
+            select(Run.status, Run.model_id, Run.config["planner"].as_string())
+            .where(Run.id == loop.run_id)).one()
+        if status != RunStatus.RUNNING or model_id is None:
+            with self._registry_lock:
+                self._loops.pop(loop.run_id, None)
+            raise Conflict(f"loop {loop.run_id} is {status}; start a new loop")
+        if model_id != loop.model_id:
+            controller = self._build(session, model_id, planner or "casadi")
+            _hand_over(controller, loop.applied)
+            loop.controller, loop.model_id = controller, model_id
 
     def _step_locked(self, session: Session, loop: Loop, time_s: float,
                      measurements: dict[str, float | None],
@@ -175,6 +349,11 @@ class LoopManager:
         number = 0 if previous is None else previous.step + 1
         try:
             write_steps(session, loop.run_id, loop.spec, [(number, record)])
+            # Alarms change in the same transaction as the step that raised them.
+            alarms.evaluate_step(session, loop.run_id, number, record, loop.spec)
+            session.execute(update(Run).where(Run.id == loop.run_id)
+                            .values(last_step_at=self._clock())
+                            .execution_options(synchronize_session=False))
             session.commit()
         except BaseException:
             session.rollback()
@@ -184,24 +363,30 @@ class LoopManager:
 
     # ------------------------------------------------------------ helpers
 
-    def _loop(self, session: Session, run_id: int) -> Loop:
+    def _loop(self, session: Session, run_id: int,
+              prebuilt: tuple[Controller, int] | None = None) -> Loop:
         # Restoring under the registry lock delays other loops' lookups for one checkpoint
         # load, but guarantees a loop is never built twice (two controllers, two histories).
         with self._registry_lock:
             loop = self._loops.get(run_id)
             if loop is None:
-                loop = self._restore(session, run_id)
+                loop = self._restore(session, run_id, prebuilt)
                 self._loops[run_id] = loop
             return loop
 
-    def _restore(self, session: Session, run_id: int) -> Loop:
-        """Rebuild a loop after a restart (or on another worker) from what is stored."""
+    def _restore(self, session: Session, run_id: int,
+                 prebuilt: tuple[Controller, int] | None = None) -> Loop:
+        """Rebuild a loop after a restart (or on another worker) from what is stored;
+        with `prebuilt` (controller, model id), around that controller instead."""
         run = get_run(session, run_id)
         if run.kind != RunKind.CONTROL:
             raise Conflict(f"run {run_id} is a {run.kind} run, not a control loop")
         if run.status != RunStatus.RUNNING or run.model_id is None:
             raise Conflict(f"loop {run_id} is {run.status}; start a new loop")
-        controller = self._build(session, run.model_id, str(run.config.get("planner", "casadi")))
+        if prebuilt is None:
+            planner = str(run.config.get("planner", "casadi"))
+            prebuilt = (self._build(session, run.model_id, planner), run.model_id)
+        controller, model_id = prebuilt
         setpoints = dict(run.config.get("setpoints", {}))
         applied: dict[str, float] = {}
         previous = last_step(session, run_id)
@@ -209,7 +394,8 @@ class LoopManager:
             values = step_values(session, run_id, previous.step)
             setpoints.update(values.get("setpoint", {}))
             applied = values.get("actuator", {})
-        return Loop(run_id, controller, setpoints, applied)
+            _hand_over(controller, applied)
+        return Loop(run_id, controller, setpoints, applied, model_id=model_id)
 
     def _build(self, session: Session, model_id: int, planner: str) -> Controller:
         checkpoint = load_model_bytes(session, model_id)
@@ -222,6 +408,40 @@ class LoopManager:
         count = sum(len(m) for m in mappings)
         if count > self._max_tags:
             raise PayloadTooLarge(f"{count} tags in one request (at most {self._max_tags})")
+
+
+def _control_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None or run.kind != RunKind.CONTROL:
+        raise NotFound(f"no control loop with id {run_id}")
+    return run
+
+
+def _hand_over(controller: Controller, applied: Mapping[str, float]) -> None:
+    """Bumpless transfer: the controller continues from the actuator values last applied."""
+    reset = getattr(controller, "reset", None)
+    if reset is not None and applied:
+        reset(dict(applied))
+
+
+def _loop_status(run: Run, last: RunStep | None, age_s: float, stale_after_s: float) -> str:
+    if run.status != RunStatus.RUNNING:
+        return StepStatus.STOPPED
+    if age_s > stale_after_s:
+        return StepStatus.STALE
+    if last is None:
+        return StepStatus.OK
+    return last.status if last.status in (StepStatus.FALLBACK, StepStatus.STALE) \
+        else StepStatus.OK
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _name(actor: Actor | None) -> str:
+    return actor.name if actor is not None else SYSTEM_ACTOR
 
 
 # ---------------------------------------------------------------- validation

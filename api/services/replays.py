@@ -95,11 +95,12 @@ from api.services.runs import (
     write_steps,
 )
 from twin.logs import LOG_SUFFIXES
+from twin.planner_names import PlannerName
 from twin.records import EpisodeResult, StepRecord
 from twin.spec import ProcessSpec, SpecError, TagRole
 
 Mode = Literal["open_loop", "shadow", "counterfactual"]
-Planner = Literal["casadi", "cem"]
+Planner = PlannerName  # see twin.planner_names
 Counterfactual = Literal["baseline", "oracle", "twin"]
 
 # Most samples one replay may take: shadow mode plans at every one (tens of ms each).
