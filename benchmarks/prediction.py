@@ -4,6 +4,7 @@
     python benchmarks/prediction.py --process cstr --quick    # smaller data and budget
     python benchmarks/prediction.py --process cstr --study ablation   # anti-collapse
     python benchmarks/prediction.py --process cstr --study data       # data amount, policy
+    python benchmarks/prediction.py --process cstr --study coarse     # coarse vs chained
 
 Training data: the process's `generate_training_log` (its TRAINING_RECIPE hours, seed 1);
 held-out data: the same generator with other seeds (other disturbance sequences and, for
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -117,11 +119,12 @@ class Evaluation:
         span = np.array([np.nanmax(df[t]) - np.nanmin(df[t]) for t in layout.sensors])
         self.scale = std / np.where(span > 0, span, 1.0)  # normalised error -> share of range
 
-    def nrmse(self, predicted: np.ndarray) -> dict[str, float]:
+    def nrmse(self, predicted: np.ndarray,
+              horizons: Sequence[int] = HORIZONS) -> dict[str, float]:
         """predicted (S, H, O) normalised observed -> mean over sensors of RMSE / range."""
         pred = predicted[..., self.sensor_cols]
         out = {}
-        for h in HORIZONS:
+        for h in horizons:
             err = np.where(self.truth_mask[:, h - 1], pred[:, h - 1] - self.truth[:, h - 1], 0.0)
             count = self.truth_mask[:, h - 1].sum(axis=0).clip(min=1)
             rmse = np.sqrt((err**2).sum(axis=0) / count)
@@ -256,18 +259,41 @@ def coarse_comparison(twin: Twin, ev: Evaluation) -> dict[str, Any] | None:
     z0 = torch.cat([model.encode(c) for c in ev.windows.split(1024)])
     fine = model.readout(model.predictor_rollout(z0, ev.actions, 0)).numpy()
     coarse = model.readout(model.coarse_rollout(z0, ev.actions)).numpy()
-    fine_err = ev.nrmse(fine)
-    rows = {}
     n = coarse.shape[1]
+    # Every block end: the coarse predictor only predicts there.
+    horizons = [k * (j + 1) for j in range(n) if k * (j + 1) <= ev.actions.shape[1]]
+    fine_err = ev.nrmse(fine, horizons)
     full = np.repeat(coarse, k, axis=1)  # block values held; scored at block ends only
     pad = ev.actions.shape[1] - full.shape[1]
     full = np.concatenate([full, np.repeat(full[:, -1:], pad, axis=1)], axis=1)
-    coarse_err = ev.nrmse(full)
-    for h in HORIZONS:
-        if h % k == 0 and h // k <= n:
-            rows[str(h)] = {"chained": fine_err[str(h)], "coarse": coarse_err[str(h)]}
-    better = [int(h) for h, r in rows.items() if r["coarse"] < r["chained"]]
-    return {"k": k, "horizons": rows, "coarse_better_from": min(better) if better else None}
+    coarse_err = ev.nrmse(full, horizons)
+    rows = {str(h): {"chained": fine_err[str(h)], "coarse": coarse_err[str(h)]}
+            for h in horizons}
+    # The crossover: the first horizon from which the coarse predictor stays ahead.
+    crossover = None
+    for h in reversed(horizons):
+        if rows[str(h)]["coarse"] >= rows[str(h)]["chained"]:
+            break
+        crossover = h
+    return {"k": k, "horizons": rows, "coarse_better_from": crossover}
+
+
+def coarse_study(name: str, quick: bool) -> dict[str, Any]:
+    """The coarse predictor against chained one-step prediction at every block end."""
+    module = get_process(name)
+    s = settings(module, quick)
+    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
+    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
+    test_df = held_out_log(module, name, s["held_out_hours"])
+    twin = train_jepa(df, module, jepa_config(name, budget))
+    test = WindowDataset(test_df, module.SPEC, twin.config.window, max(HORIZONS), twin.norm)
+    result = coarse_comparison(twin, Evaluation(test, test_df, s["eval_starts"]))
+    if result is None:
+        raise SystemExit(f"{name}: the default twin has no coarse predictor")
+    for h, row in result["horizons"].items():
+        console.log(f"{name} h={h}: chained {row['chained']:.4f} coarse {row['coarse']:.4f}")
+    console.log(f"{name}: coarse ahead from h={result['coarse_better_from']}")
+    return result
 
 
 # -- studies: anti-collapse ablation, data amount and data policy --------------------------------
@@ -407,7 +433,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--process", required=True)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--study", choices=["main", "ablation", "data"], default="main")
+    parser.add_argument("--study", choices=["main", "ablation", "data", "coarse"],
+                        default="main")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study == "main":
@@ -416,8 +443,9 @@ def main() -> None:
         # a quick run never replaces a full one: it goes beside it
         merge(args.process, result, "quick" if args.quick and has_full(args.process) else None)
     else:
-        study = ablation_study if args.study == "ablation" else data_study
-        key = "ablation" if args.study == "ablation" else "data_size"
+        study, key = {"ablation": (ablation_study, "ablation"),
+                      "data": (data_study, "data_size"),
+                      "coarse": (coarse_study, "coarse_predictor")}[args.study]
         merge(args.process, study(args.process, args.quick), key)
 
 

@@ -16,6 +16,7 @@ from twin_fixtures import tiny_twin
 
 from processes import cstr
 from twin.data import Normalizer
+from twin.hierarchy import HierarchicalPlanner
 from twin.model import JEPA, JEPAConfig
 from twin.planning import (
     PLANNER_NAMES,
@@ -245,7 +246,8 @@ def _bank_problem(twin: Twin, index: int = 100, setpoint_k: float = 370.0,
 
 def test_make_planner_knows_every_name(twin: Twin) -> None:
     kinds = {"casadi": RTIPlanner, "casadi-ipopt": CasadiPlanner,
-             "casadi-fatrop": StructuredNLPPlanner, "cem": CEMPlanner, "mppi": MPPIPlanner}
+             "casadi-fatrop": StructuredNLPPlanner, "cem": CEMPlanner, "mppi": MPPIPlanner,
+             "hierarchical": HierarchicalPlanner}
     assert set(kinds) == set(PLANNER_NAMES)
     for name, kind in kinds.items():
         planner = make_planner(name, twin, PlannerSettings(horizon=4))

@@ -4,19 +4,22 @@ does, what reaches the plant is within bounds and rate limits."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twin_fixtures import rate_per_sample, tiny_twin
 
 from processes import cstr
-from twin.controller import TwinController
+from twin.controller import DISAGREEMENT_TRIP, TwinController
 from twin.errors import InvalidInput
-from twin.planning import PlannerSettings, PlanningProblem, PlanResult
+from twin.planning import PlannerSettings, PlanningProblem, PlanResult, make_planner
 from twin.records import StepStatus
 from twin.safety import SafetyLayer
 from twin.spec import ProcessSpec, Tag, TagRole
@@ -407,3 +410,81 @@ def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:
     controller = TwinController(twin, StubPlanner("wild", value=0.0))
     with pytest.raises(InvalidInput, match="limits"):
         controller.step(0.0, _plant_samples(1)[0], {"T": cstr.T_LIMIT_K + 1.0})
+
+
+# -- ensemble disagreement ------------------------------------------------------------------
+
+def _disagreeing(twin: Twin, offset: float) -> Twin:
+    """A copy of `twin` whose second ensemble member drifts `offset` per step in every
+    embedding dimension; the planning predictor (member 0) is left as it was."""
+    twisted = copy.deepcopy(twin)
+    with torch.no_grad():
+        twisted.model.ensemble[1].net[-1].bias += offset
+    return twisted
+
+
+def _run_casadi(twin: Twin, steps: int, fallback: bool = True) -> list:
+    controller = TwinController(twin, make_planner("casadi", twin, PlannerSettings(horizon=6)),
+                                cstr.pi_fallback() if fallback else None,
+                                mismatch_trip=math.inf, guard_band=0.0)
+    return [controller.step(6.0 * k, meas, {"T": 360.0})
+            for k, meas in enumerate(_plant_samples(steps))]
+
+
+def test_untouched_ensemble_does_not_trip_and_its_spread_is_recorded(twin: Twin) -> None:
+    records = _run_casadi(twin, 25)
+    assert all(r.status is StepStatus.OK for r in records)
+    assert not any(e.kind == "ensemble_disagreement" for r in records for e in r.events)
+    plan = records[-1].plan
+    assert plan is not None and set(plan.spread) == {"T", "Ca"}
+    for tag, spread in plan.spread.items():
+        assert len(spread) == len(plan.time_s) == 6
+        assert all(math.isfinite(v) and v >= 0.0 for v in spread)
+        assert max(spread) > 0.0  # the members are distinct models
+        assert max(spread) < DISAGREEMENT_TRIP * twin.norm.std[twin.norm.index(tag)]
+    assert records[-1].to_dict()["plan"]["spread"] == plan.spread
+
+
+def test_disagreeing_members_trip_to_the_baseline(twin: Twin) -> None:
+    calm = _run_casadi(twin, 3)[-1].plan
+    records = _run_casadi(_disagreeing(twin, 2.0), 3)
+    reference = cstr.PIController()
+    previous = cstr.TC_NOMINAL
+    for record, meas in zip(records, _plant_samples(3), strict=True):
+        assert record.status is StepStatus.FALLBACK
+        trips = [e for e in record.events if e.kind == "ensemble_disagreement"]
+        assert len(trips) == 1 and "baseline controller used" in trips[0].message
+        match = re.search(r"ensemble disagreement on (\w+): members' std ([\d.e+-]+) "
+                          r"training std .* \(limit ([\d.e+-]+)\)", trips[0].message)
+        assert match is not None, trips[0].message
+        assert match.group(1) in ("T", "Ca")
+        assert float(match.group(2)) > float(match.group(3)) == DISAGREEMENT_TRIP
+        reference.u = previous
+        assert record.actuators["Tc"] == pytest.approx(reference(meas["T"], 360.0))
+        previous = record.actuators["Tc"]
+    assert records[-1].plan is not None  # the distrusted plan is kept for the record
+    assert max(records[-1].plan.spread["T"]) > 10 * max(calm.spread["T"])
+
+
+def test_disagreement_without_a_baseline_holds(twin: Twin) -> None:
+    records = _run_casadi(_disagreeing(twin, 2.0), 2, fallback=False)
+    assert [r.actuators["Tc"] for r in records] == [cstr.TC_NOMINAL] * 2
+    assert all("holding actuators" in e.message for r in records for e in r.events
+               if e.kind == "ensemble_disagreement")
+
+
+def test_disagreement_limit_widens_with_the_twins_usual_spread(twin: Twin) -> None:
+    """A twin whose held-out spread is large is judged against it, not the fixed trip."""
+    twisted = _disagreeing(twin, 2.0)
+    usual = 10.0  # training stds: wider than anything the drift above produces early
+    twisted.metrics = {**twin.metrics, "ensemble_spread": {"T": usual, "Ca": usual}}
+    records = _run_casadi(twisted, 2)
+    assert all(r.status is StepStatus.OK for r in records)
+
+
+def test_twin_without_an_ensemble_skips_the_check(twin: Twin) -> None:
+    single = _disagreeing(twin, 2.0)
+    single.model.config = dataclasses.replace(single.config, ensemble_size=1)
+    records = _run_casadi(single, 3)
+    assert all(r.status is StepStatus.OK for r in records)
+    assert all(r.plan is not None and r.plan.spread == {} for r in records)

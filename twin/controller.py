@@ -3,7 +3,8 @@
 Per step: validate the input, append it to the context window, encode, turn the
 setpoints into a goal embedding, plan, and pass the first planned move through the
 safety layer. A failed, late or non-finite plan falls back (to the process baseline
-when one is given, else a hold); a gap in the data is a safe hold marked stale.
+when one is given, else a hold); so does a plan on which the twin's ensemble members
+disagree (the model is unsure there); a gap in the data is a safe hold marked stale.
 """
 
 from __future__ import annotations
@@ -16,30 +17,56 @@ import numpy as np
 
 from .data import window_from_rows
 from .errors import InvalidInput
-from .planning import Planner, PlannerSettings, PlanningProblem, PlanResult, make_planner
+from .planning import (
+    Constraints,
+    Planner,
+    PlannerSettings,
+    PlanningProblem,
+    PlanResult,
+    _project_moves,
+    make_planner,
+)
 from .records import Plan, SafetyEvent, StepRecord, StepStatus
 from .safety import Fallback, SafetyLayer
 from .twin_model import Twin
+
+DISAGREEMENT_TRIP = 0.5
+"""Default ensemble disagreement trip, in training stds of the sensor. In the standard CSTR
+episode the members' std over the first three planned steps peaked at 0.11 std for a twin
+trained by the CSTR recipe and at 0.25 std for a barely trained one (4 epochs on 1.5 h):
+the trip stays clear of a twin on its own data and catches members that part ways."""
+DISAGREEMENT_MULTIPLE = 5.0
+"""With `metrics["ensemble_spread"]` (held-out std across members, training stds, per
+sensor) the trip is at least this multiple of it: a twin whose members always differ more
+is judged against its own usual spread."""
 
 
 class TwinController:
     def __init__(self, twin: Twin, planner: Planner, fallback: Fallback | None = None,
                  stale_after_s: float | None = None, guard_band: float = 0.3,
                  mismatch_trip: float = 0.3, mismatch_clear: float = 0.15,
-                 trust_after_steps: int = 10) -> None:
+                 trust_after_steps: int = 10, disagreement_trip: float = DISAGREEMENT_TRIP,
+                 disagreement_steps: int = 3) -> None:
         """Thresholds are in training standard deviations of each sensor.
 
         `guard_band`: distance to a sensor limit inside which the fallback takes over.
         `mismatch_trip`: one-step prediction error of a sensor that marks the twin as
         untrusted; it is trusted again after `trust_after_steps` consecutive steps with
         errors below `mismatch_clear` (hysteresis, so control does not chatter).
+        `disagreement_trip`: std across the ensemble members' readouts of a limited or
+        controlled sensor, over the plan's first `disagreement_steps` steps, above which the
+        plan is not trusted (see `DISAGREEMENT_TRIP`; when the twin's metrics hold the
+        held-out ensemble spread, `DISAGREEMENT_MULTIPLE` times it if that is larger).
         """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
         self.guard_band = guard_band
         self.mismatch_trip, self.mismatch_clear = mismatch_trip, mismatch_clear
         self.trust_after_steps = trust_after_steps
+        self.disagreement_trip, self.disagreement_steps = disagreement_trip, disagreement_steps
         self.safety = SafetyLayer(self.spec)
+        self._action_limits = Constraints.from_twin(twin, 0.0)
+        self._spread: dict[str, list[float]] = {}
         self.stale_after_s = stale_after_s or 3.0 * self.spec.sample_period_s
         self.reset()
 
@@ -267,11 +294,16 @@ class TwinController:
                       f"{self.planner.settings.deadline_ms:.0f} ms")
         elif result is not None and not np.all(np.isfinite(result.actions)):
             reason = "plan is not finite"
+        self._spread = {}
+        if reason is None and result is not None:
+            reason = self._disagreement(z0, problem.u_prev, result.actions)
         if reason is None and result is not None:
             first = self.twin.denormalise_actions(result.actions[0])
             return StepStatus.OK, dict(zip(layout.actions, map(float, first), strict=True)), result
         kind = "solver_failed" if reason and reason.startswith(("solver", "planner")) else \
-            "deadline" if reason and reason.startswith("deadline") else "invalid_plan"
+            "deadline" if reason and reason.startswith("deadline") else \
+            "ensemble_disagreement" if reason and reason.startswith("ensemble") else \
+            "invalid_plan"
         if self.fallback is not None:
             proposal = dict(self.fallback(measurements, setpoints, previous))
             events.append(SafetyEvent(kind, f"{reason}; baseline controller used"))
@@ -290,8 +322,53 @@ class TwinController:
             actuators={a: [float(v) for v in actions[:, i]]
                        for i, a in enumerate(self.twin.layout.actions)},
             sensors={t: [float(v) for v in values] for t, values in sensors.items()},
+            spread=dict(self._spread),
             cost=float(result.cost),
         )
+
+    def _disagreement(self, z0: np.ndarray, u_prev: np.ndarray, actions: np.ndarray
+                      ) -> str | None:
+        """Roll the plan through every ensemble member; keep the per-sensor std across
+        members (engineering units, per step) as the plan's spread, and say why the plan is
+        not trusted if the members disagree too much early on a sensor that matters.
+
+        The plan is first projected onto the bounds and rate limits: the members judge
+        what the plant would really be given, not what the safety layer would clip away.
+        """
+        if len(self.twin.model.members()) < 2:
+            return None  # a twin without an ensemble has nothing to compare
+        lim = self._action_limits
+        start = np.clip(u_prev, lim.u_low, lim.u_high)
+        feasible = _project_moves(np.asarray(actions, dtype=float), start, lim)
+        members = self.twin.ensemble_rollout(z0, feasible)  # (M, H, D)
+        readouts = self.twin.readout(members)  # tag -> (M, H), engineering units
+        worst: tuple[float, str, float] | None = None
+        for tag, values in readouts.items():
+            spread = values.std(axis=0)
+            self._spread[tag] = [float(v) for v in spread]
+            spec_tag = self.spec.tag(tag)
+            if spec_tag.low is None and spec_tag.high is None and not spec_tag.controlled:
+                continue
+            std = self.twin.norm.std[self.twin.norm.index(tag)]
+            early = float(spread[: self.disagreement_steps].max()) / std
+            ratio = early / self._disagreement_limit(tag)
+            if not np.isfinite(ratio) or ratio > 1.0:
+                if worst is None or not np.isfinite(ratio) or ratio > worst[0]:
+                    worst = (ratio, tag, early)
+        if worst is None:
+            return None
+        _, tag, early = worst
+        return (f"ensemble disagreement on {tag}: members' std {early:.3g} training std over "
+                f"the first {self.disagreement_steps} planned steps (limit "
+                f"{self._disagreement_limit(tag):.3g})")
+
+    def _disagreement_limit(self, tag: str) -> float:
+        """The trip for `tag` in training stds: the setting, widened to a multiple of the
+        twin's held-out ensemble spread when its metrics record one."""
+        usual = self.twin.metrics.get("ensemble_spread", {}).get(tag)
+        if usual is None or not math.isfinite(usual):
+            return self.disagreement_trip
+        return max(self.disagreement_trip, DISAGREEMENT_MULTIPLE * float(usual))
 
     def _margins(self, measurements: Mapping[str, float | None]) -> dict[str, float]:
         """Distance of each limited sensor to its nearest limit (negative: violated)."""

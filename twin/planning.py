@@ -380,7 +380,7 @@ class RTIPlanner:
     line_search = (1.0, 0.5, 0.25, 0.1)
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 qp_solver: str = "daqp", sqp_iterations: int = 3,
+                 qp_solver: str = "daqp", sqp_iterations: int = 1,
                  step_tolerance: float = 1e-4, compile: bool = False) -> None:
         self.twin, self.settings = twin, settings or PlannerSettings()
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
@@ -921,12 +921,14 @@ class MPPIPlanner(SamplingPlanner):
 
 def make_planner(name: str, twin: Twin, settings: PlannerSettings | None = None) -> Planner:
     """A planner by name (see the module's docstring for what each one is)."""
+    from .hierarchy import HierarchicalPlanner  # builds on this module: imported late
     factories = {
         "casadi": lambda: RTIPlanner(twin, settings),
         "casadi-ipopt": lambda: CasadiPlanner(twin, settings),
         "casadi-fatrop": lambda: StructuredNLPPlanner(twin, settings),
         "cem": lambda: CEMPlanner(twin, settings),
         "mppi": lambda: MPPIPlanner(twin, settings),
+        "hierarchical": lambda: HierarchicalPlanner(twin, settings),
     }
     if name not in factories:
         raise ValueError(f"unknown planner '{name}' (choose {', '.join(PLANNER_NAMES)})")

@@ -77,6 +77,14 @@ class Twin:
         z_t = torch.as_tensor(z, dtype=torch.float32)
         return self.model.predictor(z_t.unsqueeze(0), u.unsqueeze(0))[0].numpy().astype(float)
 
+    @torch.no_grad()
+    def ensemble_rollout(self, z0: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Every ensemble member's rollout (M, H, D) from z0 (D,) under normalised actions
+        (H, A); one member (the planning predictor) for a twin without an ensemble."""
+        z = torch.as_tensor(np.asarray(z0), dtype=torch.float32).unsqueeze(0)
+        u = torch.as_tensor(np.asarray(actions), dtype=torch.float32).unsqueeze(0)
+        return self.model.ensemble_rollout(z, u)[:, 0].numpy().astype(float)
+
     def normalise_actions(self, u: np.ndarray) -> np.ndarray:
         return self.norm.normalise(np.asarray(u, dtype=float), self.layout.actions)
 
