@@ -279,3 +279,25 @@ def test_every_anti_collapse_method_trains(collapse: str) -> None:
     twin, history = train(training_log(1.5, 3), replace(tiny_config(epochs=2), collapse=collapse))
     assert all(np.isfinite(h.train_loss) for h in history)
     assert history[-1].effective_rank > 1.5
+
+
+def test_ensemble_rollout_matches_torch_and_follows_weight_changes(tiny: Twin) -> None:
+    twin = Twin.from_bytes(tiny.to_bytes())  # a private copy: its weights are changed below
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal(twin.config.embed_dim)
+    actions = rng.standard_normal((12, len(twin.layout.actions)))
+
+    def by_torch() -> np.ndarray:
+        with torch.no_grad():
+            return twin.model.ensemble_rollout(
+                torch.tensor(z0, dtype=torch.float32)[None],
+                torch.tensor(actions, dtype=torch.float32)[None])[:, 0].numpy()
+
+    fast = twin.ensemble_rollout(z0, actions)
+    assert fast.shape == (len(twin.model.members()), 12, twin.config.embed_dim)
+    assert np.allclose(fast, by_torch(), atol=1e-5)
+    with torch.no_grad():  # an in-place change must not be hidden by the stacked copy
+        twin.model.members()[-1].net[-1].bias.add_(1.0)
+    changed = twin.ensemble_rollout(z0, actions)
+    assert np.allclose(changed, by_torch(), atol=1e-5)
+    assert not np.allclose(changed[-1], fast[-1])

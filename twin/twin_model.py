@@ -80,10 +80,39 @@ class Twin:
     @torch.no_grad()
     def ensemble_rollout(self, z0: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Every ensemble member's rollout (M, H, D) from z0 (D,) under normalised actions
-        (H, A); one member (the planning predictor) for a twin without an ensemble."""
-        z = torch.as_tensor(np.asarray(z0), dtype=torch.float32).unsqueeze(0)
-        u = torch.as_tensor(np.asarray(actions), dtype=torch.float32).unsqueeze(0)
-        return self.model.ensemble_rollout(z, u)[:, 0].numpy().astype(float)
+        (H, A); one member (the planning predictor) for a twin without an ensemble.
+
+        Runs every control step, so the members' layers are stacked once and evaluated
+        together in numpy: one batched product per layer and step instead of a torch
+        module call per member, layer and step (about 5x less time for 3 members)."""
+        layers = self._stacked_members()
+        u = np.asarray(actions, dtype=float)
+        z = np.repeat(np.asarray(z0, dtype=float)[None, :], layers[0][0].shape[0], axis=0)
+        out = np.empty((z.shape[0], u.shape[0], z.shape[1]))
+        for k in range(u.shape[0]):
+            x = np.concatenate([z, np.broadcast_to(u[k], (z.shape[0], u.shape[1]))], axis=1)
+            for weight, bias, tanh in layers:
+                x = np.einsum("moi,mi->mo", weight, x) + bias
+                if tanh:
+                    x = np.tanh(x)
+            z = z + x
+            out[:, k] = z
+        return out
+
+    def _stacked_members(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """(weights (M, out, in), biases (M, out), tanh after?) per layer; rebuilt only when
+        a member's parameters changed (torch counts in-place writes in `_version`)."""
+        params = [p for m in self.model.members() for p in m.parameters()]
+        key = tuple((id(p), p._version) for p in params)
+        cached = self.__dict__.get("_member_layers")
+        if cached is None or cached[0] != key:
+            per_member = [_linear_tanh_layers(m.net) for m in self.model.members()]
+            layers = [(np.stack([m[i][0] for m in per_member]),
+                       np.stack([m[i][1] for m in per_member]), per_member[0][i][2])
+                      for i in range(len(per_member[0]))]
+            cached = (key, layers)
+            self.__dict__["_member_layers"] = cached
+        return cached[1]
 
     def normalise_actions(self, u: np.ndarray) -> np.ndarray:
         return self.norm.normalise(np.asarray(u, dtype=float), self.layout.actions)
@@ -197,3 +226,18 @@ def _torch_load(data: bytes) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt file
         raise InvalidInput(f"not a twin checkpoint: {type(exc).__name__}: {exc}") from None
+
+
+def _linear_tanh_layers(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """A Linear/Tanh Sequential as (weight, bias, followed by tanh) in float64."""
+    modules = list(net)
+    layers = []
+    for i, module in enumerate(modules):
+        if isinstance(module, torch.nn.Linear):
+            tanh = i + 1 < len(modules) and isinstance(modules[i + 1], torch.nn.Tanh)
+            layers.append((module.weight.detach().double().numpy(),
+                           module.bias.detach().double().numpy(), tanh))
+        elif not isinstance(module, torch.nn.Tanh):
+            raise TypeError(f"ensemble member layer {type(module).__name__} is not Linear/Tanh")
+    return layers
+
