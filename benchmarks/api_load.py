@@ -1,12 +1,14 @@
 """Control-loop latency under load: real HTTP on loopback, MPC and storage included.
 
     python benchmarks/api_load.py [--database sqlite|postgres] [--loops 10] [--rate-hz 10]
-                                  [--duration-s 60] [--model twin.pt] [--planner casadi]
+                                  [--duration-s 60] [--workers 2] [--model twin.pt]
 
-Starts `twin serve` in a subprocess on a fresh database (a temporary SQLite file, or a
-new PostgreSQL database that is dropped afterwards), registers a CSTR twin, starts
+Starts `twin serve --workers N` in a subprocess on a fresh database (a temporary SQLite
+file, or a new PostgreSQL database dropped afterwards), registers a CSTR twin, starts
 `--loops` control loops and drives each from its own simulated CSTR at `--rate-hz`
-steps per second (a fixed-rate schedule: a late step is sent at once, never skipped).
+steps per second (a fixed-rate schedule: a late step is sent at once, never skipped),
+each loop through its own HTTP connection, which stays with one API worker; a loop whose
+steps reach another worker (a reconnect) is caught up from the database there.
 The plant runs faster than real time: each request carries the next plant sample.
 
 Latency is measured by the client, from sending the step to having the setpoints, so
@@ -126,10 +128,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(url: str, port: int) -> Iterator[str]:
+def server(url: str, port: int, workers: int) -> Iterator[str]:
     env = {**os.environ, "DATABASE_URL": url, "TWIN_AUTH_REQUIRED": "false"}
     twin_cli = Path(sys.executable).parent / "twin"
-    proc = subprocess.Popen([str(twin_cli), "serve", "--port", str(port)], env=env,
+    command = [str(twin_cli), "serve", "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(command, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -202,10 +205,14 @@ async def drive_loop(client: httpx.AsyncClient, run_id: int, seed: int, rate_hz:
 
 
 async def run_load(base: str, model_id: int, args: argparse.Namespace) -> list[LoopStats]:
-    limits = httpx.Limits(max_connections=args.loops, max_keepalive_connections=args.loops)
-    async with httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits) as client:
+    # One client and one kept-alive connection per loop, as independent control systems
+    # would have: with several API workers, a connection stays with the worker that took it.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits)
+               for _ in range(args.loops)]
+    try:
         run_ids = []
-        for _ in range(args.loops):
+        for client in clients:
             response = await client.post("/api/loops", json={
                 "process": "cstr", "model_id": model_id, "planner": args.planner,
                 "setpoints": {"T": cstr.benchmark_scenario().setpoint(0)}})
@@ -215,7 +222,10 @@ async def run_load(base: str, model_id: int, args: argparse.Namespace) -> list[L
         args.measured_from = start + args.warmup_s
         return await asyncio.gather(*(
             drive_loop(client, run_id, seed, args.rate_hz, args.duration_s, args.warmup_s, start)
-            for seed, run_id in enumerate(run_ids)))
+            for seed, (client, run_id) in enumerate(zip(clients, run_ids, strict=True))))
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 # ------------------------------------------------------------------ report
@@ -241,6 +251,7 @@ def summarise(all_stats: list[LoopStats], args: argparse.Namespace,
     return {
         "database": database, "loops": args.loops, "rate_hz_per_loop": args.rate_hz,
         "duration_s": args.duration_s, "warmup_s": args.warmup_s, "planner": args.planner,
+        "api_workers": args.workers,
         "steps_measured": len(latencies),
         "achieved_steps_per_s": len(latencies) / wall_s,
         "asked_steps_per_s": args.loops * args.rate_hz,
@@ -260,7 +271,7 @@ def summarise(all_stats: list[LoopStats], args: argparse.Namespace,
 def print_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"control loop steps over HTTP: {result['loops']} loops x "
                         f"{result['rate_hz_per_loop']:g} steps/s, {result['database']}, "
-                        f"planner {result['planner']}")
+                        f"planner {result['planner']}, {result['api_workers']} API workers")
     for column in ("", "median ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
     for label, key in (("step latency", "step_latency_ms"), ("warm-up", "warmup_latency_ms"),
@@ -289,16 +300,20 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--warmup-s", type=float, default=10.0)
     parser.add_argument("--planner", default="casadi")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="API worker processes (a loop stays with its connection's worker)")
     parser.add_argument("--model", type=Path, default=None, help="a CSTR twin checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the cached twin")
     args = parser.parse_args()
-    if args.loops < 1 or args.rate_hz <= 0 or args.duration_s <= 0 or args.warmup_s < 0:
-        parser.error("--loops must be >= 1; --rate-hz and --duration-s > 0; --warmup-s >= 0")
+    if (args.loops < 1 or args.workers < 1 or args.rate_hz <= 0 or args.duration_s <= 0
+            or args.warmup_s < 0):
+        parser.error("--loops and --workers must be >= 1; --rate-hz and --duration-s > 0; "
+                     "--warmup-s >= 0")
 
     model = trained_model(args.model, args.seed)
     with fresh_database(args.database, args.postgres_url) as url:
         model_id = register(url, model)
-        with server(url, free_port()) as base:
+        with server(url, free_port(), args.workers) as base:
             stats = asyncio.run(run_load(base, model_id, args))
     result = summarise(stats, args, args.database)
     print_summary(result)

@@ -92,3 +92,41 @@ def test_every_process_runs_a_live_loop(db_url: str, session: Session, name: str
                     assert abs(actuators[tag.name] - previous[tag.name]) <= limit + 1e-6
             previous = actuators
         assert client.get(f"/api/runs/{run_id}").json()["n_steps"] == 4
+
+
+def test_two_workers_serving_one_loop_keep_the_same_window(db_url: str, session: Session,
+                                                           engine, tiny_checkpoint: bytes
+                                                           ) -> None:
+    """Steps of one loop alternating between two API workers (two LoopManagers over one
+    database, as after reconnects): each worker refills its controller's context window
+    from the stored steps, so it plans from exactly the samples a single worker would see."""
+    from api.db import make_session_factory
+    from api.services.loops import LoopManager
+
+    model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
+    factory = make_session_factory(engine)
+    workers = [LoopManager(), LoopManager()]
+    single = LoopManager()
+    with factory() as s:
+        shared = workers[0].start(s, "cstr", model.id, "casadi", {"T": 360.0}).id
+        alone = single.start(s, "cstr", model.id, "casadi", {"T": 360.0}).id
+    samples = [{"Ca": 0.5 - 0.01 * k, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0 + (k == 5)}
+               for k in range(9)]
+    for k, sample in enumerate(samples):
+        if k == 4:
+            sample = {**sample, "Ca": None}  # a missing sample must stay missing
+        with factory() as s:
+            workers[k % 2].step(s, shared, 6.0 * k, sample)
+            single.step(s, alone, 6.0 * k, sample)
+    served = workers[len(samples) % 2 - 1]._loops[shared].controller
+    reference = single._loops[alone].controller
+    def present(rows) -> list[dict[str, float]]:  # a missing sample: absent or None alike
+        return [{t: v for t, v in row.items() if v is not None} for row in rows]
+
+    assert present(served.rows) == present(reference.rows)
+    assert "Ca" not in present(served.rows)[-5]  # the missing sample is still missing
+    assert served.last_time_s == reference.last_time_s == 6.0 * (len(samples) - 1)
+    # Each row's "applied before" is what this loop really applied then, read back.
+    with factory() as s:
+        stored = services.step_values(s, shared, len(samples) - 2)["actuator"]
+    assert served.before[-1] == pytest.approx(stored)

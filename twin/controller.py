@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -97,6 +97,23 @@ class TwinController:
         reset = getattr(self.planner, "reset", None)
         if reset:
             reset()
+
+    def prime(self, history: Sequence[tuple[float, Mapping[str, float | None],
+                                            Mapping[str, float]]]) -> None:
+        """Rebuild the context window from stored steps, oldest first, each (time_s,
+        measurements, actuators applied then): the state another API worker or a process
+        before a restart left. Nothing is planned; the twin's next forecast starts fresh."""
+        window = list(history)[-self.twin.config.window:]
+        self.reset(dict(window[-1][2]) if window else None)
+        if not window:
+            return
+        previous = dict(window[0][2])
+        for time_s, measurements, applied in window:
+            self._append(time_s, measurements, previous, [])
+            previous = dict(applied)
+        self.applied = previous
+        self.last_measured = {tag: float(value) for tag, value in window[-1][1].items()
+                              if value is not None and math.isfinite(value)}
 
     # -- input validation ----------------------------------------------------------------
     def _validate(self, time_s: float, measurements: Mapping[str, float | None],

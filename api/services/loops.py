@@ -48,6 +48,7 @@ from api.services.runs import (
     get_run,
     last_step,
     step_values,
+    stored_history,
     write_steps,
 )
 from twin.errors import InvalidInput
@@ -60,6 +61,9 @@ SYSTEM_ACTOR = "system"  # history's actor for changes made without one (CLI, te
 
 Clock = Callable[[], datetime]
 
+
+# Steps read back to refill a controller whose window size is not known.
+CATCH_UP_STEPS = 64
 
 class Controller(Protocol):
     """What `twin.controller.TwinController` offers; tests inject fakes with this shape.
@@ -95,6 +99,9 @@ class Loop:
     applied: dict[str, float] = field(default_factory=dict)  # last actuator values sent
     lock: threading.Lock = field(default_factory=threading.Lock)
     model_id: int | None = None  # the model `controller` was built from
+    # The last step this worker's controller saw; when the database's last step differs,
+    # another worker (or this process before a restart) served the steps in between.
+    last_step: int | None = None
 
     @property
     def spec(self) -> ProcessSpec:
@@ -247,6 +254,7 @@ class LoopManager:
             raise
         _hand_over(controller, loop.applied)
         loop.controller, loop.model_id = controller, model.id
+        loop.last_step = None  # the new twin refills its window from the stored steps
 
     def history(self, session: Session, run_id: int) -> list[ModelActivation]:
         """The loop's model activations, newest first."""
@@ -330,6 +338,7 @@ class LoopManager:
             controller = self._build(session, model_id, planner or "casadi")
             _hand_over(controller, loop.applied)
             loop.controller, loop.model_id = controller, model_id
+            loop.last_step = None  # the new twin refills its window from the stored steps
 
     def _step_locked(self, session: Session, loop: Loop, time_s: float,
                      measurements: dict[str, float | None],
@@ -339,6 +348,8 @@ class LoopManager:
         previous = last_step(session, loop.run_id)
         if previous is not None and time_s <= previous.time_s:
             raise Conflict(f"time_s {time_s} is not after the last step's {previous.time_s}")
+        if previous is not None and previous.step != loop.last_step:
+            self._catch_up(session, loop, previous.step)
         merged = {**loop.setpoints, **setpoints}
         try:
             record = loop.controller.step(time_s, measurements, merged)
@@ -359,6 +370,7 @@ class LoopManager:
             session.rollback()
             raise
         loop.setpoints, loop.applied = merged, dict(record.actuators)
+        loop.last_step = number
         return number, dataclasses.replace(record, step=number)
 
     # ------------------------------------------------------------ helpers
@@ -396,6 +408,23 @@ class LoopManager:
             applied = values.get("actuator", {})
             _hand_over(controller, applied)
         return Loop(run_id, controller, setpoints, applied, model_id=model_id)
+
+    def _catch_up(self, session: Session, loop: Loop, last: int) -> None:
+        """Refill the controller's context window from the stored steps it did not see.
+
+        Loops are served by whichever API worker holds the client's connection; after a
+        reconnect to another worker, or a restart, the window would otherwise miss samples
+        (or be empty), and the twin would plan from a wrong picture of the plant."""
+        prime = getattr(loop.controller, "prime", None)
+        if prime is None:
+            return
+        window = getattr(getattr(loop.controller, "twin", None), "config", None)
+        depth = int(getattr(window, "window", CATCH_UP_STEPS))
+        history = stored_history(session, loop.run_id, max(0, last - depth + 1), last)
+        prime(history)
+        if history:
+            loop.applied = dict(history[-1][2])
+        loop.last_step = last
 
     def _build(self, session: Session, model_id: int, planner: str) -> Controller:
         checkpoint = load_model_bytes(session, model_id)

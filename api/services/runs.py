@@ -849,6 +849,23 @@ def values_between(session: Session, run_id: int, first_step: int, last_step: in
     return ((c, t, s, v) for c, t, s, v in session.execute(query))
 
 
+def stored_history(session: Session, run_id: int, first_step: int, last_step: int
+                   ) -> list[tuple[float, dict[str, float | None], dict[str, float]]]:
+    """(time_s, measurements, actuators applied) of steps first..last, oldest first: what a
+    controller needs to rebuild its context window. A sample stored as missing stays absent."""
+    steps = session.execute(select(RunStep.step, RunStep.time_s).where(
+        RunStep.run_id == run_id, RunStep.step.between(first_step, last_step))
+        .order_by(RunStep.step)).all()
+    measured: dict[int, dict[str, float | None]] = {row.step: {} for row in steps}
+    applied: dict[int, dict[str, float]] = {row.step: {} for row in steps}
+    channels = (Channel.SENSOR, Channel.DISTURBANCE, Channel.ACTUATOR)
+    for channel, tag, step, value in values_between(session, run_id, first_step, last_step,
+                                                    [str(c) for c in channels]):
+        if step in measured:
+            (applied if channel == Channel.ACTUATOR else measured)[step][tag] = value
+    return [(row.time_s, measured[row.step], applied[row.step]) for row in steps]
+
+
 def recorded_tags(session: Session, run_id: int, first_step: int,
                   last_step: int) -> set[tuple[str, str]]:
     """(channel, tag) pairs with at least one value in steps first..last."""
