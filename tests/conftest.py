@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from api.db import make_engine, make_session_factory, normalize_url
 from api.migrate import upgrade
+from api.orm import Role
 from api.settings import Settings
 from twin.records import EpisodeResult, Plan, SafetyEvent, StepRecord, StepStatus
 from twin.spec import ProcessSpec
@@ -179,4 +180,29 @@ def app(db_url: str, fake_factory) -> FastAPI:
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
+        yield test_client
+
+
+# ---------------------------------------------------------------- access control
+
+
+@pytest.fixture
+def tokens(session: Session) -> dict[Role, str]:
+    """One key per role, made the way the first key is: from the command line's service."""
+    from api.services import auth
+
+    return {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
+            for role in Role}
+
+
+@pytest.fixture
+def secure_app(db_url: str, fake_factory) -> FastAPI:
+    """The app with keys required (the fake controller factory, as `app`)."""
+    return create_app(Settings(database_url=db_url, auth_required=True),
+                      controller_factory=fake_factory)
+
+
+@pytest.fixture
+def secure(secure_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(secure_app) as test_client:
         yield test_client

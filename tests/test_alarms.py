@@ -7,7 +7,6 @@ Every database test runs on SQLite and (with TWIN_TEST_POSTGRES_URL) PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import services
-from api.app import create_app
 from api.errors import Conflict, Invalid, NotFound
 from api.orm import (
     Alarm,
@@ -30,10 +28,9 @@ from api.orm import (
     RunStatus,
     utcnow,
 )
-from api.services import alarms, auth
+from api.services import alarms
 from api.services.audit import Actor
 from api.services.runs import write_steps
-from api.settings import Settings
 from twin.records import SafetyEvent, StepRecord, StepStatus
 from twin.spec import ProcessSpec
 
@@ -366,24 +363,6 @@ def test_stopping_a_loop_clears_its_alarms(session: Session, loop: Loop) -> None
 
 
 # ---------------------------------------------------------------- the API and the page
-
-
-@pytest.fixture
-def tokens(session: Session) -> dict[Role, str]:
-    return {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
-            for role in Role}
-
-
-@pytest.fixture
-def secure_app(db_url: str, fake_factory) -> FastAPI:
-    return create_app(Settings(database_url=db_url, auth_required=True),
-                      controller_factory=fake_factory)
-
-
-@pytest.fixture
-def secure(secure_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(secure_app) as test_client:
-        yield test_client
 
 
 def _bearer(token: str) -> dict[str, str]:

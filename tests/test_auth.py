@@ -6,7 +6,6 @@ Every database test runs on SQLite and (with TWIN_TEST_POSTGRES_URL) PostgreSQL.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,25 +41,6 @@ GOOD_STEP = {"time_s": 0.0, "measurements": {"Ca": 0.5, "T": 350.0, "Caf": 1.0, 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def tokens(session: Session) -> dict[Role, str]:
-    """One key per role, made the way the first key is: from the command line's service."""
-    return {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
-            for role in Role}
-
-
-@pytest.fixture
-def secure_app(db_url: str, fake_factory) -> FastAPI:
-    return create_app(Settings(database_url=db_url, auth_required=True),
-                      controller_factory=fake_factory)
-
-
-@pytest.fixture
-def secure(secure_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(secure_app) as test_client:
-        yield test_client
 
 
 @pytest.fixture

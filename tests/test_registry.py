@@ -27,7 +27,6 @@ from api import services
 from api.app import create_app
 from api.cli import app as cli
 from api.orm import AuditEntry, ModelActivation, Role, Run, TwinModel
-from api.services import auth
 from api.services.loops import STALE_AFTER_PERIODS, LoopManager
 from api.settings import Settings
 from processes import cstr
@@ -428,12 +427,6 @@ def test_fallback_status_and_the_loop_list(api: TestClient, loop: int,
 
 
 # ---------------------------------------------------------------- roles
-
-
-@pytest.fixture
-def tokens(session: Session) -> dict[Role, str]:
-    return {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
-            for role in Role}
 
 
 def test_roles_read_step_and_switch(db_url: str, factory, clock: Clock, session: Session,
