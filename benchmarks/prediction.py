@@ -5,6 +5,7 @@
     python benchmarks/prediction.py --process cstr --study ablation   # anti-collapse
     python benchmarks/prediction.py --process cstr --study data       # data amount, policy
     python benchmarks/prediction.py --process cstr --study coarse     # coarse vs chained
+    python benchmarks/prediction.py --process cstr --study encoder    # window-relative input
 
 Training data: the process's `generate_training_log` (its TRAINING_RECIPE hours, seed 1);
 held-out data: the same generator with other seeds (other disturbance sequences and, for
@@ -341,6 +342,32 @@ def ablation_study(name: str, quick: bool) -> dict[str, Any]:
     return out
 
 
+ENCODER_VARIANTS = {
+    "plain (default)": {"window_norm": False, "present_skip": False},
+    "window_norm + present_skip": {"window_norm": True, "present_skip": True},
+}
+
+
+def encoder_study(name: str, quick: bool) -> dict[str, Any]:
+    """The default encoder against the RevIN-style window-relative one with a skip from the
+    present sample: open-loop error and rank (closed-loop cost: benchmarks/control.py)."""
+    module = get_process(name)
+    s = settings(module, quick)
+    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
+    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
+    test_df = held_out_log(module, name, s["held_out_hours"])
+    out: dict[str, Any] = {"budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
+                           "variants": {}}
+    for variant, changes in ENCODER_VARIANTS.items():
+        cfg = jepa_config(name, budget)
+        cfg = replace(cfg, model=replace(cfg.model, **changes))
+        result, _, _ = _score_jepa(df, module, cfg, test_df, s["eval_starts"])
+        out["variants"][variant] = result
+        console.log(f"{name} encoder {variant}: rank {result['effective_rank']:.2f} "
+                    f"nrmse {result['nrmse']}")
+    return out
+
+
 def closed_loop_log(module: ModuleType, hours: float, seed: int) -> pd.DataFrame:
     """Logs of the baseline controller on random setpoint and disturbance schedules (CSTR)."""
     from processes import cstr
@@ -433,7 +460,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--process", required=True)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--study", choices=["main", "ablation", "data", "coarse"],
+    parser.add_argument("--study", choices=["main", "ablation", "data", "coarse", "encoder"],
                         default="main")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -445,7 +472,8 @@ def main() -> None:
     else:
         study, key = {"ablation": (ablation_study, "ablation"),
                       "data": (data_study, "data_size"),
-                      "coarse": (coarse_study, "coarse_predictor")}[args.study]
+                      "coarse": (coarse_study, "coarse_predictor"),
+                      "encoder": (encoder_study, "encoder")}[args.study]
         merge(args.process, study(args.process, args.quick), key)
 
 

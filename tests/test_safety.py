@@ -243,7 +243,10 @@ def test_failing_planner_falls_back(twin: Twin, mode: str, with_pi: bool) -> Non
 
 def test_wild_plan_is_clipped_by_safety_layer(twin: Twin) -> None:
     for value in (1e6, -1e6):
-        controller = TwinController(twin, StubPlanner("wild", value=value))
+        # The disagreement guard is off: a plan pinned at a bound leaves the data the
+        # members saw, and that trip has its own test; this one is about the clipping.
+        controller = TwinController(twin, StubPlanner("wild", value=value),
+                                    disagreement_trip=math.inf)
         previous = cstr.TC_NOMINAL
         for k, meas in enumerate(_plant_samples(40)):
             record = controller.step(k * 6.0, meas, {"T": 360.0})
@@ -441,13 +444,14 @@ def test_untouched_ensemble_does_not_trip_and_its_spread_is_recorded(twin: Twin)
         assert len(spread) == len(plan.time_s) == 6
         assert all(math.isfinite(v) and v >= 0.0 for v in spread)
         assert max(spread) > 0.0  # the members are distinct models
-        assert max(spread) < DISAGREEMENT_TRIP * twin.norm.std[twin.norm.index(tag)]
+        guarded = spread[:3]  # the steps the guard judges (disagreement_steps)
+        assert max(guarded) < DISAGREEMENT_TRIP * twin.norm.std[twin.norm.index(tag)]
     assert records[-1].to_dict()["plan"]["spread"] == plan.spread
 
 
 def test_disagreeing_members_trip_to_the_baseline(twin: Twin) -> None:
     calm = _run_casadi(twin, 3)[-1].plan
-    records = _run_casadi(_disagreeing(twin, 2.0), 3)
+    records = _run_casadi(_disagreeing(twin, 4.0), 3)
     reference = cstr.PIController()
     previous = cstr.TC_NOMINAL
     for record, meas in zip(records, _plant_samples(3), strict=True):
@@ -463,7 +467,7 @@ def test_disagreeing_members_trip_to_the_baseline(twin: Twin) -> None:
         assert record.actuators["Tc"] == pytest.approx(reference(meas["T"], 360.0))
         previous = record.actuators["Tc"]
     assert records[-1].plan is not None  # the distrusted plan is kept for the record
-    assert max(records[-1].plan.spread["T"]) > 10 * max(calm.spread["T"])
+    assert max(records[-1].plan.spread["T"][:3]) > 5 * max(calm.spread["T"][:3])
 
 
 def test_disagreement_without_a_baseline_holds(twin: Twin) -> None:
