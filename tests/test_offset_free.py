@@ -88,3 +88,15 @@ def test_a_new_setpoint_restarts_the_integral(twin: Twin) -> None:
     plain = _run(twin, 0.0, temperatures, setpoints).goals
     assert _goal_t(twin, goals[5]) > _goal_t(twin, plain[5])
     np.testing.assert_allclose(goals[-1], plain[-1])  # at the setpoint: no error to add
+
+
+def test_several_setpoints_leave_the_goal_alone(twin: Twin) -> None:
+    recorder = GoalRecorder()
+    controller = TwinController(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
+                                disagreement_trip=math.inf, offset_gain=0.1)
+    base = cstr.CSTRSimulator(seed=0).measure()
+    std = twin.norm.std[twin.norm.index("T")]
+    for k in range(4):
+        controller.step(6.0 * k, {**base, "T": 350.0 - 0.3 * std},
+                        {"T": 350.0, "Ca": float(base["Ca"])})
+    np.testing.assert_allclose(recorder.goals[-1], recorder.goals[0])

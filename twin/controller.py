@@ -306,7 +306,9 @@ class TwinController:
             self._goal = self.twin.goal_embedding(dict(setpoints), conditions)
             self._offset_map = None
         assert self._goal is not None
-        if not self.offset_gain:
+        # One setpoint only: with several, the least-norm shift couples them through a
+        # Jacobian the twin may have wrong (a TEP test plant tripped with it on).
+        if not self.offset_gain or len(setpoints) > 1:
             return self._goal
         return self._goal + self._goal_shift(setpoints, measurements)
 
