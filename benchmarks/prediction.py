@@ -177,12 +177,20 @@ def ratio(scores: dict[str, dict[str, float]], h: str, model: str = "jepa") -> f
 
 # -- the main table ----------------------------------------------------------------------------
 
-def main_table(name: str, quick: bool) -> dict[str, Any]:
+def study_data(name: str, quick: bool
+               ) -> tuple[ModuleType, dict[str, Any], Budget, pd.DataFrame, pd.DataFrame]:
+    """What every table and study starts from: the process, its settings and budget, the
+    training log and the held-out log."""
     module = get_process(name)
     s = settings(module, quick)
     budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
     df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
     test_df = held_out_log(module, name, s["held_out_hours"])
+    return module, s, budget, df, test_df
+
+
+def main_table(name: str, quick: bool) -> dict[str, Any]:
+    module, s, budget, df, test_df = study_data(name, quick)
     started = time.perf_counter()
     twin = train_jepa(df, module, jepa_config(name, budget))
     jepa_seconds = time.perf_counter() - started
@@ -281,11 +289,7 @@ def coarse_comparison(twin: Twin, ev: Evaluation) -> dict[str, Any] | None:
 
 def coarse_study(name: str, quick: bool) -> dict[str, Any]:
     """The coarse predictor against chained one-step prediction at every block end."""
-    module = get_process(name)
-    s = settings(module, quick)
-    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
-    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
-    test_df = held_out_log(module, name, s["held_out_hours"])
+    module, s, budget, df, test_df = study_data(name, quick)
     twin = train_jepa(df, module, jepa_config(name, budget))
     test = WindowDataset(test_df, module.SPEC, twin.config.window, max(HORIZONS), twin.norm)
     result = coarse_comparison(twin, Evaluation(test, test_df, s["eval_starts"]))
@@ -326,11 +330,7 @@ def _predict(f: Forecaster, ev: Evaluation) -> np.ndarray:
 
 def ablation_study(name: str, quick: bool) -> dict[str, Any]:
     """Each anti-collapse method with everything else at its default."""
-    module = get_process(name)
-    s = settings(module, quick)
-    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
-    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
-    test_df = held_out_log(module, name, s["held_out_hours"])
+    module, s, budget, df, test_df = study_data(name, quick)
     out: dict[str, Any] = {"budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
                            "default": TrainConfig().collapse, "methods": {}}
     for method, changes in ABLATION.items():
@@ -351,11 +351,7 @@ ENCODER_VARIANTS = {
 def encoder_study(name: str, quick: bool) -> dict[str, Any]:
     """The default encoder against the RevIN-style window-relative one with a skip from the
     present sample: open-loop error and rank (closed-loop cost: benchmarks/control.py)."""
-    module = get_process(name)
-    s = settings(module, quick)
-    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
-    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
-    test_df = held_out_log(module, name, s["held_out_hours"])
+    module, s, budget, df, test_df = study_data(name, quick)
     out: dict[str, Any] = {"budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
                            "variants": {}}
     for variant, changes in ENCODER_VARIANTS.items():
@@ -394,11 +390,7 @@ def closed_loop_log(module: ModuleType, hours: float, seed: int) -> pd.DataFrame
 def data_study(name: str, quick: bool) -> dict[str, Any]:
     """Error against the share of the training log used, for the twin and two baselines;
     for the CSTR also excitation data against closed-loop baseline data of equal length."""
-    module = get_process(name)
-    s = settings(module, quick)
-    budget = Budget(epochs=s["epochs"], max_seconds=s["max_seconds"])
-    df = cached_log(module, name, s["train_hours"], TRAIN_SEED)
-    test_df = held_out_log(module, name, s["held_out_hours"])
+    module, s, budget, df, test_df = study_data(name, quick)
     out: dict[str, Any] = {"fractions": {}}
     for fraction in (0.1, 0.3, 1.0):
         part = df.iloc[: int(len(df) * fraction)].reset_index(drop=True)
