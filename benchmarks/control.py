@@ -11,7 +11,9 @@ Every controller meets the same cases x seeds. Scores come from the true plant s
 Writes benchmarks/results/control_<process>.json shaped
 {"<process>": {"<controller>": {"cost", "cost_ratio_to_oracle", "violations",
 "worst_violation", "fallbacks", "plan_ms_median", "plan_ms_p99", "metrics": {...},
-"episodes": [...]}}, "meta": {...}}. Costs are means over episodes; the ratio is the mean of
+"episodes": [...]}}, "groups": {...}, "meta": {...}}. "groups" holds, per controller,
+the means over each case group where the process defines `case_group` (glucose: adults,
+adolescents, children, unannounced meals). Costs are means over episodes; the ratio is the mean of
 per-episode ratios to the oracle (or to the baseline where a process has no oracle, and
 then says so in meta.reference); planning times are over all steps of all episodes.
 """
@@ -116,9 +118,40 @@ def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
         "plan_ms_median": float(np.median(plan_ms)),
         "plan_ms_p99": float(np.percentile(plan_ms, 99)),
         "metrics": {k: float(np.mean([m[k] for m in metrics if k in m])) for k in numeric},
-        "episodes": [{"case": case, "seed": seed, **{k: ep.metrics[k] for k in (
-            "cost", "violations", "worst_violation", "fallbacks")}} for case, seed, ep in runs],
+        "episodes": [{"case": case, "seed": seed,
+                      **{k: v for k, v in ep.metrics.items() if isinstance(v, int | float)}}
+                     for case, seed, ep in runs],
     }
+
+
+def group_summaries(module: ModuleType, results: dict[str, dict[str, Any]], keys: list[str]
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """Per controller, the mean of `keys` over the episodes of each case group (the
+    module's `case_group`, e.g. glucose: adult / adolescent / child); {} without groups."""
+    grouping = getattr(module, "case_group", None)
+    if grouping is None:
+        return {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, result in results.items():
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for episode in result["episodes"]:
+            groups.setdefault(grouping(episode["case"]), []).append(episode)
+        out[name] = {group: {"episodes": len(eps), **{
+            k: float(np.mean([e[k] for e in eps if k in e])) for k in keys
+            if any(k in e for e in eps)}} for group, eps in groups.items()}
+    return out
+
+
+def print_groups(process: str, groups: dict[str, dict[str, dict[str, float]]],
+                 keys: list[str]) -> None:
+    table = Table(title=f"{process}: by case group, mean over episodes")
+    for col in ("controller", "group", "episodes", *keys):
+        table.add_column(col, justify="right")
+    for name, by_group in groups.items():
+        for group, values in sorted(by_group.items()):
+            table.add_row(name, group, str(int(values["episodes"])),
+                          *[f"{values.get(k, float('nan')):.4g}" for k in keys])
+    console.print(table)
 
 
 def print_table(process: str, results: dict[str, dict[str, Any]], reference: str,
@@ -178,8 +211,12 @@ def main() -> None:
         row.key for row in module.EPISODE_SUMMARY
         if row.key not in ("cost", "violations", "fallbacks", "plan_ms_median", "plan_ms_p99")]
     print_table(args.process, results, reference, extra)
+    groups = group_summaries(module, results, ["cost", *extra])
+    if groups:
+        print_groups(args.process, groups, ["cost", *extra])
     payload = {
         args.process: results,
+        "groups": groups,
         "meta": {
             "reference": reference,
             "cases": cases,

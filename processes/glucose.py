@@ -755,6 +755,14 @@ TRAINING_CASE_KEYS = ("patient",)
 ALL_CASES: tuple[dict[str, Any], ...] = tuple({"patient": p} for p in ALL_PATIENTS)
 """Every virtual patient, announced meals (benchmarks: --cases all)."""
 
+
+def case_group(case: Mapping[str, Any]) -> str:
+    """The benchmark's reporting group of a case: the patient's age group, with
+    unannounced-meal cases apart (their targets differ)."""
+    age = str(case.get("patient", DEFAULT_PATIENT)).split("#")[0]
+    group = {"child": "children"}.get(age, f"{age}s")
+    return f"{group}, unannounced meals" if case.get("unannounced") else group
+
 EPISODE_SUMMARY = (
     SummaryRow("cost", "risk index LBGI+HBGI"),
     SummaryRow("tir_pct", "time in range 70-180", "%", ".1f"),

@@ -347,3 +347,10 @@ def test_tiny_twin_drives_the_patient_through_the_pump() -> None:
         assert {"CGM", "IOB", "CHO", "basal", "bolus"} <= set(s.measurements)
         assert set(s.margins) == {"CGM", "IOB"} and s.setpoints == {"CGM": 120.0}
     assert set(CORE_METRICS) <= set(ep.metrics)
+
+
+def test_benchmark_cases_group_by_age_and_meal_announcement() -> None:
+    groups = [g.case_group(case) for case in g.BENCHMARK_CASES]
+    assert groups == ["adolescents", "adults", "children", "adults, unannounced meals"]
+    assert {g.case_group(case) for case in g.ALL_CASES} == {
+        "adolescents", "adults", "children"}

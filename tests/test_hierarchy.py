@@ -11,10 +11,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twin_fixtures import tiny_twin
+from twin_fixtures import cold_controller, tiny_twin
 
 from processes import cstr
-from twin.controller import TwinController
 from twin.hierarchy import HierarchicalPlanner
 from twin.planner_names import PLANNER_NAMES
 from twin.planning import PlannerSettings, PlanningProblem, RTIPlanner, make_planner
@@ -155,7 +154,7 @@ def test_controller_runs_the_hierarchy_safely(twin: Twin) -> None:
     # the tiny twin's one-step forecasts are rough: keep the mismatch check out; the
     # deadline is generous so a busy test machine cannot turn a slow plan into a fallback
     settings = dataclasses.replace(FINE, deadline_ms=60_000.0)
-    controller = TwinController(twin, make_planner("hierarchical", twin, settings),
+    controller = cold_controller(twin, make_planner("hierarchical", twin, settings),
                                 cstr.pi_fallback(), mismatch_trip=math.inf)
     sim = cstr.CSTRSimulator(seed=0)
     meas, previous, statuses = sim.measure(), cstr.TC_NOMINAL, []

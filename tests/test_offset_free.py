@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from twin_fixtures import tiny_twin
+from twin_fixtures import cold_controller, tiny_twin
 
 from processes import cstr
-from twin.controller import OFFSET_BAND, OFFSET_LIMIT, TwinController
+from twin.controller import OFFSET_BAND, OFFSET_LIMIT
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult
 from twin.twin_model import Twin
 
@@ -44,7 +44,7 @@ def _goal_t(twin: Twin, goal: np.ndarray) -> float:
 def _run(twin: Twin, gain: float, temperatures: list[float], setpoints: list[float]
          ) -> GoalRecorder:
     recorder = GoalRecorder()
-    controller = TwinController(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
+    controller = cold_controller(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
                                 disagreement_trip=math.inf, offset_gain=gain)
     base = cstr.CSTRSimulator(seed=0).measure()
     for k, (temperature, setpoint) in enumerate(zip(temperatures, setpoints, strict=True)):
@@ -92,7 +92,7 @@ def test_a_new_setpoint_restarts_the_integral(twin: Twin) -> None:
 
 def test_several_setpoints_leave_the_goal_alone(twin: Twin) -> None:
     recorder = GoalRecorder()
-    controller = TwinController(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
+    controller = cold_controller(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
                                 disagreement_trip=math.inf, offset_gain=0.1)
     base = cstr.CSTRSimulator(seed=0).measure()
     std = twin.norm.std[twin.norm.index("T")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twin_fixtures import rate_per_sample, tiny_twin
+from twin_fixtures import cold_controller, rate_per_sample, tiny_twin
 
 from processes import cstr
 from twin.controller import DISAGREEMENT_TRIP, TwinController
@@ -211,7 +211,7 @@ EXPECTED = {
 @pytest.mark.parametrize("mode", sorted(EXPECTED))
 def test_failing_planner_falls_back(twin: Twin, mode: str, with_pi: bool) -> None:
     planner = StubPlanner(mode)
-    controller = TwinController(twin, planner, cstr.pi_fallback() if with_pi else None)
+    controller = cold_controller(twin, planner, cstr.pi_fallback() if with_pi else None)
     reference = cstr.PIController()
     kind, reason = EXPECTED[mode]
     setpoint = 375.0  # far from T: the PI moves, a hold does not
@@ -245,7 +245,7 @@ def test_wild_plan_is_clipped_by_safety_layer(twin: Twin) -> None:
     for value in (1e6, -1e6):
         # The disagreement guard is off: a plan pinned at a bound leaves the data the
         # members saw, and that trip has its own test; this one is about the clipping.
-        controller = TwinController(twin, StubPlanner("wild", value=value),
+        controller = cold_controller(twin, StubPlanner("wild", value=value),
                                     disagreement_trip=math.inf)
         previous = cstr.TC_NOMINAL
         for k, meas in enumerate(_plant_samples(40)):
@@ -261,7 +261,7 @@ def test_wild_plan_is_clipped_by_safety_layer(twin: Twin) -> None:
 
 
 def test_controller_uses_reported_actuator_as_previous(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("fail"))
+    controller = cold_controller(twin, StubPlanner("fail"))
     meas = dict(_plant_samples(1)[0], Tc=300.0)  # the plant says it applied 300 K
     record = controller.step(0.0, meas, {"T": 350.0})
     assert record.actuators == {"Tc": 300.0}
@@ -271,7 +271,7 @@ def test_controller_uses_reported_actuator_as_previous(twin: Twin) -> None:
 def test_stale_data_holds(twin: Twin, gap_periods: int) -> None:
     planner = StubPlanner("wild", value=1e6)
     # the stub's embeddings forecast nothing real: keep the mismatch check out of this test
-    controller = TwinController(twin, planner, cstr.pi_fallback(), mismatch_trip=math.inf)
+    controller = cold_controller(twin, planner, cstr.pi_fallback(), mismatch_trip=math.inf)
     samples = _plant_samples(4)
     first = controller.step(0.0, samples[0], {"T": 360.0})
     second = controller.step(6.0, samples[1], {"T": 360.0})
@@ -289,8 +289,46 @@ def test_stale_data_holds(twin: Twin, gap_periods: int) -> None:
     assert first.status is StepStatus.OK
 
 
+@pytest.mark.parametrize("with_pi", [False, True], ids=["hold", "pi"])
+def test_a_cold_twin_waits_for_its_window_before_acting(twin: Twin, with_pi: bool) -> None:
+    planner = StubPlanner("wild", value=1e6)
+    controller = TwinController(twin, planner, cstr.pi_fallback() if with_pi else None,
+                                mismatch_trip=math.inf)
+    window = twin.config.window
+    assert controller.warmup_samples == window  # the default: the whole window
+    reference = cstr.PIController()
+    previous = cstr.TC_NOMINAL
+    samples = _plant_samples(window + 1)
+    for k, meas in enumerate(samples[:window - 1]):
+        record = controller.step(k * 6.0, meas, {"T": 375.0})
+        warm = [e for e in record.events if e.kind == "warming_up"]
+        assert record.status is StepStatus.FALLBACK and len(warm) == 1
+        assert f"{k + 1}/{window} samples" in warm[0].message
+        assert record.plan is None and planner.calls == 0
+        reference.u = previous
+        expected = reference(meas["T"], 375.0) if with_pi else previous
+        assert record.actuators["Tc"] == pytest.approx(expected, abs=1e-9)
+        previous = record.actuators["Tc"]
+    record = controller.step((window - 1) * 6.0, samples[window - 1], {"T": 375.0})
+    assert record.status is StepStatus.OK and planner.calls == 1
+    # a gap longer than the window empties it: the twin warms up again
+    controller.step(window * 6.0 + 1000.0, samples[window], {"T": 375.0})
+    again = controller.step(window * 6.0 + 1006.0, samples[window], {"T": 375.0})
+    assert "warming_up" in {e.kind for e in again.events} and planner.calls == 1
+
+
+def test_a_primed_twin_acts_at_once(twin: Twin) -> None:
+    planner = StubPlanner("wild", value=0.0)
+    controller = TwinController(twin, planner, cstr.pi_fallback(), mismatch_trip=math.inf)
+    samples = _plant_samples(twin.config.window + 1)
+    controller.prime([(k * 6.0, meas, {"Tc": cstr.TC_NOMINAL})
+                      for k, meas in enumerate(samples[:-1])])
+    record = controller.step(len(samples[:-1]) * 6.0, samples[-1], {"T": 360.0})
+    assert record.status is StepStatus.OK and planner.calls == 1
+
+
 def test_gap_of_exactly_three_periods_is_not_stale(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("fail"))
+    controller = cold_controller(twin, StubPlanner("fail"))
     samples = _plant_samples(2)
     controller.step(0.0, samples[0], {"T": 360.0})
     record = controller.step(18.0, samples[1], {"T": 360.0})
@@ -299,7 +337,7 @@ def test_gap_of_exactly_three_periods_is_not_stale(twin: Twin) -> None:
 
 
 def test_sample_without_any_sensor_holds(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("wild"))
+    controller = cold_controller(twin, StubPlanner("wild"))
     meas = _plant_samples(1)[0]
     record = controller.step(0.0, dict(meas, T=None, Ca=None), {"T": 360.0})
     assert record.status is StepStatus.STALE
@@ -335,7 +373,7 @@ BAD_INPUTS = {
 def test_invalid_input_leaves_state_unchanged(twin: Twin, case: str) -> None:
     time_s, override, setpoints, pattern = BAD_INPUTS[case]
     planner = StubPlanner("wild", value=0.0)
-    controller = TwinController(twin, planner)
+    controller = cold_controller(twin, planner)
     samples = _plant_samples(3)
     controller.step(0.0, samples[0], {"T": 360.0})
     controller.step(6.0, samples[1], {"T": 360.0})
@@ -349,7 +387,7 @@ def test_invalid_input_leaves_state_unchanged(twin: Twin, case: str) -> None:
 
 
 def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+    controller = cold_controller(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
                                 mismatch_trip=math.inf)
     meas = _plant_samples(1)[0]
     band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
@@ -368,8 +406,32 @@ def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None
     assert second.actuators["Tc"] < first.actuators["Tc"]  # the baseline cools
 
 
+def test_baseline_runs_once_per_sample_when_plan_and_guard_both_fall_back(twin: Twin) -> None:
+    """A stateful baseline (integrators, its own clock) must see each sample once, even
+    when the planner fails and the limit guard trips in the same step."""
+    calls: list[float] = []
+    pi = cstr.pi_fallback()
+
+    def counting(meas, setpoints, applied):  # type: ignore[no-untyped-def]
+        calls.append(float(meas["T"]))
+        return pi(meas, setpoints, applied)
+
+    controller = cold_controller(twin, StubPlanner("fail"), counting, mismatch_trip=math.inf)
+    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
+    meas = _plant_samples(1)[0]
+    reference = cstr.PIController()
+    reference.u = cstr.TC_NOMINAL
+    for k in range(4):  # inside the guard band from the first step on
+        t = cstr.T_LIMIT_K - 0.5 * band + 0.01 * k
+        record = controller.step(k * 6.0, dict(meas, T=t), {"T": 360.0})
+        kinds = {e.kind for e in record.events}
+        assert record.status is StepStatus.FALLBACK and {"solver_failed", "limit_guard"} <= kinds
+        assert len(calls) == k + 1
+        assert record.actuators["Tc"] == pytest.approx(reference(t, 360.0), abs=1e-9)
+
+
 def test_model_mismatch_trips_and_recovers_with_hysteresis(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+    controller = cold_controller(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
                                 trust_after_steps=3, guard_band=0.0)
     # Two error units off: a clear trip whatever the twin's readout error widened them to.
     miss = 2 * controller._error_scale("T")
@@ -401,7 +463,7 @@ def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
         poor = copy.copy(twin)
         poor.metrics = {**twin.metrics, "readout_rmse": {**twin.metrics["readout_rmse"],
                                                          "T": rmse_t}}
-        controller = TwinController(poor, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+        controller = cold_controller(poor, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
                                     guard_band=0.0)
         controller.step(0.0, meas, {"T": 360.0})
         return controller.step(6.0, dict(meas, T=forecasts["T"] + miss), {"T": 360.0}).status
@@ -413,7 +475,7 @@ def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
 
 
 def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:
-    controller = TwinController(twin, StubPlanner("wild", value=0.0))
+    controller = cold_controller(twin, StubPlanner("wild", value=0.0))
     with pytest.raises(InvalidInput, match="limits"):
         controller.step(0.0, _plant_samples(1)[0], {"T": cstr.T_LIMIT_K + 1.0})
 
@@ -430,7 +492,7 @@ def _disagreeing(twin: Twin, offset: float) -> Twin:
 
 
 def _run_casadi(twin: Twin, steps: int, fallback: bool = True) -> list:
-    controller = TwinController(twin, make_planner("casadi", twin, PlannerSettings(horizon=6)),
+    controller = cold_controller(twin, make_planner("casadi", twin, PlannerSettings(horizon=6)),
                                 cstr.pi_fallback() if fallback else None,
                                 mismatch_trip=math.inf, guard_band=0.0)
     return [controller.step(6.0 * k, meas, {"T": 360.0})

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from processes import cstr
+from twin.controller import TwinController
 from twin.model import JEPAConfig
 from twin.train import EpochLog, TrainConfig, train_twin
 from twin.twin_model import Twin
@@ -73,3 +74,9 @@ def assert_within_bounds_and_rate(values: np.ndarray, first_previous: float, low
     moves = np.abs(np.diff(np.concatenate([[first_previous], values])))
     worst = int(np.argmax(moves))
     assert moves[worst] <= rate + tol, f"move {moves[worst]} > {rate} at sample {worst}"
+
+
+def cold_controller(*args: Any, **kwargs: Any) -> TwinController:
+    """A controller that acts from its first sample (no warm-up): for the tests of what it
+    does once it acts; the warm-up has its own tests."""
+    return TwinController(*args, **{"warmup_samples": 0, **kwargs})

@@ -47,6 +47,13 @@ OFFSET_GAIN = 0.1
 """Integral action on the goal, per sample, in training stds of shift per std of error. On
 the CSTR benchmark episode (seeds 7, 11) it took the twin's cost from 17.9 to 16.5 (mean
 |error| 1.47 -> 1.15 K); 0.2 gave 16.4, so the gentler gain is kept."""
+WARMUP_SAMPLES: int | None = None
+"""Samples of history the twin needs before it acts (None: its whole window). With less,
+its embedding of the plant is a guess: on the CSTR benchmark (seed 7) a cold twin moved the
+coolant 3 K off a steady state at its first sample and took 15 samples to come back (cost
+16.6); acting after 8 samples gave 15.5, after the full 16 gave 14.8. Until then the
+baseline acts, or the actuators hold. A loop primed from stored history (`prime`) is warm
+at once."""
 OFFSET_BAND = 0.5
 """Integrate only while the error is inside this many training stds (no windup in moves)."""
 OFFSET_LIMIT = 0.5
@@ -58,7 +65,8 @@ class TwinController:
                  stale_after_s: float | None = None, guard_band: float = 0.3,
                  mismatch_trip: float = 0.3, mismatch_clear: float = 0.15,
                  trust_after_steps: int = 10, disagreement_trip: float = DISAGREEMENT_TRIP,
-                 disagreement_steps: int = 3, offset_gain: float = OFFSET_GAIN) -> None:
+                 disagreement_steps: int = 3, offset_gain: float = OFFSET_GAIN,
+                 warmup_samples: int | None = WARMUP_SAMPLES) -> None:
         """Thresholds are in training standard deviations of each sensor.
 
         `guard_band`: distance to a sensor limit inside which the fallback takes over.
@@ -69,6 +77,8 @@ class TwinController:
         controlled sensor, over the plan's first `disagreement_steps` steps, above which the
         plan is not trusted (see `DISAGREEMENT_TRIP`; when the twin's metrics hold the
         held-out ensemble spread, `DISAGREEMENT_MULTIPLE` times it if that is larger).
+        `warmup_samples`: samples with data the window must hold before the twin acts
+        (see `WARMUP_SAMPLES`; None or more than the window: the whole window).
         """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
@@ -77,6 +87,9 @@ class TwinController:
         self.trust_after_steps = trust_after_steps
         self.disagreement_trip, self.disagreement_steps = disagreement_trip, disagreement_steps
         self.offset_gain = offset_gain
+        window = twin.config.window
+        self.warmup_samples = window if warmup_samples is None else \
+            min(max(int(warmup_samples), 0), window)
         self.safety = SafetyLayer(self.spec)
         self._action_limits = Constraints.from_twin(twin, 0.0)
         self._spread: dict[str, list[float]] = {}
@@ -175,8 +188,11 @@ class TwinController:
         plan_result: PlanResult | None = None
         near_limit, mismatch = self._limit_guard(measurements), self._mismatch(measurements)
         guard = near_limit or mismatch
+        warming = not stale and self._warming_up()
         if stale:
             status, proposal = StepStatus.STALE, previous
+        elif warming:
+            status, proposal = self._warmup_step(measurements, setpoints, previous, events)
         else:
             status, proposal, plan_result = self._plan(measurements, setpoints, previous, events)
             if guard:
@@ -186,12 +202,15 @@ class TwinController:
                                                     "twin plan kept"))
                 else:
                     events.append(SafetyEvent(kind, f"{guard}; baseline controller used"))
-                    status = StepStatus.FALLBACK
-                    proposal = dict(self.fallback(measurements, setpoints, previous))
+                    # a stateful baseline (integrators, its own clock) runs once per sample:
+                    # if the plan already fell back, its move stands
+                    if status != StepStatus.FALLBACK:
+                        status = StepStatus.FALLBACK
+                        proposal = dict(self.fallback(measurements, setpoints, previous))
         safe = self.safety.enforce(proposal, previous)
         events += safe.events
         self.applied = safe.actuators
-        self._forecast(None if stale else self._z0, safe.actuators)
+        self._forecast(None if stale or warming else self._z0, safe.actuators)
         record = StepRecord(
             step=self.step_index, time_s=float(time_s),
             measurements={k: float(v) for k, v in measurements.items() if v is not None},
@@ -203,6 +222,20 @@ class TwinController:
         )
         self.step_index += 1
         return record
+
+    def _warming_up(self) -> bool:
+        return sum(bool(row) for row in self.rows) < self.warmup_samples
+
+    def _warmup_step(self, measurements: Mapping[str, float | None],
+                     setpoints: Mapping[str, float], previous: dict[str, float],
+                     events: list[SafetyEvent]) -> tuple[StepStatus, dict[str, float]]:
+        seen = sum(bool(row) for row in self.rows)
+        why = f"warming up: {seen}/{self.warmup_samples} samples of history"
+        if self.fallback is None:
+            events.append(SafetyEvent("warming_up", f"{why}; holding actuators"))
+            return StepStatus.FALLBACK, previous
+        events.append(SafetyEvent("warming_up", f"{why}; baseline controller used"))
+        return StepStatus.FALLBACK, dict(self.fallback(measurements, setpoints, previous))
 
     def _forecast(self, z0: np.ndarray | None, applied: Mapping[str, float]) -> None:
         """What the twin expects to measure next, given what was really applied (the
