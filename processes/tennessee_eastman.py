@@ -683,9 +683,14 @@ def baseline_fallback(overrides: bool = True) -> Fallback:
 
 
 def twin_policy(controller: TwinController) -> Policy:
+    """The twin's MPC. The plant reports its valve positions with the measurements (as a
+    DCS reads them back), so rate limits, the window and a takeover by the fallback start
+    from the valves as they are, not from the spec's rounded nominal values."""
+
     def act(plant: TEPPlant, time_s: float, meas: dict[str, float],
             setpoints: dict[str, float]) -> StepRecord:
-        return controller.step(time_s, meas, setpoints)
+        valves = dict(zip(MV_NAMES, map(float, plant.mv), strict=True))
+        return controller.step(time_s, {**meas, **valves}, setpoints)
 
     return act
 

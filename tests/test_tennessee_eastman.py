@@ -13,9 +13,14 @@ from twin_fixtures import assert_within_bounds_and_rate
 from processes import get_process
 from processes import tennessee_eastman as te
 from processes.base import CORE_METRICS, benchmark_cases
+from twin.controller import TwinController
 from twin.data import check_log
+from twin.model import JEPAConfig
+from twin.planning import PlannerSettings, PlanningProblem, PlanResult
 from twin.records import StepRecord
 from twin.spec import ProcessSpec, TagRole
+from twin.train import TrainConfig, train_twin
+from twin.twin_model import Twin
 
 RATE = te.RATE_PER_SAMPLE
 START_MV = te.TEPPlant(noise=False).mv  # the base-case valves every run starts from
@@ -300,9 +305,6 @@ def test_twin_controller_runs_the_plant_end_to_end() -> None:
     control quality is not the point here, the plumbing is (it falls back often)."""
     import torch
 
-    from twin.controller import TwinController
-    from twin.model import JEPAConfig
-    from twin.train import TrainConfig, train_twin
 
     df = te.generate_training_log(hours=1.0, seed=1)
     check_log(df, te.SPEC)
@@ -323,3 +325,24 @@ def test_twin_controller_runs_the_plant_end_to_end() -> None:
     assert ep.metrics["violations"] == 0
     _assert_valves_safe(ep.steps)
     assert all(s.margins and s.setpoints == te.BASE_SETPOINTS for s in ep.steps)
+    _assert_a_twin_that_never_plans_is_the_baseline(twin)
+
+
+def _assert_a_twin_that_never_plans_is_the_baseline(twin: Twin) -> None:
+    """With every plan failing, the twin's loop must be the baseline's, valve for valve:
+    the fallback is the same PI scheme, run once per sample on the same clock."""
+
+    class FailingPlanner:
+        name = "failing"
+        settings = PlannerSettings(horizon=2)
+
+        def plan(self, problem: PlanningProblem) -> PlanResult:
+            return PlanResult(False, np.zeros((2, len(te.MV_NAMES))),
+                              np.zeros((2, len(problem.z0))), 0.0, 0.1, message="test")
+
+    controller = TwinController(twin, FailingPlanner(), te.baseline_fallback())
+    twin_ep = te.run_episode(te.twin_policy(controller), "never plans", idv=1, hours=0.5)
+    base_ep = te.run_episode(te.baseline_policy(), "baseline", idv=1, hours=0.5)
+    for ours, theirs in zip(twin_ep.steps, base_ep.steps, strict=True):
+        assert ours.actuators == pytest.approx(theirs.actuators, abs=1e-9)
+    assert twin_ep.metrics["cost"] == pytest.approx(base_ep.metrics["cost"], rel=1e-9)
