@@ -317,6 +317,24 @@ def test_a_cold_twin_waits_for_its_window_before_acting(twin: Twin, with_pi: boo
     assert "warming_up" in {e.kind for e in again.events} and planner.calls == 1
 
 
+def test_a_twin_whose_warmup_forecasts_miss_is_not_trusted_after_it(
+        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the limit guard looks at the sensor only: the jumps below would trip its
+    # extrapolation, and it has its own tests
+    monkeypatch.setattr("twin.controller.GUARD_LOOKAHEAD", 0)
+    planner = StubPlanner("wild", value=0.0)
+    controller = TwinController(twin, planner, cstr.pi_fallback())
+    window = twin.config.window
+    samples = _plant_samples(window + 1)
+    for k, meas in enumerate(samples[:window - 1]):  # T jumps 40 K every sample
+        controller.step(k * 6.0, dict(meas, T=meas["T"] + (20.0 if k % 2 else -20.0)),
+                        {"T": 360.0})
+    record = controller.step((window - 1) * 6.0, samples[window - 1], {"T": 360.0})
+    kinds = {e.kind for e in record.events}
+    assert record.status is StepStatus.FALLBACK and "model_mismatch" in kinds
+    assert "warming_up" not in kinds  # the warm-up is over; the twin is not trusted yet
+
+
 def test_a_primed_twin_acts_at_once(twin: Twin) -> None:
     planner = StubPlanner("wild", value=0.0)
     controller = TwinController(twin, planner, cstr.pi_fallback(), mismatch_trip=math.inf)

@@ -188,10 +188,9 @@ class TwinController:
         plan_result: PlanResult | None = None
         near_limit, mismatch = self._limit_guard(measurements), self._mismatch(measurements)
         guard = near_limit or mismatch
-        warming = not stale and self._warming_up()
         if stale:
             status, proposal = StepStatus.STALE, previous
-        elif warming:
+        elif self._warming_up():
             status, proposal = self._warmup_step(measurements, setpoints, previous, events)
         else:
             status, proposal, plan_result = self._plan(measurements, setpoints, previous, events)
@@ -210,7 +209,7 @@ class TwinController:
         safe = self.safety.enforce(proposal, previous)
         events += safe.events
         self.applied = safe.actuators
-        self._forecast(None if stale or warming else self._z0, safe.actuators)
+        self._forecast(None if stale else self._z0, safe.actuators)
         record = StepRecord(
             step=self.step_index, time_s=float(time_s),
             measurements={k: float(v) for k, v in measurements.items() if v is not None},
@@ -223,6 +222,12 @@ class TwinController:
         self.step_index += 1
         return record
 
+    def _encode_window(self) -> np.ndarray:
+        window = window_from_rows(list(self.rows), list(self.before), self.twin.layout,
+                                  self.twin.norm)
+        self._z0 = self.twin.encode(window)
+        return self._z0
+
     def _warming_up(self) -> bool:
         return sum(bool(row) for row in self.rows) < self.warmup_samples
 
@@ -231,6 +236,9 @@ class TwinController:
                      events: list[SafetyEvent]) -> tuple[StepStatus, dict[str, float]]:
         seen = sum(bool(row) for row in self.rows)
         why = f"warming up: {seen}/{self.warmup_samples} samples of history"
+        # the twin forecasts while it waits: a twin whose forecasts miss the plant during
+        # the warm-up is not trusted when it ends (the mismatch check's hysteresis)
+        self._encode_window()
         if self.fallback is None:
             events.append(SafetyEvent("warming_up", f"{why}; holding actuators"))
             return StepStatus.FALLBACK, previous
@@ -371,8 +379,7 @@ class TwinController:
               previous: dict[str, float], events: list[SafetyEvent]
               ) -> tuple[StepStatus, Mapping[str, float], PlanResult | None]:
         layout = self.twin.layout
-        window = window_from_rows(list(self.rows), list(self.before), layout, self.twin.norm)
-        z0 = self._z0 = self.twin.encode(window)
+        z0 = self._encode_window()
         u_prev = self.twin.normalise_actions(np.array([previous[a] for a in layout.actions]))
         problem = PlanningProblem(z0, u_prev, self._goal_for(setpoints, measurements))
         reason = None
