@@ -15,7 +15,8 @@ Writes benchmarks/results/control_<process>.json shaped
 the means over each case group where the process defines `case_group` (glucose: adults,
 adolescents, children, unannounced meals). Costs are means over episodes; the ratio is the mean of
 per-episode ratios to the oracle (or to the baseline where a process has no oracle, and
-then says so in meta.reference); planning times are over all steps of all episodes.
+then says so in meta.reference); planning times are over the steps of all episodes on which
+a planner ran (not stale steps, not a twin's warm-up).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processes import get_process, process_names  # noqa: E402
-from processes.base import benchmark_cases  # noqa: E402
+from processes.base import benchmark_cases, planning_times_ms  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.records import EpisodeResult  # noqa: E402
 from twin.train import TrainConfig, train_twin  # noqa: E402
@@ -105,7 +106,7 @@ def run(module: ModuleType, twins: dict[TrainingKey, Twin], seeds: list[int],
 def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
               reference_costs: list[float]) -> dict[str, Any]:
     metrics = [ep.metrics for _, _, ep in runs]
-    plan_ms = np.concatenate([[s.solve_ms for s in ep.steps] for _, _, ep in runs])
+    plan_ms = np.concatenate([planning_times_ms(ep.steps) or [0.0] for _, _, ep in runs])
     numeric = sorted({k for m in metrics for k, v in m.items() if isinstance(v, int | float)})
     ratios = [m["cost"] / ref if ref > 0 else float("nan")
               for m, ref in zip(metrics, reference_costs, strict=True)]

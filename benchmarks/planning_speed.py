@@ -43,6 +43,7 @@ from rich.table import Table  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processes import cstr  # noqa: E402
+from processes.base import planning_times_ms  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.data import Normalizer  # noqa: E402
 from twin.model import JEPA, JEPAConfig  # noqa: E402
@@ -181,7 +182,7 @@ def cstr_loop(twin: Twin, planner: Planner, seed: int) -> dict[str, Any]:
     """The CSTR benchmark episode with this planner inside the twin controller."""
     controller = TwinController(twin, planner, fallback=cstr.baseline_fallback())
     episode = cstr.run_episode(cstr.twin_policy(controller), planner.name, seed=seed)
-    return {"times_ms": [s.solve_ms for s in episode.steps],
+    return {"times_ms": planning_times_ms(episode.steps),
             "loop_cost": float(episode.metrics["cost"]),
             "failures": sum(any(e.kind == "solver_failed" for e in s.events)
                             for s in episode.steps),

@@ -128,8 +128,15 @@ def rate_clip(target: float, previous: float, max_step: float, low: float, high:
     return float(np.clip(np.clip(target, previous - max_step, previous + max_step), low, high))
 
 
+def planning_times_ms(steps: Sequence[StepRecord]) -> list[float]:
+    """Time per step of the steps on which the policy planned: stale steps and a twin's
+    warm-up run no planner, and their 0 ms would flatter the median."""
+    return [s.solve_ms for s in steps if s.status != StepStatus.STALE
+            and not any(e.kind == "warming_up" for e in s.events)]
+
+
 def plan_time_metrics(steps: Sequence[StepRecord]) -> dict[str, float]:
-    plan_ms = np.array([s.solve_ms for s in steps]) if steps else np.zeros(1)
+    plan_ms = np.array(planning_times_ms(steps) or [0.0])
     return {
         "fallbacks": int(sum(s.status == StepStatus.FALLBACK for s in steps)),
         "plan_ms_median": float(np.median(plan_ms)),

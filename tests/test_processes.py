@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from processes import fallback_for, get_process, process_names
-from processes.base import CORE_METRICS, benchmark_cases
+from processes.base import CORE_METRICS, benchmark_cases, plan_time_metrics
 from twin.data import check_log
+from twin.records import SafetyEvent, StepRecord, StepStatus
 from twin.spec import SpecError
 
 NAMES = process_names()
@@ -44,3 +45,17 @@ def test_baseline_episode_reports_the_core_metrics(name: str) -> None:
     assert fallback_for(module.SPEC) is not None
     keys = {row.key for row in module.EPISODE_SUMMARY}
     assert keys <= set(episode.metrics), keys - set(episode.metrics)
+
+
+def test_planning_time_leaves_out_steps_without_a_plan() -> None:
+    def step(ms: float, status: StepStatus = StepStatus.OK, kind: str | None = None
+             ) -> StepRecord:
+        events = [SafetyEvent(kind, "test")] if kind else []
+        return StepRecord(0, 0.0, {}, {}, {}, status=status, solve_ms=ms, events=events)
+
+    steps = [step(0.0, StepStatus.FALLBACK, "warming_up")] * 5 + \
+        [step(0.0, StepStatus.STALE, "stale_data")] * 5 + \
+        [step(10.0), step(12.0), step(30.0, StepStatus.FALLBACK, "solver_failed")]
+    metrics = plan_time_metrics(steps)
+    assert metrics["plan_ms_median"] == 12.0 and metrics["fallbacks"] == 6
+    assert plan_time_metrics([step(0.0, StepStatus.STALE)])["plan_ms_median"] == 0.0
