@@ -63,7 +63,8 @@ yAC of the scheme stay at their base-case values, and the three valves the schem
 not use (compressor recycle, stripper steam, agitator) stay where they are.
 As the twin's fallback the same scheme takes over bumplessly (`TrackingRicker`): its
 first call starts every loop from the plant as it is; later takeovers re-seed only the
-valve loops and keep the cascade targets where the baseline left them (see there why).
+valve loops and keep the cascade targets and the hand-set valves where the baseline left
+them (see there why).
 
 Excitation (`generate_training_log`): the baseline in closed loop on APRBS setpoints
 around the base case (`SETPOINT_RANGES`, 1-4 h holds), with APRBS offsets on every valve
@@ -396,7 +397,7 @@ class TrackingRicker(RickerMultiLoopController):
     controller's (adopting them at every takeover lets the flows drift like a random
     walk that the slow level loops cannot catch). Either way each loop's previous error
     is its present one, so the first move is only an integral step. The hand-set valves
-    (recycle, steam, agitator) are held where they are. This sets tep-studio 0.2.0's loop
+    (recycle, steam, agitator) are held where `start` found them. This sets tep-studio 0.2.0's loop
     memories (`_state`, `_r1`, `_r4`, `_fp`), which its public `reset` only seeds to the
     nominal operating point.
     """
@@ -436,8 +437,11 @@ class TrackingRicker(RickerMultiLoopController):
         self.seize(meas, applied, time_h)
 
     def seize(self, meas: np.ndarray, applied: np.ndarray, time_h: float) -> None:
-        """Re-seed the valve loops at `applied`; the cascade targets stay as they are."""
-        self.hold_hand_set(meas, applied)
+        """Re-seed the valve loops at `applied`; the cascade targets stay as they are, and
+        so do the hand-set valves' settings: a valve the other controller moved goes back
+        to where this scheme holds it (at the rate limit), as the flows return to its
+        operating point. Holding it where it was left made one move of a twin on the
+        stripper steam valve last for the rest of an episode."""
         reg, sp = self.registry, self.setpoints
         assert sp is not None
         m = _reader(meas)

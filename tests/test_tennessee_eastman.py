@@ -240,6 +240,22 @@ def test_fallback_is_bumpless_and_copes_with_missing_measurements() -> None:
     assert all(abs(out[k] - 99.0) <= RATE + 1e-9 and 0.0 <= out[k] <= 100.0 for k in out)
 
 
+def test_a_takeover_returns_the_hand_set_valves_to_the_schemes_settings() -> None:
+    plant, applied = _settled()
+    fallback = te.baseline_fallback()
+    out = fallback(plant.measure(), te.BASE_SETPOINTS, applied)
+    hand_set = ("compressor_recycle_valve", "stripper_steam_valve", "reactor_agitator_speed")
+    assert all(out[k] == applied[k] for k in hand_set)  # the scheme holds them
+    plant.step(np.array([out[k] for k in te.MV_NAMES]))
+    moved = {**out, "stripper_steam_valve": out["stripper_steam_valve"] + 6.5,
+             "reactor_agitator_speed": out["reactor_agitator_speed"] - 20.0}
+    back = fallback(plant.measure(), te.BASE_SETPOINTS, moved)
+    assert back["stripper_steam_valve"] == pytest.approx(applied["stripper_steam_valve"])
+    # further than one rate step: on its way back at the rate limit
+    assert back["reactor_agitator_speed"] == pytest.approx(moved["reactor_agitator_speed"] + RATE)
+    assert back["compressor_recycle_valve"] == applied["compressor_recycle_valve"]
+
+
 def test_fallback_takes_over_from_another_controller_in_closed_loop() -> None:
     """A stand-in twin moves the valves at random for 5 samples out of every 15; the
     fallback runs the rest, taking over each time from wherever the valves were left."""
