@@ -763,6 +763,7 @@ def case_group(case: Mapping[str, Any]) -> str:
     group = {"child": "children"}.get(age, f"{age}s")
     return f"{group}, unannounced meals" if case.get("unannounced") else group
 
+
 EPISODE_SUMMARY = (
     SummaryRow("cost", "risk index LBGI+HBGI"),
     SummaryRow("tir_pct", "time in range 70-180", "%", ".1f"),
