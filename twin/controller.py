@@ -228,22 +228,32 @@ class TwinController:
         self._z0 = self.twin.encode(window)
         return self._z0
 
+    def _history_samples(self) -> int:
+        return sum(bool(row) for row in self.rows)
+
     def _warming_up(self) -> bool:
-        return sum(bool(row) for row in self.rows) < self.warmup_samples
+        return self._history_samples() < self.warmup_samples
 
     def _warmup_step(self, measurements: Mapping[str, float | None],
                      setpoints: Mapping[str, float], previous: dict[str, float],
                      events: list[SafetyEvent]) -> tuple[StepStatus, dict[str, float]]:
-        seen = sum(bool(row) for row in self.rows)
-        why = f"warming up: {seen}/{self.warmup_samples} samples of history"
+        why = (f"warming up: {self._history_samples()}/{self.warmup_samples} samples of "
+               "history")
         # the twin forecasts while it waits: a twin whose forecasts miss the plant during
         # the warm-up is not trusted when it ends (the mismatch check's hysteresis)
         self._encode_window()
+        return StepStatus.FALLBACK, self._baseline_or_hold(
+            "warming_up", why, measurements, setpoints, previous, events)
+
+    def _baseline_or_hold(self, kind: str, why: str, measurements: Mapping[str, float | None],
+                          setpoints: Mapping[str, float], previous: dict[str, float],
+                          events: list[SafetyEvent]) -> dict[str, float]:
+        """The baseline's move in place of the twin's (or a hold without one), recorded."""
         if self.fallback is None:
-            events.append(SafetyEvent("warming_up", f"{why}; holding actuators"))
-            return StepStatus.FALLBACK, previous
-        events.append(SafetyEvent("warming_up", f"{why}; baseline controller used"))
-        return StepStatus.FALLBACK, dict(self.fallback(measurements, setpoints, previous))
+            events.append(SafetyEvent(kind, f"{why}; holding actuators"))
+            return previous
+        events.append(SafetyEvent(kind, f"{why}; baseline controller used"))
+        return dict(self.fallback(measurements, setpoints, previous))
 
     def _forecast(self, z0: np.ndarray | None, applied: Mapping[str, float]) -> None:
         """What the twin expects to measure next, given what was really applied (the
@@ -404,12 +414,8 @@ class TwinController:
             "deadline" if reason and reason.startswith("deadline") else \
             "ensemble_disagreement" if reason and reason.startswith("ensemble") else \
             "invalid_plan"
-        if self.fallback is not None:
-            proposal = dict(self.fallback(measurements, setpoints, previous))
-            events.append(SafetyEvent(kind, f"{reason}; baseline controller used"))
-        else:
-            proposal = previous
-            events.append(SafetyEvent(kind, f"{reason}; holding actuators"))
+        proposal = self._baseline_or_hold(kind, str(reason), measurements, setpoints,
+                                          previous, events)
         return StepStatus.FALLBACK, proposal, result
 
     def _plan_record(self, result: PlanResult) -> Plan:
