@@ -26,7 +26,7 @@ from rich.progress import track
 from twin.controller import TwinController
 from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
-from twin.spec import ProcessSpec, Tag, TagRole
+from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import CONTROLLER_ROWS, SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics
 
@@ -67,6 +67,9 @@ SPEC = ProcessSpec(
         Tag(name="Tf", role=TagRole.DISTURBANCE, unit="K", nominal=TF_NOMINAL,
             description="feed temperature"),
     ),
+    # The plant is scored on T, and the twin's embedding distance alone let plans overshoot
+    # into the runaway region (measured in the README's control section).
+    control=ControlWeights(tracking_weight=40.0, move_weight=4.0),
 )
 
 RATE_PER_SAMPLE = TC_RATE_K_PER_S * SAMPLE_PERIOD_S

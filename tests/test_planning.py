@@ -469,3 +469,77 @@ def test_any_plan_through_the_safety_layer_is_safe(n_actuators: int, embed_dim: 
         before = previous[tag.name]
         if math.isfinite(before) and tag.low <= before <= tag.high:
             assert abs(value - before) <= spec.rate_limit_per_sample(tag) + 1e-9
+
+
+def _weighted_problem(twin: Twin) -> PlanningProblem:
+    """A goal with a strong weight on the temperature's readout (the controller's tracking
+    metric, W'W = I + 30 J'J)."""
+    problem = _bank_problem(twin)
+    jacobian = twin.readout_jacobian(problem.z_goal, ["T"])
+    gram = np.eye(len(problem.z_goal)) + 30.0 * jacobian.T @ jacobian
+    problem.metric = np.linalg.cholesky(gram).T
+    return problem
+
+
+def _objective(twin: Twin, problem: PlanningProblem, actions: np.ndarray,
+               limits: Constraints) -> float:
+    """The planners' objective recomputed from scratch: |W (z - z_goal)|^2 per stage."""
+    with torch.no_grad():
+        rolled = twin.model.predictor.rollout(
+            torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
+            torch.as_tensor(actions, dtype=torch.float32).unsqueeze(0))[0].double().numpy()
+    y = twin.model.readout(torch.as_tensor(rolled, dtype=torch.float32)).detach().double()
+    y = y.numpy()[:, limits.limit_rows]
+    slack = np.maximum(np.maximum(y - limits.y_high, limits.y_low - y), 0)
+    moves = np.diff(np.vstack([problem.u_prev, actions]), axis=0) / limits.rate
+    tracking = (((rolled - problem.z_goal) @ problem.metric_or_identity().T) ** 2).sum()
+    return float(tracking + 0.5 * (moves**2).sum() + 1e4 * slack.sum())
+
+
+def test_a_tracking_metric_reaches_every_planner(twin: Twin) -> None:
+    """RTI, IPOPT, the fatrop layout and the sampling planners score the same weighted
+    objective: the converged RTI meets IPOPT's optimum, each reports the cost of its own
+    plan, and the metric changes the plan (it is not dropped on the way)."""
+    problem = _weighted_problem(twin)
+    settings = PlannerSettings(horizon=10)
+    reference = CasadiPlanner(twin, settings).plan(problem)
+    converged = _rti(twin, sqp_iterations=60, step_tolerance=1e-9).plan(problem)
+    structured = StructuredNLPPlanner(twin, settings, solver="ipopt").plan(problem)
+    assert reference.ok and converged.ok and structured.ok
+    limits = Constraints.from_twin(twin, settings.limit_margin)
+    for result in (reference, converged, structured):
+        assert result.cost == pytest.approx(_objective(twin, problem, result.actions, limits),
+                                            rel=1e-3)
+    assert converged.cost == pytest.approx(reference.cost, rel=0.02)
+    assert structured.cost == pytest.approx(reference.cost, rel=0.02)
+    for sampler in (CEMPlanner(twin, settings), MPPIPlanner(twin, settings)):
+        sampled = sampler.plan(problem)
+        assert sampled.ok
+        assert sampled.cost == pytest.approx(
+            _objective(twin, problem, sampled.actions, limits), rel=1e-3)
+        assert sampled.cost >= reference.cost * (1 - 0.02)  # IPOPT's optimum is the floor
+    plain = PlanningProblem(problem.z0, problem.u_prev, problem.z_goal)
+    unweighted = CasadiPlanner(twin, settings).plan(plain)
+    assert _objective(twin, problem, unweighted.actions, limits) > reference.cost * 1.001
+
+
+def test_the_controller_weighs_the_setpoint_error_as_its_spec_says(twin: Twin) -> None:
+    """W'W = I + w J'J at the goal, with w from the spec unless the caller sets it; a zero
+    weight plans on the plain embedding distance."""
+    from twin.controller import TwinController
+
+    setpoints = {"T": 370.0}
+    measurements = {"Ca": 0.5, "T": 360.0, "Caf": 1.0, "Tf": 350.0}
+    for weight, expected in ((None, twin.spec.control.tracking_weight), (3.0, 3.0)):
+        controller = TwinController(twin, RTIPlanner(twin), tracking_weight=weight)
+        assert controller.tracking_weight == expected > 0
+        goal = controller._goal_for(setpoints, measurements)
+        metric = controller._metric
+        assert metric is not None
+        jacobian = twin.readout_jacobian(controller._goal, ["T"])
+        np.testing.assert_allclose(metric.T @ metric,
+                                   np.eye(D) + expected * jacobian.T @ jacobian, atol=1e-9)
+        assert np.all(np.isfinite(goal))
+    plain = TwinController(twin, RTIPlanner(twin), tracking_weight=0.0)
+    plain._goal_for(setpoints, measurements)
+    assert plain._metric is None

@@ -194,3 +194,37 @@ def test_unknown_tag_and_process() -> None:
         cstr.SPEC.rate_limit_per_sample(cstr.SPEC.tag("T"))
     with pytest.raises(SpecError, match=r"unknown process 'boiler'"):
         get_spec("boiler")
+
+
+def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
+    """Specs (and checkpoints) written before the weights existed load with the defaults:
+    embedding distance alone, the old move weight."""
+    data = cstr_spec_dict()
+    del data["control"]
+    spec = ProcessSpec.from_dict(data)
+    assert spec.control.tracking_weight == 0.0 and spec.control.move_weight == 0.5
+    assert cstr.SPEC.control.tracking_weight > 0  # the CSTR tunes its own
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("tracking_weight", -1.0, "greater than or equal to 0"),
+    ("move_weight", 0.0, "greater than 0"),
+    ("move_weight", float("nan"), "finite"),
+    ("tracking_weight", float("inf"), "finite"),
+    ("colour", 1.0, "Extra inputs"),
+])
+def test_invalid_control_weights_name_the_field(field: str, value: float, words: str) -> None:
+    data = cstr_spec_dict()
+    data["control"][field] = value
+    with pytest.raises(SpecError) as info:
+        ProcessSpec.from_dict(data, source="plant.yaml")
+    assert f"control.{field}" in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_control_weights_survive_a_file_round_trip(tmp_path: Path, suffix: str) -> None:
+    data = cstr_spec_dict()
+    data["control"] = {"tracking_weight": 7.5, "move_weight": 2.0}
+    path = tmp_path / f"plant{suffix}"
+    ProcessSpec.from_dict(data).save(path)
+    assert ProcessSpec.load(path).control.tracking_weight == 7.5

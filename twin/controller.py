@@ -66,7 +66,8 @@ class TwinController:
                  mismatch_trip: float = 0.3, mismatch_clear: float = 0.15,
                  trust_after_steps: int = 10, disagreement_trip: float = DISAGREEMENT_TRIP,
                  disagreement_steps: int = 3, offset_gain: float = OFFSET_GAIN,
-                 warmup_samples: int | None = WARMUP_SAMPLES) -> None:
+                 warmup_samples: int | None = WARMUP_SAMPLES,
+                 tracking_weight: float | None = None) -> None:
         """Thresholds are in training standard deviations of each sensor.
 
         `guard_band`: distance to a sensor limit inside which the fallback takes over.
@@ -79,6 +80,8 @@ class TwinController:
         held-out ensemble spread, `DISAGREEMENT_MULTIPLE` times it if that is larger).
         `warmup_samples`: samples with data the window must hold before the twin acts
         (see `WARMUP_SAMPLES`; None or more than the window: the whole window).
+        `tracking_weight`: weight of the setpoint error in the plan's stage cost (see
+        `twin.spec.ControlWeights`; None: the process spec's).
         """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
@@ -87,6 +90,8 @@ class TwinController:
         self.trust_after_steps = trust_after_steps
         self.disagreement_trip, self.disagreement_steps = disagreement_trip, disagreement_steps
         self.offset_gain = offset_gain
+        self.tracking_weight = twin.spec.control.tracking_weight if tracking_weight is None \
+            else float(tracking_weight)
         window = twin.config.window
         self.warmup_samples = window if warmup_samples is None else \
             min(max(int(warmup_samples), 0), window)
@@ -122,6 +127,7 @@ class TwinController:
         self._offset_key: tuple | None = None
         self._offset: dict[str, float] = {}
         self._offset_map: np.ndarray | None = None
+        self._metric: np.ndarray | None = None
         self._z0: np.ndarray | None = None
         reset = getattr(self.planner, "reset", None)
         if reset:
@@ -356,12 +362,24 @@ class TwinController:
             self._goal_key = key
             self._goal = self.twin.goal_embedding(dict(setpoints), conditions)
             self._offset_map = None
+            self._metric = self._tracking_metric(list(setpoints))
         assert self._goal is not None
         # One setpoint only: with several, the least-norm shift couples them through a
         # Jacobian the twin may have wrong (a TEP test plant tripped with it on).
         if not self.offset_gain or len(setpoints) > 1:
             return self._goal
         return self._goal + self._goal_shift(setpoints, measurements)
+
+    def _tracking_metric(self, tags: list[str]) -> np.ndarray | None:
+        """The factor W of the plan's stage cost |W (z - z_goal)|^2, W'W = I + w J'J with J
+        the readout's Jacobian of the setpoint sensors at the goal: distance in embedding
+        space, plus the setpoint error itself (training stds) weighted by w."""
+        if not self.tracking_weight:
+            return None
+        assert self._goal is not None
+        jacobian = self.twin.readout_jacobian(self._goal, tags)
+        gram = np.eye(len(self._goal)) + self.tracking_weight * jacobian.T @ jacobian
+        return np.linalg.cholesky(gram).T
 
     def _goal_shift(self, setpoints: Mapping[str, float],
                     measurements: Mapping[str, float | None]) -> np.ndarray:
@@ -391,7 +409,8 @@ class TwinController:
         layout = self.twin.layout
         z0 = self._encode_window()
         u_prev = self.twin.normalise_actions(np.array([previous[a] for a in layout.actions]))
-        problem = PlanningProblem(z0, u_prev, self._goal_for(setpoints, measurements))
+        problem = PlanningProblem(z0, u_prev, self._goal_for(setpoints, measurements),
+                                  metric=self._metric)
         reason = None
         try:
             result = self.planner.plan(problem)

@@ -36,6 +36,7 @@ from .planning import (
     PlanResult,
     RTIPlanner,
     _inputs_problem,
+    weighted_distance,
 )
 from .twin_model import Twin
 
@@ -76,7 +77,7 @@ class HierarchicalPlanner:
         if twin.config.coarse_steps <= 0:
             raise ValueError("hierarchical planning needs a twin with a coarse predictor "
                              "(JEPAConfig.coarse_steps > 0); this checkpoint has none")
-        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.coarse_settings = coarse or CoarseSettings()
         self.k = twin.config.coarse_steps
         horizon = self.settings.horizon
@@ -110,7 +111,8 @@ class HierarchicalPlanner:
             result.solve_ms = (time.perf_counter() - start) * 1e3
             return result
         self.last_coarse = coarse
-        fine = self.fine.plan(PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal))
+        fine = self.fine.plan(PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal,
+                                              metric=problem.metric))
         fine.solve_ms = (time.perf_counter() - start) * 1e3
         fine.message = f"hierarchical ({self.blocks}x{self.k} samples): {fine.message}"
         fine.stats = {**fine.stats, "coarse_ms": coarse_ms, "coarse_cost": coarse.cost}
@@ -121,6 +123,8 @@ class HierarchicalPlanner:
         s, a = self.coarse_settings, self.fine.a
         z0 = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
         z_goal = torch.as_tensor(problem.z_goal, dtype=torch.float32)
+        metric = None if problem.metric is None else \
+            torch.as_tensor(problem.metric, dtype=torch.float32)
         u_prev = torch.as_tensor(np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high),
                                  dtype=torch.float32)
         low = torch.as_tensor(self.limits.u_low, dtype=torch.float32)
@@ -133,7 +137,7 @@ class HierarchicalPlanner:
             levels = torch.clamp(mean + std * noise, low, high)
             levels[0] = mean  # the incumbent always competes
             actions = self._ramps(levels, u_prev)
-            cost, z = self._score(actions, z0, u_prev, z_goal)
+            cost, z = self._score(actions, z0, u_prev, z_goal, metric)
             cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, math.inf))
             order = torch.argsort(cost)[: s.elites]
             if math.isfinite(float(cost[order[0]])) and \
@@ -173,12 +177,13 @@ class HierarchicalPlanner:
 
     @torch.no_grad()
     def _score(self, actions: torch.Tensor, z0: torch.Tensor, u_prev: torch.Tensor,
-               z_goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               z_goal: torch.Tensor, metric: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The fine objective read at block ends: each coarse embedding stands for `k`
         samples of distance to the goal; moves and sensor limits as in the fine problem."""
         s, lim = self.settings, self.limits
         z = self.twin.model.coarse_rollout(z0.expand(actions.shape[0], -1), actions)
-        cost = self.k * ((z - z_goal) ** 2).sum(dim=(1, 2))
+        cost = self.k * weighted_distance(z, z_goal, metric).sum(dim=1)
         moves = torch.diff(torch.cat([u_prev.expand(actions.shape[0], 1, -1), actions], dim=1),
                            dim=1)
         rate = torch.as_tensor(lim.rate, dtype=torch.float32)

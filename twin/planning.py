@@ -61,6 +61,11 @@ class PlannerSettings:
     deadline_ms: float = 1000.0
     max_iterations: int = 60
 
+    @classmethod
+    def for_twin(cls, twin: Twin) -> PlannerSettings:
+        """The defaults, with the move weight of the twin's process spec."""
+        return cls(move_weight=twin.spec.control.move_weight)
+
 
 @dataclass
 class PlanningProblem:
@@ -69,6 +74,26 @@ class PlanningProblem:
     z0: np.ndarray  # (D,)
     u_prev: np.ndarray  # (A,) normalised, last applied
     z_goal: np.ndarray  # (D,)
+    # (D, D) factor W of the stage cost |W (z - z_goal)|^2; None is the identity
+    metric: np.ndarray | None = None
+
+    def weighted(self, z: np.ndarray) -> np.ndarray:
+        """W z for embeddings along the first axis (D, ...)."""
+        return z if self.metric is None else np.tensordot(self.metric, z, axes=1)
+
+    def metric_or_identity(self) -> np.ndarray:
+        return np.eye(len(self.z_goal)) if self.metric is None else \
+            np.asarray(self.metric, dtype=float)
+
+
+def weighted_distance(z: torch.Tensor, z_goal: torch.Tensor,
+                      metric: torch.Tensor | None) -> torch.Tensor:
+    """|W (z - z_goal)|^2 per embedding, over the last axis (the sampling planners' stage
+    cost; the identity without a metric)."""
+    delta = z - z_goal
+    if metric is not None:
+        delta = delta @ metric.T
+    return (delta**2).sum(dim=-1)
 
 
 @dataclass
@@ -180,7 +205,7 @@ class CasadiPlanner:
     name = "casadi-ipopt"
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None) -> None:
-        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self._build()
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
@@ -193,6 +218,7 @@ class CasadiPlanner:
         Z, U = ca.SX.sym("Z", d, horizon), ca.SX.sym("U", a, horizon)
         S = ca.SX.sym("S", max(n_lim, 1), horizon)
         z0, u_prev, z_goal = ca.SX.sym("z0", d), ca.SX.sym("u_prev", a), ca.SX.sym("z_goal", d)
+        metric = ca.SX.sym("metric", d, d)
         g, lbg, ubg, cost = [], [], [], 0
         z_k, u_before = z0, u_prev
         for k in range(horizon):
@@ -213,12 +239,13 @@ class CasadiPlanner:
                         g.append(y[j] + S[j, k])
                         lbg.append(float(lim.y_low[j]))
                         ubg.append(np.inf)
-            cost += ca.sumsqr(Z[:, k] - z_goal)
+            cost += ca.sumsqr(metric @ (Z[:, k] - z_goal))
             cost += s.move_weight * ca.sumsqr((U[:, k] - u_before) / ca.DM(lim.rate))
             cost += s.slack_weight * ca.sum1(S[:, k])
             z_k, u_before = Z[:, k], U[:, k]
         x = ca.vertcat(ca.vec(Z), ca.vec(U), ca.vec(S))
-        nlp = {"x": x, "p": ca.vertcat(z0, u_prev, z_goal), "f": cost, "g": ca.vertcat(*g)}
+        nlp = {"x": x, "p": ca.vertcat(z0, u_prev, z_goal, ca.vec(metric)), "f": cost,
+               "g": ca.vertcat(*g)}
         options = {
             "print_time": False,
             "ipopt": {"print_level": 0, "sb": "yes", "max_iter": s.max_iterations,
@@ -256,7 +283,8 @@ class CasadiPlanner:
 
     def plan(self, problem: PlanningProblem) -> PlanResult:
         d, a, n_s, horizon = self._dims
-        p = np.concatenate([problem.z0, problem.u_prev, problem.z_goal])
+        p = np.concatenate([problem.z0, problem.u_prev, problem.z_goal,
+                            problem.metric_or_identity().ravel(order="F")])
         start = time.perf_counter()
         sol = self.solver(x0=self._initial_guess(problem), p=p, lbx=self.lbx, ubx=self.ubx,
                           lbg=self.lbg, ubg=self.ubg)
@@ -382,7 +410,7 @@ class RTIPlanner:
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
                  qp_solver: str = "daqp", sqp_iterations: int = 1,
                  step_tolerance: float = 1e-4, compile: bool = False) -> None:
-        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.qp_solver_name, self.sqp_iterations = qp_solver, sqp_iterations
         self.step_tolerance = step_tolerance
@@ -512,7 +540,7 @@ class RTIPlanner:
         """The exact objective with each slack at its optimum (the violation)."""
         s, lim = self.settings, self.limits
         moves = np.diff(np.vstack([problem.u_prev, U]), axis=0) / lim.rate
-        cost = float(((Z - problem.z_goal[:, None]) ** 2).sum())
+        cost = float((problem.weighted(Z - problem.z_goal[:, None]) ** 2).sum())
         cost += s.move_weight * float((moves**2).sum())
         if self.n_lim:
             over = np.maximum(Y - lim.y_high[:, None], lim.y_low[:, None] - Y)
@@ -527,13 +555,19 @@ class RTIPlanner:
         G = self._condense(A, B)  # (D*H, n_u): d vec(Z) / d vec(U), stage-major
         u_bar = U.ravel()
         residual = Z.ravel(order="F") - np.tile(problem.z_goal, horizon) - G @ u_bar
+        G_cost = G
+        if problem.metric is not None:
+            d = self.d
+            residual = problem.weighted(residual.reshape(horizon, d).T).T.ravel()
+            G_cost = problem.weighted(G.reshape(horizon, d, n_u).transpose(1, 0, 2)
+                                 ).transpose(1, 0, 2).reshape(horizon * d, n_u)
         c = np.zeros(n_u)
         c[:a] = np.sqrt(s.move_weight) * problem.u_prev / lim.rate
         hess = np.zeros((n_u + n_s, n_u + n_s))
-        hess[:n_u, :n_u] = 2.0 * (G.T @ G + self._move.T @ self._move
+        hess[:n_u, :n_u] = 2.0 * (G_cost.T @ G_cost + self._move.T @ self._move
                                   + self.step_damping * np.eye(n_u))
         hess[n_u:, n_u:] = 2.0 * self.slack_regularisation * np.eye(n_s)
-        grad = np.concatenate([2.0 * (G.T @ residual - self._move.T @ c
+        grad = np.concatenate([2.0 * (G_cost.T @ residual - self._move.T @ c
                                       - self.step_damping * u_bar),
                                np.full(n_s, s.slack_weight)])
         lbx = np.concatenate([np.tile(lim.u_low, horizon), np.zeros(n_s)])
@@ -621,7 +655,7 @@ class StructuredNLPPlanner:
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
                  solver: str = "fatrop", compile: bool = False) -> None:
-        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.solver_name = solver
         self.compile = compile and find_compiler() is not None
@@ -634,7 +668,7 @@ class StructuredNLPPlanner:
         s, lim, d, a, n = self.settings, self.limits, self.d, self.a, self.n_lim
         f, h = casadi_dynamics(self.twin, ca.MX)
         horizon, nx, nu = s.horizon, d + a, a + n
-        z_goal = ca.MX.sym("z_goal", d)
+        z_goal, metric = ca.MX.sym("z_goal", d), ca.MX.sym("metric", d, d)
         X = [ca.MX.sym(f"x{k}", nx) for k in range(horizon + 1)]
         W = [ca.MX.sym(f"w{k}", nu) for k in range(horizon)]
         g, lbg, ubg, cost = [], [], [], 0
@@ -661,15 +695,16 @@ class StructuredNLPPlanner:
                         lbg.append(float(lim.y_low[j]))
                         ubg.append(np.inf)
             if k:
-                cost += ca.sumsqr(z - z_goal)
+                cost += ca.sumsqr(metric @ (z - z_goal))
             cost += s.move_weight * ca.sumsqr((u - before) / rate)
             cost += s.slack_weight * ca.sum1(slack)
-        cost += ca.sumsqr(X[horizon][:d] - z_goal)
+        cost += ca.sumsqr(metric @ (X[horizon][:d] - z_goal))
         variables = []
         for k in range(horizon):
             variables += [X[k], W[k]]
         variables.append(X[horizon])
-        nlp = {"x": ca.vertcat(*variables), "p": z_goal, "f": cost, "g": ca.vertcat(*g)}
+        nlp = {"x": ca.vertcat(*variables), "p": ca.vertcat(z_goal, ca.vec(metric)), "f": cost,
+               "g": ca.vertcat(*g)}
         options: dict = {"print_time": False, "error_on_fail": False}
         if self.compile:
             options.update({"jit": True, "compiler": "shell",
@@ -738,7 +773,8 @@ class StructuredNLPPlanner:
                               np.full((horizon, self.d), np.nan), float("nan"),
                               (time.perf_counter() - start) * 1e3, message=why)
         lbx, ubx = self._bounds(problem)
-        sol = self.solver(x0=self._guess(problem), p=problem.z_goal, lbx=lbx, ubx=ubx,
+        p = np.concatenate([problem.z_goal, problem.metric_or_identity().ravel(order="F")])
+        sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx,
                           lbg=self.lbg, ubg=self.ubg)
         solve_ms = (time.perf_counter() - start) * 1e3
         stats = self.solver.stats()
@@ -763,11 +799,12 @@ class SamplingPlanner:
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
                  samples: int = 256, iterations: int = 6, seed: int = 0) -> None:
-        self.twin, self.settings = twin, settings or PlannerSettings()
+        self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.samples, self.iterations = samples, iterations
         self.generator = torch.Generator().manual_seed(seed)
         self._mean: torch.Tensor | None = None
+        self._metric: torch.Tensor | None = None  # the current problem's, from `_start`
 
     def reset(self) -> None:
         self._mean = None
@@ -779,6 +816,8 @@ class SamplingPlanner:
         z0 = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
         z_goal = torch.as_tensor(problem.z_goal, dtype=torch.float32)
         u_prev = torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0)
+        self._metric = None if problem.metric is None else \
+            torch.as_tensor(problem.metric, dtype=torch.float32)
         if self._mean is None:
             mean = u_prev.expand(horizon, a).clone()
         else:
@@ -803,7 +842,7 @@ class SamplingPlanner:
                z_goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, lim = self.settings, self.limits
         z = self.twin.model.predictor.rollout(z0.expand(u.shape[0], -1), u)
-        cost = ((z - z_goal) ** 2).sum(dim=(1, 2))
+        cost = weighted_distance(z, z_goal, self._metric).sum(dim=1)
         du = torch.diff(torch.cat([u_prev.expand(u.shape[0], 1, -1), u], dim=1), dim=1)
         cost += s.move_weight * ((du / torch.as_tensor(lim.rate, dtype=torch.float32)) ** 2
                                  ).sum(dim=(1, 2))

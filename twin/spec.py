@@ -93,6 +93,21 @@ class PILoop(BaseModel):
         return self
 
 
+class ControlWeights(BaseModel):
+    """How the twin's controller weighs its goals for this process (the plant's own MPC
+    tuning). Each planned stage costs
+
+        |z - z_goal|^2 + tracking_weight * e^2 + move_weight * (du / rate_limit)^2
+
+    with z the embedding and e the setpoint error of each controlled sensor, in training
+    standard deviations. With tracking_weight 0 the goal is the embedding alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+
+
 class ProcessSpec(BaseModel):
     """Everything a twin needs to know about a process that is not in the data."""
 
@@ -108,6 +123,8 @@ class ProcessSpec(BaseModel):
         default=(), description="log columns that are neither tags nor the timestamp")
     baseline: tuple[PILoop, ...] = Field(
         default=(), description="PI loops the controller falls back to (else it holds)")
+    control: ControlWeights = Field(
+        default_factory=ControlWeights, description="the controller's cost weights")
 
     @model_validator(mode="after")
     def _check_tags(self) -> ProcessSpec:

@@ -70,13 +70,17 @@ class Twin:
         return {tag: values[..., i] for i, tag in enumerate(self.layout.observed)
                 if tag in self.layout.sensors}
 
-    def readout_inverse(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
-        """(D, len(tags)): the least-norm change of embedding per unit (training std) change
-        of each sensor's readout, at embedding z (the readout's Jacobian pseudo-inverse)."""
+    def readout_jacobian(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
+        """(len(tags), D): each sensor's readout (training stds) per unit of embedding at z."""
         rows = [self.layout.observed.index(tag) for tag in tags]
         z_t = torch.as_tensor(z, dtype=torch.float32)
         jacobian = torch.autograd.functional.jacobian(self.model.readout, z_t)[rows]
-        return np.linalg.pinv(jacobian.numpy().astype(float))
+        return jacobian.numpy().astype(float)
+
+    def readout_inverse(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
+        """(D, len(tags)): the least-norm change of embedding per unit (training std) change
+        of each sensor's readout, at embedding z (the readout's Jacobian pseudo-inverse)."""
+        return np.linalg.pinv(self.readout_jacobian(z, tags))
 
     @torch.no_grad()
     def predict_next(self, z: np.ndarray, actuators: np.ndarray) -> np.ndarray:
