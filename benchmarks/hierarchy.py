@@ -24,7 +24,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +179,8 @@ def cstr_twin() -> Twin:
 # -- the comparison ------------------------------------------------------------------------------
 
 def controller_for(twin: Twin, planner: str, horizon: int, fallback: Any) -> TwinController:
-    return TwinController(twin, make_planner(planner, twin, PlannerSettings(horizon=horizon)),
-                          fallback)
+    settings = replace(PlannerSettings.for_twin(twin), horizon=horizon)  # the spec's weights
+    return TwinController(twin, make_planner(planner, twin, settings), fallback)
 
 
 def setups(horizon: int) -> list[tuple[str, str, int]]:

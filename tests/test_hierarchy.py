@@ -111,6 +111,26 @@ def test_subgoal_lies_on_the_coarse_rollout_and_the_fine_plan_tracks_it(twin: Tw
     assert not np.allclose(result.actions, far.actions, atol=1e-6)
 
 
+def test_the_tracking_metric_shapes_the_coarse_search_not_the_subgoal_tracking(
+        twin: Twin) -> None:
+    """The metric weighs the far goal's setpoint error: it changes the coarse plan, and the
+    fine level tracks the subgoal on the plain embedding distance."""
+    plain = _problem(twin, 40, 320.0, 370.0)
+    jacobian = twin.readout_jacobian(plain.z_goal, ["T"])
+    metric = np.linalg.cholesky(np.eye(len(plain.z_goal)) + 40.0 * jacobian.T @ jacobian).T
+    weighted = PlanningProblem(plain.z0, plain.u_prev, plain.z_goal, metric=metric)
+    unweighted_planner, weighted_planner = HierarchicalPlanner(twin, FINE), \
+        HierarchicalPlanner(twin, FINE)
+    unweighted_planner.plan(plain)
+    result = weighted_planner.plan(weighted)
+    coarse = weighted_planner.last_coarse
+    assert result.ok and coarse is not None and unweighted_planner.last_coarse is not None
+    assert not np.allclose(coarse.actions, unweighted_planner.last_coarse.actions, atol=1e-6)
+    reference = RTIPlanner(twin, FINE).plan(
+        PlanningProblem(plain.z0, plain.u_prev, coarse.subgoal))
+    np.testing.assert_allclose(result.actions, reference.actions, atol=1e-9)
+
+
 def test_coarse_plan_beats_holding_on_its_own_objective(twin: Twin) -> None:
     planner = HierarchicalPlanner(twin, FINE)
     problem = _problem(twin, 40, 300.0, 375.0)
