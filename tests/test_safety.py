@@ -20,7 +20,7 @@ from processes import cstr
 from twin.controller import DISAGREEMENT_TRIP, TwinController
 from twin.errors import InvalidInput
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult, make_planner
-from twin.records import StepStatus
+from twin.records import StepRecord, StepStatus
 from twin.safety import SafetyLayer
 from twin.spec import ProcessSpec, Tag, TagRole
 from twin.twin_model import Twin
@@ -246,7 +246,7 @@ def test_wild_plan_is_clipped_by_safety_layer(twin: Twin) -> None:
         # The disagreement guard is off: a plan pinned at a bound leaves the data the
         # members saw, and that trip has its own test; this one is about the clipping.
         controller = cold_controller(twin, StubPlanner("wild", value=value),
-                                    disagreement_trip=math.inf)
+                                    disagreement_trip=math.inf, envelope_neighbours=0)
         previous = cstr.TC_NOMINAL
         for k, meas in enumerate(_plant_samples(40)):
             record = controller.step(k * 6.0, meas, {"T": 360.0})
@@ -575,3 +575,98 @@ def test_twin_without_an_ensemble_skips_the_check(twin: Twin) -> None:
     records = _run_casadi(single, 3)
     assert all(r.status is StepStatus.OK for r in records)
     assert all(r.plan is not None and r.plan.spread == {} for r in records)
+
+
+# ---------------------------------------------------------------- the data envelope
+
+def _bank_without_actions(twin: Twin) -> Twin:
+    return dataclasses.replace(twin, bank=dataclasses.replace(twin.bank, actions=None))
+
+
+def test_the_action_envelope_spans_the_neighbours_moves(twin: Twin) -> None:
+    z = twin.bank.embeddings[100].double().numpy()
+    distance = ((twin.bank.embeddings - twin.bank.embeddings[100]) ** 2).sum(dim=1)
+    nearest = torch.topk(distance, 5, largest=False).indices
+    seen = twin.denormalise_actions(twin.bank.actions[nearest].double().numpy())
+    std = twin.norm.std[twin.norm.index("Tc")]
+    envelope = twin.action_envelope(z, 5, 0.5)
+    assert envelope is not None
+    assert envelope[0][0] == pytest.approx(seen.min() - 0.5 * std)
+    assert envelope[1][0] == pytest.approx(seen.max() + 0.5 * std)
+    assert twin.action_envelope(z, 0, 0.5) is None
+    assert _bank_without_actions(twin).action_envelope(z, 5, 0.5) is None
+
+
+def test_bank_moves_survive_a_checkpoint_and_older_checkpoints_still_load(twin: Twin) -> None:
+    again = Twin.from_bytes(twin.to_bytes())
+    assert again.bank.actions is not None
+    assert torch.equal(again.bank.actions, twin.bank.actions)
+    older = Twin.from_bytes(_bank_without_actions(twin).to_bytes())
+    assert older.bank.actions is None
+
+
+def _envelope_run(twin: Twin, value: float, **kwargs: float) -> list[StepRecord]:
+    controller = cold_controller(twin, StubPlanner("wild", value=value),
+                                 disagreement_trip=math.inf, **kwargs)
+    return [controller.step(k * cstr.SAMPLE_PERIOD_S, meas, {"T": 360.0})
+            for k, meas in enumerate(_plant_samples(25))]
+
+
+@pytest.mark.parametrize("value", [1e6, -1e6])
+def test_a_plan_may_not_take_an_actuator_out_of_the_data_envelope(twin: Twin,
+                                                                   value: float) -> None:
+    """A plan pinned at a bound stops at the edge of the moves the training log made from
+    the nearest states (plus the margin); every such cut is recorded."""
+    controller = cold_controller(twin, StubPlanner("wild", value=value),
+                                 disagreement_trip=math.inf)
+    previous = cstr.TC_NOMINAL
+    cut, records = 0, []
+    for k, meas in enumerate(_plant_samples(25)):
+        record = controller.step(k * cstr.SAMPLE_PERIOD_S, meas, {"T": 360.0})
+        records.append(record)
+        envelope = twin.action_envelope(controller._z0, controller.envelope_neighbours,
+                                        controller.envelope_margin)
+        assert envelope is not None
+        low, high = min(envelope[0][0], previous), max(envelope[1][0], previous)
+        tc = record.actuators["Tc"]
+        assert low - 1e-9 <= tc <= high + 1e-9
+        assert abs(tc - previous) <= rate_per_sample() + 1e-9
+        events = [e for e in record.events if e.kind == "data_envelope"]
+        cut += bool(events)
+        assert all(e.tag == "Tc" and "training log" in e.message for e in events)
+        previous = tc
+    assert cut > 0
+    # without the envelope the same plan runs to the bound
+    unbounded = _envelope_run(twin, value, envelope_neighbours=0)
+    assert unbounded[-1].actuators["Tc"] == (cstr.TC_HIGH if value > 0 else cstr.TC_LOW)
+    assert abs(records[-1].actuators["Tc"] - cstr.TC_NOMINAL) < \
+        abs(unbounded[-1].actuators["Tc"] - cstr.TC_NOMINAL)
+
+
+def test_the_envelope_never_forces_a_move(twin: Twin) -> None:
+    """An actuator already outside the envelope (the baseline took it there) may hold: the
+    envelope only stops moves farther out."""
+    controller = cold_controller(twin, StubPlanner("wild", value=0.0),
+                                 disagreement_trip=math.inf)
+    samples = _plant_samples(3)
+    far = cstr.TC_HIGH - 1.0  # far above anything the log applied at this steady state
+    hold = twin.normalise_actions(np.array([far]))[0]
+    controller.planner = StubPlanner("wild", value=float(hold))
+    for k, meas in enumerate(samples):
+        record = controller.step(k * cstr.SAMPLE_PERIOD_S, {**meas, "Tc": far}, {"T": 360.0})
+        assert record.actuators["Tc"] == pytest.approx(far)
+        assert not [e for e in record.events if e.kind == "data_envelope"]
+
+
+def test_an_older_checkpoint_plans_without_an_envelope(twin: Twin) -> None:
+    older = _bank_without_actions(twin)
+    records = _envelope_run(older, 1e6)
+    assert not [e for r in records for e in r.events if e.kind == "data_envelope"]
+    assert records[-1].actuators["Tc"] == cstr.TC_HIGH
+
+
+@pytest.mark.parametrize("kwargs", [{"envelope_neighbours": -1}, {"envelope_margin": -0.1},
+                                    {"envelope_margin": math.nan}])
+def test_invalid_envelope_settings_are_refused(twin: Twin, kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="envelope"):
+        TwinController(twin, StubPlanner("wild"), **kwargs)

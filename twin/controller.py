@@ -54,6 +54,21 @@ coolant 3 K off a steady state at its first sample and took 15 samples to come b
 16.6); acting after 8 samples gave 15.5, after the full 16 gave 14.8. Until then the
 baseline acts, or the actuators hold. A loop primed from stored history (`prime`) is warm
 at once."""
+ENVELOPE_NEIGHBOURS = 32
+"""Training states (of the goal bank's) whose next moves bound where the twin may take an
+actuator: a twin has never seen what follows a move no log made from a state like the
+present one, and may be wrong there without knowing it. On the CSTR (a twin trained on 8 h,
+12 epochs) the plan raised the coolant from 329 to 340 K at the 350 -> 365 K setpoint step
+while the moves the log made from the neighbouring states reached 332 K: the log never ran
+hotter, because its supervisory guard cut the coolant first, so the twin predicted a 369 K
+peak where the reactor ran away to 397 K, past its 385 K limit. 0 turns the envelope off."""
+ENVELOPE_MARGIN = 0.5
+"""How far past the neighbours' moves the twin may go, in training stds of the actuator
+(3.7 K of coolant on the CSTR): room to act better than the log, not elsewhere. Measured on
+the CSTR episode, the weak twin above (seeds 7-9) and the benchmark's twin (seeds 7-19):
+without the envelope 2.3 violations per episode (397 K) and cost 13.52; margin 0.25: none
+(383.6 K) and 19.33; 0.5: none (384.2 K) and 14.89; 0.75: 2.3 violations and 13.88. With
+128 neighbours instead of 32 the envelope is too wide to stop the runaway."""
 OFFSET_BAND = 0.5
 """Integrate only while the error is inside this many training stds (no windup in moves)."""
 OFFSET_LIMIT = 0.5
@@ -67,7 +82,9 @@ class TwinController:
                  trust_after_steps: int = 10, disagreement_trip: float = DISAGREEMENT_TRIP,
                  disagreement_steps: int = 3, offset_gain: float = OFFSET_GAIN,
                  warmup_samples: int | None = WARMUP_SAMPLES,
-                 tracking_weight: float | None = None) -> None:
+                 tracking_weight: float | None = None,
+                 envelope_neighbours: int = ENVELOPE_NEIGHBOURS,
+                 envelope_margin: float = ENVELOPE_MARGIN) -> None:
         """Thresholds are in training standard deviations of each sensor.
 
         `guard_band`: distance to a sensor limit inside which the fallback takes over.
@@ -82,6 +99,9 @@ class TwinController:
         (see `WARMUP_SAMPLES`; None or more than the window: the whole window).
         `tracking_weight`: weight of the setpoint error in the plan's stage cost (see
         `twin.spec.ControlWeights`; None: the process spec's).
+        `envelope_neighbours`, `envelope_margin`: the data envelope of the twin's moves (see
+        `ENVELOPE_NEIGHBOURS`): a planned move may not take an actuator farther outside it
+        than it already is.
         """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
@@ -90,6 +110,9 @@ class TwinController:
         self.trust_after_steps = trust_after_steps
         self.disagreement_trip, self.disagreement_steps = disagreement_trip, disagreement_steps
         self.offset_gain = offset_gain
+        if envelope_neighbours < 0 or not math.isfinite(envelope_margin) or envelope_margin < 0:
+            raise ValueError("envelope_neighbours and envelope_margin must be >= 0 and finite")
+        self.envelope_neighbours, self.envelope_margin = envelope_neighbours, envelope_margin
         self.tracking_weight = twin.spec.control.tracking_weight if tracking_weight is None \
             else float(tracking_weight)
         window = twin.config.window
@@ -200,6 +223,8 @@ class TwinController:
             status, proposal = self._warmup_step(measurements, setpoints, previous, events)
         else:
             status, proposal, plan_result = self._plan(measurements, setpoints, previous, events)
+            if status == StepStatus.OK:
+                proposal = self._within_envelope(proposal, previous, events)
             if guard:
                 kind = "limit_guard" if guard.startswith("limit") else "model_mismatch"
                 if self.fallback is None:
@@ -436,6 +461,28 @@ class TwinController:
         proposal = self._baseline_or_hold(kind, str(reason), measurements, setpoints,
                                           previous, events)
         return StepStatus.FALLBACK, proposal, result
+
+    def _within_envelope(self, proposal: Mapping[str, float], previous: Mapping[str, float],
+                         events: list[SafetyEvent]) -> dict[str, float]:
+        """The plan's move, kept from taking an actuator farther outside the moves the
+        training log made from states like this one (it may hold, or come back)."""
+        envelope = self.twin.action_envelope(self._z0, self.envelope_neighbours,
+                                             self.envelope_margin)
+        out = dict(proposal)
+        if envelope is None:
+            return out
+        for i, name in enumerate(self.twin.layout.actions):
+            prev, planned = float(previous[name]), float(out[name])
+            low, high = min(envelope[0][i], prev), max(envelope[1][i], prev)
+            kept = min(max(planned, low), high)
+            if kept != planned:
+                unit = self.spec.tag(name).unit
+                events.append(SafetyEvent(
+                    "data_envelope", f"{name} {planned:.4g} -> {kept:.4g} {unit}: the training "
+                    f"log moved it within [{envelope[0][i]:.4g}, {envelope[1][i]:.4g}] {unit} "
+                    "from the nearest states", name))
+                out[name] = kept
+        return out
 
     def _plan_record(self, result: PlanResult) -> Plan:
         dt = self.spec.sample_period_s

@@ -217,7 +217,7 @@ def build_goal_bank(model: JEPA, data: WindowDataset, seed: int) -> GoalBank:
     n_sensors = len(data.layout.sensors)
     sensor_values = windows[:, :, :n_sensors]
     unsteadiness = sensor_values.std(dim=1).sum(dim=1)
-    return GoalBank(embeddings, data.obs[rows], unsteadiness)
+    return GoalBank(embeddings, data.obs[rows], unsteadiness, data.actions[rows])
 
 
 class BudgetSchedule:

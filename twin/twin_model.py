@@ -26,15 +26,20 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass
 class GoalBank:
-    """Embeddings of training windows with the sensor values they ended on."""
+    """Embeddings of training windows with the sensor values they ended on and the move
+    the log made next (None in checkpoints written before moves were kept)."""
 
     embeddings: torch.Tensor  # (N, D)
     observed: torch.Tensor  # (N, O) normalised observed tags at the window's end
     unsteadiness: torch.Tensor  # (N,) spread of the sensors over the window, normalised
+    actions: torch.Tensor | None = None  # (N, A) normalised actions applied at the window's end
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"embeddings": self.embeddings, "observed": self.observed,
-                "unsteadiness": self.unsteadiness}
+        out = {"embeddings": self.embeddings, "observed": self.observed,
+               "unsteadiness": self.unsteadiness}
+        if self.actions is not None:
+            out["actions"] = self.actions
+        return out
 
 
 @dataclass
@@ -165,6 +170,21 @@ class Twin:
         k = min(self.goal_neighbours, len(score))
         nearest = torch.topk(score, k, largest=False).indices
         return self.bank.embeddings[nearest].mean(dim=0).numpy().astype(float)
+
+    def action_envelope(self, z: np.ndarray, neighbours: int, margin_std: float
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The actuator values the training log applied from the `neighbours` states nearest
+        to embedding `z`, widened by `margin_std` training stds: [low, high] per actuator in
+        engineering units. None when the bank holds no actions (older checkpoints)."""
+        if self.bank.actions is None or neighbours <= 0:
+            return None
+        distance = ((self.bank.embeddings - torch.as_tensor(z, dtype=self.bank.embeddings.dtype))
+                    ** 2).sum(dim=1)
+        nearest = torch.topk(distance, min(neighbours, len(distance)), largest=False).indices
+        seen = self.bank.actions[nearest].double().numpy()
+        low = self.denormalise_actions(seen.min(axis=0) - margin_std)
+        high = self.denormalise_actions(seen.max(axis=0) + margin_std)
+        return low, high
 
     # -- persistence ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
