@@ -612,12 +612,11 @@ def _envelope_run(twin: Twin, value: float, **kwargs: float) -> list[StepRecord]
             for k, meas in enumerate(_plant_samples(25))]
 
 
-@pytest.mark.parametrize("value", [1e6, -1e6])
-def test_a_plan_may_not_take_an_actuator_out_of_the_data_envelope(twin: Twin,
-                                                                   value: float) -> None:
-    """A plan pinned at a bound stops at the edge of the moves the training log made from
-    the nearest states (plus the margin); every such cut is recorded."""
-    controller = cold_controller(twin, StubPlanner("wild", value=value),
+def test_a_plan_may_not_drive_an_actuator_out_of_the_data_envelope_towards_a_limit(
+        twin: Twin) -> None:
+    """Heating (towards T's high limit and Ca's low one) stops at the edge of the moves the
+    training log made from the nearest states, plus the margin; every cut is recorded."""
+    controller = cold_controller(twin, StubPlanner("wild", value=1e6),
                                  disagreement_trip=math.inf)
     previous = cstr.TC_NOMINAL
     cut, records = 0, []
@@ -627,9 +626,8 @@ def test_a_plan_may_not_take_an_actuator_out_of_the_data_envelope(twin: Twin,
         envelope = twin.action_envelope(controller._z0, controller.envelope_neighbours,
                                         controller.envelope_margin)
         assert envelope is not None
-        low, high = min(envelope[0][0], previous), max(envelope[1][0], previous)
         tc = record.actuators["Tc"]
-        assert low - 1e-9 <= tc <= high + 1e-9
+        assert tc <= max(envelope[1][0], previous) + 1e-9
         assert abs(tc - previous) <= rate_per_sample() + 1e-9
         events = [e for e in record.events if e.kind == "data_envelope"]
         cut += bool(events)
@@ -637,10 +635,21 @@ def test_a_plan_may_not_take_an_actuator_out_of_the_data_envelope(twin: Twin,
         previous = tc
     assert cut > 0
     # without the envelope the same plan runs to the bound
-    unbounded = _envelope_run(twin, value, envelope_neighbours=0)
-    assert unbounded[-1].actuators["Tc"] == (cstr.TC_HIGH if value > 0 else cstr.TC_LOW)
-    assert abs(records[-1].actuators["Tc"] - cstr.TC_NOMINAL) < \
-        abs(unbounded[-1].actuators["Tc"] - cstr.TC_NOMINAL)
+    unbounded = _envelope_run(twin, 1e6, envelope_neighbours=0)
+    assert unbounded[-1].actuators["Tc"] == cstr.TC_HIGH
+    assert records[-1].actuators["Tc"] < cstr.TC_HIGH - 10.0
+
+
+def test_the_envelope_lets_a_move_away_from_every_limit_through(twin: Twin) -> None:
+    """Cooling takes T away from its high limit and Ca away from its low one: the twin may
+    cool past anything the log did (to the actuator's bound)."""
+    controller = cold_controller(twin, StubPlanner("wild"), disagreement_trip=math.inf)
+    controller.step(0.0, _plant_samples(1)[0], {"T": 360.0})
+    assert controller._toward_a_limit(0, 1.0, controller.applied)
+    assert not controller._toward_a_limit(0, -1.0, controller.applied)
+    records = _envelope_run(twin, -1e6)
+    assert not [e for r in records for e in r.events if e.kind == "data_envelope"]
+    assert records[-1].actuators["Tc"] == cstr.TC_LOW
 
 
 def test_the_envelope_never_forces_a_move(twin: Twin) -> None:
