@@ -109,7 +109,7 @@ from rich.progress import track
 from twin.controller import TwinController
 from twin.records import EpisodeResult, SafetyEvent, StepRecord
 from twin.safety import Fallback
-from twin.spec import ProcessSpec, Tag, TagRole
+from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
@@ -321,6 +321,9 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
             Tag(name="CHO", role=TagRole.DISTURBANCE, unit="g/min", nominal=0.0,
                 description="announced carbohydrate of the last sample"),
         ),
+        # the log's boluses follow meals, not the state: bounding the twin's insulin by
+        # them took the benchmark's children to 43 % TIR, 57 % above 180 (default cases)
+        control=ControlWeights(data_envelope=False),
     )
 
 

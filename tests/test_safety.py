@@ -679,3 +679,14 @@ def test_an_older_checkpoint_plans_without_an_envelope(twin: Twin) -> None:
 def test_invalid_envelope_settings_are_refused(twin: Twin, kwargs: dict) -> None:
     with pytest.raises(ValueError, match="envelope"):
         TwinController(twin, StubPlanner("wild"), **kwargs)
+
+
+def test_a_spec_can_turn_the_envelope_off(twin: Twin) -> None:
+    spec = twin.spec.model_copy(
+        update={"control": twin.spec.control.model_copy(update={"data_envelope": False})})
+    off = dataclasses.replace(twin, spec=spec)
+    assert TwinController(off, StubPlanner("wild")).envelope_neighbours == 0
+    assert TwinController(twin, StubPlanner("wild")).envelope_neighbours > 0
+    assert TwinController(off, StubPlanner("wild"), envelope_neighbours=5).envelope_neighbours == 5
+    records = _envelope_run(off, 1e6)
+    assert not [e for r in records for e in r.events if e.kind == "data_envelope"]

@@ -89,7 +89,7 @@ class TwinController:
                  disagreement_steps: int = 3, offset_gain: float = OFFSET_GAIN,
                  warmup_samples: int | None = WARMUP_SAMPLES,
                  tracking_weight: float | None = None,
-                 envelope_neighbours: int = ENVELOPE_NEIGHBOURS,
+                 envelope_neighbours: int | None = None,
                  envelope_margin: float = ENVELOPE_MARGIN) -> None:
         """Thresholds are in training standard deviations of each sensor.
 
@@ -107,7 +107,9 @@ class TwinController:
         `twin.spec.ControlWeights`; None: the process spec's).
         `envelope_neighbours`, `envelope_margin`: the data envelope of the twin's moves (see
         `ENVELOPE_NEIGHBOURS`): a planned move may not take an actuator farther outside it
-        than it already is, in a direction that drives a limited sensor towards its limit.
+        than it already is, in a direction that drives a limited sensor towards its limit
+        (None: `ENVELOPE_NEIGHBOURS`, or 0, no envelope, where the spec's
+        `control.data_envelope` is off).
         """
         self.twin, self.planner, self.fallback = twin, planner, fallback
         self.spec = twin.spec
@@ -116,6 +118,8 @@ class TwinController:
         self.trust_after_steps = trust_after_steps
         self.disagreement_trip, self.disagreement_steps = disagreement_trip, disagreement_steps
         self.offset_gain = offset_gain
+        if envelope_neighbours is None:
+            envelope_neighbours = ENVELOPE_NEIGHBOURS if twin.spec.control.data_envelope else 0
         if envelope_neighbours < 0 or not math.isfinite(envelope_margin) or envelope_margin < 0:
             raise ValueError("envelope_neighbours and envelope_margin must be >= 0 and finite")
         self.envelope_neighbours, self.envelope_margin = envelope_neighbours, envelope_margin

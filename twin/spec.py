@@ -100,12 +100,18 @@ class ControlWeights(BaseModel):
         |z - z_goal|^2 + tracking_weight * e^2 + move_weight * (du / rate_limit)^2
 
     with z the embedding and e the setpoint error of each controlled sensor, in training
-    standard deviations. With tracking_weight 0 the goal is the embedding alone."""
+    standard deviations. With tracking_weight 0 the goal is the embedding alone.
+
+    `data_envelope`: keep planned moves inside the moves the training log made from similar
+    states where they drive a limited sensor towards its limit (`twin.controller`). Turn it
+    off for actuators the log moves on events rather than on the state (insulin boluses at
+    meals): the neighbours' moves then say little about what a controller may do."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+    data_envelope: bool = True
 
 
 class ProcessSpec(BaseModel):
