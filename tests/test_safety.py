@@ -605,6 +605,13 @@ def test_bank_moves_survive_a_checkpoint_and_older_checkpoints_still_load(twin: 
     assert older.bank.actions is None
 
 
+def test_a_checkpoint_whose_bank_moves_do_not_fit_is_refused(twin: Twin) -> None:
+    bad = dataclasses.replace(twin, bank=dataclasses.replace(
+        twin.bank, actions=twin.bank.actions[:-1]))
+    with pytest.raises(InvalidInput, match="goal bank holds moves"):
+        Twin.from_bytes(bad.to_bytes())
+
+
 def _envelope_run(twin: Twin, value: float, **kwargs: float) -> list[StepRecord]:
     controller = cold_controller(twin, StubPlanner("wild", value=value),
                                  disagreement_trip=math.inf, **kwargs)

@@ -232,6 +232,12 @@ class Twin:
             model = JEPA(config, layout.feature_dim, len(layout.actions), len(layout.observed))
             model.load_state_dict(state["weights"])
             bank = GoalBank(**state["bank"])
+            if bank.actions is not None and tuple(bank.actions.shape) != (
+                    len(bank.embeddings), len(layout.actions)):
+                raise InvalidInput(f"checkpoint is inconsistent: its goal bank holds moves of "
+                                   f"shape {tuple(bank.actions.shape)} for "
+                                   f"{len(bank.embeddings)} states and "
+                                   f"{len(layout.actions)} actuators")
             norm = Normalizer.from_dict(state["normalizer"])
         except (KeyError, TypeError, RuntimeError, SpecError) as exc:
             raise InvalidInput(f"checkpoint is incomplete or inconsistent: "
