@@ -233,8 +233,6 @@ class TwinController:
             status, proposal = self._warmup_step(measurements, setpoints, previous, events)
         else:
             status, proposal, plan_result = self._plan(measurements, setpoints, previous, events)
-            if status == StepStatus.OK:
-                proposal = self._within_envelope(proposal, previous, events)
             if guard:
                 kind = "limit_guard" if guard.startswith("limit") else "model_mismatch"
                 if self.fallback is None:
@@ -247,6 +245,8 @@ class TwinController:
                     if status != StepStatus.FALLBACK:
                         status = StepStatus.FALLBACK
                         proposal = dict(self.fallback(measurements, setpoints, previous))
+            if status == StepStatus.OK:  # the twin's own move goes out: keep it in the envelope
+                proposal = self._within_envelope(proposal, previous, events)
         safe = self.safety.enforce(proposal, previous)
         events += safe.events
         self.applied = safe.actuators

@@ -556,11 +556,11 @@ class RTIPlanner:
         u_bar = U.ravel()
         residual = Z.ravel(order="F") - np.tile(problem.z_goal, horizon) - G @ u_bar
         G_cost = G
-        if problem.metric is not None:
-            d = self.d
-            residual = problem.weighted(residual.reshape(horizon, d).T).T.ravel()
-            G_cost = problem.weighted(G.reshape(horizon, d, n_u).transpose(1, 0, 2)
-                                 ).transpose(1, 0, 2).reshape(horizon * d, n_u)
+        if problem.metric is not None:  # W on every stage's block of D rows
+            w = np.asarray(problem.metric, dtype=float)
+            residual = (residual.reshape(horizon, self.d) @ w.T).ravel()
+            G_cost = np.einsum("ij,hjn->hin", w, G.reshape(horizon, self.d, n_u)
+                               ).reshape(horizon * self.d, n_u)
         c = np.zeros(n_u)
         c[:a] = np.sqrt(s.move_weight) * problem.u_prev / lim.rate
         hess = np.zeros((n_u + n_s, n_u + n_s))
