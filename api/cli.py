@@ -282,7 +282,7 @@ def control(
     tags it shares (--plant): the simulator stands in for the real plant, and the
     controller knows nothing but what the twin learned from the files.
     """
-    from processes import fallback_for, get_process
+    from processes import fallback_for, get_process, protection_for
     from twin.controller import TwinController
     from twin.planner_names import PLANNER_NAMES as PLANNERS
     from twin.twin_model import Twin
@@ -294,7 +294,8 @@ def control(
     module = get_process(name)
     _check_plant_tags(twin_model.spec, module.SPEC)
     controller = TwinController.from_twin(twin_model, planner,
-                                          fallback=fallback_for(twin_model.spec))
+                                          fallback=fallback_for(twin_model.spec),
+                                          protection=protection_for(twin_model.spec))
     episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
                                  config={"planner": planner, "checkpoint": str(model)},
                                  show_progress=True)
@@ -388,7 +389,7 @@ def replay(
     database_url: UrlOption = None,
 ) -> None:
     """Replay a log through a twin: open-loop predictions, shadow control, or the log itself."""
-    from processes import fallback_for
+    from processes import fallback_for, protection_for
     from processes.base import SummaryRow
     from twin import replay as replays
     from twin.controller import TwinController
@@ -408,7 +409,8 @@ def replay(
             rows.append(SummaryRow(f"rmse_{tag}_h{horizon}", f"{horizon}-step RMSE {tag}",
                                    spec.tag(tag).unit, ".4g"))
     elif mode == "shadow":
-        controller = TwinController.from_twin(twin_model, planner, fallback=fallback_for(spec))
+        controller = TwinController.from_twin(twin_model, planner, fallback=fallback_for(spec),
+                                              protection=protection_for(spec))
         episode = replays.shadow(controller, df, _parse_setpoints(setpoint), show_progress=True)
         rows = [SummaryRow("samples", "samples", "", "d"),
                 SummaryRow("fallbacks", "fallback steps", "", "d"),

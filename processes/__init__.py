@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 
 from twin.baseline import spec_fallback
-from twin.safety import Fallback
+from twin.safety import Fallback, Protection
 from twin.spec import ProcessSpec, SpecError
 
 from .base import check_module
@@ -50,3 +50,12 @@ def fallback_for(spec: ProcessSpec) -> Fallback | None:
     PI loops its tag file declares, else None (hold the actuators)."""
     module = find_process(spec.name)
     return module.baseline_fallback() if module is not None else spec_fallback(spec)
+
+
+def protection_for(spec: ProcessSpec) -> Protection | None:
+    """The plant's own limit protection, run on every move a twin controller sends: the
+    built-in process's `limit_protection` where it has one (the turbofan's FADEC limits),
+    else None."""
+    module = find_process(spec.name)
+    factory = getattr(module, "limit_protection", None) if module is not None else None
+    return factory() if factory is not None else None

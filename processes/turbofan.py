@@ -96,8 +96,8 @@ from rich.progress import track
 
 from twin.controller import TwinController
 from twin.records import EpisodeResult, StepRecord
-from twin.safety import Fallback
-from twin.spec import ProcessSpec, Tag, TagRole
+from twin.safety import Fallback, Protection
+from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
@@ -483,6 +483,10 @@ SPEC = ProcessSpec(
         Tag(name="dT_isa", role=TagRole.DISTURBANCE, unit="K", nominal=0.0,
             description="ambient temperature deviation from ISA"),
     ),
+    # The thrust error itself in the plan's cost, and a plan margin to the limits of 0.1
+    # training std (89 rpm of fan speed; 0.25 std left the twin short of takeoff thrust):
+    # the FADEC's limit protection (`fadec_protection`) stands behind every move
+    control=ControlWeights(tracking_weight=40.0, limit_margin=0.1),
 )
 
 LIMITS: dict[str, tuple[float | None, float | None]] = {
@@ -972,6 +976,20 @@ def fadec_fallback() -> Fallback:
     return fallback
 
 
+def fadec_protection() -> Protection:
+    """The baseline's limit protection alone (min-select of the surge, T50 and overspeed
+    regulators, max-select of the lean blow-out floor) on any fuel demand, the twin's
+    included: a controller that sees the engine every 0.2 s cannot see the surge-margin
+    dip the instant fuel steps up, and this law is sized for it (SM_PER_LOG_FUEL)."""
+    control = FuelControl()
+
+    def protect(meas: Mapping[str, float | None], proposal: Mapping[str, float],
+                applied: Mapping[str, float]) -> dict[str, float]:
+        return {"Wf": control.protect_fuel(meas, float(proposal["Wf"]), float(applied["Wf"]))}
+
+    return protect
+
+
 def twin_policy(controller: TwinController) -> Policy:
     def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
             demand: float) -> StepRecord:
@@ -1088,6 +1106,7 @@ def episode_metrics(thrust: np.ndarray, demands: np.ndarray, moves: np.ndarray,
 
 baseline_policy = fadec_policy
 baseline_fallback = fadec_fallback
+limit_protection = fadec_protection
 
 EPISODE_SUMMARY = (
     SummaryRow("cost", "cost"),

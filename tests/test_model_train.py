@@ -57,6 +57,10 @@ def test_readout_learns_the_temperature(trained) -> None:
     spread = float(training_log(3.0, 3)["T"].std())
     assert history[-1].holdout_readout_rmse["T"] < 0.5 * spread
     assert set(history[-1].holdout_readout_rmse) == {"Ca", "T"}  # sensors only
+    # the one-step forecast read out against the next sample, kept for the mismatch check
+    forecast = twin.metrics["forecast_rmse"]
+    assert set(forecast) == {"Ca", "T"} and forecast == history[-1].holdout_forecast_rmse
+    assert 0.0 < forecast["T"] < 0.5 * spread
     # the bank holds real training windows
     assert twin.bank.embeddings.shape[1] == 8
     assert len(twin.bank.embeddings) == len(twin.bank.observed) == len(twin.bank.unsteadiness)

@@ -543,3 +543,96 @@ def test_the_controller_weighs_the_setpoint_error_as_its_spec_says(twin: Twin) -
     plain = TwinController(twin, RTIPlanner(twin), tracking_weight=0.0)
     plain._goal_for(setpoints, measurements)
     assert plain._metric is None
+
+
+def _shifted_limit_problem(twin: Twin, lim: Constraints, shift_t: float
+                           ) -> tuple[PlanningProblem, int]:
+    """A goal past the temperature limit, with `shift_t` (normalised) as T's limit shift."""
+    problem = _bank_problem(twin, setpoint_k=cstr.T_LIMIT_K - 0.01)
+    problem.z_goal = problem.z_goal + 3.0 * (problem.z_goal - problem.z0)
+    row = list(lim.limit_rows).index(twin.layout.observed.index("T"))
+    problem.limit_shift = np.zeros(len(lim.limit_rows))
+    problem.limit_shift[row] = shift_t
+    return problem, row
+
+
+def _peak_t(twin: Twin, result: PlanResult, row: int, lim: Constraints) -> float:
+    y = twin.model.readout(torch.as_tensor(result.embeddings, dtype=torch.float32))
+    return float(y.detach().double().numpy()[:, lim.limit_rows][:, row].max())
+
+
+def test_a_limit_shift_only_tightens(twin: Twin) -> None:
+    lim = Constraints.from_twin(twin, 0.25)
+    problem, row = _shifted_limit_problem(twin, lim, 0.3)
+    low, high = problem.sensor_bounds(lim)
+    assert high[row] == pytest.approx(lim.y_high[row] - 0.3)
+    assert np.array_equal(low, lim.y_low)  # a plant reading high leaves low limits alone
+    problem.limit_shift = -problem.limit_shift
+    low, high = problem.sensor_bounds(lim)
+    assert np.array_equal(high, lim.y_high) and np.array_equal(low, lim.y_low)
+
+
+@pytest.mark.parametrize("name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi",
+                                  "hierarchical"])
+def test_a_limit_shift_reaches_every_planner(twin: Twin, name: str) -> None:
+    """The plan keeps T's readout under the limit less the shift (the plant has read above
+    the twin's forecasts), and reports the cost against those limits."""
+    settings = PlannerSettings(horizon=10)
+    planner = make_planner(name, twin, settings)
+    if isinstance(planner, RTIPlanner):
+        planner = _rti(twin, sqp_iterations=30)
+    lim = planner.limits if hasattr(planner, "limits") else Constraints.from_twin(twin, 0.25)
+    free, row = _shifted_limit_problem(twin, lim, 0.0)
+    unshifted = planner.plan(free)
+    assert unshifted.ok, unshifted.message
+    peak = _peak_t(twin, unshifted, row, lim)
+    # a shift that puts T's limit 0.3 std under the unshifted plan's peak
+    shifted_problem, _ = _shifted_limit_problem(twin, lim, lim.y_high[row] - peak + 0.3)
+    planner.reset()
+    shifted = planner.plan(shifted_problem)
+    assert shifted.ok, shifted.message
+    assert _peak_t(twin, shifted, row, lim) <= peak - 0.3 + 0.02
+
+
+@pytest.mark.parametrize("shift", [[0.1, 0.2, 0.3], [math.nan, 0.0], [math.inf, 0.0]])
+def test_a_bad_limit_shift_is_refused(twin: Twin, shift: list[float]) -> None:
+    planner = _rti(twin)
+    problem = _bank_problem(twin)
+    problem.limit_shift = np.array(shift[: len(planner.limits.limit_rows)] if len(shift) == 2
+                                   else shift)
+    result = planner.plan(problem)
+    assert not result.ok and "limit_shift" in result.message
+
+
+def test_the_spec_sets_the_plans_limit_margin(twin: Twin) -> None:
+    spec = twin.spec.model_copy(update={"control": twin.spec.control.model_copy(
+        update={"limit_margin": 0.1})})
+    tight = Twin(spec, twin.config, twin.norm, twin.model, twin.bank, twin.metrics)
+    assert PlannerSettings.for_twin(tight).limit_margin == 0.1
+    assert PlannerSettings.for_twin(twin).limit_margin == 0.25
+    row = RTIPlanner(tight).limits
+    assert np.allclose(row.y_high[np.isfinite(row.y_high)],
+                       Constraints.from_twin(twin, 0.1).y_high[np.isfinite(row.y_high)])
+
+
+def test_the_goal_meets_the_setpoint_before_the_conditions(
+        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight bank states sit at the asked temperature under a feed 2 std off the present
+    one, eight at the present feed but 1 std off the temperature: the goal is made of the
+    first; weighing setpoint and condition alike would take the second."""
+    d, observed = twin.config.embed_dim, twin.layout.observed
+    t_col, feed_col = observed.index("T"), observed.index("Tf")
+    target = 365.0
+    rows = np.zeros((16, len(observed)))
+    rows[:, t_col] = twin.normalise_sensor("T", target)
+    rows[:8, feed_col] = 2.0  # at the setpoint, far from the present feed (0 std)
+    rows[8:, t_col] += 1.0  # at the present feed, off the setpoint
+    embeddings = np.zeros((16, d))
+    embeddings[:8, 0], embeddings[8:, 0] = 1.0, -1.0
+    bank = GoalBank(torch.tensor(embeddings, dtype=torch.float32),
+                    torch.tensor(rows, dtype=torch.float32), torch.zeros(16))
+    staged = Twin(twin.spec, twin.config, twin.norm, twin.model, bank, twin.metrics)
+    feed = float(twin.norm.mean[twin.norm.index("Tf")])
+    assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(1.0)
+    monkeypatch.setattr("twin.twin_model.SETPOINT_PRIORITY", 1.0)
+    assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(-1.0)

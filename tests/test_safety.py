@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +95,9 @@ def test_enforce_keeps_bounds_and_rates(spec: ProcessSpec, data) -> None:
         if asked is None:
             assert "invalid_proposal" in kinds
             assert value == prev  # hold
-        elif tag.low <= asked <= tag.high and abs(asked - prev) <= rate:
+        elif tag.low <= asked <= tag.high and prev - rate <= asked <= prev + rate:
+            # (the window as the layer computes it: |asked - prev| <= rate can round to true
+            # for a proposal a hair outside it, e.g. -4e-130 against 0.2 - 0.2)
             assert value == asked and not kinds  # a safe proposal passes untouched
         else:
             assert value != asked and kinds & {"rate_limited", "clipped_bounds"}
@@ -424,6 +427,33 @@ def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None
     assert second.actuators["Tc"] < first.actuators["Tc"]  # the baseline cools
 
 
+@pytest.mark.parametrize("plan", ["cools", "heats"])
+def test_near_a_limit_the_twin_may_only_move_farther_from_it_than_the_baseline(
+        twin: Twin, plan: str) -> None:
+    """The guard trips on T's high limit and the baseline acts, but a plan that cools harder
+    than the baseline (away from the limit, by the twin's own sign) goes out instead; a
+    plan that heats never does."""
+    value = -1e6 if plan == "cools" else 1e6
+    controller = cold_controller(twin, StubPlanner("wild", value=value), cstr.pi_fallback(),
+                                 mismatch_trip=math.inf, disagreement_trip=math.inf,
+                                 envelope_neighbours=0)
+    meas = _plant_samples(1)[0]
+    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
+    first = controller.step(0.0, dict(meas, T=cstr.T_LIMIT_K - 5 * band), {"T": 360.0})
+    rising = cstr.T_LIMIT_K - 2.5 * band
+    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
+    assert second.status is StepStatus.FALLBACK
+    reference = cstr.PIController()
+    reference.u = first.actuators["Tc"]
+    baseline = reference(rising, 360.0)
+    kept = [e for e in second.events if e.kind == "limit_guard" and "kept" in e.message]
+    if plan == "cools":
+        assert second.actuators["Tc"] == pytest.approx(first.actuators["Tc"] - rate_per_sample())
+        assert second.actuators["Tc"] < baseline and len(kept) == 1 and kept[0].tag == "Tc"
+    else:
+        assert second.actuators["Tc"] == pytest.approx(baseline) and not kept
+
+
 def test_baseline_runs_once_per_sample_when_plan_and_guard_both_fall_back(twin: Twin) -> None:
     """A stateful baseline (integrators, its own clock) must see each sample once, even
     when the planner fails and the limit guard trips in the same step."""
@@ -468,19 +498,117 @@ def test_model_mismatch_trips_and_recovers_with_hysteresis(twin: Twin) -> None:
                                             StepStatus.OK, StepStatus.OK]
 
 
+def _biased_run(twin: Twin, offset_units: float, steps: int, **kwargs: float
+                ) -> tuple[TwinController, list[StepRecord]]:
+    """The plant measures what the twin forecast, `offset_units` error units higher on T."""
+    controller = cold_controller(twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
+                                 guard_band=0.0, **kwargs)
+    offset = offset_units * controller._error_scale("T")
+    plant, records = _plant_samples(1)[0], []
+    for k in range(steps):
+        meas = dict(plant, **controller.expected)
+        if controller.expected:
+            meas["T"] += offset
+        records.append(controller.step(6.0 * k, meas, {"T": 360.0}))
+    return controller, records
+
+
+def test_a_steady_forecast_bias_is_learned_and_tightens_the_plan(
+        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A twin whose forecasts run steadily low (0.6 error units, twice the trip) trips at
+    first, then, its bias learned, is trusted; the bias reaches the plan as T's limit shift
+    (the plant reads hotter than the twin: the high limit comes nearer)."""
+    monkeypatch.setattr("twin.controller.GUARD_LOOKAHEAD", 0)  # only the mismatch speaks
+    controller, records = _biased_run(twin, 0.6, 40, trust_after_steps=3)
+    assert records[1].status is StepStatus.FALLBACK
+    assert "model_mismatch" in {e.kind for e in records[1].events}
+    assert all(r.status is StepStatus.OK for r in records[-10:])
+    std_t = twin.norm.std[twin.norm.index("T")]
+    bias = controller.forecast_bias["T"]
+    assert bias == pytest.approx(0.6 * controller._error_scale("T"), rel=0.02)
+    shift = controller._limit_shift()
+    row = [twin.layout.observed[i] for i in controller._action_limits.limit_rows].index("T")
+    assert shift[row] == pytest.approx(bias / std_t)
+    seen: list[PlanningProblem] = []
+    planner = controller.planner
+    original = planner.plan
+    planner.plan = lambda problem: (seen.append(problem), original(problem))[1]  # type: ignore
+    meas = dict(_plant_samples(1)[0], **controller.expected)
+    meas["T"] += bias  # the same steady miss: the bias holds
+    controller.step(6.0 * 40, meas, {"T": 360.0})
+    assert seen and seen[0].limit_shift is not None
+    assert seen[0].limit_shift[row] == pytest.approx(shift[row], rel=0.05)
+
+
+def test_a_forecast_bias_beyond_its_limit_keeps_the_twin_out(
+        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However steady, a bias beyond `FORECAST_BIAS_TRIPS` trips (1.5 error units here)."""
+    monkeypatch.setattr("twin.controller.GUARD_LOOKAHEAD", 0)
+    _, records = _biased_run(twin, 1.5, 40, trust_after_steps=3)
+    assert all(r.status is StepStatus.FALLBACK for r in records[1:])
+    assert "bias beyond" in next(e.message for e in records[-1].events
+                                 if e.kind == "model_mismatch")
+
+
+def _capping_protection(cap: float, calls: list[dict]) -> Callable:
+    def protect(meas, proposal, applied):  # type: ignore[no-untyped-def]
+        calls.append(dict(proposal))
+        return {"Tc": min(float(proposal["Tc"]), cap)}
+    return protect
+
+
+@pytest.mark.parametrize("planner_mode", ["wild", "fail"])
+def test_the_plants_limit_protection_cuts_every_move_and_says_so(
+        twin: Twin, planner_mode: str) -> None:
+    """The twin's moves and the baseline's alike pass the protection, every sample."""
+    cap, calls = cstr.TC_NOMINAL + 3.0, []
+    controller = cold_controller(twin, StubPlanner(planner_mode, value=1e6), cstr.pi_fallback(),
+                                 disagreement_trip=math.inf, envelope_neighbours=0,
+                                 protection=_capping_protection(cap, calls))
+    samples = _plant_samples(20)
+    cut = 0
+    for k, meas in enumerate(samples):
+        record = controller.step(6.0 * k, meas, {"T": 380.0})  # far above: heat
+        assert record.actuators["Tc"] <= cap + 1e-12
+        events = [e for e in record.events if e.kind == "limit_protection"]
+        assert all(e.tag == "Tc" and "limit protection" in e.message for e in events)
+        cut += bool(events)
+    assert len(calls) == len(samples) and cut > 0
+    assert record.actuators["Tc"] == pytest.approx(cap)
+
+
+@pytest.mark.parametrize("broken", ["raise", "nan", "missing"])
+def test_a_broken_protection_holds_the_actuators(twin: Twin, broken: str) -> None:
+    def protect(meas, proposal, applied):  # type: ignore[no-untyped-def]
+        if broken == "raise":
+            raise RuntimeError("limit table corrupt")
+        return {"Tc": math.nan} if broken == "nan" else {}
+
+    controller = cold_controller(twin, StubPlanner("wild", value=1e6), cstr.pi_fallback(),
+                                 disagreement_trip=math.inf, envelope_neighbours=0,
+                                 protection=protect)
+    record = controller.step(0.0, _plant_samples(1)[0], {"T": 380.0})
+    assert record.actuators["Tc"] == cstr.TC_NOMINAL
+    assert "limit_protection" in {e.kind for e in record.events}
+
+
 def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
         twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A forecast miss within 3 held-out readout RMSEs is the twin's usual error: no trip."""
+    """A forecast miss within 3 held-out readout (or one-step forecast) RMSEs is the twin's
+    usual error: no trip."""
     # the jump in T must not look like a run at the limit: only the mismatch check speaks
     monkeypatch.setattr("twin.controller.GUARD_LOOKAHEAD", 0)
     forecasts = {t: float(v) for t, v in twin.readout(np.zeros(twin.config.embed_dim)).items()}
     std_t = twin.norm.std[twin.norm.index("T")]
     meas = dict(_plant_samples(1)[0], **forecasts)
 
-    def second_step_status(rmse_t: float, miss: float) -> StepStatus:
+    def second_step_status(rmse_t: float, miss: float, forecast_rmse_t: float = 0.0
+                           ) -> StepStatus:
         poor = copy.copy(twin)
-        poor.metrics = {**twin.metrics, "readout_rmse": {**twin.metrics["readout_rmse"],
-                                                         "T": rmse_t}}
+        poor.metrics = {**twin.metrics,
+                        "readout_rmse": {**twin.metrics["readout_rmse"], "T": rmse_t},
+                        "forecast_rmse": {**twin.metrics.get("forecast_rmse", {}),
+                                          "T": forecast_rmse_t}}
         controller = cold_controller(poor, StubPlanner("wild", value=0.0), cstr.pi_fallback(),
                                     guard_band=0.0)
         controller.step(0.0, meas, {"T": 360.0})
@@ -490,6 +618,10 @@ def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
     assert second_step_status(rmse, 2.5 * rmse) is StepStatus.OK
     assert second_step_status(rmse, 3.5 * rmse) is StepStatus.FALLBACK
     assert second_step_status(0.01 * std_t, 0.5 * std_t) is StepStatus.FALLBACK
+    # a sharp readout but a rough one-step forecast: the forecast's RMSE sets the scale
+    assert second_step_status(0.01 * std_t, 2.5 * rmse, forecast_rmse_t=rmse) is StepStatus.OK
+    assert second_step_status(0.01 * std_t, 3.5 * rmse, forecast_rmse_t=rmse) \
+        is StepStatus.FALLBACK
 
 
 def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:

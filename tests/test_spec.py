@@ -203,6 +203,7 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     del data["control"]
     spec = ProcessSpec.from_dict(data)
     assert spec.control.tracking_weight == 0.0 and spec.control.move_weight == 0.5
+    assert spec.control.limit_margin == 0.25
     assert cstr.SPEC.control.tracking_weight > 0  # the CSTR tunes its own
 
 
@@ -211,6 +212,8 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     ("move_weight", 0.0, "greater than 0"),
     ("move_weight", float("nan"), "finite"),
     ("tracking_weight", float("inf"), "finite"),
+    ("limit_margin", -0.1, "greater than or equal to 0"),
+    ("limit_margin", float("nan"), "finite"),
     ("colour", 1.0, "Extra inputs"),
 ])
 def test_invalid_control_weights_name_the_field(field: str, value: float, words: str) -> None:
@@ -224,7 +227,8 @@ def test_invalid_control_weights_name_the_field(field: str, value: float, words:
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_control_weights_survive_a_file_round_trip(tmp_path: Path, suffix: str) -> None:
     data = cstr_spec_dict()
-    data["control"] = {"tracking_weight": 7.5, "move_weight": 2.0}
+    data["control"] = {"tracking_weight": 7.5, "move_weight": 2.0, "limit_margin": 0.1}
     path = tmp_path / f"plant{suffix}"
     ProcessSpec.from_dict(data).save(path)
     assert ProcessSpec.load(path).control.tracking_weight == 7.5
+    assert ProcessSpec.load(path).control.limit_margin == 0.1

@@ -259,6 +259,26 @@ def test_fuel_control_selects_the_most_limiting_demand() -> None:
     assert control(flameout, 0.0, 0.55) == pytest.approx(0.5)  # max-select beats the PI
 
 
+def test_limit_protection_cuts_any_fuel_demand_as_the_baseline_would() -> None:
+    """The twin's moves pass the baseline's limit selection: a surge-margin or EGT ceiling
+    and the flame-out floor, whatever the demand; a calm engine is left alone."""
+    protect = tf.limit_protection()
+    calm = {"Fn": 50.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0,
+            "Ps30": 1500.0}
+    assert protect(calm, {"Wf": 0.75}, {"Wf": 0.7}) == {"Wf": pytest.approx(0.75)}
+    near_surge = {**calm, "SM_hpc": tf.SM_CONTROL_PCT - 1.0}
+    assert protect(near_surge, {"Wf": 0.8}, {"Wf": 0.7})["Wf"] < 0.7
+    flameout = {**calm, "Ps30": 1e3 * 0.5 / tf.PHI_CONTROL}
+    assert protect(flameout, {"Wf": 0.3}, {"Wf": 0.55})["Wf"] == pytest.approx(0.5)
+    assert protect({**calm, "SM_hpc": None}, {"Wf": 0.8}, {"Wf": 0.7})["Wf"] <= 0.7
+
+
+def test_only_the_turbofan_lends_a_limit_protection() -> None:
+    from processes import get_spec, protection_for
+    assert protection_for(tf.SPEC) is not None
+    assert protection_for(get_spec("cstr")) is None
+
+
 def test_fallback_is_bumpless_and_copes_with_missing_measurements() -> None:
     fallback = tf.baseline_fallback()
     meas = {"Fn": 60.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0,
@@ -348,7 +368,8 @@ def test_a_tiny_twin_drives_the_engine_end_to_end() -> None:
         twin, _ = train_twin(df, tf.SPEC, TrainConfig(epochs=2, rollout_steps=4,
                                                       model=TINY_MODEL), show_progress=False)
     controller = TwinController.from_twin(twin, "cem", settings=PlannerSettings(horizon=8),
-                                          fallback=tf.baseline_fallback())
+                                          fallback=tf.baseline_fallback(),
+                                          protection=tf.limit_protection())
     scenario = tf.Scenario(steps=25, setpoints=[(0, 25.0), (5, 60.0)],
                            flight_points=[(0, tf.Flight(0.0, 0.2, 10.0))])
     ep = tf.run_episode(tf.twin_policy(controller), "twin+cem", scenario=scenario)

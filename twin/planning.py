@@ -63,8 +63,9 @@ class PlannerSettings:
 
     @classmethod
     def for_twin(cls, twin: Twin) -> PlannerSettings:
-        """The defaults, with the move weight of the twin's process spec."""
-        return cls(move_weight=twin.spec.control.move_weight)
+        """The defaults, with the move weight and limit margin of the twin's process spec."""
+        control = twin.spec.control
+        return cls(move_weight=control.move_weight, limit_margin=control.limit_margin)
 
 
 @dataclass
@@ -76,6 +77,21 @@ class PlanningProblem:
     z_goal: np.ndarray  # (D,)
     # (D, D) factor W of the stage cost |W (z - z_goal)|^2; None is the identity
     metric: np.ndarray | None = None
+    # (L,) per limited sensor (`Constraints.limit_rows` order), normalised: how far the plant
+    # has read above the twin's forecast of late (below: negative); see `sensor_bounds`
+    limit_shift: np.ndarray | None = None
+
+    def sensor_bounds(self, lim: Constraints) -> tuple[np.ndarray, np.ndarray]:
+        """The sensor limits the twin's readouts must keep in this problem: (low, high).
+
+        With a `limit_shift` both the readout and the readout plus the shift must keep the
+        limits: a plant that reads above its forecast brings the high limit nearer and
+        leaves the low one where it is (and the other way round), so a bias only ever
+        tightens the plan."""
+        if self.limit_shift is None:
+            return lim.y_low, lim.y_high
+        shift = np.asarray(self.limit_shift, dtype=float)
+        return lim.y_low - np.minimum(shift, 0.0), lim.y_high - np.maximum(shift, 0.0)
 
     def weighted(self, z: np.ndarray) -> np.ndarray:
         """W z for embeddings along the first axis (D, ...)."""
@@ -144,6 +160,33 @@ class Constraints:
             y_hi.append(np.inf if tag.high is None
                         else twin.normalise_sensor(name, tag.high) - margin_fraction)
         return cls(lo, hi, rate, np.array(rows, dtype=int), np.array(y_lo), np.array(y_hi))
+
+
+@dataclass
+class SensorRows:
+    """Where an NLP's sensor-limit rows sit in its constraint vector (position, limited
+    sensor, upper side or not), so a problem's `limit_shift` moves their bounds at solve
+    time without rebuilding the solver."""
+
+    positions: list[int] = field(default_factory=list)
+    sensors: list[int] = field(default_factory=list)
+    upper: list[bool] = field(default_factory=list)
+
+    def add(self, position: int, sensor: int, upper: bool) -> None:
+        self.positions.append(position)
+        self.sensors.append(sensor)
+        self.upper.append(upper)
+
+    def bounds(self, lbg: np.ndarray, ubg: np.ndarray, problem: PlanningProblem
+               ) -> tuple[np.ndarray, np.ndarray]:
+        if problem.limit_shift is None or not self.positions:
+            return lbg, ubg
+        shift = np.asarray(problem.limit_shift, dtype=float)[self.sensors]
+        lbg, ubg = lbg.copy(), ubg.copy()
+        upper, positions = np.array(self.upper), np.array(self.positions)
+        ubg[positions[upper]] -= np.maximum(shift[upper], 0.0)  # as `sensor_bounds`
+        lbg[positions[~upper]] -= np.minimum(shift[~upper], 0.0)
+        return lbg, ubg
 
 
 def torch_mlp_to_casadi(module: torch.nn.Sequential, x: ca.SX | ca.MX) -> ca.SX | ca.MX:
@@ -220,6 +263,7 @@ class CasadiPlanner:
         z0, u_prev, z_goal = ca.SX.sym("z0", d), ca.SX.sym("u_prev", a), ca.SX.sym("z_goal", d)
         metric = ca.SX.sym("metric", d, d)
         g, lbg, ubg, cost = [], [], [], 0
+        self._sensor_rows = rows = SensorRows()
         z_k, u_before = z0, u_prev
         for k in range(horizon):
             g.append(Z[:, k] - f(z_k, U[:, k]))
@@ -235,10 +279,12 @@ class CasadiPlanner:
                         g.append(y[j] - S[j, k])
                         lbg.append(-np.inf)
                         ubg.append(float(lim.y_high[j]))
+                        rows.add(len(ubg) - 1, j, True)
                     if np.isfinite(lim.y_low[j]):
                         g.append(y[j] + S[j, k])
                         lbg.append(float(lim.y_low[j]))
                         ubg.append(np.inf)
+                        rows.add(len(lbg) - 1, j, False)
             cost += ca.sumsqr(metric @ (Z[:, k] - z_goal))
             cost += s.move_weight * ca.sumsqr((U[:, k] - u_before) / ca.DM(lim.rate))
             cost += s.slack_weight * ca.sum1(S[:, k])
@@ -286,8 +332,9 @@ class CasadiPlanner:
         p = np.concatenate([problem.z0, problem.u_prev, problem.z_goal,
                             problem.metric_or_identity().ravel(order="F")])
         start = time.perf_counter()
+        lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem)
         sol = self.solver(x0=self._initial_guess(problem), p=p, lbx=self.lbx, ubx=self.ubx,
-                          lbg=self.lbg, ubg=self.ubg)
+                          lbg=lbg, ubg=ubg)
         solve_ms = (time.perf_counter() - start) * 1e3
         stats = self.solver.stats()
         x = np.asarray(sol["x"]).ravel()
@@ -381,6 +428,12 @@ def _inputs_problem(problem: PlanningProblem, lim: Constraints, dims: tuple[int,
     if np.any(problem.u_prev < lim.u_low - lim.rate) or \
             np.any(problem.u_prev > lim.u_high + lim.rate):
         return "previous action is more than one rate step outside its bounds"
+    if problem.limit_shift is not None:
+        if np.shape(problem.limit_shift) != (len(lim.limit_rows),):
+            return (f"limit_shift shape {np.shape(problem.limit_shift)}, expected "
+                    f"{(len(lim.limit_rows),)}")
+        if not np.all(np.isfinite(problem.limit_shift)):
+            return "limit_shift is not finite"
     return None
 
 
@@ -543,7 +596,8 @@ class RTIPlanner:
         cost = float((problem.weighted(Z - problem.z_goal[:, None]) ** 2).sum())
         cost += s.move_weight * float((moves**2).sum())
         if self.n_lim:
-            over = np.maximum(Y - lim.y_high[:, None], lim.y_low[:, None] - Y)
+            low, high = problem.sensor_bounds(lim)
+            over = np.maximum(Y - high[:, None], low[:, None] - Y)
             cost += s.slack_weight * float(np.maximum(over, 0.0).sum())
         return cost
 
@@ -576,7 +630,7 @@ class RTIPlanner:
         ubx[:a] = np.minimum(ubx[:a], problem.u_prev + lim.rate)
         if np.any(lbx > ubx):
             return None
-        rows, lba, uba = self._constraint_rows(G, Y, C, u_bar)
+        rows, lba, uba = self._constraint_rows(G, Y, C, u_bar, problem)
         solution = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx,
                             x0=np.concatenate([u_bar, np.zeros(n_s)]))
         if not self._qp.stats().get("success", False):
@@ -597,7 +651,8 @@ class RTIPlanner:
             G[k * d:(k + 1) * d] = block
         return G
 
-    def _constraint_rows(self, G: np.ndarray, Y: np.ndarray, C: np.ndarray, u_bar: np.ndarray
+    def _constraint_rows(self, G: np.ndarray, Y: np.ndarray, C: np.ndarray, u_bar: np.ndarray,
+                         problem: PlanningProblem
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rate rows on U, then linearised sensor rows with their slacks: y - s <= high,
         y + s >= low (one slack per sensor and stage serves both sides)."""
@@ -612,8 +667,8 @@ class RTIPlanner:
             sens = np.vstack([C[:, k * d:(k + 1) * d] @ G[k * d:(k + 1) * d]
                               for k in range(horizon)])  # (H*n, n_u)
             offset = Y.ravel(order="F") - sens @ u_bar
-            y_high = np.tile(lim.y_high, horizon)
-            y_low = np.tile(lim.y_low, horizon)
+            low, high = problem.sensor_bounds(lim)
+            y_high, y_low = np.tile(high, horizon), np.tile(low, horizon)
             at = n_rate
             for side, idx in ((1.0, self._high_rows), (-1.0, self._low_rows)):
                 rows[at:at + len(idx), :n_u] = sens[idx]
@@ -672,6 +727,7 @@ class StructuredNLPPlanner:
         X = [ca.MX.sym(f"x{k}", nx) for k in range(horizon + 1)]
         W = [ca.MX.sym(f"w{k}", nu) for k in range(horizon)]
         g, lbg, ubg, cost = [], [], [], 0
+        self._sensor_rows = rows = SensorRows()
         rate = ca.DM(lim.rate)
         for k in range(horizon):
             z, before, u, slack = X[k][:d], X[k][d:], W[k][:a], W[k][a:]
@@ -690,10 +746,12 @@ class StructuredNLPPlanner:
                         g.append(y[j] - slack[j])
                         lbg.append(-np.inf)
                         ubg.append(float(lim.y_high[j]))
+                        rows.add(len(ubg) - 1, j, True)
                     if np.isfinite(lim.y_low[j]):
                         g.append(y[j] + slack[j])
                         lbg.append(float(lim.y_low[j]))
                         ubg.append(np.inf)
+                        rows.add(len(lbg) - 1, j, False)
             if k:
                 cost += ca.sumsqr(metric @ (z - z_goal))
             cost += s.move_weight * ca.sumsqr((u - before) / rate)
@@ -774,8 +832,8 @@ class StructuredNLPPlanner:
                               (time.perf_counter() - start) * 1e3, message=why)
         lbx, ubx = self._bounds(problem)
         p = np.concatenate([problem.z_goal, problem.metric_or_identity().ravel(order="F")])
-        sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx,
-                          lbg=self.lbg, ubg=self.ubg)
+        lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem)
+        sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
         solve_ms = (time.perf_counter() - start) * 1e3
         stats = self.solver.stats()
         x = np.asarray(sol["x"]).ravel()
@@ -805,6 +863,7 @@ class SamplingPlanner:
         self.generator = torch.Generator().manual_seed(seed)
         self._mean: torch.Tensor | None = None
         self._metric: torch.Tensor | None = None  # the current problem's, from `_start`
+        self._bounds = (self.limits.y_low, self.limits.y_high)  # likewise
 
     def reset(self) -> None:
         self._mean = None
@@ -818,6 +877,7 @@ class SamplingPlanner:
         u_prev = torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0)
         self._metric = None if problem.metric is None else \
             torch.as_tensor(problem.metric, dtype=torch.float32)
+        self._bounds = problem.sensor_bounds(self.limits)
         if self._mean is None:
             mean = u_prev.expand(horizon, a).clone()
         else:
@@ -848,8 +908,9 @@ class SamplingPlanner:
                                  ).sum(dim=(1, 2))
         if len(lim.limit_rows):
             y = self.twin.model.readout(z)[..., lim.limit_rows.tolist()]
-            over = torch.relu(y - torch.as_tensor(lim.y_high, dtype=torch.float32))
-            under = torch.relu(torch.as_tensor(lim.y_low, dtype=torch.float32) - y)
+            low, high = self._bounds
+            over = torch.relu(y - torch.as_tensor(high, dtype=torch.float32))
+            under = torch.relu(torch.as_tensor(low, dtype=torch.float32) - y)
             cost += s.slack_weight * (over + under).sum(dim=(1, 2))
         return cost, z
 

@@ -18,6 +18,11 @@ Fallback = Callable[[Mapping[str, float | None], Mapping[str, float], Mapping[st
                     Mapping[str, float]]
 """(measurements, setpoints, last applied actuators) -> proposed actuators."""
 
+Protection = Callable[[Mapping[str, float | None], Mapping[str, float], Mapping[str, float]],
+                      Mapping[str, float]]
+"""(measurements, proposed actuators, last applied actuators) -> the proposal, cut where the
+plant's own limit protection would cut it (an engine control's min/max select)."""
+
 
 @dataclass
 class SafeOutput:

@@ -105,13 +105,19 @@ class ControlWeights(BaseModel):
     `data_envelope`: keep planned moves inside the moves the training log made from similar
     states where they drive a limited sensor towards its limit (`twin.controller`). Turn it
     off for actuators the log moves on events rather than on the state (insulin boluses at
-    meals): the neighbours' moves then say little about what a controller may do."""
+    meals): the neighbours' moves then say little about what a controller may do.
+
+    `limit_margin`: how far inside each hard sensor limit the plan keeps the twin's readout,
+    in training standard deviations (room for the twin's error). A plant whose sensors span
+    a wide range in training (a fan speed from idle to takeoff) and whose own limit
+    protection stands behind the plan can take less."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     data_envelope: bool = True
+    limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)
 
 
 class ProcessSpec(BaseModel):

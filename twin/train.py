@@ -75,6 +75,8 @@ class EpochLog:
     dim_std_min: float
     dim_std_mean: float
     seconds: float
+    # engineering units, per sensor: readout of the one-step prediction against the next sample
+    holdout_forecast_rmse: dict[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -194,16 +196,21 @@ def evaluate(model: JEPA, data: WindowDataset, idx: torch.Tensor) -> dict[str, A
     prediction = float(((predicted - target) ** 2).mean())
     z0 = z_all[:, 0]
     std = z0.std(dim=0)
-    y = model.readout(z0) - batch["obs"][:, 0]
-    mask = batch["obs_mask"][:, 0]
-    rmse_norm = torch.sqrt((y**2 * mask).sum(0) / mask.sum(0).clamp_min(1.0)).numpy()
     scale = np.asarray(data.norm.std)[[data.norm.index(t) for t in data.layout.observed]]
-    readout_rmse = {t: float(rmse_norm[i] * scale[i]) for i, t in enumerate(data.layout.observed)
-                    if t in data.layout.sensors}
+
+    def rmse(z: torch.Tensor, step: int) -> dict[str, float]:
+        """Per sensor, engineering units: readout of `z` against the sample at `step`."""
+        y = model.readout(z) - batch["obs"][:, step]
+        mask = batch["obs_mask"][:, step]
+        rmse_norm = torch.sqrt((y**2 * mask).sum(0) / mask.sum(0).clamp_min(1.0)).numpy()
+        return {t: float(rmse_norm[i] * scale[i]) for i, t in enumerate(data.layout.observed)
+                if t in data.layout.sensors}
+
+    readout_rmse, forecast_rmse = rmse(z0, 0), rmse(predicted[:, 0], 1)
     model.train()
     return {"prediction": prediction, "effective_rank": effective_rank(z0),
             "dim_std_min": float(std.min()), "dim_std_mean": float(std.mean()),
-            "readout_rmse": readout_rmse}
+            "readout_rmse": readout_rmse, "forecast_rmse": forecast_rmse}
 
 
 @torch.no_grad()
@@ -296,7 +303,8 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
             stats = evaluate(model, data, hold_idx)
             log = EpochLog(epoch + 1, total / len(train_idx), stats["prediction"],
                            stats["readout_rmse"], stats["effective_rank"], stats["dim_std_min"],
-                           stats["dim_std_mean"], time.perf_counter() - epoch_start)
+                           stats["dim_std_mean"], time.perf_counter() - epoch_start,
+                           stats["forecast_rmse"])
             history.append(log)
             if on_epoch:
                 on_epoch(log)
@@ -313,6 +321,7 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
         "effective_rank": final.effective_rank,
         "dim_std_min": final.dim_std_min,
         "readout_rmse": final.holdout_readout_rmse,
+        "forecast_rmse": final.holdout_forecast_rmse,
         "windows": len(data),
         "history": [asdict(h) for h in history],
     }

@@ -82,13 +82,15 @@ ControllerFactory = Callable[[bytes, str], Controller]
 
 def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     # Imported late: torch and casadi load only when a loop actually starts.
-    from processes import fallback_for
+    from processes import fallback_for, protection_for
     from twin.controller import TwinController
     from twin.twin_model import Twin
 
     twin = Twin.from_bytes(checkpoint)
-    # A built-in process lends its baseline; a file-defined one its declared PI loops.
-    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec))
+    # A built-in process lends its baseline and limit protection; a file-defined one its
+    # declared PI loops.
+    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec),
+                                    protection=protection_for(twin.spec))
 
 
 @dataclass

@@ -630,10 +630,11 @@ def _twin(session: Session, model_id: int) -> Any:
 
 
 def _controller(twin: Any, planner: str) -> Any:
-    from processes import fallback_for
+    from processes import fallback_for, protection_for
     from twin.controller import TwinController
 
-    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec))
+    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec),
+                                    protection=protection_for(twin.spec))
 
 
 def _shadow(twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.DataFrame,
