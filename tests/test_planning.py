@@ -615,24 +615,27 @@ def test_the_spec_sets_the_plans_limit_margin(twin: Twin) -> None:
                        Constraints.from_twin(twin, 0.1).y_high[np.isfinite(row.y_high)])
 
 
-def test_the_goal_meets_the_setpoint_before_the_conditions(
+def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(
         twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eight bank states sit at the asked temperature under a feed 2 std off the present
-    one, eight at the present feed but 1 std off the temperature: the goal is made of the
-    first; weighing setpoint and condition alike would take the second."""
+    """Eight bank states are steady at the asked temperature under a feed 2 std off the
+    present one, eight at the present feed but 1 std off the temperature, eight at both
+    but unsteady: the goal is made of the first. Weighing setpoint, steadiness and
+    condition alike would take the unsteady ones."""
     d, observed = twin.config.embed_dim, twin.layout.observed
     t_col, feed_col = observed.index("T"), observed.index("Tf")
     target = 365.0
-    rows = np.zeros((16, len(observed)))
+    rows = np.zeros((24, len(observed)))
     rows[:, t_col] = twin.normalise_sensor("T", target)
-    rows[:8, feed_col] = 2.0  # at the setpoint, far from the present feed (0 std)
-    rows[8:, t_col] += 1.0  # at the present feed, off the setpoint
-    embeddings = np.zeros((16, d))
-    embeddings[:8, 0], embeddings[8:, 0] = 1.0, -1.0
+    rows[:8, feed_col] = 2.0  # steady at the setpoint, far from the present feed (0 std)
+    rows[8:16, t_col] += 1.0  # steady at the present feed, off the setpoint
+    unsteadiness = torch.zeros(24)
+    unsteadiness[16:] = 1.0  # at the setpoint and the feed, but mid-transient
+    embeddings = np.zeros((24, d))
+    embeddings[:8, 0], embeddings[8:16, 0], embeddings[16:, 0] = 1.0, -1.0, 0.5
     bank = GoalBank(torch.tensor(embeddings, dtype=torch.float32),
-                    torch.tensor(rows, dtype=torch.float32), torch.zeros(16))
+                    torch.tensor(rows, dtype=torch.float32), unsteadiness)
     staged = Twin(twin.spec, twin.config, twin.norm, twin.model, bank, twin.metrics)
     feed = float(twin.norm.mean[twin.norm.index("Tf")])
     assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(1.0)
     monkeypatch.setattr("twin.twin_model.SETPOINT_PRIORITY", 1.0)
-    assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(-1.0)
+    assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(0.5)
