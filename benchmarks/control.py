@@ -10,13 +10,15 @@ Every controller meets the same cases x seeds. Scores come from the true plant s
 
 Writes benchmarks/results/control_<process>.json shaped
 {"<process>": {"<controller>": {"cost", "cost_ratio_to_oracle", "violations",
-"worst_violation", "fallbacks", "plan_ms_median", "plan_ms_p99", "metrics": {...},
-"episodes": [...]}}, "groups": {...}, "meta": {...}}. "groups" holds, per controller,
-the means over each case group where the process defines `case_group` (glucose: adults,
-adolescents, children, unannounced meals). Costs are means over episodes; the ratio is the mean of
-per-episode ratios to the oracle (or to the baseline where a process has no oracle, and
-then says so in meta.reference); planning times are over the steps of all episodes on which
-a planner ran (not stale steps, not a twin's warm-up).
+"worst_violation", "fallbacks", "fallback_reasons", "plan_ms_median", "plan_ms_p99",
+"metrics": {...}, "episodes": [...]}}, "groups": {...}, "meta": {...}}. "groups" holds,
+per controller, the means over each case group where the process defines `case_group`
+(glucose: adults, adolescents, children, unannounced meals). Costs are means over
+episodes; the ratio is the mean of per-episode ratios to the oracle (or to the baseline
+where a process has no oracle, and then says so in meta.reference); planning times are
+over the steps of all episodes on which a planner ran (not stale steps, not a twin's
+warm-up). "fallback_reasons" counts fallback steps by their first recorded reason, and
+the steps on which the plant's own limit protection changed the move.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processes import get_process, process_names  # noqa: E402
-from processes.base import benchmark_cases, planning_times_ms  # noqa: E402
+from processes.base import benchmark_cases, fallback_reasons, planning_times_ms  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.records import EpisodeResult  # noqa: E402
 from twin.safety import Protection  # noqa: E402
@@ -123,6 +125,7 @@ def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
         "violations": int(sum(m["violations"] for m in metrics)),
         "worst_violation": float(max(m["worst_violation"] for m in metrics)),
         "fallbacks": int(sum(m["fallbacks"] for m in metrics)),
+        "fallback_reasons": _fallback_reasons(runs),
         "plan_ms_median": float(np.median(plan_ms)),
         "plan_ms_p99": float(np.percentile(plan_ms, 99)),
         "metrics": {k: float(np.mean([m[k] for m in metrics if k in m])) for k in numeric},
@@ -130,6 +133,16 @@ def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
                       **{k: v for k, v in ep.metrics.items() if isinstance(v, int | float)}}
                      for case, seed, ep in runs],
     }
+
+
+def _fallback_reasons(runs: list[tuple[dict[str, Any], int, EpisodeResult]]) -> dict[str, int]:
+    """Fallback steps of all episodes by reason (zero reasons left out), and the steps the
+    plant's limit protection changed."""
+    total: dict[str, int] = {}
+    for _, _, episode in runs:
+        for reason, count in fallback_reasons(episode.steps).items():
+            total[reason] = total.get(reason, 0) + count
+    return {reason: count for reason, count in total.items() if count}
 
 
 def group_summaries(module: ModuleType, results: dict[str, dict[str, Any]], keys: list[str]

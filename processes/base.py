@@ -135,6 +135,25 @@ def planning_times_ms(steps: Sequence[StepRecord]) -> list[float]:
             and not any(e.kind == "warming_up" for e in s.events)]
 
 
+FALLBACK_REASONS = ("warming_up", "solver_failed", "deadline", "ensemble_disagreement",
+                    "invalid_plan", "limit_guard", "model_mismatch")
+"""The event kinds the controller records when the baseline (or a hold) replaces the plan."""
+
+
+def fallback_reasons(steps: Sequence[StepRecord]) -> dict[str, int]:
+    """Fallback steps by their first recorded reason, and the steps on which the plant's
+    own limit protection changed the move (those may be fallbacks or not)."""
+    counts = dict.fromkeys(FALLBACK_REASONS, 0)
+    for step in steps:
+        if step.status == StepStatus.FALLBACK:
+            reason = next((e.kind for e in step.events if e.kind in counts), None)
+            if reason is not None:
+                counts[reason] += 1
+    counts["limit_protection"] = sum(any(e.kind == "limit_protection" for e in s.events)
+                                     for s in steps)
+    return counts
+
+
 def plan_time_metrics(steps: Sequence[StepRecord]) -> dict[str, float]:
     plan_ms = np.array(planning_times_ms(steps) or [0.0])
     return {

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from processes import fallback_for, get_process, process_names
-from processes.base import CORE_METRICS, benchmark_cases, plan_time_metrics
+from processes.base import CORE_METRICS, benchmark_cases, fallback_reasons, plan_time_metrics
 from twin.data import check_log
 from twin.records import SafetyEvent, StepRecord, StepStatus
 from twin.spec import SpecError
@@ -47,15 +47,28 @@ def test_baseline_episode_reports_the_core_metrics(name: str) -> None:
     assert keys <= set(episode.metrics), keys - set(episode.metrics)
 
 
-def test_planning_time_leaves_out_steps_without_a_plan() -> None:
-    def step(ms: float, status: StepStatus = StepStatus.OK, kind: str | None = None
-             ) -> StepRecord:
-        events = [SafetyEvent(kind, "test")] if kind else []
-        return StepRecord(0, 0.0, {}, {}, {}, status=status, solve_ms=ms, events=events)
+def step(ms: float, status: StepStatus = StepStatus.OK, *kinds: str) -> StepRecord:
+    events = [SafetyEvent(kind, "test") for kind in kinds]
+    return StepRecord(0, 0.0, {}, {}, {}, status=status, solve_ms=ms, events=events)
 
+
+def test_planning_time_leaves_out_steps_without_a_plan() -> None:
     steps = [step(0.0, StepStatus.FALLBACK, "warming_up")] * 5 + \
         [step(0.0, StepStatus.STALE, "stale_data")] * 5 + \
         [step(10.0), step(12.0), step(30.0, StepStatus.FALLBACK, "solver_failed")]
     metrics = plan_time_metrics(steps)
     assert metrics["plan_ms_median"] == 12.0 and metrics["fallbacks"] == 6
     assert plan_time_metrics([step(0.0, StepStatus.STALE)])["plan_ms_median"] == 0.0
+
+
+def test_fallbacks_are_counted_by_their_first_reason() -> None:
+    steps = [step(0.0, StepStatus.FALLBACK, "warming_up")] * 3 + \
+        [step(5.0, StepStatus.FALLBACK, "rate_limited", "model_mismatch", "limit_guard")] + \
+        [step(5.0, StepStatus.FALLBACK, "limit_guard", "limit_protection")] * 2 + \
+        [step(5.0, StepStatus.OK, "limit_protection", "rate_limited")] + \
+        [step(0.0, StepStatus.STALE, "stale_data", "limit_protection")]
+    reasons = fallback_reasons(steps)
+    assert reasons["warming_up"] == 3 and reasons["model_mismatch"] == 1
+    assert reasons["limit_guard"] == 2 and reasons["solver_failed"] == 0
+    # protection is counted wherever it acted, fallback or not
+    assert reasons["limit_protection"] == 4
