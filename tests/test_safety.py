@@ -454,6 +454,28 @@ def test_near_a_limit_the_twin_may_only_move_farther_from_it_than_the_baseline(
         assert second.actuators["Tc"] == pytest.approx(baseline) and not kept
 
 
+def test_a_spec_can_keep_the_baseline_near_a_limit_whatever_the_twin_predicts(
+        twin: Twin) -> None:
+    """With `control.guard_keeps_twin_moves` off, the plan that cools harder than the
+    baseline (the one kept above) does not go out: the baseline's move does."""
+    spec = twin.spec.model_copy(update={"control": twin.spec.control.model_copy(
+        update={"guard_keeps_twin_moves": False})})
+    controller = cold_controller(dataclasses.replace(twin, spec=spec),
+                                 StubPlanner("wild", value=-1e6), cstr.pi_fallback(),
+                                 mismatch_trip=math.inf, disagreement_trip=math.inf,
+                                 envelope_neighbours=0)
+    meas = _plant_samples(1)[0]
+    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
+    first = controller.step(0.0, dict(meas, T=cstr.T_LIMIT_K - 5 * band), {"T": 360.0})
+    rising = cstr.T_LIMIT_K - 2.5 * band
+    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
+    reference = cstr.PIController()
+    reference.u = first.actuators["Tc"]
+    assert second.status is StepStatus.FALLBACK
+    assert second.actuators["Tc"] == pytest.approx(reference(rising, 360.0))
+    assert not [e for e in second.events if e.kind == "limit_guard" and "kept" in e.message]
+
+
 def test_baseline_runs_once_per_sample_when_plan_and_guard_both_fall_back(twin: Twin) -> None:
     """A stateful baseline (integrators, its own clock) must see each sample once, even
     when the planner fails and the limit guard trips in the same step."""

@@ -204,6 +204,7 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     spec = ProcessSpec.from_dict(data)
     assert spec.control.tracking_weight == 0.0 and spec.control.move_weight == 0.5
     assert spec.control.limit_margin == 0.25
+    assert spec.control.data_envelope and spec.control.guard_keeps_twin_moves
     assert cstr.SPEC.control.tracking_weight > 0  # the CSTR tunes its own
 
 

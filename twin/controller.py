@@ -268,8 +268,9 @@ class TwinController:
                     if status != StepStatus.FALLBACK:
                         status = StepStatus.FALLBACK
                         baseline = dict(self.fallback(measurements, setpoints, previous))
-                        proposal = baseline if mismatch else \
-                            self._farther_from_limits(proposal, baseline, previous, events)
+                        keep_ours = not mismatch and self.spec.control.guard_keeps_twin_moves
+                        proposal = self._farther_from_limits(
+                            proposal, baseline, previous, events) if keep_ours else baseline
             if status == StepStatus.OK:  # the twin's own move goes out: keep it in the envelope
                 proposal = self._within_envelope(proposal, previous, events)
         if not stale:
@@ -586,7 +587,10 @@ class TwinController:
         """Near a limit the baseline acts, but where the twin's planned move goes farther from
         every limit the guard saw than the baseline's (by the twin's own sign of the effect),
         the twin's goes out: on the turbofan at takeoff power the guard held the baseline's
-        slow fuel cut while the twin's plan cut at the rate limit."""
+        slow fuel cut while the twin's plan cut at the rate limit. Not where the spec's
+        `control.guard_keeps_twin_moves` is off: the glucose twins learned from meal
+        boluses that insulin raises glucose, and this kept their doses near the low limit
+        (children: 69 % of the time below 54 mg/dL against 1.5 % under basal-bolus)."""
         out = dict(baseline)
         for i, name in enumerate(self.twin.layout.actions):
             ours, theirs = float(twin_move[name]), float(baseline[name])

@@ -107,6 +107,11 @@ class ControlWeights(BaseModel):
     off for actuators the log moves on events rather than on the state (insulin boluses at
     meals): the neighbours' moves then say little about what a controller may do.
 
+    `guard_keeps_twin_moves`: near a limit the baseline acts, but where the twin's move goes
+    farther from every limit the guard saw than the baseline's (by the sign of the effect
+    the twin predicts), the twin's goes out. Turn it off where that sign cannot be trusted:
+    a log whose boluses come with meals teaches that insulin raises glucose.
+
     `limit_margin`: how far inside each hard sensor limit the plan keeps the twin's readout,
     in training standard deviations (room for the twin's error). A plant whose sensors span
     a wide range in training (a fan speed from idle to takeoff) and whose own limit
@@ -117,6 +122,7 @@ class ControlWeights(BaseModel):
     tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     data_envelope: bool = True
+    guard_keeps_twin_moves: bool = True
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)
 
 
