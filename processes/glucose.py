@@ -324,7 +324,7 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # the log's boluses follow meals, not the state: bounding the twin's insulin by
         # them took the benchmark's children to 43 % TIR, 57 % above 180 (default cases);
         # and the twin learns from them that insulin raises glucose, so near a limit the
-        # baseline's dose goes out, not the twin's (children: 25 -> 77 % TIR, seeds 7-19)
+        # baseline's dose goes out, not the twin's (children: 25 -> 71 % TIR, seeds 7-19)
         control=ControlWeights(data_envelope=False, guard_keeps_twin_moves=False),
     )
 
