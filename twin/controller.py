@@ -588,9 +588,9 @@ class TwinController:
         every limit the guard saw than the baseline's (by the twin's own sign of the effect),
         the twin's goes out: on the turbofan at takeoff power the guard held the baseline's
         slow fuel cut while the twin's plan cut at the rate limit. Not where the spec's
-        `control.guard_keeps_twin_moves` is off: the glucose twins learned from meal
-        boluses that insulin raises glucose, and this kept their doses near the low limit
-        (children: 69 % of the time below 54 mg/dL against 1.5 % under basal-bolus)."""
+        `control.guard_keeps_twin_moves` is off: it kept the glucose twins' doses near the
+        low limit (children: 69 % of the time below 54 mg/dL against 1.5 % under
+        basal-bolus), likely because meal boluses taught them that insulin raises glucose."""
         out = dict(baseline)
         for i, name in enumerate(self.twin.layout.actions):
             ours, theirs = float(twin_move[name]), float(baseline[name])
