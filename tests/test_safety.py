@@ -427,6 +427,22 @@ def test_limit_guard_hands_over_to_the_baseline_near_a_limit(twin: Twin) -> None
     assert second.actuators["Tc"] < first.actuators["Tc"]  # the baseline cools
 
 
+def _trip_the_guard(twin: Twin, plan_value: float) -> tuple[StepRecord, StepRecord, float]:
+    """Two steps with T rising into the guard band under a plan that drives Tc to
+    `plan_value`: the steps, and the PI baseline's move on the second."""
+    controller = cold_controller(twin, StubPlanner("wild", value=plan_value),
+                                 cstr.pi_fallback(), mismatch_trip=math.inf,
+                                 disagreement_trip=math.inf, envelope_neighbours=0)
+    meas = _plant_samples(1)[0]
+    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
+    first = controller.step(0.0, dict(meas, T=cstr.T_LIMIT_K - 5 * band), {"T": 360.0})
+    rising = cstr.T_LIMIT_K - 2.5 * band
+    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
+    reference = cstr.PIController()
+    reference.u = first.actuators["Tc"]
+    return first, second, reference(rising, 360.0)
+
+
 @pytest.mark.parametrize("plan", ["cools", "heats"])
 def test_near_a_limit_the_twin_may_only_move_farther_from_it_than_the_baseline(
         twin: Twin, plan: str) -> None:
@@ -434,18 +450,8 @@ def test_near_a_limit_the_twin_may_only_move_farther_from_it_than_the_baseline(
     than the baseline (away from the limit, by the twin's own sign) goes out instead; a
     plan that heats never does."""
     value = -1e6 if plan == "cools" else 1e6
-    controller = cold_controller(twin, StubPlanner("wild", value=value), cstr.pi_fallback(),
-                                 mismatch_trip=math.inf, disagreement_trip=math.inf,
-                                 envelope_neighbours=0)
-    meas = _plant_samples(1)[0]
-    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
-    first = controller.step(0.0, dict(meas, T=cstr.T_LIMIT_K - 5 * band), {"T": 360.0})
-    rising = cstr.T_LIMIT_K - 2.5 * band
-    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
+    first, second, baseline = _trip_the_guard(twin, value)
     assert second.status is StepStatus.FALLBACK
-    reference = cstr.PIController()
-    reference.u = first.actuators["Tc"]
-    baseline = reference(rising, 360.0)
     kept = [e for e in second.events if e.kind == "limit_guard" and "kept" in e.message]
     if plan == "cools":
         assert second.actuators["Tc"] == pytest.approx(first.actuators["Tc"] - rate_per_sample())
@@ -460,19 +466,9 @@ def test_a_spec_can_keep_the_baseline_near_a_limit_whatever_the_twin_predicts(
     baseline (the one kept above) does not go out: the baseline's move does."""
     spec = twin.spec.model_copy(update={"control": twin.spec.control.model_copy(
         update={"guard_keeps_twin_moves": False})})
-    controller = cold_controller(dataclasses.replace(twin, spec=spec),
-                                 StubPlanner("wild", value=-1e6), cstr.pi_fallback(),
-                                 mismatch_trip=math.inf, disagreement_trip=math.inf,
-                                 envelope_neighbours=0)
-    meas = _plant_samples(1)[0]
-    band = controller.guard_band * twin.norm.std[twin.norm.index("T")]
-    first = controller.step(0.0, dict(meas, T=cstr.T_LIMIT_K - 5 * band), {"T": 360.0})
-    rising = cstr.T_LIMIT_K - 2.5 * band
-    second = controller.step(6.0, dict(meas, T=rising), {"T": 360.0})
-    reference = cstr.PIController()
-    reference.u = first.actuators["Tc"]
+    _, second, baseline = _trip_the_guard(dataclasses.replace(twin, spec=spec), -1e6)
     assert second.status is StepStatus.FALLBACK
-    assert second.actuators["Tc"] == pytest.approx(reference(rising, 360.0))
+    assert second.actuators["Tc"] == pytest.approx(baseline)
     assert not [e for e in second.events if e.kind == "limit_guard" and "kept" in e.message]
 
 
