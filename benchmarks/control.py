@@ -39,11 +39,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from processes import get_process, process_names  # noqa: E402
+from processes import get_process, process_names, protection_for  # noqa: E402
 from processes.base import benchmark_cases, fallback_reasons, planning_times_ms  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.records import EpisodeResult  # noqa: E402
-from twin.safety import Protection  # noqa: E402
 from twin.train import TrainConfig, train_twin  # noqa: E402
 from twin.twin_model import Twin  # noqa: E402
 
@@ -74,12 +73,6 @@ def get_twin(module: ModuleType, key: TrainingKey, model: Path | None, hours: fl
     return twin
 
 
-def protection(module: ModuleType) -> Protection | None:
-    """The plant's own limit protection, fresh per episode (the turbofan's; None elsewhere)."""
-    factory = getattr(module, "limit_protection", None)
-    return factory() if factory is not None else None
-
-
 def controllers(module: ModuleType, twin: Twin, planners: list[str]
                 ) -> dict[str, Callable[[], Any]]:
     """Fresh policy factories: each episode starts from a clean controller state."""
@@ -88,7 +81,7 @@ def controllers(module: ModuleType, twin: Twin, planners: list[str]
         out["oracle_nmpc"] = module.oracle_policy
     for planner in planners:
         out[f"twin_{planner}"] = (lambda p=planner: module.twin_policy(TwinController.from_twin(
-            twin, p, fallback=module.baseline_fallback(), protection=protection(module))))
+            twin, p, fallback=module.baseline_fallback(), protection=protection_for(module.SPEC))))
     return out
 
 

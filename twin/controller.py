@@ -404,15 +404,13 @@ class TwinController:
             ahead = value + GUARD_LOOKAHEAD * (value - self.last_measured.get(tag.name, value))
             self.last_measured[tag.name] = value
             band = self.guard_band * self.twin.norm.std[self.twin.norm.index(tag.name)]
-            if (tag.high is not None and ahead > tag.high - band) or (
-                    tag.low is not None and ahead < tag.low + band):
+            near = [(side, limit) for side, limit, hit in (
+                ("high", tag.high, tag.high is not None and ahead > tag.high - band),
+                ("low", tag.low, tag.low is not None and ahead < tag.low + band)) if hit]
+            if near:
                 self._guarded.append(tag.name)
-            if tag.high is not None and ahead > tag.high - band:
-                reasons.append(f"{tag.name} heading to {ahead:.4g} {tag.unit}, within "
-                               f"{band:.3g} {tag.unit} of its high limit {tag.high:g}")
-            if tag.low is not None and ahead < tag.low + band:
-                reasons.append(f"{tag.name} heading to {ahead:.4g} {tag.unit}, within "
-                               f"{band:.3g} {tag.unit} of its low limit {tag.low:g}")
+            reasons += [f"{tag.name} heading to {ahead:.4g} {tag.unit}, within {band:.3g} "
+                        f"{tag.unit} of its {side} limit {limit:g}" for side, limit in near]
         return ("limit guard: " + "; ".join(reasons)) if reasons else None
 
     def _append(self, time_s: float, measurements: Mapping[str, float | None],
