@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twin_fixtures import tiny_twin
+from twin_fixtures import tiny_twin, with_control
 
 from processes import cstr
 from twin.data import Normalizer
@@ -605,9 +605,7 @@ def test_a_bad_limit_shift_is_refused(twin: Twin, shift: list[float]) -> None:
 
 
 def test_the_spec_sets_the_plans_limit_margin(twin: Twin) -> None:
-    spec = twin.spec.model_copy(update={"control": twin.spec.control.model_copy(
-        update={"limit_margin": 0.1})})
-    tight = Twin(spec, twin.config, twin.norm, twin.model, twin.bank, twin.metrics)
+    tight = with_control(twin, limit_margin=0.1)
     assert PlannerSettings.for_twin(tight).limit_margin == 0.1
     assert PlannerSettings.for_twin(twin).limit_margin == 0.25
     row = RTIPlanner(tight).limits
@@ -616,7 +614,7 @@ def test_the_spec_sets_the_plans_limit_margin(twin: Twin) -> None:
 
 
 def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(
-        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+        twin: Twin) -> None:
     """Eight bank states are steady at the asked temperature under a feed 2 std off the
     present one, eight at the present feed but 1 std off the temperature, eight at both
     but unsteady: the goal is made of the first. Weighing setpoint, steadiness and
@@ -637,5 +635,5 @@ def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(
     staged = Twin(twin.spec, twin.config, twin.norm, twin.model, bank, twin.metrics)
     feed = float(twin.norm.mean[twin.norm.index("Tf")])
     assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(1.0)
-    monkeypatch.setattr("twin.twin_model.SETPOINT_PRIORITY", 1.0)
-    assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(0.5)
+    alike = with_control(staged, setpoint_priority=1.0)
+    assert alike.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(0.5)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twin_fixtures import cold_controller, rate_per_sample, tiny_twin
+from twin_fixtures import cold_controller, rate_per_sample, tiny_twin, with_control
 
 from processes import cstr
 from twin.controller import DISAGREEMENT_TRIP, TwinController
@@ -464,9 +464,8 @@ def test_a_spec_can_keep_the_baseline_near_a_limit_whatever_the_twin_predicts(
         twin: Twin) -> None:
     """With `control.guard_keeps_twin_moves` off, the plan that cools harder than the
     baseline (the one kept above) does not go out: the baseline's move does."""
-    spec = twin.spec.model_copy(update={"control": twin.spec.control.model_copy(
-        update={"guard_keeps_twin_moves": False})})
-    _, second, baseline = _trip_the_guard(dataclasses.replace(twin, spec=spec), -1e6)
+    _, second, baseline = _trip_the_guard(with_control(twin, guard_keeps_twin_moves=False),
+                                          -1e6)
     assert second.status is StepStatus.FALLBACK
     assert second.actuators["Tc"] == pytest.approx(baseline)
     assert not [e for e in second.events if e.kind == "limit_guard" and "kept" in e.message]
@@ -556,6 +555,18 @@ def test_a_steady_forecast_bias_is_learned_and_tightens_the_plan(
     controller.step(6.0 * 40, meas, {"T": 360.0})
     assert seen and seen[0].limit_shift is not None
     assert seen[0].limit_shift[row] == pytest.approx(shift[row], rel=0.05)
+
+
+def test_a_spec_can_turn_the_forecast_bias_off(
+        twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `control.forecast_bias_gain` 0 the same steady miss as above is never learned:
+    every sample counts it whole, the twin stays out, and the plan's limits do not move."""
+    monkeypatch.setattr("twin.controller.GUARD_LOOKAHEAD", 0)
+    controller, records = _biased_run(with_control(twin, forecast_bias_gain=0.0), 0.6, 40,
+                                      trust_after_steps=3)
+    assert all(r.status is StepStatus.FALLBACK for r in records[1:])
+    assert controller.forecast_bias["T"] == 0.0
+    assert not np.any(controller._limit_shift())
 
 
 def test_a_forecast_bias_beyond_its_limit_keeps_the_twin_out(
@@ -839,9 +850,7 @@ def test_invalid_envelope_settings_are_refused(twin: Twin, kwargs: dict) -> None
 
 
 def test_a_spec_can_turn_the_envelope_off(twin: Twin) -> None:
-    spec = twin.spec.model_copy(
-        update={"control": twin.spec.control.model_copy(update={"data_envelope": False})})
-    off = dataclasses.replace(twin, spec=spec)
+    off = with_control(twin, data_envelope=False)
     assert TwinController(off, StubPlanner("wild")).envelope_neighbours == 0
     assert TwinController(twin, StubPlanner("wild")).envelope_neighbours > 0
     assert TwinController(off, StubPlanner("wild"), envelope_neighbours=5).envelope_neighbours == 5

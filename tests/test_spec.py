@@ -204,6 +204,7 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     spec = ProcessSpec.from_dict(data)
     assert spec.control.tracking_weight == 0.0 and spec.control.move_weight == 0.5
     assert spec.control.limit_margin == 0.25
+    assert spec.control.setpoint_priority == 10.0 and spec.control.forecast_bias_gain == 0.2
     assert spec.control.data_envelope and spec.control.guard_keeps_twin_moves
     assert cstr.SPEC.control.tracking_weight > 0  # the CSTR tunes its own
 
@@ -215,6 +216,9 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     ("tracking_weight", float("inf"), "finite"),
     ("limit_margin", -0.1, "greater than or equal to 0"),
     ("limit_margin", float("nan"), "finite"),
+    ("setpoint_priority", 0.5, "greater than or equal to 1"),
+    ("forecast_bias_gain", 1.5, "less than or equal to 1"),
+    ("forecast_bias_gain", -0.1, "greater than or equal to 0"),
     ("colour", 1.0, "Extra inputs"),
 ])
 def test_invalid_control_weights_name_the_field(field: str, value: float, words: str) -> None:

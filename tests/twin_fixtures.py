@@ -9,6 +9,7 @@ their own fixtures.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from functools import lru_cache
 from typing import Any
@@ -54,6 +55,12 @@ def tiny_twin() -> tuple[Twin, list[EpochLog]]:
 def cstr_spec_dict() -> dict[str, Any]:
     """The CSTR spec as plain data (a deep copy, safe to mutate)."""
     return copy.deepcopy(cstr.SPEC.to_dict())
+
+
+def with_control(twin: Twin, **settings: Any) -> Twin:
+    """The same twin under a spec whose `control` settings are changed."""
+    control = twin.spec.control.model_copy(update=settings)
+    return dataclasses.replace(twin, spec=twin.spec.model_copy(update={"control": control}))
 
 
 def tag_entry(data: dict[str, Any], name: str) -> dict[str, Any]:

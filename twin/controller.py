@@ -75,13 +75,6 @@ directions, margin 0.25: no violation and 19.33; 0.5: none and 14.89; 0.75: 2.3 
 Bounding only moves towards a limit (cooling is free): 0.25: none (383.6 K) and 13.68;
 0.5: none (384.2 K) and 13.48. 128 neighbours made the envelope too wide to stop the
 runaway."""
-FORECAST_BIAS_GAIN = 0.2
-"""Per sample, how far the twin's forecast bias (measured minus one-step forecast, per
-sensor) moves towards the latest miss (a miss beyond the mismatch trip counts as the
-trip). The mismatch check judges the miss net of that bias, and the plan's sensor limits
-tighten by it. On the turbofan the twin's surge-margin forecast ran 0.8-2.2 % below the
-new engine all flight, steadily: judged on the raw miss, the twin never got to act (the
-baseline ran 300 of 300 samples)."""
 FORECAST_BIAS_TRIPS = 3.0
 """A forecast bias beyond this many mismatch trips (0.9 error units by default) is a
 mismatch in itself, however steady: the twin is then too far from this plant to be
@@ -336,7 +329,8 @@ class TwinController:
 
     def _mismatch(self, measurements: Mapping[str, float | None]) -> str | None:
         """Why the twin is not trusted, if its last forecast missed the plant by too much
-        beyond its usual bias, or that bias itself is too large (`FORECAST_BIAS_GAIN`)."""
+        beyond its usual bias, or that bias itself is too large
+        (`control.forecast_bias_gain`)."""
         errors, biases = {}, {}
         for tag, forecast in self.expected.items():
             value = measurements.get(tag)
@@ -348,7 +342,7 @@ class TwinController:
             # a Huber step: one wild sample moves the bias by a trip's worth at most
             step = float(np.clip(miss - bias, -self.mismatch_trip * scale,
                                  self.mismatch_trip * scale))
-            bias += FORECAST_BIAS_GAIN * step
+            bias += self.spec.control.forecast_bias_gain * step
             self.forecast_bias[tag] = bias
             biases[tag] = abs(bias) / scale
         worst = max(errors.values(), default=0.0)

@@ -93,6 +93,24 @@ class PILoop(BaseModel):
         return self
 
 
+SETPOINT_PRIORITY = 10.0
+"""Weight of a setpoint's squared miss (training stds) and of the window's unsteadiness
+against a measured condition's when the goal is picked from the bank: the goal must first
+be a steady state where the operator asked. With equal weights the turbofan's goal for
+100 kN at the benchmark's warm-day flight read out at 78.5 kN (the log rarely ran that hot
+a day at full power) and the twin never got past 87 kN; at 10 it reads 93 kN, and 26 kN
+for 25 kN where it had read 37 kN. Weighing the setpoint alone up cost the CSTR (a twin
+cut to 14 epochs, seeds 7 and 11: 14.8 -> 16.4): its goals drifted to unsteady windows."""
+
+FORECAST_BIAS_GAIN = 0.2
+"""Per sample, how far the twin's forecast bias (measured minus one-step forecast, per
+sensor) moves towards the latest miss (a miss beyond the mismatch trip counts as the
+trip). The mismatch check judges the miss net of that bias, and the plan's sensor limits
+tighten by it. On the turbofan the twin's surge-margin forecast ran 0.8-2.2 % below the
+new engine all flight, steadily: judged on the raw miss, the twin never got to act (the
+baseline ran 300 of 300 samples)."""
+
+
 class ControlWeights(BaseModel):
     """How the twin's controller weighs its goals for this process (the plant's own MPC
     tuning). Each planned stage costs
@@ -115,7 +133,18 @@ class ControlWeights(BaseModel):
     `limit_margin`: how far inside each hard sensor limit the plan keeps the twin's readout,
     in training standard deviations (room for the twin's error). A plant whose sensors span
     a wide range in training (a fan speed from idle to takeoff) and whose own limit
-    protection stands behind the plan can take less."""
+    protection stands behind the plan can take less.
+
+    `setpoint_priority`: when the goal is picked from the bank, a setpoint's squared miss
+    and the window's unsteadiness weigh this many times a measured condition's miss
+    (`twin.twin_model.Twin.goal_embedding`). High where the log rarely ran at the asked
+    setpoint under today's conditions (the turbofan at full power on a warm day); 1 where
+    conditions say much about the right state (a glucose goal after a meal).
+
+    `forecast_bias_gain`: per sample, how far the controller's estimate of the twin's
+    steady forecast bias moves towards the latest miss (`twin.controller`); the mismatch
+    check judges misses net of it, and the plan's sensor limits tighten by it. 0 turns the
+    estimate off: every miss counts whole, and the limits stay where the spec puts them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,6 +153,8 @@ class ControlWeights(BaseModel):
     data_envelope: bool = True
     guard_keeps_twin_moves: bool = True
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)
+    setpoint_priority: float = Field(default=SETPOINT_PRIORITY, ge=1, allow_inf_nan=False)
+    forecast_bias_gain: float = Field(default=FORECAST_BIAS_GAIN, ge=0, le=1, allow_inf_nan=False)
 
 
 class ProcessSpec(BaseModel):

@@ -22,16 +22,6 @@ from .model import JEPA, JEPAConfig
 from .spec import ProcessSpec, SpecError
 
 CHECKPOINT_FORMAT = 1
-SETPOINT_PRIORITY = 10.0
-"""Weight of a setpoint's squared miss (training stds) and of the window's unsteadiness
-against a measured condition's when the goal is picked from the bank: the goal must first
-be a steady state where the operator asked. With equal weights the turbofan's goal for
-100 kN at the benchmark's warm-day flight read out at 78.5 kN (the log rarely ran that hot
-a day at full power) and the twin never got past 87 kN; at 10 it reads 93 kN, and 26 kN
-for 25 kN where it had read 37 kN. Weighing the setpoint alone up cost the CSTR (a twin
-cut to 14 epochs, seeds 7 and 11: 14.8 -> 16.4): its goals drifted to unsteady windows."""
-
-
 @dataclass
 class GoalBank:
     """Embeddings of training windows with the sensor values they ended on and the move
@@ -155,11 +145,13 @@ class Twin:
         The goal is the mean embedding of the training windows that ended closest to the
         setpoints while steady, under conditions (measured disturbances) closest to the
         present ones: a state the plant has really been in, not an invented one. A miss of
-        the setpoints and the window's unsteadiness weigh `SETPOINT_PRIORITY` times a miss
+        the setpoints and the window's unsteadiness weigh `control.setpoint_priority`
+        times a miss
         of the conditions.
         """
         if not setpoints:
             raise InvalidInput("at least one setpoint is needed")
+        priority = self.spec.control.setpoint_priority
         cols, targets, weights = [], [], []
         for tag, value in setpoints.items():
             if tag not in self.layout.sensors:
@@ -170,7 +162,7 @@ class Twin:
                 raise InvalidInput(f"setpoint for '{tag}' must be finite, got {value}")
             cols.append(self.layout.observed.index(tag))
             targets.append(self.normalise_sensor(tag, value))
-            weights.append(SETPOINT_PRIORITY)
+            weights.append(priority)
         for tag, value in (conditions or {}).items():
             if tag in self.layout.observed and tag not in setpoints and np.isfinite(value):
                 cols.append(self.layout.observed.index(tag))
@@ -179,7 +171,7 @@ class Twin:
         observed = self.bank.observed[:, cols]
         miss = (observed - torch.tensor(targets, dtype=observed.dtype)) ** 2
         distance = (miss * torch.tensor(weights, dtype=observed.dtype)).sum(dim=1)
-        score = distance + SETPOINT_PRIORITY * 0.5 * self.bank.unsteadiness
+        score = distance + priority * 0.5 * self.bank.unsteadiness
         k = min(self.goal_neighbours, len(score))
         nearest = torch.topk(score, k, largest=False).indices
         return self.bank.embeddings[nearest].mean(dim=0).numpy().astype(float)
