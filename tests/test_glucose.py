@@ -8,14 +8,16 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import pytest
-from twin_fixtures import assert_within_bounds_and_rate, tiny_config
+from twin_fixtures import assert_within_bounds_and_rate, cold_controller, tiny_config, with_control
 
 from processes import get_process
 from processes import glucose as g
 from processes.base import CORE_METRICS, benchmark_cases
 from twin.data import check_log
+from twin.planning import PlannerSettings, PlanningProblem, PlanResult
 from twin.records import StepRecord, StepStatus
 from twin.spec import ProcessSpec, TagRole
+from twin.twin_model import Twin
 
 BASAL_STEP = g.SPEC.rate_limit_per_sample(g.SPEC.tag("basal"))
 BOLUS_STEP = g.SPEC.rate_limit_per_sample(g.SPEC.tag("bolus"))
@@ -347,6 +349,71 @@ def test_tiny_twin_drives_the_patient_through_the_pump() -> None:
         assert {"CGM", "IOB", "CHO", "basal", "bolus"} <= set(s.measurements)
         assert set(s.margins) == {"CGM", "IOB"} and s.setpoints == {"CGM": 120.0}
     assert set(CORE_METRICS) <= set(ep.metrics)
+
+
+@pytest.fixture(scope="module")
+def tiny_glucose_twin() -> Twin:
+    from twin.train import train_twin
+    log = g.generate_training_log(hours=6.0, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return train_twin(log, g.SPEC, tiny_config(epochs=1), show_progress=False)[0]
+
+
+class _MaxInsulinPlanner:
+    """Plans the most insulin it can: both actuators far above their training range."""
+
+    name = "max-insulin"
+    settings = PlannerSettings(horizon=3)
+
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        h, d = self.settings.horizon, len(problem.z0)
+        return PlanResult(True, np.full((h, len(problem.u_prev)), 50.0), np.zeros((h, d)),
+                          0.0, 1.0)
+
+
+class _CountingFallback(g.BasalBolusFallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __call__(self, meas, setpoints, applied):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return {**super().__call__(meas, setpoints, applied), "bolus": 0.05}
+
+
+def _drive(twin: Twin, samples: int, guard_band: float = 0.0
+           ) -> tuple[list[StepRecord], _CountingFallback]:
+    fallback = _CountingFallback()
+    controller = cold_controller(twin, _MaxInsulinPlanner(), fallback, guard_band=guard_band,
+                                 mismatch_trip=1e9, disagreement_trip=1e9)
+    sim = g.GlucoseSimulator("adult#001", 3, g.meal_plan(2.0, 3, False, 0.0))
+    records = []
+    for k in range(samples):
+        record = controller.step(g.SAMPLE_PERIOD_S * k, {**sim.measure(), **sim.applied},
+                                 {"CGM": 120.0})
+        records.append(record)
+        sim.step(record.actuators["basal"], record.actuators["bolus"])
+    return records, fallback
+
+
+def test_the_bolus_wizard_doses_while_the_twin_sets_the_basal(tiny_glucose_twin: Twin) -> None:
+    """With `control.baseline_actuators` = (bolus,) the twin's planned basal goes out (up at
+    the pump's rate limit, to its maximum) but every bolus is the baseline's, asked once
+    per sample."""
+    records, fallback = _drive(tiny_glucose_twin, 4)
+    assert all(r.status is StepStatus.OK for r in records)
+    assert fallback.calls == 4
+    assert _applied(records, "bolus") == pytest.approx([0.05] * 4)
+    basal = _applied(records, "basal")
+    rising = ADULT.basal_u_per_h + BASAL_STEP * np.arange(1, 5)
+    assert basal == pytest.approx(np.minimum(rising, g.BASAL_MAX_U_PER_H))
+    assert basal[0] > ADULT.basal_u_per_h  # the twin's, not the scheduled rate
+    twin_doses, _ = _drive(with_control(tiny_glucose_twin, baseline_actuators=()), 1)
+    assert twin_doses[0].status is StepStatus.OK  # the twin's own bolus, at the pump's limit
+    assert twin_doses[0].actuators["bolus"] == pytest.approx(min(BOLUS_STEP, g.BOLUS_MAX_U))
+    guarded, fallback = _drive(tiny_glucose_twin, 3, guard_band=1e3)  # the guard trips too
+    assert all(r.status is StepStatus.FALLBACK for r in guarded) and fallback.calls == 3
 
 
 def test_benchmark_cases_group_by_age_and_meal_announcement() -> None:

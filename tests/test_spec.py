@@ -229,6 +229,19 @@ def test_invalid_control_weights_name_the_field(field: str, value: float, words:
     assert f"control.{field}" in str(info.value) and words in str(info.value)
 
 
+@pytest.mark.parametrize(("names", "words"), [
+    (["Tx"], "'Tx' is not an actuator tag"),
+    (["T"], "'T' is not an actuator tag"),
+    (["Tc"], "lists every actuator"),
+])
+def test_baseline_actuators_must_leave_the_twin_an_actuator(names: list[str],
+                                                            words: str) -> None:
+    data = cstr_spec_dict()
+    data["control"]["baseline_actuators"] = names
+    with pytest.raises(SpecError, match=words):
+        ProcessSpec.from_dict(data, source="plant.yaml")
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_control_weights_survive_a_file_round_trip(tmp_path: Path, suffix: str) -> None:
     data = cstr_spec_dict()

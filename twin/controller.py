@@ -178,6 +178,7 @@ class TwinController:
         self._metric: np.ndarray | None = None
         self._z0: np.ndarray | None = None
         self._guarded: list[str] = []  # sensors the limit guard saw heading into a limit
+        self._baseline_move: dict[str, float] | None = None  # this sample's, once asked
         reset = getattr(self.planner, "reset", None)
         if reset:
             reset()
@@ -234,6 +235,7 @@ class TwinController:
     def step(self, time_s: float, measurements: Mapping[str, float | None],
              setpoints: Mapping[str, float]) -> StepRecord:
         self._validate(time_s, measurements, setpoints)
+        self._baseline_move = None
         events: list[SafetyEvent] = []
         previous = dict(self.applied)
         for tag in self.twin.layout.actions:  # the plant may report what it really applied
@@ -260,12 +262,14 @@ class TwinController:
                     # if the plan already fell back, its move stands
                     if status != StepStatus.FALLBACK:
                         status = StepStatus.FALLBACK
-                        baseline = dict(self.fallback(measurements, setpoints, previous))
+                        baseline = self._baseline(measurements, setpoints, previous)
                         keep_ours = not mismatch and self.spec.control.guard_keeps_twin_moves
                         proposal = self._farther_from_limits(
                             proposal, baseline, previous, events) if keep_ours else baseline
             if status == StepStatus.OK:  # the twin's own move goes out: keep it in the envelope
                 proposal = self._within_envelope(proposal, previous, events)
+            proposal = self._with_baseline_actuators(proposal, measurements, setpoints,
+                                                     previous)
         if not stale:
             proposal = self._protected(measurements, proposal, previous, events)
         safe = self.safety.enforce(proposal, previous)
@@ -315,7 +319,29 @@ class TwinController:
             events.append(SafetyEvent(kind, f"{why}; holding actuators"))
             return previous
         events.append(SafetyEvent(kind, f"{why}; baseline controller used"))
-        return dict(self.fallback(measurements, setpoints, previous))
+        return self._baseline(measurements, setpoints, previous)
+
+    def _baseline(self, measurements: Mapping[str, float | None],
+                  setpoints: Mapping[str, float], previous: dict[str, float]
+                  ) -> dict[str, float]:
+        """The baseline's move this sample. A stateful baseline (integrators, its own clock)
+        runs once per sample, however many parts of the step ask for its move."""
+        assert self.fallback is not None
+        if self._baseline_move is None:
+            self._baseline_move = dict(self.fallback(measurements, setpoints, previous))
+        return dict(self._baseline_move)
+
+    def _with_baseline_actuators(self, proposal: Mapping[str, float],
+                                 measurements: Mapping[str, float | None],
+                                 setpoints: Mapping[str, float], previous: dict[str, float]
+                                 ) -> dict[str, float]:
+        """The proposal with the baseline's move on the spec's `control.baseline_actuators`
+        (a pump's meal boluses), whoever planned the rest."""
+        names = self.spec.control.baseline_actuators
+        if not names or self.fallback is None:
+            return dict(proposal)
+        baseline = self._baseline(measurements, setpoints, previous)
+        return {**proposal, **{name: baseline[name] for name in names if name in baseline}}
 
     def _forecast(self, z0: np.ndarray | None, applied: Mapping[str, float]) -> None:
         """What the twin expects to measure next, given what was really applied (the

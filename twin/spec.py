@@ -144,7 +144,13 @@ class ControlWeights(BaseModel):
     `forecast_bias_gain`: per sample, how far the controller's estimate of the twin's
     steady forecast bias moves towards the latest miss (`twin.controller`); the mismatch
     check judges misses net of it, and the plan's sensor limits tighten by it. 0 turns the
-    estimate off: every miss counts whole, and the limits stay where the spec puts them."""
+    estimate off: every miss counts whole, and the limits stay where the spec puts them.
+
+    `baseline_actuators`: actuators the baseline drives at every sample, whoever plans the
+    rest (the twin's moves on them never go out). An insulin pump's meal boluses come from
+    the patient's bolus wizard while the twin sets the basal, as in commercial hybrid
+    closed loops: a twin that learned from a log whose boluses come with meals cannot tell
+    a bolus's effect from the meal's. Without a baseline configured the twin drives them too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,6 +161,7 @@ class ControlWeights(BaseModel):
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)
     setpoint_priority: float = Field(default=SETPOINT_PRIORITY, ge=1, allow_inf_nan=False)
     forecast_bias_gain: float = Field(default=FORECAST_BIAS_GAIN, ge=0, le=1, allow_inf_nan=False)
+    baseline_actuators: tuple[str, ...] = ()
 
 
 class ProcessSpec(BaseModel):
@@ -196,6 +203,12 @@ class ProcessSpec(BaseModel):
             raise ValueError("a process needs at least one sensor")
         if not self.actuators:
             raise ValueError("a process needs at least one actuator")
+        for name in self.control.baseline_actuators:
+            if roles.get(name) is not TagRole.ACTUATOR:
+                raise ValueError(f"control.baseline_actuators: '{name}' is not an actuator tag")
+        if set(self.control.baseline_actuators) >= {t.name for t in self.actuators}:
+            raise ValueError("control.baseline_actuators lists every actuator: the twin "
+                             "would have none to plan")
         return self
 
     def _by_role(self, role: TagRole) -> tuple[Tag, ...]:
