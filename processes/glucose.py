@@ -266,6 +266,21 @@ class InsulinOnBoard:
         self.doses.append(float(dose_u))
 
 
+MAX_BASAL_MULTIPLE = 10.0
+"""The patient's max basal rate, a pump setting, in multiples of the scheduled basal (and
+never above the pump's own maximum). The twin corrects highs with the basal, the wizard
+giving every bolus: bounded only by the pump's 30 U/h, it gave child#001 a 14 U/h basal
+at 170 mg/dL and held the child below 54 mg/dL for 24 % of a day (seed 17). Same twins,
+seeds 7-19, time below 54 and TIR: children 4.8 % / 87 % unbounded, 0 / 92 % at 10x,
+0 / 93 % at 6x and 4x; adolescents 100 % TIR unbounded, 98.3 at 10x, 96.9 at 6x,
+96.6 at 4x; adults 99.3, 97.9, 96.6, 95.9 (no time below 54 in any)."""
+
+
+def max_basal(patient: str) -> float:
+    """The patient's max basal rate [U/h] (`MAX_BASAL_MULTIPLE`)."""
+    return min(BASAL_MAX_U_PER_H, MAX_BASAL_MULTIPLE * therapy(patient).basal_u_per_h)
+
+
 def iob_limit(patient: str) -> float:
     """The patient's hard IOB limit [U], rounded to 0.5 U (see the module docstring)."""
     th = therapy(patient)
@@ -313,8 +328,9 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
                 nominal=steady_basal_iob(th.basal_u_per_h),
                 description="insulin on board (exponential curve, 6 h); hard high limit"),
             Tag(name="basal", role=TagRole.ACTUATOR, unit="U/h", low=0.0,
-                high=BASAL_MAX_U_PER_H, rate_limit=BASAL_RATE_PER_S,
-                nominal=th.basal_u_per_h, description="pump basal rate"),
+                high=max_basal(patient), rate_limit=BASAL_RATE_PER_S,
+                nominal=th.basal_u_per_h,
+                description="pump basal rate, up to the patient's max basal setting"),
             Tag(name="bolus", role=TagRole.ACTUATOR, unit="U", low=0.0, high=BOLUS_MAX_U,
                 rate_limit=BOLUS_RATE_PER_S, nominal=0.0,
                 description="insulin bolus delivered during the sample"),
@@ -612,7 +628,7 @@ class _LoggingRig:
                 and not suspend:
             bolus = ex.correction_share[k] * wizard_correction(th, cgm, meas["IOB"])
         basal = 0.0 if suspend else th.basal_u_per_h * (ex.basal_factor[k] + ex.dither[k])
-        return {"basal": basal, "bolus": bolus}
+        return {"basal": min(basal, max_basal(th.patient)), "bolus": bolus}
 
     def treat_and_count(self, sim: GlucoseSimulator, meas: dict[str, float],
                         applied: dict[str, float]) -> None:

@@ -47,9 +47,12 @@ def test_spec_validates_and_names_the_limits() -> None:
     assert (iob.low, iob.high) == (None, g.iob_limit("adult#001"))
     assert [t.name for t in g.SPEC.actuators] == ["basal", "bolus"]
     assert [t.name for t in g.SPEC.disturbances] == ["CHO"]
-    # the pump's own limits (Insulet OmniPod: 30 U/h, 30 U), no slew within a sample
+    # the pump's own limits (Insulet OmniPod: 30 U/h, 30 U) and the patient's max basal
+    # setting; no slew within a sample
     basal, bolus = g.SPEC.tag("basal"), g.SPEC.tag("bolus")
-    assert (basal.low, basal.high, bolus.low, bolus.high) == (0.0, 30.0, 0.0, 30.0)
+    assert (g.BASAL_MAX_U_PER_H, g.BOLUS_MAX_U) == (30.0, 30.0)
+    assert (basal.low, basal.high, bolus.low, bolus.high) == (
+        0.0, pytest.approx(10.0 * ADULT.basal_u_per_h), 0.0, 30.0)
     assert BASAL_STEP == pytest.approx(30.0) and BOLUS_STEP == pytest.approx(30.0)
     assert basal.nominal == pytest.approx(ADULT.basal_u_per_h)
 
@@ -278,7 +281,7 @@ def test_training_log_keeps_pump_and_iob_limits(log: pd.DataFrame) -> None:
     np.testing.assert_allclose(np.diff(log["time_s"]), g.SAMPLE_PERIOD_S)
     check_log(log, g.SPEC)
     assert_within_bounds_and_rate(log["basal"].to_numpy(), ADULT.basal_u_per_h, 0.0,
-                                  g.BASAL_MAX_U_PER_H, BASAL_STEP)
+                                  g.max_basal("adult#001"), BASAL_STEP)
     assert_within_bounds_and_rate(log["bolus"].to_numpy(), 0.0, 0.0, g.BOLUS_MAX_U,
                                   BOLUS_STEP)
     assert log["IOB"].max() <= g.iob_limit("adult#001")
@@ -298,6 +301,16 @@ def test_training_log_is_deterministic_by_seed(log: pd.DataFrame) -> None:
     child = g.generate_training_log(hours=6.0, seed=3, patient="child#001")
     assert child["IOB"].max() <= g.iob_limit("child#001")
     assert child["basal"].max() < log["basal"].max()
+    assert child["basal"].max() <= g.max_basal("child#001")
+
+
+def test_the_max_basal_is_the_patients_pump_setting() -> None:
+    """Ten times the scheduled basal, within the pump's own maximum; the spec's bound."""
+    child = g.therapy("child#001")
+    assert g.max_basal("child#001") == pytest.approx(g.MAX_BASAL_MULTIPLE * child.basal_u_per_h)
+    assert g.max_basal("child#001") < g.BASAL_MAX_U_PER_H
+    assert g.spec_for("child#001").tag("basal").high == g.max_basal("child#001")
+    assert all(g.max_basal(p) <= g.BASAL_MAX_U_PER_H for p in g.ALL_PATIENTS)
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -407,7 +420,7 @@ def test_the_bolus_wizard_doses_while_the_twin_sets_the_basal(tiny_glucose_twin:
     assert _applied(records, "bolus") == pytest.approx([0.05] * 4)
     basal = _applied(records, "basal")
     rising = ADULT.basal_u_per_h + BASAL_STEP * np.arange(1, 5)
-    assert basal == pytest.approx(np.minimum(rising, g.BASAL_MAX_U_PER_H))
+    assert basal == pytest.approx(np.minimum(rising, g.max_basal("adult#001")))
     assert basal[0] > ADULT.basal_u_per_h  # the twin's, not the scheduled rate
     twin_doses, _ = _drive(with_control(tiny_glucose_twin, baseline_actuators=()), 1)
     assert twin_doses[0].status is StepStatus.OK  # the twin's own bolus, at the pump's limit
