@@ -26,10 +26,13 @@ Tags (see `SPEC` and `spec_for`):
   glucose (`violations`).
 * ``IOB`` [U], insulin on board, computed from the insulin delivered (below); hard HIGH
   limit per patient (`iob_limit`), enforced on every controller by the episode runner.
-* ``basal`` [U/h], actuator: the pump's basal rate, 0-30 U/h.
+* ``basal`` [U/h], actuator: the pump's basal rate, from 0 to the patient's max basal
+  setting (`max_basal`: 10x the scheduled rate, at most the pump's 30 U/h).
 * ``bolus`` [U per sample], actuator: insulin given on top of the basal during the
   sample, 0-30 U. A second actuator rather than a hidden part of the baseline, so the twin
-  sees every unit of insulin as an input it can be held responsible for.
+  sees every unit of insulin as an input it can be held responsible for. The twin's
+  controller leaves it to the bolus wizard (a hybrid closed loop, the spec's
+  `control.baseline_actuators`) and sets the basal.
 * ``CHO`` [g/min], measured disturbance: ANNOUNCED carbohydrate of the last sample
   (simglucose's convention: a meal of M g announced at one minute reads M/3 g/min in
   the next sample). Unannounced meals are eaten but never appear in this tag.
