@@ -594,6 +594,46 @@ def test_a_limit_shift_reaches_every_planner(twin: Twin, name: str) -> None:
     assert _peak_t(twin, shifted, row, lim) <= peak - 0.3 + 0.02
 
 
+def _pinned_ramp(planner_limits: Constraints, u_prev: np.ndarray, horizon: int) -> np.ndarray:
+    """A feasible pinned column for the one actuator: down at half the rate limit."""
+    steps = u_prev[0] - 0.5 * planner_limits.rate[0] * np.arange(1, horizon + 1)
+    return np.clip(steps, planner_limits.u_low[0], planner_limits.u_high[0])[:, None]
+
+
+@pytest.mark.parametrize("name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi",
+                                  "hierarchical"])
+def test_pinned_moves_bind_every_planner(twin: Twin, name: str) -> None:
+    """Moves a baseline drives (`control.baseline_actuators`) come back as given, whatever
+    the plan would have made of them, and the plan's embeddings follow them."""
+    planner = make_planner(name, twin, PlannerSettings(horizon=6))
+    problem = _bank_problem(twin)
+    free = planner.plan(problem)
+    problem.pinned = _pinned_ramp(planner.limits, problem.u_prev, 6)
+    assert not np.allclose(free.actions, problem.pinned)  # pinning changes the plan
+    planner.reset()
+    pinned = planner.plan(problem)
+    assert pinned.ok, pinned.message
+    np.testing.assert_allclose(pinned.actions, problem.pinned, atol=1e-6)
+    rolled = twin.model.predictor.rollout(
+        torch.as_tensor(problem.z0, dtype=torch.float32)[None],
+        torch.as_tensor(problem.pinned, dtype=torch.float32)[None])[0].detach().numpy()
+    np.testing.assert_allclose(pinned.embeddings, rolled, atol=1e-3)
+
+
+@pytest.mark.parametrize(("pinned", "words"), [
+    (np.zeros((5, 1)), "pinned shape"),
+    (np.array([[0.0], [np.nan], [0.0], [0.0], [0.0], [0.0]]), "some steps only"),
+    (np.full((6, 1), 1e3), "bounds or rate limits"),
+])
+def test_pinned_moves_that_cannot_be_met_are_refused(twin: Twin, pinned: np.ndarray,
+                                                    words: str) -> None:
+    planner = RTIPlanner(twin, PlannerSettings(horizon=6))
+    problem = _bank_problem(twin)
+    problem.pinned = pinned
+    result = planner.plan(problem)
+    assert not result.ok and words in result.message
+
+
 @pytest.mark.parametrize("shift", [[0.1, 0.2, 0.3], [math.nan, 0.0], [math.inf, 0.0]])
 def test_a_bad_limit_shift_is_refused(twin: Twin, shift: list[float]) -> None:
     planner = _rti(twin)

@@ -331,6 +331,36 @@ class TwinController:
             self._baseline_move = dict(self.fallback(measurements, setpoints, previous))
         return dict(self._baseline_move)
 
+    def _pinned_moves(self, measurements: Mapping[str, float | None],
+                      setpoints: Mapping[str, float], previous: dict[str, float]
+                      ) -> np.ndarray | None:
+        """The baseline's moves on the spec's `control.baseline_actuators` as the plan must
+        take them ((H, A) normalised, NaN for the twin's actuators): its move now, inside
+        the bounds and the rate window, then back to the tag's nominal at the rate limit (a
+        pump's bolus: this one, then none, since the wizard's next is not known yet)."""
+        names = self.spec.control.baseline_actuators
+        if not names or self.fallback is None:
+            return None
+        baseline = self._baseline(measurements, setpoints, previous)
+        actions, lim = self.twin.layout.actions, self._action_limits
+        before = np.array([previous[a] for a in actions], dtype=float)
+        now = np.array([baseline.get(a, previous[a]) for a in actions], dtype=float)
+        nominal = np.array([self.spec.tag(a).nominal if self.spec.tag(a).nominal is not None
+                            else now[i] for i, a in enumerate(actions)], dtype=float)
+        if not (np.all(np.isfinite(now)) and np.all(np.isfinite(nominal))):
+            return None  # the baseline's move is unusable: the safety layer deals with it
+        before, now, nominal = (self.twin.normalise_actions(v) for v in (before, now, nominal))
+        pinned = np.full((self.planner.settings.horizon, len(actions)), np.nan)
+        for i, name in enumerate(actions):
+            if name not in names:
+                continue
+            value, target = before[i], now[i]
+            for k in range(len(pinned)):
+                value = float(np.clip(np.clip(target, value - lim.rate[i], value + lim.rate[i]),
+                                      lim.u_low[i], lim.u_high[i]))
+                pinned[k, i], target = value, nominal[i]
+        return pinned
+
     def _with_baseline_actuators(self, proposal: Mapping[str, float],
                                  measurements: Mapping[str, float | None],
                                  setpoints: Mapping[str, float], previous: dict[str, float]
@@ -520,7 +550,8 @@ class TwinController:
         z0 = self._encode_window()
         u_prev = self.twin.normalise_actions(np.array([previous[a] for a in layout.actions]))
         problem = PlanningProblem(z0, u_prev, self._goal_for(setpoints, measurements),
-                                  metric=self._metric, limit_shift=self._limit_shift())
+                                  metric=self._metric, limit_shift=self._limit_shift(),
+                                  pinned=self._pinned_moves(measurements, setpoints, previous))
         reason = None
         try:
             result = self.planner.plan(problem)

@@ -100,7 +100,8 @@ class HierarchicalPlanner:
 
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
-        if _inputs_problem(problem, self.limits, (self.fine.d, self.fine.a)) is not None:
+        if _inputs_problem(problem, self.limits, (self.fine.d, self.fine.a),
+                           self.fine.settings.horizon) is not None:
             self.reset()
             return self.fine.plan(problem)  # refuses the same input: ok=False, safe hold
         coarse = self._coarse_plan(problem)
@@ -115,9 +116,12 @@ class HierarchicalPlanner:
         self.last_coarse = coarse
         # the tracking metric is built at the far goal and weighs its setpoint error; at a
         # subgoal it would chase the coarse model's readout error instead (CSTR benchmark,
-        # seeds 7, 11, 13: cost 34.1 with it, 28.3 without), so it shapes the coarse search
+        # seeds 7, 11, 13: cost 34.1 with it, 28.3 without), so it shapes the coarse search.
+        # Pinned moves bind the fine plan, the one that goes out; the coarse search only
+        # picks a subgoal and leaves them free.
         fine = self.fine.plan(PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal,
-                                              limit_shift=problem.limit_shift))
+                                              limit_shift=problem.limit_shift,
+                                              pinned=problem.pinned))
         fine.solve_ms = (time.perf_counter() - start) * 1e3
         fine.message = f"hierarchical ({self.blocks}x{self.k} samples): {fine.message}"
         fine.stats = {**fine.stats, "coarse_ms": coarse_ms, "coarse_cost": coarse.cost}

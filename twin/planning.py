@@ -80,6 +80,16 @@ class PlanningProblem:
     # (L,) per limited sensor (`Constraints.limit_rows` order), normalised: how far the plant
     # has read above the twin's forecast of late (below: negative); see `sensor_bounds`
     limit_shift: np.ndarray | None = None
+    # (H, A) normalised moves given from outside (a baseline drives these actuators: the
+    # spec's `control.baseline_actuators`), NaN where the planner chooses; each actuator's
+    # column is pinned whole or free
+    pinned: np.ndarray | None = None
+
+    def with_pinned(self, actions: np.ndarray) -> np.ndarray:
+        """(H, A) moves with the pinned ones in their place."""
+        if self.pinned is None:
+            return actions
+        return np.where(np.isfinite(self.pinned), self.pinned, actions)
 
     def sensor_bounds(self, lim: Constraints) -> tuple[np.ndarray, np.ndarray]:
         """The sensor limits the twin's readouts must keep in this problem: (low, high).
@@ -322,6 +332,7 @@ class CasadiPlanner:
                 z = np.asarray(self._f(z, U[:, k])).ravel()
                 Z[:, k] = z
         U = np.clip(U, self.limits.u_low[:, None], self.limits.u_high[:, None])
+        U = problem.with_pinned(U.T).T
         return np.concatenate([Z.ravel(order="F"), U.ravel(order="F"), np.zeros(n_s)])
 
     def reset(self) -> None:
@@ -332,8 +343,18 @@ class CasadiPlanner:
         p = np.concatenate([problem.z0, problem.u_prev, problem.z_goal,
                             problem.metric_or_identity().ravel(order="F")])
         start = time.perf_counter()
+        if problem.pinned is not None:
+            why = _pinned_problem(np.asarray(problem.pinned, dtype=float), problem.u_prev,
+                                  self.limits, horizon)
+            if why is not None:
+                raise ValueError(why)
         lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem)
-        sol = self.solver(x0=self._initial_guess(problem), p=p, lbx=self.lbx, ubx=self.ubx,
+        lbx, ubx = self.lbx.copy(), self.ubx.copy()
+        if problem.pinned is not None:  # U is stored (A, H) column-major: stage-major
+            given = np.isfinite(problem.pinned).ravel()
+            at = d * horizon + np.flatnonzero(given)
+            lbx[at] = ubx[at] = np.asarray(problem.pinned).ravel()[given]
+        sol = self.solver(x0=self._initial_guess(problem), p=p, lbx=lbx, ubx=ubx,
                           lbg=lbg, ubg=ubg)
         solve_ms = (time.perf_counter() - start) * 1e3
         stats = self.solver.stats()
@@ -414,8 +435,8 @@ def _project_moves(u: np.ndarray, u_prev: np.ndarray, lim: Constraints) -> np.nd
     return out
 
 
-def _inputs_problem(problem: PlanningProblem, lim: Constraints, dims: tuple[int, int]
-                    ) -> str | None:
+def _inputs_problem(problem: PlanningProblem, lim: Constraints, dims: tuple[int, int],
+                    horizon: int | None = None) -> str | None:
     """Why a planning problem cannot be solved as posed, or None."""
     d, a = dims
     shapes = (np.shape(problem.z0), np.shape(problem.u_prev), np.shape(problem.z_goal))
@@ -434,6 +455,28 @@ def _inputs_problem(problem: PlanningProblem, lim: Constraints, dims: tuple[int,
                     f"{(len(lim.limit_rows),)}")
         if not np.all(np.isfinite(problem.limit_shift)):
             return "limit_shift is not finite"
+    if problem.pinned is not None:
+        return _pinned_problem(np.asarray(problem.pinned, dtype=float), problem.u_prev, lim,
+                               horizon)
+    return None
+
+
+def _pinned_problem(pinned: np.ndarray, u_prev: np.ndarray, lim: Constraints,
+                    horizon: int | None) -> str | None:
+    """Why pinned moves cannot be planned around (shape, a half-pinned actuator, moves
+    outside the bounds or rate limits), or None."""
+    a = len(lim.u_low)
+    if pinned.ndim != 2 or pinned.shape[1] != a or (horizon and pinned.shape[0] != horizon):
+        return f"pinned shape {pinned.shape}, expected ({horizon or 'H'}, {a})"
+    given = np.isfinite(pinned)
+    if np.any(given.any(axis=0) != given.all(axis=0)):
+        return "pinned: an actuator is pinned for some steps only"
+    path = np.vstack([u_prev, np.where(given, pinned, 0.0)])
+    tol = 1e-9
+    outside = (pinned < lim.u_low - tol) | (pinned > lim.u_high + tol)
+    too_fast = np.abs(np.diff(path, axis=0)) > lim.rate + tol
+    if np.any(given & (outside | too_fast)):
+        return "pinned moves break the actuator bounds or rate limits"
     return None
 
 
@@ -536,7 +579,7 @@ class RTIPlanner:
     # -- one plan ----------------------------------------------------------------------
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
-        why = _inputs_problem(problem, self.limits, (self.d, self.a))
+        why = _inputs_problem(problem, self.limits, (self.d, self.a), self.settings.horizon)
         if why is not None:
             self._warm = None
             return self._failed(problem, start, why)
@@ -581,8 +624,9 @@ class RTIPlanner:
             guess = np.vstack([self._warm[1:], self._warm[-1:]])
         else:
             guess = np.tile(problem.u_prev, (self.settings.horizon, 1))
-        # u_prev is at most one rate step outside the bounds here, so this meets both
-        return _project_moves(guess, problem.u_prev, self.limits)
+        # u_prev is at most one rate step outside the bounds here, so this meets both (and
+        # pinned columns are feasible on their own: rate limits are per actuator)
+        return problem.with_pinned(_project_moves(guess, problem.u_prev, self.limits))
 
     def _rollout(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Z, Y = self._simulate(z0, U.T)
@@ -628,6 +672,9 @@ class RTIPlanner:
         ubx = np.concatenate([np.tile(lim.u_high, horizon), np.full(n_s, np.inf)])
         lbx[:a] = np.maximum(lbx[:a], problem.u_prev - lim.rate)
         ubx[:a] = np.minimum(ubx[:a], problem.u_prev + lim.rate)
+        if problem.pinned is not None:  # U stage-major, as the pinned moves ravel
+            given = np.flatnonzero(np.isfinite(problem.pinned).ravel())
+            lbx[given] = ubx[given] = np.asarray(problem.pinned).ravel()[given]
         if np.any(lbx > ubx):
             return None
         rows, lba, uba = self._constraint_rows(G, Y, C, u_bar, problem)
@@ -639,7 +686,7 @@ class RTIPlanner:
         if not np.all(np.isfinite(x)):
             return None
         # clip the solver's round-off: the line search then mixes feasible points only
-        return _project_moves(x.reshape(horizon, a), problem.u_prev, lim)
+        return problem.with_pinned(_project_moves(x.reshape(horizon, a), problem.u_prev, lim))
 
     def _condense(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         d, a, horizon = self.d, self.a, self.settings.horizon
@@ -795,12 +842,13 @@ class StructuredNLPPlanner:
         lim, (nx, _, horizon) = self.limits, self._layout
         x0 = np.concatenate([problem.z0, problem.u_prev])
         free_x = np.full(nx, np.inf)
-        w_low = np.concatenate([lim.u_low, np.zeros(self.n_lim)])
-        w_high = np.concatenate([lim.u_high, np.full(self.n_lim, np.inf)])
+        u_low = problem.with_pinned(np.tile(lim.u_low, (horizon, 1)))
+        u_high = problem.with_pinned(np.tile(lim.u_high, (horizon, 1)))
+        slack_low, slack_high = np.zeros(self.n_lim), np.full(self.n_lim, np.inf)
         low, high = [x0], [x0]
-        for _ in range(horizon):
-            low += [w_low, -free_x]
-            high += [w_high, free_x]
+        for k in range(horizon):
+            low += [np.concatenate([u_low[k], slack_low]), -free_x]
+            high += [np.concatenate([u_high[k], slack_high]), free_x]
         return np.concatenate(low), np.concatenate(high)
 
     def _guess(self, problem: PlanningProblem) -> np.ndarray:
@@ -809,8 +857,8 @@ class StructuredNLPPlanner:
             U = np.vstack([self._warm[1:], self._warm[-1:]])
         else:
             U = np.tile(problem.u_prev, (horizon, 1))
-        U = _project_moves(U, np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high),
-                           self.limits)
+        U = problem.with_pinned(_project_moves(
+            U, np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high), self.limits))
         parts, z, before = [], problem.z0, problem.u_prev
         parts.append(np.concatenate([z, before]))
         for k in range(horizon):
@@ -822,7 +870,7 @@ class StructuredNLPPlanner:
     def plan(self, problem: PlanningProblem) -> PlanResult:
         nx, nu, horizon = self._layout
         start = time.perf_counter()
-        why = _inputs_problem(problem, self.limits, (self.d, self.a))
+        why = _inputs_problem(problem, self.limits, (self.d, self.a), horizon)
         if why is not None:
             self._warm = None
             hold = np.clip(np.nan_to_num(np.asarray(problem.u_prev, dtype=float)),
@@ -864,6 +912,7 @@ class SamplingPlanner:
         self._mean: torch.Tensor | None = None
         self._metric: torch.Tensor | None = None  # the current problem's, from `_start`
         self._bounds = (self.limits.y_low, self.limits.y_high)  # likewise
+        self._pinned: torch.Tensor | None = None  # likewise, NaN where free
 
     def reset(self) -> None:
         self._mean = None
@@ -878,6 +927,13 @@ class SamplingPlanner:
         self._metric = None if problem.metric is None else \
             torch.as_tensor(problem.metric, dtype=torch.float32)
         self._bounds = problem.sensor_bounds(self.limits)
+        self._pinned = None
+        if problem.pinned is not None:
+            why = _pinned_problem(np.asarray(problem.pinned, dtype=float), problem.u_prev,
+                                  self.limits, horizon)
+            if why is not None:
+                raise ValueError(why)
+            self._pinned = torch.as_tensor(problem.pinned, dtype=torch.float32)
         if self._mean is None:
             mean = u_prev.expand(horizon, a).clone()
         else:
@@ -895,7 +951,10 @@ class SamplingPlanner:
             step = torch.clamp(step, lo, hi)
             out.append(step)
             before = step
-        return torch.stack(out, dim=1)
+        projected = torch.stack(out, dim=1)
+        if self._pinned is None:  # pinned columns keep the bounds and rates on their own
+            return projected
+        return torch.where(torch.isfinite(self._pinned), self._pinned, projected)
 
     @torch.no_grad()
     def _score(self, u: torch.Tensor, z0: torch.Tensor, u_prev: torch.Tensor,
