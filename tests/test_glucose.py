@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -379,7 +380,11 @@ class _MaxInsulinPlanner:
     name = "max-insulin"
     settings = PlannerSettings(horizon=3)
 
+    def __init__(self) -> None:
+        self.problems: list[PlanningProblem] = []
+
     def plan(self, problem: PlanningProblem) -> PlanResult:
+        self.problems.append(problem)
         h, d = self.settings.horizon, len(problem.z0)
         return PlanResult(True, np.full((h, len(problem.u_prev)), 50.0), np.zeros((h, d)),
                           0.0, 1.0)
@@ -395,10 +400,11 @@ class _CountingFallback(g.BasalBolusFallback):
         return {**super().__call__(meas, setpoints, applied), "bolus": 0.05}
 
 
-def _drive(twin: Twin, samples: int, guard_band: float = 0.0
+def _drive(twin: Twin, samples: int, guard_band: float = 0.0, planner: Any = None
            ) -> tuple[list[StepRecord], _CountingFallback]:
     fallback = _CountingFallback()
-    controller = cold_controller(twin, _MaxInsulinPlanner(), fallback, guard_band=guard_band,
+    controller = cold_controller(twin, planner or _MaxInsulinPlanner(), fallback,
+                                 guard_band=guard_band,
                                  mismatch_trip=1e9, disagreement_trip=1e9)
     sim = g.GlucoseSimulator("adult#001", 3, g.meal_plan(2.0, 3, False, 0.0))
     records = []
@@ -427,6 +433,19 @@ def test_the_bolus_wizard_doses_while_the_twin_sets_the_basal(tiny_glucose_twin:
     assert twin_doses[0].actuators["bolus"] == pytest.approx(min(BOLUS_STEP, g.BOLUS_MAX_U))
     guarded, fallback = _drive(tiny_glucose_twin, 3, guard_band=1e3)  # the guard trips too
     assert all(r.status is StepStatus.FALLBACK for r in guarded) and fallback.calls == 3
+
+
+def test_the_plan_is_told_the_wizards_bolus(tiny_glucose_twin: Twin) -> None:
+    """The planner gets the bolus pinned: the wizard's dose now, none after (nominal 0);
+    the basal is left to it."""
+    planner = _MaxInsulinPlanner()
+    _drive(tiny_glucose_twin, 2, planner=planner)
+    twin = tiny_glucose_twin
+    for problem in planner.problems:
+        assert problem.pinned is not None and problem.pinned.shape == (3, 2)
+        assert np.all(np.isnan(problem.pinned[:, 0]))  # basal: the twin's
+        bolus = twin.norm.denormalise(problem.pinned[:, 1], ("bolus",))
+        assert bolus == pytest.approx([0.05, 0.0, 0.0], abs=1e-9)
 
 
 def test_benchmark_cases_group_by_age_and_meal_announcement() -> None:

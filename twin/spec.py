@@ -147,10 +147,12 @@ class ControlWeights(BaseModel):
     estimate off: every miss counts whole, and the limits stay where the spec puts them.
 
     `baseline_actuators`: actuators the baseline drives at every sample, whoever plans the
-    rest (the twin's moves on them never go out). An insulin pump's meal boluses come from
-    the patient's bolus wizard while the twin sets the basal, as in commercial hybrid
-    closed loops: a twin that learned from a log whose boluses come with meals cannot tell
-    a bolus's effect from the meal's. Without a baseline configured the twin drives them too."""
+    rest: the twin plans around their moves (this one, then back to the tag's nominal)
+    and its own on them never go out. An insulin pump's meal boluses come from the
+    patient's bolus wizard while the twin sets the basal, as in commercial hybrid closed
+    loops: a twin that learned from a log whose boluses come with meals cannot tell a
+    bolus's effect from the meal's. Without a baseline configured the twin drives them
+    too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
