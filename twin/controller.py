@@ -331,6 +331,10 @@ class TwinController:
             self._baseline_move = dict(self.fallback(measurements, setpoints, previous))
         return dict(self._baseline_move)
 
+    def _baseline_driven(self) -> tuple[str, ...]:
+        """The spec's `control.baseline_actuators`, when there is a baseline to drive them."""
+        return self.spec.control.baseline_actuators if self.fallback is not None else ()
+
     def _pinned_moves(self, measurements: Mapping[str, float | None],
                       setpoints: Mapping[str, float], previous: dict[str, float]
                       ) -> np.ndarray | None:
@@ -338,8 +342,8 @@ class TwinController:
         take them ((H, A) normalised, NaN for the twin's actuators): its move now, inside
         the bounds and the rate window, then back to the tag's nominal at the rate limit (a
         pump's bolus: this one, then none, since the wizard's next is not known yet)."""
-        names = self.spec.control.baseline_actuators
-        if not names or self.fallback is None:
+        names = self._baseline_driven()
+        if not names:
             return None
         baseline = self._baseline(measurements, setpoints, previous)
         actions, lim = self.twin.layout.actions, self._action_limits
@@ -367,8 +371,8 @@ class TwinController:
                                  ) -> dict[str, float]:
         """The proposal with the baseline's move on the spec's `control.baseline_actuators`
         (a pump's meal boluses), whoever planned the rest."""
-        names = self.spec.control.baseline_actuators
-        if not names or self.fallback is None:
+        names = self._baseline_driven()
+        if not names:
             return dict(proposal)
         baseline = self._baseline(measurements, setpoints, previous)
         return {**proposal, **{name: baseline[name] for name in names if name in baseline}}
