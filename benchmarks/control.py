@@ -43,7 +43,7 @@ from processes import get_process, process_names, protection_for  # noqa: E402
 from processes.base import benchmark_cases, fallback_reasons, planning_times_ms  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.records import EpisodeResult  # noqa: E402
-from twin.train import TrainConfig, train_twin  # noqa: E402
+from twin.train import train_twin  # noqa: E402
 from twin.twin_model import Twin  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,8 +67,8 @@ def get_twin(module: ModuleType, key: TrainingKey, model: Path | None, hours: fl
     console.log(f"training a twin of {spec.name} {kwargs or ''}")
     df = module.generate_training_log(hours or recipe.hours, seed=1, show_progress=True,
                                       **kwargs)
-    config = TrainConfig(epochs=epochs or recipe.epochs, seed=seed,
-                         max_seconds=recipe.max_minutes * 60.0)
+    config = recipe.train_config(epochs=epochs or recipe.epochs, seed=seed,
+                                 max_seconds=recipe.max_minutes * 60.0)
     twin, _ = train_twin(df, spec, config, show_progress=True)
     return twin
 

@@ -153,7 +153,9 @@ class JEPAForecaster(Forecaster):
 
 
 def jepa_config(process: str, budget: Budget, **changes: Any) -> TrainConfig:
-    base = TrainConfig(epochs=budget.epochs, max_seconds=budget.max_seconds, seed=budget.seed)
+    """The twin the process's recipe trains (benchmarks/control.py's), on the shared budget."""
+    base = get_process(process).TRAINING_RECIPE.train_config(
+        epochs=budget.epochs, max_seconds=budget.max_seconds, seed=budget.seed)
     return replace(base, **changes)
 
 
@@ -203,7 +205,8 @@ def main_table(name: str, quick: bool) -> dict[str, Any]:
         ensemble.name = "jepa_ensemble"
         forecasters.append(ensemble)
     forecasters += [Persistence(), ARX(), GRUForecaster(budget),
-                    AutoencoderWorldModel(budget, twin.config.embed_dim)]
+                    AutoencoderWorldModel(budget, twin.config.embed_dim,
+                                         predictor_layers=twin.config.predictor_layers)]
     scores: dict[str, dict[str, float]] = {}
     train_seconds = {"jepa": jepa_seconds}
     train_epochs = {"jepa": twin.metrics.get("epochs")}

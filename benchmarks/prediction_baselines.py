@@ -232,14 +232,15 @@ class GRUForecaster(Forecaster):
 
 
 class _AutoencoderNet(nn.Module):
-    def __init__(self, data: WindowDataset, embed_dim: int, hidden: int) -> None:
+    def __init__(self, data: WindowDataset, embed_dim: int, hidden: int,
+                 predictor_layers: int) -> None:
         super().__init__()
         f, w = data.layout.feature_dim, data.window
         self.n_obs, self.window = _n_observed(data), w
         self.encoder = ContextEncoder(w, f, hidden, embed_dim)
         self.decoder = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(),
                                      nn.Linear(hidden, w * self.n_obs))
-        self.predictor = Predictor(embed_dim, len(data.layout.actions), hidden, 1)
+        self.predictor = Predictor(embed_dim, len(data.layout.actions), hidden, predictor_layers)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).reshape(*z.shape[:-1], self.window, self.n_obs)
@@ -248,11 +249,15 @@ class _AutoencoderNet(nn.Module):
 class AutoencoderWorldModel(Forecaster):
     name = "autoencoder"
 
-    def __init__(self, budget: Budget, embed_dim: int, hidden: int = 128) -> None:
+    def __init__(self, budget: Budget, embed_dim: int, hidden: int = 128,
+                 predictor_layers: int = 1) -> None:
+        # the latent dynamics get the twin's own predictor depth: only the objective differs
         self.budget, self.embed_dim, self.hidden = budget, embed_dim, hidden
+        self.predictor_layers = predictor_layers
 
     def fit(self, data: WindowDataset) -> AutoencoderWorldModel:
-        net = self.net = _AutoencoderNet(data, self.embed_dim, self.hidden)
+        net = self.net = _AutoencoderNet(data, self.embed_dim, self.hidden,
+                                         self.predictor_layers)
         n_obs, f = net.n_obs, data.layout.feature_dim
 
         def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,7 @@ adds its own (time in range, operating cost, ...) and lists what the CLI prints 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from twin.controller import TwinController
 from twin.records import EpisodeResult, StepRecord, StepStatus
 from twin.safety import Fallback
 from twin.spec import ProcessSpec
+from twin.train import TrainConfig
 
 Policy = Callable[..., StepRecord]
 """A controller inside an episode; each module documents the arguments its runner passes."""
@@ -56,11 +57,25 @@ CONTROLLER_ROWS = (
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """How much excitation data and training a twin of this process needs (benchmarks, demo)."""
+    """How much excitation data and training a twin of this process needs (benchmarks, demo),
+    and where its closed loop needs other than the default twin, which choice (the module
+    says why)."""
 
     hours: float
     epochs: int
     max_minutes: float = 5.0
+    predictor_layers: int | None = None  # None: JEPAConfig's default
+    predicted_readout_weight: float | None = None  # None: TrainConfig's default
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """TrainConfig's defaults with this recipe's model and loss choices, then `fields`."""
+        config = TrainConfig()
+        if self.predictor_layers is not None:
+            config = replace(config, model=replace(config.model,
+                                                   predictor_layers=self.predictor_layers))
+        if self.predicted_readout_weight is not None:
+            config = replace(config, predicted_readout_weight=self.predicted_readout_weight)
+        return replace(config, **fields)
 
 
 class ProcessModule(Protocol):

@@ -39,6 +39,15 @@ def test_db_upgrade_then_generate_and_train(tmp_path: Path) -> None:
     assert checkpoint.is_file() and "registered as model 1" in result.output
 
 
+def test_train_takes_a_built_in_process_recipe() -> None:
+    from api.cli import _recipe_config
+    from twin.train import TrainConfig
+
+    assert _recipe_config("glucose", epochs=2).model.predictor_layers == 1
+    assert _recipe_config("cstr", epochs=2) == TrainConfig(epochs=2)
+    assert _recipe_config(None, epochs=2) == TrainConfig(epochs=2)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--process", "cstr", "--data", "missing.csv", "--out", "x.pt",
       "--no-register"], "log file not found"),

@@ -214,6 +214,20 @@ def test_job_settings_map_onto_train_config() -> None:
     assert default.model == JEPAConfig() and default.epochs == TrainConfig().epochs
 
 
+def test_a_built_in_process_trains_with_its_recipe_under_the_jobs_settings() -> None:
+    from processes import get_process
+    from twin.model import JEPAConfig
+
+    recipe = get_process("glucose").TRAINING_RECIPE
+    default = jobs.train_config(jobs.parse_job_config("glucose", {"data": TINY["data"]}))
+    assert default == recipe.train_config()
+    assert default.model.predictor_layers == 1 != JEPAConfig().predictor_layers
+    given = jobs.train_config(jobs.parse_job_config("glucose", tiny(
+        train={"model": {"window": 8, "predictor_layers": 3}})))
+    assert (given.model.predictor_layers, given.model.window, given.epochs) == (3, 8, 2)
+    assert given.predicted_readout_weight == recipe.predicted_readout_weight
+
+
 def test_bad_config_is_refused_and_nothing_stored(client: TestClient, session: Session) -> None:
     bad_bodies = {
         "train.epochs": {"process": "cstr", **tiny(train={"epochs": 0})},

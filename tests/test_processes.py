@@ -6,10 +6,18 @@ import pandas as pd
 import pytest
 
 from processes import fallback_for, get_process, process_names
-from processes.base import CORE_METRICS, benchmark_cases, fallback_reasons, plan_time_metrics
+from processes.base import (
+    CORE_METRICS,
+    TrainingRecipe,
+    benchmark_cases,
+    fallback_reasons,
+    plan_time_metrics,
+)
 from twin.data import check_log
+from twin.model import JEPAConfig
 from twin.records import SafetyEvent, StepRecord, StepStatus
 from twin.spec import SpecError
+from twin.train import TrainConfig
 
 NAMES = process_names()
 SHORT_HOURS = {"cstr": 0.5, "turbofan": 0.1, "glucose": 6.0, "tennessee_eastman": 1.0}
@@ -19,6 +27,18 @@ def test_the_user_named_families_are_all_there() -> None:
     assert NAMES == ["cstr", "glucose", "tennessee_eastman", "turbofan"]
     with pytest.raises(SpecError, match=r"unknown process 'reactor9' .*--spec FILE"):
         get_process("reactor9")
+
+
+def test_a_recipe_trains_the_twin_its_process_needs() -> None:
+    assert TrainingRecipe(hours=1.0, epochs=3).train_config() == TrainConfig()
+    chosen = TrainingRecipe(hours=1.0, epochs=3, predictor_layers=1,
+                            predicted_readout_weight=5.0)
+    config = chosen.train_config(epochs=3, seed=4)
+    assert (config.model.predictor_layers, config.predicted_readout_weight) == (1, 5.0)
+    assert (config.epochs, config.seed) == (3, 4)
+    assert config.model == JEPAConfig(predictor_layers=1)  # nothing else moves
+    assert TrainConfig().model.predictor_layers == 2
+    assert get_process("glucose").TRAINING_RECIPE.train_config().model.predictor_layers == 1
 
 
 @pytest.mark.parametrize("name", NAMES)

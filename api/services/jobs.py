@@ -29,6 +29,7 @@ Claiming is safe with several workers:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -142,14 +143,18 @@ def parse_job_config(process: str, config: dict[str, Any]) -> TrainJobSpec:
 
 
 def train_config(spec: TrainJobSpec) -> Any:
-    """The `twin.train.TrainConfig` a job trains with (imported late: torch is heavy)."""
-    from twin.model import JEPAConfig
+    """The `twin.train.TrainConfig` a job trains with (imported late: torch is heavy): the
+    built-in process's recipe, or TrainConfig's defaults, with the job's settings on top."""
+    from processes import find_process
     from twin.train import TrainConfig
 
+    module = find_process(spec.process)
+    base = module.TRAINING_RECIPE.train_config() if module is not None else TrainConfig()
     fields = spec.train.model_dump(exclude_none=True, exclude={"model"})
     if spec.train.model is not None:
-        fields["model"] = JEPAConfig(**spec.train.model.model_dump(exclude_none=True))
-    return TrainConfig(**fields)
+        fields["model"] = replace(base.model,
+                                  **spec.train.model.model_dump(exclude_none=True))
+    return replace(base, **fields)
 
 
 # ---------------------------------------------------------------- API side
