@@ -3,7 +3,8 @@
     python benchmarks/training_speed.py --part throughput      # windows/s, peak memory
     python benchmarks/training_speed.py --part control         # time to a usable CSTR twin
 
-Everything runs with torch.set_num_threads(1). Throughput is compared with the GRU baseline
+The twin is the CSTR recipe's (processes/cstr.py). Everything runs with
+torch.set_num_threads(1). Throughput is compared with the GRU baseline
 of benchmarks/prediction_baselines.py timed in the same run (a ratio, median of several
 repetitions), since absolute figures move with the machine's load. Peak memory is the
 process's maximum resident set (resource.getrusage), before and after training, plus the
@@ -68,7 +69,7 @@ def throughput(repetitions: int = 3) -> dict[str, Any]:
     rss_before = peak_rss_mib()
     jepa, gru = [], []
     for rep in range(repetitions):
-        cfg = TrainConfig(epochs=2, seed=rep)
+        cfg = cstr.TRAINING_RECIPE.train_config(epochs=2, seed=rep)
         tracemalloc.start()
         twin, seconds = train(df, cfg)
         _, python_peak = tracemalloc.get_traced_memory()
@@ -101,13 +102,14 @@ def closed_loop_cost(twin: Twin) -> float:
 def time_to_control(budgets: tuple[float, ...]) -> dict[str, Any]:
     recipe = cstr.TRAINING_RECIPE
     df = cached_log(cstr, "cstr", recipe.hours, 1)
-    reference, ref_seconds = train(df, TrainConfig(epochs=10_000, max_seconds=REFERENCE_S))
+    reference, ref_seconds = train(df, recipe.train_config(epochs=10_000,
+                                                            max_seconds=REFERENCE_S))
     ref_cost = closed_loop_cost(reference)
     console.log(f"reference ({ref_seconds:.0f} s, {reference.metrics['epochs']} epochs): "
                 f"cost {ref_cost:.2f}")
     rows, good_at = [], None
     for budget in budgets:
-        twin, seconds = train(df, TrainConfig(epochs=10_000, max_seconds=budget))
+        twin, seconds = train(df, recipe.train_config(epochs=10_000, max_seconds=budget))
         cost = closed_loop_cost(twin)
         ok = cost <= 1.05 * ref_cost
         rows.append({"budget_s": budget, "train_seconds": seconds,

@@ -43,8 +43,8 @@ def test_train_takes_a_built_in_process_recipe() -> None:
     from api.cli import _recipe_config
     from twin.train import TrainConfig
 
-    assert _recipe_config("glucose", epochs=2).model.predictor_layers == 1
-    assert _recipe_config("cstr", epochs=2) == TrainConfig(epochs=2)
+    assert _recipe_config("cstr", epochs=2).model.predictor_layers == 2
+    assert _recipe_config("glucose", epochs=2) == TrainConfig(epochs=2)
     assert _recipe_config(None, epochs=2) == TrainConfig(epochs=2)
 
 

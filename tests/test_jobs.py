@@ -210,7 +210,7 @@ def test_job_settings_map_onto_train_config() -> None:
     assert (cfg.epochs, cfg.batch_size, cfg.rollout_steps) == (2, 64, 4)
     assert (cfg.model.window, cfg.model.encoder_hidden) == (8, 32)
     assert cfg.learning_rate == TrainConfig().learning_rate  # unset: TrainConfig's default
-    default = jobs.train_config(jobs.parse_job_config("cstr", {"data": TINY["data"]}))
+    default = jobs.train_config(jobs.parse_job_config("glucose", {"data": TINY["data"]}))
     assert default.model == JEPAConfig() and default.epochs == TrainConfig().epochs
 
 
@@ -218,14 +218,14 @@ def test_a_built_in_process_trains_with_its_recipe_under_the_jobs_settings() -> 
     from processes import get_process
     from twin.model import JEPAConfig
 
-    recipe = get_process("glucose").TRAINING_RECIPE
-    default = jobs.train_config(jobs.parse_job_config("glucose", {"data": TINY["data"]}))
+    recipe = get_process("turbofan").TRAINING_RECIPE
+    default = jobs.train_config(jobs.parse_job_config("turbofan", {"data": TINY["data"]}))
     assert default == recipe.train_config()
-    assert default.model.predictor_layers == 1 != JEPAConfig().predictor_layers
-    given = jobs.train_config(jobs.parse_job_config("glucose", tiny(
+    assert default.model.predictor_layers == 2 != JEPAConfig().predictor_layers
+    given = jobs.train_config(jobs.parse_job_config("turbofan", tiny(
         train={"model": {"window": 8, "predictor_layers": 3}})))
     assert (given.model.predictor_layers, given.model.window, given.epochs) == (3, 8, 2)
-    assert given.predicted_readout_weight == recipe.predicted_readout_weight
+    assert given.predicted_readout_weight == recipe.predicted_readout_weight == 25.0
 
 
 def test_bad_config_is_refused_and_nothing_stored(client: TestClient, session: Session) -> None:
