@@ -193,16 +193,6 @@ def _spec_for(process: str | None, spec_file: Path | None) -> ProcessSpec:
     return get_spec(process)
 
 
-def _recipe_config(process: str | None, **fields: Any) -> Any:
-    """A built-in process trains with its recipe's model choices; any other with defaults."""
-    from processes import find_process
-    from twin.train import TrainConfig
-
-    module = find_process(process) if process else None
-    return (module.TRAINING_RECIPE.train_config(**fields) if module is not None
-            else TrainConfig(**fields))
-
-
 @app.command()
 @friendly_errors
 def train(
@@ -218,12 +208,13 @@ def train(
     database_url: UrlOption = None,
 ) -> None:
     """Train a JEPA twin on a log; save the checkpoint and register it in the database."""
+    from processes import train_config_for
     from twin.train import train_twin
 
     process_spec = _spec_for(process, spec)
     df = read_log(data)
-    config = _recipe_config(process if spec is None else None, epochs=epochs, seed=seed,
-                            max_seconds=max_minutes * 60.0)
+    config = train_config_for(process if spec is None else None, epochs=epochs, seed=seed,
+                              max_seconds=max_minutes * 60.0)
     twin, history = train_twin(df, process_spec, config, show_progress=True)
     sha = twin.save(out)
     _print_training(twin.metrics, process_spec)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from twin.baseline import spec_fallback
 from twin.safety import Fallback, Protection
 from twin.spec import ProcessSpec, SpecError
+from twin.train import TrainConfig
 
 from .base import check_module
 
@@ -43,6 +45,14 @@ def find_process(name: str) -> ModuleType | None:
 
 def get_spec(name: str) -> ProcessSpec:
     return get_process(name).SPEC
+
+
+def train_config_for(name: str | None, **fields: Any) -> TrainConfig:
+    """The twin a process trains: the built-in process's recipe, else TrainConfig's defaults,
+    with `fields` on top."""
+    module = find_process(name) if name else None
+    return (module.TRAINING_RECIPE.train_config(**fields) if module is not None
+            else TrainConfig(**fields))
 
 
 def fallback_for(spec: ProcessSpec) -> Fallback | None:

@@ -40,12 +40,12 @@ def test_db_upgrade_then_generate_and_train(tmp_path: Path) -> None:
 
 
 def test_train_takes_a_built_in_process_recipe() -> None:
-    from api.cli import _recipe_config
+    from processes import train_config_for
     from twin.train import TrainConfig
 
-    assert _recipe_config("cstr", epochs=2).model.predictor_layers == 2
-    assert _recipe_config("glucose", epochs=2) == TrainConfig(epochs=2)
-    assert _recipe_config(None, epochs=2) == TrainConfig(epochs=2)
+    assert train_config_for("cstr", epochs=2).model.predictor_layers == 2
+    assert train_config_for("glucose", epochs=2) == TrainConfig(epochs=2)
+    assert train_config_for(None, epochs=2) == TrainConfig(epochs=2)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -145,11 +145,9 @@ def parse_job_config(process: str, config: dict[str, Any]) -> TrainJobSpec:
 def train_config(spec: TrainJobSpec) -> Any:
     """The `twin.train.TrainConfig` a job trains with (imported late: torch is heavy): the
     built-in process's recipe, or TrainConfig's defaults, with the job's settings on top."""
-    from processes import find_process
-    from twin.train import TrainConfig
+    from processes import train_config_for
 
-    module = find_process(spec.process)
-    base = module.TRAINING_RECIPE.train_config() if module is not None else TrainConfig()
+    base = train_config_for(spec.process)
     fields = spec.train.model_dump(exclude_none=True, exclude={"model"})
     if spec.train.model is not None:
         fields["model"] = replace(base.model,
