@@ -19,6 +19,11 @@ where a process has no oracle, and then says so in meta.reference); planning tim
 over the steps of all episodes on which a planner ran (not stale steps, not a twin's
 warm-up). "fallback_reasons" counts fallback steps by their first recorded reason, and
 the steps on which the plant's own limit protection changed the move.
+
+Where a process has a limit protection that every twin move goes through (the turbofan's
+FADEC regulators), its `protected_oracle_policy` runs too, as "oracle_nmpc_protected", and
+every controller gets "cost_ratio_to_protected_oracle" beside the ratio to the bare oracle:
+the protection's margins cost any controller behind it, however good its model.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from twin.twin_model import Twin  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=160)
+PROTECTED_ORACLE = "oracle_nmpc_protected"
 
 
 TrainingKey = tuple[tuple[str, Any], ...]
@@ -79,6 +85,8 @@ def controllers(module: ModuleType, twin: Twin, planners: list[str]
     out: dict[str, Callable[[], Any]] = {"baseline": module.baseline_policy}
     if module.oracle_policy() is not None:
         out["oracle_nmpc"] = module.oracle_policy
+    if hasattr(module, "protected_oracle_policy"):
+        out[PROTECTED_ORACLE] = module.protected_oracle_policy
     for planner in planners:
         out[f"twin_{planner}"] = (lambda p=planner: module.twin_policy(TwinController.from_twin(
             twin, p, fallback=module.baseline_fallback(), protection=protection_for(module.SPEC))))
@@ -102,19 +110,29 @@ def run(module: ModuleType, twins: dict[TrainingKey, Twin], seeds: list[int],
                             f"{episode.metrics['fallbacks']}")
     reference = "oracle_nmpc" if "oracle_nmpc" in episodes else "baseline"
     reference_costs = [ep.metrics["cost"] for _, _, ep in episodes[reference]]
-    return {name: summarise(runs, reference_costs) for name, runs in episodes.items()}, reference
+    protected_costs = [ep.metrics["cost"] for _, _, ep in episodes.get(PROTECTED_ORACLE, [])]
+    return {name: summarise(runs, reference_costs, protected_costs or None)
+            for name, runs in episodes.items()}, reference
+
+
+def _mean_ratio(metrics: list[dict[str, Any]], reference_costs: list[float]) -> float:
+    """Mean over episodes of each one's cost over the reference's on the same case and seed."""
+    return float(np.mean([m["cost"] / ref if ref > 0 else float("nan")
+                          for m, ref in zip(metrics, reference_costs, strict=True)]))
 
 
 def summarise(runs: list[tuple[dict[str, Any], int, EpisodeResult]],
-              reference_costs: list[float]) -> dict[str, Any]:
+              reference_costs: list[float], protected_costs: list[float] | None = None
+              ) -> dict[str, Any]:
     metrics = [ep.metrics for _, _, ep in runs]
     plan_ms = np.concatenate([planning_times_ms(ep.steps) or [0.0] for _, _, ep in runs])
     numeric = sorted({k for m in metrics for k, v in m.items() if isinstance(v, int | float)})
-    ratios = [m["cost"] / ref if ref > 0 else float("nan")
-              for m, ref in zip(metrics, reference_costs, strict=True)]
+    protected = {} if protected_costs is None else {
+        "cost_ratio_to_protected_oracle": _mean_ratio(metrics, protected_costs)}
     return {
         "cost": float(np.mean([m["cost"] for m in metrics])),
-        "cost_ratio_to_oracle": float(np.mean(ratios)),
+        "cost_ratio_to_oracle": _mean_ratio(metrics, reference_costs),
+        **protected,
         "violations": int(sum(m["violations"] for m in metrics)),
         "worst_violation": float(max(m["worst_violation"] for m in metrics)),
         "fallbacks": int(sum(m["fallbacks"] for m in metrics)),
@@ -171,12 +189,17 @@ def print_groups(process: str, groups: dict[str, dict[str, dict[str, float]]],
 def print_table(process: str, results: dict[str, dict[str, Any]], reference: str,
                 extra: list[str]) -> None:
     ratio = "ratio to oracle" if reference == "oracle_nmpc" else "ratio to baseline"
+    protected = any("cost_ratio_to_protected_oracle" in r for r in results.values())
     table = Table(title=f"{process}: closed loop, true plant state")
-    for col in ("controller", "cost", ratio, "violations", "worst", "fallbacks",
-                "plan ms median", "plan ms p99", *extra):
+    for col in ("controller", "cost", ratio,
+                *(["ratio to protected oracle"] if protected else []), "violations", "worst",
+                "fallbacks", "plan ms median", "plan ms p99", *extra):
         table.add_column(col, justify="right")
     for name, r in results.items():
-        table.add_row(name, f"{r['cost']:.4g}", f"{r['cost_ratio_to_oracle']:.3f}",
+        ratios = [f"{r['cost_ratio_to_oracle']:.3f}"]
+        if protected:
+            ratios.append(f"{r.get('cost_ratio_to_protected_oracle', float('nan')):.3f}")
+        table.add_row(name, f"{r['cost']:.4g}", *ratios,
                       str(r["violations"]), f"{r['worst_violation']:.3g}", str(r["fallbacks"]),
                       f"{r['plan_ms_median']:.2f}", f"{r['plan_ms_p99']:.2f}",
                       *[f"{r['metrics'].get(k, float('nan')):.4g}" for k in extra])

@@ -943,19 +943,36 @@ def fadec_policy(protect: bool = True) -> Policy:
     return act
 
 
-def oracle_policy(horizon: int = 20) -> Policy:
-    """The oracle sees the true state, health and flight condition: the bar, not a product."""
+def oracle_policy(horizon: int = 20, protected: bool = False) -> Policy:
+    """The oracle sees the true state, health and flight condition: the bar, not a product.
+
+    `protected`: its fuel goes through the plant's own limit protection, as the twin's does
+    (`fadec_protection`). Its regulators hold surge margin and T50 inside the hard limits by
+    margins sized for sensor noise and the dip between samples, room the bare oracle rides
+    into: the best a controller behind that protection can be expected to reach.
+    """
     nmpc = OracleNMPC(horizon=horizon)
+    protection = FuelControl() if protected else None
 
     def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
             demand: float) -> StepRecord:
         if time_s <= 0.0:
             nmpc.reset()
+            if protection is not None:
+                protection.reset()
         wf = nmpc(sim.state, sim.wf, demand, sim.flight, sim.health)
+        if protection is not None:
+            wf = protection.protect_fuel(meas, wf, sim.wf)
         wf = rate_clip(wf, sim.wf, RATE_PER_SAMPLE, WF_LOW, WF_HIGH)
         return _record(time_s, meas, demand, wf, nmpc.last_plan_ms)
 
     return act
+
+
+def protected_oracle_policy() -> Policy:
+    """The oracle behind the plant's limit protection (`oracle_policy(protected=True)`):
+    `benchmarks/control.py` reports every controller's cost against it too."""
+    return oracle_policy(protected=True)
 
 
 def fadec_fallback() -> Fallback:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -335,6 +336,29 @@ def test_oracle_beats_baseline_and_keeps_limits() -> None:
     assert_within_bounds_and_rate(_applied(oracle.steps), _initial_fuel(SHORT, 250.0),
                                   tf.WF_LOW, tf.WF_HIGH, RATE)
     assert oracle.metrics["max_T50_K"] > tf.T50_MAX_K - 10.0  # it uses the room it has
+
+
+def _moves_the_protection_would_cut(steps: list[StepRecord], wf0: float) -> int:
+    """Replays the plant's limit protection on each move an episode sent (its regulators see
+    the same measurements, so they hold the same state): how many it would have cut."""
+    protection, applied, cut = tf.FuelControl(), wf0, 0
+    for step in steps:
+        wf = step.actuators["Wf"]
+        cut += not math.isclose(protection.protect_fuel(step.measurements, wf, applied), wf,
+                                rel_tol=1e-9, abs_tol=1e-12)
+        applied = wf
+    return cut
+
+
+def test_protected_oracle_sends_only_moves_the_protection_allows() -> None:
+    wf0 = _initial_fuel(SHORT, 250.0)
+    bare = tf.run_episode(tf.oracle_policy(horizon=10), "oracle", scenario=SHORT, cycle=250.0)
+    protected = tf.run_episode(tf.oracle_policy(horizon=10, protected=True),
+                               "oracle_protected", scenario=SHORT, cycle=250.0)
+    assert _moves_the_protection_would_cut(bare.steps, wf0) > 0  # the bare one rides past it
+    assert _moves_the_protection_would_cut(protected.steps, wf0) == 0
+    assert protected.metrics["violations"] == 0
+    assert bare.metrics["cost"] < protected.metrics["cost"]
 
 
 @pytest.mark.slow
