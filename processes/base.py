@@ -66,13 +66,16 @@ class TrainingRecipe:
     max_minutes: float = 5.0
     predictor_layers: int | None = None  # None: JEPAConfig's default
     predicted_readout_weight: float | None = None  # None: TrainConfig's default
+    embed_dim: int | None = None  # None: JEPAConfig's default
 
     def train_config(self, **fields: Any) -> TrainConfig:
         """TrainConfig's defaults with this recipe's model and loss choices, then `fields`."""
         config = TrainConfig()
-        if self.predictor_layers is not None:
-            config = replace(config, model=replace(config.model,
-                                                   predictor_layers=self.predictor_layers))
+        model = {name: value for name, value in (("predictor_layers", self.predictor_layers),
+                                                 ("embed_dim", self.embed_dim))
+                 if value is not None}
+        if model:
+            config = replace(config, model=replace(config.model, **model))
         if self.predicted_readout_weight is not None:
             config = replace(config, predicted_readout_weight=self.predicted_readout_weight)
         return replace(config, **fields)

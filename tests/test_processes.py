@@ -32,11 +32,12 @@ def test_the_user_named_families_are_all_there() -> None:
 def test_a_recipe_trains_the_twin_its_process_needs() -> None:
     assert TrainingRecipe(hours=1.0, epochs=3).train_config() == TrainConfig()
     chosen = TrainingRecipe(hours=1.0, epochs=3, predictor_layers=3,
-                            predicted_readout_weight=7.0)
+                            predicted_readout_weight=7.0, embed_dim=24)
     config = chosen.train_config(epochs=3, seed=4)
     assert (config.model.predictor_layers, config.predicted_readout_weight) == (3, 7.0)
+    assert config.model.embed_dim == 24
     assert (config.epochs, config.seed) == (3, 4)
-    assert config.model == JEPAConfig(predictor_layers=3)  # nothing else moves
+    assert config.model == JEPAConfig(predictor_layers=3, embed_dim=24)  # nothing else moves
     cstr_config = get_process("cstr").TRAINING_RECIPE.train_config()
     assert (cstr_config.model.predictor_layers, cstr_config.predicted_readout_weight) == (2, 25.0)
     assert get_process("glucose").TRAINING_RECIPE.train_config() == TrainConfig()
