@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 from twin_fixtures import cold_controller, rate_per_sample, tiny_twin, with_control
 
 from processes import cstr
-from twin.controller import DISAGREEMENT_TRIP, TwinController
+from twin.controller import (
+    DISAGREEMENT_TRIP,
+    MISMATCH_TRIP_SIGMAS,
+    TwinController,
+    family_threshold,
+)
 from twin.errors import InvalidInput
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult, make_planner
 from twin.records import StepRecord, StepStatus
@@ -856,3 +861,25 @@ def test_a_spec_can_turn_the_envelope_off(twin: Twin) -> None:
     assert TwinController(off, StubPlanner("wild"), envelope_neighbours=5).envelope_neighbours == 5
     records = _envelope_run(off, 1e6)
     assert not [e for r in records for e in r.events if e.kind == "data_envelope"]
+
+
+@pytest.mark.parametrize("sensors", [2, 10, 41])
+@pytest.mark.parametrize("threshold", [0.3, 0.15])
+def test_the_worst_of_many_sensors_crosses_as_often_as_one_does(sensors: int,
+                                                                threshold: float) -> None:
+    trip = 0.3
+    rng = np.random.default_rng(0)
+    errors = np.abs(rng.standard_normal((200_000, sensors))) * trip / MISMATCH_TRIP_SIGMAS
+    one = float(np.mean(errors[:, 0] > threshold))
+    worst = errors.max(axis=1)
+    assert float(np.mean(worst > threshold)) > 1.5 * one  # one sensor's threshold: too eager
+    family = family_threshold(threshold, trip, sensors)
+    assert family > threshold
+    assert float(np.mean(worst > family)) == pytest.approx(one, rel=0.1, abs=3e-4)
+
+
+def test_one_sensor_keeps_its_thresholds() -> None:
+    assert family_threshold(0.3, 0.3, 1) == 0.3
+    assert family_threshold(0.15, 0.3, 0) == 0.15
+    assert family_threshold(math.inf, 0.3, 41) == math.inf  # a check turned off stays off
+    assert family_threshold(30.0, 0.3, 41) == 30.0  # no error reaches it anyway
