@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import cache
 from statistics import NormalDist
 
 import numpy as np
@@ -81,6 +82,7 @@ MISMATCH_TRIP_SIGMAS = 3.0
 scale is built so that the trip is 3 of them, the clear 1.5; `_error_scale`)."""
 
 
+@cache  # the same few arguments every control step
 def family_threshold(threshold: float, trip: float, sensors: int) -> float:
     """The per-sensor threshold at which the worst of `sensors` forecast errors crosses as
     often as one sensor's error crosses `threshold` (Sidak; errors taken as independent
@@ -467,7 +469,7 @@ class TwinController:
                  if rmse is not None and math.isfinite(rmse)]
         if not usual:
             return std
-        return max(std, 3.0 * max(usual) / self.mismatch_trip)
+        return max(std, MISMATCH_TRIP_SIGMAS * max(usual) / self.mismatch_trip)
 
     def _limit_guard(self, measurements: Mapping[str, float | None]) -> str | None:
         """Why the twin is not trusted this step, if a sensor is heading into its limit.
