@@ -6,14 +6,15 @@
 
 Twins: one trained on CSTR data (embedding width 32) and randomly initialised twins of the
 production shape (width 32 and 16, predictor 128 wide, 1, 2 and 4 actuators, three limited
-sensors). Each setup runs a closed sequence of consecutive control steps, so warm starts
-act as they do in service: on the trained twin, the CSTR benchmark episode itself (the
-plant is the simulator, the controller `twin.controller.TwinController`, the closed-loop
-cost is the episode's); on a random twin, the twin is its own plant (the first planned
-move is applied, the embedding moves on through the predictor plus noise, the goal jumps
-every 50 steps). Times are per control step (the planner's own clock). The IPOPT planner
-runs in the same process on the same sequences, so ratios to it hold even on a loaded
-machine. One thread for torch and for CasADi's solvers.
+sensors; and width 32 with Tennessee Eastman's 12 actuators, where IPOPT runs 40 steps).
+Each setup runs a closed sequence of consecutive control steps, so warm starts act as they
+do in service: on the trained twin, the CSTR benchmark episode itself (the plant is the
+simulator, the controller `twin.controller.TwinController`, the closed-loop cost is the
+episode's); on a random twin, the twin is its own plant (the first planned move is applied,
+the embedding moves on through the predictor plus noise, the goal jumps every 50 steps).
+Times are per control step (the planner's own clock). The IPOPT planner runs in the same
+process on the same sequences, so ratios to it hold even on a loaded machine. One thread
+for torch and for CasADi's solvers.
 
 Writes benchmarks/results/planning_speed.json and prints the table of every setup tried.
 """
@@ -64,6 +65,7 @@ from twin.twin_model import GoalBank, Twin  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "ipopt"
+WIDE_BASELINE_STEPS = 40
 console = Console(width=170)
 
 
@@ -78,27 +80,37 @@ class Setup:
 SETUPS = (
     Setup(BASELINE, lambda t: CasadiPlanner(t),
           "casadi-ipopt: multiple-shooting NLP, SX, exact Hessian, warm start (the old default)"),
-    Setup("rti-daqp-3", lambda t: RTIPlanner(t, qp_solver="daqp", sqp_iterations=3),
-          "casadi (default): Gauss-Newton SQP, <=3 iterations, condensed dense QP, daqp"),
-    Setup("rti-daqp-1", lambda t: RTIPlanner(t, qp_solver="daqp", sqp_iterations=1),
-          "real-time iteration: one QP per sample (acados style)"),
+    Setup("rti-daqp-1", lambda t: RTIPlanner(t, sqp_iterations=1),
+          "casadi (default): real-time iteration, one QP per sample (acados style); numpy "
+          "linearisation, DAQP warm-started from the last active set"),
+    Setup("rti-daqp-3", lambda t: RTIPlanner(t, sqp_iterations=3),
+          "the same, up to 3 Gauss-Newton iterations per sample"),
+    Setup("rti-casadi-daqp-1",
+          lambda t: RTIPlanner(t, qp_solver="casadi-daqp", linearisation="casadi"),
+          "the default until now: CasADi linearisation, DAQP through CasADi (cold start)"),
+    Setup("rti-casadi-daqp-3",
+          lambda t: RTIPlanner(t, qp_solver="casadi-daqp", linearisation="casadi",
+                               sqp_iterations=3),
+          "the same, up to 3 iterations"),
     Setup("mppi-256x4", lambda t: MPPIPlanner(t), "MPPI in torch, 256 samples x 4 iterations"),
     Setup("cem-256x6", lambda t: CEMPlanner(t), "CEM in torch, 256 samples x 6 iterations"),
     Setup("rti-daqp-converged",
-          lambda t: RTIPlanner(t, qp_solver="daqp", sqp_iterations=40, step_tolerance=1e-7),
+          lambda t: RTIPlanner(t, sqp_iterations=40, step_tolerance=1e-7),
           "Gauss-Newton SQP run to convergence (up to 40 QPs)", sweep=True),
-    Setup("rti-daqp-3-compiled",
-          lambda t: RTIPlanner(t, qp_solver="daqp", sqp_iterations=3, compile=True),
-          "linearisation compiled with gcc -O2, cached on disk by content hash", sweep=True),
-    Setup("rti-qpoases-3", lambda t: RTIPlanner(t, qp_solver="qpoases", sqp_iterations=3),
-          "QP by qpOASES (dense)", sweep=True),
-    Setup("rti-highs-3", lambda t: RTIPlanner(t, qp_solver="highs", sqp_iterations=3),
-          "QP by HiGHS", sweep=True),
-    Setup("rti-proxqp-3", lambda t: RTIPlanner(t, qp_solver="proxqp", sqp_iterations=3),
-          "QP by ProxQP", sweep=True),
-    Setup("rti-osqp-3", lambda t: RTIPlanner(t, qp_solver="osqp", sqp_iterations=3),
-          "QP by OSQP (ADMM, eps 1e-7)", sweep=True),
-    Setup("rti-qrqp-3", lambda t: RTIPlanner(t, qp_solver="qrqp", sqp_iterations=3),
+    Setup("rti-daqp-1-casadi-lin", lambda t: RTIPlanner(t, linearisation="casadi"),
+          "default QP, CasADi linearisation (VM)", sweep=True),
+    Setup("rti-daqp-1-compiled", lambda t: RTIPlanner(t, compile=True),
+          "default QP, CasADi linearisation compiled with gcc -O2, cached by content hash",
+          sweep=True),
+    Setup("rti-qpoases-1", lambda t: RTIPlanner(t, qp_solver="qpoases"),
+          "QP by qpOASES (dense, through CasADi)", sweep=True),
+    Setup("rti-highs-1", lambda t: RTIPlanner(t, qp_solver="highs"),
+          "QP by HiGHS (through CasADi)", sweep=True),
+    Setup("rti-proxqp-1", lambda t: RTIPlanner(t, qp_solver="proxqp"),
+          "QP by ProxQP (through CasADi)", sweep=True),
+    Setup("rti-osqp-1", lambda t: RTIPlanner(t, qp_solver="osqp"),
+          "QP by OSQP (ADMM, eps 1e-7, through CasADi)", sweep=True),
+    Setup("rti-qrqp-1", lambda t: RTIPlanner(t, qp_solver="qrqp"),
           "QP by qrqp (CasADi's active set, sparse QR)", sweep=True),
     Setup("fatrop", lambda t: StructuredNLPPlanner(t, solver="fatrop", compile=False),
           "casadi-fatrop: fatrop's OCP structure, MX, exact Hessian, VM", sweep=True),
@@ -251,6 +263,8 @@ def main() -> None:
             sweep = width == 32 and n_actuators == 4 and not args.quick
             twins.append((f"random-w{width}-a{n_actuators}", "random",
                           random_twin(width, n_actuators, seed=n_actuators), sweep))
+    # Tennessee Eastman's shape: 12 manipulated variables (outside the 1-4 of the target)
+    twins.append(("random-w32-a12", "random", random_twin(32, 12, seed=12), False))
     if args.quick:
         twins = [twins[0], twins[3]]
     if args.twins:
@@ -267,6 +281,8 @@ def main() -> None:
             if setup.name == "fatrop-jit" and kind != "cstr":
                 continue  # tens of seconds of compiling per model: measured once
             n = args.baseline_steps if setup.name == BASELINE and args.baseline_steps else steps
+            if setup.name == BASELINE and twin_name.endswith("a12"):
+                n = min(n, WIDE_BASELINE_STEPS)  # IPOPT takes seconds a step on this shape
             row = measure(setup, twin, kind, n, args.seed)
             results[twin_name][setup.name] = row
             console.log(f"{twin_name} {setup.name}: median {row['median_ms']:.2f} ms, "

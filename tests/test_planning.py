@@ -347,11 +347,10 @@ def test_rti_reports_a_failed_qp(twin: Twin) -> None:
     planner = _rti(twin)
 
     class FailingQP:
-        def __call__(self, **_: object) -> dict:
-            return {"x": ca.DM.zeros(1)}
+        name = "failing"
 
-        def stats(self) -> dict:
-            return {"success": False, "return_status": "infeasible"}
+        def solve(self, *_: object, **__: object) -> None:
+            return None  # what DAQPSolver and CasadiQPSolver answer when the solver fails
 
     planner._qp = FailingQP()
     problem = _bank_problem(twin)

@@ -17,10 +17,11 @@ arrays. A planner never applies anything: its output always passes through
 The planners, by name (`make_planner`):
 
 - `casadi` (`RTIPlanner`): Gauss-Newton SQP in real-time-iteration form. Each step linearises
-  the twin along the warm start (the previous plan shifted by one sample) with one CasADi
-  function, condenses the embeddings away and solves one dense QP in the moves (DAQP by
-  default, up to 3 iterations) per step, with a backtracking line search on the exact cost.
-  Bounds and rate limits are linear in the moves, so every iterate keeps them exactly.
+  the twin along the warm start (the previous plan shifted by one sample; numpy and BLAS by
+  default, CasADi's exact functions on request, equal to round-off), condenses the
+  embeddings away and solves one dense QP in the moves per step (DAQP, its active set
+  warm-started from the previous step's), with a backtracking line search on the exact
+  cost. Bounds and rate limits are linear in the moves, so every iterate keeps them exactly.
 - `casadi-ipopt` (`CasadiPlanner`): the full multiple-shooting NLP solved by IPOPT with exact
   Hessians; the reference optimum, several times slower.
 - `casadi-fatrop` (`StructuredNLPPlanner`): the same NLP laid out for fatrop's structure
@@ -48,6 +49,8 @@ import casadi as ca
 import numpy as np
 import torch
 
+from .dense_qp import CasadiQPSolver, DAQPSolver, QPSolution, QPSolver
+from .latent_linearisation import NumpyLinearisation
 from .planner_names import PLANNER_NAMES
 from .twin_model import Twin
 
@@ -480,19 +483,72 @@ def _pinned_problem(pinned: np.ndarray, u_prev: np.ndarray, lim: Constraints,
     return None
 
 
+class CasadiLinearisation:
+    """The same rollout and Jacobians as `NumpyLinearisation`, as CasADi functions (exact
+    symbolic derivatives; optionally compiled with the system C compiler)."""
+
+    def __init__(self, twin: Twin, horizon: int, limit_rows: list[int], compile: bool) -> None:
+        self.d, self.a = twin.config.embed_dim, len(twin.layout.actions)
+        z, u = ca.MX.sym("z", self.d), ca.MX.sym("u", self.a)
+        step, step_jac = mlp_with_jacobian(twin.model.predictor.net, ca.vertcat(z, u))
+        z_next = z + step
+        stage = ca.Function("stage", [z, u], [z_next, ca.DM.eye(self.d) + step_jac[:, :self.d],
+                                              step_jac[:, self.d:]])
+        readout = twin.model.readout.net
+        y, y_jac = mlp_with_jacobian(readout if isinstance(readout, torch.nn.Sequential)
+                                     else torch.nn.Sequential(readout), z)
+        rows = limit_rows
+        y, y_jac = (y[rows], y_jac[rows, :]) if rows else (ca.MX(0, 1), ca.MX(0, self.d))
+        self.n_lim = len(rows)
+        sensor = ca.Function("sensor", [z], [y, y_jac]).map(horizon)
+        z0, U = ca.MX.sym("z0", self.d), ca.MX.sym("U", self.a, horizon)
+        Z, A, B = stage.mapaccum("rollout", horizon)(z0, U)
+        Y, C = sensor(Z)
+        linearise = ca.Function("latent_linearise", [z0, U], [Z, A, B, Y, C])
+        Z_only = ca.Function("step", [z, u], [z_next]).mapaccum("simulate_z", horizon)(z0, U)
+        simulate = ca.Function("latent_simulate", [z0, U], [Z_only, sensor(Z_only)[0]])
+        self.compiled = False
+        if compile:
+            linearise, lin_compiled = compiled_function(linearise)
+            simulate, sim_compiled = compiled_function(simulate)
+            self.compiled = lin_compiled and sim_compiled
+        self._linearise, self._simulate = linearise, simulate
+
+    def simulate(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Z, Y = self._simulate(z0, U)
+        return np.asarray(Z), np.asarray(Y)
+
+    def linearise(self, z0: np.ndarray, U: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        Z, A, B, Y, C = (np.asarray(m) for m in self._linearise(z0, U))
+        horizon, d = U.shape[1], self.d
+
+        def stages(m: np.ndarray, cols: int) -> np.ndarray:  # (rows, H*cols) -> (H, rows, cols)
+            return m.reshape(m.shape[0], horizon, cols).transpose(1, 0, 2)
+
+        return Z, stages(A, d), stages(B, self.a), Y, stages(C, d)
+
+
+RTI_QP_SOLVERS = ("daqp", "casadi-daqp", "qpoases", "highs", "proxqp", "osqp", "qrqp")
+
+
 class RTIPlanner:
     """Gauss-Newton SQP, real-time iterations, single shooting condensed to a dense QP.
 
-    Per iteration: one CasADi call rolls the twin out along the current moves and returns
-    each stage's Jacobians; numpy condenses them into dZ/dU (the embeddings are eliminated,
-    so the QP has only the moves and the sensor slacks); a CasADi QP solver takes the
-    Gauss-Newton step (the cost is a sum of squares plus a linear slack term, so its
-    Gauss-Newton Hessian is exact but for the twin's curvature); a backtracking line search
-    on the exact cost keeps the plan no worse than the warm start. The warm start is the
-    previous plan shifted by one sample, projected onto the new rate window.
+    Per iteration: the twin is rolled out along the current moves with each stage's
+    Jacobians (`twin.latent_linearisation`: numpy by default, CasADi's own functions on
+    request); numpy condenses them into dZ/dU (the embeddings are eliminated, so the QP has
+    only the moves and the sensor slacks); a dense QP solver takes the Gauss-Newton step
+    (the cost is a sum of squares plus a linear slack term, so its Gauss-Newton Hessian is
+    exact but for the twin's curvature); a backtracking line search on the exact cost keeps
+    the plan no worse than the warm start. The warm start is the previous plan shifted by
+    one sample, projected onto the new rate window; the QP starts from the previous QP's
+    active set, shifted by one sample the same way (`twin.dense_qp`).
 
     `sqp_iterations=1` is the acados-style real-time iteration; more iterations converge to
-    the same local optimum as IPOPT. `compile=True` compiles the linearisation with the
+    the same local optimum as IPOPT. `qp_solver`: "daqp" (the DAQP package, warm-started;
+    default) or a CasADi conic plugin ("casadi-daqp", "qpoases", ...). `linearisation`:
+    "numpy" (default) or "casadi"; `compile=True` compiles the CasADi linearisation with the
     system C compiler (cached on disk per model), falling back to the CasADi VM.
     """
 
@@ -505,46 +561,36 @@ class RTIPlanner:
 
     def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
                  qp_solver: str = "daqp", sqp_iterations: int = 1,
-                 step_tolerance: float = 1e-4, compile: bool = False) -> None:
+                 step_tolerance: float = 1e-4, compile: bool = False,
+                 linearisation: str | None = None) -> None:
+        if qp_solver not in RTI_QP_SOLVERS:
+            raise ValueError(f"unknown QP solver '{qp_solver}' "
+                             f"(choose {', '.join(RTI_QP_SOLVERS)})")
+        linearisation = linearisation or ("casadi" if compile else "numpy")
+        if linearisation not in ("numpy", "casadi") or (compile and linearisation != "casadi"):
+            raise ValueError("linearisation is 'numpy' or 'casadi' (compile=True: 'casadi')")
         self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.qp_solver_name, self.sqp_iterations = qp_solver, sqp_iterations
         self.step_tolerance = step_tolerance
         self.d, self.a = twin.config.embed_dim, len(self.limits.u_low)
         self.n_lim = len(self.limits.limit_rows)
-        self._build_functions(compile)
+        rows = self.limits.limit_rows.tolist()
+        if linearisation == "numpy":
+            self._model: NumpyLinearisation | CasadiLinearisation = NumpyLinearisation(
+                twin.model.predictor.net, twin.model.readout.net, self.d, rows)
+        else:
+            self._model = CasadiLinearisation(twin, self.settings.horizon, rows, compile)
+        self.linearisation = linearisation
+        self.compiled = getattr(self._model, "compiled", False)
         self._build_qp()
         self._warm: np.ndarray | None = None
+        self._multipliers: np.ndarray | None = None  # the last QP's, to seed the next one
 
     # -- construction ------------------------------------------------------------------
-    def _build_functions(self, compile: bool) -> None:
-        horizon, rows = self.settings.horizon, self.limits.limit_rows.tolist()
-        z, u = ca.MX.sym("z", self.d), ca.MX.sym("u", self.a)
-        step, step_jac = mlp_with_jacobian(self.twin.model.predictor.net, ca.vertcat(z, u))
-        z_next = z + step
-        stage = ca.Function("stage", [z, u], [z_next, ca.DM.eye(self.d) + step_jac[:, :self.d],
-                                              step_jac[:, self.d:]])
-        readout = self.twin.model.readout.net
-        y, y_jac = mlp_with_jacobian(readout if isinstance(readout, torch.nn.Sequential)
-                                     else torch.nn.Sequential(readout), z)
-        y, y_jac = (y[rows], y_jac[rows, :]) if rows else (ca.MX(0, 1), ca.MX(0, self.d))
-        sensor = ca.Function("sensor", [z], [y, y_jac]).map(horizon)
-        z0, U = ca.MX.sym("z0", self.d), ca.MX.sym("U", self.a, horizon)
-        Z, A, B = stage.mapaccum("rollout", horizon)(z0, U)
-        Y, C = sensor(Z)
-        linearise = ca.Function("latent_linearise", [z0, U], [Z, A, B, Y, C])
-        Z_only = ca.Function("step", [z, u], [z_next]).mapaccum("simulate_z", horizon)(z0, U)
-        simulate = ca.Function("latent_simulate", [z0, U], [Z_only, sensor(Z_only)[0]])
-        if compile:
-            linearise, lin_compiled = compiled_function(linearise)
-            simulate, sim_compiled = compiled_function(simulate)
-            self.compiled = lin_compiled and sim_compiled
-        else:
-            self.compiled = False
-        self._linearise, self._simulate = linearise, simulate
-
     def _build_qp(self) -> None:
-        """The QP's constant parts: bounds, rate rows, the move penalty M (cost |M U - c|^2)."""
+        """The QP's constant parts: bounds, rate rows, the move penalty M (cost |M U - c|^2),
+        the solver, and where each constraint sits one sample later (for warm starts)."""
         s, lim, a, horizon = self.settings, self.limits, self.a, self.settings.horizon
         n_u, n_s = a * horizon, self.n_lim * horizon
         difference = np.eye(n_u) - np.eye(n_u, k=-a)  # U stage-major: rows u_k - u_{k-1}
@@ -555,44 +601,58 @@ class RTIPlanner:
         self._high_rows = np.flatnonzero(np.tile(high, horizon))  # over (stage, sensor)
         self._low_rows = np.flatnonzero(np.tile(low, horizon))
         n_g = len(self._rate_rows) + len(self._high_rows) + len(self._low_rows)
-        hessian = ca.Sparsity.dense(n_u + n_s, n_u + n_s)
-        rows = ca.Sparsity.dense(n_g, n_u + n_s)
-        options: dict = {"error_on_fail": False}
-        if self.qp_solver_name == "qpoases":
-            options.update({"printLevel": "none", "sparse": False})
-        elif self.qp_solver_name == "osqp":
-            options.update({"osqp": {"verbose": False, "eps_abs": 1e-7, "eps_rel": 1e-7,
-                                     "max_iter": 20000, "polish": True}})
-        elif self.qp_solver_name == "qrqp":
-            options.update({"print_iter": False, "print_header": False, "print_info": False})
-        elif self.qp_solver_name == "highs":
-            options.update({"highs": {"output_flag": False}})
-        elif self.qp_solver_name == "proxqp":
-            options.update({"proxqp": {"eps_abs": 1e-9}})
-        self._qp = ca.conic("latent_qp", self.qp_solver_name,
-                            {"h": hessian, "a": rows}, options)
         self._dims = (n_u, n_s, n_g)
+        self._qp: QPSolver = DAQPSolver() if self.qp_solver_name == "daqp" else \
+            CasadiQPSolver(self.qp_solver_name.removeprefix("casadi-"), n_u + n_s, n_g)
+        self._next_stage = self._constraints_one_sample_later()
+
+    def _constraints_one_sample_later(self) -> np.ndarray:
+        """For each constraint (bounds on moves, on slacks, then the rows), the index of the
+        same constraint one stage later, or -1 at the horizon's end: the previous plan's
+        multipliers, shifted like its moves, seed the next plan's QP."""
+        a, n = self.a, self.n_lim
+        n_u, n_s, _ = self._dims
+
+        def along(count: int, width: int, offset: int) -> np.ndarray:
+            index = np.arange(count)
+            return np.where(index + width < count, offset + index + width, -1)
+
+        def sensor_rows(rows: np.ndarray, offset: int) -> np.ndarray:
+            later = {flat: offset + i for i, flat in enumerate(rows)}
+            return np.array([later.get(flat + n, -1) for flat in rows], dtype=int)
+
+        n_rate = len(self._rate_rows)
+        high_at = n_u + n_s + n_rate
+        return np.concatenate([along(n_u, a, 0), along(n_s, n, n_u),
+                               along(n_rate, a, n_u + n_s),
+                               sensor_rows(self._high_rows, high_at),
+                               sensor_rows(self._low_rows, high_at + len(self._high_rows))]
+                              ).astype(int)
 
     def reset(self) -> None:
         self._warm = None
+        self._multipliers = None
 
     # -- one plan ----------------------------------------------------------------------
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
         why = _inputs_problem(problem, self.limits, (self.d, self.a), self.settings.horizon)
         if why is not None:
-            self._warm = None
+            self.reset()
             return self._failed(problem, start, why)
         U = self._initial_moves(problem)
         Z, Y = self._rollout(problem.z0, U)
         cost = self._cost(U, Z, Y, problem)
-        iterations, message = 0, "converged"
+        iterations, qp_iterations, message = 0, 0, "converged"
+        seed = self._shifted_multipliers() if self._warm is not None else None
         for iteration in range(1, self.sqp_iterations + 1):
             iterations = iteration
-            step = self._qp_step(problem, U)
-            if step is None:
-                self._warm = None
+            solution = self._qp_step(problem, U, seed)
+            if solution is None:
+                self.reset()
                 return self._failed(problem, start, f"QP solver {self.qp_solver_name} failed")
+            step, seed = solution.x, solution.multipliers
+            qp_iterations += solution.iterations
             U, Z, Y, cost, moved = self._line_search(problem, U, step, cost, Z, Y)
             if moved < self.step_tolerance:
                 break
@@ -603,10 +663,18 @@ class RTIPlanner:
             message = f"{self.sqp_iterations} iterations"
         ok = bool(np.isfinite(cost) and np.all(np.isfinite(U)) and np.all(np.isfinite(Z)))
         self._warm = U if ok else None
+        self._multipliers = seed if ok else None
         solve_ms = (time.perf_counter() - start) * 1e3
         return PlanResult(ok, U.copy(), Z.T.copy(), float(cost), solve_ms,
                           message=f"rti/{self.qp_solver_name}: {message}",
-                          stats={"iterations": float(iterations)})
+                          stats={"iterations": float(iterations),
+                                 "qp_iterations": float(qp_iterations)})
+
+    def _shifted_multipliers(self) -> np.ndarray | None:
+        if self._multipliers is None or len(self._multipliers) != len(self._next_stage):
+            return None
+        later = self._next_stage
+        return np.where(later >= 0, self._multipliers[np.maximum(later, 0)], 0.0)
 
     def _failed(self, problem: PlanningProblem, start: float, why: str) -> PlanResult:
         """ok=False with a plan that still keeps the bounds: hold, clipped (mid-range if the
@@ -629,8 +697,7 @@ class RTIPlanner:
         return problem.with_pinned(_project_moves(guess, problem.u_prev, self.limits))
 
     def _rollout(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        Z, Y = self._simulate(z0, U.T)
-        return np.asarray(Z), np.asarray(Y)
+        return self._model.simulate(np.asarray(z0, dtype=float), np.ascontiguousarray(U.T))
 
     def _cost(self, U: np.ndarray, Z: np.ndarray, Y: np.ndarray,
               problem: PlanningProblem) -> float:
@@ -645,11 +712,14 @@ class RTIPlanner:
             cost += s.slack_weight * float(np.maximum(over, 0.0).sum())
         return cost
 
-    def _qp_step(self, problem: PlanningProblem, U: np.ndarray) -> np.ndarray | None:
-        """The Gauss-Newton QP around U; returns the QP's moves (H, A), or None on failure."""
+    def _qp_step(self, problem: PlanningProblem, U: np.ndarray,
+                 seed: np.ndarray | None = None) -> QPSolution | None:
+        """The Gauss-Newton QP around U; its x is the QP's moves (H, A), or None on failure.
+        `seed`: multipliers of a nearby QP, to start the solver's active set from."""
         lim, s, horizon, a = self.limits, self.settings, self.settings.horizon, self.a
         n_u, n_s, _ = self._dims
-        Z, A, B, Y, C = (np.asarray(m) for m in self._linearise(problem.z0, U.T))
+        Z, A, B, Y, C = self._model.linearise(np.asarray(problem.z0, dtype=float),
+                                              np.ascontiguousarray(U.T))
         G = self._condense(A, B)  # (D*H, n_u): d vec(Z) / d vec(U), stage-major
         u_bar = U.ravel()
         residual = Z.ravel(order="F") - np.tile(problem.z_goal, horizon) - G @ u_bar
@@ -678,23 +748,23 @@ class RTIPlanner:
         if np.any(lbx > ubx):
             return None
         rows, lba, uba = self._constraint_rows(G, Y, C, u_bar, problem)
-        solution = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx,
-                            x0=np.concatenate([u_bar, np.zeros(n_s)]))
-        if not self._qp.stats().get("success", False):
-            return None
-        x = np.asarray(solution["x"]).ravel()[:n_u]
-        if not np.all(np.isfinite(x)):
+        solution = self._qp.solve(hess, grad, rows, lba, uba, lbx, ubx, start=seed,
+                                  x0=np.concatenate([u_bar, np.zeros(n_s)]))
+        if solution is None or not np.all(np.isfinite(solution.x)):
             return None
         # clip the solver's round-off: the line search then mixes feasible points only
-        return problem.with_pinned(_project_moves(x.reshape(horizon, a), problem.u_prev, lim))
+        moves = problem.with_pinned(_project_moves(solution.x[:n_u].reshape(horizon, a),
+                                                   problem.u_prev, lim))
+        return QPSolution(moves, solution.multipliers, solution.iterations)
 
     def _condense(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """A (H, D, D), B (H, D, Act) -> (D*H, Act*H), the stages' sensitivities to U."""
         d, a, horizon = self.d, self.a, self.settings.horizon
         G = np.zeros((d * horizon, a * horizon))
         block = np.zeros((d, a * horizon))
         for k in range(horizon):
-            block = A[:, k * d:(k + 1) * d] @ block
-            block[:, k * a:(k + 1) * a] = B[:, k * a:(k + 1) * a]
+            block = A[k] @ block
+            block[:, k * a:(k + 1) * a] = B[k]
             G[k * d:(k + 1) * d] = block
         return G
 
@@ -711,8 +781,8 @@ class RTIPlanner:
         rate = np.tile(lim.rate, horizon)[self._rate_rows.argmax(axis=1)] if n_rate else []
         lba, uba = [-np.asarray(rate)], [np.asarray(rate)]
         if n:
-            sens = np.vstack([C[:, k * d:(k + 1) * d] @ G[k * d:(k + 1) * d]
-                              for k in range(horizon)])  # (H*n, n_u)
+            sens = np.einsum("hld,hdn->hln", C, G.reshape(horizon, d, n_u)
+                             ).reshape(horizon * n, n_u)  # (H*n, n_u)
             offset = Y.ravel(order="F") - sens @ u_bar
             low, high = problem.sensor_bounds(lim)
             y_high, y_low = np.tile(high, horizon), np.tile(low, horizon)
