@@ -8,6 +8,7 @@ import pytest
 import torch
 from twin_fixtures import tiny_twin
 
+from twin.data import Normalizer
 from twin.dense_qp import CasadiQPSolver, DAQPSolver
 from twin.latent_linearisation import NumpyLinearisation, mlp_layers
 from twin.model import JEPA, JEPAConfig
@@ -34,8 +35,6 @@ def _random_twin(n_actuators: int, embed_dim: int, layers: int, readout_hidden: 
                  rate_limit=0.25, nominal=0.0) for i in range(n_actuators)]
     spec = ProcessSpec(name="random", sample_period_s=1.0, tags=tuple(tags))
     names = tuple(t.name for t in spec.tags)
-    from twin.data import Normalizer
-
     norm = Normalizer(names, tuple(0.0 for _ in names), tuple(1.0 for _ in names))
     config = JEPAConfig(window=4, embed_dim=embed_dim, encoder_hidden=8, predictor_hidden=24,
                         predictor_layers=layers, readout_hidden=readout_hidden)
