@@ -108,6 +108,11 @@ def test_daqp_equals_casadis_qp_solver_and_ignores_a_bad_warm_start(seed: int) -
     wild = DAQPSolver().solve(**qp, start=nonsense)
     assert wild is not None
     np.testing.assert_allclose(wild.x, cold.x, atol=1e-6)
+    # multipliers that are not numbers, or of another problem's size, are not used at all
+    for broken in (np.full(22, np.nan), np.full(22, np.inf), np.ones(5)):
+        solution = DAQPSolver().solve(**qp, start=broken)
+        assert solution is not None
+        np.testing.assert_allclose(solution.x, cold.x, atol=1e-8)
 
 
 def test_daqp_reports_an_infeasible_qp() -> None:

@@ -59,7 +59,9 @@ class DAQPSolver:
         sense = np.where(lower == upper, EQUALITY, 0).astype(np.int32)
         args = (np.ascontiguousarray(hess, dtype=float), np.ascontiguousarray(grad, dtype=float),
                 np.ascontiguousarray(rows, dtype=float), upper, lower, sense)
-        attempts = [start, None] if start is not None and np.any(start) else [None]
+        usable = start is not None and len(start) == len(upper) and \
+            bool(np.all(np.isfinite(start))) and bool(np.any(start))
+        attempts = [start, None] if usable else [None]
         for dual_start in attempts:
             extra = {} if dual_start is None else {"dual_start": np.asarray(dual_start, float)}
             x, _, flag, info = daqp.solve(*args, iter_limit=self.iteration_limit, **extra)
