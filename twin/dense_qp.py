@@ -6,8 +6,8 @@
 Python package, because CasADi's interface to it ignores the multipliers it is given: each
 control step would start from an empty active set. Consecutive plans share most of their
 active constraints (rate limits riding at their bound, a sensor held at its limit), so
-starting from the last solution's active set cuts DAQP's iterations from hundreds to about
-ten on a 4-actuator plan (`benchmarks/planning_speed.py`). A warm start that DAQP cannot use
+starting from the last solution's active set cuts DAQP's iterations from hundreds to a few
+tens on a 4-actuator plan (`benchmarks/planning_speed.py`). A warm start that DAQP cannot use
 is retried cold, so a warm start can only make a solve faster, never fail one.
 `CasadiQPSolver` keeps CasADi's `conic` plugins (qpOASES, HiGHS, OSQP, ProxQP, qrqp, and
 DAQP through CasADi) for comparison.

@@ -7,7 +7,7 @@ d z_{k+1} / d (z_k, u_k) and d y_k / d z_k. CasADi builds the same functions exa
 multiplies dense matrices element by element: for a 128-wide predictor, 32 embedding
 dimensions and 4 actuators that is about 3 ms of a plan. Here the rollout runs stage by
 stage (it must: each stage starts where the last ended) and every stage's Jacobian comes
-from one batched BLAS product afterwards, six times faster on the same twin
+from one batched BLAS product afterwards, about six times faster on the same twin
 (`benchmarks/planning_speed.py`), equal to CasADi's to round-off (tests/test_planning.py).
 
 Layouts: Z (D, H) and Y (L, H) hold one column per stage, as CasADi returns them;
