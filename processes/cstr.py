@@ -24,6 +24,7 @@ import pandas as pd
 from rich.progress import track
 
 from twin.controller import TwinController
+from twin.effects import Effect
 from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
 from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
@@ -70,6 +71,8 @@ SPEC = ProcessSpec(
     # The plant is scored on T, and the twin's embedding distance alone let plans overshoot
     # into the runaway region (measured in the README's control section).
     control=ControlWeights(tracking_weight=40.0, move_weight=4.0),
+    # a warmer jacket takes less heat out of the reactor
+    effects=(Effect(actuator="Tc", sensor="T", sign="positive"),),
 )
 
 RATE_PER_SAMPLE = TC_RATE_K_PER_S * SAMPLE_PERIOD_S

@@ -110,6 +110,7 @@ import pandas as pd
 from rich.progress import track
 
 from twin.controller import TwinController
+from twin.effects import Effect
 from twin.records import EpisodeResult, SafetyEvent, StepRecord
 from twin.safety import Fallback
 from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
@@ -350,6 +351,10 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # (adolescent#001, same twin, seeds 7-19)
         control=ControlWeights(data_envelope=False, guard_keeps_twin_moves=False,
                                baseline_actuators=("bolus",)),
+        # insulin lowers glucose; IOB counts the insulin delivered
+        effects=tuple(Effect(actuator=a, sensor=s, sign=sign)
+                      for a in ("basal", "bolus")
+                      for s, sign in (("CGM", "negative"), ("IOB", "positive"))),
     )
 
 

@@ -95,6 +95,7 @@ import pandas as pd
 from rich.progress import track
 
 from twin.controller import TwinController
+from twin.effects import Effect
 from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback, Protection
 from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
@@ -487,6 +488,9 @@ SPEC = ProcessSpec(
     # training std (89 rpm of fan speed; 0.25 std left the twin short of takeoff thrust):
     # the FADEC's limit protection (`fadec_protection`) stands behind every move
     control=ControlWeights(tracking_weight=40.0, limit_margin=0.1),
+    # more fuel, more turbine work: faster spools, hotter exhaust, more thrust
+    effects=tuple(Effect(actuator="Wf", sensor=s, sign="positive")
+                  for s in ("Nf", "Nc", "T50", "Fn")),
 )
 
 LIMITS: dict[str, tuple[float | None, float | None]] = {

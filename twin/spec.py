@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .effects import Effect, check_effects, effect_pair
+
 
 class SpecError(ValueError):
     """A process specification is invalid; the message says where and why."""
@@ -183,6 +185,8 @@ class ProcessSpec(BaseModel):
         default=(), description="PI loops the controller falls back to (else it holds)")
     control: ControlWeights = Field(
         default_factory=ControlWeights, description="the controller's cost weights")
+    effects: tuple[Effect, ...] = Field(
+        default=(), description="known signs of actuator-to-sensor effects")
 
     @model_validator(mode="after")
     def _check_tags(self) -> ProcessSpec:
@@ -205,6 +209,8 @@ class ProcessSpec(BaseModel):
             raise ValueError("a process needs at least one sensor")
         if not self.actuators:
             raise ValueError("a process needs at least one actuator")
+        check_effects(self.effects, [t.name for t in self.actuators],
+                      [t.name for t in self.sensors])
         for name in self.control.baseline_actuators:
             if roles.get(name) is not TagRole.ACTUATOR:
                 raise ValueError(f"control.baseline_actuators: '{name}' is not an actuator tag")
@@ -296,6 +302,9 @@ def _describe(exc: ValidationError, data: Any, source: str) -> str:
                 name = f"#{loc[1]}"
             rest = ".".join(str(p) for p in loc[2:])
             where = f"tag '{name}'" + (f" field '{rest}'" if rest else "")
+        elif len(loc) >= 2 and loc[0] == "effects" and isinstance(loc[1], int):
+            where = f"effects[{loc[1]}]" + effect_pair(data, loc[1]) + "".join(
+                f" field '{p}'" for p in loc[2:3])
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"  - {where}: {message}")
     return "\n".join(lines)
