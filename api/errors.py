@@ -57,3 +57,13 @@ class ChecksumMismatch(ServiceError):
     """A stored checkpoint no longer matches its sha256: corrupted, never served."""
 
     status_code = 500
+
+
+class Unavailable(ServiceError):
+    """The server is at a configured limit right now (loops, memory, builds): retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 30) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from twin.planner_names import PlannerName
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -48,3 +50,29 @@ class Settings(BaseSettings):
     loop_lock_timeout_s: float = Field(default=10.0, gt=0)
     # Refuse requests without an API key (401); see the module docstring for the default.
     auth_required: bool = False
+
+    # ---- live loops: what one key, or all of them, may ask of the server
+    # (api.services.loop_limits). Planners any operator's loop may use; the NLP planners
+    # (casadi-ipopt, casadi-fatrop) take a minute and gigabytes to build: off by default.
+    loop_planners: list[PlannerName] = ["casadi", "cem", "mppi", "hierarchical"]
+    # Planners only engineers (and admins) may give a live loop, besides the above.
+    engineer_loop_planners: list[PlannerName] = []
+    # Running loops in the deployment (counted in the database) and per API key.
+    max_loops: int = Field(default=32, gt=0)
+    max_loops_per_key: int = Field(default=8, gt=0)
+    # Building one controller: time limit (nothing is started past it), builds at once,
+    # resident memory it may add, and the server's memory at which no build starts.
+    planner_build_timeout_s: float = Field(default=30.0, gt=0)
+    max_concurrent_builds: int = Field(default=1, gt=0)
+    max_build_memory_mb: float = Field(default=1024.0, gt=0)
+    max_server_memory_mb: float = Field(default=2048.0, gt=0)
+    # time_s plausibility: never further from zero than the server's Unix time plus this,
+    # and never more than max_gap_periods sample periods (plus the server time that
+    # passed) ahead of the loop's last step.
+    max_clock_lead_s: float = Field(default=3600.0, ge=0)
+    max_gap_periods: float = Field(default=100.0, gt=0)
+    # Units at the edge: a measurement outside this many training stds of its tag's mean
+    # (and, for a positive quantity, more than unit_check_ratio times off its mean) that
+    # a unit mix-up explains is refused with the mix-up named.
+    unit_check_sigmas: float = Field(default=6.0, gt=0)
+    unit_check_ratio: float = Field(default=4.0, gt=1)

@@ -140,12 +140,28 @@ def test_guard_clips_a_misbehaving_controller(client: TestClient, loop: int,
     assert "holding" in held["events"][-1]["message"]
 
 
-def test_rate_limit_counts_from_the_plant_read_back(client: TestClient, loop: int) -> None:
+def test_rate_limit_counts_from_a_plausible_read_back(client: TestClient, loop: int,
+                                                      fake_factory) -> None:
     assert _step(client, loop, 0.0).json()["actuators"]["Tc"] == pytest.approx(301.0)
-    # An operator moved the coolant to 310 K by hand; the controller asks for 301 K again.
-    response = _step(client, loop, 1.0, measurements={**GOOD, "Tc": 310.0})
+    # The plant reports 301.4 K applied (within 0.5 K/s x 1 s of the command): the move
+    # counts from there, and stays within the rate limit of the command too.
+    fake_factory.built[-1].output = 290.0
+    response = _step(client, loop, 1.0, measurements={**GOOD, "Tc": 301.4})
     assert response.status_code == 200, response.text
-    assert response.json()["actuators"]["Tc"] == pytest.approx(309.5)
+    assert response.json()["actuators"]["Tc"] == pytest.approx(300.9)
+
+
+def test_implausible_read_back_is_ignored_and_raises_an_alarm(client: TestClient,
+                                                              loop: int) -> None:
+    assert _step(client, loop, 0.0).json()["actuators"]["Tc"] == pytest.approx(301.0)
+    # 310 K is 9 K from the last command, where 0.5 K/s allows 0.5 K in 1 s.
+    body = _step(client, loop, 1.0, measurements={**GOOD, "Tc": 310.0}).json()
+    assert body["actuators"]["Tc"] == pytest.approx(301.0)  # counted from the command
+    assert body["status"] == "fallback"
+    assert [e["kind"] for e in body["events"]] == ["implausible_readback"]
+    alarms = client.get("/api/alarms", params={"loop": loop}).json()
+    assert any(a["kind"] == "fallback" and "implausible_readback" in a["message"]
+               for a in alarms), alarms
 
 
 def test_loop_survives_a_restart(db_url: str, client: TestClient, loop: int,

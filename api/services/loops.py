@@ -10,7 +10,13 @@ API worker receives it (a worker notices a model switched on another one at its 
 step and rebuilds its controller).
 
 A rejected step stores nothing and leaves the controller untouched: everything is
-validated before `controller.step` is called.
+validated before `controller.step` is called (api.services.loop_checks: tags, time
+plausibility, units, actuator read-backs). What a key may start (planners, how many
+loops, build time and memory) is bounded by api.services.loop_limits.
+
+The first step needs each actuator's current value, so that it moves from there: its
+read-back, else the loop's last stored command, else `initial_actuators` given at the
+start, else the tag's nominal; an actuator with none of them is refused, never guessed.
 
 Models: the loop's active model is `runs.model_id`, and `model_activations` its
 history (the model it started with, then every switch). A switch builds the new
@@ -40,6 +46,25 @@ from api.errors import ChecksumMismatch, Conflict, Invalid, NotFound, PayloadToo
 from api.orm import ModelActivation, Run, RunKind, RunStatus, RunStep, TwinModel, utcnow
 from api.services import alarms
 from api.services.audit import Actor, record
+from api.services.loop_checks import (
+    check_finite,
+    check_measurements,
+    check_setpoint_limits,
+    check_setpoint_tags,
+    check_time,
+    check_units,
+    first_step_reference,
+    initial_actuators,
+    initial_setpoints,
+    plausible_readbacks,
+    within_reach_of_command,
+)
+from api.services.loop_limits import (
+    ControllerBuilder,
+    LoopLimits,
+    check_loop_count,
+    check_planner,
+)
 from api.services.models import get_model, load_model_bytes
 from api.services.processes import process_or_builtin, spec_of
 from api.services.runs import (
@@ -54,7 +79,7 @@ from api.services.runs import (
 from twin.errors import InvalidInput
 from twin.planner_names import PLANNER_NAMES as PLANNERS
 from twin.records import SafetyEvent, StepRecord, StepStatus
-from twin.spec import ProcessSpec, SpecError, Tag, TagRole
+from twin.spec import ProcessSpec, Tag
 
 STALE_AFTER_PERIODS = 3  # sample periods without a step before a running loop is stale
 SYSTEM_ACTOR = "system"  # history's actor for changes made without one (CLI, tests)
@@ -127,37 +152,94 @@ class LoopView:
 class LoopManager:
     def __init__(self, factory: ControllerFactory = default_controller_factory, *,
                  lock_timeout_s: float = 10.0, max_tags: int = 2_000,
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, limits: LoopLimits | None = None) -> None:
         """`clock` gives the server time (timezone-aware) that staleness is judged by."""
         self._factory = factory
         self._lock_timeout_s = lock_timeout_s
         self._max_tags = max_tags
         self._clock = clock
+        self.limits = limits or LoopLimits()
+        self._builder = ControllerBuilder(self.limits)
         self._loops: dict[int, Loop] = {}
         self._registry_lock = threading.Lock()
+        # One restore per loop at a time, without holding the registry (other loops step on).
+        self._restoring: dict[int, threading.Lock] = {}
+        # Starts with the same idempotency key wait for each other; admission is serial.
+        self._start_gates: dict[tuple[int | None, str], threading.Lock] = {}
+        self._admission = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, session: Session, process: str, model_id: int, planner: str,
-              setpoints: Mapping[str, float], *, actor: Actor | None = None) -> Run:
+              setpoints: Mapping[str, float], *, actor: Actor | None = None,
+              initial: Mapping[str, float] | None = None,
+              idempotency_key: str | None = None) -> Run:
         """Build the controller, then store the run and its first model activation
-        (audited as "loop.start" with an actor)."""
+        (audited as "loop.start" with an actor). `initial`: the actuator values the plant
+        applies now. A start repeated with the same `idempotency_key` (per key) returns
+        the loop the first one started; the key with another request is refused (409)."""
         if planner not in PLANNERS:
             raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
-        self._check_size(setpoints)
-        _check_finite("setpoints", setpoints)
+        self._check_size(setpoints, initial or {})
+        check_finite("setpoints", setpoints)
+        check_finite("initial_actuators", initial or {})
+        request = {"process": process, "model_id": model_id, "planner": planner,
+                   "setpoints": dict(setpoints), "initial_actuators": dict(initial or {})}
+        key_id = actor.key_id if actor is not None else None
+        if idempotency_key is None:
+            return self._start(session, request, actor, None)
+        with self._registry_lock:
+            gate = self._start_gates.setdefault((key_id, idempotency_key), threading.Lock())
+        with gate:
+            earlier = _started_with(session, key_id, idempotency_key)
+            if earlier is not None:
+                if earlier.config.get("request") != request:
+                    raise Conflict(f"Idempotency-Key '{idempotency_key}' was used for another "
+                                   f"start (loop {earlier.id}); use a new key")
+                return earlier
+            return self._start(session, request, actor, idempotency_key)
+
+    def _start(self, session: Session, request: dict, actor: Actor | None,
+               idempotency_key: str | None) -> Run:
+        process, model_id, planner = request["process"], request["model_id"], request["planner"]
+        if actor is not None:
+            check_planner(self.limits, planner, actor)
+        key_id = actor.key_id if actor is not None else None
+        check_loop_count(session, self.limits, key_id)
         proc = process_or_builtin(session, process)
         if get_model(session, model_id).process_id != proc.id:
             raise Invalid(f"model {model_id} was not trained for process '{process}'")
+        spec = spec_of(proc)
+        check_setpoint_tags(spec, request["setpoints"])
+        check_setpoint_limits(spec, request["setpoints"])
+        initial_actuators(spec, request["initial_actuators"])
         controller = self._build(session, model_id, planner)
         if controller.spec.name != process:
             raise Invalid(f"model {model_id} controls '{controller.spec.name}', not '{process}'")
-        full_setpoints = _initial_setpoints(controller.spec, setpoints)
+        full_setpoints = initial_setpoints(controller.spec, request["setpoints"])
+        given = request["initial_actuators"]
+        applied = initial_actuators(controller.spec, given)
+        config = {"planner": planner, "model_id": model_id, "setpoints": full_setpoints,
+                  "initial_actuators": given, "started_by_key": key_id, "request": request}
+        if idempotency_key is not None:
+            config["idempotency_key"] = idempotency_key
+        with self._admission:  # the count again: other starts may have finished meanwhile
+            session.expire_all()
+            check_loop_count(session, self.limits, key_id)
+            run = self._store_start(session, process, model_id, planner, config, actor)
+        if given:  # else the controller starts from the nominals itself
+            _hand_over(controller, applied)
+        with self._registry_lock:
+            self._loops[run.id] = Loop(run.id, controller, full_setpoints, dict(applied),
+                                       model_id=model_id)
+        return run
+
+    def _store_start(self, session: Session, process: str, model_id: int, planner: str,
+                     config: dict, actor: Actor | None) -> Run:
         try:
             run = create_run(session, kind=RunKind.CONTROL, process=process,
                              controller=f"twin/{planner}", model_id=model_id,
-                             config={"planner": planner, "model_id": model_id,
-                                     "setpoints": full_setpoints}, commit=False)
+                             config=config, commit=False)
             run.started_at = self._clock()
             session.add(ModelActivation(run_id=run.id, model_id=model_id,
                                         activated_at=run.started_at, actor=_name(actor),
@@ -168,8 +250,6 @@ class LoopManager:
         except BaseException:
             session.rollback()
             raise
-        with self._registry_lock:
-            self._loops[run.id] = Loop(run.id, controller, full_setpoints, model_id=model_id)
         return run
 
     def stop(self, session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
@@ -315,9 +395,9 @@ class LoopManager:
         """Validate, ask the controller, store; returns (step number, stored record)."""
         setpoints = dict(setpoints or {})
         self._check_size(measurements, setpoints)
-        _check_finite("time_s", {"time_s": time_s})
-        _check_finite("measurements", measurements, allow_null=True)
-        _check_finite("setpoints", setpoints)
+        check_finite("time_s", {"time_s": time_s})
+        check_finite("measurements", measurements, allow_null=True)
+        check_finite("setpoints", setpoints)
         loop = self._loop(session, run_id)
         if not loop.lock.acquire(timeout=self._lock_timeout_s):
             raise Conflict(f"loop {run_id} is still busy with the previous step")
@@ -345,20 +425,30 @@ class LoopManager:
     def _step_locked(self, session: Session, loop: Loop, time_s: float,
                      measurements: dict[str, float | None],
                      setpoints: dict[str, float]) -> tuple[int, StepRecord]:
-        _check_measurements(loop.spec, measurements)
-        _check_setpoint_tags(loop.spec, setpoints)
+        spec = loop.spec
+        check_measurements(spec, measurements)
+        check_setpoint_tags(spec, setpoints)
+        check_setpoint_limits(spec, setpoints)
         previous = last_step(session, loop.run_id)
+        self._check_time(session, loop, time_s, previous)
         if previous is not None and time_s <= previous.time_s:
             raise Conflict(f"time_s {time_s} is not after the last step's {previous.time_s}")
+        edge_events = check_units(spec, measurements, _training_ranges(loop.controller),
+                                  sigmas=self.limits.unit_check_sigmas,
+                                  ratio=self.limits.unit_check_ratio)
         if previous is not None and previous.step != loop.last_step:
             self._catch_up(session, loop, previous.step)
+        dt = None if previous is None else time_s - previous.time_s
+        measurements, ignored = plausible_readbacks(spec, measurements, loop.applied, dt)
+        if previous is None:
+            first_step_reference(spec, measurements, loop.applied)
         merged = {**loop.setpoints, **setpoints}
         try:
             record = loop.controller.step(time_s, measurements, merged)
         except InvalidInput as exc:
             raise Invalid(str(exc)) from None
-        dt = None if previous is None else time_s - previous.time_s
         record = _guard(loop, record, time_s, measurements, merged, dt)
+        record = _held_to_command(loop, record, dt, edge_events + ignored)
         number = 0 if previous is None else previous.step + 1
         try:
             write_steps(session, loop.run_id, loop.spec, [(number, record)])
@@ -375,17 +465,36 @@ class LoopManager:
         loop.last_step = number
         return number, dataclasses.replace(record, step=number)
 
+    def _check_time(self, session: Session, loop: Loop, time_s: float,
+                    previous: RunStep | None) -> None:
+        now = self._clock()
+        arrived = session.scalar(select(Run.last_step_at).where(Run.id == loop.run_id))
+        elapsed = (now - _aware(arrived)).total_seconds() if arrived is not None else 0.0
+        check_time(time_s, previous.time_s if previous is not None else None,
+                   now_epoch_s=now.timestamp(), wall_elapsed_s=elapsed,
+                   sample_period_s=loop.spec.sample_period_s, window=self.limits.time_window)
+
     # ------------------------------------------------------------ helpers
 
     def _loop(self, session: Session, run_id: int,
               prebuilt: tuple[Controller, int] | None = None) -> Loop:
-        # Restoring under the registry lock delays other loops' lookups for one checkpoint
-        # load, but guarantees a loop is never built twice (two controllers, two histories).
+        # A loop is never built twice (two controllers, two histories): one restore per
+        # loop at a time. The registry lock is not held while it builds, so other loops'
+        # steps go on.
         with self._registry_lock:
             loop = self._loops.get(run_id)
+            if loop is not None:
+                return loop
+            gate = self._restoring.setdefault(run_id, threading.Lock())
+        with gate:
+            with self._registry_lock:
+                loop = self._loops.get(run_id)
             if loop is None:
                 loop = self._restore(session, run_id, prebuilt)
-                self._loops[run_id] = loop
+                with self._registry_lock:
+                    loop = self._loops.setdefault(run_id, loop)
+            with self._registry_lock:
+                self._restoring.pop(run_id, None)
             return loop
 
     def _restore(self, session: Session, run_id: int,
@@ -402,12 +511,15 @@ class LoopManager:
             prebuilt = (self._build(session, run.model_id, planner), run.model_id)
         controller, model_id = prebuilt
         setpoints = dict(run.config.get("setpoints", {}))
-        applied: dict[str, float] = {}
+        # Before the first step: the actuator values the plant applied at the start.
+        given = dict(run.config.get("initial_actuators") or {})
+        applied = initial_actuators(controller.spec, given)
         previous = last_step(session, run_id)
         if previous is not None:
             values = step_values(session, run_id, previous.step)
             setpoints.update(values.get("setpoint", {}))
             applied = values.get("actuator", {})
+        if given or previous is not None:
             _hand_over(controller, applied)
         return Loop(run_id, controller, setpoints, applied, model_id=model_id)
 
@@ -431,7 +543,8 @@ class LoopManager:
     def _build(self, session: Session, model_id: int, planner: str) -> Controller:
         checkpoint = load_model_bytes(session, model_id)
         try:
-            return self._factory(checkpoint, planner)
+            return self._builder.build(f"model {model_id}, planner {planner}",
+                                       lambda: self._factory(checkpoint, planner))
         except InvalidInput as exc:
             raise Invalid(f"model {model_id} cannot drive a loop: {exc}") from None
 
@@ -475,55 +588,35 @@ def _name(actor: Actor | None) -> str:
     return actor.name if actor is not None else SYSTEM_ACTOR
 
 
-# ---------------------------------------------------------------- validation
+def _started_with(session: Session, key_id: int | None, idempotency_key: str) -> Run | None:
+    """The loop a start with this idempotency key (of this API key) made, if any."""
+    query = select(Run).where(Run.kind == RunKind.CONTROL,
+                              Run.config["idempotency_key"].as_string() == idempotency_key)
+    for run in session.scalars(query.order_by(Run.id)):
+        if run.config.get("started_by_key") == key_id:
+            return run
+    return None
 
 
-def _check_finite(what: str, values: Mapping[str, float | None], *,
-                  allow_null: bool = False) -> None:
-    bad = sorted(tag for tag, v in values.items()
-                 if not (v is None and allow_null) and not _is_finite_number(v))
-    if bad:
-        raise Invalid(f"{what}: not a finite number for {', '.join(bad)}")
+def _training_ranges(controller: Controller) -> dict[str, tuple[float, float]]:
+    """Each tag's (mean, std) in the twin's training log, where the controller has a twin."""
+    norm = getattr(getattr(controller, "twin", None), "norm", None)
+    if norm is None:
+        return {}
+    return {tag: (float(m), float(sd)) for tag, m, sd in zip(norm.tags, norm.mean, norm.std,
+                                                             strict=True)}
 
 
-def _is_finite_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _check_measurements(spec: ProcessSpec, measurements: Mapping[str, float | None]) -> None:
-    """Every tag known; every sensor present. An explicit null is a missing sample (the twin
-    masks it); an absent key is a client bug, refused."""
-    for tag in measurements:
-        _role(spec, tag)
-    missing = [t.name for t in spec.sensors if t.name not in measurements]
-    if missing:
-        raise Invalid(f"missing sensor measurements: {', '.join(missing)} "
-                      "(send null for a sample that is really missing)")
-
-
-def _check_setpoint_tags(spec: ProcessSpec, setpoints: Mapping[str, float]) -> None:
-    for tag in setpoints:
-        if _role(spec, tag) is not TagRole.SENSOR:
-            raise Invalid(f"setpoint for '{tag}': only sensors take setpoints")
-
-
-def _initial_setpoints(spec: ProcessSpec, given: Mapping[str, float]) -> dict[str, float]:
-    _check_setpoint_tags(spec, given)
-    out = dict(given)
-    for tag in spec.controlled:
-        if tag.name not in out:
-            if tag.nominal is None:
-                raise Invalid(f"no setpoint for controlled sensor '{tag.name}'")
-            out[tag.name] = tag.nominal
-    return out
-
-
-def _role(spec: ProcessSpec, tag: str) -> TagRole:
-    try:
-        return spec.tag(tag).role
-    except SpecError as exc:
-        raise Invalid(str(exc)) from None
+def _held_to_command(loop: Loop, record: StepRecord, dt: float | None,
+                     edge_events: list[SafetyEvent]) -> StepRecord:
+    """Read-backs narrow moves, never widen them; what the edge found is stored with the
+    step and makes it a fallback step, which raises the loop's fallback alarm."""
+    actuators, held = within_reach_of_command(loop.spec, record.actuators, loop.applied, dt)
+    if not (edge_events or held):
+        return record
+    status = StepStatus.FALLBACK if record.status is StepStatus.OK else record.status
+    return dataclasses.replace(record, actuators=actuators, status=status,
+                               events=[*record.events, *edge_events, *held])
 
 
 # ---------------------------------------------------------------- last line of defence
