@@ -3,6 +3,7 @@ round-trip bit for bit and corrupt ones are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -15,6 +16,7 @@ from twin_fixtures import tiny_config, tiny_twin, train, training_log
 from twin.data import WindowDataset
 from twin.errors import InvalidInput
 from twin.model import JEPA, JEPAConfig, effective_rank, sigreg, vicreg_terms
+from twin.progress import TrainingDisplay, budget_note
 from twin.train import EpochLog
 from twin.twin_model import Twin
 
@@ -305,3 +307,68 @@ def test_ensemble_rollout_matches_torch_and_follows_weight_changes(tiny: Twin) -
     changed = twin.ensemble_rollout(z0, actions)
     assert np.allclose(changed, by_torch(), atol=1e-5)
     assert not np.allclose(changed[-1], fast[-1])
+
+
+# ---------------------------------------------------------------- time budget and progress
+
+
+def test_time_budget_stops_inside_an_epoch() -> None:
+    """A budget far shorter than one epoch ends training between two batches, and the
+    metrics say the budget cut it and how much was done."""
+    cfg = dataclasses.replace(tiny_config(epochs=50), batch_size=8, max_seconds=0.2)
+    twin, history = train(training_log(1.5, 3), cfg)
+    metrics = twin.metrics
+    assert metrics["stopped_by_budget"] is True
+    assert metrics["epochs_asked"] == 50
+    assert history[-1].fraction < 1.0
+    assert metrics["epochs_done"] < 50
+    assert "stopped by its time budget" in metrics["budget_note"]
+    assert "of 50 epochs" in metrics["budget_note"]
+
+
+def test_full_run_is_not_reported_as_cut(trained) -> None:
+    twin, history = trained
+    assert twin.metrics["stopped_by_budget"] is False
+    assert twin.metrics["epochs_done"] == 10
+    assert "budget_note" not in twin.metrics
+    assert all(h.fraction == 1.0 for h in history)
+
+
+def _epochs(*errors: float) -> list[dict[str, float]]:
+    return [{"holdout_prediction": e, "fraction": 1.0} for e in errors]
+
+
+def test_budget_note_names_what_the_cut_costs() -> None:
+    falling = budget_note(_epochs(1.0, 0.5), 20, 2.4, 270.0, True)
+    assert falling is not None and "2.4 of 20 epochs (12 %)" in falling
+    assert "still falling 50 % per epoch" in falling and "4 min 30 s" in falling
+    flat = budget_note(_epochs(1.0, 0.995), 20, 2.4, 270.0, True)
+    assert flat is not None and "levelled off" in flat
+    assert budget_note(_epochs(1.0, 0.5), 20, 20.0, 270.0, False) is None
+    assert "too few epochs" in (budget_note(_epochs(1.0), 20, 1.2, 60.0, True) or "")
+
+
+def test_log_is_one_full_line_per_epoch_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    display = TrainingDisplay(3, 4, None, enabled=True, stream=out)
+    long_summary = "loss 0.123 | " + " ".join(f"sensor{i}±0.1 K" for i in range(20))
+    with display:
+        for epoch in (1, 2, 3):
+            for _ in range(4):
+                display.batch(0.5)
+            display.epoch(epoch, long_summary)
+        display.finish(None)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("training twin: 3 epochs of 4 batches")
+    assert [line.split(" |")[0] for line in lines[1:]] == ["epoch 1/3", "epoch 2/3",
+                                                          "epoch 3/3"]
+    assert all(long_summary in line for line in lines[1:])  # never wrapped or cut
+    assert "\x1b" not in out.getvalue()  # no terminal escapes in a file
+
+
+def test_time_left_is_capped_by_the_budget() -> None:
+    display = TrainingDisplay(100, 10, 30.0, enabled=False)
+    display.started -= 10.0  # 10 s spent on 1 of 1000 batches: the pace says hours
+    display.batch(1.0)
+    left = display.time_left()
+    assert left is not None and left <= 20.0

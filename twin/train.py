@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import WindowDataset
+from .distributed import Trainer
 from .model import JEPA, JEPAConfig, effective_rank, sigreg, vicreg_terms
+from .progress import TrainingDisplay, budget_note
 from .spec import ProcessSpec
 from .twin_model import GoalBank, Twin
 
@@ -78,6 +79,7 @@ class EpochLog:
     seconds: float
     # engineering units, per sensor: readout of the one-step prediction against the next sample
     holdout_forecast_rmse: dict[str, float] = field(default_factory=dict)
+    fraction: float = 1.0  # share of the epoch's batches run (< 1: the time budget cut it)
 
 
 def seed_everything(seed: int) -> None:
@@ -277,6 +279,7 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
     model = JEPA(cfg.model, data.layout.feature_dim, len(data.layout.actions),
                  len(data.layout.observed))
+    trainer = Trainer.create(model, cfg, batch_loss)  # DDP when launched by torchrun
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
@@ -284,16 +287,16 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
     history: list[EpochLog] = []
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    columns = [TextColumn("[bold]training twin"), BarColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task("", total=cfg.epochs)
+    stopped_by_budget = False
+    display = TrainingDisplay(cfg.epochs, steps_per_epoch, cfg.max_seconds,
+                              show_progress and trainer.is_main)
+    with display:
         model.train()
         for epoch in range(cfg.epochs):
-            epoch_start, total = time.perf_counter(), 0.0
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            for chunk in order.split(cfg.batch_size):
-                loss, _ = batch_loss(model, data.batch(chunk), cfg, gen)
+            epoch_start, total, seen = time.perf_counter(), 0.0, 0
+            order = trainer.epoch_order(train_idx, gen, epoch)
+            for chunk in order.split(trainer.batch_size):
+                loss, _ = trainer.loss(data.batch(chunk), gen)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -301,21 +304,35 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
                 schedule.step(optimiser)
                 model.update_target(cfg.ema_momentum if uses_ema(cfg) else 0.0)
                 total += loss.item() * len(chunk)
+                seen += len(chunk)
+                display.batch(loss.item())
+                # checked between batches, so a budget of seconds ends within one batch
+                if trainer.finished(schedule):
+                    break
             stats = evaluate(model, data, hold_idx)
-            log = EpochLog(epoch + 1, total / len(train_idx), stats["prediction"],
+            log = EpochLog(epoch + 1, total / max(1, seen), stats["prediction"],
                            stats["readout_rmse"], stats["effective_rank"], stats["dim_std_min"],
                            stats["dim_std_mean"], time.perf_counter() - epoch_start,
-                           stats["forecast_rmse"])
+                           stats["forecast_rmse"], fraction=seen / len(train_idx))
             history.append(log)
             if on_epoch:
                 on_epoch(log)
-            progress.update(task, advance=1, description=_describe(log, spec))
-            if schedule.finished():
+            display.epoch(log.epoch, _describe(log, spec))
+            if trainer.finished(schedule):
+                stopped_by_budget = schedule.done < schedule.total_steps
                 break
+        epochs_done = epoch + log.fraction
+        history_dicts = [asdict(h) for h in history]
+        note = budget_note(history_dicts, cfg.epochs, epochs_done, cfg.max_seconds,
+                           stopped_by_budget)
+        display.finish(note)
     model.eval()
     final = history[-1]
     metrics = {
         "epochs": final.epoch,
+        "epochs_asked": cfg.epochs,
+        "epochs_done": round(epochs_done, 3),
+        "stopped_by_budget": stopped_by_budget,
         "train_seconds": time.perf_counter() - started,
         "train_loss": final.train_loss,
         "holdout_prediction": final.holdout_prediction,
@@ -324,8 +341,11 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
         "readout_rmse": final.holdout_readout_rmse,
         "forecast_rmse": final.holdout_forecast_rmse,
         "windows": len(data),
-        "history": [asdict(h) for h in history],
+        "history": history_dicts,
     }
+    if note:
+        metrics["budget_note"] = note
+    trainer.finish()  # under torchrun only rank 0 goes on (to save and register)
     twin = Twin(spec, cfg.model, data.norm, model, build_goal_bank(model, data, cfg.seed),
                 metrics=metrics, train_config=cfg.to_dict())
     return twin, history

@@ -255,7 +255,10 @@ class Twin:
         path = Path(path)
         if not path.is_file():
             raise InvalidInput(f"checkpoint not found: {path}")
-        return cls.from_bytes(path.read_bytes())
+        try:
+            return cls.from_bytes(path.read_bytes())
+        except InvalidInput as exc:  # say which file
+            raise InvalidInput(f"{path}: {exc}") from None
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -268,7 +271,11 @@ def _torch_load(data: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt file
-        raise InvalidInput(f"not a twin checkpoint: {type(exc).__name__}: {exc}") from None
+        # torch's own message is many lines of advice about weights_only; one line is enough
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        cause = "" if "weights_only" in first or not first else f": {first}"
+        raise InvalidInput(f"not a twin checkpoint (torch cannot read it as one: "
+                           f"{type(exc).__name__}{cause})") from None
 
 
 def _linear_tanh_layers(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, bool]]:
