@@ -11,26 +11,22 @@ as an anonymous admin (api.settings).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError, StatementError
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.contract import document_auth
 from api.db import make_engine, make_session_factory
 from api.deps import require_page_viewer
-from api.errors import ServiceError
+from api.error_handlers import add_error_handlers
 from api.migrate import check_migrated
 from api.routes import alarms, catalog, jobs, keys, loops, models, replays, runs
-from api.services.jsonsafe import json_safe
+from api.services.loop_limits import LoopLimits
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
-from twin.errors import InvalidInput
-from twin.spec import SpecError
 
 
 def create_app(settings: Settings | None = None, *,
@@ -56,8 +52,10 @@ def create_app(settings: Settings | None = None, *,
     app.state.session_factory = make_session_factory(engine)
     app.state.loops = LoopManager(controller_factory or default_controller_factory,
                                   lock_timeout_s=settings.loop_lock_timeout_s,
-                                  max_tags=settings.max_tags_per_step)
-    _add_error_handlers(app)
+                                  max_tags=settings.max_tags_per_step,
+                                  limits=LoopLimits.of(settings))
+    add_error_handlers(app)
+    document_auth(app, required=settings.auth_required)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (catalog.public_router, catalog.router, models.router, runs.router,
                    loops.router, jobs.router, replays.router, keys.router,
@@ -73,51 +71,6 @@ def create_app(settings: Settings | None = None, *,
     for page_router in (model_page_router, alarms_page_router):
         app.include_router(page_router, dependencies=[require_page_viewer()])
     return app
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    def handler(status_code: int | None) -> Callable[[Request, Exception], Awaitable[Response]]:
-        async def respond(_request: Request, exc: Exception) -> Response:
-            code = status_code or getattr(exc, "status_code", 500)
-            return JSONResponse({"detail": str(exc)}, status_code=code,
-                                headers=getattr(exc, "headers", None))
-        return respond
-
-    async def invalid_request(_request: Request, exc: Exception) -> Response:
-        # The default handler echoes the input, and a NaN input cannot be written as JSON.
-        assert isinstance(exc, RequestValidationError)
-        errors = json_safe(jsonable_encoder(exc.errors()))
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(ServiceError, handler(None))
-    app.add_exception_handler(InvalidInput, handler(422))
-    app.add_exception_handler(SpecError, handler(422))
-    # Two writers raced (e.g. two registrations of the same model version): retryable.
-    app.add_exception_handler(IntegrityError, handler(409))
-
-    async def unstorable(_request: Request, exc: Exception) -> Response:
-        # Input the database cannot hold (an id beyond 64 bits, a NUL byte in a name)
-        # is the client's error. The message names the cause, never the SQL.
-        cause = getattr(exc, "orig", None) or exc
-        return JSONResponse({"detail": f"a value in the request cannot be stored or looked "
-                                       f"up: {str(cause).splitlines()[0][:200]}"},
-                            status_code=422)
-
-    app.add_exception_handler(DataError, unstorable)
-    app.add_exception_handler(OverflowError, unstorable)
-    app.add_exception_handler(StatementError, _overflow_or_raise(unstorable))
-
-
-def _overflow_or_raise(respond: Callable[[Request, Exception], Awaitable[Response]]
-                       ) -> Callable[[Request, Exception], Awaitable[Response]]:
-    """SQLAlchemy wraps a driver's OverflowError (SQLite: an int beyond 64 bits) in a
-    StatementError; any other StatementError is a server fault and stays a 500."""
-    async def handle(request: Request, exc: Exception) -> Response:
-        if isinstance(getattr(exc, "orig", None), OverflowError):
-            return await respond(request, exc)
-        raise exc
-    return handle
 
 
 class BodySizeLimit:
