@@ -14,9 +14,15 @@ from hypothesis import strategies as st
 from twin_fixtures import cold_controller, tiny_twin
 
 from processes import cstr
-from twin.hierarchy import HierarchicalPlanner
 from twin.planner_names import PLANNER_NAMES
-from twin.planning import PlannerSettings, PlanningProblem, RTIPlanner, make_planner
+from twin.planning import (
+    HierarchicalPlanner,
+    PlannerSettings,
+    PlanningProblem,
+    RTIPlanner,
+    TorchProblem,
+    make_planner,
+)
 from twin.records import StepStatus
 from twin.twin_model import Twin
 
@@ -137,10 +143,7 @@ def test_coarse_plan_beats_holding_on_its_own_objective(twin: Twin) -> None:
     planner.plan(problem)
     assert planner.last_coarse is not None
     hold = torch.full((1, planner.blocks * planner.k, 1), float(problem.u_prev[0]))
-    u_prev = torch.as_tensor(problem.u_prev, dtype=torch.float32)
-    z0 = torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0)
-    goal = torch.as_tensor(problem.z_goal, dtype=torch.float32)
-    hold_cost = float(planner._score(hold, z0, u_prev, goal)[0][0])
+    hold_cost = float(planner.score(hold, TorchProblem.of(problem, planner.limits))[0][0])
     assert planner.last_coarse.cost < hold_cost
 
 

@@ -16,19 +16,20 @@ from twin_fixtures import tiny_twin, with_control
 
 from processes import cstr
 from twin.data import Normalizer
-from twin.hierarchy import HierarchicalPlanner
 from twin.model import JEPA, JEPAConfig
 from twin.planning import (
     PLANNER_NAMES,
     CasadiPlanner,
     CEMPlanner,
     Constraints,
+    HierarchicalPlanner,
     MPPIPlanner,
     PlannerSettings,
     PlanningProblem,
     PlanResult,
     RTIPlanner,
     StructuredNLPPlanner,
+    TorchProblem,
     casadi_dynamics,
     find_compiler,
     make_planner,
@@ -336,7 +337,7 @@ def test_rti_warm_start_carries_across_steps(twin: Twin) -> None:
     advanced = PlanningProblem(first.embeddings[0], first.actions[0], problem.z_goal)
     shifted = np.vstack([first.actions[1:], first.actions[-1:]])
     Z, Y = warm._rollout(advanced.z0, shifted)
-    shifted_cost = warm._cost(shifted, Z, Y, advanced)
+    shifted_cost = warm.cost.numpy(advanced, shifted, Z, Y)
     from_warm, from_hold = warm.plan(advanced), cold.plan(advanced)
     assert from_warm.ok and from_hold.ok
     assert from_warm.cost <= shifted_cost + 1e-9
@@ -377,7 +378,7 @@ def test_compiled_linearisation_matches_and_falls_back(twin: Twin, tmp_path, mon
     monkeypatch.setenv("TWIN_CASADI_CACHE", str(tmp_path))
     problem = _bank_problem(twin)
     reference = _rti(twin).plan(problem)
-    monkeypatch.setattr("twin.planning.find_compiler", lambda: None)
+    monkeypatch.setattr("twin.planning.compile_cache.find_compiler", lambda: None)
     without = _rti(twin, compile=True)
     assert not without.compiled and not list(tmp_path.iterdir())
     np.testing.assert_allclose(without.plan(problem).actions, reference.actions, atol=1e-9)
@@ -407,9 +408,7 @@ def test_mppi_improves_on_holding(twin: Twin) -> None:
     result = planner.plan(problem)
     hold = np.tile(problem.u_prev, (10, 1))
     u = torch.as_tensor(hold, dtype=torch.float32).unsqueeze(0)
-    cost, _ = planner._score(u, torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
-                             torch.as_tensor(problem.u_prev, dtype=torch.float32).unsqueeze(0),
-                             torch.as_tensor(problem.z_goal, dtype=torch.float32))
+    cost, _ = planner.score(u, TorchProblem.of(problem, planner.limits))
     assert result.ok and result.cost < float(cost[0])
 
 

@@ -9,8 +9,6 @@ import torch
 from twin_fixtures import tiny_twin
 
 from twin.data import Normalizer
-from twin.dense_qp import CasadiQPSolver, DAQPSolver
-from twin.latent_linearisation import NumpyLinearisation, mlp_layers
 from twin.model import JEPA, JEPAConfig
 from twin.planning import (
     CasadiLinearisation,
@@ -18,6 +16,8 @@ from twin.planning import (
     PlanningProblem,
     RTIPlanner,
 )
+from twin.planning.dense_qp import CasadiQPSolver, DAQPSolver
+from twin.planning.linearisation import NumpyLinearisation, mlp_layers
 from twin.spec import ProcessSpec, Tag, TagRole
 from twin.twin_model import GoalBank, Twin
 

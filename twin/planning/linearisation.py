@@ -1,6 +1,6 @@
 """The twin's planning predictor and limited-sensor readout in float64 numpy, with Jacobians.
 
-The real-time-iteration planner (`twin.planning.RTIPlanner`) linearises the twin along its
+The real-time-iteration planner (`RTIPlanner`) linearises the twin along its
 warm start every control step: a rollout over the horizon and each stage's Jacobians
 d z_{k+1} / d (z_k, u_k) and d y_k / d z_k. CasADi builds the same functions exactly (the
 `casadi` linearisation, kept as the reference and for comparison), but its virtual machine

@@ -1,0 +1,147 @@
+"""The planning objective, defined once; every planner calls it.
+
+In normalised units, for moves u_1..u_H from the last applied u_0 and the twin's predicted
+embeddings z_1..z_H with their limited-sensor readouts y_k:
+
+    J = sum_k w_k |W (z_k - z_goal)|^2                    tracking (W: the problem's metric)
+      + move_weight * sum_k |(u_k - u_{k-1}) / rate|^2   move suppression
+      + slack_weight * sum_k w_k * sum_j s_kj              sensor-limit slack, s >= 0 with
+                                                            low_j - s <= y_kj <= high_j + s
+
+w_k = 1 for a sample-by-sample plan; the hierarchical planner's coarse level scores block
+ends that each stand for `k` samples (w = k). At the optimum each slack is the violation
+max(0, y - high, low - y), which is how the sampling planners and the real-time iteration's
+line search read it.
+
+The same definition is written three times, side by side here, for the three kinds of
+numbers the planners compute with: CasADi expressions (the NLP planners build their
+objective from them), numpy float64 (the real-time iteration's exact cost and its
+Gauss-Newton least-squares form), and batched torch float32 (CEM, MPPI and the coarse
+level). tests/test_planning.py checks that the three agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import casadi as ca
+import numpy as np
+import torch
+
+from .constraints import Constraints
+from .problem import PlannerSettings, PlanningProblem
+
+
+def weighted_distance(z: torch.Tensor, z_goal: torch.Tensor,
+                      metric: torch.Tensor | None) -> torch.Tensor:
+    """|W (z - z_goal)|^2 per embedding, over the last axis (the identity without a
+    metric)."""
+    delta = z - z_goal
+    if metric is not None:
+        delta = delta @ metric.T
+    return (delta**2).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class TorchProblem:
+    """A problem's numbers as float32 tensors, for batched scoring."""
+
+    z0: torch.Tensor  # (1, D)
+    u_prev: torch.Tensor  # (1, A)
+    z_goal: torch.Tensor  # (D,)
+    metric: torch.Tensor | None  # (D, D)
+    y_low: torch.Tensor  # (L,) the problem's sensor bounds (`sensor_bounds`)
+    y_high: torch.Tensor
+
+    @classmethod
+    def of(cls, problem: PlanningProblem, lim: Constraints,
+           u_prev: np.ndarray | None = None) -> TorchProblem:
+        """`u_prev`: in place of the problem's (the coarse level starts from it clipped)."""
+        def tensor(value: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=torch.float32)
+
+        low, high = problem.sensor_bounds(lim)
+        return cls(tensor(problem.z0).unsqueeze(0),
+                   tensor(problem.u_prev if u_prev is None else u_prev).reshape(1, -1),
+                   tensor(problem.z_goal),
+                   None if problem.metric is None else tensor(problem.metric),
+                   tensor(low), tensor(high))
+
+
+@dataclass(frozen=True)
+class PlanningCost:
+    """The objective above for one planner's settings and constraints."""
+
+    move_weight: float
+    slack_weight: float
+    limits: Constraints
+
+    @classmethod
+    def of(cls, settings: PlannerSettings, limits: Constraints) -> PlanningCost:
+        return cls(settings.move_weight, settings.slack_weight, limits)
+
+    # -- CasADi: one stage's terms, for the NLP planners --------------------------------
+    @staticmethod
+    def casadi_tracking(z: ca.SX | ca.MX, z_goal: ca.SX | ca.MX, metric: ca.SX | ca.MX
+                        ) -> ca.SX | ca.MX:
+        return ca.sumsqr(metric @ (z - z_goal))
+
+    def casadi_move(self, u: ca.SX | ca.MX, before: ca.SX | ca.MX) -> ca.SX | ca.MX:
+        return self.move_weight * ca.sumsqr((u - before) / ca.DM(self.limits.rate))
+
+    def casadi_slack(self, slack: ca.SX | ca.MX) -> ca.SX | ca.MX:
+        return self.slack_weight * ca.sum1(slack)
+
+    def casadi_stage(self, z: ca.SX | ca.MX, z_goal: ca.SX | ca.MX, metric: ca.SX | ca.MX,
+                     u: ca.SX | ca.MX, before: ca.SX | ca.MX, slack: ca.SX | ca.MX
+                     ) -> ca.SX | ca.MX:
+        """Stage k's whole cost: tracking of z_k, the move u_k - u_{k-1}, the slack s_k."""
+        return (self.casadi_tracking(z, z_goal, metric) + self.casadi_move(u, before)
+                + self.casadi_slack(slack))
+
+    # -- numpy float64: the exact cost, and its Gauss-Newton least-squares form -----------
+    def numpy(self, problem: PlanningProblem, U: np.ndarray, Z: np.ndarray,
+              Y: np.ndarray) -> float:
+        """J for moves U (H, A), embeddings Z (D, H) and limited readouts Y (L, H), each
+        slack at its optimum (the violation)."""
+        lim = self.limits
+        moves = np.diff(np.vstack([problem.u_prev, U]), axis=0) / lim.rate
+        cost = float((problem.weighted(Z - problem.z_goal[:, None]) ** 2).sum())
+        cost += self.move_weight * float((moves**2).sum())
+        if len(lim.limit_rows):
+            low, high = problem.sensor_bounds(lim)
+            over = np.maximum(Y - high[:, None], low[:, None] - Y)
+            cost += self.slack_weight * float(np.maximum(over, 0.0).sum())
+        return cost
+
+    def move_least_squares(self, horizon: int) -> np.ndarray:
+        """M (A*H, A*H) with the move term = |M vec(U) - c|^2 (U stage-major; c from
+        `move_offset`)."""
+        a = len(self.limits.rate)
+        n_u = a * horizon
+        difference = np.eye(n_u) - np.eye(n_u, k=-a)  # rows u_k - u_{k-1}
+        return np.sqrt(self.move_weight) * difference / \
+            np.tile(self.limits.rate, horizon)[:, None]
+
+    def move_offset(self, u_prev: np.ndarray, horizon: int) -> np.ndarray:
+        """c of `move_least_squares`: the first move is taken from u_prev."""
+        a = len(self.limits.rate)
+        c = np.zeros(a * horizon)
+        c[:a] = np.sqrt(self.move_weight) * u_prev / self.limits.rate
+        return c
+
+    # -- torch float32, batched: the sampling planners and the coarse level ----------------
+    def torch(self, u: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None,
+              problem: TorchProblem, rate: torch.Tensor, stage_weight: float = 1.0
+              ) -> torch.Tensor:
+        """J per sample for moves u (S, H, A), embeddings z (S, H, D) and limited readouts
+        y (S, H, L) (None without limited sensors); `rate` the rate limits as a tensor."""
+        cost = stage_weight * weighted_distance(z, problem.z_goal, problem.metric).sum(dim=1)
+        du = torch.diff(torch.cat([problem.u_prev.expand(u.shape[0], 1, -1), u], dim=1),
+                        dim=1)
+        cost = cost + self.move_weight * ((du / rate) ** 2).sum(dim=(1, 2))
+        if y is not None:
+            violation = torch.clamp_min(torch.maximum(y - problem.y_high,
+                                                      problem.y_low - y), 0.0)
+            cost = cost + self.slack_weight * stage_weight * violation.sum(dim=(1, 2))
+        return cost
