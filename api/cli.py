@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api.cli_edge import connect_app
 from twin.errors import InvalidInput
 from twin.logs import read_log, write_log
 from twin.spec import ProcessSpec, SpecError
@@ -41,6 +42,7 @@ keys_app = typer.Typer(help="API keys of the HTTP API (roles: viewer < operator 
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
+app.add_typer(connect_app, name="connect")
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
