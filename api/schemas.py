@@ -11,12 +11,38 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
+from api.loop_schemas import (  # re-exported: the loop's schemas live there
+    ActivationOut as ActivationOut,
+)
+from api.loop_schemas import (
+    EventOut as EventOut,
+)
+from api.loop_schemas import (
+    LoopCreate as LoopCreate,
+)
+from api.loop_schemas import (
+    LoopOut as LoopOut,
+)
+from api.loop_schemas import (
+    ModelRef as ModelRef,
+)
+from api.loop_schemas import (
+    ModelSwitch as ModelSwitch,
+)
+from api.loop_schemas import (
+    SetpointOut as SetpointOut,
+)
+from api.loop_schemas import (
+    StepIn as StepIn,
+)
+from api.loop_schemas import (
+    StepOut as StepOut,
+)
 from api.orm import (
     Alarm,
     AlarmEvent,
     ApiKey,
     AuditEntry,
-    ModelActivation,
     Process,
     Role,
     Run,
@@ -25,12 +51,8 @@ from api.orm import (
     TwinModel,
 )
 from api.services.jobs import TrainJobSpec
-from api.services.jsonsafe import json_safe
-from api.services.loops import LoopView
 from api.services.models import DataProvenance
 from api.services.replays import ReplaySpec
-from twin.planner_names import PlannerName
-from twin.records import StepRecord
 from twin.spec import ProcessSpec
 
 
@@ -79,19 +101,6 @@ class ModelOut(BaseModel):
                    active_loops=active_loops or [])
 
 
-class ModelRef(BaseModel):
-    """A model as named from elsewhere (a loop, an activation)."""
-
-    id: int
-    name: str
-    version: int
-    sha256: str
-
-    @classmethod
-    def of(cls, model: TwinModel) -> ModelRef:
-        return cls(id=model.id, name=model.name, version=model.version, sha256=model.sha256)
-
-
 class RunOut(BaseModel):
     id: int
     kind: str
@@ -126,20 +135,6 @@ class SeriesOut(BaseModel):
         description="channel -> tag -> values aligned with time_s (null where not recorded)")
 
 
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    step: int | None = None
-    time_s: float | None = None
-    kind: str
-    message: str
-    tag: str | None = None
-
-    @classmethod
-    def of(cls, event: RunEvent) -> EventOut:
-        return cls.model_validate(event)
-
-
 class StepDetailOut(BaseModel):
     run_id: int
     step: int
@@ -156,132 +151,6 @@ class StepDetailOut(BaseModel):
         return cls(run_id=row.run_id, step=row.step, time_s=row.time_s, status=row.status,
                    solve_ms=row.solve_ms, plan=row.plan, values=values,
                    events=[EventOut.of(e) for e in events])
-
-
-class LoopCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    process: str = Field(min_length=1, max_length=100)
-    model_id: int
-    planner: PlannerName = "casadi"
-    setpoints: dict[str, FiniteFloat] = Field(default_factory=dict)
-
-
-class LoopOut(BaseModel):
-    run_id: int
-    status: Literal["ok", "fallback", "stale", "stopped"] = Field(
-        description="stopped: the loop no longer runs; stale: no step for more than "
-                    "stale_after_s (or the last step held on stale data); else the last "
-                    "step's ok or fallback")
-    run_status: str = Field(description="the run's own status: running or stopped")
-    process: str
-    model_id: int | None = Field(description="the active model")
-    model: ModelRef | None
-    planner: str
-    setpoints: dict[str, float] = Field(description="latest sensor setpoints")
-    actuators: dict[str, float] = Field(description="latest actuator values sent; {} "
-                                                    "before the first step")
-    last_step: int | None
-    last_time_s: float | None = Field(description="the client's time of the last step, s")
-    age_s: float = Field(description="seconds since the last step arrived (since the "
-                                     "start before the first)")
-    stale_after_s: float = Field(description="3 sample periods, s")
-    started_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, view: LoopView) -> LoopOut:
-        run, last = view.run, view.last
-        return cls(run_id=run.id, status=view.status, run_status=run.status,
-                   process=run.process.name, model_id=run.model_id,
-                   model=ModelRef.of(view.model) if view.model is not None else None,
-                   planner=str(run.config.get("planner", "")), setpoints=view.setpoints,
-                   actuators=view.actuators, last_step=last.step if last else None,
-                   last_time_s=last.time_s if last else None, age_s=view.age_s,
-                   stale_after_s=view.stale_after_s, started_at=run.started_at,
-                   finished_at=run.finished_at)
-
-
-class SetpointOut(BaseModel):
-    """The latest actuator setpoints of a loop: what its last step returned."""
-
-    run_id: int
-    step: int
-    time_s: float = Field(description="the client's time of that step, s")
-    status: Literal["ok", "fallback", "stale", "stopped"] = Field(
-        description="the loop's status now (see LoopOut.status)")
-    step_status: str = Field(description="that step's own status")
-    age_s: float = Field(description="seconds since that step arrived")
-    actuators: dict[str, float]
-    setpoints: dict[str, float] = Field(description="the sensor setpoints of that step")
-    model_id: int | None
-
-    @classmethod
-    def of(cls, view: LoopView) -> SetpointOut:
-        last = view.last
-        assert last is not None  # LoopManager.latest_setpoint refuses a loop without steps
-        return cls(run_id=view.run.id, step=last.step, time_s=last.time_s,
-                   status=view.status, step_status=last.status, age_s=view.age_s,
-                   actuators=view.actuators, setpoints=view.setpoints,
-                   model_id=view.run.model_id)
-
-
-class ModelSwitch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_id: int = Field(description="a model of the loop's process")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
-                        description="why: kept in the loop's model history")
-
-
-class ActivationOut(BaseModel):
-    id: int
-    run_id: int
-    model: ModelRef
-    previous_model_id: int | None
-    activated_at: datetime
-    actor: str
-    reason: str
-
-    @classmethod
-    def of(cls, activation: ModelActivation) -> ActivationOut:
-        return cls(id=activation.id, run_id=activation.run_id,
-                   model=ModelRef.of(activation.model),
-                   previous_model_id=activation.previous_model_id,
-                   activated_at=activation.activated_at, actor=activation.actor,
-                   reason=activation.reason)
-
-
-class StepIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    time_s: FiniteFloat
-    measurements: dict[str, FiniteFloat | None] = Field(
-        description="sensors (all of them), measured disturbances, optionally actuator "
-                    "read-backs; null marks a sample that is missing")
-    setpoints: dict[str, FiniteFloat] | None = None
-
-
-class StepOut(BaseModel):
-    run_id: int
-    step: int
-    time_s: float
-    status: str
-    actuators: dict[str, float]
-    events: list[EventOut]
-    solve_ms: float
-    plan: dict[str, Any] | None
-    margins: dict[str, float | None] = Field(description="distance to each sensor limit")
-
-    @classmethod
-    def of(cls, run_id: int, record: StepRecord) -> StepOut:
-        return cls(run_id=run_id, step=record.step, time_s=record.time_s,
-                   status=str(record.status), actuators=record.actuators,
-                   solve_ms=record.solve_ms,
-                   plan=json_safe(record.plan.to_dict()) if record.plan is not None else None,
-                   margins=json_safe(record.margins),
-                   events=[EventOut(step=record.step, time_s=record.time_s, kind=e.kind,
-                                    message=e.message, tag=e.tag) for e in record.events])
 
 
 # ---------------------------------------------------------------- training jobs

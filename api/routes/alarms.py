@@ -12,12 +12,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.contract import API_ERRORS, MAX_ID, AlarmIdPath, StrictJSONRoute, error_responses
 from api.deps import OperatorDep, SessionDep, SettingsDep, require
 from api.orm import Alarm, AlarmState, Role, utcnow
 from api.schemas import AlarmDetailOut, AlarmEventOut, AlarmOut, ShelveIn
 from api.services import alarms
 
-router = APIRouter(prefix="/api/alarms", tags=["alarms"], dependencies=[require(Role.VIEWER)])
+router = APIRouter(prefix="/api/alarms", tags=["alarms"], dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 def _now(request: Request) -> datetime:
@@ -35,7 +37,8 @@ def _out(session: SessionDep, alarm: Alarm) -> AlarmOut:
 @router.get("", response_model=list[AlarmOut])
 def list_alarms(session: SessionDep, settings: SettingsDep, now: NowDep,
                 state: AlarmState | None = None,
-                loop: Annotated[int | None, Query(description="a control loop's run id")] = None,
+                loop: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                                 description="a control loop's run id")] = None,
                 limit: Annotated[int, Query(ge=1)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0) -> list[AlarmOut]:
     """Alarms, newest raised first, brought up to date with the loops' latest steps."""
@@ -46,7 +49,7 @@ def list_alarms(session: SessionDep, settings: SettingsDep, now: NowDep,
 
 
 @router.get("/{alarm_id}", response_model=AlarmDetailOut)
-def get_alarm(alarm_id: int, session: SessionDep) -> AlarmDetailOut:
+def get_alarm(alarm_id: AlarmIdPath, session: SessionDep) -> AlarmDetailOut:
     """One alarm with its history of transitions, oldest first."""
     alarm = alarms.get_alarm(session, alarm_id)
     history = [AlarmEventOut.of(e) for e in alarms.alarm_history(session, alarm_id)]
@@ -54,7 +57,7 @@ def get_alarm(alarm_id: int, session: SessionDep) -> AlarmDetailOut:
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmOut)
-def acknowledge(alarm_id: int, session: SessionDep, actor: OperatorDep,
+def acknowledge(alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep,
                 now: NowDep) -> AlarmOut:
     """unacknowledged -> acknowledged; returned to normal -> normal. 409 for a normal or
     shelved alarm; acknowledging an acknowledged one again changes nothing."""
@@ -62,7 +65,7 @@ def acknowledge(alarm_id: int, session: SessionDep, actor: OperatorDep,
 
 
 @router.post("/{alarm_id}/shelve", response_model=AlarmOut)
-def shelve(alarm_id: int, body: ShelveIn, session: SessionDep, actor: OperatorDep,
+def shelve(alarm_id: AlarmIdPath, body: ShelveIn, session: SessionDep, actor: OperatorDep,
            now: NowDep) -> AlarmOut:
     """Hide the alarm for `minutes` (at most 24 h); it comes back by itself after that."""
     return _out(session, alarms.shelve(session, alarm_id, actor, body.minutes, body.reason,
@@ -70,7 +73,7 @@ def shelve(alarm_id: int, body: ShelveIn, session: SessionDep, actor: OperatorDe
 
 
 @router.post("/{alarm_id}/unshelve", response_model=AlarmOut)
-def unshelve(alarm_id: int, session: SessionDep, actor: OperatorDep,
+def unshelve(alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep,
              now: NowDep) -> AlarmOut:
     """Show a shelved alarm again: unacknowledged if its condition is present, else normal."""
     return _out(session, alarms.unshelve(session, alarm_id, actor, now=now))

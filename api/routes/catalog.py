@@ -9,14 +9,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api import services
+from api.contract import API_ERRORS, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, require
 from api.migrate import revision_of
 from api.orm import Role
 from api.schemas import Health, ProcessOut
 from twin.spec import ProcessSpec
 
-public_router = APIRouter(prefix="/api")
-router = APIRouter(prefix="/api", dependencies=[require(Role.VIEWER)])
+public_router = APIRouter(prefix="/api", route_class=StrictJSONRoute)
+router = APIRouter(prefix="/api", dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @public_router.get("/health", response_model=Health, tags=["health"])

@@ -9,12 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, SettingsDep, require
 from api.orm import Role, RunStatus
 from api.schemas import JobOut, TrainJobCreate
 from api.services import jobs
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[require(Role.VIEWER)])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @router.post("/train", response_model=JobOut, status_code=201)
@@ -34,11 +36,11 @@ def list_jobs(session: SessionDep, settings: SettingsDep, status: RunStatus | No
 
 
 @router.get("/{run_id}", response_model=JobOut)
-def get_job(run_id: int, session: SessionDep) -> JobOut:
+def get_job(run_id: RunIdPath, session: SessionDep) -> JobOut:
     return JobOut.of(jobs.get_job(session, run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=JobOut)
-def cancel_job(run_id: int, session: SessionDep, actor: EngineerDep) -> JobOut:
+def cancel_job(run_id: RunIdPath, session: SessionDep, actor: EngineerDep) -> JobOut:
     """Queued: stopped at once. Running: stopped by its worker after the current epoch."""
     return JobOut.of(jobs.cancel_job(session, run_id, actor=actor))

@@ -12,12 +12,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from api.contract import API_ERRORS, MAX_ID, KeyIdPath, StrictJSONRoute, error_responses
 from api.deps import AdminDep, SessionDep, SettingsDep, require
 from api.orm import Role
 from api.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut
 from api.services import audit, auth
 
-router = APIRouter(prefix="/api", dependencies=[require(Role.ADMIN)])
+router = APIRouter(prefix="/api", dependencies=[require(Role.ADMIN)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
@@ -37,13 +39,16 @@ def list_keys(session: SessionDep, settings: SettingsDep, include_revoked: bool 
 
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyOut, tags=["keys"])
-def revoke_key(key_id: int, session: SessionDep, actor: AdminDep) -> KeyOut:
-    """Revoke at once: the next request with this key gets 401. Revoking twice is harmless."""
-    return KeyOut.of(auth.revoke_key(session, key_id, actor))
+def revoke_key(key_id: KeyIdPath, session: SessionDep, actor: AdminDep) -> KeyOut:
+    """Revoke at once: the next request with this key gets 401. Revoking twice is harmless.
+    Refused (409): the caller's own key, and the last admin key (keys are managed here only
+    while one exists)."""
+    return KeyOut.of(auth.revoke_key(session, key_id, actor, keep_an_admin=True))
 
 
 @router.get("/audit", response_model=list[AuditOut], tags=["audit"])
-def list_audit(session: SessionDep, settings: SettingsDep, key_id: int | None = None,
+def list_audit(session: SessionDep, settings: SettingsDep,
+               key_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                action: str | None = None, target: str | None = None,
                limit: Annotated[int, Query(ge=1)] = 100,
                offset: Annotated[int, Query(ge=0)] = 0) -> list[AuditOut]:

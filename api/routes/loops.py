@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, status
 
+from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, LoopsDep, OperatorDep, SessionDep, require
 from api.orm import Role
 from api.schemas import (
@@ -24,7 +25,8 @@ from api.schemas import (
     StepOut,
 )
 
-router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.VIEWER)])
+router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS, 503))
 
 
 @router.get("", response_model=list[LoopOut])
@@ -40,20 +42,28 @@ def list_loops(session: SessionDep, loops: LoopsDep, process: str | None = None,
 
 
 @router.post("", response_model=LoopOut, status_code=status.HTTP_201_CREATED)
-def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep,
-               actor: OperatorDep) -> LoopOut:
+def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep, actor: OperatorDep,
+               idempotency_key: Annotated[str | None, Header(
+                   min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                   description="retry a start safely: a start with a key this API key "
+                               "already used returns that loop (the same request) or 409 "
+                               "(another request)")] = None) -> LoopOut:
+    """Start a loop (see LoopCreate). Its controller is built within the server's limits
+    (TWIN_PLANNER_BUILD_TIMEOUT_S and memory): past them the answer is 503 and nothing
+    was started. Operator role."""
     run = loops.start(session, body.process, body.model_id, body.planner, body.setpoints,
-                      actor=actor)
+                      actor=actor, initial=body.initial_actuators,
+                      idempotency_key=idempotency_key)
     return LoopOut.of(loops.view(session, run.id))
 
 
 @router.get("/{run_id}", response_model=LoopOut)
-def get_loop(run_id: int, session: SessionDep, loops: LoopsDep) -> LoopOut:
+def get_loop(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> LoopOut:
     return LoopOut.of(loops.view(session, run_id))
 
 
 @router.get("/{run_id}/setpoint", response_model=SetpointOut)
-def latest_setpoint(run_id: int, session: SessionDep, loops: LoopsDep) -> SetpointOut:
+def latest_setpoint(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> SetpointOut:
     """The actuator setpoints the last step returned, its status and age (404 before the
     first step). Poll it every sample period; `stale` means no step arrived lately."""
     return SetpointOut.of(loops.latest_setpoint(session, run_id))
@@ -61,26 +71,30 @@ def latest_setpoint(run_id: int, session: SessionDep, loops: LoopsDep) -> Setpoi
 
 @router.post("/{run_id}/step", response_model=StepOut,
              dependencies=[require(Role.OPERATOR)])
-def step_loop(run_id: int, body: StepIn, session: SessionDep, loops: LoopsDep) -> StepOut:
+def step_loop(run_id: RunIdPath, body: StepIn, session: SessionDep, loops: LoopsDep) -> StepOut:
+    """Post one sample (see StepIn); the answer's actuators are to be applied now.
+
+    Refused (422), storing nothing: unknown tags, a missing sensor, a time_s that is not
+    plausible, a unit mix-up. 409: time_s not after the last step's, or a stopped loop."""
     _, record = loops.step(session, run_id, body.time_s, body.measurements, body.setpoints)
     return StepOut.of(run_id, record)
 
 
 @router.post("/{run_id}/stop", response_model=LoopOut)
-def stop_loop(run_id: int, session: SessionDep, loops: LoopsDep,
+def stop_loop(run_id: RunIdPath, session: SessionDep, loops: LoopsDep,
               actor: OperatorDep) -> LoopOut:
     loops.stop(session, run_id, actor=actor)
     return LoopOut.of(loops.view(session, run_id))
 
 
 @router.get("/{run_id}/models", response_model=list[ActivationOut])
-def model_history(run_id: int, session: SessionDep, loops: LoopsDep) -> list[ActivationOut]:
+def model_history(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> list[ActivationOut]:
     """The models this loop was driven by, newest first (the first is the active one)."""
     return [ActivationOut.of(a) for a in loops.history(session, run_id)]
 
 
 @router.put("/{run_id}/model", response_model=LoopOut)
-def switch_model(run_id: int, body: ModelSwitch, session: SessionDep, loops: LoopsDep,
+def switch_model(run_id: RunIdPath, body: ModelSwitch, session: SessionDep, loops: LoopsDep,
                  actor: EngineerDep) -> LoopOut:
     """Make another model of the loop's process drive it, from the next step on.
 

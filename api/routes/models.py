@@ -12,11 +12,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api import services
+from api.contract import API_ERRORS, ModelIdPath, StrictJSONRoute, error_responses
 from api.deps import SessionDep, require
 from api.orm import Role
 from api.schemas import ModelOut
 
-router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[require(Role.VIEWER)])
+router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @router.get("", response_model=list[ModelOut])
@@ -33,6 +35,6 @@ def list_models(session: SessionDep,
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: int, session: SessionDep) -> ModelOut:
+def get_model(model_id: ModelIdPath, session: SessionDep) -> ModelOut:
     model = services.get_model(session, model_id)
     return ModelOut.of(model, services.active_loops(session, [model.id]).get(model.id))

@@ -12,13 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api import services
+from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, SettingsDep, require
 from api.orm import Role, RunStatus
 from api.schemas import ReplayCreate, ReplayOut
 from api.services import replays
 
 router = APIRouter(prefix="/api/replays", tags=["replays"],
-                   dependencies=[require(Role.VIEWER)])
+                   dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @router.post("", response_model=ReplayOut, status_code=201)
@@ -39,12 +41,12 @@ def list_replays(session: SessionDep, settings: SettingsDep, status: RunStatus |
 
 
 @router.get("/{run_id}", response_model=ReplayOut)
-def get_replay(run_id: int, session: SessionDep) -> ReplayOut:
+def get_replay(run_id: RunIdPath, session: SessionDep) -> ReplayOut:
     run = replays.get_replay(session, run_id)
     return ReplayOut.of(run, services.step_counts(session, [run_id]).get(run_id, 0))
 
 
 @router.post("/{run_id}/cancel", response_model=ReplayOut)
-def cancel_replay(run_id: int, session: SessionDep, actor: EngineerDep) -> ReplayOut:
+def cancel_replay(run_id: RunIdPath, session: SessionDep, actor: EngineerDep) -> ReplayOut:
     """Queued: stopped at once. Running: stopped by its worker within about a second."""
     return ReplayOut.of(replays.cancel_replay(session, run_id, actor=actor))

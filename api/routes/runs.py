@@ -8,12 +8,14 @@ from fastapi import APIRouter, Query, Response
 from pydantic import FiniteFloat
 
 from api import services
+from api.contract import API_ERRORS, RunIdPath, StepPath, StrictJSONRoute, error_responses
 from api.deps import SessionDep, SettingsDep, require
 from api.orm import Channel, Role, RunKind, RunStatus
 from api.schemas import RunOut, SeriesOut, StepDetailOut
 from api.services import replays
 
-router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[require(Role.VIEWER)])
+router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[require(Role.VIEWER)],
+                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
 
 
 @router.get("", response_model=list[RunOut])
@@ -29,13 +31,13 @@ def list_runs(session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: int, session: SessionDep) -> RunOut:
+def get_run(run_id: RunIdPath, session: SessionDep) -> RunOut:
     run = services.get_run(session, run_id)
     return RunOut.of(run, services.step_counts(session, [run_id]).get(run_id, 0))
 
 
 @router.get("/{run_id}/series", response_model=SeriesOut)
-def get_series(run_id: int, session: SessionDep, settings: SettingsDep,
+def get_series(run_id: RunIdPath, session: SessionDep, settings: SettingsDep,
                channels: Annotated[list[Channel] | None, Query()] = None,
                tags: Annotated[list[str] | None, Query()] = None,
                max_points: Annotated[int | None, Query(ge=1)] = None,
@@ -59,7 +61,7 @@ def get_series(run_id: int, session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/{run_id}/steps/{step}", response_model=StepDetailOut)
-def get_step(run_id: int, step: int, session: SessionDep) -> StepDetailOut:
+def get_step(run_id: RunIdPath, step: StepPath, session: SessionDep) -> StepDetailOut:
     row = services.get_step(session, run_id, step)
     return StepDetailOut.of(row, services.list_events(session, run_id, step),
                             services.step_values(session, run_id, step))
@@ -68,7 +70,7 @@ def get_step(run_id: int, step: int, session: SessionDep) -> StepDetailOut:
 @router.get("/{run_id}/export", response_class=Response, responses={200: {
     "description": "the run's series in its process's log shape",
     "content": {media.split(";")[0]: {} for media in replays.EXPORT_MEDIA_TYPES.values()}}})
-def export_run(run_id: int, session: SessionDep,
+def export_run(run_id: RunIdPath, session: SessionDep,
                fmt: Annotated[Literal["csv", "parquet"], Query(alias="format")] = "csv",
                start_s: FiniteFloat | None = None,
                end_s: FiniteFloat | None = None) -> Response:

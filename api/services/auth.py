@@ -33,7 +33,7 @@ import secrets
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.errors import Forbidden, Invalid, NotFound, Unauthorized
+from api.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from api.orm import ApiKey, Role, utcnow
 from api.services.audit import ANONYMOUS, Actor, record
 
@@ -196,10 +196,17 @@ def list_keys(session: Session, *, include_revoked: bool = True, limit: int = 1_
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, key_id: int, actor: Actor) -> ApiKey:
-    """Revoke now; revoking a revoked key again is harmless and records nothing."""
+def revoke_key(session: Session, key_id: int, actor: Actor, *,
+               keep_an_admin: bool = False) -> ApiKey:
+    """Revoke now; revoking a revoked key again is harmless and records nothing.
+
+    `keep_an_admin` (the API): refuse (409) to revoke the caller's own key or the last
+    active admin key, which would lock every admin out. The command line may: whoever
+    runs it reaches the database and can always create a new key."""
     try:
         key = get_key(session, key_id)
+        if keep_an_admin and key.revoked_at is None:
+            _check_not_locking_out(session, key, actor)
         # Conditional: of two concurrent revocations, only one changes (and audits) it.
         changed = session.execute(
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
@@ -212,3 +219,18 @@ def revoke_key(session: Session, key_id: int, actor: Actor) -> ApiKey:
         session.rollback()
         raise
     return session.get(ApiKey, key_id, populate_existing=True) or key
+
+
+def _check_not_locking_out(session: Session, key: ApiKey, actor: Actor) -> None:
+    if key.id == actor.key_id:
+        raise Conflict(f"key {key.id} is the one making this request: an admin cannot "
+                       "revoke their own key (another admin can)")
+    if key.role != Role.ADMIN:
+        return
+    # Locked (PostgreSQL) so that two admins revoking each other cannot both succeed.
+    admins = session.scalars(select(ApiKey.id).where(
+        ApiKey.role == str(Role.ADMIN), ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.id).with_for_update()).all()
+    if list(admins) == [key.id]:
+        raise Conflict(f"key {key.id} is the last active admin key: create another admin "
+                       "key first")

@@ -131,13 +131,25 @@ def initial_actuators(spec: ProcessSpec, given: Mapping[str, float]) -> dict[str
 
 def first_step_reference(spec: ProcessSpec, measurements: Mapping[str, float | None],
                          known: Mapping[str, float]) -> None:
-    """Refuse a first step that would have to guess an actuator's current value."""
-    blind = [t.name for t in spec.actuators
-             if measurements.get(t.name) is None and t.name not in known]
+    """Refuse a first step that would have to guess an actuator's current value (no
+    read-back, none `known` from the start, no nominal in the tag file)."""
+    blind = [t.name for t in spec.actuators if measurements.get(t.name) is None
+             and t.name not in known and t.nominal is None]
     if blind:
         raise Invalid(f"no current value for actuator(s) {', '.join(blind)}: send the "
                       "read-back in this first step's measurements, or start the loop with "
                       "initial_actuators (the tag file gives no nominal to assume)")
+
+
+def is_dose(tag: Tag) -> bool:
+    """An actuator given anew each sample (a bolus), not a level that stays applied."""
+    return str(getattr(tag, "kind", "level")) == "dose"
+
+
+def max_move(tag: Tag, sample_period_s: float, elapsed_s: float) -> float:
+    """The rate limit's reach in `elapsed_s`, at most one sample period's (as the safety
+    layer counts it)."""
+    return float(tag.rate_limit) * min(max(elapsed_s, 0.0), sample_period_s)  # type: ignore[arg-type]
 
 
 def _bound(value: float | None) -> str:
@@ -183,7 +195,8 @@ def plausible_readbacks(spec: ProcessSpec, measurements: Mapping[str, float | No
         value = out.get(tag.name)
         if value is None:
             continue
-        why = _implausible_readback(tag, value, last_command.get(tag.name), dt)
+        why = _implausible_readback(tag, value, last_command.get(tag.name), dt,
+                                    spec.sample_period_s)
         if why:
             out.pop(tag.name)
             events.append(SafetyEvent("implausible_readback", f"{tag.name} read-back "
@@ -192,14 +205,14 @@ def plausible_readbacks(spec: ProcessSpec, measurements: Mapping[str, float | No
 
 
 def _implausible_readback(tag: Tag, value: float, command: float | None,
-                          dt: float | None) -> str:
+                          dt: float | None, sample_period_s: float) -> str:
     low, high = float(tag.low), float(tag.high)  # type: ignore[arg-type]
     tolerance = READBACK_TOLERANCE * (high - low)
     if not low - tolerance <= value <= high + tolerance:
         return f"outside the actuator's bounds [{low:g}, {high:g}] {tag.unit}"
-    if command is None or dt is None:
+    if command is None or dt is None or is_dose(tag):  # a dose is given anew each sample
         return ""
-    reach = float(tag.rate_limit) * dt + tolerance  # type: ignore[arg-type]
+    reach = max_move(tag, sample_period_s, dt) + tolerance
     if abs(value - command) > reach:
         return (f"{abs(value - command):.6g} {tag.unit} from the last command "
                 f"{command:.6g} {tag.unit}, farther than the rate limit allows in "
@@ -217,9 +230,9 @@ def within_reach_of_command(spec: ProcessSpec, actuators: Mapping[str, float],
         return out, events
     for tag in spec.actuators:
         value, command = out.get(tag.name), last_command.get(tag.name)
-        if value is None or command is None:
-            continue
-        reach = float(tag.rate_limit) * dt  # type: ignore[arg-type]
+        if value is None or command is None or is_dose(tag):
+            continue  # a dose's rate limit counts from none (the safety layer's rule)
+        reach = max_move(tag, spec.sample_period_s, dt)
         held = min(max(value, command - reach), command + reach)
         if held != value:
             out[tag.name] = held

@@ -32,7 +32,6 @@ step itself held on stale data); else the last step's `ok` or `fallback`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,8 +77,9 @@ from api.services.runs import (
 )
 from twin.errors import InvalidInput
 from twin.planner_names import PLANNER_NAMES as PLANNERS
-from twin.records import SafetyEvent, StepRecord, StepStatus
-from twin.spec import ProcessSpec, Tag
+from twin.records import EventKind, SafetyEvent, StepRecord, StepStatus
+from twin.safety import clip_setpoint
+from twin.spec import ProcessSpec
 
 STALE_AFTER_PERIODS = 3  # sample periods without a step before a running loop is stale
 SYSTEM_ACTOR = "system"  # history's actor for changes made without one (CLI, tests)
@@ -107,15 +107,14 @@ ControllerFactory = Callable[[bytes, str], Controller]
 
 def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     # Imported late: torch and casadi load only when a loop actually starts.
-    from processes import fallback_for, protection_for
-    from twin.controller import TwinController
+    from processes import plant_parts
+    from twin.assembly import build_controller
     from twin.twin_model import Twin
 
     twin = Twin.from_bytes(checkpoint)
-    # A built-in process lends its baseline and limit protection; a file-defined one its
-    # declared PI loops.
-    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec),
-                                    protection=protection_for(twin.spec))
+    # A built-in process lends its baseline and limit protection, bound to the variant the
+    # twin was trained for (a glucose patient); a file-defined one its declared PI loops.
+    return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
 @dataclass
@@ -230,7 +229,7 @@ class LoopManager:
         if given:  # else the controller starts from the nominals itself
             _hand_over(controller, applied)
         with self._registry_lock:
-            self._loops[run.id] = Loop(run.id, controller, full_setpoints, dict(applied),
+            self._loops[run.id] = Loop(run.id, controller, full_setpoints, dict(given),
                                        model_id=model_id)
         return run
 
@@ -512,15 +511,14 @@ class LoopManager:
         controller, model_id = prebuilt
         setpoints = dict(run.config.get("setpoints", {}))
         # Before the first step: the actuator values the plant applied at the start.
-        given = dict(run.config.get("initial_actuators") or {})
-        applied = initial_actuators(controller.spec, given)
+        applied = dict(run.config.get("initial_actuators") or {})
         previous = last_step(session, run_id)
         if previous is not None:
             values = step_values(session, run_id, previous.step)
             setpoints.update(values.get("setpoint", {}))
             applied = values.get("actuator", {})
-        if given or previous is not None:
-            _hand_over(controller, applied)
+        if applied:
+            _hand_over(controller, initial_actuators(controller.spec, applied))
         return Loop(run_id, controller, setpoints, applied, model_id=model_id)
 
     def _catch_up(self, session: Session, loop: Loop, last: int) -> None:
@@ -626,16 +624,19 @@ def _guard(loop: Loop, record: StepRecord, time_s: float,
            measurements: dict[str, float | None], setpoints: dict[str, float],
            dt: float | None) -> StepRecord:
     """Never send an actuator value outside its bounds or rate limit, whatever the controller
-    returned (the twin's safety layer should already ensure it; this catches its bugs).
-    The rate limit counts from what the plant reports it applied, else from what we sent."""
+    returned (the twin's safety layer should already ensure it; this catches its bugs): the
+    same clip (`twin.safety.clip_setpoint`). The rate limit counts from what the plant
+    reports it applied, else from what we sent."""
     actuators, events = {}, list(record.events)
     for tag in loop.spec.actuators:
         readback = measurements.get(tag.name)
         previous = readback if readback is not None else loop.applied.get(tag.name)
-        value, why = _safe_value(tag, record.actuators.get(tag.name), previous, dt)
+        value, changes = clip_setpoint(tag, record.actuators.get(tag.name), previous,
+                                       loop.spec.sample_period_s, dt)
         actuators[tag.name] = value
-        if why:
-            events.append(SafetyEvent("api_guard", f"{tag.name}: {why}", tag.name))
+        if changes:
+            why = "; ".join(change.message for change in changes)
+            events.append(SafetyEvent(EventKind.API_GUARD, f"{tag.name}: {why}", tag.name))
     guarded = len(events) > len(record.events)
     status = StepStatus.FALLBACK if guarded and record.status is StepStatus.OK else record.status
     return dataclasses.replace(
@@ -645,24 +646,3 @@ def _guard(loop: Loop, record: StepRecord, time_s: float,
         setpoints=record.setpoints or setpoints, actuators=actuators, events=events,
         status=status)
 
-
-def _safe_value(tag: Tag, value: float | None, previous: float | None,
-                dt: float | None) -> tuple[float, str]:
-    """(value to apply, why it was changed or '')."""
-    assert tag.low is not None and tag.high is not None and tag.rate_limit is not None
-    if previous is None:
-        previous_or_nominal = tag.nominal if tag.nominal is not None else (tag.low + tag.high) / 2
-    else:
-        previous_or_nominal = previous
-    if value is None or not math.isfinite(value):
-        return previous_or_nominal, f"controller gave {value}; holding {previous_or_nominal}"
-    safe, why = value, ""
-    if previous is not None and dt is not None:
-        max_move = tag.rate_limit * dt
-        if abs(value - previous) > max_move * (1 + 1e-9) + 1e-12:
-            safe = min(max(value, previous - max_move), previous + max_move)
-            why = f"rate limited {value} to {safe}"
-    if not tag.low <= safe <= tag.high:
-        safe = min(max(safe, tag.low), tag.high)
-        why = f"clipped {value} to [{tag.low}, {tag.high}]"
-    return safe, why
