@@ -16,6 +16,7 @@ import torch
 
 from .errors import InvalidInput
 from .spec import ProcessSpec, Tag
+from .units import check_units
 
 STD_FLOOR = 1e-6
 
@@ -141,6 +142,7 @@ def check_log(df: pd.DataFrame, spec: ProcessSpec) -> None:
     ts = timestamps_s(df, spec)
     _check_timestamps(ts, spec)
     values = {tag.name: _numeric_column(df, tag.name) for tag in spec.tags}
+    check_units(spec, values)  # a log in another unit of a quantity: name the mix-up
     for tag in spec.actuators:
         _check_actuator(values[tag.name], ts, tag, spec)
     for tag in (*spec.sensors, *spec.disturbances):
