@@ -14,6 +14,15 @@ job goes back to the queue for the next worker instead of being lost half-traine
 A job whose training raises is `failed` with the message in metrics["error"]; the
 worker goes on with the next one.
 
+Leases (api.services.job_leases): a claimed job gets a heartbeat thread; before claiming,
+every worker puts back in the queue the running jobs whose heartbeat stopped (their worker
+was killed or lost), or fails them past the retry limit. A worker that finds its lease
+gone (it was paused past it) abandons the job without writing anything.
+
+A training job asking for `processes` > 1 trains in a torchrun child (api.worker_ddp,
+DistributedDataParallel); the worker relays its epochs as progress and kills it on a
+cancel or shutdown.
+
 Per replay: the same, with progress {"step", "of", "phase"} committed about once a second
 (and cancel and shutdown checked then); the result's steps are written only when it
 succeeds, in the transaction that marks it so. A replay handed back on shutdown starts
@@ -22,8 +31,14 @@ over on the next worker.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,10 +52,11 @@ from sqlalchemy.orm import Session
 from api.db import make_engine, make_session_factory
 from api.migrate import check_migrated
 from api.orm import Run, RunKind
-from api.services import jobs
+from api.services import job_leases, jobs
+from api.services.job_leases import Heartbeat, LeaseLost
 from api.services.processes import spec_of
 from api.settings import Settings
-from twin.logs import read_log
+from twin.logs import read_log, write_log
 
 log = logging.getLogger("api.worker")
 # How often a replay commits its progress and looks for a cancel request.
@@ -56,7 +72,10 @@ class WorkerStopping(Exception):
 
 
 def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once: bool = False,
-               stop: threading.Event | None = None) -> int:
+               stop: threading.Event | None = None, *,
+               heartbeat_s: float = job_leases.HEARTBEAT_S,
+               stale_after_s: float = job_leases.STALE_AFTER_S,
+               max_attempts: int = job_leases.MAX_ATTEMPTS) -> int:
     """Run queued jobs (training, replays) until `stop` is set (or SIGTERM/SIGINT arrives).
 
     With `once`, return as soon as the queue is empty instead of polling every
@@ -77,6 +96,8 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
             while not stop.is_set():
                 with factory() as session:
                     try:
+                        job_leases.reclaim_stale(session, jobs.JOB_KINDS, stale_after_s,
+                                                 max_attempts)
                         run = jobs.claim_next_job(session)
                     except OperationalError as exc:  # database restarting, SQLite busy...
                         log.warning("could not claim a job: %s", exc)
@@ -86,25 +107,33 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
                             break
                         stop.wait(poll_seconds)
                         continue
-                    if run_job(session, run, stop):
-                        processed += 1
+                    lease = job_leases.take(session, run)
+                    with Heartbeat(factory, lease, heartbeat_s) as beat:
+                        if run_job(session, run, stop, beat):
+                            processed += 1
     finally:
         engine.dispose()
     log.info("worker stopped after %d job(s)", processed)
     return processed
 
 
-def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> bool:
-    """Run one claimed job to its end; False when it was handed back to the queue."""
+def run_job(session: Session, run: Run, stop: threading.Event | None = None,
+            beat: Heartbeat | None = None) -> bool:
+    """Run one claimed job to its end; False when it was handed back to the queue or its
+    lease was lost (`beat`: the claim's heartbeat, None when run without one)."""
     run_id = run.id
     replay = run.kind == RunKind.REPLAY
     started = time.perf_counter()
     try:
         if replay:
-            _replay(session, run, stop)
+            _replay(session, run, _Guard(stop, beat))
         else:
-            _train(session, run, stop)
+            _train(session, run, _Guard(stop, beat))
         log.info("job %d: succeeded in %.1f s", run_id, time.perf_counter() - started)
+    except LeaseLost as exc:
+        session.rollback()
+        log.warning("job %d: abandoned, nothing written: %s", run_id, exc)
+        return False
     except JobCancelled:
         jobs.stop_job(session, run_id, "replaying" if replay else "training")
         log.info("job %d: cancelled", run_id)
@@ -124,7 +153,7 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None) -> 
     return True
 
 
-def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
+def _train(session: Session, run: Run, stop: _Guard) -> None:
     run_id = run.id
     log.info("job %d: training '%s' for process '%s'", run_id,
              run.config.get("model_name"), run.process.name)
@@ -135,7 +164,7 @@ def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
     _check(session, run_id, stop)  # loading may take a while: honour a cancel first
 
     def on_epoch(epoch: Any) -> None:
-        jobs.record_progress(session, run_id, {
+        _record_progress(session, run_id, stop, {
             "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
             "holdout_prediction": epoch.holdout_prediction,
             "holdout_readout_rmse": epoch.holdout_readout_rmse,
@@ -145,18 +174,23 @@ def _train(session: Session, run: Run, stop: threading.Event | None) -> None:
                  epoch.train_loss)
         _check(session, run_id, stop)
 
-    from twin.train import train_twin  # late: torch loads only when there is work
+    if spec.processes > 1:
+        checkpoint, metrics = _train_in_processes(session, run_id, spec.processes, df,
+                                                  process_spec, cfg, stop)
+    else:
+        from twin.train import train_twin  # late: torch loads only when there is work
 
-    twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
-                                on_epoch=on_epoch)
+        twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
+                                    on_epoch=on_epoch)
+        checkpoint, metrics = twin.to_bytes(), twin.metrics
     model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
-                    "job_run_id": run_id}
-    done = jobs.finish_job(session, run_id, twin.to_bytes(), twin.metrics, model_config,
-                           provenance)
+                    "job_run_id": run_id, "processes": spec.processes}
+    done = jobs.finish_job(session, run_id, checkpoint, metrics, model_config, provenance,
+                           lease=stop.lease)
     log.info("job %d: model %s registered", run_id, done.model_id)
 
 
-def _replay(session: Session, run: Run, stop: threading.Event | None) -> None:
+def _replay(session: Session, run: Run, stop: _Guard) -> None:
     from api.services import replays  # late: pandas and the replay code only when needed
 
     run_id = run.id
@@ -170,7 +204,7 @@ def _replay(session: Session, run: Run, stop: threading.Event | None) -> None:
             if stop is not None and stop.is_set():  # cheap: no database round trip
                 raise WorkerStopping()
             return
-        jobs.record_progress(session, run_id, {"step": done, "of": total, "phase": phase})
+        _record_progress(session, run_id, stop, {"step": done, "of": total, "phase": phase})
         _check(session, run_id, stop)
 
     episode = replays.execute(session, run, on_step)
@@ -207,11 +241,91 @@ def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str
     return out
 
 
-def _check(session: Session, run_id: int, stop: threading.Event | None) -> None:
+class _Guard:
+    """What a running job checks between epochs: the worker's stop flag and its lease."""
+
+    def __init__(self, stop: threading.Event | None, beat: Heartbeat | None) -> None:
+        self.stop, self.beat = stop, beat
+        self.lease = beat.lease if beat is not None else None
+
+    def is_set(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def lost(self) -> bool:
+        return self.beat is not None and self.beat.lost.is_set()
+
+
+def _record_progress(session: Session, run_id: int, stop: _Guard,
+                     progress: dict[str, Any]) -> None:
+    """Progress is written only while this worker still holds the job."""
+    if stop.lease is not None:
+        job_leases.check(session, stop.lease)
+    jobs.record_progress(session, run_id, progress)
+
+
+def _check(session: Session, run_id: int, stop: _Guard) -> None:
+    if stop.lost():  # reclaimed by another worker: write nothing more
+        raise LeaseLost(f"job {run_id}: the heartbeat found the lease gone")
     if jobs.cancel_requested(session, run_id):  # first: a cancelled job is not handed back
         raise JobCancelled()
-    if stop is not None and stop.is_set():
+    if stop.is_set():
         raise WorkerStopping()
+
+
+def _train_in_processes(session: Session, run_id: int, processes: int, df: Any,
+                        process_spec: Any, cfg: Any, stop: _Guard) -> tuple[bytes, dict]:
+    """Train in a torchrun child with `processes` processes (api.worker_ddp); its epochs
+    become progress; a cancel, shutdown or lost lease kills it."""
+    from twin.twin_model import Twin  # late: torch loads only when there is work
+
+    with tempfile.TemporaryDirectory(prefix=f"job{run_id}-") as tmp:
+        folder = Path(tmp)
+        write_log(df, folder / "log.parquet")
+        process_spec.save(folder / "spec.json")
+        (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={processes}", "-m", "api.worker_ddp",
+                   "--data", str(folder / "log.parquet"), "--spec", str(folder / "spec.json"),
+                   "--config", str(folder / "config.json"), "--out", str(folder / "twin.pt")]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        tail: list[str] = []
+        threading.Thread(target=_relay, args=(child, lines), daemon=True).start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=PROGRESS_EVERY_S)
+                except queue.Empty:  # between epochs too: a cancel stops it within a second
+                    _check(session, run_id, stop)
+                    continue
+                if line is None:
+                    break
+                tail = [*tail[-19:], line]
+                if line.startswith("EPOCH "):
+                    epoch = json.loads(line[len("EPOCH "):])
+                    _record_progress(session, run_id, stop, {
+                        "epoch": epoch["epoch"], "of": cfg.epochs, "processes": processes,
+                        "train_loss": epoch["train_loss"],
+                        "holdout_prediction": epoch["holdout_prediction"],
+                        "seconds": epoch["seconds"]})
+                    _check(session, run_id, stop)
+        finally:
+            if child.poll() is None:  # torchrun and its ranks: their own process group
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        if child.returncode != 0:
+            raise RuntimeError(f"torchrun with {processes} processes exited with "
+                               f"{child.returncode}: " + " | ".join(tail[-5:]))
+        checkpoint = (folder / "twin.pt").read_bytes()
+    return checkpoint, Twin.from_bytes(checkpoint).metrics
+
+
+def _relay(child: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert child.stdout is not None
+    for line in child.stdout:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
 
 
 @contextmanager

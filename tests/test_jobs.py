@@ -237,6 +237,7 @@ def test_bad_config_is_refused_and_nothing_stored(client: TestClient, session: S
         "data": {"process": "cstr", **tiny(data={"source": "ftp", "path": "x"})},
         "train.model.window": {"process": "cstr", **tiny(train={"model": {"window": 1}})},
         "model_name": {"process": "cstr", **tiny(model_name="")},
+        "processes": {"process": "cstr", **TINY, "processes": 0},
     }
     for field, body in bad_bodies.items():
         response = client.post("/api/jobs/train", json=body)

@@ -73,9 +73,7 @@ class Trainer:
             warnings.warn(f"batch_size {cfg.batch_size} is not a multiple of {world} "
                           f"processes: the effective batch is "
                           f"{(cfg.batch_size // world) * world}", stacklevel=2)
-        # Unused parameters (e.g. a target encoder outside the loss) must not stall DDP.
-        ddp = DistributedDataParallel(_LossModule(model, loss_fn, cfg),
-                                      find_unused_parameters=True)
+        ddp = DistributedDataParallel(_LossModule(model, loss_fn, cfg))
         return cls(model, loss_fn, cfg, rank, world, ddp)
 
     @property

@@ -10,6 +10,8 @@ worker. Its life:
        |                          |------stop_job----> stopped (cancel was requested)
        |                          '----requeue_job---> queued (the worker was shut down)
        '--------cancel_job------> stopped
+A running job's worker holds a lease (api.services.job_leases): its heartbeat stops when it
+dies, and another worker puts the job back in the queue (or fails it past a retry limit).
 
 The job definition lives in `runs.config` (validated by `TrainJobSpec`), progress in
 `runs.metrics["progress"]`, committed after every epoch so the API sees it live. Only
@@ -40,6 +42,7 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, Invalid, NotFound
 from api.orm import Run, RunKind, RunStatus, utcnow
 from api.services.audit import Actor, record
+from api.services.job_leases import Lease, check
 from api.services.jsonsafe import json_safe
 from api.services.models import DataProvenance, log_provenance, register_model
 from api.services.processes import process_or_builtin
@@ -119,10 +122,13 @@ class TrainJobSpec(_Strict):
     train: TrainSettings = Field(default_factory=TrainSettings)
     model_name: str = Field(default="jepa", min_length=1, max_length=200,
                             description="registry name; each job adds the next version")
+    processes: int = Field(default=1, ge=1, le=64, description="training processes on the "
+                           "worker (torchrun, DistributedDataParallel); 1: in the worker")
 
     def stored(self) -> dict[str, Any]:
         """The run's config: every given field, defaults of TrainConfig left out."""
-        out = self.model_dump(exclude_none=True)
+        out = self.model_dump(exclude_none=True,
+                               exclude={"processes"} if self.processes == 1 else None)
         out["train"] = self.train.model_dump(exclude_none=True)
         return out
 
@@ -301,10 +307,13 @@ def cancel_requested(session: Session, run_id: int) -> bool:
 
 def finish_job(session: Session, run_id: int, checkpoint: bytes,
                model_metrics: dict[str, Any], model_config: dict[str, Any],
-               provenance: DataProvenance | None = None) -> Run:
+               provenance: DataProvenance | None = None, lease: Lease | None = None) -> Run:
     """Register the trained model (with the `provenance` of its training data) and mark
-    the job succeeded, in one transaction."""
+    the job succeeded, in one transaction; with a `lease`, only while it still holds
+    (job_leases.LeaseLost if not: the job was reclaimed, it must not register twice)."""
     try:
+        if lease is not None:
+            check(session, lease, lock=True)
         run = get_job(session, run_id)
         model = register_model(session, run.process.name, str(run.config.get("model_name",
                                                                              "jepa")),
