@@ -195,7 +195,9 @@ class MqttBridge:
         self.client.publish(topic, body, qos=1, retain=False)
         self.stepper.confirm_written(done, values)
         self.stats.latencies_ms.append((time.perf_counter() - arrived) * 1000.0)
-        self.stats.written.append((done.time_s, values, {}))
+        readback = {tag: done.record.measurements[tag] for tag in values
+                    if tag in done.record.measurements}
+        self.stats.written.append((done.time_s, values, readback))
 
     def _check_silence(self) -> None:
         assert self.period_s is not None

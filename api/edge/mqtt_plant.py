@@ -38,6 +38,9 @@ class Gateway:
     published: int = 0  # samples the broker acknowledged
     setpoints: list[tuple[float, dict[str, float], bool]] = field(default_factory=list)
     skip_seq: int = 0  # the next sample's seq jumps by this much (to test jump detection)
+    # JSON: milliseconds from publishing a sample to receiving the setpoint answering it
+    latencies_ms: list[float] = field(default_factory=list)
+    _sent_at: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sim = cstr.CSTRSimulator(seed=self.seed)
@@ -75,7 +78,11 @@ class Gateway:
         if self.address is not None:
             values = sparkplug.decode_command(msg.payload, self.address)
         else:
-            values = json.loads(msg.payload)["actuators"]
+            body = json.loads(msg.payload)
+            values = body["actuators"]
+            sent = self._sent_at.pop(body.get("time_s"), None)
+            if sent is not None:
+                self.latencies_ms.append((time.perf_counter() - sent) * 1000.0)
         if "Tc" in values:
             self.tc = float(values["Tc"])
         self.setpoints.append((time.perf_counter(), values, bool(msg.retain)))
@@ -94,9 +101,9 @@ class Gateway:
             body = sparkplug.encode_data(self.address, values, self.seq)
             topic = self.address.topic("DATA")
         else:
-            body = json.dumps({"time_s": self.sim.time_s, "measurements": values,
-                               "sent": time.time()}).encode()
+            body = json.dumps({"time_s": self.sim.time_s, "measurements": values}).encode()
             topic = self.topics.measurements
+            self._sent_at[self.sim.time_s] = time.perf_counter()
         return self.client.publish(topic, body, qos=1)
 
     def run(self, stop: threading.Event, samples: int | None = None) -> None:
