@@ -46,6 +46,8 @@ app.add_typer(connect_app, name="connect")
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
+PatientOption = Annotated[str | None, typer.Option(
+    help="glucose: the virtual patient, e.g. adult#006 (default adult#001)")]
 UrlOption = Annotated[str | None, typer.Option(
     "--database-url", envvar="DATABASE_URL",
     help="SQLAlchemy URL; default sqlite:///./twin.db")]
@@ -172,27 +174,34 @@ def data_generate(
     process: Annotated[str, typer.Option(help="process name")] = "cstr",
     hours: Annotated[float, typer.Option(min=0.05, max=10_000, help="plant hours to log")] = 6.0,
     seed: Annotated[int, typer.Option(help="random seed (data is reproducible by seed)")] = 1,
+    patient: PatientOption = None,
 ) -> None:
     """Log excitation data from a process simulator (within every actuator limit)."""
-    from processes import get_process
+    from processes import get_process, get_spec
 
     module = get_process(process)
+    get_spec(process, patient)  # an unknown patient, or one for a process without, is refused
+    variant = {} if patient is None else {"patient": patient}
     with console.status(f"simulating {hours:g} h of {process}..."):
-        df = module.generate_training_log(hours, seed)
+        df = module.generate_training_log(hours, seed, **variant)
     write_log(df, out)
     console.print(f"wrote {len(df)} samples ({hours:g} h at {module.SPEC.sample_period_s:g} s) "
                   f"to [bold]{out}[/]")
 
 
 # -- train -------------------------------------------------------------------------------
-def _spec_for(process: str | None, spec_file: Path | None) -> ProcessSpec:
+def _spec_for(process: str | None, spec_file: Path | None,
+              patient: str | None = None) -> ProcessSpec:
     if spec_file is not None:
+        if patient is not None:
+            raise InvalidInput("--patient chooses a built-in process's variant: give it "
+                               "with --process, not --spec")
         return ProcessSpec.load(spec_file)
     if process is None:
         raise InvalidInput("give --process NAME or --spec FILE")
     from processes import get_spec
 
-    return get_spec(process)
+    return get_spec(process, patient)
 
 
 @app.command()
@@ -207,13 +216,17 @@ def train(
     max_minutes: Annotated[float, typer.Option(min=0.1, help="stop after this long")] = 5.0,
     name: Annotated[str, typer.Option(help="model name in the registry")] = "jepa",
     register: Annotated[bool, typer.Option(help="store the model and a train run")] = True,
+    patient: PatientOption = None,
     database_url: UrlOption = None,
 ) -> None:
-    """Train a JEPA twin on a log; save the checkpoint and register it in the database."""
+    """Train a JEPA twin on a log; save the checkpoint and register it in the database.
+
+    A glucose twin is of one patient (--patient, default adult#001): its spec carries that
+    patient's limits, and its loops fall back to that patient's basal and bolus wizard."""
     from processes import train_config_for
     from twin.train import train_twin
 
-    process_spec = _spec_for(process, spec)
+    process_spec = _spec_for(process, spec, patient)
     df = read_log(data)
     config = train_config_for(process if spec is None else None, epochs=epochs, seed=seed,
                               max_seconds=max_minutes * 60.0)
@@ -286,8 +299,8 @@ def control(
     tags it shares (--plant): the simulator stands in for the real plant, and the
     controller knows nothing but what the twin learned from the files.
     """
-    from processes import fallback_for, get_process, protection_for
-    from twin.controller import TwinController
+    from processes import get_process, plant_parts
+    from twin.assembly import build_controller
     from twin.planner_names import PLANNER_NAMES as PLANNERS
     from twin.twin_model import Twin
 
@@ -297,12 +310,12 @@ def control(
     name = plant or twin_model.spec.name
     module = get_process(name)
     _check_plant_tags(twin_model.spec, module.SPEC)
-    controller = TwinController.from_twin(twin_model, planner,
-                                          fallback=fallback_for(twin_model.spec),
-                                          protection=protection_for(twin_model.spec))
+    parts = plant_parts(twin_model.spec)  # bound to the twin's variant (glucose: patient)
+    controller = build_controller(twin_model, planner, parts=parts)
+    variant = {"patient": parts.variant} if parts.variant is not None and plant is None else {}
     episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
                                  config={"planner": planner, "checkpoint": str(model)},
-                                 show_progress=True)
+                                 show_progress=True, **variant)
     episode.process = twin_model.spec.name
     _print_episode(episode.metrics, module.EPISODE_SUMMARY)
     if store:
@@ -393,10 +406,10 @@ def replay(
     database_url: UrlOption = None,
 ) -> None:
     """Replay a log through a twin: open-loop predictions, shadow control, or the log itself."""
-    from processes import fallback_for, protection_for
+    from processes import plant_parts
     from processes.base import SummaryRow
     from twin import replay as replays
-    from twin.controller import TwinController
+    from twin.assembly import build_controller
     from twin.twin_model import Twin
 
     if mode not in ("open-loop", "shadow", "logged"):
@@ -413,8 +426,7 @@ def replay(
             rows.append(SummaryRow(f"rmse_{tag}_h{horizon}", f"{horizon}-step RMSE {tag}",
                                    spec.tag(tag).unit, ".4g"))
     elif mode == "shadow":
-        controller = TwinController.from_twin(twin_model, planner, fallback=fallback_for(spec),
-                                              protection=protection_for(spec))
+        controller = build_controller(twin_model, planner, parts=plant_parts(spec))
         episode = replays.shadow(controller, df, _parse_setpoints(setpoint), show_progress=True)
         rows = [SummaryRow("samples", "samples", "", "d"),
                 SummaryRow("fallbacks", "fallback steps", "", "d"),

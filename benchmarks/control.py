@@ -44,9 +44,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from processes import get_process, process_names, protection_for  # noqa: E402
+from processes import get_process, plant_parts, process_names  # noqa: E402
 from processes.base import benchmark_cases, fallback_reasons, planning_times_ms  # noqa: E402
-from twin.controller import TwinController  # noqa: E402
+from twin.assembly import build_controller  # noqa: E402
 from twin.records import EpisodeResult  # noqa: E402
 from twin.train import train_twin  # noqa: E402
 from twin.twin_model import Twin  # noqa: E402
@@ -88,8 +88,8 @@ def controllers(module: ModuleType, twin: Twin, planners: list[str]
     if hasattr(module, "protected_oracle_policy"):
         out[PROTECTED_ORACLE] = module.protected_oracle_policy
     for planner in planners:
-        out[f"twin_{planner}"] = (lambda p=planner: module.twin_policy(TwinController.from_twin(
-            twin, p, fallback=module.baseline_fallback(), protection=protection_for(module.SPEC))))
+        out[f"twin_{planner}"] = (lambda p=planner: module.twin_policy(build_controller(
+            twin, p, parts=plant_parts(twin.spec))))
     return out
 
 

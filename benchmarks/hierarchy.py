@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processes import cstr  # noqa: E402
 from processes.base import aprbs_levels  # noqa: E402
+from twin.assembly import build_controller  # noqa: E402
+from twin.baseline import PlantParts  # noqa: E402
 from twin.controller import TwinController  # noqa: E402
 from twin.model import JEPAConfig  # noqa: E402
-from twin.planning import PlannerSettings, make_planner  # noqa: E402
+from twin.planning import PlannerSettings  # noqa: E402
 from twin.spec import ProcessSpec, Tag, TagRole  # noqa: E402
 from twin.train import TrainConfig, train_twin  # noqa: E402
 from twin.twin_model import Twin  # noqa: E402
@@ -180,7 +182,7 @@ def cstr_twin() -> Twin:
 
 def controller_for(twin: Twin, planner: str, horizon: int, fallback: Any) -> TwinController:
     settings = replace(PlannerSettings.for_twin(twin), horizon=horizon)  # the spec's weights
-    return TwinController(twin, make_planner(planner, twin, settings), fallback)
+    return build_controller(twin, planner, settings=settings, parts=PlantParts(fallback=fallback))
 
 
 def setups(horizon: int) -> list[tuple[str, str, int]]:

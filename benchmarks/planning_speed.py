@@ -9,7 +9,7 @@ production shape (width 32 and 16, predictor 128 wide, 1, 2 and 4 actuators, thr
 sensors; and width 32 with Tennessee Eastman's 12 actuators, where IPOPT runs 40 steps).
 Each setup runs a closed sequence of consecutive control steps, so warm starts act as they
 do in service: on the trained twin, the CSTR benchmark episode itself (the plant is the
-simulator, the controller `twin.controller.TwinController`, the closed-loop cost is the
+simulator, the controller `twin.assembly.build_controller`'s, the closed-loop cost is the
 episode's); on a random twin, the twin is its own plant (the first planned move is applied,
 the embedding moves on through the predictor plus noise, the goal jumps every 50 steps).
 Times are per control step (the planner's own clock). The IPOPT planner runs in the same
@@ -43,9 +43,9 @@ from rich.table import Table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from processes import cstr  # noqa: E402
+from processes import cstr, plant_parts  # noqa: E402
 from processes.base import planning_times_ms  # noqa: E402
-from twin.controller import TwinController  # noqa: E402
+from twin.assembly import build_controller  # noqa: E402
 from twin.data import Normalizer  # noqa: E402
 from twin.model import JEPA, JEPAConfig  # noqa: E402
 from twin.planning import (  # noqa: E402
@@ -192,7 +192,7 @@ def _rollout(twin: Twin, z0: np.ndarray, actions: np.ndarray) -> np.ndarray:
 
 def cstr_loop(twin: Twin, planner: Planner, seed: int) -> dict[str, Any]:
     """The CSTR benchmark episode with this planner inside the twin controller."""
-    controller = TwinController(twin, planner, fallback=cstr.baseline_fallback())
+    controller = build_controller(twin, planner, parts=plant_parts(twin.spec))
     episode = cstr.run_episode(cstr.twin_policy(controller), planner.name, seed=seed)
     return {"times_ms": planning_times_ms(episode.steps),
             "loop_cost": float(episode.metrics["cost"]),

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prediction import cached_log  # noqa: E402
 from prediction_baselines import Budget, GRUForecaster  # noqa: E402
 
-from processes import cstr  # noqa: E402
-from twin.controller import TwinController  # noqa: E402
+from processes import cstr, plant_parts  # noqa: E402
+from twin.assembly import build_controller  # noqa: E402
 from twin.data import WindowDataset  # noqa: E402
 from twin.train import TrainConfig, train_twin  # noqa: E402
 from twin.twin_model import Twin  # noqa: E402
@@ -93,7 +93,7 @@ def throughput(repetitions: int = 3) -> dict[str, Any]:
 def closed_loop_cost(twin: Twin) -> float:
     costs = []
     for seed in CONTROL_SEEDS:
-        controller = TwinController.from_twin(twin, "casadi", fallback=cstr.baseline_fallback())
+        controller = build_controller(twin, "casadi", parts=plant_parts(twin.spec))
         episode = cstr.run_episode(cstr.twin_policy(controller), "twin_casadi", seed=seed)
         costs.append(float(episode.metrics["cost"]))
     return statistics.mean(costs)

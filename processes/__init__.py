@@ -2,6 +2,11 @@
 
 Modules load on first use: the Tennessee Eastman and glucose simulators are not free to
 import, and a CLI call about one process should not pay for the others.
+
+A process gives the twin data only (its spec, baseline, protection and training recipe);
+it never builds a controller. A module with variants (glucose: one per virtual patient)
+offers `VARIANTS`, `spec_for(variant)`, `variant_of(spec)` and takes the variant in
+`baseline_fallback(variant)` and `generate_training_log(..., patient=variant)`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from twin.baseline import spec_fallback
+from twin.baseline import PlantParts, spec_fallback
 from twin.safety import Fallback, Protection
 from twin.spec import ProcessSpec, SpecError
 from twin.train import TrainConfig
@@ -43,8 +48,23 @@ def find_process(name: str) -> ModuleType | None:
     return get_process(name) if name in PROCESS_MODULES else None
 
 
-def get_spec(name: str) -> ProcessSpec:
-    return get_process(name).SPEC
+def get_spec(name: str, variant: str | None = None) -> ProcessSpec:
+    """The process's spec, of `variant` where one is given (a glucose patient)."""
+    module = get_process(name)
+    if variant is None:
+        return module.SPEC
+    if not hasattr(module, "VARIANTS"):
+        raise SpecError(f"process '{name}' has no variants (no patient or unit to choose)")
+    return module.spec_for(variant)
+
+
+def variant_of(spec: ProcessSpec) -> str | None:
+    """The variant of a built-in process whose settings `spec` carries (the patient a
+    glucose twin was trained for), None for a process without variants or one known only
+    from its files."""
+    module = find_process(spec.name)
+    finder = getattr(module, "variant_of", None) if module is not None else None
+    return finder(spec) if finder is not None else None
 
 
 def train_config_for(name: str | None, **fields: Any) -> TrainConfig:
@@ -55,17 +75,29 @@ def train_config_for(name: str | None, **fields: Any) -> TrainConfig:
             else TrainConfig(**fields))
 
 
-def fallback_for(spec: ProcessSpec) -> Fallback | None:
-    """The baseline a twin controller falls back to: the built-in process's own, else the
-    PI loops its tag file declares, else None (hold the actuators)."""
+def plant_parts(spec: ProcessSpec) -> PlantParts:
+    """What the process of `spec` lends a twin controller (`twin.assembly.build_controller`),
+    bound to the variant the spec is of: a glucose twin of adult#006 falls back to
+    adult#006's basal and bolus wizard, not the default patient's.
+
+    The baseline is the built-in process's own, else the PI loops its tag file declares,
+    else None (hold the actuators); the protection is the built-in process's
+    `limit_protection` where it has one (the turbofan's FADEC limits)."""
     module = find_process(spec.name)
-    return module.baseline_fallback() if module is not None else spec_fallback(spec)
+    if module is None:
+        return PlantParts(fallback=spec_fallback(spec))
+    variant = variant_of(spec)
+    fallback = module.baseline_fallback(variant) if variant is not None \
+        else module.baseline_fallback()
+    factory = getattr(module, "limit_protection", None)
+    return PlantParts(variant, fallback, factory() if factory is not None else None)
+
+
+def fallback_for(spec: ProcessSpec) -> Fallback | None:
+    """The baseline of `plant_parts`."""
+    return plant_parts(spec).fallback
 
 
 def protection_for(spec: ProcessSpec) -> Protection | None:
-    """The plant's own limit protection, run on every move a twin controller sends: the
-    built-in process's `limit_protection` where it has one (the turbofan's FADEC limits),
-    else None."""
-    module = find_process(spec.name)
-    factory = getattr(module, "limit_protection", None) if module is not None else None
-    return factory() if factory is not None else None
+    """The limit protection of `plant_parts`."""
+    return plant_parts(spec).protection

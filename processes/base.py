@@ -12,7 +12,7 @@ adds its own (time in range, operating cost, ...) and lists what the CLI prints 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Protocol
@@ -20,14 +20,24 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from twin.controller import TwinController
-from twin.records import EpisodeResult, StepRecord, StepStatus
+from twin.records import FALLBACK_REASONS, EpisodeResult, EventKind, StepRecord, StepStatus
 from twin.safety import Fallback
 from twin.spec import ProcessSpec
 from twin.train import TrainConfig
 
 Policy = Callable[..., StepRecord]
 """A controller inside an episode; each module documents the arguments its runner passes."""
+
+
+class Controller(Protocol):
+    """What an episode runner needs of the controller it is given (`twin_policy`): a
+    process never builds one (`twin.assembly.build_controller` does)."""
+
+    spec: ProcessSpec
+    fallback: Fallback | None
+
+    def step(self, time_s: float, measurements: Mapping[str, float | None],
+             setpoints: Mapping[str, float]) -> StepRecord: ...
 
 CORE_METRICS = ("cost", "violations", "worst_violation", "fallbacks", "plan_ms_median",
                 "plan_ms_p99")
@@ -95,7 +105,7 @@ class ProcessModule(Protocol):
 
     def baseline_fallback(self) -> Fallback: ...
 
-    def twin_policy(self, controller: TwinController) -> Policy: ...
+    def twin_policy(self, controller: Controller) -> Policy: ...
 
     def run_episode(self, policy: Policy, controller_name: str, seed: int = 7,
                     config: dict[str, Any] | None = None,
@@ -150,25 +160,20 @@ def planning_times_ms(steps: Sequence[StepRecord]) -> list[float]:
     """Time per step of the steps on which the policy planned: stale steps and a twin's
     warm-up run no planner, and their 0 ms would flatter the median."""
     return [s.solve_ms for s in steps if s.status != StepStatus.STALE
-            and not any(e.kind == "warming_up" for e in s.events)]
-
-
-FALLBACK_REASONS = ("warming_up", "solver_failed", "deadline", "ensemble_disagreement",
-                    "invalid_plan", "limit_guard", "model_mismatch")
-"""The event kinds the controller records when the baseline (or a hold) replaces the plan."""
+            and not any(e.kind == EventKind.WARMING_UP for e in s.events)]
 
 
 def fallback_reasons(steps: Sequence[StepRecord]) -> dict[str, int]:
     """Fallback steps by their first recorded reason, and the steps on which the plant's
     own limit protection changed the move (those may be fallbacks or not)."""
-    counts = dict.fromkeys(FALLBACK_REASONS, 0)
+    counts = {str(kind): 0 for kind in FALLBACK_REASONS}
     for step in steps:
         if step.status == StepStatus.FALLBACK:
             reason = next((e.kind for e in step.events if e.kind in counts), None)
             if reason is not None:
                 counts[reason] += 1
-    counts["limit_protection"] = sum(any(e.kind == "limit_protection" for e in s.events)
-                                     for s in steps)
+    counts[str(EventKind.LIMIT_PROTECTION)] = sum(
+        any(e.kind == EventKind.LIMIT_PROTECTION for e in s.events) for s in steps)
     return counts
 
 

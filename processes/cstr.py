@@ -23,13 +23,19 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
-from twin.controller import TwinController
 from twin.effects import Effect
 from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback
 from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
-from .base import CONTROLLER_ROWS, SummaryRow, TrainingRecipe, aprbs_levels, plan_time_metrics
+from .base import (
+    CONTROLLER_ROWS,
+    Controller,
+    SummaryRow,
+    TrainingRecipe,
+    aprbs_levels,
+    plan_time_metrics,
+)
 
 Q_L_PER_MIN = 100.0
 VOLUME_L = 100.0
@@ -382,7 +388,7 @@ def pi_fallback() -> Fallback:
     return fallback
 
 
-def twin_policy(controller: TwinController) -> Policy:
+def twin_policy(controller: Controller) -> Policy:
     def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
         return controller.step(time_s, meas, {"T": sp})
 

@@ -109,14 +109,14 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
-from twin.controller import TwinController
 from twin.effects import Effect
-from twin.records import EpisodeResult, SafetyEvent, StepRecord
+from twin.records import EpisodeResult, EventKind, SafetyEvent, StepRecord
 from twin.safety import Fallback
-from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
+from twin.spec import ActuatorKind, ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
+    Controller,
     SummaryRow,
     TrainingRecipe,
     aprbs_levels,
@@ -305,7 +305,7 @@ def enforce_iob_limit(basal_u_per_h: float, bolus_u: float, iob_u: float,
     new_basal = min(basal_u_per_h, allowed / HOURS_PER_SAMPLE)
     message = (f"IOB {iob_u:.2f} U of limit {limit_u:.2f} U: basal {basal_u_per_h:.3g} -> "
                f"{new_basal:.3g} U/h, bolus {bolus_u:.3g} -> {new_bolus:.3g} U")
-    return new_basal, new_bolus, [SafetyEvent("iob_limit", message, "IOB")]
+    return new_basal, new_bolus, [SafetyEvent(EventKind.IOB_LIMIT, message, "IOB")]
 
 
 # -- tags ---------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
                 nominal=th.basal_u_per_h,
                 description="pump basal rate, up to the patient's max basal setting"),
             Tag(name="bolus", role=TagRole.ACTUATOR, unit="U", low=0.0, high=BOLUS_MAX_U,
-                rate_limit=BOLUS_RATE_PER_S, nominal=0.0,
+                rate_limit=BOLUS_RATE_PER_S, nominal=0.0, kind=ActuatorKind.DOSE,
                 description="insulin bolus delivered during the sample"),
             Tag(name="CHO", role=TagRole.DISTURBANCE, unit="g/min", nominal=0.0,
                 description="announced carbohydrate of the last sample"),
@@ -349,8 +349,7 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # basal (hybrid closed loop): the twin's own boluses under-dosed the adolescent
         # (TIR 76 %, mean BG 157 mg/dL); the wizard's took it to 100 % and 141 mg/dL
         # (adolescent#001, same twin, seeds 7-19)
-        control=ControlWeights(data_envelope=False, guard_keeps_twin_moves=False,
-                               baseline_actuators=("bolus",)),
+        control=ControlWeights(policy="hybrid", baseline_actuators=("bolus",)),
         # insulin lowers glucose; IOB counts the insulin delivered
         effects=tuple(Effect(actuator=a, sensor=s, sign=sign)
                       for a in ("basal", "bolus")
@@ -359,6 +358,27 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
 
 
 SPEC = spec_for(DEFAULT_PATIENT)
+VARIANTS = ALL_PATIENTS
+"""A glucose twin is of one patient: `spec_for(patient)`, `variant_of(spec)`."""
+
+
+def _settings(spec: ProcessSpec) -> tuple:
+    """What sets one patient's spec apart: the limits and nominals of its tags."""
+    return tuple((t.name, t.low, t.high, t.nominal, t.rate_limit) for t in spec.tags)
+
+
+@cache
+def _patients_by_settings() -> dict[tuple, str]:
+    return {_settings(spec_for(patient)): patient for patient in ALL_PATIENTS}
+
+
+def variant_of(spec: ProcessSpec) -> str | None:
+    """The patient whose pump settings (IOB limit, basal, max basal) `spec` carries, None
+    for a glucose spec of none of them. A twin's checkpoint holds the spec it was trained
+    on, so a loop, a replay or the CLI finds the twin's own patient in it."""
+    if spec.name != SPEC.name:
+        return None
+    return _patients_by_settings().get(_settings(spec))
 
 
 # -- meals --------------------------------------------------------------------------------
@@ -465,11 +485,11 @@ def pump_guard(proposed: Mapping[str, float | None], previous: Mapping[str, floa
         raw = proposed.get(name)
         if raw is None or not math.isfinite(float(raw)):
             raw = previous[name] if name == "basal" else 0.0
-            events.append(SafetyEvent("invalid_proposal", "missing or not finite; basal "
+            events.append(SafetyEvent(EventKind.INVALID_PROPOSAL, "missing or not finite; basal "
                                       "held, no bolus", name))
         value = rate_clip(float(raw), previous[name], rate_per_s * SAMPLE_PERIOD_S, 0.0, high)
         if value != float(raw):
-            events.append(SafetyEvent("clipped_bounds", f"{float(raw):.4g} -> {value:.4g}",
+            events.append(SafetyEvent(EventKind.CLIPPED_BOUNDS, f"{float(raw):.4g} -> {value:.4g}",
                                       name))
         values[name] = value
     basal, bolus, iob_events = enforce_iob_limit(values["basal"], values["bolus"], iob_u,
@@ -557,7 +577,7 @@ def baseline_fallback(patient: str = DEFAULT_PATIENT) -> Fallback:
     return BasalBolusFallback(patient)
 
 
-def twin_policy(controller: TwinController) -> Policy:
+def twin_policy(controller: Controller) -> Policy:
     """The twin's MPC. The pump reports what it really delivered, so the controller's rate
     limits and context window follow the insulin after the IOB limit, not its plan; a
     basal-bolus fallback is bound to the simulated patient's own settings."""

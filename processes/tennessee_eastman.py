@@ -99,13 +99,13 @@ from tep_studio import TennesseeEastmanProcess
 from tep_studio.control import ControllerSetpoints, RickerMultiLoopController
 from tep_studio.control.loops import RickerRegistry
 
-from twin.controller import TwinController
-from twin.records import EpisodeResult, SafetyEvent, StepRecord
+from twin.records import EpisodeResult, EventKind, SafetyEvent, StepRecord
 from twin.safety import Fallback
 from twin.spec import ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
+    Controller,
     SummaryRow,
     TrainingRecipe,
     aprbs_levels,
@@ -686,7 +686,7 @@ def baseline_fallback(overrides: bool = True) -> Fallback:
     return RickerBaseline(overrides=overrides)
 
 
-def twin_policy(controller: TwinController) -> Policy:
+def twin_policy(controller: Controller) -> Policy:
     """The twin's MPC. The plant reports its valve positions with the measurements (as a
     DCS reads them back), so rate limits, the window and a takeover by the fallback start
     from the valves as they are, not from the spec's rounded nominal values."""
@@ -715,11 +715,12 @@ def _applied(record: StepRecord, previous: np.ndarray) -> tuple[np.ndarray, list
     for i, name in enumerate(MV_NAMES):
         proposed = record.actuators.get(name)
         if proposed is None or not math.isfinite(proposed):
-            events.append(SafetyEvent("invalid_proposal", "held by the episode runner", name))
+            events.append(SafetyEvent(EventKind.INVALID_PROPOSAL, "held by the episode runner",
+                                      name))
             continue
         out[i] = rate_clip(float(proposed), float(previous[i]), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
         if abs(out[i] - proposed) > 1e-9:
-            events.append(SafetyEvent("rate_limited", f"{proposed:.6g} -> {out[i]:.6g} % "
+            events.append(SafetyEvent(EventKind.RATE_LIMITED, f"{proposed:.6g} -> {out[i]:.6g} % "
                                       "by the episode runner", name))
     return out, events
 

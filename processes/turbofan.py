@@ -94,7 +94,6 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
-from twin.controller import TwinController
 from twin.effects import Effect
 from twin.records import EpisodeResult, StepRecord
 from twin.safety import Fallback, Protection
@@ -102,6 +101,7 @@ from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
+    Controller,
     SummaryRow,
     TrainingRecipe,
     aprbs_levels,
@@ -1011,7 +1011,7 @@ def fadec_protection() -> Protection:
     return protect
 
 
-def twin_policy(controller: TwinController) -> Policy:
+def twin_policy(controller: Controller) -> Policy:
     def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
             demand: float) -> StepRecord:
         # the fuel control reports the fuel it holds, so the twin's first move is bumpless

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from twin_fixtures import assert_within_bounds_and_rate, cold_controller, tiny_config, with_control
+from typer.testing import CliRunner
 
-from processes import get_process
+from api.cli import app
+from api.services.loops import default_controller_factory
+from processes import get_process, plant_parts
 from processes import glucose as g
 from processes.base import CORE_METRICS, benchmark_cases
+from twin.assembly import build_controller
+from twin.baseline import PlantParts
 from twin.data import check_log
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult
-from twin.records import StepRecord, StepStatus
-from twin.spec import ProcessSpec, TagRole
+from twin.records import EventKind, StepRecord, StepStatus
+from twin.spec import ActuatorKind, ProcessSpec, TagRole
 from twin.twin_model import Twin
 
 BASAL_STEP = g.SPEC.rate_limit_per_sample(g.SPEC.tag("basal"))
 BOLUS_STEP = g.SPEC.rate_limit_per_sample(g.SPEC.tag("bolus"))
 ADULT = g.therapy("adult#001")
+OTHER = "adult#006"  # basal 1.725 U/h against the default adult#001's 1.267
 
 
 def _applied(steps: list[StepRecord], name: str) -> np.ndarray:
@@ -30,13 +38,14 @@ def _applied(steps: list[StepRecord], name: str) -> np.ndarray:
 
 
 def _assert_pump_limits(steps: list[StepRecord], basal_before: float) -> None:
-    assert_within_bounds_and_rate(_applied(steps, "basal"), basal_before, 0.0,
-                                  g.BASAL_MAX_U_PER_H, BASAL_STEP)
-    assert_within_bounds_and_rate(_applied(steps, "bolus"), 0.0, 0.0, g.BOLUS_MAX_U,
-                                  BOLUS_STEP)
+    assert_within_bounds_and_rate(
+        _applied(steps, "basal"), basal_before, 0.0, g.BASAL_MAX_U_PER_H, BASAL_STEP
+    )
+    assert_within_bounds_and_rate(_applied(steps, "bolus"), 0.0, 0.0, g.BOLUS_MAX_U, BOLUS_STEP)
 
 
 # -- spec and registry --------------------------------------------------------------------
+
 
 def test_spec_validates_and_names_the_limits() -> None:
     assert ProcessSpec.from_dict(g.SPEC.to_dict()) == g.SPEC
@@ -53,7 +62,11 @@ def test_spec_validates_and_names_the_limits() -> None:
     basal, bolus = g.SPEC.tag("basal"), g.SPEC.tag("bolus")
     assert (g.BASAL_MAX_U_PER_H, g.BOLUS_MAX_U) == (30.0, 30.0)
     assert (basal.low, basal.high, bolus.low, bolus.high) == (
-        0.0, pytest.approx(10.0 * ADULT.basal_u_per_h), 0.0, 30.0)
+        0.0,
+        pytest.approx(10.0 * ADULT.basal_u_per_h),
+        0.0,
+        30.0,
+    )
     assert BASAL_STEP == pytest.approx(30.0) and BOLUS_STEP == pytest.approx(30.0)
     assert basal.nominal == pytest.approx(ADULT.basal_u_per_h)
 
@@ -76,6 +89,7 @@ def test_every_patient_has_settings_and_its_own_iob_limit() -> None:
 
 # -- insulin on board ---------------------------------------------------------------------
 
+
 def test_insulin_action_curve() -> None:
     t = np.arange(0.0, g.INSULIN_DURATION_MIN + 1.0, 3.0)
     left = g.insulin_remaining(t)
@@ -95,7 +109,8 @@ def test_iob_follows_a_bolus() -> None:
         assert iob.units == pytest.approx(10.0 * float(g.insulin_remaining(3.0 * k)))
         iob.deliver(0.0)
     assert g.InsulinOnBoard(ADULT.basal_u_per_h).units == pytest.approx(
-        g.steady_basal_iob(ADULT.basal_u_per_h))
+        g.steady_basal_iob(ADULT.basal_u_per_h)
+    )
 
 
 def test_iob_limit_cuts_bolus_first_then_basal() -> None:
@@ -109,6 +124,7 @@ def test_iob_limit_cuts_bolus_first_then_basal() -> None:
 
 
 # -- the basal-bolus baseline -------------------------------------------------------------
+
 
 def test_basal_bolus_is_simglucose_bbcontroller() -> None:
     with warnings.catch_warnings():
@@ -124,8 +140,7 @@ def test_basal_bolus_is_simglucose_bbcontroller() -> None:
 
 
 # simglucose's own env, BBController, Dexcom and RandomScenario(seed 1), 24 h
-ANCHORS = {"adolescent#001": (100.0, 86.1), "adult#001": (88.1, 70.7),
-           "child#001": (73.8, 59.5)}
+ANCHORS = {"adolescent#001": (100.0, 86.1), "adult#001": (88.1, 70.7), "child#001": (73.8, 59.5)}
 
 
 @pytest.mark.parametrize("patient", sorted(ANCHORS))
@@ -176,11 +191,13 @@ def test_unannounced_meals_are_eaten_but_not_measured() -> None:
     assert ep.metrics["above_180_pct"] > full.metrics["above_180_pct"]
 
 
-def _greedy(sim: g.GlucoseSimulator, time_s: float, meas: dict[str, float],
-            sp: float) -> StepRecord:
+def _greedy(
+    sim: g.GlucoseSimulator, time_s: float, meas: dict[str, float], sp: float
+) -> StepRecord:
     """The adversary: all the insulin the pump can give, every step."""
-    return StepRecord(0, time_s, dict(meas), {"CGM": sp},
-                      {"basal": g.BASAL_MAX_U_PER_H, "bolus": g.BOLUS_MAX_U})
+    return StepRecord(
+        0, time_s, dict(meas), {"CGM": sp}, {"basal": g.BASAL_MAX_U_PER_H, "bolus": g.BOLUS_MAX_U}
+    )
 
 
 def test_iob_limit_holds_against_an_adversary() -> None:
@@ -199,20 +216,24 @@ def test_iob_limit_holds_against_an_adversary() -> None:
 
 
 def test_missing_or_invalid_proposals_hold_basal_without_bolus() -> None:
-    applied, events = g.pump_guard({"basal": float("nan")}, {"basal": 0.9, "bolus": 2.0},
-                                   iob_u=1.0, limit_u=20.0)
+    applied, events = g.pump_guard(
+        {"basal": float("nan")}, {"basal": 0.9, "bolus": 2.0}, iob_u=1.0, limit_u=20.0
+    )
     assert applied == {"basal": 0.9, "bolus": 0.0}
     assert {e.kind for e in events} == {"invalid_proposal"}
-    applied, events = g.pump_guard({"basal": 50.0, "bolus": -1.0}, {"basal": 0.9, "bolus": 0},
-                                   iob_u=1.0, limit_u=200.0)
+    applied, events = g.pump_guard(
+        {"basal": 50.0, "bolus": -1.0}, {"basal": 0.9, "bolus": 0}, iob_u=1.0, limit_u=200.0
+    )
     assert applied == {"basal": 30.0, "bolus": 0.0}
     assert [e.kind for e in events] == ["clipped_bounds", "clipped_bounds"]
 
 
 # -- the fallback -------------------------------------------------------------------------
 
-def _fallback(meas: Mapping[str, float | None], applied: Mapping[str, float] | None = None
-              ) -> dict[str, float]:
+
+def _fallback(
+    meas: Mapping[str, float | None], applied: Mapping[str, float] | None = None
+) -> dict[str, float]:
     fallback = g.baseline_fallback("adult#001")
     return dict(fallback(meas, {"CGM": 120.0}, applied or {"basal": 3.0, "bolus": 0.0}))
 
@@ -247,13 +268,22 @@ class _FallbackOnly:
         self.fallback = g.baseline_fallback()  # the default patient's, adult#001
         self.seen: list[dict[str, float | None]] = []
 
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float]) -> StepRecord:
+    def step(
+        self,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+    ) -> StepRecord:
         self.seen.append(dict(measurements))
         proposal = self.fallback(measurements, setpoints, {})
-        return StepRecord(0, time_s, {k: float(v) for k, v in measurements.items()
-                                      if v is not None}, dict(setpoints), dict(proposal),
-                          status=StepStatus.FALLBACK)
+        return StepRecord(
+            0,
+            time_s,
+            {k: float(v) for k, v in measurements.items() if v is not None},
+            dict(setpoints),
+            dict(proposal),
+            status=StepStatus.FALLBACK,
+        )
 
 
 def test_twin_policy_reports_delivery_and_binds_the_patients_fallback() -> None:
@@ -265,11 +295,11 @@ def test_twin_policy_reports_delivery_and_binds_the_patients_fallback() -> None:
     np.testing.assert_allclose(_applied(ep.steps, "basal"), child.basal_u_per_h)
     assert controller.seen[0]["basal"] == child.basal_u_per_h  # what the pump delivered
     assert ep.metrics["fallbacks"] == 20
-    assert len(g.ALL_CASES) == 30 and {c["patient"] for c in g.ALL_CASES} == set(
-        g.ALL_PATIENTS)
+    assert len(g.ALL_CASES) == 30 and {c["patient"] for c in g.ALL_CASES} == set(g.ALL_PATIENTS)
 
 
 # -- excitation data ----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def log() -> pd.DataFrame:
@@ -281,10 +311,10 @@ def test_training_log_keeps_pump_and_iob_limits(log: pd.DataFrame) -> None:
     assert len(log) == 480 and log.notna().all().all()
     np.testing.assert_allclose(np.diff(log["time_s"]), g.SAMPLE_PERIOD_S)
     check_log(log, g.SPEC)
-    assert_within_bounds_and_rate(log["basal"].to_numpy(), ADULT.basal_u_per_h, 0.0,
-                                  g.max_basal("adult#001"), BASAL_STEP)
-    assert_within_bounds_and_rate(log["bolus"].to_numpy(), 0.0, 0.0, g.BOLUS_MAX_U,
-                                  BOLUS_STEP)
+    assert_within_bounds_and_rate(
+        log["basal"].to_numpy(), ADULT.basal_u_per_h, 0.0, g.max_basal("adult#001"), BASAL_STEP
+    )
+    assert_within_bounds_and_rate(log["bolus"].to_numpy(), 0.0, 0.0, g.BOLUS_MAX_U, BOLUS_STEP)
     assert log["IOB"].max() <= g.iob_limit("adult#001")
     # excitation: the basal steps around the scheduled rate, boluses also without a meal
     basal = log["basal"][log["basal"] > 0]
@@ -316,10 +346,13 @@ def test_the_max_basal_is_the_patients_pump_setting() -> None:
 
 # -- metrics ------------------------------------------------------------------------------
 
+
 def test_episode_metrics_on_true_bg() -> None:
     bg = np.array([50.0, 65.0, 100.0, 150.0, 190.0, 300.0, 120.0, 0.5])
-    steps = [StepRecord(k, 180.0 * k, {}, {}, {"basal": 1.0, "bolus": 0.5}, solve_ms=1.0)
-             for k in range(7)]
+    steps = [
+        StepRecord(k, 180.0 * k, {}, {}, {"basal": 1.0, "bolus": 0.5}, solve_ms=1.0)
+        for k in range(7)
+    ]
     m = g.episode_metrics(bg, steps)
     assert m["violations"] == 3 and m["worst_violation"] == pytest.approx(69.5)
     assert m["tir_pct"] == pytest.approx(100 * 3 / 8)
@@ -336,12 +369,18 @@ def test_episode_metrics_on_true_bg() -> None:
 
 def test_roles_of_tags() -> None:
     roles = {t.name: t.role for t in g.SPEC.tags}
-    assert roles == {"CGM": TagRole.SENSOR, "IOB": TagRole.SENSOR, "basal": TagRole.ACTUATOR,
-                     "bolus": TagRole.ACTUATOR, "CHO": TagRole.DISTURBANCE}
+    assert roles == {
+        "CGM": TagRole.SENSOR,
+        "IOB": TagRole.SENSOR,
+        "basal": TagRole.ACTUATOR,
+        "bolus": TagRole.ACTUATOR,
+        "CHO": TagRole.DISTURBANCE,
+    }
     assert g.oracle_policy() is None
 
 
 # -- with a twin --------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_tiny_twin_drives_the_patient_through_the_pump() -> None:
@@ -353,8 +392,9 @@ def test_tiny_twin_drives_the_patient_through_the_pump() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         twin, _ = train_twin(log, g.SPEC, tiny_config(epochs=2), show_progress=False)
-    controller = TwinController.from_twin(twin, "cem", PlannerSettings(horizon=5),
-                                          fallback=g.baseline_fallback())
+    controller = TwinController.from_twin(
+        twin, "cem", PlannerSettings(horizon=5), fallback=g.baseline_fallback()
+    )
     ep = g.run_episode(g.twin_policy(controller), "twin+cem", seed=7, hours=1.0)
     assert len(ep.steps) == 20 and ep.controller == "twin+cem"
     _assert_pump_limits(ep.steps, ADULT.basal_u_per_h)
@@ -368,6 +408,7 @@ def test_tiny_twin_drives_the_patient_through_the_pump() -> None:
 @pytest.fixture(scope="module")
 def tiny_glucose_twin() -> Twin:
     from twin.train import train_twin
+
     log = g.generate_training_log(hours=6.0, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -386,8 +427,7 @@ class _MaxInsulinPlanner:
     def plan(self, problem: PlanningProblem) -> PlanResult:
         self.problems.append(problem)
         h, d = self.settings.horizon, len(problem.z0)
-        return PlanResult(True, np.full((h, len(problem.u_prev)), 50.0), np.zeros((h, d)),
-                          0.0, 1.0)
+        return PlanResult(True, np.full((h, len(problem.u_prev)), 50.0), np.zeros((h, d)), 0.0, 1.0)
 
 
 class _CountingFallback(g.BasalBolusFallback):
@@ -400,17 +440,24 @@ class _CountingFallback(g.BasalBolusFallback):
         return {**super().__call__(meas, setpoints, applied), "bolus": 0.05}
 
 
-def _drive(twin: Twin, samples: int, guard_band: float = 0.0, planner: Any = None
-           ) -> tuple[list[StepRecord], _CountingFallback]:
+def _drive(
+    twin: Twin, samples: int, guard_band: float = 0.0, planner: Any = None
+) -> tuple[list[StepRecord], _CountingFallback]:
     fallback = _CountingFallback()
-    controller = cold_controller(twin, planner or _MaxInsulinPlanner(), fallback,
-                                 guard_band=guard_band,
-                                 mismatch_trip=1e9, disagreement_trip=1e9)
+    controller = cold_controller(
+        twin,
+        planner or _MaxInsulinPlanner(),
+        fallback,
+        guard_band=guard_band,
+        mismatch_trip=1e9,
+        disagreement_trip=1e9,
+    )
     sim = g.GlucoseSimulator("adult#001", 3, g.meal_plan(2.0, 3, False, 0.0))
     records = []
     for k in range(samples):
-        record = controller.step(g.SAMPLE_PERIOD_S * k, {**sim.measure(), **sim.applied},
-                                 {"CGM": 120.0})
+        record = controller.step(
+            g.SAMPLE_PERIOD_S * k, {**sim.measure(), **sim.applied}, {"CGM": 120.0}
+        )
         records.append(record)
         sim.step(record.actuators["basal"], record.actuators["bolus"])
     return records, fallback
@@ -451,5 +498,126 @@ def test_the_plan_is_told_the_wizards_bolus(tiny_glucose_twin: Twin) -> None:
 def test_benchmark_cases_group_by_age_and_meal_announcement() -> None:
     groups = [g.case_group(case) for case in g.BENCHMARK_CASES]
     assert groups == ["adolescents", "adults", "children", "adults, unannounced meals"]
-    assert {g.case_group(case) for case in g.ALL_CASES} == {
-        "adolescents", "adults", "children"}
+    assert {g.case_group(case) for case in g.ALL_CASES} == {"adolescents", "adults", "children"}
+
+
+def test_the_bolus_is_a_dose_and_the_basal_a_level() -> None:
+    assert g.SPEC.tag("bolus").kind is ActuatorKind.DOSE
+    assert g.SPEC.tag("basal").kind is ActuatorKind.LEVEL
+
+
+def test_a_stale_hold_never_gives_the_last_bolus_again(tiny_glucose_twin: Twin) -> None:
+    """The dinner bolus goes out once; a step without read-backs after a 5-sample gap holds
+    the basal where it was and gives no bolus (it re-sent the 9.5 U dose before)."""
+    controller = cold_controller(
+        tiny_glucose_twin,
+        _MaxInsulinPlanner(),
+        g.baseline_fallback(),
+        mismatch_trip=1e9,
+        disagreement_trip=1e9,
+    )
+    dinner = controller.step(0.0, {"CGM": 160.0, "IOB": 2.0, "CHO": 20.0}, {"CGM": 120.0})
+    assert dinner.actuators["bolus"] > 1.0  # the wizard's meal bolus
+    held = controller.step(
+        6 * g.SAMPLE_PERIOD_S, {"CGM": 150.0, "IOB": 8.0, "CHO": 0.0}, {"CGM": 120.0}
+    )
+    assert held.status is StepStatus.STALE
+    assert EventKind.STALE_DATA in {e.kind for e in held.events}
+    assert held.actuators == {"basal": dinner.actuators["basal"], "bolus": 0.0}
+
+
+def test_every_hold_gives_no_bolus(tiny_glucose_twin: Twin) -> None:
+    """Without a baseline a warming-up twin holds: the basal stays, the bolus read back
+    from the pump is not sent again."""
+    controller = build_controller(tiny_glucose_twin, _MaxInsulinPlanner(), parts=PlantParts())
+    record = controller.step(
+        0.0, {"CGM": 150.0, "IOB": 3.0, "CHO": 0.0, "basal": 1.1, "bolus": 4.0}, {"CGM": 120.0}
+    )
+    assert EventKind.WARMING_UP in {e.kind for e in record.events}
+    assert record.actuators == {"basal": 1.1, "bolus": 0.0}
+
+
+def test_a_twin_of_another_patient_falls_back_to_that_patients_settings() -> None:
+    parts = plant_parts(g.spec_for(OTHER))
+    assert parts.variant == OTHER and plant_parts(g.SPEC).variant == g.DEFAULT_PATIENT
+    meal = parts.fallback(
+        {"CGM": 200.0, "IOB": 0.0, "CHO": 10.0}, {"CGM": 120.0}, {"basal": 0.0, "bolus": 0.0}
+    )
+    th = g.therapy(OTHER)
+    assert meal["basal"] == pytest.approx(1.725, abs=1e-3) != pytest.approx(ADULT.basal_u_per_h)
+    correction = (200.0 - g.BB_TARGET_MG_DL) / th.correction_mg_dl_per_u
+    assert meal["bolus"] == pytest.approx(
+        10.0 * g.SAMPLE_PERIOD_MIN / th.carb_ratio_g_per_u + correction
+    )
+    assert (
+        g.variant_of(ProcessSpec.from_dict({**g.SPEC.to_dict(), "description": "x"}))
+        == g.DEFAULT_PATIENT
+    )  # the settings say which patient, not the words
+
+
+def test_a_live_loop_binds_the_patient_its_twin_was_trained_for(tiny_glucose_twin: Twin) -> None:
+    """The API builds a loop's controller from the checkpoint alone: an adult#006 twin falls
+    back to adult#006's basal, and its limits are adult#006's."""
+    twin = dataclasses.replace(tiny_glucose_twin, spec=g.spec_for(OTHER))
+    controller = default_controller_factory(twin.to_bytes(), "cem")
+    assert controller.fallback.therapy == g.therapy(OTHER)  # type: ignore[attr-defined]
+    assert controller.spec.tag("IOB").high == g.iob_limit(OTHER)
+    record = controller.step(0.0, {"CGM": 150.0, "IOB": 3.0, "CHO": 0.0}, {"CGM": 120.0})
+    assert record.status is StepStatus.FALLBACK  # warming up: the baseline acts
+    assert record.actuators["basal"] == pytest.approx(g.therapy(OTHER).basal_u_per_h)
+
+
+def test_the_cli_refuses_a_patient_where_there_is_none(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in (
+        ["data", "generate", "--process", "cstr", "--patient", OTHER],
+        ["data", "generate", "--process", "glucose", "--patient", "adult#099"],
+    ):
+        result = runner.invoke(app, [*args, "--hours", "0.1", "--out", str(tmp_path / "x.csv")])
+        assert result.exit_code == 2, result.output
+        assert "patient" in result.output or "variants" in result.output
+        assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_generates_and_trains_for_a_patient(tmp_path: Path) -> None:
+    runner = CliRunner()
+    log, checkpoint = tmp_path / "log.csv", tmp_path / "twin.pt"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "generate",
+            "--process",
+            "glucose",
+            "--patient",
+            OTHER,
+            "--hours",
+            "2",
+            "--out",
+            str(log),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    logged = pd.read_csv(log)
+    assert logged.equals(g.generate_training_log(2.0, seed=1, patient=OTHER)[logged.columns])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--process",
+            "glucose",
+            "--patient",
+            OTHER,
+            "--data",
+            str(log),
+            "--epochs",
+            "1",
+            "--no-register",
+            "--out",
+            str(checkpoint),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    twin = Twin.load(checkpoint)
+    assert twin.spec == g.spec_for(OTHER) and g.variant_of(twin.spec) == OTHER

@@ -12,7 +12,7 @@ import pytest
 from twin_fixtures import cold_controller, tiny_twin
 
 from processes import cstr
-from twin.controller import OFFSET_BAND, OFFSET_LIMIT
+from twin.goals import OFFSET_BAND, OFFSET_LIMIT
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult
 from twin.twin_model import Twin
 
@@ -28,8 +28,9 @@ class GoalRecorder:
     def plan(self, problem: PlanningProblem) -> PlanResult:
         self.goals.append(problem.z_goal.copy())
         h = self.settings.horizon
-        return PlanResult(True, np.tile(problem.u_prev, (h, 1)),
-                          np.tile(problem.z0, (h, 1)), 0.0, 1.0)
+        return PlanResult(
+            True, np.tile(problem.u_prev, (h, 1)), np.tile(problem.z0, (h, 1)), 0.0, 1.0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,18 @@ def _goal_t(twin: Twin, goal: np.ndarray) -> float:
     return float(twin.readout(goal)["T"])
 
 
-def _run(twin: Twin, gain: float, temperatures: list[float], setpoints: list[float]
-         ) -> GoalRecorder:
+def _run(
+    twin: Twin, gain: float, temperatures: list[float], setpoints: list[float]
+) -> GoalRecorder:
     recorder = GoalRecorder()
-    controller = cold_controller(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
-                                disagreement_trip=math.inf, offset_gain=gain)
+    controller = cold_controller(
+        twin,
+        recorder,
+        mismatch_trip=math.inf,
+        guard_band=0.0,
+        disagreement_trip=math.inf,
+        offset_gain=gain,
+    )
     base = cstr.CSTRSimulator(seed=0).measure()
     for k, (temperature, setpoint) in enumerate(zip(temperatures, setpoints, strict=True)):
         controller.step(6.0 * k, {**base, "T": temperature}, {"T": setpoint})
@@ -92,11 +100,18 @@ def test_a_new_setpoint_restarts_the_integral(twin: Twin) -> None:
 
 def test_several_setpoints_leave_the_goal_alone(twin: Twin) -> None:
     recorder = GoalRecorder()
-    controller = cold_controller(twin, recorder, mismatch_trip=math.inf, guard_band=0.0,
-                                disagreement_trip=math.inf, offset_gain=0.1)
+    controller = cold_controller(
+        twin,
+        recorder,
+        mismatch_trip=math.inf,
+        guard_band=0.0,
+        disagreement_trip=math.inf,
+        offset_gain=0.1,
+    )
     base = cstr.CSTRSimulator(seed=0).measure()
     std = twin.norm.std[twin.norm.index("T")]
     for k in range(4):
-        controller.step(6.0 * k, {**base, "T": 350.0 - 0.3 * std},
-                        {"T": 350.0, "Ca": float(base["Ca"])})
+        controller.step(
+            6.0 * k, {**base, "T": 350.0 - 0.3 * std}, {"T": 350.0, "Ca": float(base["Ca"])}
+        )
     np.testing.assert_allclose(recorder.goals[-1], recorder.goals[0])

@@ -1,10 +1,12 @@
-"""The fallback of a process known only from its tag file: its declared PI loops, or a hold."""
+"""What a process lends a controller (`PlantParts`), and the baseline of a process known
+only from its tag file (its PI loops)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from .safety import Fallback
+from .safety import Fallback, Protection
 from .spec import ProcessSpec
 
 
@@ -19,11 +21,16 @@ def spec_fallback(spec: ProcessSpec) -> Fallback | None:
     dt = spec.sample_period_s
     previous_error: dict[str, float | None] = {loop.sensor: None for loop in spec.baseline}
 
-    def fallback(measurements: Mapping[str, float | None], setpoints: Mapping[str, float],
-                 applied: Mapping[str, float]) -> dict[str, float]:
+    def fallback(
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         out = dict(applied)
         for loop in spec.baseline:
             measured, target = measurements.get(loop.sensor), setpoints.get(loop.sensor)
+            if loop.kp is None or loop.ti_s is None:  # gains not yet tuned (twin.simc): hold
+                continue
             if measured is None or target is None:
                 previous_error[loop.sensor] = None
                 continue
@@ -36,3 +43,14 @@ def spec_fallback(spec: ProcessSpec) -> Fallback | None:
         return out
 
     return fallback
+
+
+@dataclass(frozen=True)
+class PlantParts:
+    """What a process lends a twin controller, for one variant of it (a glucose patient):
+    the baseline it falls back to and the plant's own limit protection (None: hold, and
+    no protection). `processes.plant_parts` gives a built-in process's."""
+
+    variant: str | None = None
+    fallback: Fallback | None = None
+    protection: Protection | None = None

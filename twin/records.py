@@ -18,16 +18,56 @@ class StepStatus(StrEnum):
     STOPPED = "stopped"
 
 
+class EventKind(StrEnum):
+    """What a step's event is about. The values are stored with every step and read by the
+    alarms and the API: they never change."""
+
+    # the safety clip
+    NO_PREVIOUS = "no_previous"
+    INVALID_PROPOSAL = "invalid_proposal"
+    RATE_LIMITED = "rate_limited"
+    CLIPPED_BOUNDS = "clipped_bounds"
+    API_GUARD = "api_guard"  # the API's last line caught what the controller sent
+    # the data
+    STALE_DATA = "stale_data"
+    MISSING_DATA = "missing_data"
+    # why the baseline (or a hold) replaced the plan
+    WARMING_UP = "warming_up"
+    SOLVER_FAILED = "solver_failed"
+    DEADLINE = "deadline"
+    ENSEMBLE_DISAGREEMENT = "ensemble_disagreement"
+    INVALID_PLAN = "invalid_plan"
+    LIMIT_GUARD = "limit_guard"
+    MODEL_MISMATCH = "model_mismatch"
+    # what cut a move that went out
+    DATA_ENVELOPE = "data_envelope"
+    LIMIT_PROTECTION = "limit_protection"
+    IOB_LIMIT = "iob_limit"
+
+
+FALLBACK_REASONS = (
+    EventKind.WARMING_UP,
+    EventKind.SOLVER_FAILED,
+    EventKind.DEADLINE,
+    EventKind.ENSEMBLE_DISAGREEMENT,
+    EventKind.INVALID_PLAN,
+    EventKind.LIMIT_GUARD,
+    EventKind.MODEL_MISMATCH,
+)
+"""The event kinds the controller records when the baseline (or a hold) replaces the plan."""
+
+
 @dataclass(frozen=True)
 class SafetyEvent:
-    """Something the safety layer did or saw; `kind` is a short machine-readable word."""
+    """Something the safety layer did or saw. `kind` is an `EventKind` (a str: stored and
+    compared as its value); a plant's own code may use a word of its own."""
 
-    kind: str  # e.g. "clipped_bounds", "rate_limited", "solver_failed", "deadline", "stale_data"
+    kind: EventKind | str
     message: str
     tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"kind": str(self.kind), "message": self.message, "tag": self.tag}
 
 
 @dataclass

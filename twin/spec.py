@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .effects import Effect, check_effects, effect_pair
+from .policies import DEFAULT_POLICY, LoopPolicy, loop_policy, policy_named_by
 
 
 class SpecError(ValueError):
@@ -26,6 +27,15 @@ class TagRole(StrEnum):
     SENSOR = "sensor"
     ACTUATOR = "actuator"
     DISTURBANCE = "disturbance"
+
+
+class ActuatorKind(StrEnum):
+    """`level`: a value that stays applied until changed (a valve, a basal rate); holding
+    it repeats it. `dose`: an amount given once per sample (a bolus); holding it gives
+    none, never the last dose again."""
+
+    LEVEL = "level"
+    DOSE = "dose"
 
 
 class Tag(BaseModel):
@@ -46,6 +56,8 @@ class Tag(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0, description="max |change| per second")
     nominal: float | None = None
     controlled: bool = Field(default=False, description="sensor that tracks a setpoint")
+    kind: ActuatorKind = Field(default=ActuatorKind.LEVEL,
+                               description="actuator: level (held as is) or dose (held at 0)")
     description: str = ""
 
     @model_validator(mode="after")
@@ -65,6 +77,12 @@ class Tag(BaseModel):
             raise ValueError("rate_limit applies to actuators only")
         if self.controlled and self.role is not TagRole.SENSOR:
             raise ValueError("only a sensor can be controlled")
+        if self.kind is ActuatorKind.DOSE:
+            if self.role is not TagRole.ACTUATOR:
+                raise ValueError("only an actuator can be a dose")
+            if not self.low <= 0.0 <= self.high:  # type: ignore[operator]
+                raise ValueError(f"a dose is held at 0, which must lie inside its bounds "
+                                 f"[{self.low}, {self.high}]")
         if self.nominal is not None:
             if (self.low is not None and self.nominal < self.low) or (
                 self.high is not None and self.nominal > self.high
@@ -115,22 +133,17 @@ baseline ran 300 of 300 samples)."""
 
 class ControlWeights(BaseModel):
     """How the twin's controller weighs its goals for this process (the plant's own MPC
-    tuning). Each planned stage costs
+    tuning), and which loop policy it follows. Each planned stage costs
 
         |z - z_goal|^2 + tracking_weight * e^2 + move_weight * (du / rate_limit)^2
 
     with z the embedding and e the setpoint error of each controlled sensor, in training
     standard deviations. With tracking_weight 0 the goal is the embedding alone.
 
-    `data_envelope`: keep planned moves inside the moves the training log made from similar
-    states where they drive a limited sensor towards its limit (`twin.controller`). Turn it
-    off for actuators the log moves on events rather than on the state (insulin boluses at
-    meals): the neighbours' moves then say little about what a controller may do.
-
-    `guard_keeps_twin_moves`: near a limit the baseline acts, but where the twin's move goes
-    farther from every limit the guard saw than the baseline's (by the sign of the effect
-    the twin predicts), the twin's goes out. Turn it off where that sign cannot be trusted:
-    a log whose boluses come with meals teaches that insulin raises glucose.
+    `policy`: the name of a `twin.policies.LoopPolicy` (how the twin and the baseline
+    share the loop: data envelope, moves near a limit); `default` unless the log calls for
+    another. Specs written before policies had names give the two switches
+    `data_envelope` and `guard_keeps_twin_moves`; they are read as the policy with them.
 
     `limit_margin`: how far inside each hard sensor limit the plan keeps the twin's readout,
     in training standard deviations (room for the twin's error). A plant whose sensors span
@@ -140,32 +153,65 @@ class ControlWeights(BaseModel):
     `setpoint_priority`: when the goal is picked from the bank, a setpoint's squared miss
     and the window's unsteadiness weigh this many times a measured condition's miss
     (`twin.twin_model.Twin.goal_embedding`). High where the log rarely ran at the asked
-    setpoint under today's conditions (the turbofan at full power on a warm day); 1 where
-    conditions say much about the right state (a glucose goal after a meal).
+    setpoint under today's conditions; 1 where conditions say much about the right state.
 
-    `forecast_bias_gain`: per sample, how far the controller's estimate of the twin's
-    steady forecast bias moves towards the latest miss (`twin.controller`); the mismatch
-    check judges misses net of it, and the plan's sensor limits tighten by it. 0 turns the
-    estimate off: every miss counts whole, and the limits stay where the spec puts them.
+    `forecast_bias_gain`: per sample, how far the estimate of the twin's steady forecast
+    bias moves towards the latest miss (`twin.estimator`); the mismatch check judges misses
+    net of it, and the plan's sensor limits tighten by it. 0 turns the estimate off: every
+    miss counts whole, and the limits stay where the spec puts them.
 
     `baseline_actuators`: actuators the baseline drives at every sample, whoever plans the
     rest: the twin plans around their moves (this one, then back to the tag's nominal)
-    and its own on them never go out. An insulin pump's meal boluses come from the
-    patient's bolus wizard while the twin sets the basal, as in commercial hybrid closed
-    loops: a twin that learned from a log whose boluses come with meals cannot tell a
-    bolus's effect from the meal's. Without a baseline configured the twin drives them
-    too."""
+    and its own on them never go out (a hybrid closed loop, where a log cannot tell an
+    actuator's effect from the event that moved it). Without a baseline configured the
+    twin drives them too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
-    data_envelope: bool = True
-    guard_keeps_twin_moves: bool = True
+    policy: str = Field(default=DEFAULT_POLICY, description="a twin.policies loop policy")
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)
     setpoint_priority: float = Field(default=SETPOINT_PRIORITY, ge=1, allow_inf_nan=False)
     forecast_bias_gain: float = Field(default=FORECAST_BIAS_GAIN, ge=0, le=1, allow_inf_nan=False)
     baseline_actuators: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_policy(cls, data: Any) -> Any:
+        """Read the switches of a spec written before policies had names."""
+        if not isinstance(data, dict) or not (
+                {"data_envelope", "guard_keeps_twin_moves"} & data.keys()):
+            return data
+        data = dict(data)
+        envelope = bool(data.pop("data_envelope", True))
+        keeps = bool(data.pop("guard_keeps_twin_moves", True))
+        if "policy" not in data:
+            data["policy"] = policy_named_by(envelope, keeps)
+        return data
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        loop_policy(name)
+        return name
+
+    @property
+    def loop_policy(self) -> LoopPolicy:
+        return loop_policy(self.policy)
+
+    @property
+    def data_envelope(self) -> bool:
+        return self.loop_policy.data_envelope
+
+    @property
+    def guard_keeps_twin_moves(self) -> bool:
+        return self.loop_policy.guard_keeps_twin_moves
+
+
+MODEL_FIELDS = ("sample_period_s", "timestamp_column", "tags")
+"""What a trained twin depends on: a changed baseline, controller weights or description
+is a new version of the same process; changed tags or sampling are another process."""
 
 
 class ProcessSpec(BaseModel):

@@ -630,11 +630,11 @@ def _twin(session: Session, model_id: int) -> Any:
 
 
 def _controller(twin: Any, planner: str) -> Any:
-    from processes import fallback_for, protection_for
-    from twin.controller import TwinController
+    # late: torch and casadi load only when there is work
+    from processes import plant_parts
+    from twin.assembly import build_controller
 
-    return TwinController.from_twin(twin, planner, fallback=fallback_for(twin.spec),
-                                    protection=protection_for(twin.spec))
+    return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
 def _shadow(twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.DataFrame,
