@@ -7,6 +7,7 @@ A 405 lists every method the path accepts, not only those of the first route mat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from api.errors import ServiceError
 from api.services.jsonsafe import json_safe
@@ -91,10 +92,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts on this path (Starlette names one route's only)."""
+    """Every method the OpenAPI documents on this path (Starlette names only those of the
+    first route it matched); GET implies HEAD, as Starlette serves it."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
+    for pattern, documented in _documented_paths(request.app):
+        if pattern.match(request.url.path):
+            methods.update(documented)
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
+
+
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    cached = getattr(app.state, "documented_paths", None)
+    if cached is None:
+        cached = [(compile_path(path)[0], {m.upper() for m in item})
+                  for path, item in app.openapi().get("paths", {}).items()]
+        app.state.documented_paths = cached
+    return cached
