@@ -30,6 +30,7 @@ import torch
 
 from .data import WindowDataset
 from .distributed import Trainer
+from .gains import effect_pairs, with_sign_penalty
 from .model import JEPA, JEPAConfig, effective_rank, sigreg, vicreg_terms
 from .progress import TrainingDisplay, budget_note
 from .spec import ProcessSpec
@@ -279,7 +280,9 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
     model = JEPA(cfg.model, data.layout.feature_dim, len(data.layout.actions),
                  len(data.layout.observed))
-    trainer = Trainer.create(model, cfg, batch_loss)  # DDP when launched by torchrun
+    # the spec's known gain signs (effects) are kept by a penalty on the loss
+    loss_fn = with_sign_penalty(batch_loss, effect_pairs(spec, data.layout))
+    trainer = Trainer.create(model, cfg, loss_fn)  # DDP when launched by torchrun
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
