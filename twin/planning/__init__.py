@@ -24,9 +24,10 @@ The package, one module per concern:
 - `cost`: the objective (CasADi, numpy, torch side by side);
 - `casadi_export`, `linearisation`, `dense_qp`, `compile_cache`: the twin as CasADi and
   numpy functions, the QP solvers, compiled code cached on disk;
-- `rti`, `nlp`, `structured_nlp`, `sampling`, `hierarchical`: the planners;
-- `timing`: how long a planner takes on a twin against its sample period, and sampling
-  settings that fit.
+- `rti`, `nlp`, `structured_nlp`, `sampling`, `hierarchical`: the planners; `factory`:
+  `make_planner`, a planner by name;
+- `timing`: how long a planner takes on a twin against its deadline and sample period
+  (`time_planner`), and sampling settings that fit (`planner_that_fits`).
 
 The planners, by name (`make_planner`):
 
@@ -52,7 +53,6 @@ Timings for each setup: `benchmarks/planning_speed.py`.
 from __future__ import annotations
 
 from ..planner_names import PLANNER_NAMES
-from ..twin_model import Twin
 from .casadi_export import (
     CasadiLinearisation,
     casadi_dynamics,
@@ -69,6 +69,7 @@ from .constraints import (
     project_moves_torch,
 )
 from .cost import PlanningCost, TorchProblem, weighted_distance
+from .factory import make_planner
 from .hierarchical import CoarsePlan, CoarseSettings, HierarchicalPlanner
 from .nlp import CasadiPlanner
 from .problem import (
@@ -83,24 +84,10 @@ from .problem import (
 from .rti import RTI_QP_SOLVERS, RTIPlanner
 from .sampling import CEMPlanner, MPPIPlanner, SamplingPlanner
 from .structured_nlp import StructuredNLPPlanner
+from .timing import PlannerTiming, planner_that_fits, time_planner
 
 # twin.controller imports the projection under its former private name
 _project_moves = project_moves
-
-
-def make_planner(name: str, twin: Twin, settings: PlannerSettings | None = None) -> Planner:
-    """A planner by name (see the package's docstring for what each one is)."""
-    factories = {
-        "casadi": lambda: RTIPlanner(twin, settings),
-        "casadi-ipopt": lambda: CasadiPlanner(twin, settings),
-        "casadi-fatrop": lambda: StructuredNLPPlanner(twin, settings),
-        "cem": lambda: CEMPlanner(twin, settings),
-        "mppi": lambda: MPPIPlanner(twin, settings),
-        "hierarchical": lambda: HierarchicalPlanner(twin, settings),
-    }
-    if name not in factories:
-        raise ValueError(f"unknown planner '{name}' (choose {', '.join(PLANNER_NAMES)})")
-    return factories[name]()
 
 
 __all__ = [
@@ -111,5 +98,6 @@ __all__ = [
     "TorchLimits", "TorchProblem", "add_sensor_limit_rows", "casadi_cache_dir",
     "casadi_dynamics", "compiled_function", "failed_plan", "find_compiler", "make_planner",
     "mlp_with_jacobian", "pinned_error", "problem_error", "project_moves",
-    "project_moves_torch", "torch_mlp_to_casadi", "weighted_distance",
+    "project_moves_torch", "torch_mlp_to_casadi", "weighted_distance", "PlannerTiming",
+    "planner_that_fits", "time_planner",
 ]

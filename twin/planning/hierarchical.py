@@ -36,6 +36,7 @@ from .constraints import Constraints, TorchLimits, project_moves_torch
 from .cost import PlanningCost, TorchProblem
 from .problem import PlannerSettings, PlanningProblem, PlanResult, failed_plan, problem_error
 from .rti import RTIPlanner
+from .sampling import single_threaded_torch
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class HierarchicalPlanner:
             self.reset()
             return failed_plan(problem, self.limits, self.settings.horizon, self.fine.d, start,
                                f"hierarchical: {why}")
-        coarse = self._coarse_plan(problem)
+        with single_threaded_torch():
+            coarse = self._coarse_plan(problem)
         coarse_ms = (time.perf_counter() - start) * 1e3
         if coarse is None:
             self.reset()
