@@ -7,12 +7,11 @@ here, in the OpenAPI a client is generated from.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from api.contract import DbId
+from api.contract import DbId, UtcDatetime
 from api.orm import ModelActivation, RunEvent, TwinModel
 from api.services.jsonsafe import json_safe
 from api.services.loops import LoopView
@@ -108,8 +107,8 @@ class LoopOut(BaseModel):
     age_s: float = Field(description="seconds since the last step arrived (since the "
                                      "start before the first)")
     stale_after_s: float = Field(description="3 sample periods, s")
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
 
     @classmethod
     def of(cls, view: LoopView) -> LoopOut:
@@ -160,7 +159,7 @@ class ActivationOut(BaseModel):
     run_id: int
     model: ModelRef
     previous_model_id: int | None
-    activated_at: datetime
+    activated_at: UtcDatetime
     actor: str
     reason: str
 

@@ -6,11 +6,11 @@ Floats in requests are `FiniteFloat`: Python's json module accepts `NaN` and
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
+from api.contract import UtcDatetime
 from api.loop_schemas import (  # re-exported: the loop's schemas live there
     ActivationOut as ActivationOut,
 )
@@ -65,7 +65,7 @@ class Health(BaseModel):
 class ProcessOut(BaseModel):
     id: int
     name: str
-    created_at: datetime
+    created_at: UtcDatetime
     spec: ProcessSpec
 
     @classmethod
@@ -85,7 +85,7 @@ class ModelOut(BaseModel):
     size_bytes: int
     config: dict[str, Any] = Field(description="training config and data source")
     metrics: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
     provenance: DataProvenance | None = Field(
         description="the training data: sha256, rows, first/last timestamp (s), source; "
                     "null for a model registered without it")
@@ -110,8 +110,8 @@ class RunOut(BaseModel):
     controller: str
     config: dict[str, Any]
     metrics: dict[str, Any]
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
     n_steps: int
 
     @classmethod
@@ -178,8 +178,8 @@ class JobOut(BaseModel):
     error: str | None
     config: dict[str, Any]
     metrics: dict[str, Any]
-    started_at: datetime = Field(description="when it was queued, until a worker starts it")
-    finished_at: datetime | None
+    started_at: UtcDatetime = Field(description="when it was queued, until a worker starts it")
+    finished_at: UtcDatetime | None
 
     @classmethod
     def of(cls, run: Run) -> JobOut:
@@ -225,8 +225,8 @@ class ReplayOut(BaseModel):
     error: str | None
     config: dict[str, Any]
     metrics: dict[str, Any]
-    started_at: datetime = Field(description="when it was queued, until a worker starts it")
-    finished_at: datetime | None
+    started_at: UtcDatetime = Field(description="when it was queued, until a worker starts it")
+    finished_at: UtcDatetime | None
 
     @classmethod
     def of(cls, run: Run, n_steps: int = 0) -> ReplayOut:
@@ -261,9 +261,9 @@ class KeyOut(BaseModel):
     name: str
     role: str
     prefix: str = Field(description="the public part of the token: twin_<prefix>_...")
-    created_at: datetime
+    created_at: UtcDatetime
     created_by: str
-    revoked_at: datetime | None
+    revoked_at: UtcDatetime | None
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyOut:
@@ -285,7 +285,7 @@ class AuditOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    at: datetime
+    at: UtcDatetime
     key_id: int | None = Field(description="null: no key (the CLI, or auth not required)")
     actor: str
     action: str = Field(description="e.g. loop.start, job.enqueue, process.define, "
@@ -322,15 +322,15 @@ class AlarmOut(BaseModel):
     unit: str
     step: int = Field(description="loop step when last raised")
     time_s: float = Field(description="loop time when last raised, s")
-    raised_at: datetime
-    cleared_at: datetime | None
-    acknowledged_at: datetime | None
+    raised_at: UtcDatetime
+    cleared_at: UtcDatetime | None
+    acknowledged_at: UtcDatetime | None
     acknowledged_by: str | None
-    shelved_at: datetime | None
+    shelved_at: UtcDatetime | None
     shelved_by: str | None
-    shelved_until: datetime | None
+    shelved_until: UtcDatetime | None
     shelve_reason: str | None
-    updated_at: datetime
+    updated_at: UtcDatetime
 
     @classmethod
     def of(cls, alarm: Alarm, process: str) -> AlarmOut:
@@ -345,7 +345,7 @@ class AlarmEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    at: datetime
+    at: UtcDatetime
     action: str = Field(description="raised, cleared, acknowledged, shelved, unshelved or "
                                     "shelve_expired")
     from_state: str
