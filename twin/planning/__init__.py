@@ -86,10 +86,6 @@ from .sampling import CEMPlanner, MPPIPlanner, SamplingPlanner
 from .structured_nlp import StructuredNLPPlanner
 from .timing import PlannerTiming, planner_that_fits, time_planner
 
-# twin.controller imports the projection under its former private name
-_project_moves = project_moves
-
-
 __all__ = [
     "CACHE_DIR_ENV", "PLANNER_NAMES", "RTI_QP_SOLVERS", "CEMPlanner", "CasadiLinearisation",
     "CasadiPlanner", "CoarsePlan", "CoarseSettings", "Constraints", "HierarchicalPlanner",
