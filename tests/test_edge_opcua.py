@@ -5,10 +5,15 @@ writes and a lost connection are recorded stale holds / events / alarms."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
+import yaml
 from asyncua import ua
 from edge_fixtures import EdgeDb, edge_db, free_port
 from twin_fixtures import tiny_twin
@@ -138,3 +143,48 @@ def test_refused_write_and_lost_connection_are_recorded(db: EdgeDb) -> None:
     assert sum("connection to opc.tcp" in m for m in lost) == loop.stats.holds["connection"]
     assert loop.stats.reconnects >= 2
     check_written_within_limits(loop.stats.written)
+
+
+def test_twin_connect_opcua_serves_a_loop_until_sigterm(db: EdgeDb, tmp_path) -> None:
+    stepper = db.start_loop()
+    plant = SimulatedPlant(free_port(), tick_s=0.05)
+    map_file = tmp_path / "nodes.yaml"
+    map_file.write_text(yaml.safe_dump(plant.node_map(0).model_dump(exclude_none=True)))
+    url = str(db.sessions.kw["bind"].url)
+    serving = threading.Event()
+    done = threading.Event()
+
+    def serve_plant() -> None:
+        async def run() -> None:
+            await plant.start()
+            serving.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+            await plant.stop()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=serve_plant, daemon=True)
+    thread.start()
+    assert serving.wait(180)  # an asyncua server loads its address space: slow when busy
+    command = [sys.executable, "-m", "api.cli", "connect", "opcua", "--endpoint",
+               plant.endpoint, "--map", str(map_file), "--loop", str(stepper.run_id),
+               "--period", "0.2", "--database-url", url]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(db.steps(stepper.run_id)) < 3:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        output = child.communicate(timeout=60)[0]
+        done.set()
+        thread.join(timeout=30)
+    assert child.returncode == 0, output
+    assert "step(s) written" in output
+    bad = subprocess.run([sys.executable, "-m", "api.cli", "connect", "opcua", "--endpoint",
+                          "http://plant", "--map", str(map_file), "--loop", "1",
+                          "--database-url", url], capture_output=True, text=True)
+    assert bad.returncode == 2 and "must start with opc.tcp://" in bad.stdout

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.edge.sparkplug import Address, SparkplugSession, encode_command
 from api.edge.stepping import SEQUENCE_GAP, EdgeStats, EdgeStep, LoopStepper, UnsafeSetpoint
@@ -118,10 +119,12 @@ class MqttBridge:
             while not stop.is_set():
                 try:
                     arrived, topic, payload = self._inbox.get(timeout=self._wait_s())
+                    self._handle(arrived, topic, payload)
                 except queue.Empty:
                     self._check_silence()
-                    continue
-                self._handle(arrived, topic, payload)
+                except SQLAlchemyError as exc:  # an event or a hold not stored: go on
+                    self.stats.db_errors += 1
+                    log.warning("loop %d: not stored: %s", self.stepper.run_id, exc)
         finally:
             self.client.loop_stop()
             self.client.disconnect()
@@ -146,6 +149,10 @@ class MqttBridge:
         self._last_data = (time.monotonic(), time_s)
         try:
             done = self.stepper.step(time_s, measurements, setpoints)
+        except SQLAlchemyError as exc:  # nothing stored, nothing published
+            self.stats.db_errors += 1
+            log.warning("loop %d: step not stored: %s", self.stepper.run_id, exc)
+            return
         except ServiceError as exc:
             self.rejected += 1
             log.warning("loop %d: step refused: %s", self.stepper.run_id, exc)
@@ -220,5 +227,8 @@ class MqttBridge:
             self._last_data[1] + (now - self._last_data[0])
         try:
             self.stepper.hold(reason, time_s)
+        except SQLAlchemyError as exc:
+            self.stats.db_errors += 1
+            log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)
         except ServiceError as exc:
             log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import Client, ua
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.edge.nodemap import NodeMap
 from api.edge.stepping import EdgeStats, EdgeStep, LoopStepper, UnsafeSetpoint
@@ -83,13 +84,20 @@ class OpcUaLoop:
             else:
                 try:
                     done = await asyncio.to_thread(self.stepper.step, time_s, measurements)
+                except SQLAlchemyError as exc:  # nothing stored: the plant keeps its values
+                    self.stats.db_errors += 1
+                    log.warning("loop %d: step not stored: %s", self.stepper.run_id, exc)
                 except ServiceError as exc:
                     if await asyncio.to_thread(self.stepper.loop_status) == "stopped":
                         log.info("loop %d was stopped; disconnecting", self.stepper.run_id)
                         return False
                     await self._hold("refused", f"step refused: {exc}", time_s)
                 else:
-                    await self._write(client, writes, done, started)
+                    try:
+                        await self._write(client, writes, done, started)
+                    except SQLAlchemyError as exc:  # a refusal's event not stored: go on
+                        self.stats.db_errors += 1
+                        log.warning("loop %d: not stored: %s", self.stepper.run_id, exc)
             next_at += self.period_s
             await _sleep(stop, max(0.0, next_at - time.monotonic()))
             next_at = max(next_at, time.monotonic() - self.period_s)  # no burst after a stall
@@ -152,6 +160,9 @@ class OpcUaLoop:
         self.stats.holds[kind] += 1
         try:
             await asyncio.to_thread(self.stepper.hold, reason, time_s)
+        except SQLAlchemyError as exc:
+            self.stats.db_errors += 1
+            log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)
         except ServiceError as exc:  # the loop was stopped meanwhile: nothing to hold
             log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)
 

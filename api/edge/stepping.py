@@ -71,6 +71,7 @@ class EdgeStats:
     holds: Counter[str] = field(default_factory=Counter)  # by reason kind
     refused_writes: int = 0
     unsafe: int = 0  # setpoints the last check refused to send (a step-path bug if any)
+    db_errors: int = 0  # samples whose step the database did not take (nothing written out)
     reconnects: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # read start -> write done
     # (loop time, values written, the plant's read-back of them in that step's sample)
