@@ -416,7 +416,8 @@ def tiny_glucose_twin() -> Twin:
 
 
 class _MaxInsulinPlanner:
-    """Plans the most insulin it can: both actuators far above their training range."""
+    """Plans the most insulin it can: both actuators far above their training range (1e4
+    training stds: past the pump's maximum whatever the log)."""
 
     name = "max-insulin"
     settings = PlannerSettings(horizon=3)
@@ -427,7 +428,7 @@ class _MaxInsulinPlanner:
     def plan(self, problem: PlanningProblem) -> PlanResult:
         self.problems.append(problem)
         h, d = self.settings.horizon, len(problem.z0)
-        return PlanResult(True, np.full((h, len(problem.u_prev)), 50.0), np.zeros((h, d)), 0.0, 1.0)
+        return PlanResult(True, np.full((h, len(problem.u_prev)), 1e4), np.zeros((h, d)), 0.0, 1.0)
 
 
 class _CountingFallback(g.BasalBolusFallback):
