@@ -3,30 +3,41 @@
 `create_app` refuses to start on a database that is not at the latest migration
 (see `api.migrate`): run `twin db upgrade` first.
 
-Access: every route but /api/health, /docs and /openapi.json needs an API key with a
-role (api.services.auth); the dashboards' pages need the viewer role and also accept
-the key from the `twin_key` cookie. Without TWIN_AUTH_REQUIRED, keyless requests pass
-as an anonymous admin (api.settings).
+Access: every route but /api/health, /docs, /redoc and /openapi.json needs an API key
+with a role (api.services.auth); the dashboards' pages need the viewer role and also
+accept the session cookie of /login (dashboards.login). Without TWIN_AUTH_REQUIRED,
+keyless requests pass as an anonymous admin (api.settings).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+import fastapi_offline
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.contract import document_auth
 from api.db import make_engine, make_session_factory
-from api.deps import require_page_viewer
 from api.error_handlers import add_error_handlers
 from api.migrate import check_migrated
 from api.routes import alarms, catalog, jobs, keys, loops, models, replays, runs
 from api.services.loop_limits import LoopLimits
 from api.services.loops import ControllerFactory, LoopManager, default_controller_factory
 from api.settings import Settings
+
+# Swagger UI and ReDoc from an installed package's files: plants are often offline.
+DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_ASSETS_URL = "/docs-static"
 
 
 def create_app(settings: Settings | None = None, *,
@@ -46,7 +57,8 @@ def create_app(settings: Settings | None = None, *,
         engine.dispose()
 
     app = FastAPI(title="plant-twin", version="0.1.0", lifespan=lifespan,
-                  description="Process-control digital twin: runs, models, live control loops.")
+                  description="Process-control digital twin: runs, models, live control loops.",
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
@@ -61,16 +73,62 @@ def create_app(settings: Settings | None = None, *,
                    loops.router, jobs.router, replays.router, keys.router,
                    alarms.router):
         app.include_router(router)
-    from dashboards.pages import router as pages_router  # late: dashboards import api
-
-    # Read-only pages: the viewer role, from a header or the twin_key cookie.
-    app.include_router(pages_router, dependencies=[require_page_viewer()])
-    from dashboards.alarms_page import router as alarms_page_router
-    from dashboards.model_page import router as model_page_router
-
-    for page_router in (model_page_router, alarms_page_router):
-        app.include_router(page_router, dependencies=[require_page_viewer()])
+    _add_docs(app)
+    _add_pages(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, their scripts and styles served by this server."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    title = f"{app.title} · API"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url, title=title, oauth2_redirect_url=oauth2_redirect,
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png")
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=title,
+                              redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+                              with_google_fonts=False)
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The dashboards: every page needs the viewer role (a key in a header or the session
+    cookie of /login); where keys are required, a page without one sends the browser to
+    /login, and a page's 4xx is a page, not JSON."""
+    # late: the dashboards import api
+    from dashboards import login
+    from dashboards.alarms_page import router as alarms_page_router
+    from dashboards.error_pages import html_errors_for_pages
+    from dashboards.model_page import router as model_page_router
+    from dashboards.models_page import router as models_page_router
+    from dashboards.pages import router as pages_router
+
+    app.state.session_signer = login.session_signer(login.session_secret())
+    app.include_router(login.router)
+    for page_router in (pages_router, models_page_router, model_page_router,
+                        alarms_page_router):
+        app.include_router(page_router, dependencies=[login.require_page_role()])
+
+    async def to_login(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, login.LoginRequired)
+        return login.login_redirect(exc)
+
+    app.add_exception_handler(login.LoginRequired, to_login)
+    html_errors_for_pages(app)
 
 
 class BodySizeLimit:

@@ -262,8 +262,11 @@ def run_figure(spec: ProcessSpec, series: dict[str, Any],
     for shape in span_shapes(spans):
         fig.add_shape(shape)
     if plan_at is not None:
-        _draw_now(fig, plan_at)
-    fig.update_xaxes(title_text="time [s]", row=len(tags), col=1)
+        _draw_now(fig, plan_at, live)
+    # the page writes UTC clock times on the ticks; the hover keeps the run's seconds
+    fig.update_xaxes(title_text="time, UTC (hover: seconds since the run's start)",
+                     row=len(tags), col=1)
+    fig.update_xaxes(hoverformat=".1f")
     if x_range is not None:
         fig.update_xaxes(range=list(x_range))
     fig.update_layout(height=height, hovermode="x unified",
@@ -330,13 +333,16 @@ def _draw_plan(fig: go.Figure, row: int, tag: Tag, plans: TraceData, live: bool)
                                    else "linear"}), row=row, col=1)
 
 
-def _draw_now(fig: go.Figure, plan_at: dict[str, Any]) -> None:
-    """A dotted "now" line through every subplot, at the step whose plan is drawn."""
+def _draw_now(fig: go.Figure, plan_at: dict[str, Any], live: bool = True) -> None:
+    """A dotted line through every subplot at the step whose plan is drawn: "now" on a
+    live loop, the chosen step on a stored run (it has no now)."""
     fig.add_shape(type="line", xref="x", yref="paper", x0=plan_at["time_s"],
                   x1=plan_at["time_s"], y0=0, y1=1, name="now",
                   line={"dash": "dot", "color": "black", "width": 1})
     fig.add_annotation(x=plan_at["time_s"], y=1.0, xref="x", yref="paper", yanchor="bottom",
-                       text=f"now (step {plan_at['step']})", showarrow=False, name="now",
+                       text=(f"now (step {plan_at['step']})" if live
+                             else f"plan made at step {plan_at['step']}"),
+                       showarrow=False, name="now",
                        yshift=14)  # above the first row's title
 
 

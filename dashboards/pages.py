@@ -43,6 +43,8 @@ from api.services.jsonsafe import json_safe
 from api.services.loops import LoopManager, LoopView
 from api.settings import Settings
 from dashboards import figures
+from dashboards.humanise import human_bytes, metric_label, metric_rows, summary_of
+from dashboards.models_page import training_run_page
 from twin.spec import ProcessSpec, Tag
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -74,8 +76,10 @@ OPEN_ALARM_STATES = (AlarmState.UNACKNOWLEDGED, AlarmState.ACKNOWLEDGED,
                      AlarmState.RTN_UNACKNOWLEDGED)
 MAX_ALARMS_READ = 1_000
 MAX_COMPARED_RUNS = len(figures.RUN_COLORS)
+UNIX_SECONDS_FLOOR = 946_684_800.0  # 2000-01-01: run times above it are Unix seconds
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+templates.env.filters["bytes"] = human_bytes
 router = APIRouter(include_in_schema=False)
 
 
@@ -406,6 +410,8 @@ class RunView:
 def _run_page(request: Request, run_id: int, session: Session, settings: Settings,
               loops: LoopManager, step: int | None, asked: RunView) -> HTMLResponse:
     run = services.get_run(session, run_id)
+    if run.kind == RunKind.TRAIN:  # curves and provenance, not control trends
+        return training_run_page(request, session, run, _run_row(run, None))
     spec = services.spec_of(run.process)
     tags = chosen_tags(spec, asked.tags)
     live = run.status in (RunStatus.RUNNING, RunStatus.QUEUED)
@@ -424,7 +430,9 @@ def _run_page(request: Request, run_id: int, session: Session, settings: Setting
     status = _loop_status(session, loops, run)
     context = {
         "run": _run_row(run, None),
-        "config": run.config, "metrics": run.metrics, "live": live,
+        "config": run.config, "live": live,
+        "metrics": metric_rows(run.metrics or {}, summary_of(run.process.name),
+                               {t.name: t.unit for t in spec.tags}),
         "loop_status": status,
         "health": health_cards(spec, _recent(session, run_id, spec), status),
         "step_range": step_range, "step": plan_at["step"] if plan_at else None,
@@ -436,6 +444,7 @@ def _run_page(request: Request, run_id: int, session: Session, settings: Setting
         "all_tags": [t.name for t in spec.tags], "tags": tags,
         "page": {
             "runId": run_id, "live": live, "sampleS": spec.sample_period_s,
+            "clockOriginMs": clock_origin_ms(run, ends.first_s if ends else None),
             "range": asdict(window), "firstS": ends.first_s if ends else None,
             "lastS": ends.last_s if ends else None,
             "lastStep": step_range[1] if step_range else None,
@@ -447,6 +456,18 @@ def _run_page(request: Request, run_id: int, session: Session, settings: Setting
         },
     }
     return templates.TemplateResponse(request, "run.html", context)
+
+
+def clock_origin_ms(run: Run, first_s: float | None) -> float:
+    """The UTC clock time (ms since 1970) of the run's second 0, for the trends' ticks.
+
+    Times that already are Unix seconds (a loop fed by a historian) are their own clock;
+    otherwise (a simulated episode, a loop counting from its start) the first step is
+    taken as the moment the run started."""
+    if first_s is not None and first_s > UNIX_SECONDS_FLOOR:
+        return 0.0
+    started = run.started_at.replace(tzinfo=run.started_at.tzinfo or UTC)
+    return started.timestamp() * 1000.0 - (first_s or 0.0) * 1000.0
 
 
 def _loop_status(session: Session, loops: LoopManager, run: Run) -> str | None:
@@ -684,4 +705,4 @@ def _run_row(run: Run, n_steps: int | None) -> dict[str, Any]:
 def _key_metrics(metrics: dict[str, Any], count: int = 4) -> str:
     shown = [(k, v) for k, v in metrics.items()
              if isinstance(v, int | float) and not isinstance(v, bool)][:count]
-    return ", ".join(f"{k}={v:.4g}" for k, v in shown)
+    return ", ".join(f"{metric_label(k)} {v:.4g}" for k, v in shown)

@@ -96,7 +96,11 @@ def test_plan_is_dashed_from_now_with_its_spread(cstr_spec: ProcessSpec) -> None
     assert list(spread.y) == [355.5, 357.0, 355.0, 354.5] and spread.fill == "toself"
     (now,) = [s for s in fig.layout.shapes if s.name == "now"]
     assert now.x0 == now.x1 == 24.0 and (now.yref, now.y0, now.y1) == ("paper", 0, 1)
-    assert any("now (step 4)" in (a.text or "") for a in fig.layout.annotations)
+    # a stored run has no "now": the line marks the step whose plan is drawn
+    assert any("plan made at step 4" in (a.text or "") for a in fig.layout.annotations)
+    assert not any("now" in (a.text or "") for a in fig.layout.annotations)
+    live = figures.run_figure(cstr_spec, _series(), plan_at=_plan_at(), live=True)
+    assert any("now (step 4)" in (a.text or "") for a in live.layout.annotations)
 
 
 def test_events_are_markers_on_their_tag(cstr_spec: ProcessSpec) -> None:
@@ -307,7 +311,7 @@ def test_index_page(client: TestClient, run_id: int) -> None:
     assert response.status_code == 200
     html = response.text
     _assert_offline(html)
-    assert f'href="/runs/{run_id}"' in html and "iae=12.5" in html
+    assert f'href="/runs/{run_id}"' in html and "iae 12.5" in html  # named, not key=value
     assert "cstr" in html and "jepa" in html
     assert 'name="runs"' in html  # tick runs to compare them
     for link in ('href="/"', 'href="/compare"', 'href="/alarms"', 'href="/models"'):

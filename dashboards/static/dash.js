@@ -84,13 +84,39 @@
     return JSON.parse(document.getElementById(`${divId}-fig`).textContent);
   }
 
-  async function draw(divId) {
+  // The x axes hold the run's seconds (zoom, tails and plans all speak them); their tick
+  // labels are rewritten as UTC clock times after every draw, and hovering still shows
+  // the seconds. `originMs`: the clock time of second 0 of the run.
+  function clockText(originMs, seconds, withDate) {
+    const iso = new Date(originMs + seconds * 1000).toISOString();
+    return withDate ? `${iso.slice(5, 10)} ${iso.slice(11, 19)}` : iso.slice(11, 19);
+  }
+  function relabelClock(gd, originMs) {
+    const labels = gd.querySelectorAll(".xaxislayer-above text");
+    const values = Array.from(labels, (t) => (t.__data__ ? Number(t.__data__.x) : NaN));
+    const finite = values.filter(Number.isFinite);
+    if (!finite.length) return;
+    const withDate = Math.max(...finite) - Math.min(...finite) >= 86400;
+    labels.forEach((t, i) => {
+      if (!Number.isFinite(values[i])) return;
+      t.textContent = clockText(originMs, values[i], withDate);
+      t.setAttribute("data-seconds", values[i]);
+    });
+    gd.dataset.clock = "1";
+  }
+
+  async function draw(divId, clockOriginMs) {
     const gd = document.getElementById(divId);
     const figure = figureOf(divId);
     await Plotly.newPlot(gd, figure.data, figure.layout, PLOT_CONFIG);
     if (state.rendered === null) state.rendered = performance.now();
     gd.dataset.rendered = "1";
-    gd.on("plotly_afterplot", () => { state.lastPlot = performance.now(); });
+    const clock = Number.isFinite(clockOriginMs);
+    if (clock) relabelClock(gd, clockOriginMs);
+    gd.on("plotly_afterplot", () => {
+      state.lastPlot = performance.now();
+      if (clock) relabelClock(gd, clockOriginMs);
+    });
     return gd;
   }
 
@@ -168,7 +194,7 @@
   // ------------------------------------------------------------------ one run
 
   Dash.runPage = async function (cfg) {
-    const gd = await draw("run-plot");
+    const gd = await draw("run-plot", cfg.clockOriginMs);
     const view = {
       range: cfg.range, lastStep: cfg.lastStep === null ? -1 : cfg.lastStep,
       lastS: cfg.lastS, firstS: cfg.firstS, zoomed: false, ownRelayout: false,
