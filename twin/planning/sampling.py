@@ -118,11 +118,18 @@ class SamplingPlanner:
         return f"{self.name}: stopped early for the deadline ({done} of {self.iterations} " \
             "iterations)"
 
-    def _checked(self, problem: PlanningProblem, started: float) -> PlanResult | None:
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        start = time.perf_counter()
         why = problem_error(problem, self.limits,
                             (self.twin.config.embed_dim, len(self.limits.u_low)),
                             self.settings.horizon)
-        return None if why is None else self._failed(problem, started, why)
+        if why is not None:
+            return self._failed(problem, start, why)
+        with single_threaded_torch():
+            return self._plan(problem, start)
+
+    def _plan(self, problem: PlanningProblem, start: float) -> PlanResult:
+        raise NotImplementedError  # CEM and MPPI search in their own ways
 
 
 class CEMPlanner(SamplingPlanner):
@@ -138,14 +145,6 @@ class CEMPlanner(SamplingPlanner):
         if not 2 <= elites <= samples:
             raise ValueError(f"CEM needs 2 <= elites <= samples (got {elites}, {samples})")
         self.elites = elites
-
-    def plan(self, problem: PlanningProblem) -> PlanResult:
-        start = time.perf_counter()
-        refused = self._checked(problem, start)
-        if refused is not None:
-            return refused
-        with single_threaded_torch():
-            return self._plan(problem, start)
 
     def _plan(self, problem: PlanningProblem, start: float) -> PlanResult:
         horizon, a = self.settings.horizon, len(self.limits.u_low)
@@ -190,14 +189,6 @@ class MPPIPlanner(SamplingPlanner):
                  seed: int = 0) -> None:
         super().__init__(twin, settings, samples, iterations, seed)
         self.temperature, self.noise_rate_multiple = temperature, noise_rate_multiple
-
-    def plan(self, problem: PlanningProblem) -> PlanResult:
-        start = time.perf_counter()
-        refused = self._checked(problem, start)
-        if refused is not None:
-            return refused
-        with single_threaded_torch():
-            return self._plan(problem, start)
 
     def _plan(self, problem: PlanningProblem, start: float) -> PlanResult:
         horizon, a = self.settings.horizon, len(self.limits.u_low)
