@@ -202,6 +202,7 @@ class MqttBridge:
         self.client.publish(topic, body, qos=1, retain=False)
         self.stepper.confirm_written(done, values)
         self.stats.latencies_ms.append((time.perf_counter() - arrived) * 1000.0)
+        self.stats.step_ms.append(done.step_ms)
         readback = {tag: done.record.measurements[tag] for tag in values
                     if tag in done.record.measurements}
         self.stats.written.append((done.time_s, values, readback))

@@ -151,6 +151,7 @@ class OpcUaLoop:
                 await asyncio.to_thread(self.stepper.write_refused, done, tag, result.name)
         self.stepper.confirm_written(done, accepted)
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        self.stats.step_ms.append(done.step_ms)
         if accepted:
             readback = {tag: done.record.measurements[tag] for tag in accepted
                         if tag in done.record.measurements}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class EdgeStep:
     time_s: float
     record: StepRecord
     held: bool  # a stale hold made by the edge (nothing new to write)
+    step_ms: float = 0.0  # time in the step path (controller, safety layer, storage)
 
     @property
     def actuators(self) -> dict[str, float]:
@@ -73,7 +75,8 @@ class EdgeStats:
     unsafe: int = 0  # setpoints the last check refused to send (a step-path bug if any)
     db_errors: int = 0  # samples whose step the database did not take (nothing written out)
     reconnects: int = 0
-    latencies_ms: list[float] = field(default_factory=list)  # read start -> write done
+    latencies_ms: list[float] = field(default_factory=list)  # sample in -> setpoint out
+    step_ms: list[float] = field(default_factory=list)  # of which: the step path's call
     # (loop time, values written, the plant's read-back of them in that step's sample)
     written: list[tuple[float, dict[str, float], dict[str, float]]] = field(
         default_factory=list)
@@ -106,10 +109,12 @@ class LoopStepper:
              setpoints: Mapping[str, float] | None = None) -> EdgeStep:
         """One sample through the HTTP path's service; raises its errors unchanged."""
         with self._lock, self.sessions() as session:
+            started = time.perf_counter()
             number, record = self.manager.step(session, self.run_id, time_s, measurements,
                                                setpoints)
             self.last_time_s = float(time_s)
-            return EdgeStep(number, float(time_s), record, held=False)
+            return EdgeStep(number, float(time_s), record, held=False,
+                            step_ms=(time.perf_counter() - started) * 1000.0)
 
     def hold(self, reason: str, time_s: float | None = None) -> EdgeStep:
         """A recorded stale hold: the controller holds, the edge says why."""
