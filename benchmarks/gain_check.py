@@ -20,6 +20,7 @@ benchmarks/results/gain_check.json under the label.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import platform
@@ -166,6 +167,14 @@ def main() -> None:
     show(args.label, cases)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    # runs of two labels may finish together: one read-modify-write at a time
+    with open(Path(tempfile.gettempdir()) / "twin-gain-check.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        save(args, cases, commit)
+
+
+def save(args: argparse.Namespace, cases: list[dict[str, Any]], commit: str) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entry = results.get(args.label, {"cases": []})
     done = {(c["process"], c.get("patient")) for c in cases}
@@ -180,7 +189,6 @@ def main() -> None:
         "summary": summary(merged),
         "cases": merged,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     console.print(results[args.label]["summary"])
 

@@ -26,7 +26,7 @@ Run = Callable[[dict[str, float], int, int], dict[str, float]]
 """(held actuators, which sample a dose is given at, horizon) -> sensors at the horizon."""
 
 
-def _cstr_run(**_: Any) -> Run:
+def _cstr_run(_spec: ProcessSpec, **_: Any) -> Run:
     cstr = get_process("cstr")
     start = cstr.steady_state(cstr.TC_NOMINAL)
 
@@ -39,7 +39,7 @@ def _cstr_run(**_: Any) -> Run:
     return run
 
 
-def _turbofan_run(**_: Any) -> Run:
+def _turbofan_run(_spec: ProcessSpec, **_: Any) -> Run:
     turbofan = get_process("turbofan")
     spec = turbofan.SPEC
     flight = turbofan.Flight(spec.tag("alt").nominal, spec.tag("Mach").nominal,
@@ -55,9 +55,10 @@ def _turbofan_run(**_: Any) -> Run:
     return run
 
 
-def _glucose_run(patient: str | None = None, **_: Any) -> Run:
+def _glucose_run(spec: ProcessSpec, patient: str | None = None, **_: Any) -> Run:
     glucose = get_process("glucose")
-    name = patient or glucose.DEFAULT_PATIENT
+    # the patient asked for, else the one whose pump settings the twin's spec carries
+    name = patient or glucose.variant_of(spec) or glucose.DEFAULT_PATIENT
 
     def run(held: dict[str, float], dose_at: int, horizon: int) -> dict[str, float]:
         sim = glucose.GlucoseSimulator(name, seed=0, meals=())
@@ -87,7 +88,7 @@ def plant_gains(spec: ProcessSpec, steps: Mapping[str, float], horizon_steps: in
     if spec.name not in PLANT_RUNS:
         raise ValueError(f"no plant step test for process '{spec.name}' (have: "
                          f"{', '.join(sorted(PLANT_RUNS))})")
-    run = PLANT_RUNS[spec.name](**process_case)
+    run = PLANT_RUNS[spec.name](spec, **process_case)
     held = nominal_actuators(spec)
     doses = {t.name for t in spec.actuators if is_dose(t)}
     base_held = {name: (0.0 if name in doses else value) for name, value in held.items()}

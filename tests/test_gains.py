@@ -153,6 +153,11 @@ def test_more_insulin_lowers_a_patients_glucose():
     gains = plant_gains(spec, {"basal": 0.4, "bolus": 0.5}, 60, ["CGM", "IOB"])
     assert gains[("basal", "CGM")] < 0 and gains[("bolus", "CGM")] < 0
     assert gains[("basal", "IOB")] > 0 and gains[("bolus", "IOB")] > 0
+    # the patient is the one whose pump settings the spec carries, unless one is named
+    assert plant_gains(spec, {"basal": 0.4}, 60, ["CGM"], patient="child#001") == {
+        ("basal", "CGM"): gains[("basal", "CGM")]}
+    adult = plant_gains(glucose.spec_for("adult#001"), {"basal": 0.4}, 60, ["CGM"])
+    assert adult[("basal", "CGM")] != gains[("basal", "CGM")]
 
 
 def test_a_process_without_a_plant_step_test_is_refused():
@@ -193,3 +198,21 @@ def test_training_holds_a_declared_sign_against_the_data():
         gains[label] = gain_table(twin, None, 8)[0]["gain"]
     assert gains["free"] > 0
     assert gains["wrong"] < gains["free"]
+
+
+# -- excitation that separates insulin from meals ------------------------------------------
+
+def test_glucose_excitation_gives_insulin_off_the_meal_schedule_within_the_limits():
+    log = glucose.generate_training_log(hours=48.0, seed=1, patient="adult#001")
+    near_meal = log["CHO"].rolling(41, center=True, min_periods=1).max() > 0  # +-60 min
+    probes = (log["bolus"] > 0) & ~near_meal
+    assert probes.sum() >= 4 and log["bolus"][probes].sum() > 3.0  # units, not crumbs
+    assert log["IOB"].max() <= glucose.iob_limit("adult#001")
+    # the same carbohydrate does not always come with the same insulin
+    meals = log[(log["CHO"] > 0) & (log["bolus"] > 0)]
+    ratio = meals["bolus"] / meals["CHO"]
+    assert ratio.max() > 1.5 * ratio.min()
+    # a probe never goes on a falling or low glucose: none within an hour of a low
+    lows = log.index[log["CGM"] < 70.0]
+    for k in log.index[probes]:
+        assert not any(0 <= low - k <= 20 for low in lows)
