@@ -98,8 +98,11 @@ class CasadiQPSolver:
               start: np.ndarray | None = None, x0: np.ndarray | None = None
               ) -> QPSolution | None:
         guess = {} if x0 is None else {"x0": x0}
-        solution = self._conic(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx,
-                               **guess)
+        try:
+            solution = self._conic(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx,
+                                   ubx=ubx, **guess)
+        except RuntimeError:  # CasADi's evaluation errors (a NaN in the data): a failed QP
+            return None
         if not self._conic.stats().get("success", False):
             return None
         x = np.asarray(solution["x"]).ravel()
