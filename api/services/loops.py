@@ -18,33 +18,39 @@ The first step needs each actuator's current value, so that it moves from there:
 read-back, else the loop's last stored command, else `initial_actuators` given at the
 start, else the tag's nominal; an actuator with none of them is refused, never guessed.
 
-Models: the loop's active model is `runs.model_id`, and `model_activations` its
-history (the model it started with, then every switch). A switch builds the new
-controller before touching anything, so a model that cannot drive the loop (wrong
-process, corrupted checkpoint) changes nothing; the new controller starts from the
-actuator values last applied (bumpless: its safety layer rate-limits from there).
-
-Status of a loop, as clients see it: `stopped` when the run no longer runs; `stale`
-when no step arrived for more than STALE_AFTER_PERIODS sample periods (or the last
-step itself held on stale data); else the last step's `ok` or `fallback`.
+The manager's parts: starting (api.services.loop_starts), switching models
+(api.services.loop_models), reading (api.services.loop_views); what they share is in
+api.services.loop_base.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
+from collections.abc import Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.errors import ChecksumMismatch, Conflict, Invalid, NotFound, PayloadTooLarge
-from api.orm import ModelActivation, Run, RunKind, RunStatus, RunStep, TwinModel, utcnow
+from api.errors import Conflict, Invalid, PayloadTooLarge
+from api.orm import Run, RunKind, RunStatus, RunStep, utcnow
 from api.services import alarms
 from api.services.audit import Actor, record
+from api.services.loop_base import (  # the names others import from here, too
+    CATCH_UP_STEPS,
+    Clock,
+    Controller,
+    ControllerFactory,
+    Loop,
+    aware,
+    hand_over,
+)
+from api.services.loop_base import (
+    STALE_AFTER_PERIODS as STALE_AFTER_PERIODS,
+)
+from api.services.loop_base import (
+    SYSTEM_ACTOR as SYSTEM_ACTOR,
+)
 from api.services.loop_checks import (
     check_finite,
     check_measurements,
@@ -54,20 +60,19 @@ from api.services.loop_checks import (
     check_units,
     first_step_reference,
     initial_actuators,
-    initial_setpoints,
     plausible_readbacks,
     within_reach_of_command,
 )
 from api.services.loop_limits import (
     ControllerBuilder,
     LoopLimits,
-    check_loop_count,
-    check_planner,
 )
-from api.services.models import get_model, load_model_bytes
-from api.services.processes import process_or_builtin, spec_of
+from api.services.loop_models import LoopModels
+from api.services.loop_starts import LoopStarts
+from api.services.loop_views import LoopReading
+from api.services.loop_views import LoopView as LoopView
+from api.services.models import load_model_bytes
 from api.services.runs import (
-    create_run,
     finish_run,
     get_run,
     last_step,
@@ -76,33 +81,8 @@ from api.services.runs import (
     write_steps,
 )
 from twin.errors import InvalidInput
-from twin.planner_names import PLANNER_NAMES as PLANNERS
 from twin.records import EventKind, SafetyEvent, StepRecord, StepStatus
 from twin.safety import clip_setpoint
-from twin.spec import ProcessSpec
-
-STALE_AFTER_PERIODS = 3  # sample periods without a step before a running loop is stale
-SYSTEM_ACTOR = "system"  # history's actor for changes made without one (CLI, tests)
-
-Clock = Callable[[], datetime]
-
-
-# Steps read back to refill a controller whose window size is not known.
-CATCH_UP_STEPS = 64
-
-class Controller(Protocol):
-    """What `twin.controller.TwinController` offers; tests inject fakes with this shape.
-
-    A controller may also offer `reset(applied)` (TwinController does): it is called with
-    the actuator values last applied when the controller takes over a running loop."""
-
-    spec: ProcessSpec
-
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float]) -> StepRecord: ...
-
-
-ControllerFactory = Callable[[bytes, str], Controller]
 
 
 def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
@@ -117,38 +97,7 @@ def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
-@dataclass
-class Loop:
-    run_id: int
-    controller: Controller
-    setpoints: dict[str, float]
-    applied: dict[str, float] = field(default_factory=dict)  # last actuator values sent
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    model_id: int | None = None  # the model `controller` was built from
-    # The last step this worker's controller saw; when the database's last step differs,
-    # another worker (or this process before a restart) served the steps in between.
-    last_step: int | None = None
-
-    @property
-    def spec(self) -> ProcessSpec:
-        return self.controller.spec
-
-
-@dataclass(frozen=True)
-class LoopView:
-    """What a client or a person reads about a loop (GET /api/loops...)."""
-
-    run: Run
-    status: str  # ok / fallback / stale / stopped
-    model: TwinModel | None
-    last: RunStep | None
-    age_s: float  # seconds since the last step (since the start before the first)
-    stale_after_s: float
-    setpoints: dict[str, float]  # latest sensor setpoints (engineering units)
-    actuators: dict[str, float]  # latest actuator values sent
-
-
-class LoopManager:
+class LoopManager(LoopStarts, LoopModels, LoopReading):
     def __init__(self, factory: ControllerFactory = default_controller_factory, *,
                  lock_timeout_s: float = 10.0, max_tags: int = 2_000,
                  clock: Clock = utcnow, limits: LoopLimits | None = None) -> None:
@@ -169,88 +118,6 @@ class LoopManager:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, session: Session, process: str, model_id: int, planner: str,
-              setpoints: Mapping[str, float], *, actor: Actor | None = None,
-              initial: Mapping[str, float] | None = None,
-              idempotency_key: str | None = None) -> Run:
-        """Build the controller, then store the run and its first model activation
-        (audited as "loop.start" with an actor). `initial`: the actuator values the plant
-        applies now. A start repeated with the same `idempotency_key` (per key) returns
-        the loop the first one started; the key with another request is refused (409)."""
-        if planner not in PLANNERS:
-            raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
-        self._check_size(setpoints, initial or {})
-        check_finite("setpoints", setpoints)
-        check_finite("initial_actuators", initial or {})
-        request = {"process": process, "model_id": model_id, "planner": planner,
-                   "setpoints": dict(setpoints), "initial_actuators": dict(initial or {})}
-        key_id = actor.key_id if actor is not None else None
-        if idempotency_key is None:
-            return self._start(session, request, actor, None)
-        with self._registry_lock:
-            gate = self._start_gates.setdefault((key_id, idempotency_key), threading.Lock())
-        with gate:
-            earlier = _started_with(session, key_id, idempotency_key)
-            if earlier is not None:
-                if earlier.config.get("request") != request:
-                    raise Conflict(f"Idempotency-Key '{idempotency_key}' was used for another "
-                                   f"start (loop {earlier.id}); use a new key")
-                return earlier
-            return self._start(session, request, actor, idempotency_key)
-
-    def _start(self, session: Session, request: dict, actor: Actor | None,
-               idempotency_key: str | None) -> Run:
-        process, model_id, planner = request["process"], request["model_id"], request["planner"]
-        if actor is not None:
-            check_planner(self.limits, planner, actor)
-        key_id = actor.key_id if actor is not None else None
-        check_loop_count(session, self.limits, key_id)
-        proc = process_or_builtin(session, process)
-        if get_model(session, model_id).process_id != proc.id:
-            raise Invalid(f"model {model_id} was not trained for process '{process}'")
-        spec = spec_of(proc)
-        check_setpoint_tags(spec, request["setpoints"])
-        check_setpoint_limits(spec, request["setpoints"])
-        initial_actuators(spec, request["initial_actuators"])
-        controller = self._build(session, model_id, planner)
-        if controller.spec.name != process:
-            raise Invalid(f"model {model_id} controls '{controller.spec.name}', not '{process}'")
-        full_setpoints = initial_setpoints(controller.spec, request["setpoints"])
-        given = request["initial_actuators"]
-        applied = initial_actuators(controller.spec, given)
-        config = {"planner": planner, "model_id": model_id, "setpoints": full_setpoints,
-                  "initial_actuators": given, "started_by_key": key_id, "request": request}
-        if idempotency_key is not None:
-            config["idempotency_key"] = idempotency_key
-        with self._admission:  # the count again: other starts may have finished meanwhile
-            session.expire_all()
-            check_loop_count(session, self.limits, key_id)
-            run = self._store_start(session, process, model_id, planner, config, actor)
-        if given:  # else the controller starts from the nominals itself
-            _hand_over(controller, applied)
-        with self._registry_lock:
-            self._loops[run.id] = Loop(run.id, controller, full_setpoints, dict(given),
-                                       model_id=model_id)
-        return run
-
-    def _store_start(self, session: Session, process: str, model_id: int, planner: str,
-                     config: dict, actor: Actor | None) -> Run:
-        try:
-            run = create_run(session, kind=RunKind.CONTROL, process=process,
-                             controller=f"twin/{planner}", model_id=model_id,
-                             config=config, commit=False)
-            run.started_at = self._clock()
-            session.add(ModelActivation(run_id=run.id, model_id=model_id,
-                                        activated_at=run.started_at, actor=_name(actor),
-                                        reason="loop started"))
-            record(session, actor, "loop.start", f"run:{run.id}",
-                   {"process": process, "model_id": model_id, "planner": planner})
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        return run
-
     def stop(self, session: Session, run_id: int, *, actor: Actor | None = None) -> Run:
         """Stop the loop (audited as "loop.stop" with an actor); stopping twice is harmless."""
         run = get_run(session, run_id)
@@ -270,121 +137,6 @@ class LoopManager:
             session.rollback()
             raise
         return run
-
-    # ------------------------------------------------------------ models
-
-    def switch_model(self, session: Session, run_id: int, model_id: int, reason: str, *,
-                     actor: Actor | None = None) -> Run:
-        """Make `model_id` the loop's model (audited as "loop.model_switch" with an actor).
-
-        Refused, changing nothing, for a model of another process (422), an unknown model
-        (404), a corrupted checkpoint or a stopped loop (409). Switching to the model that
-        is already active succeeds and records nothing."""
-        run = _control_run(session, run_id)
-        if run.status != RunStatus.RUNNING:
-            raise Conflict(f"loop {run_id} is {run.status}; only a running loop can switch "
-                           "models")
-        model = get_model(session, model_id)
-        if model.process_id != run.process_id:
-            raise Invalid(f"model {model_id} ('{model.name}' v{model.version}) was trained "
-                          f"for process '{model.process.name}', not for this loop's "
-                          f"'{run.process.name}'")
-        if run.model_id == model_id:
-            return run
-        planner = str(run.config.get("planner", "casadi"))
-        try:
-            controller = self._build(session, model_id, planner)
-        except ChecksumMismatch as exc:
-            raise Conflict(f"model {model_id} cannot be activated: {exc}") from None
-        if controller.spec.name != run.process.name:
-            raise Invalid(f"model {model_id} controls '{controller.spec.name}', "
-                          f"not '{run.process.name}'")
-        loop = self._loop(session, run_id, prebuilt=(controller, model_id))
-        if not loop.lock.acquire(timeout=self._lock_timeout_s):
-            raise Conflict(f"loop {run_id} is busy with a step; try the switch again")
-        try:
-            self._switch_locked(session, loop, run, model, controller, reason, actor)
-        finally:
-            loop.lock.release()
-        return run
-
-    def _switch_locked(self, session: Session, loop: Loop, run: Run, model: TwinModel,
-                       controller: Controller, reason: str, actor: Actor | None) -> None:
-        session.refresh(run)  # a step or a stop may have committed while we waited
-        if run.status != RunStatus.RUNNING:
-            raise Conflict(f"loop {run.id} was {run.status} meanwhile; nothing switched")
-        previous = run.model_id
-        if previous == model.id:  # a concurrent request made the same switch first
-            return
-        try:
-            run.model_id = model.id
-            session.add(ModelActivation(run_id=run.id, model_id=model.id,
-                                        previous_model_id=previous,
-                                        activated_at=self._clock(), actor=_name(actor),
-                                        reason=reason))
-            record(session, actor, "loop.model_switch", f"run:{run.id}",
-                   {"model_id": model.id, "previous_model_id": previous,
-                    "name": model.name, "version": model.version, "sha256": model.sha256,
-                    "reason": reason})
-            session.commit()
-        except BaseException:
-            session.rollback()
-            if loop.controller is controller:  # restored for this switch: forget it
-                with self._registry_lock:
-                    self._loops.pop(run.id, None)
-            raise
-        _hand_over(controller, loop.applied)
-        loop.controller, loop.model_id = controller, model.id
-        loop.last_step = None  # the new twin refills its window from the stored steps
-
-    def history(self, session: Session, run_id: int) -> list[ModelActivation]:
-        """The loop's model activations, newest first."""
-        _control_run(session, run_id)
-        return list(session.scalars(
-            select(ModelActivation).where(ModelActivation.run_id == run_id)
-            .order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())))
-
-    # ------------------------------------------------------------ reading
-
-    def view(self, session: Session, run_id: int) -> LoopView:
-        return self._view(session, _control_run(session, run_id), self._clock())
-
-    def list_loops(self, session: Session, *, process: str | None = None,
-                   running: bool | None = None, limit: int = 100,
-                   offset: int = 0) -> list[LoopView]:
-        """Loops newest first; optionally of one process, running (or not) only."""
-        query = (select(Run).where(Run.kind == RunKind.CONTROL).order_by(Run.id.desc())
-                 .limit(limit).offset(offset))
-        if process is not None:
-            query = query.where(Run.process.has(name=process))
-        if running is not None:
-            status_is_running = Run.status == RunStatus.RUNNING
-            query = query.where(status_is_running if running else ~status_is_running)
-        now = self._clock()
-        return [self._view(session, run, now) for run in session.scalars(query)]
-
-    def latest_setpoint(self, session: Session, run_id: int) -> LoopView:
-        """The loop with its latest step; NotFound before the first step."""
-        view = self.view(session, run_id)
-        if view.last is None:
-            raise NotFound(f"loop {run_id} has no setpoint yet: nothing was posted to "
-                           f"POST /api/loops/{run_id}/step")
-        return view
-
-    def _view(self, session: Session, run: Run, now: datetime) -> LoopView:
-        spec = spec_of(run.process)
-        stale_after_s = STALE_AFTER_PERIODS * spec.sample_period_s
-        last = last_step(session, run.id)
-        values = step_values(session, run.id, last.step) if last is not None else {}
-        since = _aware(run.last_step_at if last is not None and run.last_step_at
-                       else run.started_at)
-        age_s = max(0.0, (now - since).total_seconds())
-        model = session.get(TwinModel, run.model_id) if run.model_id is not None else None
-        return LoopView(
-            run=run, status=_loop_status(run, last, age_s, stale_after_s), model=model,
-            last=last, age_s=age_s, stale_after_s=stale_after_s,
-            setpoints=values.get("setpoint") or dict(run.config.get("setpoints", {})),
-            actuators=values.get("actuator", {}))
 
     # ------------------------------------------------------------ one step
 
@@ -417,7 +169,7 @@ class LoopManager:
             raise Conflict(f"loop {loop.run_id} is {status}; start a new loop")
         if model_id != loop.model_id:
             controller = self._build(session, model_id, planner or "casadi")
-            _hand_over(controller, loop.applied)
+            hand_over(controller, loop.applied)
             loop.controller, loop.model_id = controller, model_id
             loop.last_step = None  # the new twin refills its window from the stored steps
 
@@ -468,7 +220,7 @@ class LoopManager:
                     previous: RunStep | None) -> None:
         now = self._clock()
         arrived = session.scalar(select(Run.last_step_at).where(Run.id == loop.run_id))
-        elapsed = (now - _aware(arrived)).total_seconds() if arrived is not None else 0.0
+        elapsed = (now - aware(arrived)).total_seconds() if arrived is not None else 0.0
         check_time(time_s, previous.time_s if previous is not None else None,
                    now_epoch_s=now.timestamp(), wall_elapsed_s=elapsed,
                    sample_period_s=loop.spec.sample_period_s, window=self.limits.time_window)
@@ -518,7 +270,7 @@ class LoopManager:
             setpoints.update(values.get("setpoint", {}))
             applied = values.get("actuator", {})
         if applied:
-            _hand_over(controller, initial_actuators(controller.spec, applied))
+            hand_over(controller, initial_actuators(controller.spec, applied))
         return Loop(run_id, controller, setpoints, applied, model_id=model_id)
 
     def _catch_up(self, session: Session, loop: Loop, last: int) -> None:
@@ -552,48 +304,14 @@ class LoopManager:
             raise PayloadTooLarge(f"{count} tags in one request (at most {self._max_tags})")
 
 
-def _control_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None or run.kind != RunKind.CONTROL:
-        raise NotFound(f"no control loop with id {run_id}")
-    return run
 
 
-def _hand_over(controller: Controller, applied: Mapping[str, float]) -> None:
-    """Bumpless transfer: the controller continues from the actuator values last applied."""
-    reset = getattr(controller, "reset", None)
-    if reset is not None and applied:
-        reset(dict(applied))
 
 
-def _loop_status(run: Run, last: RunStep | None, age_s: float, stale_after_s: float) -> str:
-    if run.status != RunStatus.RUNNING:
-        return StepStatus.STOPPED
-    if age_s > stale_after_s:
-        return StepStatus.STALE
-    if last is None:
-        return StepStatus.OK
-    return last.status if last.status in (StepStatus.FALLBACK, StepStatus.STALE) \
-        else StepStatus.OK
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _name(actor: Actor | None) -> str:
-    return actor.name if actor is not None else SYSTEM_ACTOR
-
-
-def _started_with(session: Session, key_id: int | None, idempotency_key: str) -> Run | None:
-    """The loop a start with this idempotency key (of this API key) made, if any."""
-    query = select(Run).where(Run.kind == RunKind.CONTROL,
-                              Run.config["idempotency_key"].as_string() == idempotency_key)
-    for run in session.scalars(query.order_by(Run.id)):
-        if run.config.get("started_by_key") == key_id:
-            return run
-    return None
 
 
 def _training_ranges(controller: Controller) -> dict[str, tuple[float, float]]:
