@@ -150,6 +150,21 @@ def test_fallback_and_stale_steps_raise_loop_alarms(session: Session, loop: Loop
     assert f"{gap:g} s since the previous sample" in stale.message
 
 
+def test_a_new_loop_warming_up_raises_no_alarm(session: Session, loop: Loop) -> None:
+    """Warm-up is the baseline by design: an event on the run, never an alarm; a fallback
+    for another reason while warming up still is one."""
+    for k in range(4):
+        loop.step(_record(k, status=StepStatus.FALLBACK, events=[
+            SafetyEvent("warming_up", f"warming up: {k + 1}/16 samples of history"),
+            SafetyEvent("clipped_bounds", "Tc clipped to its bounds", "Tc")]))
+    assert _points(session, loop.run_id) == {}
+    loop.step(_record(4, status=StepStatus.FALLBACK, events=[
+        SafetyEvent("warming_up", "warming up: 5/16 samples of history"),
+        SafetyEvent("model_mismatch", "forecasts miss the plant")]))
+    fallback = _point(session, loop.run_id, AlarmKind.FALLBACK, tag="")
+    assert fallback.active and "model_mismatch" in fallback.message
+
+
 def test_the_off_delay_needs_consecutive_steps_without_the_condition(
         session: Session, loop: Loop) -> None:
     loop.temperatures([T_HIGH + 1.0] + [NORMAL_T] * (alarms.CLEAR_AFTER_STEPS - 1))

@@ -8,7 +8,9 @@ An alarm point is (loop, tag, kind); it is raised from what each loop step store
   from its one limit to its nominal value (or, without one, to the step's setpoint);
   a sensor with neither has no approach alarm, only the violation;
 * `fallback` (medium, whole loop): the step's status is fallback (solver failure,
-  deadline, limit guard, model mismatch, a guarded actuator value);
+  deadline, limit guard, model mismatch, a guarded actuator value); not while a new
+  loop warms up (its history filling), which is expected, needs no response and is
+  recorded as the step's `warming_up` event only;
 * `stale_data` (high, whole loop): the controller marked the step stale (a gap of more
   than 3 sample periods, or no sensor value), or a running loop has stored no step for
   more than `STALE_AFTER_PERIODS` sample periods of server time.
@@ -65,7 +67,7 @@ from api.orm import (
 from api.services.audit import Actor, record
 from api.services.processes import spec_of
 from api.services.runs import values_between
-from twin.records import StepRecord, StepStatus
+from twin.records import FALLBACK_REASONS, EventKind, StepRecord, StepStatus
 from twin.spec import ProcessSpec, Tag
 
 APPROACH_FRACTION = 0.1  # of a sensor's operating span
@@ -140,7 +142,7 @@ def step_conditions(spec: ProcessSpec, view: StepView,
         value = view.sensors.get(tag.name)
         if value is not None:
             found.extend(_limit_conditions(tag, value, view.setpoints.get(tag.name), fraction))
-    if view.status == StepStatus.FALLBACK:
+    if view.status == StepStatus.FALLBACK and not _only_warming_up(view):
         why = [f"{kind}: {message}" for kind, message, _ in view.events
                if kind not in STALE_EVENTS]
         found.append(Condition(LOOP, AlarmKind.FALLBACK,
@@ -151,6 +153,13 @@ def step_conditions(spec: ProcessSpec, view: StepView,
                                "; ".join(stale) or "stale data: actuators held",
                                view.gap_s, "s"))
     return found
+
+
+def _only_warming_up(view: StepView) -> bool:
+    """A loop still filling its history runs the baseline by design: an event on the run,
+    not an alarm (ISA-18.2: an alarm needs an operator response, and a new loop needs none)."""
+    reasons = {kind for kind, _, _ in view.events if kind in FALLBACK_REASONS}
+    return reasons == {EventKind.WARMING_UP}
 
 
 def _limit_conditions(tag: Tag, value: float, setpoint: float | None,
