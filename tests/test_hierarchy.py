@@ -40,13 +40,16 @@ def planner(twin: Twin) -> HierarchicalPlanner:
 
 
 def _problem(twin: Twin, index: int, tc: float, setpoint_k: float) -> PlanningProblem:
-    return PlanningProblem(twin.bank.embeddings[index].double().numpy(),
-                           twin.normalise_actions(np.array([tc])),
-                           twin.goal_embedding({"T": setpoint_k}))
+    return PlanningProblem(
+        twin.bank.embeddings[index].double().numpy(),
+        twin.normalise_actions(np.array([tc])),
+        twin.goal_embedding({"T": setpoint_k}),
+    )
 
 
-def _assert_feasible(actions: np.ndarray, u_prev: np.ndarray, planner: HierarchicalPlanner,
-                     tol: float = 1e-7) -> None:
+def _assert_feasible(
+    actions: np.ndarray, u_prev: np.ndarray, planner: HierarchicalPlanner, tol: float = 1e-7
+) -> None:
     lim = planner.limits
     assert np.all(np.isfinite(actions))
     assert np.all(actions >= lim.u_low - tol) and np.all(actions <= lim.u_high + tol)
@@ -69,12 +72,20 @@ def test_coarse_level_sees_at_least_three_fine_horizons(planner: HierarchicalPla
     assert planner.subgoal_block * planner.k < FINE.horizon
 
 
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(index=st.integers(0, 200), tc=st.floats(cstr.TC_LOW, cstr.TC_HIGH),
-       setpoint=st.floats(330.0, 380.0), warm=st.booleans())
-def test_plans_keep_bounds_and_rates(planner: HierarchicalPlanner, twin: Twin, index: int,
-                                     tc: float, setpoint: float, warm: bool) -> None:
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    index=st.integers(0, 200),
+    tc=st.floats(cstr.TC_LOW, cstr.TC_HIGH),
+    setpoint=st.floats(330.0, 380.0),
+    warm=st.booleans(),
+)
+def test_plans_keep_bounds_and_rates(
+    planner: HierarchicalPlanner, twin: Twin, index: int, tc: float, setpoint: float, warm: bool
+) -> None:
     if not warm:
         planner.reset()
     problem = _problem(twin, index, tc, setpoint)
@@ -104,36 +115,38 @@ def test_subgoal_lies_on_the_coarse_rollout_and_the_fine_plan_tracks_it(twin: Tw
     with torch.no_grad():
         rolled = twin.model.coarse_rollout(
             torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
-            torch.as_tensor(coarse.actions, dtype=torch.float32).unsqueeze(0))[0].numpy()
+            torch.as_tensor(coarse.actions, dtype=torch.float32).unsqueeze(0),
+        )[0].numpy()
     assert rolled.shape == (planner.blocks, twin.config.embed_dim)
     np.testing.assert_allclose(coarse.embeddings, rolled, atol=1e-5)
     np.testing.assert_allclose(coarse.subgoal, rolled[planner.subgoal_block], atol=1e-5)
     assert not np.allclose(coarse.subgoal, problem.z_goal, atol=1e-3)  # not the far goal
     # the fine level is the RTI planner solving for the subgoal instead of the far goal
     reference = RTIPlanner(twin, FINE).plan(
-        PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal))
+        PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal)
+    )
     np.testing.assert_allclose(result.actions, reference.actions, atol=1e-9)
     far = RTIPlanner(twin, FINE).plan(problem)
     assert not np.allclose(result.actions, far.actions, atol=1e-6)
 
 
-def test_the_tracking_metric_shapes_the_coarse_search_not_the_subgoal_tracking(
-        twin: Twin) -> None:
+def test_the_tracking_metric_shapes_the_coarse_search_not_the_subgoal_tracking(twin: Twin) -> None:
     """The metric weighs the far goal's setpoint error: it changes the coarse plan, and the
     fine level tracks the subgoal on the plain embedding distance."""
     plain = _problem(twin, 40, 320.0, 370.0)
     jacobian = twin.readout_jacobian(plain.z_goal, ["T"])
     metric = np.linalg.cholesky(np.eye(len(plain.z_goal)) + 40.0 * jacobian.T @ jacobian).T
     weighted = PlanningProblem(plain.z0, plain.u_prev, plain.z_goal, metric=metric)
-    unweighted_planner, weighted_planner = HierarchicalPlanner(twin, FINE), \
-        HierarchicalPlanner(twin, FINE)
+    unweighted_planner, weighted_planner = (
+        HierarchicalPlanner(twin, FINE),
+        HierarchicalPlanner(twin, FINE),
+    )
     unweighted_planner.plan(plain)
     result = weighted_planner.plan(weighted)
     coarse = weighted_planner.last_coarse
     assert result.ok and coarse is not None and unweighted_planner.last_coarse is not None
     assert not np.allclose(coarse.actions, unweighted_planner.last_coarse.actions, atol=1e-6)
-    reference = RTIPlanner(twin, FINE).plan(
-        PlanningProblem(plain.z0, plain.u_prev, coarse.subgoal))
+    reference = RTIPlanner(twin, FINE).plan(PlanningProblem(plain.z0, plain.u_prev, coarse.subgoal))
     np.testing.assert_allclose(result.actions, reference.actions, atol=1e-9)
 
 
@@ -149,8 +162,7 @@ def test_coarse_plan_beats_holding_on_its_own_objective(twin: Twin) -> None:
 
 @pytest.mark.parametrize("field", ["z0", "u_prev", "z_goal"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_non_finite_input_fails_cleanly_then_recovers(twin: Twin, field: str, bad: float
-                                                      ) -> None:
+def test_non_finite_input_fails_cleanly_then_recovers(twin: Twin, field: str, bad: float) -> None:
     planner = HierarchicalPlanner(twin, FINE)
     good = _problem(twin, 5, 330.0, 360.0)
     assert planner.plan(good).ok
@@ -177,8 +189,12 @@ def test_controller_runs_the_hierarchy_safely(twin: Twin) -> None:
     # the tiny twin's one-step forecasts are rough: keep the mismatch check out; the
     # deadline is generous so a busy test machine cannot turn a slow plan into a fallback
     settings = dataclasses.replace(FINE, deadline_ms=60_000.0)
-    controller = cold_controller(twin, make_planner("hierarchical", twin, settings),
-                                cstr.pi_fallback(), mismatch_trip=math.inf)
+    controller = cold_controller(
+        twin,
+        make_planner("hierarchical", twin, settings),
+        cstr.pi_fallback(),
+        mismatch_trip=math.inf,
+    )
     sim = cstr.CSTRSimulator(seed=0)
     meas, previous, statuses = sim.measure(), cstr.TC_NOMINAL, []
     for k in range(12):

@@ -68,8 +68,9 @@ def _max_export_error(model_twin: Twin, n: int = 64) -> tuple[float, float]:
         z_next = model_twin.model.predictor(z, u).double().numpy()
         y = model_twin.model.readout(z).double().numpy()
     zd, ud = z.double().numpy(), u.double().numpy()
-    f_err = max(float(np.abs(np.asarray(f(zd[i], ud[i])).ravel() - z_next[i]).max())
-                for i in range(n))
+    f_err = max(
+        float(np.abs(np.asarray(f(zd[i], ud[i])).ravel() - z_next[i]).max()) for i in range(n)
+    )
     h_err = max(float(np.abs(np.asarray(h(zd[i])).ravel() - y[i]).max()) for i in range(n))
     return f_err, h_err
 
@@ -80,8 +81,14 @@ def test_casadi_export_equals_torch(twin: Twin) -> None:
 
 
 def test_casadi_export_with_deep_predictor_and_tanh_readout(twin: Twin) -> None:
-    config = JEPAConfig(window=8, embed_dim=6, encoder_hidden=16, predictor_hidden=12,
-                        predictor_layers=2, readout_hidden=5)
+    config = JEPAConfig(
+        window=8,
+        embed_dim=6,
+        encoder_hidden=16,
+        predictor_hidden=12,
+        predictor_layers=2,
+        readout_hidden=5,
+    )
     torch.manual_seed(3)
     model = JEPA(config, twin.layout.feature_dim, 1, len(twin.layout.observed))
     other = Twin(twin.spec, config, twin.norm, model, twin.bank)
@@ -104,8 +111,9 @@ def test_export_differs_from_a_different_model(twin: Twin) -> None:
 
 def test_export_rejects_unknown_layers() -> None:
     with pytest.raises(TypeError, match=r"cannot export layer GELU"):
-        torch_mlp_to_casadi(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU()),
-                            ca.SX.sym("x", 2))
+        torch_mlp_to_casadi(
+            torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU()), ca.SX.sym("x", 2)
+        )
 
 
 def test_constraints_in_normalised_units(twin: Twin) -> None:
@@ -194,8 +202,13 @@ def test_casadi_plan_follows_the_twin_dynamics(twin: Twin) -> None:
     np.testing.assert_allclose(result.embeddings, rolled, atol=1e-4)
     # no worse than holding the last action (a feasible point for bounds and rates)
     hold = PlanningProblem(z0, u_prev, goal)
-    hold_z = twin.model.predictor.rollout(z, torch.as_tensor(
-        np.tile(hold.u_prev, (10, 1)), dtype=torch.float32).unsqueeze(0))[0].detach().numpy()
+    hold_z = (
+        twin.model.predictor.rollout(
+            z, torch.as_tensor(np.tile(hold.u_prev, (10, 1)), dtype=torch.float32).unsqueeze(0)
+        )[0]
+        .detach()
+        .numpy()
+    )
     y = twin.model.readout(torch.as_tensor(hold_z)).detach().numpy()[:, planner.limits.limit_rows]
     slack = np.maximum(y - planner.limits.y_high, 0) + np.maximum(planner.limits.y_low - y, 0)
     hold_cost = float(((hold_z - goal) ** 2).sum() + 1e4 * slack.sum())
@@ -224,6 +237,7 @@ def test_cem_with_non_finite_costs_reports_failure(cem_planner: CEMPlanner, goal
 
 # -- the real-time-iteration planner (the default `casadi`), MPPI, and what reaches the plant --
 
+
 def _rti(twin: Twin, **kwargs) -> RTIPlanner:
     return RTIPlanner(twin, PlannerSettings(horizon=10), **kwargs)
 
@@ -238,17 +252,24 @@ def mppi_planner(twin: Twin) -> MPPIPlanner:
     return MPPIPlanner(twin)
 
 
-def _bank_problem(twin: Twin, index: int = 100, setpoint_k: float = 370.0,
-                  tc: float = 330.0) -> PlanningProblem:
+def _bank_problem(
+    twin: Twin, index: int = 100, setpoint_k: float = 370.0, tc: float = 330.0
+) -> PlanningProblem:
     z0 = twin.bank.embeddings[index].double().numpy()
-    return PlanningProblem(z0, twin.normalise_actions(np.array([tc])),
-                           twin.goal_embedding({"T": setpoint_k}))
+    return PlanningProblem(
+        z0, twin.normalise_actions(np.array([tc])), twin.goal_embedding({"T": setpoint_k})
+    )
 
 
 def test_make_planner_knows_every_name(twin: Twin) -> None:
-    kinds = {"casadi": RTIPlanner, "casadi-ipopt": CasadiPlanner,
-             "casadi-fatrop": StructuredNLPPlanner, "cem": CEMPlanner, "mppi": MPPIPlanner,
-             "hierarchical": HierarchicalPlanner}
+    kinds = {
+        "casadi": RTIPlanner,
+        "casadi-ipopt": CasadiPlanner,
+        "casadi-fatrop": StructuredNLPPlanner,
+        "cem": CEMPlanner,
+        "mppi": MPPIPlanner,
+        "hierarchical": HierarchicalPlanner,
+    }
     assert set(kinds) == set(PLANNER_NAMES)
     for name, kind in kinds.items():
         planner = make_planner(name, twin, PlannerSettings(horizon=4))
@@ -301,8 +322,7 @@ def test_rti_plan_follows_the_twin_dynamics_and_reports_its_cost(twin: Twin) -> 
     y = y.numpy()[:, planner.limits.limit_rows]
     slack = np.maximum(np.maximum(y - planner.limits.y_high, planner.limits.y_low - y), 0)
     moves = np.diff(np.vstack([problem.u_prev, result.actions]), axis=0) / planner.limits.rate
-    expected = (((rolled - problem.z_goal) ** 2).sum() + 0.5 * (moves**2).sum()
-                + 1e4 * slack.sum())
+    expected = ((rolled - problem.z_goal) ** 2).sum() + 0.5 * (moves**2).sum() + 1e4 * slack.sum()
     assert result.cost == pytest.approx(expected, rel=1e-4)
 
 
@@ -316,7 +336,8 @@ def test_rti_keeps_sensor_limits_when_it_can(twin: Twin) -> None:
     with torch.no_grad():
         z_hold = twin.model.predictor.rollout(
             torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
-            torch.as_tensor(hold, dtype=torch.float32).unsqueeze(0))
+            torch.as_tensor(hold, dtype=torch.float32).unsqueeze(0),
+        )
         y_hold = twin.model.readout(z_hold)[0].double().numpy()[:, lim.limit_rows]
     assert np.all(y_hold <= lim.y_high) and np.all(y_hold >= lim.y_low)  # feasible start
     result = planner.plan(problem)
@@ -373,8 +394,7 @@ def test_rti_rejects_non_finite_problems(twin: Twin, field: str, bad: float) -> 
     assert np.all(result.actions >= lim.u_low) and np.all(result.actions <= lim.u_high)
 
 
-def test_compiled_linearisation_matches_and_falls_back(twin: Twin, tmp_path, monkeypatch
-                                                       ) -> None:
+def test_compiled_linearisation_matches_and_falls_back(twin: Twin, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TWIN_CASADI_CACHE", str(tmp_path))
     problem = _bank_problem(twin)
     reference = _rti(twin).plan(problem)
@@ -414,11 +434,24 @@ def test_mppi_improves_on_holding(twin: Twin) -> None:
 
 # -- random small twins: whatever a planner returns, the safety layer's output is safe ---------
 
+
 def _small_spec(n_actuators: int) -> ProcessSpec:
-    tags = [Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.0),
-            Tag(name="y_lo", role=TagRole.SENSOR, unit="1", low=-1.0)]
-    tags += [Tag(name=f"u{i}", role=TagRole.ACTUATOR, unit="bar", low=-1.0 - i, high=2.0,
-                 rate_limit=0.1 * (i + 1), nominal=0.0) for i in range(n_actuators)]
+    tags = [
+        Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.0),
+        Tag(name="y_lo", role=TagRole.SENSOR, unit="1", low=-1.0),
+    ]
+    tags += [
+        Tag(
+            name=f"u{i}",
+            role=TagRole.ACTUATOR,
+            unit="bar",
+            low=-1.0 - i,
+            high=2.0,
+            rate_limit=0.1 * (i + 1),
+            nominal=0.0,
+        )
+        for i in range(n_actuators)
+    ]
     return ProcessSpec(name=f"small-{n_actuators}", sample_period_s=2.0, tags=tuple(tags))
 
 
@@ -427,8 +460,11 @@ def _small_twin(n_actuators: int, embed_dim: int, seed: int) -> Twin:
     spec = _small_spec(n_actuators)
     names = tuple(t.name for t in spec.tags)
     rng = np.random.default_rng(seed)
-    norm = Normalizer(names, tuple(rng.normal(0, 0.3, len(names)).tolist()),
-                      tuple(rng.uniform(0.5, 2.0, len(names)).tolist()))
+    norm = Normalizer(
+        names,
+        tuple(rng.normal(0, 0.3, len(names)).tolist()),
+        tuple(rng.uniform(0.5, 2.0, len(names)).tolist()),
+    )
     config = JEPAConfig(window=4, embed_dim=embed_dim, encoder_hidden=8, predictor_hidden=8)
     torch.manual_seed(seed)
     model = JEPA(config, len(names), n_actuators, 2)
@@ -436,23 +472,30 @@ def _small_twin(n_actuators: int, embed_dim: int, seed: int) -> Twin:
     return Twin(spec, config, norm, model, bank)
 
 
-odd_float = st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf),
-                      st.just(-math.inf))
+odd_float = st.one_of(
+    st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf), st.just(-math.inf)
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n_actuators=st.integers(1, 2), embed_dim=st.sampled_from([2, 3]),
-       seed=st.integers(0, 3), name=st.sampled_from(["casadi", "mppi", "cem"]),
-       data=st.data())
-def test_any_plan_through_the_safety_layer_is_safe(n_actuators: int, embed_dim: int,
-                                                   seed: int, name: str, data) -> None:
+@given(
+    n_actuators=st.integers(1, 2),
+    embed_dim=st.sampled_from([2, 3]),
+    seed=st.integers(0, 3),
+    name=st.sampled_from(["casadi", "mppi", "cem"]),
+    data=st.data(),
+)
+def test_any_plan_through_the_safety_layer_is_safe(
+    n_actuators: int, embed_dim: int, seed: int, name: str, data
+) -> None:
     twin = _small_twin(n_actuators, embed_dim, seed)
     planner = make_planner(name, twin, PlannerSettings(horizon=5))
     spec = twin.spec
     z0 = np.array(data.draw(st.lists(odd_float, min_size=embed_dim, max_size=embed_dim)))
     goal = np.array(data.draw(st.lists(odd_float, min_size=embed_dim, max_size=embed_dim)))
-    previous = {t.name: data.draw(st.one_of(st.floats(t.low, t.high), odd_float))
-                for t in spec.actuators}
+    previous = {
+        t.name: data.draw(st.one_of(st.floats(t.low, t.high), odd_float)) for t in spec.actuators
+    }
     u_prev = twin.normalise_actions(np.array([previous[t.name] for t in spec.actuators]))
     try:
         result = planner.plan(PlanningProblem(z0, u_prev, goal))
@@ -479,13 +522,19 @@ def _weighted_problem(twin: Twin) -> PlanningProblem:
     return problem
 
 
-def _objective(twin: Twin, problem: PlanningProblem, actions: np.ndarray,
-               limits: Constraints) -> float:
+def _objective(
+    twin: Twin, problem: PlanningProblem, actions: np.ndarray, limits: Constraints
+) -> float:
     """The planners' objective recomputed from scratch: |W (z - z_goal)|^2 per stage."""
     with torch.no_grad():
-        rolled = twin.model.predictor.rollout(
-            torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
-            torch.as_tensor(actions, dtype=torch.float32).unsqueeze(0))[0].double().numpy()
+        rolled = (
+            twin.model.predictor.rollout(
+                torch.as_tensor(problem.z0, dtype=torch.float32).unsqueeze(0),
+                torch.as_tensor(actions, dtype=torch.float32).unsqueeze(0),
+            )[0]
+            .double()
+            .numpy()
+        )
     y = twin.model.readout(torch.as_tensor(rolled, dtype=torch.float32)).detach().double()
     y = y.numpy()[:, limits.limit_rows]
     slack = np.maximum(np.maximum(y - limits.y_high, limits.y_low - y), 0)
@@ -506,15 +555,17 @@ def test_a_tracking_metric_reaches_every_planner(twin: Twin) -> None:
     assert reference.ok and converged.ok and structured.ok
     limits = Constraints.from_twin(twin, settings.limit_margin)
     for result in (reference, converged, structured):
-        assert result.cost == pytest.approx(_objective(twin, problem, result.actions, limits),
-                                            rel=1e-3)
+        assert result.cost == pytest.approx(
+            _objective(twin, problem, result.actions, limits), rel=1e-3
+        )
     assert converged.cost == pytest.approx(reference.cost, rel=0.02)
     assert structured.cost == pytest.approx(reference.cost, rel=0.02)
     for sampler in (CEMPlanner(twin, settings), MPPIPlanner(twin, settings)):
         sampled = sampler.plan(problem)
         assert sampled.ok
         assert sampled.cost == pytest.approx(
-            _objective(twin, problem, sampled.actions, limits), rel=1e-3)
+            _objective(twin, problem, sampled.actions, limits), rel=1e-3
+        )
         assert sampled.cost >= reference.cost * (1 - 0.02)  # IPOPT's optimum is the floor
     plain = PlanningProblem(problem.z0, problem.u_prev, problem.z_goal)
     unweighted = CasadiPlanner(twin, settings).plan(plain)
@@ -535,16 +586,18 @@ def test_the_controller_weighs_the_setpoint_error_as_its_spec_says(twin: Twin) -
         metric = controller._metric
         assert metric is not None
         jacobian = twin.readout_jacobian(controller._goal, ["T"])
-        np.testing.assert_allclose(metric.T @ metric,
-                                   np.eye(D) + expected * jacobian.T @ jacobian, atol=1e-9)
+        np.testing.assert_allclose(
+            metric.T @ metric, np.eye(D) + expected * jacobian.T @ jacobian, atol=1e-9
+        )
         assert np.all(np.isfinite(goal))
     plain = TwinController(twin, RTIPlanner(twin), tracking_weight=0.0)
     plain._goal_for(setpoints, measurements)
     assert plain._metric is None
 
 
-def _shifted_limit_problem(twin: Twin, lim: Constraints, shift_t: float
-                           ) -> tuple[PlanningProblem, int]:
+def _shifted_limit_problem(
+    twin: Twin, lim: Constraints, shift_t: float
+) -> tuple[PlanningProblem, int]:
     """A goal past the temperature limit, with `shift_t` (normalised) as T's limit shift."""
     problem = _bank_problem(twin, setpoint_k=cstr.T_LIMIT_K - 0.01)
     problem.z_goal = problem.z_goal + 3.0 * (problem.z_goal - problem.z0)
@@ -570,8 +623,9 @@ def test_a_limit_shift_only_tightens(twin: Twin) -> None:
     assert np.array_equal(high, lim.y_high) and np.array_equal(low, lim.y_low)
 
 
-@pytest.mark.parametrize("name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi",
-                                  "hierarchical"])
+@pytest.mark.parametrize(
+    "name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi", "hierarchical"]
+)
 def test_a_limit_shift_reaches_every_planner(twin: Twin, name: str) -> None:
     """The plan keeps T's readout under the limit less the shift (the plant has read above
     the twin's forecasts), and reports the cost against those limits."""
@@ -598,8 +652,9 @@ def _pinned_ramp(planner_limits: Constraints, u_prev: np.ndarray, horizon: int) 
     return np.clip(steps, planner_limits.u_low[0], planner_limits.u_high[0])[:, None]
 
 
-@pytest.mark.parametrize("name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi",
-                                  "hierarchical"])
+@pytest.mark.parametrize(
+    "name", ["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi", "hierarchical"]
+)
 def test_pinned_moves_bind_every_planner(twin: Twin, name: str) -> None:
     """Moves a baseline drives (`control.baseline_actuators`) come back as given, whatever
     the plan would have made of them, and the plan's embeddings follow them."""
@@ -612,19 +667,28 @@ def test_pinned_moves_bind_every_planner(twin: Twin, name: str) -> None:
     pinned = planner.plan(problem)
     assert pinned.ok, pinned.message
     np.testing.assert_allclose(pinned.actions, problem.pinned, atol=1e-6)
-    rolled = twin.model.predictor.rollout(
-        torch.as_tensor(problem.z0, dtype=torch.float32)[None],
-        torch.as_tensor(problem.pinned, dtype=torch.float32)[None])[0].detach().numpy()
+    rolled = (
+        twin.model.predictor.rollout(
+            torch.as_tensor(problem.z0, dtype=torch.float32)[None],
+            torch.as_tensor(problem.pinned, dtype=torch.float32)[None],
+        )[0]
+        .detach()
+        .numpy()
+    )
     np.testing.assert_allclose(pinned.embeddings, rolled, atol=1e-3)
 
 
-@pytest.mark.parametrize(("pinned", "words"), [
-    (np.zeros((5, 1)), "pinned shape"),
-    (np.array([[0.0], [np.nan], [0.0], [0.0], [0.0], [0.0]]), "some steps only"),
-    (np.full((6, 1), 1e3), "bounds or rate limits"),
-])
-def test_pinned_moves_that_cannot_be_met_are_refused(twin: Twin, pinned: np.ndarray,
-                                                    words: str) -> None:
+@pytest.mark.parametrize(
+    ("pinned", "words"),
+    [
+        (np.zeros((5, 1)), "pinned shape"),
+        (np.array([[0.0], [np.nan], [0.0], [0.0], [0.0], [0.0]]), "some steps only"),
+        (np.full((6, 1), 1e3), "bounds or rate limits"),
+    ],
+)
+def test_pinned_moves_that_cannot_be_met_are_refused(
+    twin: Twin, pinned: np.ndarray, words: str
+) -> None:
     planner = RTIPlanner(twin, PlannerSettings(horizon=6))
     problem = _bank_problem(twin)
     problem.pinned = pinned
@@ -636,8 +700,9 @@ def test_pinned_moves_that_cannot_be_met_are_refused(twin: Twin, pinned: np.ndar
 def test_a_bad_limit_shift_is_refused(twin: Twin, shift: list[float]) -> None:
     planner = _rti(twin)
     problem = _bank_problem(twin)
-    problem.limit_shift = np.array(shift[: len(planner.limits.limit_rows)] if len(shift) == 2
-                                   else shift)
+    problem.limit_shift = np.array(
+        shift[: len(planner.limits.limit_rows)] if len(shift) == 2 else shift
+    )
     result = planner.plan(problem)
     assert not result.ok and "limit_shift" in result.message
 
@@ -647,12 +712,13 @@ def test_the_spec_sets_the_plans_limit_margin(twin: Twin) -> None:
     assert PlannerSettings.for_twin(tight).limit_margin == 0.1
     assert PlannerSettings.for_twin(twin).limit_margin == 0.25
     row = RTIPlanner(tight).limits
-    assert np.allclose(row.y_high[np.isfinite(row.y_high)],
-                       Constraints.from_twin(twin, 0.1).y_high[np.isfinite(row.y_high)])
+    assert np.allclose(
+        row.y_high[np.isfinite(row.y_high)],
+        Constraints.from_twin(twin, 0.1).y_high[np.isfinite(row.y_high)],
+    )
 
 
-def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(
-        twin: Twin) -> None:
+def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(twin: Twin) -> None:
     """Eight bank states are steady at the asked temperature under a feed 2 std off the
     present one, eight at the present feed but 1 std off the temperature, eight at both
     but unsteady: the goal is made of the first. Weighing setpoint, steadiness and
@@ -668,8 +734,11 @@ def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(
     unsteadiness[16:] = 1.0  # at the setpoint and the feed, but mid-transient
     embeddings = np.zeros((24, d))
     embeddings[:8, 0], embeddings[8:16, 0], embeddings[16:, 0] = 1.0, -1.0, 0.5
-    bank = GoalBank(torch.tensor(embeddings, dtype=torch.float32),
-                    torch.tensor(rows, dtype=torch.float32), unsteadiness)
+    bank = GoalBank(
+        torch.tensor(embeddings, dtype=torch.float32),
+        torch.tensor(rows, dtype=torch.float32),
+        unsteadiness,
+    )
     staged = Twin(twin.spec, twin.config, twin.norm, twin.model, bank, twin.metrics)
     feed = float(twin.norm.mean[twin.norm.index("Tf")])
     assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(1.0)

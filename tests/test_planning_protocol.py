@@ -45,28 +45,33 @@ def _problem(twin: Twin, index: int = 100, metric: bool = True) -> PlanningProbl
         twin.bank.embeddings[index].double().numpy(),
         twin.normalise_actions(np.array([330.0])),
         twin.bank.embeddings[index + 50].double().numpy(),
-        metric=np.eye(d) + 0.3 * rng.standard_normal((d, d)) if metric else None)
+        metric=np.eye(d) + 0.3 * rng.standard_normal((d, d)) if metric else None,
+    )
 
 
-@pytest.mark.parametrize(("metric", "side"), [(False, None), (True, None), (True, "high"),
-                                              (True, "low")])
-def test_the_three_forms_of_the_objective_agree(twin: Twin, metric: bool, side: str | None
-                                                ) -> None:
+@pytest.mark.parametrize(
+    ("metric", "side"), [(False, None), (True, None), (True, "high"), (True, "low")]
+)
+def test_the_three_forms_of_the_objective_agree(twin: Twin, metric: bool, side: str | None) -> None:
     """With a limit shift that puts the plan's readouts over a limit, so every term counts."""
     lim = Constraints.from_twin(twin, 0.25)
     cost = PlanningCost.of(PlannerSettings(horizon=HORIZON), lim)
     problem = _problem(twin, metric=metric)
     ramp = problem.u_prev - lim.rate * np.arange(1, HORIZON + 1)[:, None] * 0.9
     U = project_moves(ramp, problem.u_prev, lim)
-    model = NumpyLinearisation(twin.model.predictor.net, twin.model.readout.net,
-                               twin.config.embed_dim, lim.limit_rows.tolist())
+    model = NumpyLinearisation(
+        twin.model.predictor.net,
+        twin.model.readout.net,
+        twin.config.embed_dim,
+        lim.limit_rows.tolist(),
+    )
     Z, Y = model.simulate(problem.z0, U.T)
     if side == "high":  # the plant reads above the forecasts: the high limits come nearer
-        problem.limit_shift = np.where(np.isfinite(lim.y_high),
-                                       lim.y_high - Y.max(axis=1) + 0.3, 0.0)
+        problem.limit_shift = np.where(
+            np.isfinite(lim.y_high), lim.y_high - Y.max(axis=1) + 0.3, 0.0
+        )
     elif side == "low":
-        problem.limit_shift = np.where(np.isfinite(lim.y_low),
-                                       lim.y_low - Y.min(axis=1) - 0.3, 0.0)
+        problem.limit_shift = np.where(np.isfinite(lim.y_low), lim.y_low - Y.min(axis=1) - 0.3, 0.0)
     exact = cost.numpy(problem, U, Z, Y)
 
     low, high = problem.sensor_bounds(lim)
@@ -75,17 +80,27 @@ def test_the_three_forms_of_the_objective_agree(twin: Twin, metric: bool, side: 
     metric_dm = ca.DM(problem.metric_or_identity())
     symbolic, before = 0.0, problem.u_prev
     for k in range(HORIZON):
-        symbolic += float(cost.casadi_stage(ca.DM(Z[:, k]), ca.DM(problem.z_goal), metric_dm,
-                                            ca.DM(U[k]), ca.DM(before),
-                                            ca.DM(violation[:, k])))
+        symbolic += float(
+            cost.casadi_stage(
+                ca.DM(Z[:, k]),
+                ca.DM(problem.z_goal),
+                metric_dm,
+                ca.DM(U[k]),
+                ca.DM(before),
+                ca.DM(violation[:, k]),
+            )
+        )
         before = U[k]
     assert symbolic == pytest.approx(exact, rel=1e-12)
 
     tensors = TorchProblem.of(problem, lim)
-    batched = cost.torch(torch.as_tensor(U, dtype=torch.float32)[None],
-                         torch.as_tensor(Z.T, dtype=torch.float32)[None],
-                         torch.as_tensor(Y.T, dtype=torch.float32)[None], tensors,
-                         TorchLimits.of(lim).rate)
+    batched = cost.torch(
+        torch.as_tensor(U, dtype=torch.float32)[None],
+        torch.as_tensor(Z.T, dtype=torch.float32)[None],
+        torch.as_tensor(Y.T, dtype=torch.float32)[None],
+        tensors,
+        TorchLimits.of(lim).rate,
+    )
     assert float(batched[0]) == pytest.approx(exact, rel=1e-5)
 
 
@@ -104,9 +119,15 @@ def test_one_projection_in_numpy_and_torch(twin: Twin) -> None:
     rng = np.random.default_rng(3)
     raw = rng.normal(0.0, 3.0, (16, HORIZON, 1))
     u_prev = np.array([float(lim.u_high[0])])
-    batched = project_moves_torch(torch.as_tensor(raw, dtype=torch.float32),
-                                  torch.as_tensor(u_prev, dtype=torch.float32)[None],
-                                  TorchLimits.of(lim)).double().numpy()
+    batched = (
+        project_moves_torch(
+            torch.as_tensor(raw, dtype=torch.float32),
+            torch.as_tensor(u_prev, dtype=torch.float32)[None],
+            TorchLimits.of(lim),
+        )
+        .double()
+        .numpy()
+    )
     for sample, projected in zip(raw, batched, strict=True):
         one = project_moves(sample, u_prev, lim)
         np.testing.assert_allclose(projected, one, atol=1e-5)
@@ -116,6 +137,7 @@ def test_one_projection_in_numpy_and_torch(twin: Twin) -> None:
 
 
 # -- one way to fail ---------------------------------------------------------------------------
+
 
 def _bad(twin: Twin, what: str) -> PlanningProblem:
     problem = _problem(twin, metric=False)
@@ -151,6 +173,7 @@ def test_every_planner_fails_the_same_way(twin: Twin, name: str, what: str) -> N
 
 # -- time against the budget -------------------------------------------------------------------
 
+
 def test_a_timing_names_the_planner_its_figures_and_its_budget(twin: Twin) -> None:
     planner = CEMPlanner(twin, PlannerSettings(horizon=HORIZON), samples=32, iterations=2)
     timing = time_planner(planner, twin, plans=3)
@@ -182,8 +205,7 @@ def test_a_sampling_planner_over_its_budget_is_rebuilt_smaller(twin: Twin) -> No
     assert "over" in timing.summary()
     roomy = PlannerSettings(horizon=HORIZON, deadline_ms=1e7)
     planner, timing = planner_that_fits("mppi", twin, roomy, plans=2)
-    assert isinstance(planner, MPPIPlanner) and (planner.samples, planner.iterations) == (
-        256, 4)
+    assert isinstance(planner, MPPIPlanner) and (planner.samples, planner.iterations) == (256, 4)
     assert timing.budget_ms == twin.spec.sample_period_s * 1e3
 
 
@@ -200,8 +222,9 @@ def test_sampling_plans_run_torch_on_one_thread_and_restore_the_count(twin: Twin
     torch.set_num_threads(2)
     try:
         seen: list[int] = []
-        planner = CEMPlanner(twin, PlannerSettings(horizon=HORIZON), samples=16, elites=4,
-                             iterations=1)
+        planner = CEMPlanner(
+            twin, PlannerSettings(horizon=HORIZON), samples=16, elites=4, iterations=1
+        )
         original = planner.score
 
         def spying(*args, **kwargs):

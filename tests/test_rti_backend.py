@@ -27,27 +27,49 @@ def twin() -> Twin:
     return tiny_twin()[0]
 
 
-def _random_twin(n_actuators: int, embed_dim: int, layers: int, readout_hidden: int,
-                 limited: bool, seed: int) -> Twin:
-    tags = [Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.5 if limited else None),
-            Tag(name="y_lo", role=TagRole.SENSOR, unit="1", low=-1.5 if limited else None)]
-    tags += [Tag(name=f"u{i}", role=TagRole.ACTUATOR, unit="1", low=-2.0, high=2.0,
-                 rate_limit=0.25, nominal=0.0) for i in range(n_actuators)]
+def _random_twin(
+    n_actuators: int, embed_dim: int, layers: int, readout_hidden: int, limited: bool, seed: int
+) -> Twin:
+    tags = [
+        Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.5 if limited else None),
+        Tag(name="y_lo", role=TagRole.SENSOR, unit="1", low=-1.5 if limited else None),
+    ]
+    tags += [
+        Tag(
+            name=f"u{i}",
+            role=TagRole.ACTUATOR,
+            unit="1",
+            low=-2.0,
+            high=2.0,
+            rate_limit=0.25,
+            nominal=0.0,
+        )
+        for i in range(n_actuators)
+    ]
     spec = ProcessSpec(name="random", sample_period_s=1.0, tags=tuple(tags))
     names = tuple(t.name for t in spec.tags)
     norm = Normalizer(names, tuple(0.0 for _ in names), tuple(1.0 for _ in names))
-    config = JEPAConfig(window=4, embed_dim=embed_dim, encoder_hidden=8, predictor_hidden=24,
-                        predictor_layers=layers, readout_hidden=readout_hidden)
+    config = JEPAConfig(
+        window=4,
+        embed_dim=embed_dim,
+        encoder_hidden=8,
+        predictor_hidden=24,
+        predictor_layers=layers,
+        readout_hidden=readout_hidden,
+    )
     torch.manual_seed(seed)
     model = JEPA(config, len(names), n_actuators, 2)
     bank = GoalBank(torch.randn(8, embed_dim), torch.randn(8, 2), torch.zeros(8))
     return Twin(spec, config, norm, model, bank)
 
 
-@pytest.mark.parametrize(("n_actuators", "layers", "readout_hidden", "limited"),
-                         [(1, 1, 0, True), (3, 2, 0, True), (2, 2, 5, True), (2, 1, 0, False)])
-def test_numpy_linearisation_equals_casadis(n_actuators: int, layers: int,
-                                            readout_hidden: int, limited: bool) -> None:
+@pytest.mark.parametrize(
+    ("n_actuators", "layers", "readout_hidden", "limited"),
+    [(1, 1, 0, True), (3, 2, 0, True), (2, 2, 5, True), (2, 1, 0, False)],
+)
+def test_numpy_linearisation_equals_casadis(
+    n_actuators: int, layers: int, readout_hidden: int, limited: bool
+) -> None:
     twin = _random_twin(n_actuators, 6, layers, readout_hidden, limited, seed=n_actuators)
     planner = RTIPlanner(twin, PlannerSettings(horizon=7))
     rows = planner.limits.limit_rows.tolist()
@@ -87,9 +109,15 @@ def _random_qp(seed: int, n: int = 12, m: int = 10) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     root = rng.normal(size=(n, n))
     rows = rng.normal(size=(m, n))
-    return {"hess": root @ root.T + n * np.eye(n), "grad": rng.normal(0, 5, n), "rows": rows,
-            "lba": np.full(m, -1.0), "uba": rng.uniform(0.2, 1.0, m),
-            "lbx": np.full(n, -0.3), "ubx": np.full(n, 0.3)}
+    return {
+        "hess": root @ root.T + n * np.eye(n),
+        "grad": rng.normal(0, 5, n),
+        "rows": rows,
+        "lba": np.full(m, -1.0),
+        "uba": rng.uniform(0.2, 1.0, m),
+        "lbx": np.full(n, -0.3),
+        "ubx": np.full(n, 0.3),
+    }
 
 
 @pytest.mark.parametrize("seed", range(4))

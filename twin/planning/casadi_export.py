@@ -58,8 +58,11 @@ def casadi_dynamics(twin: Twin, symbol: type = ca.SX) -> tuple[ca.Function, ca.F
     z, u = symbol.sym("z", d), symbol.sym("u", a)
     z_next = z + torch_mlp_to_casadi(twin.model.predictor.net, ca.vertcat(z, u))
     readout_net = twin.model.readout.net
-    readout_seq = readout_net if isinstance(readout_net, torch.nn.Sequential) else \
-        torch.nn.Sequential(readout_net)
+    readout_seq = (
+        readout_net
+        if isinstance(readout_net, torch.nn.Sequential)
+        else torch.nn.Sequential(readout_net)
+    )
     y = torch_mlp_to_casadi(readout_seq, z)
     return ca.Function("f", [z, u], [z_next]), ca.Function("h", [z], [y])
 
@@ -73,11 +76,15 @@ class CasadiLinearisation:
         z, u = ca.MX.sym("z", self.d), ca.MX.sym("u", self.a)
         step, step_jac = mlp_with_jacobian(twin.model.predictor.net, ca.vertcat(z, u))
         z_next = z + step
-        stage = ca.Function("stage", [z, u], [z_next, ca.DM.eye(self.d) + step_jac[:, :self.d],
-                                              step_jac[:, self.d:]])
+        stage = ca.Function(
+            "stage",
+            [z, u],
+            [z_next, ca.DM.eye(self.d) + step_jac[:, : self.d], step_jac[:, self.d :]],
+        )
         readout = twin.model.readout.net
-        y, y_jac = mlp_with_jacobian(readout if isinstance(readout, torch.nn.Sequential)
-                                     else torch.nn.Sequential(readout), z)
+        y, y_jac = mlp_with_jacobian(
+            readout if isinstance(readout, torch.nn.Sequential) else torch.nn.Sequential(readout), z
+        )
         rows = limit_rows
         y, y_jac = (y[rows], y_jac[rows, :]) if rows else (ca.MX(0, 1), ca.MX(0, self.d))
         self.n_lim = len(rows)
@@ -99,8 +106,9 @@ class CasadiLinearisation:
         Z, Y = self._simulate(z0, U)
         return np.asarray(Z), np.asarray(Y)
 
-    def linearise(self, z0: np.ndarray, U: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def linearise(
+        self, z0: np.ndarray, U: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         Z, A, B, Y, C = (np.asarray(m) for m in self._linearise(z0, U))
         horizon, d = U.shape[1], self.d
 

@@ -63,6 +63,10 @@ def _compile(fn: ca.Function, compiler: str, library: Path) -> None:
         generator.add(fn)
         generator.generate(build + os.sep)
         target = Path(build) / library.name
-        subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(target), str(Path(build) / source)],
-                       check=True, capture_output=True, timeout=COMPILE_TIMEOUT_S)
+        subprocess.run(
+            [compiler, *COMPILE_FLAGS, "-o", str(target), str(Path(build) / source)],
+            check=True,
+            capture_output=True,
+            timeout=COMPILE_TIMEOUT_S,
+        )
         os.replace(target, library)  # atomic: a concurrent builder never sees half a file

@@ -46,14 +46,21 @@ class Constraints:
             if name not in layout.sensors or (tag.low is None and tag.high is None):
                 continue
             rows.append(i)
-            y_lo.append(-np.inf if tag.low is None
-                        else twin.normalise_sensor(name, tag.low) + margin_fraction)
-            y_hi.append(np.inf if tag.high is None
-                        else twin.normalise_sensor(name, tag.high) - margin_fraction)
+            y_lo.append(
+                -np.inf
+                if tag.low is None
+                else twin.normalise_sensor(name, tag.low) + margin_fraction
+            )
+            y_hi.append(
+                np.inf
+                if tag.high is None
+                else twin.normalise_sensor(name, tag.high) - margin_fraction
+            )
         return cls(lo, hi, rate, np.array(rows, dtype=int), np.array(y_lo), np.array(y_hi))
 
 
 # -- move projection: numpy and torch, the same definition -----------------------------------
+
 
 def project_moves(u: np.ndarray, u_prev: np.ndarray, lim: Constraints) -> np.ndarray:
     """(H, A) actions moved, stage by stage, into the rate limits and then the bounds.
@@ -77,12 +84,14 @@ class TorchLimits:
 
     @classmethod
     def of(cls, lim: Constraints) -> TorchLimits:
-        return cls(*(torch.as_tensor(v, dtype=torch.float32)
-                     for v in (lim.u_low, lim.u_high, lim.rate)))
+        return cls(
+            *(torch.as_tensor(v, dtype=torch.float32) for v in (lim.u_low, lim.u_high, lim.rate))
+        )
 
 
-def project_moves_torch(u: torch.Tensor, u_prev: torch.Tensor, lim: TorchLimits,
-                        pinned: torch.Tensor | None = None) -> torch.Tensor:
+def project_moves_torch(
+    u: torch.Tensor, u_prev: torch.Tensor, lim: TorchLimits, pinned: torch.Tensor | None = None
+) -> torch.Tensor:
     """`project_moves` for a batch (S, H, A) from u_prev (1, A) or (S, A); pinned moves
     (H, A, NaN where free) replace their columns afterwards (they keep the bounds and rates
     on their own: rate limits are per actuator)."""
@@ -100,6 +109,7 @@ def project_moves_torch(u: torch.Tensor, u_prev: torch.Tensor, lim: TorchLimits,
 
 # -- sensor-limit rows of a CasADi NLP --------------------------------------------------------
 
+
 @dataclass
 class SensorRows:
     """Where an NLP's sensor-limit rows sit in its constraint vector (position, limited
@@ -115,8 +125,9 @@ class SensorRows:
         self.sensors.append(sensor)
         self.upper.append(upper)
 
-    def bounds(self, lbg: np.ndarray, ubg: np.ndarray, limit_shift: np.ndarray | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(
+        self, lbg: np.ndarray, ubg: np.ndarray, limit_shift: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The rows' bounds for a problem's limit shift, as `PlanningProblem.sensor_bounds`
         moves them (a bias only ever tightens)."""
         if limit_shift is None or not self.positions:
@@ -129,9 +140,15 @@ class SensorRows:
         return lbg, ubg
 
 
-def add_sensor_limit_rows(y: ca.SX | ca.MX, slack: ca.SX | ca.MX, lim: Constraints,
-                          g: list, lbg: list[float], ubg: list[float],
-                          rows: SensorRows) -> None:
+def add_sensor_limit_rows(
+    y: ca.SX | ca.MX,
+    slack: ca.SX | ca.MX,
+    lim: Constraints,
+    g: list,
+    lbg: list[float],
+    ubg: list[float],
+    rows: SensorRows,
+) -> None:
     """Append one stage's sensor rows to an NLP's constraints: y_j - s_j <= high_j and
     y_j + s_j >= low_j for each limited sensor j with that limit (y: the limited readouts)."""
     for j in range(len(lim.limit_rows)):

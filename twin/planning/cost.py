@@ -32,8 +32,9 @@ from .constraints import Constraints
 from .problem import PlannerSettings, PlanningProblem
 
 
-def weighted_distance(z: torch.Tensor, z_goal: torch.Tensor,
-                      metric: torch.Tensor | None) -> torch.Tensor:
+def weighted_distance(
+    z: torch.Tensor, z_goal: torch.Tensor, metric: torch.Tensor | None
+) -> torch.Tensor:
     """|W (z - z_goal)|^2 per embedding, over the last axis (the identity without a
     metric)."""
     delta = z - z_goal
@@ -54,18 +55,23 @@ class TorchProblem:
     y_high: torch.Tensor
 
     @classmethod
-    def of(cls, problem: PlanningProblem, lim: Constraints,
-           u_prev: np.ndarray | None = None) -> TorchProblem:
+    def of(
+        cls, problem: PlanningProblem, lim: Constraints, u_prev: np.ndarray | None = None
+    ) -> TorchProblem:
         """`u_prev`: in place of the problem's (the coarse level starts from it clipped)."""
+
         def tensor(value: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(value, dtype=torch.float32)
 
         low, high = problem.sensor_bounds(lim)
-        return cls(tensor(problem.z0).unsqueeze(0),
-                   tensor(problem.u_prev if u_prev is None else u_prev).reshape(1, -1),
-                   tensor(problem.z_goal),
-                   None if problem.metric is None else tensor(problem.metric),
-                   tensor(low), tensor(high))
+        return cls(
+            tensor(problem.z0).unsqueeze(0),
+            tensor(problem.u_prev if u_prev is None else u_prev).reshape(1, -1),
+            tensor(problem.z_goal),
+            None if problem.metric is None else tensor(problem.metric),
+            tensor(low),
+            tensor(high),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,9 @@ class PlanningCost:
 
     # -- CasADi: one stage's terms, for the NLP planners --------------------------------
     @staticmethod
-    def casadi_tracking(z: ca.SX | ca.MX, z_goal: ca.SX | ca.MX, metric: ca.SX | ca.MX
-                        ) -> ca.SX | ca.MX:
+    def casadi_tracking(
+        z: ca.SX | ca.MX, z_goal: ca.SX | ca.MX, metric: ca.SX | ca.MX
+    ) -> ca.SX | ca.MX:
         return ca.sumsqr(metric @ (z - z_goal))
 
     def casadi_move(self, u: ca.SX | ca.MX, before: ca.SX | ca.MX) -> ca.SX | ca.MX:
@@ -92,16 +99,24 @@ class PlanningCost:
     def casadi_slack(self, slack: ca.SX | ca.MX) -> ca.SX | ca.MX:
         return self.slack_weight * ca.sum1(slack)
 
-    def casadi_stage(self, z: ca.SX | ca.MX, z_goal: ca.SX | ca.MX, metric: ca.SX | ca.MX,
-                     u: ca.SX | ca.MX, before: ca.SX | ca.MX, slack: ca.SX | ca.MX
-                     ) -> ca.SX | ca.MX:
+    def casadi_stage(
+        self,
+        z: ca.SX | ca.MX,
+        z_goal: ca.SX | ca.MX,
+        metric: ca.SX | ca.MX,
+        u: ca.SX | ca.MX,
+        before: ca.SX | ca.MX,
+        slack: ca.SX | ca.MX,
+    ) -> ca.SX | ca.MX:
         """Stage k's whole cost: tracking of z_k, the move u_k - u_{k-1}, the slack s_k."""
-        return (self.casadi_tracking(z, z_goal, metric) + self.casadi_move(u, before)
-                + self.casadi_slack(slack))
+        return (
+            self.casadi_tracking(z, z_goal, metric)
+            + self.casadi_move(u, before)
+            + self.casadi_slack(slack)
+        )
 
     # -- numpy float64: the exact cost, and its Gauss-Newton least-squares form -----------
-    def numpy(self, problem: PlanningProblem, U: np.ndarray, Z: np.ndarray,
-              Y: np.ndarray) -> float:
+    def numpy(self, problem: PlanningProblem, U: np.ndarray, Z: np.ndarray, Y: np.ndarray) -> float:
         """J for moves U (H, A), embeddings Z (D, H) and limited readouts Y (L, H), each
         slack at its optimum (the violation)."""
         lim = self.limits
@@ -120,8 +135,7 @@ class PlanningCost:
         a = len(self.limits.rate)
         n_u = a * horizon
         difference = np.eye(n_u) - np.eye(n_u, k=-a)  # rows u_k - u_{k-1}
-        return np.sqrt(self.move_weight) * difference / \
-            np.tile(self.limits.rate, horizon)[:, None]
+        return np.sqrt(self.move_weight) * difference / np.tile(self.limits.rate, horizon)[:, None]
 
     def move_offset(self, u_prev: np.ndarray, horizon: int) -> np.ndarray:
         """c of `move_least_squares`: the first move is taken from u_prev."""
@@ -131,17 +145,21 @@ class PlanningCost:
         return c
 
     # -- torch float32, batched: the sampling planners and the coarse level ----------------
-    def torch(self, u: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None,
-              problem: TorchProblem, rate: torch.Tensor, stage_weight: float = 1.0
-              ) -> torch.Tensor:
+    def torch(
+        self,
+        u: torch.Tensor,
+        z: torch.Tensor,
+        y: torch.Tensor | None,
+        problem: TorchProblem,
+        rate: torch.Tensor,
+        stage_weight: float = 1.0,
+    ) -> torch.Tensor:
         """J per sample for moves u (S, H, A), embeddings z (S, H, D) and limited readouts
         y (S, H, L) (None without limited sensors); `rate` the rate limits as a tensor."""
         cost = stage_weight * weighted_distance(z, problem.z_goal, problem.metric).sum(dim=1)
-        du = torch.diff(torch.cat([problem.u_prev.expand(u.shape[0], 1, -1), u], dim=1),
-                        dim=1)
+        du = torch.diff(torch.cat([problem.u_prev.expand(u.shape[0], 1, -1), u], dim=1), dim=1)
         cost = cost + self.move_weight * ((du / rate) ** 2).sum(dim=(1, 2))
         if y is not None:
-            violation = torch.clamp_min(torch.maximum(y - problem.y_high,
-                                                      problem.y_low - y), 0.0)
+            violation = torch.clamp_min(torch.maximum(y - problem.y_high, problem.y_low - y), 0.0)
             cost = cost + self.slack_weight * stage_weight * violation.sum(dim=(1, 2))
         return cost

@@ -36,10 +36,18 @@ class QPSolution:
 class QPSolver(Protocol):
     name: str
 
-    def solve(self, hess: np.ndarray, grad: np.ndarray, rows: np.ndarray,
-              lba: np.ndarray, uba: np.ndarray, lbx: np.ndarray, ubx: np.ndarray,
-              start: np.ndarray | None = None, x0: np.ndarray | None = None
-              ) -> QPSolution | None: ...
+    def solve(
+        self,
+        hess: np.ndarray,
+        grad: np.ndarray,
+        rows: np.ndarray,
+        lba: np.ndarray,
+        uba: np.ndarray,
+        lbx: np.ndarray,
+        ubx: np.ndarray,
+        start: np.ndarray | None = None,
+        x0: np.ndarray | None = None,
+    ) -> QPSolution | None: ...
 
 
 class DAQPSolver:
@@ -50,24 +58,41 @@ class DAQPSolver:
     def __init__(self, iteration_limit: int = 2000) -> None:
         self.iteration_limit = iteration_limit
 
-    def solve(self, hess: np.ndarray, grad: np.ndarray, rows: np.ndarray,
-              lba: np.ndarray, uba: np.ndarray, lbx: np.ndarray, ubx: np.ndarray,
-              start: np.ndarray | None = None, x0: np.ndarray | None = None
-              ) -> QPSolution | None:
+    def solve(
+        self,
+        hess: np.ndarray,
+        grad: np.ndarray,
+        rows: np.ndarray,
+        lba: np.ndarray,
+        uba: np.ndarray,
+        lbx: np.ndarray,
+        ubx: np.ndarray,
+        start: np.ndarray | None = None,
+        x0: np.ndarray | None = None,
+    ) -> QPSolution | None:
         upper = np.clip(np.concatenate([ubx, uba]), -INFINITY, INFINITY)
         lower = np.clip(np.concatenate([lbx, lba]), -INFINITY, INFINITY)
         sense = np.where(lower == upper, EQUALITY, 0).astype(np.int32)
-        args = (np.ascontiguousarray(hess, dtype=float), np.ascontiguousarray(grad, dtype=float),
-                np.ascontiguousarray(rows, dtype=float), upper, lower, sense)
-        usable = start is not None and len(start) == len(upper) and \
-            bool(np.all(np.isfinite(start))) and bool(np.any(start))
+        args = (
+            np.ascontiguousarray(hess, dtype=float),
+            np.ascontiguousarray(grad, dtype=float),
+            np.ascontiguousarray(rows, dtype=float),
+            upper,
+            lower,
+            sense,
+        )
+        usable = (
+            start is not None
+            and len(start) == len(upper)
+            and bool(np.all(np.isfinite(start)))
+            and bool(np.any(start))
+        )
         attempts = [start, None] if usable else [None]
         for dual_start in attempts:
             extra = {} if dual_start is None else {"dual_start": np.asarray(dual_start, float)}
             x, _, flag, info = daqp.solve(*args, iter_limit=self.iteration_limit, **extra)
             if flag > 0 and np.all(np.isfinite(x)):
-                return QPSolution(np.asarray(x), np.asarray(info["lam"]),
-                                  int(info["iterations"]))
+                return QPSolution(np.asarray(x), np.asarray(info["lam"]), int(info["iterations"]))
         return None
 
 
@@ -80,27 +105,48 @@ class CasadiQPSolver:
         if plugin == "qpoases":
             options.update({"printLevel": "none", "sparse": False})
         elif plugin == "osqp":
-            options.update({"osqp": {"verbose": False, "eps_abs": 1e-7, "eps_rel": 1e-7,
-                                     "max_iter": 20000, "polish": True}})
+            options.update(
+                {
+                    "osqp": {
+                        "verbose": False,
+                        "eps_abs": 1e-7,
+                        "eps_rel": 1e-7,
+                        "max_iter": 20000,
+                        "polish": True,
+                    }
+                }
+            )
         elif plugin == "qrqp":
             options.update({"print_iter": False, "print_header": False, "print_info": False})
         elif plugin == "highs":
             options.update({"highs": {"output_flag": False}})
         elif plugin == "proxqp":
             options.update({"proxqp": {"eps_abs": 1e-9}})
-        self._conic = ca.conic("latent_qp", plugin, {"h": ca.Sparsity.dense(n_x, n_x),
-                                                     "a": ca.Sparsity.dense(n_rows, n_x)},
-                               options)
+        self._conic = ca.conic(
+            "latent_qp",
+            plugin,
+            {"h": ca.Sparsity.dense(n_x, n_x), "a": ca.Sparsity.dense(n_rows, n_x)},
+            options,
+        )
         self.n_x, self.n_rows = n_x, n_rows
 
-    def solve(self, hess: np.ndarray, grad: np.ndarray, rows: np.ndarray,
-              lba: np.ndarray, uba: np.ndarray, lbx: np.ndarray, ubx: np.ndarray,
-              start: np.ndarray | None = None, x0: np.ndarray | None = None
-              ) -> QPSolution | None:
+    def solve(
+        self,
+        hess: np.ndarray,
+        grad: np.ndarray,
+        rows: np.ndarray,
+        lba: np.ndarray,
+        uba: np.ndarray,
+        lbx: np.ndarray,
+        ubx: np.ndarray,
+        start: np.ndarray | None = None,
+        x0: np.ndarray | None = None,
+    ) -> QPSolution | None:
         guess = {} if x0 is None else {"x0": x0}
         try:
-            solution = self._conic(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx,
-                                   ubx=ubx, **guess)
+            solution = self._conic(
+                h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx, **guess
+            )
         except RuntimeError:  # CasADi's evaluation errors (a NaN in the data): a failed QP
             return None
         if not self._conic.stats().get("success", False):

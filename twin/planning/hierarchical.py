@@ -70,17 +70,24 @@ class HierarchicalPlanner:
 
     name = "hierarchical"
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 coarse: CoarseSettings | None = None) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        coarse: CoarseSettings | None = None,
+    ) -> None:
         if twin.config.coarse_steps <= 0:
-            raise ValueError("hierarchical planning needs a twin with a coarse predictor "
-                             "(JEPAConfig.coarse_steps > 0); this checkpoint has none")
+            raise ValueError(
+                "hierarchical planning needs a twin with a coarse predictor "
+                "(JEPAConfig.coarse_steps > 0); this checkpoint has none"
+            )
         self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.coarse_settings = coarse or CoarseSettings()
         self.k = twin.config.coarse_steps
         horizon = self.settings.horizon
-        self.blocks = self.coarse_settings.blocks or max(math.ceil(60 / self.k),
-                                                         math.ceil(3 * horizon / self.k))
+        self.blocks = self.coarse_settings.blocks or max(
+            math.ceil(60 / self.k), math.ceil(3 * horizon / self.k)
+        )
         # the first block end at or past the fine horizon (never past the coarse plan)
         self.subgoal_block = min(math.ceil(horizon / self.k), self.blocks) - 1
         self.fine = RTIPlanner(twin, self.settings)
@@ -98,12 +105,17 @@ class HierarchicalPlanner:
 
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
-        why = problem_error(problem, self.limits, (self.fine.d, self.fine.a),
-                            self.settings.horizon)
+        why = problem_error(problem, self.limits, (self.fine.d, self.fine.a), self.settings.horizon)
         if why is not None:
             self.reset()
-            return failed_plan(problem, self.limits, self.settings.horizon, self.fine.d, start,
-                               f"hierarchical: {why}")
+            return failed_plan(
+                problem,
+                self.limits,
+                self.settings.horizon,
+                self.fine.d,
+                start,
+                f"hierarchical: {why}",
+            )
         with single_threaded_torch():
             coarse = self._coarse_plan(problem)
         coarse_ms = (time.perf_counter() - start) * 1e3
@@ -120,9 +132,15 @@ class HierarchicalPlanner:
         # seeds 7, 11, 13: cost 34.1 with it, 28.3 without), so it shapes the coarse search.
         # Pinned moves bind the fine plan, the one that goes out; the coarse search only
         # picks a subgoal and leaves them free.
-        fine = self.fine.plan(PlanningProblem(problem.z0, problem.u_prev, coarse.subgoal,
-                                              limit_shift=problem.limit_shift,
-                                              pinned=problem.pinned))
+        fine = self.fine.plan(
+            PlanningProblem(
+                problem.z0,
+                problem.u_prev,
+                coarse.subgoal,
+                limit_shift=problem.limit_shift,
+                pinned=problem.pinned,
+            )
+        )
         fine.solve_ms = (time.perf_counter() - start) * 1e3
         fine.message = f"hierarchical ({self.blocks}x{self.k} samples): {fine.message}"
         fine.stats = {**fine.stats, "coarse_ms": coarse_ms, "coarse_cost": coarse.cost}
@@ -145,8 +163,9 @@ class HierarchicalPlanner:
             cost, z = self.score(actions, tensors)
             cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, math.inf))
             order = torch.argsort(cost)[: s.elites]
-            if math.isfinite(float(cost[order[0]])) and \
-                    (best is None or float(cost[order[0]]) < best[0]):
+            if math.isfinite(float(cost[order[0]])) and (
+                best is None or float(cost[order[0]]) < best[0]
+            ):
                 i = int(order[0])
                 best = (float(cost[i]), actions[i], z[i])
                 self._levels = levels[i]
@@ -154,12 +173,19 @@ class HierarchicalPlanner:
             if len(finite) == 0:
                 break
             mean = levels[finite].mean(dim=0)
-            std = levels[finite].std(dim=0, unbiased=False).clamp_min(0.02) if len(finite) > 1 \
+            std = (
+                levels[finite].std(dim=0, unbiased=False).clamp_min(0.02)
+                if len(finite) > 1
                 else std / 2
+            )
         if best is None:
             return None
-        return CoarsePlan(best[1].numpy().astype(float), best[2].numpy().astype(float),
-                          self.subgoal_block, best[0])
+        return CoarsePlan(
+            best[1].numpy().astype(float),
+            best[2].numpy().astype(float),
+            self.subgoal_block,
+            best[0],
+        )
 
     def _warm_levels(self, u_prev: torch.Tensor) -> torch.Tensor:
         """Last step's best levels shifted by one sample (a block is `k` samples, so each
@@ -172,12 +198,14 @@ class HierarchicalPlanner:
     def ramps(self, levels: torch.Tensor, u_prev: torch.Tensor) -> torch.Tensor:
         """(S, blocks, A) levels -> (S, blocks * k, A) moves that head to each block's level
         at most at the rate limit, inside the bounds (from u_prev (1, A) inside them)."""
-        return project_moves_torch(levels.repeat_interleave(self.k, dim=1), u_prev,
-                                   self._torch_limits)
+        return project_moves_torch(
+            levels.repeat_interleave(self.k, dim=1), u_prev, self._torch_limits
+        )
 
     @torch.no_grad()
-    def score(self, actions: torch.Tensor, problem: TorchProblem
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, actions: torch.Tensor, problem: TorchProblem
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared objective read at block ends: each coarse embedding stands for `k`
         samples (tracking and sensor slack weigh `k` times); the moves are sample by
         sample, as in the fine problem."""
@@ -185,5 +213,6 @@ class HierarchicalPlanner:
         z = model.coarse_rollout(problem.z0.expand(actions.shape[0], -1), actions)
         rows = self.limits.limit_rows.tolist()
         y = model.readout(z)[..., rows] if rows else None
-        return self.cost.torch(actions, z, y, problem, self._torch_limits.rate,
-                               stage_weight=self.k), z
+        return self.cost.torch(
+            actions, z, y, problem, self._torch_limits.rate, stage_weight=self.k
+        ), z

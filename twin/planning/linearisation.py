@@ -27,21 +27,28 @@ def mlp_layers(module: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     expect_linear = True
     for layer in layers:
         if isinstance(layer, torch.nn.Linear) and expect_linear:
-            out.append((layer.weight.detach().double().numpy().copy(),
-                        layer.bias.detach().double().numpy().copy()))
+            out.append(
+                (
+                    layer.weight.detach().double().numpy().copy(),
+                    layer.bias.detach().double().numpy().copy(),
+                )
+            )
             expect_linear = False
         elif isinstance(layer, torch.nn.Tanh) and not expect_linear:
             expect_linear = True
         else:
-            raise TypeError(f"cannot linearise layer {type(layer).__name__} here: "
-                            "only Linear layers with a Tanh between them")
+            raise TypeError(
+                f"cannot linearise layer {type(layer).__name__} here: "
+                "only Linear layers with a Tanh between them"
+            )
     if not out or expect_linear:
         raise TypeError("an MLP here starts and ends with a Linear layer")
     return out
 
 
-def _forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
-             ) -> tuple[np.ndarray, list[np.ndarray]]:
+def _forward(
+    layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Output of the MLP for inputs x (..., In) and each hidden layer's tanh activations."""
     hidden = []
     for w, b in layers[:-1]:
@@ -51,8 +58,9 @@ def _forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
     return x @ w.T + b, hidden
 
 
-def _jacobians(layers: list[tuple[np.ndarray, np.ndarray]], hidden: list[np.ndarray],
-               batch: int) -> np.ndarray:
+def _jacobians(
+    layers: list[tuple[np.ndarray, np.ndarray]], hidden: list[np.ndarray], batch: int
+) -> np.ndarray:
     """(batch, Out, In): the MLP's Jacobian at each input, from its hidden activations."""
     jac = np.broadcast_to(layers[0][0], (batch, *layers[0][0].shape))
     for (w, _), h in zip(layers[1:], hidden, strict=True):
@@ -63,8 +71,13 @@ def _jacobians(layers: list[tuple[np.ndarray, np.ndarray]], hidden: list[np.ndar
 class NumpyLinearisation:
     """Rollout and stage Jacobians of a twin's planning predictor and its limited sensors."""
 
-    def __init__(self, predictor: torch.nn.Module, readout: torch.nn.Module,
-                 embed_dim: int, limit_rows: list[int]) -> None:
+    def __init__(
+        self,
+        predictor: torch.nn.Module,
+        readout: torch.nn.Module,
+        embed_dim: int,
+        limit_rows: list[int],
+    ) -> None:
         self.d = embed_dim
         self.predictor = mlp_layers(predictor)
         readout_layers = mlp_layers(readout)
@@ -73,8 +86,7 @@ class NumpyLinearisation:
         self.readout = [*readout_layers[:-1], (w[limit_rows], b[limit_rows])]
         self.n_lim = len(limit_rows)
 
-    def _rollout(self, z0: np.ndarray, U: np.ndarray
-                 ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    def _rollout(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         """Z (H, D) and, per stage, the predictor's hidden activations. U is (A, H)."""
         horizon = U.shape[1]
         Z = np.empty((horizon, self.d))
@@ -98,8 +110,9 @@ class NumpyLinearisation:
         Y, _ = self._sensors(Z)
         return Z.T, Y.T
 
-    def linearise(self, z0: np.ndarray, U: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def linearise(
+        self, z0: np.ndarray, U: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Z (D, H), A (H, D, D), B (H, D, Act), Y (L, H), C (H, L, D) along moves U (A, H).
 
         A_k, B_k are the Jacobians of z_{k+1} at the stage's own (z_k, u_k); C_k that of y at

@@ -34,8 +34,12 @@ class CasadiPlanner:
     def _build(self) -> None:
         s, lim = self.settings, self.limits
         f, h = casadi_dynamics(self.twin)
-        d, a, n_lim, horizon = (self.twin.config.embed_dim, len(lim.u_low), len(lim.limit_rows),
-                                s.horizon)
+        d, a, n_lim, horizon = (
+            self.twin.config.embed_dim,
+            len(lim.u_low),
+            len(lim.limit_rows),
+            s.horizon,
+        )
         Z, U = ca.SX.sym("Z", d, horizon), ca.SX.sym("U", a, horizon)
         S = ca.SX.sym("S", max(n_lim, 1), horizon)
         z0, u_prev, z_goal = ca.SX.sym("z0", d), ca.SX.sym("u_prev", a), ca.SX.sym("z_goal", d)
@@ -51,26 +55,35 @@ class CasadiPlanner:
             lbg += list(-lim.rate)
             ubg += list(lim.rate)
             if n_lim:
-                add_sensor_limit_rows(h(Z[:, k])[lim.limit_rows.tolist()], S[:, k], lim,
-                                      g, lbg, ubg, rows)
+                add_sensor_limit_rows(
+                    h(Z[:, k])[lim.limit_rows.tolist()], S[:, k], lim, g, lbg, ubg, rows
+                )
             cost += self.cost.casadi_stage(Z[:, k], z_goal, metric, U[:, k], u_before, S[:, k])
             z_k, u_before = Z[:, k], U[:, k]
         x = ca.vertcat(ca.vec(Z), ca.vec(U), ca.vec(S))
-        nlp = {"x": x, "p": ca.vertcat(z0, u_prev, z_goal, ca.vec(metric)), "f": cost,
-               "g": ca.vertcat(*g)}
+        nlp = {
+            "x": x,
+            "p": ca.vertcat(z0, u_prev, z_goal, ca.vec(metric)),
+            "f": cost,
+            "g": ca.vertcat(*g),
+        }
         options = {
             "print_time": False,
             "error_on_fail": False,
-            "ipopt": {"print_level": 0, "sb": "yes", "max_iter": s.max_iterations,
-                      "max_cpu_time": s.deadline_ms / 1e3, "tol": 1e-6,
-                      "acceptable_tol": 1e-4, "mu_strategy": "adaptive"},
+            "ipopt": {
+                "print_level": 0,
+                "sb": "yes",
+                "max_iter": s.max_iterations,
+                "max_cpu_time": s.deadline_ms / 1e3,
+                "tol": 1e-6,
+                "acceptable_tol": 1e-4,
+                "mu_strategy": "adaptive",
+            },
         }
         self.solver = ca.nlpsol("latent_mpc", "ipopt", nlp, options)
         inf_z = np.full(d * horizon, np.inf)
-        self.lbx = np.concatenate([-inf_z, np.tile(lim.u_low, horizon),
-                                   np.zeros(S.numel())])
-        self.ubx = np.concatenate([inf_z, np.tile(lim.u_high, horizon),
-                                   np.full(S.numel(), np.inf)])
+        self.lbx = np.concatenate([-inf_z, np.tile(lim.u_low, horizon), np.zeros(S.numel())])
+        self.ubx = np.concatenate([inf_z, np.tile(lim.u_high, horizon), np.full(S.numel(), np.inf)])
         self.lbg, self.ubg = np.array(lbg), np.array(ubg)
         self._dims = (d, a, S.numel(), horizon)
         self._f, self._h = f, h
@@ -102,8 +115,14 @@ class CasadiPlanner:
         if why is not None:
             self.reset()
             return failed_plan(problem, self.limits, horizon, d, start, f"ipopt: {why}")
-        p = np.concatenate([problem.z0, problem.u_prev, problem.z_goal,
-                            problem.metric_or_identity().ravel(order="F")])
+        p = np.concatenate(
+            [
+                problem.z0,
+                problem.u_prev,
+                problem.z_goal,
+                problem.metric_or_identity().ravel(order="F"),
+            ]
+        )
         lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem.limit_shift)
         lbx, ubx = self.lbx.copy(), self.ubx.copy()
         if problem.pinned is not None:  # U is stored (A, H) column-major: stage-major
@@ -111,8 +130,9 @@ class CasadiPlanner:
             at = d * horizon + np.flatnonzero(given)
             lbx[at] = ubx[at] = np.asarray(problem.pinned).ravel()[given]
         try:
-            sol = self.solver(x0=self._initial_guess(problem), p=p, lbx=lbx, ubx=ubx,
-                              lbg=lbg, ubg=ubg)
+            sol = self.solver(
+                x0=self._initial_guess(problem), p=p, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg
+            )
         except RuntimeError as exc:  # CasADi's evaluation errors: a failed plan, not a crash
             self.reset()
             return failed_plan(problem, self.limits, horizon, d, start, f"ipopt: {exc}")
@@ -120,9 +140,15 @@ class CasadiPlanner:
         stats = self.solver.stats()
         x = np.asarray(sol["x"]).ravel()
         Z = x[: d * horizon].reshape((d, horizon), order="F")
-        U = x[d * horizon: d * horizon + a * horizon].reshape((a, horizon), order="F")
+        U = x[d * horizon : d * horizon + a * horizon].reshape((a, horizon), order="F")
         ok = bool(stats.get("success", False)) and bool(np.all(np.isfinite(x)))
         self._warm = (Z, U) if ok else None
-        return PlanResult(ok, U.T.copy(), Z.T.copy(), float(sol["f"]), solve_ms,
-                          message=str(stats.get("return_status", "")),
-                          stats={"iterations": float(stats.get("iter_count", -1))})
+        return PlanResult(
+            ok,
+            U.T.copy(),
+            Z.T.copy(),
+            float(sol["f"]),
+            solve_ms,
+            message=str(stats.get("return_status", "")),
+            stats={"iterations": float(stats.get("iter_count", -1))},
+        )

@@ -74,8 +74,11 @@ class PlanningProblem:
         return z if self.metric is None else np.tensordot(self.metric, z, axes=1)
 
     def metric_or_identity(self) -> np.ndarray:
-        return np.eye(len(self.z_goal)) if self.metric is None else \
-            np.asarray(self.metric, dtype=float)
+        return (
+            np.eye(len(self.z_goal))
+            if self.metric is None
+            else np.asarray(self.metric, dtype=float)
+        )
 
 
 @dataclass
@@ -96,8 +99,14 @@ class Planner(Protocol):
     def plan(self, problem: PlanningProblem) -> PlanResult: ...
 
 
-def failed_plan(problem: PlanningProblem, lim: Constraints, horizon: int, embed_dim: int,
-                started: float, why: str) -> PlanResult:
+def failed_plan(
+    problem: PlanningProblem,
+    lim: Constraints,
+    horizon: int,
+    embed_dim: int,
+    started: float,
+    why: str,
+) -> PlanResult:
     """ok=False with a plan that still keeps the bounds: hold the previous action, clipped
     (mid-range where it is unusable). `started`: the plan's `time.perf_counter()` start."""
     a = len(lim.u_low)
@@ -105,40 +114,53 @@ def failed_plan(problem: PlanningProblem, lim: Constraints, horizon: int, embed_
     u_prev = np.broadcast_to(given[:a], (a,)) if given.size else np.zeros(a)
     hold = np.where(np.isfinite(u_prev), u_prev, (lim.u_low + lim.u_high) / 2)
     actions = np.tile(np.clip(hold, lim.u_low, lim.u_high), (horizon, 1))
-    return PlanResult(False, actions, np.full((horizon, embed_dim), np.nan), float("nan"),
-                      (time.perf_counter() - started) * 1e3, message=why)
+    return PlanResult(
+        False,
+        actions,
+        np.full((horizon, embed_dim), np.nan),
+        float("nan"),
+        (time.perf_counter() - started) * 1e3,
+        message=why,
+    )
 
 
-def problem_error(problem: PlanningProblem, lim: Constraints, dims: tuple[int, int],
-                  horizon: int | None = None) -> str | None:
+def problem_error(
+    problem: PlanningProblem, lim: Constraints, dims: tuple[int, int], horizon: int | None = None
+) -> str | None:
     """Why a planning problem cannot be solved as posed, or None."""
     d, a = dims
     shapes = (np.shape(problem.z0), np.shape(problem.u_prev), np.shape(problem.z_goal))
     if shapes != ((d,), (a,), (d,)):
         return f"problem shapes {shapes}, expected {((d,), (a,), (d,))}"
-    for label, value in (("z0", problem.z0), ("u_prev", problem.u_prev),
-                         ("z_goal", problem.z_goal)):
+    for label, value in (
+        ("z0", problem.z0),
+        ("u_prev", problem.u_prev),
+        ("z_goal", problem.z_goal),
+    ):
         if not np.all(np.isfinite(value)):
             return f"{label} is not finite"
-    if np.any(problem.u_prev < lim.u_low - lim.rate) or \
-            np.any(problem.u_prev > lim.u_high + lim.rate):
+    if np.any(problem.u_prev < lim.u_low - lim.rate) or np.any(
+        problem.u_prev > lim.u_high + lim.rate
+    ):
         return "previous action is more than one rate step outside its bounds"
     if problem.metric is not None and np.shape(problem.metric) != (d, d):
         return f"metric shape {np.shape(problem.metric)}, expected {(d, d)}"
     if problem.limit_shift is not None:
         if np.shape(problem.limit_shift) != (len(lim.limit_rows),):
-            return (f"limit_shift shape {np.shape(problem.limit_shift)}, expected "
-                    f"{(len(lim.limit_rows),)}")
+            return (
+                f"limit_shift shape {np.shape(problem.limit_shift)}, expected "
+                f"{(len(lim.limit_rows),)}"
+            )
         if not np.all(np.isfinite(problem.limit_shift)):
             return "limit_shift is not finite"
     if problem.pinned is not None:
-        return pinned_error(np.asarray(problem.pinned, dtype=float), problem.u_prev, lim,
-                            horizon)
+        return pinned_error(np.asarray(problem.pinned, dtype=float), problem.u_prev, lim, horizon)
     return None
 
 
-def pinned_error(pinned: np.ndarray, u_prev: np.ndarray, lim: Constraints,
-                 horizon: int | None) -> str | None:
+def pinned_error(
+    pinned: np.ndarray, u_prev: np.ndarray, lim: Constraints, horizon: int | None
+) -> str | None:
     """Why pinned moves cannot be planned around (shape, a half-pinned actuator, moves
     outside the bounds or rate limits), or None."""
     a = len(lim.u_low)

@@ -45,13 +45,20 @@ class RTIPlanner:
     step_damping = 1e-4
     line_search = (1.0, 0.5, 0.25, 0.1)
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 qp_solver: str = "daqp", sqp_iterations: int = 1,
-                 step_tolerance: float = 1e-4, compile: bool = False,
-                 linearisation: str | None = None) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        qp_solver: str = "daqp",
+        sqp_iterations: int = 1,
+        step_tolerance: float = 1e-4,
+        compile: bool = False,
+        linearisation: str | None = None,
+    ) -> None:
         if qp_solver not in RTI_QP_SOLVERS:
-            raise ValueError(f"unknown QP solver '{qp_solver}' "
-                             f"(choose {', '.join(RTI_QP_SOLVERS)})")
+            raise ValueError(
+                f"unknown QP solver '{qp_solver}' (choose {', '.join(RTI_QP_SOLVERS)})"
+            )
         linearisation = linearisation or ("casadi" if compile else "numpy")
         if linearisation not in ("numpy", "casadi") or (compile and linearisation != "casadi"):
             raise ValueError("linearisation is 'numpy' or 'casadi' (compile=True: 'casadi')")
@@ -65,7 +72,8 @@ class RTIPlanner:
         rows = self.limits.limit_rows.tolist()
         if linearisation == "numpy":
             self._model: NumpyLinearisation | CasadiLinearisation = NumpyLinearisation(
-                twin.model.predictor.net, twin.model.readout.net, self.d, rows)
+                twin.model.predictor.net, twin.model.readout.net, self.d, rows
+            )
         else:
             self._model = CasadiLinearisation(twin, self.settings.horizon, rows, compile)
         self.linearisation = linearisation
@@ -89,8 +97,11 @@ class RTIPlanner:
         self._low_rows = np.flatnonzero(np.tile(low, horizon))
         n_g = len(self._rate_rows) + len(self._high_rows) + len(self._low_rows)
         self._dims = (n_u, n_s, n_g)
-        self._qp: QPSolver = DAQPSolver() if self.qp_solver_name == "daqp" else \
-            CasadiQPSolver(self.qp_solver_name.removeprefix("casadi-"), n_u + n_s, n_g)
+        self._qp: QPSolver = (
+            DAQPSolver()
+            if self.qp_solver_name == "daqp"
+            else CasadiQPSolver(self.qp_solver_name.removeprefix("casadi-"), n_u + n_s, n_g)
+        )
         self._next_stage = self._constraints_one_sample_later()
 
     def _constraints_one_sample_later(self) -> np.ndarray:
@@ -110,11 +121,15 @@ class RTIPlanner:
 
         n_rate = len(self._rate_rows)
         high_at = n_u + n_s + n_rate
-        return np.concatenate([along(n_u, a, 0), along(n_s, n, n_u),
-                               along(n_rate, a, n_u + n_s),
-                               sensor_rows(self._high_rows, high_at),
-                               sensor_rows(self._low_rows, high_at + len(self._high_rows))]
-                              ).astype(int)
+        return np.concatenate(
+            [
+                along(n_u, a, 0),
+                along(n_s, n, n_u),
+                along(n_rate, a, n_u + n_s),
+                sensor_rows(self._high_rows, high_at),
+                sensor_rows(self._low_rows, high_at + len(self._high_rows)),
+            ]
+        ).astype(int)
 
     def reset(self) -> None:
         self._warm = None
@@ -152,10 +167,15 @@ class RTIPlanner:
         self._warm = U if ok else None
         self._multipliers = seed if ok else None
         solve_ms = (time.perf_counter() - start) * 1e3
-        return PlanResult(ok, U.copy(), Z.T.copy(), float(cost), solve_ms,
-                          message=f"rti/{self.qp_solver_name}: {message}",
-                          stats={"iterations": float(iterations),
-                                 "qp_iterations": float(qp_iterations)})
+        return PlanResult(
+            ok,
+            U.copy(),
+            Z.T.copy(),
+            float(cost),
+            solve_ms,
+            message=f"rti/{self.qp_solver_name}: {message}",
+            stats={"iterations": float(iterations), "qp_iterations": float(qp_iterations)},
+        )
 
     def _shifted_multipliers(self) -> np.ndarray | None:
         if self._multipliers is None or len(self._multipliers) != len(self._next_stage):
@@ -164,8 +184,9 @@ class RTIPlanner:
         return np.where(later >= 0, self._multipliers[np.maximum(later, 0)], 0.0)
 
     def _failed(self, problem: PlanningProblem, start: float, why: str) -> PlanResult:
-        return failed_plan(problem, self.limits, self.settings.horizon, self.d, start,
-                           f"rti: {why}")
+        return failed_plan(
+            problem, self.limits, self.settings.horizon, self.d, start, f"rti: {why}"
+        )
 
     def _initial_moves(self, problem: PlanningProblem) -> np.ndarray:
         if self._warm is not None:
@@ -179,14 +200,16 @@ class RTIPlanner:
     def _rollout(self, z0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._model.simulate(np.asarray(z0, dtype=float), np.ascontiguousarray(U.T))
 
-    def _qp_step(self, problem: PlanningProblem, U: np.ndarray,
-                 seed: np.ndarray | None = None) -> QPSolution | None:
+    def _qp_step(
+        self, problem: PlanningProblem, U: np.ndarray, seed: np.ndarray | None = None
+    ) -> QPSolution | None:
         """The Gauss-Newton QP around U; its x is the QP's moves (H, A), or None on failure.
         `seed`: multipliers of a nearby QP, to start the solver's active set from."""
         lim, horizon, a = self.limits, self.settings.horizon, self.a
         n_u, n_s, _ = self._dims
-        Z, A, B, Y, C = self._model.linearise(np.asarray(problem.z0, dtype=float),
-                                              np.ascontiguousarray(U.T))
+        Z, A, B, Y, C = self._model.linearise(
+            np.asarray(problem.z0, dtype=float), np.ascontiguousarray(U.T)
+        )
         G = self._condense(A, B)  # (D*H, n_u): d vec(Z) / d vec(U), stage-major
         u_bar = U.ravel()
         residual = Z.ravel(order="F") - np.tile(problem.z_goal, horizon) - G @ u_bar
@@ -194,16 +217,21 @@ class RTIPlanner:
         if problem.metric is not None:  # W on every stage's block of D rows
             w = np.asarray(problem.metric, dtype=float)
             residual = (residual.reshape(horizon, self.d) @ w.T).ravel()
-            G_cost = np.einsum("ij,hjn->hin", w, G.reshape(horizon, self.d, n_u)
-                               ).reshape(horizon * self.d, n_u)
+            G_cost = np.einsum("ij,hjn->hin", w, G.reshape(horizon, self.d, n_u)).reshape(
+                horizon * self.d, n_u
+            )
         c = self.cost.move_offset(problem.u_prev, horizon)
         hess = np.zeros((n_u + n_s, n_u + n_s))
-        hess[:n_u, :n_u] = 2.0 * (G_cost.T @ G_cost + self._move.T @ self._move
-                                  + self.step_damping * np.eye(n_u))
+        hess[:n_u, :n_u] = 2.0 * (
+            G_cost.T @ G_cost + self._move.T @ self._move + self.step_damping * np.eye(n_u)
+        )
         hess[n_u:, n_u:] = 2.0 * self.slack_regularisation * np.eye(n_s)
-        grad = np.concatenate([2.0 * (G_cost.T @ residual - self._move.T @ c
-                                      - self.step_damping * u_bar),
-                               np.full(n_s, self.cost.slack_weight)])
+        grad = np.concatenate(
+            [
+                2.0 * (G_cost.T @ residual - self._move.T @ c - self.step_damping * u_bar),
+                np.full(n_s, self.cost.slack_weight),
+            ]
+        )
         lbx = np.concatenate([np.tile(lim.u_low, horizon), np.zeros(n_s)])
         ubx = np.concatenate([np.tile(lim.u_high, horizon), np.full(n_s, np.inf)])
         lbx[:a] = np.maximum(lbx[:a], problem.u_prev - lim.rate)
@@ -214,13 +242,23 @@ class RTIPlanner:
         if np.any(lbx > ubx):
             return None
         rows, lba, uba = self._constraint_rows(G, Y, C, u_bar, problem)
-        solution = self._qp.solve(hess, grad, rows, lba, uba, lbx, ubx, start=seed,
-                                  x0=np.concatenate([u_bar, np.zeros(n_s)]))
+        solution = self._qp.solve(
+            hess,
+            grad,
+            rows,
+            lba,
+            uba,
+            lbx,
+            ubx,
+            start=seed,
+            x0=np.concatenate([u_bar, np.zeros(n_s)]),
+        )
         if solution is None or not np.all(np.isfinite(solution.x)):
             return None
         # clip the solver's round-off: the line search then mixes feasible points only
-        moves = problem.with_pinned(project_moves(solution.x[:n_u].reshape(horizon, a),
-                                                   problem.u_prev, lim))
+        moves = problem.with_pinned(
+            project_moves(solution.x[:n_u].reshape(horizon, a), problem.u_prev, lim)
+        )
         return QPSolution(moves, solution.multipliers, solution.iterations)
 
     def _condense(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -230,13 +268,18 @@ class RTIPlanner:
         block = np.zeros((d, a * horizon))
         for k in range(horizon):
             block = A[k] @ block
-            block[:, k * a:(k + 1) * a] = B[k]
-            G[k * d:(k + 1) * d] = block
+            block[:, k * a : (k + 1) * a] = B[k]
+            G[k * d : (k + 1) * d] = block
         return G
 
-    def _constraint_rows(self, G: np.ndarray, Y: np.ndarray, C: np.ndarray, u_bar: np.ndarray,
-                         problem: PlanningProblem
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _constraint_rows(
+        self,
+        G: np.ndarray,
+        Y: np.ndarray,
+        C: np.ndarray,
+        u_bar: np.ndarray,
+        problem: PlanningProblem,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rate rows on U, then linearised sensor rows with their slacks: y - s <= high,
         y + s >= low (one slack per sensor and stage serves both sides)."""
         lim, horizon, d, n = self.limits, self.settings.horizon, self.d, self.n_lim
@@ -247,14 +290,15 @@ class RTIPlanner:
         rate = np.tile(lim.rate, horizon)[self._rate_rows.argmax(axis=1)] if n_rate else []
         lba, uba = [-np.asarray(rate)], [np.asarray(rate)]
         if n:
-            sens = np.einsum("hld,hdn->hln", C, G.reshape(horizon, d, n_u)
-                             ).reshape(horizon * n, n_u)  # (H*n, n_u)
+            sens = np.einsum("hld,hdn->hln", C, G.reshape(horizon, d, n_u)).reshape(
+                horizon * n, n_u
+            )  # (H*n, n_u)
             offset = Y.ravel(order="F") - sens @ u_bar
             low, high = problem.sensor_bounds(lim)
             y_high, y_low = np.tile(high, horizon), np.tile(low, horizon)
             at = n_rate
             for side, idx in ((1.0, self._high_rows), (-1.0, self._low_rows)):
-                rows[at:at + len(idx), :n_u] = sens[idx]
+                rows[at : at + len(idx), :n_u] = sens[idx]
                 rows[at + np.arange(len(idx)), n_u + idx] = -side
                 bound = (y_high if side > 0 else y_low)[idx] - offset[idx]
                 lba.append(np.full(len(idx), -np.inf) if side > 0 else bound)
@@ -262,9 +306,15 @@ class RTIPlanner:
                 at += len(idx)
         return rows, np.concatenate(lba), np.concatenate(uba)
 
-    def _line_search(self, problem: PlanningProblem, U: np.ndarray, target: np.ndarray,
-                     cost: float, Z: np.ndarray, Y: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    def _line_search(
+        self,
+        problem: PlanningProblem,
+        U: np.ndarray,
+        target: np.ndarray,
+        cost: float,
+        Z: np.ndarray,
+        Y: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
         """Backtrack from the full step; every trial mixes two feasible plans, so it is
         feasible. Returns the accepted plan and the largest move it made (0: none)."""
         step = target - U

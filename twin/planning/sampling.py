@@ -50,12 +50,19 @@ class SamplingPlanner:
 
     name = "sampling"
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 samples: int = CEM_SAMPLES, iterations: int = CEM_ITERATIONS,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        samples: int = CEM_SAMPLES,
+        iterations: int = CEM_ITERATIONS,
+        seed: int = 0,
+    ) -> None:
         if samples < 2 or iterations < 1:
-            raise ValueError(f"a sampling planner needs samples >= 2 and iterations >= 1 "
-                             f"(got {samples} and {iterations})")
+            raise ValueError(
+                f"a sampling planner needs samples >= 2 and iterations >= 1 "
+                f"(got {samples} and {iterations})"
+            )
         self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.cost = PlanningCost.of(self.settings, self.limits)
@@ -73,16 +80,18 @@ class SamplingPlanner:
         """The problem as tensors and the warm-started mean (H, A)."""
         horizon, a = self.settings.horizon, len(self.limits.u_low)
         tensors = TorchProblem.of(problem, self.limits)
-        self._pinned = None if problem.pinned is None else \
-            torch.as_tensor(problem.pinned, dtype=torch.float32)
+        self._pinned = (
+            None if problem.pinned is None else torch.as_tensor(problem.pinned, dtype=torch.float32)
+        )
         if self._mean is None:
             mean = tensors.u_prev.expand(horizon, a).clone()
         else:
             mean = torch.cat([self._mean[1:], self._mean[-1:]])
         return tensors, mean
 
-    def _candidates(self, mean: torch.Tensor, std: torch.Tensor, u_prev: torch.Tensor
-                    ) -> torch.Tensor:
+    def _candidates(
+        self, mean: torch.Tensor, std: torch.Tensor, u_prev: torch.Tensor
+    ) -> torch.Tensor:
         """`samples` sequences around the mean, the mean itself first, all projected."""
         horizon, a = mean.shape
         noise = torch.randn(self.samples, horizon, a, generator=self.generator)
@@ -94,8 +103,7 @@ class SamplingPlanner:
         return project_moves_torch(u, u_prev, self._torch_limits, self._pinned)
 
     @torch.no_grad()
-    def score(self, u: torch.Tensor, problem: TorchProblem
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, u: torch.Tensor, problem: TorchProblem) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared objective for each sequence in u (S, H, A), and its embeddings."""
         model = self.twin.model
         z = model.predictor.rollout(problem.z0.expand(u.shape[0], -1), u)
@@ -104,8 +112,14 @@ class SamplingPlanner:
 
     def _failed(self, problem: PlanningProblem, started: float, why: str) -> PlanResult:
         self.reset()
-        return failed_plan(problem, self.limits, self.settings.horizon,
-                           self.twin.config.embed_dim, started, f"{self.name}: {why}")
+        return failed_plan(
+            problem,
+            self.limits,
+            self.settings.horizon,
+            self.twin.config.embed_dim,
+            started,
+            f"{self.name}: {why}",
+        )
 
     def _out_of_time(self, started: float, done: int) -> bool:
         """After at least one iteration: has the plan used its share of the deadline?"""
@@ -115,14 +129,18 @@ class SamplingPlanner:
     def _message(self, done: int, started: float) -> str:
         if done == self.iterations or not self._out_of_time(started, done):
             return self.name
-        return f"{self.name}: stopped early for the deadline ({done} of {self.iterations} " \
-            "iterations)"
+        return (
+            f"{self.name}: stopped early for the deadline ({done} of {self.iterations} iterations)"
+        )
 
     def plan(self, problem: PlanningProblem) -> PlanResult:
         start = time.perf_counter()
-        why = problem_error(problem, self.limits,
-                            (self.twin.config.embed_dim, len(self.limits.u_low)),
-                            self.settings.horizon)
+        why = problem_error(
+            problem,
+            self.limits,
+            (self.twin.config.embed_dim, len(self.limits.u_low)),
+            self.settings.horizon,
+        )
         if why is not None:
             return self._failed(problem, start, why)
         with single_threaded_torch():
@@ -138,9 +156,15 @@ class CEMPlanner(SamplingPlanner):
 
     name = "cem"
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 samples: int = CEM_SAMPLES, elites: int = CEM_ELITES,
-                 iterations: int = CEM_ITERATIONS, seed: int = 0) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        samples: int = CEM_SAMPLES,
+        elites: int = CEM_ELITES,
+        iterations: int = CEM_ITERATIONS,
+        seed: int = 0,
+    ) -> None:
         super().__init__(twin, settings, samples, iterations, seed)
         if not 2 <= elites <= samples:
             raise ValueError(f"CEM needs 2 <= elites <= samples (got {elites}, {samples})")
@@ -164,9 +188,15 @@ class CEMPlanner(SamplingPlanner):
         if best_z is None:  # every candidate scored NaN or inf: nothing to trust
             return self._failed(problem, start, "no finite cost")
         self._mean = best_u
-        return PlanResult(True, best_u.numpy().astype(float), best_z.numpy().astype(float),
-                          best_cost, (time.perf_counter() - start) * 1e3,
-                          message=self._message(done, start), stats={"iterations": float(done)})
+        return PlanResult(
+            True,
+            best_u.numpy().astype(float),
+            best_z.numpy().astype(float),
+            best_cost,
+            (time.perf_counter() - start) * 1e3,
+            message=self._message(done, start),
+            stats={"iterations": float(done)},
+        )
 
 
 class MPPIPlanner(SamplingPlanner):
@@ -183,18 +213,25 @@ class MPPIPlanner(SamplingPlanner):
 
     name = "mppi"
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 samples: int = MPPI_SAMPLES, iterations: int = MPPI_ITERATIONS,
-                 temperature: float = 0.1, noise_rate_multiple: float = 2.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        samples: int = MPPI_SAMPLES,
+        iterations: int = MPPI_ITERATIONS,
+        temperature: float = 0.1,
+        noise_rate_multiple: float = 2.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__(twin, settings, samples, iterations, seed)
         self.temperature, self.noise_rate_multiple = temperature, noise_rate_multiple
 
     def _plan(self, problem: PlanningProblem, start: float) -> PlanResult:
         horizon, a = self.settings.horizon, len(self.limits.u_low)
         tensors, mean = self._start(problem)
-        std = torch.as_tensor(self.limits.rate * self.noise_rate_multiple,
-                              dtype=torch.float32).expand(horizon, a)
+        std = torch.as_tensor(
+            self.limits.rate * self.noise_rate_multiple, dtype=torch.float32
+        ).expand(horizon, a)
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         done = 0
         while done < self.iterations and not self._out_of_time(start, done):
@@ -219,6 +256,12 @@ class MPPIPlanner(SamplingPlanner):
         if bool(torch.isfinite(cost[0])) and float(cost[0]) <= best[0]:
             best = (float(cost[0]), final[0], z[0])
         self._mean = best[1]
-        return PlanResult(True, best[1].numpy().astype(float), best[2].numpy().astype(float),
-                          best[0], (time.perf_counter() - start) * 1e3,
-                          message=self._message(done, start), stats={"iterations": float(done)})
+        return PlanResult(
+            True,
+            best[1].numpy().astype(float),
+            best[2].numpy().astype(float),
+            best[0],
+            (time.perf_counter() - start) * 1e3,
+            message=self._message(done, start),
+            stats={"iterations": float(done)},
+        )

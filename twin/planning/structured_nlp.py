@@ -31,8 +31,13 @@ class StructuredNLPPlanner:
 
     name = "casadi-fatrop"
 
-    def __init__(self, twin: Twin, settings: PlannerSettings | None = None,
-                 solver: str = "fatrop", compile: bool = False) -> None:
+    def __init__(
+        self,
+        twin: Twin,
+        settings: PlannerSettings | None = None,
+        solver: str = "fatrop",
+        compile: bool = False,
+    ) -> None:
         self.twin, self.settings = twin, settings or PlannerSettings.for_twin(twin)
         self.limits = Constraints.from_twin(twin, self.settings.limit_margin)
         self.solver_name = solver
@@ -64,8 +69,9 @@ class StructuredNLPPlanner:
             ubg += list(lim.rate)
             if n:
                 # on f(z_k, u_k), not z_{k+1}: a stage's constraints see only its own stage
-                add_sensor_limit_rows(h(z_next)[lim.limit_rows.tolist()], slack, lim,
-                                      g, lbg, ubg, rows)
+                add_sensor_limit_rows(
+                    h(z_next)[lim.limit_rows.tolist()], slack, lim, g, lbg, ubg, rows
+                )
             # stage k's cost sees its own variables: z_k (z_0 is fixed), u_k, s_k
             if k:
                 cost += terms.casadi_tracking(z, z_goal, metric)
@@ -76,22 +82,44 @@ class StructuredNLPPlanner:
         for k in range(horizon):
             variables += [X[k], W[k]]
         variables.append(X[horizon])
-        nlp = {"x": ca.vertcat(*variables), "p": ca.vertcat(z_goal, ca.vec(metric)), "f": cost,
-               "g": ca.vertcat(*g)}
+        nlp = {
+            "x": ca.vertcat(*variables),
+            "p": ca.vertcat(z_goal, ca.vec(metric)),
+            "f": cost,
+            "g": ca.vertcat(*g),
+        }
         options: dict = {"print_time": False, "error_on_fail": False}
         if self.compile:
-            options.update({"jit": True, "compiler": "shell",
-                            "jit_options": {"flags": ["-O1"], "verbose": False}})
+            options.update(
+                {
+                    "jit": True,
+                    "compiler": "shell",
+                    "jit_options": {"flags": ["-O1"], "verbose": False},
+                }
+            )
         if self.solver_name == "fatrop":
-            options.update({"structure_detection": "auto", "expand": False,
-                            "equality": [lo == hi for lo, hi in zip(lbg, ubg, strict=True)],
-                            "fatrop": {"print_level": 0, "max_iter": s.max_iterations,
-                                       "tol": 1e-6}})
+            options.update(
+                {
+                    "structure_detection": "auto",
+                    "expand": False,
+                    "equality": [lo == hi for lo, hi in zip(lbg, ubg, strict=True)],
+                    "fatrop": {"print_level": 0, "max_iter": s.max_iterations, "tol": 1e-6},
+                }
+            )
         else:
-            options.update({"ipopt": {"print_level": 0, "sb": "yes",
-                                      "max_iter": s.max_iterations, "tol": 1e-6,
-                                      "max_cpu_time": s.deadline_ms / 1e3,
-                                      "acceptable_tol": 1e-4, "mu_strategy": "adaptive"}})
+            options.update(
+                {
+                    "ipopt": {
+                        "print_level": 0,
+                        "sb": "yes",
+                        "max_iter": s.max_iterations,
+                        "tol": 1e-6,
+                        "max_cpu_time": s.deadline_ms / 1e3,
+                        "acceptable_tol": 1e-4,
+                        "mu_strategy": "adaptive",
+                    }
+                }
+            )
         here = os.getcwd()
         with tempfile.TemporaryDirectory() as scratch:
             os.chdir(scratch)  # CasADi's jit writes its sources to the working directory
@@ -125,8 +153,11 @@ class StructuredNLPPlanner:
             U = np.vstack([self._warm[1:], self._warm[-1:]])
         else:
             U = np.tile(problem.u_prev, (horizon, 1))
-        U = problem.with_pinned(project_moves(
-            U, np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high), self.limits))
+        U = problem.with_pinned(
+            project_moves(
+                U, np.clip(problem.u_prev, self.limits.u_low, self.limits.u_high), self.limits
+            )
+        )
         parts, z, before = [], problem.z0, problem.u_prev
         parts.append(np.concatenate([z, before]))
         for k in range(horizon):
@@ -141,27 +172,34 @@ class StructuredNLPPlanner:
         why = problem_error(problem, self.limits, (self.d, self.a), horizon)
         if why is not None:
             self.reset()
-            return failed_plan(problem, self.limits, horizon, self.d, start,
-                               f"{self.solver_name}: {why}")
+            return failed_plan(
+                problem, self.limits, horizon, self.d, start, f"{self.solver_name}: {why}"
+            )
         lbx, ubx = self._bounds(problem)
         p = np.concatenate([problem.z_goal, problem.metric_or_identity().ravel(order="F")])
         lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem.limit_shift)
         try:
-            sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx, lbg=lbg,
-                              ubg=ubg)
+            sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
         except RuntimeError as exc:  # CasADi's evaluation errors: a failed plan, not a crash
             self.reset()
-            return failed_plan(problem, self.limits, horizon, self.d, start,
-                               f"{self.solver_name}: {exc}")
+            return failed_plan(
+                problem, self.limits, horizon, self.d, start, f"{self.solver_name}: {exc}"
+            )
         solve_ms = (time.perf_counter() - start) * 1e3
         stats = self.solver.stats()
         x = np.asarray(sol["x"]).ravel()
         stride = nx + nu
-        U = np.array([x[k * stride + nx: k * stride + nx + self.a] for k in range(horizon)])
-        Z = np.array([x[(k + 1) * stride: (k + 1) * stride + self.d] for k in range(horizon)])
+        U = np.array([x[k * stride + nx : k * stride + nx + self.a] for k in range(horizon)])
+        Z = np.array([x[(k + 1) * stride : (k + 1) * stride + self.d] for k in range(horizon)])
         ok = bool(stats.get("success", False)) and bool(np.all(np.isfinite(x)))
         U = np.clip(U, self.limits.u_low, self.limits.u_high)
         self._warm = U if ok else None
-        return PlanResult(ok, U, Z, float(sol["f"]), solve_ms,
-                          message=f"{self.solver_name}: {stats.get('return_status', '')}",
-                          stats={"iterations": float(stats.get("iter_count", -1))})
+        return PlanResult(
+            ok,
+            U,
+            Z,
+            float(sol["f"]),
+            solve_ms,
+            message=f"{self.solver_name}: {stats.get('return_status', '')}",
+            stats={"iterations": float(stats.get("iter_count", -1))},
+        )

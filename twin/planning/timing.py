@@ -58,14 +58,21 @@ class PlannerTiming:
         """One line for the loop's start: what the planner takes and what it must fit."""
         verdict = "within" if self.fits else "over"
         share = f"{self.budget_share:.0%} of " if self.budget_share < 1 else ""
-        return (f"planner {self.planner} takes {self.p99_ms:.0f} ms p99 (median "
-                f"{self.median_ms:.0f} ms, {self.plans} plans) for this twin, {verdict} "
-                f"{share}its {self.budget_ms:.0f} ms budget (deadline "
-                f"{self.deadline_ms:.0f} ms, sample period {self.sample_period_s:g} s)")
+        return (
+            f"planner {self.planner} takes {self.p99_ms:.0f} ms p99 (median "
+            f"{self.median_ms:.0f} ms, {self.plans} plans) for this twin, {verdict} "
+            f"{share}its {self.budget_ms:.0f} ms budget (deadline "
+            f"{self.deadline_ms:.0f} ms, sample period {self.sample_period_s:g} s)"
+        )
 
 
-def time_planner(planner: Planner, twin: Twin, plans: int = TIMING_PLANS,
-                 budget_share: float = BUDGET_SHARE, seed: int = 0) -> PlannerTiming:
+def time_planner(
+    planner: Planner,
+    twin: Twin,
+    plans: int = TIMING_PLANS,
+    budget_share: float = BUDGET_SHARE,
+    seed: int = 0,
+) -> PlannerTiming:
     """Time `plans` consecutive plans of `planner` on `twin` (after one untimed plan, which
     pays one-off costs); the planner is reset afterwards, so a loop starts it cold."""
     if plans < 1 or not 0.0 < budget_share <= 1.0:
@@ -89,14 +96,26 @@ def time_planner(planner: Planner, twin: Twin, plans: int = TIMING_PLANS,
         z = _step(twin, z, u_prev)
     _reset(planner)
     values = np.asarray(times)
-    return PlannerTiming(planner.name, plans, float(np.median(values)),
-                         float(np.percentile(values, 99)), float(values.max()), failed,
-                         settings.deadline_ms, twin.spec.sample_period_s, budget_share)
+    return PlannerTiming(
+        planner.name,
+        plans,
+        float(np.median(values)),
+        float(np.percentile(values, 99)),
+        float(values.max()),
+        failed,
+        settings.deadline_ms,
+        twin.spec.sample_period_s,
+        budget_share,
+    )
 
 
-def planner_that_fits(name: str, twin: Twin, settings: PlannerSettings | None = None,
-                      plans: int = TIMING_PLANS, budget_share: float = BUDGET_SHARE
-                      ) -> tuple[Planner, PlannerTiming]:
+def planner_that_fits(
+    name: str,
+    twin: Twin,
+    settings: PlannerSettings | None = None,
+    plans: int = TIMING_PLANS,
+    budget_share: float = BUDGET_SHARE,
+) -> tuple[Planner, PlannerTiming]:
     """The planner by name and its timing; a sampling planner (`cem`, `mppi`) over its
     budget is rebuilt with fewer iterations, then fewer samples, in proportion to how far
     over it is, until it fits or reaches the floor (`MIN_ITERATIONS`, `MIN_SAMPLES`). The
@@ -114,8 +133,9 @@ def planner_that_fits(name: str, twin: Twin, settings: PlannerSettings | None = 
     return planner, timing
 
 
-def _smaller_sampler(planner: CEMPlanner | MPPIPlanner, timing: PlannerTiming
-                     ) -> CEMPlanner | MPPIPlanner | None:
+def _smaller_sampler(
+    planner: CEMPlanner | MPPIPlanner, timing: PlannerTiming
+) -> CEMPlanner | MPPIPlanner | None:
     """The same planner with its work (samples x iterations) scaled to fit the budget with
     a fifth to spare, iterations first; None at the floor."""
     samples, iterations = planner.samples, planner.iterations
@@ -130,14 +150,23 @@ def _smaller_sampler(planner: CEMPlanner | MPPIPlanner, timing: PlannerTiming
     if isinstance(planner, CEMPlanner):
         elites = max(2, round(planner.elites * fewer_samples / samples))
         return CEMPlanner(twin, settings, fewer_samples, elites, fewer_iterations, seed)
-    return MPPIPlanner(twin, settings, fewer_samples, fewer_iterations, planner.temperature,
-                       planner.noise_rate_multiple, seed)
+    return MPPIPlanner(
+        twin,
+        settings,
+        fewer_samples,
+        fewer_iterations,
+        planner.temperature,
+        planner.noise_rate_multiple,
+        seed,
+    )
 
 
 def _step(twin: Twin, z: np.ndarray, u: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        z_next = twin.model.predictor(torch.as_tensor(z, dtype=torch.float32)[None],
-                                      torch.as_tensor(u, dtype=torch.float32)[None])
+        z_next = twin.model.predictor(
+            torch.as_tensor(z, dtype=torch.float32)[None],
+            torch.as_tensor(u, dtype=torch.float32)[None],
+        )
     return z_next[0].double().numpy()
 
 
