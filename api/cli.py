@@ -224,10 +224,14 @@ def train(
     A glucose twin is of one patient (--patient, default adult#001): its spec carries that
     patient's limits, and its loops fall back to that patient's basal and bolus wizard."""
     from processes import train_config_for
+    from twin.simc import with_simc_gains  # late, like torch: scipy loads when training
     from twin.train import train_twin
 
     process_spec = _spec_for(process, spec, patient)
+    if register and spec is not None:  # refuse changed tags before training, not after
+        _check_spec_change(database_url, process_spec)
     df = read_log(data)
+    process_spec = with_simc_gains(process_spec, df)  # a PI pairing without gains: SIMC
     config = train_config_for(process if spec is None else None, epochs=epochs, seed=seed,
                               max_seconds=max_minutes * 60.0)
     twin, history = train_twin(df, process_spec, config, show_progress=True)
@@ -242,18 +246,35 @@ def train(
         data_config = {"path": str(data), "sha256": provenance.sha256,
                        "rows": provenance.rows, "time_s": [provenance.start_s, provenance.end_s]}
         model_id = _register(database_url, process_spec, name, out, twin.metrics,
-                             {"train": config.to_dict(), "data": data_config}, provenance)
+                             {"train": config.to_dict(), "data": data_config}, provenance,
+                             from_file=spec is not None)
         console.print(f"registered as model [bold]{model_id}[/]")
+
+
+def _check_spec_change(url: str | None, spec: ProcessSpec) -> None:
+    from api.db import open_session
+    from api.services.processes import check_spec_change
+
+    with open_session(_url(url)) as session:
+        check_spec_change(session, spec)
 
 
 def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
               metrics: dict[str, Any], config: dict[str, Any],
-              provenance: DataProvenance) -> int:
+              provenance: DataProvenance, from_file: bool = False) -> int:
     from api import services
     from api.db import open_session
+    from api.services.processes import store_spec
 
     with open_session(_url(url)) as session:
-        services.ensure_process(session, spec)
+        if from_file:  # a tag file is versioned as POST /api/processes versions it
+            stored = store_spec(session, spec)
+            what = ("new" if stored.created else
+                    f"changed: {', '.join(stored.changed)}" if stored.changed else "unchanged")
+            console.print(f"process [bold]{spec.name}[/] spec version {stored.version} "
+                          f"({what})")
+        else:
+            services.ensure_process(session, spec)
         model = services.register_model(session, spec.name, name, checkpoint.read_bytes(),
                                         config, metrics, provenance=provenance)
         run = services.create_run(session, kind="train", process=spec.name, controller="jepa",

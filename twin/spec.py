@@ -97,20 +97,30 @@ class PILoop(BaseModel):
     Velocity form: u += kp (e - e_prev) + kp dt / ti_s e, with e = setpoint - measurement,
     so kp > 0 when raising the actuator raises the sensor (kp in actuator unit per sensor
     unit). It starts from what is applied (bumpless) and the safety layer clips it.
+
+    A loop may name only the pairing, without kp and ti_s: the gains are then tuned by
+    SIMC from the log the twin is trained on (`twin.simc.with_simc_gains`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sensor: str
     actuator: str
-    kp: float
-    ti_s: float = Field(gt=0, description="integral time, seconds")
+    kp: float | None = None
+    ti_s: float | None = Field(default=None, gt=0, description="integral time, seconds")
 
     @model_validator(mode="after")
     def _check_gain(self) -> PILoop:
-        if not math.isfinite(self.kp) or self.kp == 0 or not math.isfinite(self.ti_s):
+        if (self.kp is None) != (self.ti_s is None):
+            raise ValueError("give both kp and ti_s, or neither (tuned from the log)")
+        if self.kp is not None and self.ti_s is not None and (
+                not math.isfinite(self.kp) or self.kp == 0 or not math.isfinite(self.ti_s)):
             raise ValueError("kp must be a finite, non-zero number and ti_s finite")
         return self
+
+    @property
+    def tuned(self) -> bool:
+        return self.kp is not None
 
 
 SETPOINT_PRIORITY = 10.0
@@ -231,6 +241,8 @@ class ProcessSpec(BaseModel):
         default=(), description="PI loops the controller falls back to (else it holds)")
     control: ControlWeights = Field(
         default_factory=ControlWeights, description="the controller's cost weights")
+    version: int = Field(default=1, ge=1, description=(
+        "revision of the tag file: the store counts it up each time it accepts a change"))
     effects: tuple[Effect, ...] = Field(
         default=(), description="known signs of actuator-to-sensor effects")
 
@@ -298,6 +310,15 @@ class ProcessSpec(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def changed_fields(self, other: ProcessSpec) -> tuple[str, ...]:
+        """Top-level fields that differ from `other`, the version aside."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return tuple(f for f in mine if f != "version" and mine[f] != theirs.get(f))
+
+    def model_changes(self, other: ProcessSpec) -> tuple[str, ...]:
+        """The changed fields a trained twin depends on (`MODEL_FIELDS`)."""
+        return tuple(f for f in self.changed_fields(other) if f in MODEL_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "spec") -> ProcessSpec:
