@@ -259,6 +259,31 @@ def _check_spec_change(url: str | None, spec: ProcessSpec) -> None:
         check_spec_change(session, spec)
 
 
+@app.command()
+@friendly_errors
+def register(
+    model: Annotated[Path, typer.Option(help="checkpoint file of a twin trained elsewhere")],
+    data: Annotated[Path, typer.Option(help="the log it was trained on, .csv or .parquet")],
+    name: Annotated[str, typer.Option(help="model name in the registry")] = "jepa",
+    database_url: UrlOption = None,
+) -> None:
+    """Register a checkpoint made by `twin train` elsewhere (e.g. the demo's shipped twin),
+    with a training run carrying its stored curves and the data's provenance."""
+    from api.services.models import log_provenance
+    from twin.twin_model import Twin
+
+    twin_model = Twin.load(model)
+    df = read_log(data)
+    provenance = log_provenance(df, twin_model.spec, source=f"file:{data.resolve()}",
+                                path=data)
+    data_config = {"path": str(data), "sha256": provenance.sha256, "rows": provenance.rows,
+                   "time_s": [provenance.start_s, provenance.end_s]}
+    config = {"train": twin_model.train_config, "data": data_config, "registered_from": str(model)}
+    model_id = _register(database_url, twin_model.spec, name, model, twin_model.metrics, config,
+                         provenance)
+    console.print(f"registered [bold]{model}[/] as model [bold]{model_id}[/]")
+
+
 def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
               metrics: dict[str, Any], config: dict[str, Any],
               provenance: DataProvenance, from_file: bool = False) -> int:
@@ -304,12 +329,16 @@ def _print_training(metrics: dict[str, Any], spec: ProcessSpec) -> None:
 @app.command()
 @friendly_errors
 def control(
-    model: Annotated[Path, typer.Option(help="checkpoint file of a trained twin")],
+    model: Annotated[Path | None, typer.Option(
+        help="checkpoint file of a trained twin (not with --controller baseline)")] = None,
     plant: Annotated[str | None, typer.Option(
         "--plant", "--process",
         help="built-in simulator to drive (default: the twin's own process)")] = None,
     planner: Annotated[str, typer.Option(
         help="casadi (default), casadi-ipopt, casadi-fatrop, cem or mppi")] = "casadi",
+    controller_kind: Annotated[str, typer.Option(
+        "--controller", help="twin (the twin's MPC) or baseline (the process's classical "
+                             "controller, e.g. the CSTR's PI)")] = "twin",
     seed: Annotated[int, typer.Option(help="plant noise seed")] = 7,
     store: Annotated[bool, typer.Option(help="store the episode as a run")] = True,
     database_url: UrlOption = None,
@@ -318,13 +347,22 @@ def control(
 
     A twin of a process known only from its tag file can drive a built-in simulator whose
     tags it shares (--plant): the simulator stands in for the real plant, and the
-    controller knows nothing but what the twin learned from the files.
+    controller knows nothing but what the twin learned from the files. With --controller
+    baseline the same episode (same scenario and seed) runs under the process's classical
+    controller instead, to compare the twin against.
     """
     from processes import get_process, plant_parts
     from twin.assembly import build_controller
     from twin.planner_names import PLANNER_NAMES as PLANNERS
     from twin.twin_model import Twin
 
+    if controller_kind not in ("twin", "baseline"):
+        raise InvalidInput(f"unknown controller '{controller_kind}' (twin or baseline)")
+    if controller_kind == "baseline":
+        _control_baseline(plant, model, seed, store, database_url)
+        return
+    if model is None:
+        raise InvalidInput("give --model CHECKPOINT (or --controller baseline --process NAME)")
     if planner not in PLANNERS:
         raise InvalidInput(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
     twin_model = Twin.load(model)
@@ -343,6 +381,24 @@ def control(
         run_id = _store_episode(database_url, episode, model, twin_model.spec)
         console.print(f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
                       f"http://127.0.0.1:8000/runs/{run_id}")
+
+
+def _control_baseline(process: str | None, model: Path | None, seed: int, store: bool,
+                      database_url: str | None) -> None:
+    """The standard episode under the process's classical controller, stored as a run."""
+    from processes import get_process
+
+    if model is not None:
+        raise InvalidInput("--controller baseline takes no --model")
+    if process is None:
+        raise InvalidInput("give --process NAME with --controller baseline")
+    module = get_process(process)
+    episode = module.run_episode(module.baseline_policy(), "baseline", seed=seed,
+                                 config={"controller": "baseline"}, show_progress=True)
+    _print_episode(episode.metrics, module.EPISODE_SUMMARY)
+    if store:
+        run_id = _store_episode(database_url, episode, None, module.SPEC)
+        console.print(f"stored as run [bold]{run_id}[/]")
 
 
 def _check_plant_tags(twin_spec: ProcessSpec, plant_spec: ProcessSpec) -> None:
@@ -485,6 +541,10 @@ def serve(
 
     url = _url(database_url)
     os.environ["DATABASE_URL"] = url
+    missing = _missing_sqlite_file(url)
+    if missing is not None and not migrate_first:  # checking would create an empty file
+        raise migrate.DatabaseNotMigrated(
+            f"no database at {missing}: run `twin db upgrade` (or `twin serve --migrate`)")
     if migrate_first:
         migrate.upgrade(url)
     elif not migrate.is_up_to_date(url):
@@ -498,6 +558,17 @@ def serve(
         console.print(f"latest closed-loop run: [bold]http://{shown}:{port}/runs/{latest}[/]")
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info")
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist (None for any other database)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 def _latest_control_run(url: str) -> int | None:

@@ -92,3 +92,47 @@ def test_every_process_from_the_command_line(process: str, hours: float,
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert "fallback steps" in result.output and "planning median" in result.output
+
+
+def test_serve_refuses_a_missing_database_without_creating_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    result = runner.invoke(app, ["serve", "--database-url", f"sqlite:///{path}"])
+    assert result.exit_code == 2
+    assert "no database at" in result.output and "twin db upgrade" in result.output
+    assert not path.exists()
+
+
+def test_a_garbage_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    result = runner.invoke(app, ["control", "--model", str(bad), "--no-store"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())  # rich may wrap the line on a narrow console
+    assert "not a twin checkpoint" in text and "weights_only" not in text
+    assert len(result.output.strip().splitlines()) <= 2
+
+
+@pytest.mark.slow
+def test_control_stores_a_baseline_run(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    result = runner.invoke(app, ["control", "--controller", "baseline", "--process", "cstr",
+                                 "--seed", "7", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "stored as run 1" in result.output
+    from api import services
+    from api.db import open_session
+
+    with open_session(url) as session:
+        run = services.get_run(session, 1)
+        assert (run.kind, run.controller, run.process.name) == ("control", "baseline", "cstr")
+        assert run.model_id is None and "cost" in run.metrics
+
+
+@pytest.mark.parametrize("args", [["--controller", "pid", "--process", "cstr"],
+                                  ["--controller", "baseline"],
+                                  ["--process", "cstr"]])
+def test_control_refuses_unclear_choices(args: list[str]) -> None:
+    result = runner.invoke(app, ["control", *args, "--no-store"])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output
