@@ -553,6 +553,10 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"dashboards: [bold]http://{shown}:{port}/[/]   "
                   f"API docs: [bold]http://{shown}:{port}/docs[/]   (Ctrl+C to stop)")
+    compared = _twin_and_baseline(url)
+    if compared is not None:
+        console.print(f"twin against baseline, same scenario: [bold]http://{shown}:{port}"
+                      f"/compare?runs={compared[0]}&runs={compared[1]}[/]")
     latest = _latest_control_run(url)
     if latest is not None:
         console.print(f"latest closed-loop run: [bold]http://{shown}:{port}/runs/{latest}[/]")
@@ -569,6 +573,23 @@ def _missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(parsed.database)
     return None if path.exists() else path
+
+
+def _twin_and_baseline(url: str) -> tuple[int, int] | None:
+    """The latest twin-controlled run and the latest baseline run of its process and seed."""
+    from api import services
+    from api.db import open_session
+
+    with open_session(url) as session:
+        runs = services.list_runs(session, kind="control", limit=200)
+        twin = next((r for r in runs if r.controller != "baseline"), None)
+        if twin is None:
+            return None
+        seed = (twin.config or {}).get("seed")
+        base = next((r for r in runs if r.controller == "baseline"
+                     and r.process_id == twin.process_id
+                     and (r.config or {}).get("seed") == seed), None)
+        return None if base is None else (int(twin.id), int(base.id))
 
 
 def _latest_control_run(url: str) -> int | None:
