@@ -53,29 +53,38 @@ def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture
-def running() -> Iterator[Callable[..., threading.Event]]:
-    """Start callables in threads; all are stopped and joined at the end."""
-    threads: list[tuple[threading.Thread, threading.Event]] = []
+class Running:
+    """A callable run in a thread until `stop()`."""
 
-    def start(target: Callable[[threading.Event], None]) -> threading.Event:
-        stop = threading.Event()
-        thread = threading.Thread(target=target, args=(stop,), daemon=True)
-        thread.start()
-        threads.append((thread, stop))
-        return stop
+    def __init__(self, target: Callable[[threading.Event], None]) -> None:
+        self.event = threading.Event()
+        self.thread = threading.Thread(target=target, args=(self.event,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.event.set()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Running]]:
+    """Start callables in threads; all are stopped and joined at the end."""
+    started: list[Running] = []
+
+    def start(target: Callable[[threading.Event], None]) -> Running:
+        started.append(Running(target))
+        return started[-1]
 
     yield start
-    for thread, stop in threads:
-        stop.set()
-        thread.join(timeout=10)
+    for each in started:
+        each.stop()
 
 
 def test_json_loop_closes_and_a_dead_gateway_is_a_stale_hold(db: EdgeDb, running) -> None:
     stepper = db.start_loop()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     bridge = MqttBridge(stepper, *BROKER, prefix=prefix, period_s=PERIOD_S, persistent=False)
-    running(bridge.run)
+    serving = running(bridge.run)
     assert bridge.connected.wait(10)
     gateway = Gateway(stepper.run_id, *BROKER, prefix=prefix, period_s=PERIOD_S)
     gateway.start()
@@ -92,7 +101,7 @@ def test_json_loop_closes_and_a_dead_gateway_is_a_stale_hold(db: EdgeDb, running
     gateway.client.publish(bridge.topics.measurements, b'{"time_s": "soon"}', qos=1)
     until(lambda: bridge.rejected == rejected + 1)
 
-    feeding.set()
+    feeding.stop()
     gateway.vanish()  # no DISCONNECT: the broker publishes the last will
     until(lambda: bridge.stats.holds["death"] >= 1)
     until(lambda: bridge.stats.holds["silence"] >= 1)
@@ -100,6 +109,7 @@ def test_json_loop_closes_and_a_dead_gateway_is_a_stale_hold(db: EdgeDb, running
     reasons = [e.message for e in db.events(stepper.run_id, EDGE_STALE)]
     assert any("gateway died" in r for r in reasons)
     assert any("no measurement for" in r for r in reasons)
+    serving.stop()  # no hold in flight from here on
     steps = db.steps(stepper.run_id)
     assert steps[-1].status == "stale"
     assert len(steps) == bridge.stats.steps + sum(bridge.stats.holds.values())
@@ -122,7 +132,7 @@ def test_sparkplug_births_data_seq_jumps_and_death(db: EdgeDb, running) -> None:
     until(lambda: bridge.seq_jumps == 1)
     fresh = len(gateway.setpoints)
     until(lambda: len(gateway.setpoints) >= fresh + 3)  # a jump is recorded, not fatal
-    feeding.set()
+    feeding.stop()
     gateway.vanish()  # its will: NDEATH of its edge node
     until(lambda: bridge.stats.holds["death"] >= 1)
     jumps = db.events(stepper.run_id, SEQUENCE_GAP)

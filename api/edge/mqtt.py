@@ -86,13 +86,14 @@ class MqttBridge:
         self._inbox: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
         self._last_data: tuple[float, float] | None = None  # (monotonic arrival, time_s)
         self._last_hold = 0.0
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # connected and subscribed
         where = (f"{self.sparkplug.group}-{self.sparkplug.node}" if self.sparkplug
                  else self.prefix)
         client_id = self.client_id or f"twin-{where}-loop-{self.stepper.run_id}"
         self.client = paho.Client(client_id=client_id, clean_session=not self.persistent)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
 
     # ------------------------------------------------------------ MQTT callbacks (its thread)
@@ -104,7 +105,10 @@ class MqttBridge:
         topics = (self.sparkplug.subscriptions() if self.sparkplug
                   else [self.topics.measurements, self.topics.gateway])
         client.subscribe([(topic, 1) for topic in topics])
-        self.connected.set()
+
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int,
+                      _granted: Any) -> None:
+        self.connected.set()  # subscribed: from now on nothing published is missed
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self._inbox.put((time.perf_counter(), msg.topic, bytes(msg.payload)))
@@ -223,11 +227,11 @@ class MqttBridge:
         time plus the seconds since that sample arrived."""
         now = time.monotonic()
         self._last_hold = now
-        self.stats.holds[kind] += 1
         time_s = None if self._last_data is None else \
             self._last_data[1] + (now - self._last_data[0])
         try:
             self.stepper.hold(reason, time_s)
+            self.stats.holds[kind] += 1  # counted once stored
         except SQLAlchemyError as exc:
             self.stats.db_errors += 1
             log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)

@@ -158,9 +158,9 @@ class OpcUaLoop:
             self.stats.written.append((done.time_s, accepted, readback))
 
     async def _hold(self, kind: str, reason: str, time_s: float) -> None:
-        self.stats.holds[kind] += 1
         try:
             await asyncio.to_thread(self.stepper.hold, reason, time_s)
+            self.stats.holds[kind] += 1  # counted once stored
         except SQLAlchemyError as exc:
             self.stats.db_errors += 1
             log.warning("loop %d: hold not stored: %s", self.stepper.run_id, exc)
