@@ -36,6 +36,10 @@ Protection = Callable[
 plant's own limit protection would cut it (an engine control's min/max select)."""
 
 
+PERIOD_ROUND_OFF = 1e-9
+"""Relative shortfall of an elapsed time from the sample period still taken as a period."""
+
+
 @dataclass
 class SafeOutput:
     actuators: dict[str, float]
@@ -62,14 +66,17 @@ def hold(spec: ProcessSpec, previous: Mapping[str, float]) -> dict[str, float]:
 
 
 def max_move(tag: Tag, sample_period_s: float, elapsed_s: float | None = None) -> float:
-    """The largest change this step allows (see the module docstring)."""
+    """The largest change this step allows (see the module docstring). An elapsed time
+    within round-off of the sample period (k * 0.2 - (k - 1) * 0.2 is not 0.2) counts as
+    the full period, so timestamps' float noise never narrows a move."""
     assert tag.rate_limit is not None
-    seconds = (
-        sample_period_s
-        if elapsed_s is None or not math.isfinite(elapsed_s)
-        else min(max(elapsed_s, 0.0), sample_period_s)
-    )
-    return tag.rate_limit * seconds
+    if (
+        elapsed_s is None
+        or not math.isfinite(elapsed_s)
+        or (elapsed_s >= sample_period_s * (1.0 - PERIOD_ROUND_OFF))
+    ):
+        return tag.rate_limit * sample_period_s
+    return tag.rate_limit * max(elapsed_s, 0.0)
 
 
 def clip_setpoint(
