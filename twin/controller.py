@@ -147,7 +147,7 @@ class TwinController:
                 previous[tag] = float(measurements[tag])  # type: ignore[arg-type]
         events = est.append(time_s, measurements, previous)
         stale = bool(events)
-        guard = sup.limit_guard(measurements, est.last_measured)
+        guard = sup.limit_guard(measurements, est.trends())
         est.remember(measurements)
         mismatch = est.mismatch_reason(est.observe(measurements))
         baseline = BaselineMove(self.twin, self.fallback, measurements, setpoints, previous)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .data import window_from_rows
 from .records import EventKind, SafetyEvent
+from .trend import Trend, TrendFilter
 from .twin_model import Twin
 
 MISMATCH_TRIP_SIGMAS = 3.0
@@ -71,6 +72,13 @@ class Estimator:
         self.twin, self.spec = twin, twin.spec
         self.mismatch_trip, self.mismatch_clear = mismatch_trip, mismatch_clear
         self.trust_after_steps, self.stale_after_s = trust_after_steps, stale_after_s
+        limited = [t.name for t in self.spec.sensors if t.low is not None or t.high is not None]
+        readout_rmse = twin.metrics.get("readout_rmse", {})
+        # the held-out readout error is the sensor's noise or more: a cautious start
+        self.trend = TrendFilter(
+            {tag: self.twin.norm.std[self.twin.norm.index(tag)] for tag in limited},
+            {tag: float(readout_rmse.get(tag) or 0.0) for tag in limited},
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -82,13 +90,14 @@ class Estimator:
         self.expected: dict[str, float] = {}  # the twin's forecast for the next sample
         self.forecast_bias: dict[str, float] = {}  # measured minus forecast, smoothed
         self.good_steps = self.trust_after_steps
+        self.trend.reset()
 
     # -- updates -------------------------------------------------------------------------
     def append(
         self, time_s: float, measurements: Mapping[str, float | None], previous: Mapping[str, float]
     ) -> list[SafetyEvent]:
         """Add the sample to the window; the events say why it is too stale to plan on."""
-        events = []
+        events, missed = [], 0
         if self.last_time_s is not None:
             gap = time_s - self.last_time_s
             missed = int(round(gap / self.spec.sample_period_s)) - 1
@@ -107,6 +116,7 @@ class Estimator:
         self.rows.append({k: (None if v is None else float(v)) for k, v in measurements.items()})
         self.before.append(dict(previous))
         self.last_time_s = float(time_s)
+        self.trend.update(measurements, max(missed, 0) + 1)
         sensors = self.twin.layout.sensors
         if all(measurements.get(t) is None for t in sensors) and sensors:
             events.append(
@@ -186,6 +196,10 @@ class Estimator:
     @property
     def bias_limit(self) -> float:
         return FORECAST_BIAS_TRIPS * self.mismatch_trip
+
+    def trends(self) -> dict[str, Trend]:
+        """The filtered level and slope of each limited sensor (the limit guard's view)."""
+        return self.trend.trends()
 
     def trusted(self) -> bool:
         return self.good_steps >= self.trust_after_steps

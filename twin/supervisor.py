@@ -17,6 +17,7 @@ from .hybrid import BaselineMove
 from .planning import Constraints, project_moves
 from .records import EventKind, SafetyEvent
 from .safety import Protection
+from .trend import Trend
 from .twin_model import Twin
 
 DISAGREEMENT_TRIP = 0.5
@@ -29,7 +30,7 @@ DISAGREEMENT_MULTIPLE = 5.0
 sensor) the trip is at least this multiple of it: a twin whose members always differ more
 is judged against its own usual spread."""
 GUARD_LOOKAHEAD = 2
-"""Samples ahead the limit guard extrapolates each limited sensor from its last change. One
+"""Samples ahead the limit guard extrapolates each limited sensor's filtered trend. One
 sample was too late for the CSTR's jacket lag: the hierarchical twin overshot the 385 K
 limit by 0.54 K on seed 11; with two it peaked at 379 K and the flat twin's cost held."""
 ENVELOPE_NEIGHBOURS = 32
@@ -91,18 +92,20 @@ class Supervisor:
         return float(self.twin.norm.std[self.twin.norm.index(tag)])
 
     def limit_guard(
-        self, measurements: Mapping[str, float | None], last_measured: Mapping[str, float]
+        self, measurements: Mapping[str, float | None], trends: Mapping[str, Trend]
     ) -> LimitGuard:
         """Is a sensor heading into its limit? Each is extrapolated `GUARD_LOOKAHEAD`
-        samples ahead from its last change: near a hard limit the plant, not the model, has
-        the last word (fast overshoots are what a twin trained on safe data saw least)."""
+        samples ahead from its filtered level along the part of its filtered slope that
+        its noise does not explain (`twin.trend`): near a hard limit the plant, not the
+        model, has the last word (fast overshoots are what a twin trained on safe data saw
+        least), but a jitter is no trend. Extrapolating raw samples, 1 % sensor noise made
+        the guard trip on 26-30 % of the samples of a plant far from its limits."""
         reasons, guarded = [], []
         for tag in self.spec.sensors:
-            value = measurements.get(tag.name)
-            if value is None or (tag.low is None and tag.high is None):
+            trend = trends.get(tag.name)
+            if measurements.get(tag.name) is None or trend is None:
                 continue
-            value = float(value)
-            ahead = value + GUARD_LOOKAHEAD * (value - last_measured.get(tag.name, value))
+            ahead = trend.ahead(GUARD_LOOKAHEAD)
             band = self.guard_band * self._std(tag.name)
             near = [
                 (side, limit)
@@ -115,7 +118,7 @@ class Supervisor:
             if near:
                 guarded.append(tag.name)
             reasons += [
-                f"{tag.name} heading to {ahead:.4g} {tag.unit}, within {band:.3g} "
+                f"{tag.name} heading to {ahead:.4g} {tag.unit} (filtered), within {band:.3g} "
                 f"{tag.unit} of its {side} limit {limit:g}"
                 for side, limit in near
             ]
