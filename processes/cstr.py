@@ -74,9 +74,10 @@ SPEC = ProcessSpec(
         Tag(name="Tf", role=TagRole.DISTURBANCE, unit="K", nominal=TF_NOMINAL,
             description="feed temperature"),
     ),
-    # The plant is scored on T, and the twin's embedding distance alone let plans overshoot
-    # into the runaway region (measured in the README's control section).
-    control=ControlWeights(tracking_weight=40.0, move_weight=4.0),
+    # The default tracking weight (the twin's embedding distance alone let plans overshoot
+    # into the runaway region); moves weighed up for the jacket's lag (measured in the
+    # README's control section).
+    control=ControlWeights(move_weight=4.0),
     # a warmer jacket takes less heat out of the reactor
     effects=(Effect(actuator="Tc", sensor="T", sign="positive"),),
 )

@@ -101,7 +101,7 @@ from tep_studio.control.loops import RickerRegistry
 
 from twin.records import EpisodeResult, EventKind, SafetyEvent, StepRecord
 from twin.safety import Fallback
-from twin.spec import ProcessSpec, Tag, TagRole
+from twin.spec import ControlWeights, ProcessSpec, Tag, TagRole
 
 from .base import (
     CONTROLLER_ROWS,
@@ -283,6 +283,9 @@ SPEC = ProcessSpec(
     timestamp_column="time_s",
     tags=tuple(_sensor_tag(*m) for m in MEASUREMENTS)
     + tuple(_actuator_tag(*m) for m in MANIPULATED),
+    # the committed figures were measured on the embedding distance alone; the default
+    # tracking weight is not yet measured here
+    control=ControlWeights(tracking_weight=0.0),
 )
 
 TAG_COLUMNS = tuple(t.name for t in SPEC.tags)

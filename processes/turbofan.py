@@ -484,10 +484,10 @@ SPEC = ProcessSpec(
         Tag(name="dT_isa", role=TagRole.DISTURBANCE, unit="K", nominal=0.0,
             description="ambient temperature deviation from ISA"),
     ),
-    # The thrust error itself in the plan's cost, and a plan margin to the limits of 0.1
-    # training std (89 rpm of fan speed; 0.25 std left the twin short of takeoff thrust):
-    # the FADEC's limit protection (`fadec_protection`) stands behind every move
-    control=ControlWeights(tracking_weight=40.0, limit_margin=0.1),
+    # A plan margin to the limits of 0.1 training std (89 rpm of fan speed; 0.25 std left
+    # the twin short of takeoff thrust): the FADEC's limit protection (`fadec_protection`)
+    # stands behind every move. The thrust error is weighed by the default tracking weight.
+    control=ControlWeights(limit_margin=0.1),
     # more fuel, more turbine work: faster spools, hotter exhaust, more thrust
     effects=tuple(Effect(actuator="Wf", sensor=s, sign="positive")
                   for s in ("Nf", "Nc", "T50", "Fn")),

@@ -132,6 +132,12 @@ a day at full power) and the twin never got past 87 kN; at 10 it reads 93 kN, an
 for 25 kN where it had read 37 kN. Weighing the setpoint alone up cost the CSTR (a twin
 cut to 14 epochs, seeds 7 and 11: 14.8 -> 16.4): its goals drifted to unsteady windows."""
 
+TRACKING_WEIGHT = 40.0
+"""Weight of each controlled sensor's squared setpoint error (training stds) against the
+embedding distance in the plan's stage cost. With 0 a plan chases the goal embedding alone:
+on the CSTR its plans overshot into the runaway region, and the CSTR and the turbofan were
+each tuned to 40 on their own. A tag file needs no control settings to track."""
+
 FORECAST_BIAS_GAIN = 0.2
 """Per sample, how far the twin's forecast bias (measured minus one-step forecast, per
 sensor) moves towards the latest miss (a miss beyond the mismatch trip counts as the
@@ -148,7 +154,8 @@ class ControlWeights(BaseModel):
         |z - z_goal|^2 + tracking_weight * e^2 + move_weight * (du / rate_limit)^2
 
     with z the embedding and e the setpoint error of each controlled sensor, in training
-    standard deviations. With tracking_weight 0 the goal is the embedding alone.
+    standard deviations (default `TRACKING_WEIGHT`). With tracking_weight 0 the goal is the
+    embedding alone.
 
     `policy`: the name of a `twin.policies.LoopPolicy` (how the twin and the baseline
     share the loop: data envelope, moves near a limit); `default` unless the log calls for
@@ -178,7 +185,7 @@ class ControlWeights(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tracking_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    tracking_weight: float = Field(default=TRACKING_WEIGHT, ge=0, allow_inf_nan=False)
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     policy: str = Field(default=DEFAULT_POLICY, description="a twin.policies loop policy")
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)

@@ -1,0 +1,56 @@
+"""Defaults that control: a tag file that gives only physical facts plans on its setpoint
+errors, and the built-in processes keep a control setting of their own only where it
+differs from the default (and say why)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from twin_fixtures import cold_controller, tiny_twin, with_control
+
+from processes import cstr, glucose, tennessee_eastman, turbofan
+from twin.planning import PlannerSettings, PlanningProblem, PlanResult
+from twin.spec import TRACKING_WEIGHT, ControlWeights, ProcessSpec
+
+
+def test_a_tag_file_without_control_settings_tracks_its_setpoints() -> None:
+    data = cstr.SPEC.to_dict()
+    data.pop("control")
+    spec = ProcessSpec.model_validate(data)
+    assert spec.control.tracking_weight == TRACKING_WEIGHT > 0
+    assert ControlWeights().tracking_weight == TRACKING_WEIGHT
+
+
+def test_built_in_processes_override_only_what_they_measured() -> None:
+    """The CSTR and the turbofan run on the default tracking weight; the CSTR keeps its
+    heavier move weight, the turbofan its smaller limit margin; glucose and the Tennessee
+    Eastman keep the weight their committed figures were measured with."""
+    assert cstr.SPEC.control.tracking_weight == TRACKING_WEIGHT
+    assert turbofan.SPEC.control.tracking_weight == TRACKING_WEIGHT
+    assert "tracking_weight" not in cstr.SPEC.control.model_fields_set
+    assert "tracking_weight" not in turbofan.SPEC.control.model_fields_set
+    for spec in (tennessee_eastman.SPEC, glucose.SPEC):
+        assert spec.control.tracking_weight == 0.0
+
+
+class _MetricRecorder:
+    name = "recorder"
+    settings = PlannerSettings(horizon=3)
+
+    def __init__(self) -> None:
+        self.metrics: list[np.ndarray | None] = []
+
+    def plan(self, problem: PlanningProblem) -> PlanResult:
+        self.metrics.append(problem.metric)
+        h = self.settings.horizon
+        return PlanResult(True, np.tile(problem.u_prev, (h, 1)), np.tile(problem.z0, (h, 1)),
+                          0.0, 1.0)
+
+
+@pytest.mark.parametrize("weight", [TRACKING_WEIGHT, 0.0])
+def test_the_plan_weighs_the_setpoint_error_by_default(weight: float) -> None:
+    twin = with_control(tiny_twin()[0], tracking_weight=weight)
+    recorder = _MetricRecorder()
+    controller = cold_controller(twin, recorder)
+    controller.step(0.0, cstr.CSTRSimulator(seed=0).measure(), {"T": 350.0})
+    assert (recorder.metrics[-1] is not None) == (weight > 0)
