@@ -7,6 +7,7 @@ Every database test runs on SQLite and (with TWIN_TEST_POSTGRES_URL) PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -478,3 +479,37 @@ def test_the_alarm_page_lists_alarms(client: TestClient, session: Session) -> No
     assert 'href="/alarms"' in page.text  # the navigation bar
     assert client.get("/alarms", params={"loop": run_id, "show": "all"}).status_code == 200
     assert client.get("/alarms", params={"show": "everything"}).status_code == 422
+
+
+def test_the_alarm_page_acts_with_the_login_session_and_its_csrf_token(
+        secure: TestClient, session: Session, tokens: dict[Role, str]) -> None:
+    """A logged-in operator acknowledges from the page: the session cookie identifies them,
+    the page's token proves the request came from the page, and the name is recorded."""
+    operator = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
+    run_id = _loop_with_a_violation(secure, session, operator)
+    secure.post("/login", data={"api_key": tokens[Role.OPERATOR]})
+    page = secure.get("/alarms")
+    assert page.status_code == 200
+    token = re.search(r'const CSRF = "([0-9a-f]+)"', page.text).group(1)
+    listed = secure.get("/dash/api/alarms", params={"loop": run_id}).json()
+    alarm_id = next(a["id"] for a in listed if a["kind"] == "limit_violation")
+    without = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge")
+    assert without.status_code == 403  # a cookie alone never acts (another site's form)
+    acked = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge",
+                        headers={"X-CSRF-Token": token})
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["state"] == "acknowledged"
+    assert acked.json()["acknowledged_by"] == "operator-key"
+    assert secure.get("/api/alarms").status_code == 401  # the JSON API takes no cookie
+
+
+def test_a_viewer_session_cannot_act_from_the_alarm_page(
+        secure: TestClient, session: Session, tokens: dict[Role, str]) -> None:
+    operator = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
+    run_id = _loop_with_a_violation(secure, session, operator)
+    secure.post("/login", data={"api_key": tokens[Role.VIEWER]})
+    token = re.search(r'const CSRF = "([0-9a-f]+)"', secure.get("/alarms").text).group(1)
+    alarm_id = secure.get("/dash/api/alarms", params={"loop": run_id}).json()[0]["id"]
+    refused = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge",
+                          headers={"X-CSRF-Token": token})
+    assert refused.status_code == 403

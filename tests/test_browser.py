@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import sys
 import threading
@@ -63,6 +64,7 @@ class Site:
     model_id: int
     loop_measurements: list[dict[str, float]]
     next_loop_step: int = LIVE_STEPS
+    database_url: str = ""
 
     def post_loop_step(self) -> float:
         """Post the loop's next CSTR sample; returns its time [s]."""
@@ -130,7 +132,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "setpoints": {"T": 360.0}}, timeout=60)
     assert start.status_code == 201, start.text
     live = Site(base, baseline_run, twin_run, start.json()["run_id"], model_id, measurements,
-                next_loop_step=0)
+                next_loop_step=0, database_url=url)
     for _ in range(LIVE_STEPS):
         live.post_loop_step()
     try:
@@ -330,3 +332,120 @@ def test_live_page_redraws_after_a_long_absence(page: Page, site: Site,
     newest = site.post_loop_step()
     _wait(page, "window.dashState.appended > 0")
     assert page.trace("run-plot", "sensor/T")["x"][-2:] == [times[-1], newest]
+
+
+# ---------------------------------------------------------------- navigation and login
+
+
+def _offline(page: Page, base: str) -> list[str]:
+    """Refuse every request that leaves this server, as an offline plant network would;
+    returns the list the refused addresses are collected in."""
+    refused: list[str] = []
+
+    def route(handle: Any) -> None:
+        if handle.request.url.startswith(base):
+            handle.continue_()
+        else:
+            refused.append(handle.request.url)
+            handle.abort()
+
+    page.page.route("**/*", route)
+    return refused
+
+
+def test_api_docs_render_offline(page: Page, site: Site) -> None:
+    refused = _offline(page, site.url)
+    assert page.open(f"{site.url}/docs").status == 200
+    page.page.locator(".swagger-ui .info .title").wait_for()
+    assert "plant-twin" in page.page.locator(".swagger-ui .info .title").inner_text()
+    page.page.locator(".opblock").first.wait_for()  # the operations are listed
+    assert page.page.locator(".opblock").count() > 10
+    assert page.open(f"{site.url}/redoc").status == 200
+    page.page.locator("redoc h1, [role=main] h1, h1").first.wait_for()
+    assert "plant-twin" in page.page.locator("h1").first.inner_text()
+    assert refused == [], f"the docs asked for outside files: {refused}"
+
+
+def test_every_top_bar_link_opens_a_page(page: Page, site: Site) -> None:
+    page.open(f"{site.url}/")
+    links = page.page.locator("nav.top a").evaluate_all("(as) => as.map((a) => a.href)")
+    assert len(links) >= 6
+    for link in dict.fromkeys(links):
+        response = page.open(link)
+        assert response.status == 200, link
+        assert response.headers["content-type"].startswith("text/html"), link
+        assert page.page.locator("nav.top, #swagger-ui").count() >= 1, link
+    for missing in ("/models/987654", "/runs/987654"):
+        response = page.open(f"{site.url}{missing}")
+        assert response.status == 404 and response.headers["content-type"].startswith(
+            "text/html"), missing
+    page.errors.clear()  # the 404 documents above are logged by the browser on purpose
+
+
+def test_models_list_and_training_page(page: Page, site: Site) -> None:
+    assert page.open(f"{site.url}/models").status == 200
+    row = page.page.locator(f'tr[data-model="{site.model_id}"]')
+    assert "tiny v1" in row.inner_text()
+    row.locator(f'a[href="/models/{site.model_id}"]').first.click()
+    page.page.wait_for_url(f"**/models/{site.model_id}")
+
+
+def test_trend_ticks_read_clock_time(page: Page, site: Site) -> None:
+    page.open(f"{site.url}/runs/{site.baseline_run}")
+    page.rendered()
+    _wait(page, "document.getElementById('run-plot').dataset.clock === '1'")
+    labels = page.js("Array.from(document.querySelectorAll('#run-plot .xaxislayer-above "
+                     "text[data-seconds]'), (t) => t.textContent)")
+    assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", text) for text in labels), labels
+    assert "plan made at step" in page.js(
+        "document.getElementById('run-plot').layout.annotations.map((a) => a.text).join()")
+
+
+@pytest.fixture(scope="module")
+def secure_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A second server on the same database with keys required, and an operator's key."""
+    from api.services import auth
+
+    url = site.database_url
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        _, token = auth.create_key(session, "olga", "operator", auth.cli_actor())
+    engine.dispose()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(Settings(database_url=url, auth_required=True)), host="127.0.0.1",
+        port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_login_page_session_cookie_and_logout(page: Page, secure_site: tuple[str, str]) -> None:
+    base, token = secure_site
+    page.open(f"{base}/models")  # no session: sent to the login page
+    page.page.wait_for_url("**/login?next=/models")
+    page.page.fill("#api_key", "twin_000000000000_wrong")
+    page.page.click("form.login button[type=submit]")
+    assert "unknown API key" in page.page.locator("#login-error").inner_text()
+    page.page.fill("#api_key", token)
+    page.page.click("form.login button[type=submit]")
+    page.page.wait_for_url("**/models")
+    assert "olga" in page.page.locator("#who").inner_text()
+    assert "operator" in page.page.locator("#who").inner_text()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "twin_session")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
+    assert "twin_session" not in page.js("document.cookie")  # no script can read it
+    assert token not in cookie["value"]
+    page.page.click("#logout")
+    page.page.wait_for_url("**/login")
+    page.open(f"{base}/")
+    page.page.wait_for_url("**/login?next=/")
+    page.errors.clear()  # the refused key's 401 page is logged by the browser on purpose
