@@ -44,9 +44,11 @@ from processes import get_process  # noqa: E402
 from processes.step_tests import gain_check  # noqa: E402
 from twin.spec import ProcessSpec  # noqa: E402
 from twin.train import train_twin  # noqa: E402
+from twin.twin_model import Twin  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gain_check.json"
 CACHE = Path(tempfile.gettempdir()) / "twin-gain-check-logs"
+TWINS = Path(tempfile.gettempdir()) / "twin-gain-check-twins"
 TRAIN_SEED = 1
 CASES: dict[str, list[dict[str, Any]]] = {
     "cstr": [{}],
@@ -56,13 +58,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
 HOURS = {"cstr": 12.0, "glucose": 120.0, "turbofan": 1.5}
 """Excitation log per twin: the CSTR's and turbofan's recipe amounts; glucose 120 h of
 its recipe's 360 (the simulator is the slow part on a shared machine)."""
-EPOCHS = {"cstr": 8, "glucose": 20, "turbofan": 3}
+EPOCHS = {"cstr": 4, "glucose": 8, "turbofan": 1}
 """Short budgets for a busy 2-core machine (recipes: 20, 20 and 8 epochs); epochs, not
 seconds, so that a before and an after train alike however loaded the machine is."""
-HORIZON_STEPS = {"cstr": 32, "glucose": 80, "turbofan": 32}
-"""Step-test horizon, samples: 3.2 min of the CSTR and 6.4 s of the turbofan, both near
-steady state; 4 h of a glucose patient, where insulin has acted (at 1.5 h a doubled
-basal has moved glucose by about 1 mg/dL)."""
 console = Console(width=170)
 
 
@@ -76,7 +74,7 @@ def cached_log(module: ModuleType, name: str, hours: float, case: dict[str, Any]
     """The excitation log of this generator (kept between runs), or with `data_tag` one
     stored earlier under that tag (a log of an earlier generator, for a before/after)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    tag = "_".join(str(v).replace("#", "") for v in case.values())
+    tag = _case_tag(case)
     version = data_tag or generator_version(module)
     path = CACHE / f"{name}_{tag}_{hours:g}h_seed{TRAIN_SEED}_{version}.pkl"
     if path.exists():
@@ -93,27 +91,40 @@ def case_spec(module: ModuleType, case: dict[str, Any], signs: bool) -> ProcessS
     return spec if signs else spec.model_copy(update={"effects": ()})
 
 
-def run_case(name: str, case: dict[str, Any], signs: bool, seconds: float,
-             data_tag: str | None = None) -> dict[str, Any]:
+def run_case(name: str, case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or with --reuse, load the twin this label trained before) and gain-check."""
     module = get_process(name)
-    started = time.perf_counter()
-    df = cached_log(module, name, HOURS[name], case, data_tag)
-    log_seconds = time.perf_counter() - started
-    spec = case_spec(module, case, signs)
-    cfg = module.TRAINING_RECIPE.train_config(seed=0, epochs=EPOCHS[name], max_seconds=seconds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        twin, _ = train_twin(df, spec, cfg, show_progress=False)
-    # judged against the declared signs whether or not training saw them
-    twin.spec = case_spec(module, case, True)
-    rows = gain_check(twin, HORIZON_STEPS[name], **case)
-    return {"process": name, **case, "signs_in_training": signs,
-            "log_hours": HOURS[name], "generator": data_tag or generator_version(module),
+    path = TWINS / f"{args.label}_{name}_{_case_tag(case)}.pt"
+    if args.reuse and path.exists():
+        twin = Twin.load(path)
+    else:
+        started = time.perf_counter()
+        df = cached_log(module, name, HOURS[name], case, args.data_tag)
+        log_seconds = time.perf_counter() - started
+        signs = args.signs == "on"
+        cfg = module.TRAINING_RECIPE.train_config(seed=0, epochs=EPOCHS[name],
+                                                  max_seconds=args.seconds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            twin, _ = train_twin(df, case_spec(module, case, signs), cfg, show_progress=False)
+        twin.metrics["gain_check_run"] = {
+            "signs_in_training": signs, "log_hours": HOURS[name],
+            "generator": args.data_tag or generator_version(module),
             "command": "python benchmarks/gain_check.py " + " ".join(sys.argv[1:]),
             "log_seconds": round(log_seconds, 1),
             "train_seconds": round(twin.metrics["train_seconds"], 1),
             "epochs_done": twin.metrics.get("epochs_done", twin.metrics["epochs"]),
-            "epochs_asked": cfg.epochs, "rows": rows}
+            "epochs_asked": cfg.epochs}
+        TWINS.mkdir(parents=True, exist_ok=True)
+        twin.save(path)
+    # judged against the declared signs whether or not training saw them
+    twin.spec = case_spec(module, case, True)
+    return {"process": name, **case, **twin.metrics["gain_check_run"],
+            "rows": gain_check(twin, **case)}
+
+
+def _case_tag(case: dict[str, Any]) -> str:
+    return "_".join(str(v).replace("#", "") for v in case.values()) or "default"
 
 
 def show(label: str, cases: list[dict[str, Any]]) -> None:
@@ -152,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0,
                         help="wall-clock cap on training, per twin")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true",
+                        help="gain-check the twins this label trained before, if kept")
     parser.add_argument("--data-tag", help="train on logs stored under this tag (an earlier "
                         "generator's) instead of generating them")
     args = parser.parse_args()
@@ -161,8 +174,7 @@ def main() -> None:
         for case in CASES[name]:
             console.print(f"[bold]{name} {case or ''}[/]: training ({EPOCHS[name]} epochs, "
                           f"at most {args.seconds:g} s, signs {args.signs})")
-            cases.append(run_case(name, case, args.signs == "on", args.seconds,
-                                  args.data_tag))
+            cases.append(run_case(name, case, args))
             show(args.label, cases[-1:])
     show(args.label, cases)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -183,7 +195,7 @@ def save(args: argparse.Namespace, cases: list[dict[str, Any]], commit: str) -> 
     results[args.label] = {
         "signs_in_training": args.signs == "on",
         "budget": {"epochs": EPOCHS, "train_seconds_cap": args.seconds, "threads": args.threads,
-                   "log_hours": HOURS, "horizon_steps": HORIZON_STEPS,
+                   "log_hours": HOURS,
                    "machine": f"{platform.processor() or platform.machine()}, shared 2 cores"},
         "commit": commit,
         "summary": summary(merged),

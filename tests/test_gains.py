@@ -12,10 +12,12 @@ from processes import cstr, get_spec, glucose
 from processes.step_tests import gain_check, plant_gains
 from twin.data import Layout
 from twin.gains import (
+    SIGN_HORIZON,
     SIGN_WEIGHT,
     EffectPair,
     effect_pairs,
     gain_table,
+    held_on,
     sign_penalty,
     stepped,
     with_sign_penalty,
@@ -98,8 +100,10 @@ def test_the_sign_penalty_charges_exactly_the_wrong_signed_side(dose):
     down = [EffectPair(actuator=0, sensor=1, direction=-1.0, dose=dose)]
     with torch.no_grad():
         z0 = model.encode(batch["windows"][:, 0])
-        moved = [model.readout(m.rollout(z0, stepped(batch["actions"], 0, 1.0, dose)))
-                 - model.readout(m.rollout(z0, batch["actions"])) for m in model.members()]
+        actions = held_on(batch["actions"], SIGN_HORIZON * batch["actions"].shape[1])
+        assert actions.shape[1] > batch["actions"].shape[1]
+        moved = [model.readout(m.rollout(z0, stepped(actions, 0, 1.0, dose)))
+                 - model.readout(m.rollout(z0, actions)) for m in model.members()]
         both = sum(change[..., 1].abs().mean() for change in moved)
         assert float(both) > 0
         penalty_up = sign_penalty(model, batch, up)
