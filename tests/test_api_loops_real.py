@@ -118,8 +118,9 @@ def test_two_workers_serving_one_loop_keep_the_same_window(db_url: str, session:
         with factory() as s:
             workers[k % 2].step(s, shared, 6.0 * k, sample)
             single.step(s, alone, 6.0 * k, sample)
-    served = workers[len(samples) % 2 - 1]._loops[shared].controller
-    reference = single._loops[alone].controller
+    # The context window is the controller's state estimator's.
+    served = workers[len(samples) % 2 - 1]._loops[shared].controller.estimator
+    reference = single._loops[alone].controller.estimator
     def present(rows) -> list[dict[str, float]]:  # a missing sample: absent or None alike
         return [{t: v for t, v in row.items() if v is not None} for row in rows]
 
