@@ -175,6 +175,15 @@ def test_a_real_excursion_is_not_refused(client: TestClient, loop: int) -> None:
     assert _step(client, loop, 0.0, {**GOOD, "T": 395.0}).status_code == 200
 
 
+def test_an_unexplained_implausible_value_goes_through_with_an_alarm(client: TestClient,
+                                                                     loop: int) -> None:
+    """2000 K is no reactor temperature in any unit we know: the controller still sees it
+    (its limit guard must), the step is marked fallback and the event says why."""
+    body = _step(client, loop, 0.0, {**GOOD, "T": 2000.0}).json()
+    assert body["status"] == "fallback"
+    assert "implausible_measurement" in [e["kind"] for e in body["events"]]
+
+
 # ---------------------------------------------------------------- 5: no SQL in bodies
 
 

@@ -52,6 +52,28 @@ def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: by
         assert client.post(f"/api/loops/{run_id}/stop").json()["status"] == "stopped"
 
 
+def test_units_are_judged_from_the_training_log(db_url: str, session: Session,
+                                               tiny_checkpoint: bytes) -> None:
+    """With a real twin the plausible range is the training log's (its normaliser's mean
+    and std), not the tag file's: a reactor temperature in degC is refused, named."""
+    from api.services.loops import _training_ranges
+    from twin.twin_model import Twin
+
+    ranges = _training_ranges(type("WithTwin", (), {"twin": Twin.from_bytes(tiny_checkpoint)}))
+    mean, std = ranges["T"]
+    assert 330.0 < mean < 380.0 and std > 0  # the CSTR log's temperatures, in K
+    model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
+    with TestClient(create_app(Settings(database_url=db_url))) as client:
+        run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
+                                                 "planner": "cem"}).json()["run_id"]
+        celsius = client.post(f"/api/loops/{run_id}/step", json={"time_s": 0.0, "measurements": {
+            "Ca": 0.5, "T": mean - 273.15, "Caf": 1.0, "Tf": 350.0}})
+        assert celsius.status_code == 422 and "degC" in celsius.json()["detail"]
+        kelvin = client.post(f"/api/loops/{run_id}/step", json={"time_s": 0.0, "measurements": {
+            "Ca": 0.5, "T": mean, "Caf": 1.0, "Tf": 350.0}})
+        assert kelvin.status_code == 200, kelvin.text
+
+
 LOOP_HOURS = {"turbofan": 0.1, "glucose": 8.0, "tennessee_eastman": 1.0}
 
 
