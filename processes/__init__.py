@@ -17,7 +17,7 @@ from typing import Any
 
 from twin.baseline import PlantParts, spec_fallback
 from twin.safety import Fallback, Protection
-from twin.spec import ProcessSpec, SpecError
+from twin.spec import ActuatorKind, ProcessSpec, SpecError
 from twin.train import TrainConfig
 
 from .base import check_module
@@ -90,7 +90,8 @@ def plant_parts(spec: ProcessSpec) -> PlantParts:
     fallback = module.baseline_fallback(variant) if variant is not None \
         else module.baseline_fallback()
     factory = getattr(module, "limit_protection", None)
-    return PlantParts(variant, fallback, factory() if factory is not None else None)
+    doses = tuple(t.name for t in module.SPEC.actuators if t.kind is ActuatorKind.DOSE)
+    return PlantParts(variant, fallback, factory() if factory is not None else None, doses)
 
 
 def fallback_for(spec: ProcessSpec) -> Fallback | None:

@@ -622,3 +622,23 @@ def test_the_cli_generates_and_trains_for_a_patient(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     twin = Twin.load(checkpoint)
     assert twin.spec == g.spec_for(OTHER) and g.variant_of(twin.spec) == OTHER
+
+
+def test_a_twin_saved_before_the_bolus_was_a_dose_still_holds_it_at_zero(
+    tiny_glucose_twin: Twin,
+) -> None:
+    """A checkpoint's spec from before `kind: dose` calls the bolus a level: the assembly
+    takes the process's word for it, so a stale hold gives no bolus there either."""
+    as_levels = tuple(t.model_copy(update={"kind": ActuatorKind.LEVEL}) for t in g.SPEC.tags)
+    level = g.SPEC.model_copy(update={"tags": as_levels})
+    older = dataclasses.replace(tiny_glucose_twin, spec=level)
+    controller = build_controller(
+        older, _MaxInsulinPlanner(), parts=plant_parts(older.spec), warmup_samples=0,
+        mismatch_trip=1e9, disagreement_trip=1e9,
+    )  # fmt: skip
+    assert controller.spec.tag("bolus").kind is ActuatorKind.DOSE
+    dinner = controller.step(0.0, {"CGM": 160.0, "IOB": 2.0, "CHO": 20.0}, {"CGM": 120.0})
+    assert dinner.actuators["bolus"] > 1.0
+    held = controller.step(6 * g.SAMPLE_PERIOD_S, {"CGM": 150.0, "IOB": 8.0, "CHO": 0.0},
+                           {"CGM": 120.0})  # fmt: skip
+    assert held.status is StepStatus.STALE and held.actuators["bolus"] == 0.0

@@ -4,11 +4,14 @@ benchmarks alike: a twin (or its checkpoint), a planner, and what the process le
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from .baseline import PlantParts, spec_fallback
 from .controller import TwinController
 from .planning import Planner, PlannerSettings, make_planner
+from .spec import ActuatorKind, TagRole
 from .twin_model import Twin
 
 
@@ -30,8 +33,26 @@ def build_controller(
         twin = Twin.from_bytes(bytes(twin))
     if parts is None:
         parts = PlantParts(fallback=spec_fallback(twin.spec))
+    twin = _with_doses(twin, parts.doses)
     if isinstance(planner, str):
         planner = make_planner(planner, twin, settings)
     elif settings is not None:
         raise ValueError("planner settings go with a planner name, not a built planner")
     return TwinController(twin, planner, parts.fallback, protection=parts.protection, **tuning)
+
+
+def _with_doses(twin: Twin, doses: Sequence[str]) -> Twin:
+    """The twin with `doses` marked `kind: dose` in its spec: a checkpoint saved before its
+    process's tag file said so must not hold a bolus as a level."""
+    stale = {
+        t.name
+        for t in twin.spec.tags
+        if t.name in doses and t.role is TagRole.ACTUATOR and t.kind is not ActuatorKind.DOSE
+    }
+    if not stale:
+        return twin
+    tags = tuple(
+        t.model_copy(update={"kind": ActuatorKind.DOSE}) if t.name in stale else t
+        for t in twin.spec.tags
+    )
+    return dataclasses.replace(twin, spec=twin.spec.model_copy(update={"tags": tags}))

@@ -49,8 +49,10 @@ def spec_fallback(spec: ProcessSpec) -> Fallback | None:
 class PlantParts:
     """What a process lends a twin controller, for one variant of it (a glucose patient):
     the baseline it falls back to and the plant's own limit protection (None: hold, and
-    no protection). `processes.plant_parts` gives a built-in process's."""
+    no protection), and which actuators are doses: a twin trained before its tag file
+    said so still holds them at zero. `processes.plant_parts` gives a built-in process's."""
 
     variant: str | None = None
     fallback: Fallback | None = None
     protection: Protection | None = None
+    doses: tuple[str, ...] = ()  # actuators the process gives as doses (`kind: dose`)
