@@ -30,9 +30,8 @@ def single_threaded_torch() -> Iterator[None]:
     """Torch on one thread while planning (torch keeps its OpenMP thread count per calling
     thread, so other threads keep theirs). The batches here are small and gain little
     from intra-op threads, and on a loaded 2-core machine OpenMP threads waiting on each
-    other once made a default CEM plan on a CSTR twin take 2,076 ms median and 12,959 ms
-    p99 with two threads against 143 and 162 ms with one (load average 16; at calmer
-    moments two threads were up to a fifth faster)."""
+    other made a default CEM plan on a CSTR twin take 2,076 ms median and 12,959 ms p99
+    with two threads against 143 and 162 ms with one (load average 16)."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
