@@ -38,6 +38,7 @@ from api.settings import Settings
 # Swagger UI and ReDoc from an installed package's files: plants are often offline.
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_ASSETS_URL = "/docs-static"
+REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 def create_app(settings: Settings | None = None, *,
@@ -80,6 +81,15 @@ def create_app(settings: Settings | None = None, *,
 
 def _add_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc, their scripts and styles served by this server."""
+    # ReDoc's bundle draws its footer logo from redoc.ly: served with the local icon instead
+    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_bytes().replace(
+        REDOC_REMOTE_LOGO, f"{DOCS_ASSETS_URL}/favicon.png".encode())
+
+    @app.get(f"{DOCS_ASSETS_URL}/redoc.standalone.js", include_in_schema=False)
+    def redoc_bundle() -> Response:
+        return Response(redoc_js, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api import services
 from api.errors import Invalid
-from dashboards import figures, pages
+from dashboards import figures, health, pages
 from twin.spec import ProcessSpec
 
 
@@ -229,28 +229,28 @@ def test_figure_json_cannot_close_its_script(cstr_spec: ProcessSpec) -> None:
 
 
 def _recent(T: list[float], predicted: list[float | None], statuses: list[str] | None = None,
-            setpoint: float = 360.0) -> pages.Recent:
+            setpoint: float = 360.0) -> health.Recent:
     n = len(T)
-    return pages.Recent(list(range(n)), statuses or ["ok"] * n, {
+    return health.Recent(list(range(n)), statuses or ["ok"] * n, {
         "sensor": {"T": T, "Ca": [0.5] * n}, "setpoint": {"T": [setpoint] * n},
         "prediction": {"T": predicted}})
 
 
 def test_health_cards(cstr_spec: ProcessSpec) -> None:
     T = [350.0, 352.0, 354.0, 356.0, 358.0]
-    good = pages.health_cards(cstr_spec, _recent(T, [t + 2.1 for t in T]), "ok")
+    good = health.health_cards(cstr_spec, _recent(T, [t + 2.1 for t in T]), "ok")
     safety, controller, model = good
     assert (safety.verdict, controller.verdict, model.verdict) == ("ok", "ok", "ok")
     assert "T" in safety.detail and "27 K" in safety.detail  # 385 K - 358 K
     assert "by 6 K on average" in controller.detail  # |360 - T| averages 6 K
-    poor = pages.health_cards(cstr_spec, _recent(T, [t - 4.0 for t in T]), "ok")[2]
+    poor = health.health_cards(cstr_spec, _recent(T, [t - 4.0 for t in T]), "ok")[2]
     assert poor.verdict == "bad" and "3.0x persistence" in poor.headline
     hot = _recent([380.0, 384.0, 390.0], [None] * 3, ["ok", "fallback", "fallback"])
-    safety, controller, model = pages.health_cards(cstr_spec, hot, "fallback")
+    safety, controller, model = health.health_cards(cstr_spec, hot, "fallback")
     assert safety.verdict == "bad" and "beyond its high limit 385 K" in safety.headline
     assert controller.verdict == "warn" and "67 %" in controller.headline
     assert model.verdict == "unknown"
-    assert pages.health_cards(cstr_spec, pages.Recent([], [], {}), "ok")[1].verdict == \
+    assert health.health_cards(cstr_spec, health.Recent([], [], {}), "ok")[1].verdict == \
         "unknown"
 
 

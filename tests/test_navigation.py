@@ -34,6 +34,7 @@ def test_swagger_ui_and_redoc_load_their_assets_from_this_server(client: TestCli
         served = client.get(asset)
         assert served.status_code == 200 and len(served.content) > 100_000
     assert client.get("/docs-static/swagger-ui.css").status_code == 200
+    assert b"cdn.redoc.ly" not in client.get("/docs-static/redoc.standalone.js").content
 
 
 def test_every_top_bar_link_is_a_page(client: TestClient) -> None:

@@ -118,8 +118,9 @@ def budget_note(history: Sequence[Mapping[str, Any]], epochs_asked: int, epochs_
     if not stopped_by_budget or max_seconds is None:
         return None
     share = 100.0 * epochs_done / max(1, epochs_asked)
+    done = f"{epochs_done:.2f}" if epochs_done < 1 else f"{epochs_done:.1f}"
     text = (f"training stopped by its time budget ({_clock(max_seconds)}) after "
-            f"{epochs_done:.1f} of {epochs_asked} epochs ({share:.0f} %)")
+            f"{done} of {epochs_asked} epochs ({share:.0f} %)")
     full = [h for h in history if h.get("fraction", 1.0) >= 1.0]
     if len(full) >= 2:
         before, last = full[-2]["holdout_prediction"], full[-1]["holdout_prediction"]
