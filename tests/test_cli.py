@@ -136,3 +136,29 @@ def test_control_refuses_unclear_choices(args: list[str]) -> None:
     result = runner.invoke(app, ["control", *args, "--no-store"])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output
+
+
+def test_demo_registers_the_shipped_twin_and_runs_the_baseline_on_the_same_episode() -> None:
+    import shutil
+    import subprocess
+
+    from twin.twin_model import Twin
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = Twin.load(root / "demo" / "cstr_twin.pt")
+    assert shipped.spec.name == "cstr"
+    assert shipped.metrics["stopped_by_budget"] is False  # trained without a time cut
+    assert shipped.metrics["epochs_done"] == shipped.metrics["epochs_asked"]
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    plan = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout
+    assert "twin register --model demo/cstr_twin.pt" in plan
+    baseline = plan.index("twin control --controller baseline --process cstr --seed 7")
+    twin = plan.index("twin control --process cstr --model demo/cstr_twin.pt --planner casadi "
+                      "--seed 7")
+    assert baseline < twin < plan.index("twin serve")
+    assert "twin train --process" not in plan  # DEMO_TRAIN=1 trains instead
+    trained = subprocess.run(["make", "-n", "demo", "DEMO_TRAIN=1"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    assert "twin train --process cstr" in trained and "twin register" not in trained
