@@ -73,7 +73,8 @@ def opcua(
     database_url: UrlOption = None,
 ) -> None:
     """Read measurement nodes, step the loop, write the setpoints back, every sample."""
-    from api.cli import friendly_errors  # late: api.cli imports this module
+    # Late: api.cli imports this module, and asyncua loads only for this command.
+    from api.cli import friendly_errors
     from api.edge.nodemap import load_node_map
     from api.edge.opcua import OpcUaLoop
 
@@ -110,7 +111,8 @@ def mqtt(
     database_url: UrlOption = None,
 ) -> None:
     """Take measurements from a broker (JSON or Sparkplug B), publish setpoints (QoS 1)."""
-    from api.cli import friendly_errors  # late: api.cli imports this module
+    # Late: api.cli imports this module, and paho-mqtt loads only for this command.
+    from api.cli import friendly_errors
     from api.edge.mqtt import MqttBridge
     from api.edge.sparkplug import Address
 
