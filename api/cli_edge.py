@@ -106,7 +106,7 @@ def mqtt(
     broker: Annotated[str, typer.Option(help="HOST:PORT of the MQTT broker")] = "127.0.0.1:1883",
     prefix: Annotated[str, typer.Option(help="plain JSON: topic prefix")] = "twin",
     sparkplug: Annotated[str | None, typer.Option(
-        help="Sparkplug B instead of JSON: GROUP/EDGE_NODE[/DEVICE]")] = None,
+        help="Sparkplug B instead of JSON: GROUP/EDGE_NODE or GROUP/EDGE_NODE/DEVICE")] = None,
     period: PeriodOption = None,
     database_url: UrlOption = None,
 ) -> None:
@@ -125,7 +125,8 @@ def mqtt(
         if sparkplug is not None:
             parts = sparkplug.split("/")
             if len(parts) not in (2, 3) or not all(parts):
-                raise InvalidInput(f"--sparkplug '{sparkplug}' must be GROUP/NODE[/DEVICE]")
+                raise InvalidInput(f"--sparkplug '{sparkplug}' must be GROUP/NODE or "
+                                   "GROUP/NODE/DEVICE")
             address = Address(*parts)
         stepper = _stepper(database_url, loop)
         bridge = MqttBridge(stepper, host, int(port), prefix=prefix, sparkplug=address,
