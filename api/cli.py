@@ -234,6 +234,7 @@ def train(
     process_spec = with_simc_gains(process_spec, df)  # a PI pairing without gains: SIMC
     config = train_config_for(process if spec is None else None, epochs=epochs, seed=seed,
                               max_seconds=max_minutes * 60.0)
+    _fit_threads_to_load()
     twin, history = train_twin(df, process_spec, config, show_progress=True)
     sha = twin.save(out)
     _print_training(twin.metrics, process_spec)
@@ -282,6 +283,23 @@ def register(
     model_id = _register(database_url, twin_model.spec, name, model, twin_model.metrics, config,
                          provenance)
     console.print(f"registered [bold]{model}[/] as model [bold]{model_id}[/]")
+
+
+def _fit_threads_to_load() -> None:
+    """One torch thread on a machine already busier than its cores: there, two threads
+    spin against each other and a batch took 8-12 s instead of 1.1 s (CSTR recipe, 2
+    cores at load ~20). OMP_NUM_THREADS, when set, decides instead."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if "OMP_NUM_THREADS" in os.environ or cores < 2 or load < cores:
+        return
+    torch.set_num_threads(1)
+    console.print(f"busy machine (load {load:.1f} on {cores} cores): training on one thread "
+                  "(set OMP_NUM_THREADS to choose)")
 
 
 def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,

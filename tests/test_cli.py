@@ -162,3 +162,30 @@ def test_demo_registers_the_shipped_twin_and_runs_the_baseline_on_the_same_episo
     trained = subprocess.run(["make", "-n", "demo", "DEMO_TRAIN=1"], cwd=root,
                              capture_output=True, text=True, check=True).stdout
     assert "twin train --process cstr" in trained and "twin register" not in trained
+
+
+def test_training_uses_one_thread_on_a_machine_busier_than_its_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import torch
+
+    from api import cli
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+        torch.set_num_threads(2)
+        cli._fit_threads_to_load()
+        assert torch.get_num_threads() == 2  # an idle machine keeps its threads
+        monkeypatch.setattr(os, "getloadavg", lambda: (19.0, 19.0, 19.0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        cli._fit_threads_to_load()
+        assert torch.get_num_threads() == 2  # the user's choice wins
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cli._fit_threads_to_load()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
