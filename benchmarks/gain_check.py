@@ -1,8 +1,17 @@
 """Gain check: does each twin learn the right cause and effect?
 
-    python benchmarks/gain_check.py --label before --signs off   # effects stripped from specs
-    python benchmarks/gain_check.py --label after --signs on     # effects declared (default)
-    python benchmarks/gain_check.py --label after --signs on --process glucose
+    python benchmarks/gain_check.py --label after --signs on --threads 1 --seconds 200
+    python benchmarks/gain_check.py --label before --signs off --process cstr turbofan \
+        --threads 1 --seconds 200
+    python benchmarks/gain_check.py --label before --signs off --process glucose \
+        --data-tag meal-bound-01984cd --threads 1 --seconds 200
+    python benchmarks/gain_check.py --label ablation_new_data_signs_off --signs off \
+        --process glucose --threads 1 --seconds 200
+
+The glucose "before" trains on logs of the generator before probe boluses (commit
+01984cd: meal boluses of 70-130 % of the carb count, corrections only above 180 mg/dL),
+stored in the log cache as glucose_<patient>_120h_seed1_meal-bound-01984cd.pkl: make
+them with that commit's `processes.glucose.generate_training_log(120, 1, patient=...)`.
 
 For each process (the CSTR, glucose for adolescent#001, adult#001 and child#001, the
 turbofan) a twin is trained on the process's excitation log (seed 1) with the process's
