@@ -154,6 +154,31 @@ class ModelSwitch(BaseModel):
                         description="why: kept in the loop's model history")
 
 
+class OperatorChange(BaseModel):
+    """An operator's change to a live loop, from its next step on (any of the three)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mode: str | None = Field(None, description="on: the twin plans; standby: the baseline "
+                             "drives while the twin keeps estimating; off: actuators hold "
+                             "at their read-back (doses at zero)")
+    out_of_service: dict[str, bool] = Field(
+        default_factory=dict, description="actuator -> true: out of service (held at its "
+        "measured value, the plan works around it); false: back in service")
+    dropped: dict[str, bool] = Field(
+        default_factory=dict, description="sensor -> true: dropped (its setpoint is not "
+        "chased); false: enabled again")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
+                        description="why: kept in the audit log and on the trends")
+
+
+class OperatorOut(BaseModel):
+    run_id: int
+    mode: Literal["on", "standby", "off"]
+    out_of_service: list[str] = Field(description="actuators out of service")
+    dropped: list[str] = Field(description="sensors whose setpoints are not chased")
+
+
 class ActivationOut(BaseModel):
     id: int
     run_id: int

@@ -21,6 +21,7 @@ from .errors import InvalidInput
 from .estimator import Estimator
 from .goals import OFFSET_GAIN, GoalIntegrator
 from .hybrid import BaselineMove
+from .operator import Mode, OperatorSettings
 from .planning import Planner, PlannerSettings, PlanningProblem, PlanResult, make_planner
 from .records import EventKind, Plan, SafetyEvent, StepRecord, StepStatus
 from .safety import Fallback, Protection, SafetyLayer, sensor_margins
@@ -102,6 +103,7 @@ class TwinController:
             window if warmup_samples is None else min(max(int(warmup_samples), 0), window)
         )
         self.safety = SafetyLayer(self.spec)
+        self.operator = OperatorSettings()  # the operator's mode and services (twin.operator)
         self.reset()
 
     @classmethod
@@ -163,6 +165,9 @@ class TwinController:
                 proposal, event = baseline.instead(EventKind.WARMING_UP, why)
                 status = StepStatus.FALLBACK
                 events.append(event)
+            elif (manual := self.operator.instead(baseline, setpoints)) is not None:
+                status, (proposal, event) = StepStatus.OK, manual
+                events += [event] if event else []
             else:
                 problem = self._problem(z0, measurements, setpoints, baseline)
                 status, proposal, result, spread = self._act(
@@ -170,6 +175,7 @@ class TwinController:
                 )
             proposal, cut = sup.protected(measurements, proposal, previous, baseline.hold())
             events += cut
+        proposal = self.operator.fixed(proposal, previous, self.spec)
         safe = self.safety.enforce(proposal, previous, elapsed)
         self.applied = safe.actuators
         est.forecast(z0, safe.actuators)
@@ -192,14 +198,26 @@ class TwinController:
         self, z0: np.ndarray, measurements: Values, setpoints: Values, baseline: BaselineMove
     ) -> PlanningProblem:
         actions, limits = self.twin.layout.actions, self.supervisor.action_limits
+        horizon = self.planner.settings.horizon
         return PlanningProblem(
             z0,
             self.twin.normalise_actions(np.array([baseline.previous[a] for a in actions])),
-            self.goals.goal_for(setpoints, measurements),
+            self.goals.goal_for(self.operator.tracked(setpoints), measurements),
             metric=self.goals.metric,
             limit_shift=self.estimator.limit_shift(self.supervisor.limited),
-            pinned=baseline.pinned(limits, self.planner.settings.horizon),
+            pinned=self.operator.pinned(
+                baseline.pinned(limits, horizon), self.twin, baseline.previous, limits, horizon
+            ),
         )
+
+    def set_operator(self, settings: OperatorSettings) -> None:
+        """The operator's settings from the next step on; back to `on`, the planner starts
+        afresh (no warm start from a plan made before the switch)."""
+        if settings.mode is Mode.ON and self.operator.mode is not Mode.ON:
+            reset = getattr(self.planner, "reset", None)
+            if reset:
+                reset()
+        self.operator = settings
 
     def _act(
         self,

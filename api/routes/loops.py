@@ -1,9 +1,9 @@
 """Live control loops: read them (viewer), start, step and stop them (operator), switch
-their model (engineer).
+their model (engineer), set the operator's controls (operator).
 
 A client either posts measurements and gets setpoints in the same call (`/step`), or
-polls `GET /api/loops/{id}/setpoint` for the latest. Starting, stopping and model
-switches are audited; steps are not (see api.services.audit).
+polls `GET /api/loops/{id}/setpoint` for the latest. Starting, stopping, model
+switches and operator changes are audited; steps are not (see api.services.audit).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Query, status
 
 from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, LoopsDep, OperatorDep, SessionDep, require
+from api.loop_schemas import OperatorChange, OperatorOut
 from api.orm import Role
 from api.schemas import (
     ActivationOut,
@@ -24,6 +25,7 @@ from api.schemas import (
     StepIn,
     StepOut,
 )
+from twin.operator import OperatorSettings
 
 router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.VIEWER)],
                    route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS, 503))
@@ -102,3 +104,28 @@ def switch_model(run_id: RunIdPath, body: ModelSwitch, session: SessionDep, loop
     continues from the actuator values last applied. Engineer role."""
     loops.switch_model(session, run_id, body.model_id, body.reason, actor=actor)
     return LoopOut.of(loops.view(session, run_id))
+
+
+@router.get("/{run_id}/operator", response_model=OperatorOut)
+def get_operator(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> OperatorOut:
+    """The loop's controller mode, actuators out of service and dropped sensors."""
+    return _operator_out(run_id, loops.operator(session, run_id))
+
+
+@router.put("/{run_id}/operator", response_model=OperatorOut)
+def change_operator(run_id: RunIdPath, body: OperatorChange, session: SessionDep,
+                    loops: LoopsDep, actor: OperatorDep) -> OperatorOut:
+    """Change the controller mode, put actuators in or out of service, drop or enable
+    sensors, from the next step on; audited with the key's name and the reason, and shown
+    on the trends as an event. An unknown mode, actuator or sensor is refused (422) and
+    changes nothing. Operator role."""
+    settings = loops.change_operator(session, run_id, body.reason, mode=body.mode,
+                                     out_of_service=body.out_of_service,
+                                     dropped=body.dropped, actor=actor)
+    return _operator_out(run_id, settings)
+
+
+def _operator_out(run_id: int, settings: OperatorSettings) -> OperatorOut:
+    data = settings.to_dict()
+    return OperatorOut(run_id=run_id, mode=data["mode"], out_of_service=data["out_of_service"],
+                       dropped=data["dropped"])

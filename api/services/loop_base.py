@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api.errors import NotFound
 from api.orm import Run, RunKind
 from api.services.audit import Actor
+from twin.operator import OperatorSettings
 from twin.records import StepRecord
 from twin.spec import ProcessSpec
 
@@ -50,6 +51,8 @@ class Loop:
     # The last step this worker's controller saw; when the database's last step differs,
     # another worker (or this process before a restart) served the steps in between.
     last_step: int | None = None
+    # The operator's settings this worker's controller was given (api.services.loop_operator)
+    operator: OperatorSettings = field(default_factory=OperatorSettings)
 
     @property
     def spec(self) -> ProcessSpec:

@@ -19,6 +19,7 @@ from api.orm import ModelActivation, Run, RunStatus, TwinModel
 from api.services.audit import Actor, record
 from api.services.loop_base import Clock, Controller, Loop, actor_name, control_run, hand_over
 from api.services.models import get_model
+from twin.operator import OperatorSettings
 
 
 class LoopModels:
@@ -92,6 +93,7 @@ class LoopModels:
         hand_over(controller, loop.applied)
         loop.controller, loop.model_id = controller, model.id
         loop.last_step = None  # the new twin refills its window from the stored steps
+        loop.operator = OperatorSettings()  # the operator's settings follow at the next step
 
     def history(self, session: Session, run_id: int) -> list[ModelActivation]:
         """The loop's model activations, newest first."""

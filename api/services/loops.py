@@ -68,6 +68,7 @@ from api.services.loop_limits import (
     LoopLimits,
 )
 from api.services.loop_models import LoopModels
+from api.services.loop_operator import CONFIG_KEY, LoopOperator, follow_operator
 from api.services.loop_starts import LoopStarts
 from api.services.loop_views import LoopReading
 from api.services.loop_views import LoopView as LoopView
@@ -81,6 +82,7 @@ from api.services.runs import (
     write_steps,
 )
 from twin.errors import InvalidInput
+from twin.operator import OperatorSettings
 from twin.records import EventKind, SafetyEvent, StepRecord, StepStatus
 from twin.safety import clip_setpoint
 
@@ -97,7 +99,7 @@ def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
-class LoopManager(LoopStarts, LoopModels, LoopReading):
+class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading):
     def __init__(self, factory: ControllerFactory = default_controller_factory, *,
                  lock_timeout_s: float = 10.0, max_tags: int = 2_000,
                  clock: Clock = utcnow, limits: LoopLimits | None = None) -> None:
@@ -159,10 +161,11 @@ class LoopManager(LoopStarts, LoopModels, LoopReading):
             loop.lock.release()
 
     def _follow_database(self, session: Session, loop: Loop) -> None:
-        """Another API worker may have stopped the loop or switched its model."""
-        status, model_id, planner = session.execute(
-            select(Run.status, Run.model_id, Run.config["planner"].as_string())
-            .where(Run.id == loop.run_id)).one()
+        """Another API worker may have stopped the loop, switched its model or applied an
+        operator's change."""
+        status, model_id, config = session.execute(
+            select(Run.status, Run.model_id, Run.config).where(Run.id == loop.run_id)).one()
+        planner = config.get("planner")
         if status != RunStatus.RUNNING or model_id is None:
             with self._registry_lock:
                 self._loops.pop(loop.run_id, None)
@@ -172,6 +175,8 @@ class LoopManager(LoopStarts, LoopModels, LoopReading):
             hand_over(controller, loop.applied)
             loop.controller, loop.model_id = controller, model_id
             loop.last_step = None  # the new twin refills its window from the stored steps
+            loop.operator = OperatorSettings()  # the new controller is told them below
+        follow_operator(loop, config.get(CONFIG_KEY))
 
     def _step_locked(self, session: Session, loop: Loop, time_s: float,
                      measurements: dict[str, float | None],
