@@ -327,9 +327,10 @@ def test_stale_data_holds(twin: Twin, gap_periods: int) -> None:
 @pytest.mark.parametrize("with_pi", [False, True], ids=["hold", "pi"])
 def test_a_cold_twin_waits_for_its_window_before_acting(twin: Twin, with_pi: bool) -> None:
     planner = StubPlanner("wild", value=1e6)
-    controller = TwinController(
-        twin, planner, cstr.pi_fallback() if with_pi else None, mismatch_trip=math.inf
-    )
+    controller = TwinController(  # only the warm-up speaks: no mismatch, no disagreement
+        twin, planner, cstr.pi_fallback() if with_pi else None, mismatch_trip=math.inf,
+        disagreement_trip=math.inf,
+    )  # fmt: skip
     window = twin.config.window
     assert controller.warmup_samples == window  # the default: the whole window
     reference = cstr.PIController()
