@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 from api.contract import DbId, UtcDatetime
 from api.orm import ModelActivation, RunEvent, TwinModel
 from api.services.jsonsafe import json_safe
+from api.services.loop_operator import stored_settings
 from api.services.loops import LoopView
 from twin.planner_names import PlannerName
 from twin.records import StepRecord
@@ -23,7 +24,9 @@ TIME_S = ("the client's clock in seconds (relative, e.g. 0, 6, 12, or Unix time)
           "time plus TWIN_MAX_CLOCK_LEAD_S, nor more than TWIN_MAX_GAP_PERIODS sample "
           "periods ahead of the last step (plus the server time passed since it). "
           "Milliseconds are refused with that named")
-STEP_STATUS = ("ok: the twin's plan went out; fallback: the baseline or a safety check "
+STEP_STATUS = ("ok: the twin's plan went out, or the operator's mode chose the move "
+               "(standby: the baseline's, off: a hold; see GET /api/loops/{id}/operator); "
+               "fallback: the baseline or a safety check "
                "decided (solver failure, limit guard, model mismatch, a guarded or "
                "implausible value: see events); stale: measurements too old or missing, "
                "actuators held")
@@ -109,6 +112,9 @@ class LoopOut(BaseModel):
     stale_after_s: float = Field(description="3 sample periods, s")
     started_at: UtcDatetime
     finished_at: UtcDatetime | None
+    operator: dict[str, Any] = Field(
+        description="the operator's settings: mode (on, standby, off), out_of_service "
+                    "(actuators), dropped (sensors)")
 
     @classmethod
     def of(cls, view: LoopView) -> LoopOut:
@@ -120,7 +126,8 @@ class LoopOut(BaseModel):
                    actuators=view.actuators, last_step=last.step if last else None,
                    last_time_s=last.time_s if last else None, age_s=view.age_s,
                    stale_after_s=view.stale_after_s, started_at=run.started_at,
-                   finished_at=run.finished_at)
+                   finished_at=run.finished_at,
+                   operator=stored_settings(run).to_dict())
 
 
 class SetpointOut(BaseModel):

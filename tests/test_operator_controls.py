@@ -17,7 +17,8 @@ from api import services
 from api.app import create_app
 from api.orm import AuditEntry, Role, Run, RunEvent
 from api.settings import Settings
-from processes import cstr
+from processes import cstr, glucose
+from twin.errors import InvalidInput
 from twin.operator import Mode, OperatorSettings
 from twin.planning import PlannerSettings, PlanningProblem, PlanResult
 from twin.twin_model import Twin
@@ -147,6 +148,21 @@ def test_off_holds_what_the_plant_reports(twin: Twin) -> None:
     assert not planner.problems
 
 
+def test_a_dose_out_of_service_is_held_at_zero_and_names_are_checked() -> None:
+    spec = glucose.SPEC
+    settings = OperatorSettings().changed(spec, out_of_service={"bolus": True, "basal": True})
+    held = settings.fixed({"basal": 2.0, "bolus": 3.0}, {"basal": 0.8, "bolus": 1.5}, spec)
+    assert held == {"basal": 0.8, "bolus": 0.0}  # a dose held would repeat every sample
+    for change in ({"mode": "manual"}, {"out_of_service": {"CGM": True}},
+                   {"dropped": {"bolus": True}}, {"dropped": {"CGM": 1}}):
+        with pytest.raises(InvalidInput):
+            settings.changed(spec, **change)
+    back = settings.changed(spec, mode="standby", out_of_service={"bolus": False})
+    assert back.describe_change(settings) == ["controller mode on -> standby",
+                                              "actuator bolus back in service"]
+    assert OperatorSettings.from_dict(back.to_dict()) == back
+
+
 # ---------------------------------------------------------------- through the API
 
 
@@ -236,6 +252,8 @@ def test_operator_change_is_audited_stored_and_applied(
                                controller_factory=factory)) as second:
         got = second.get(f"/api/loops/{loop_id}/operator", headers=_auth(tokens, Role.VIEWER))
         assert got.json()["mode"] == "standby"
+        view = second.get(f"/api/loops/{loop_id}", headers=_auth(tokens, Role.VIEWER)).json()
+        assert view["operator"]["out_of_service"] == ["Tc"]
         step = second.post(f"/api/loops/{loop_id}/step",
                            json={"time_s": 6.0, "measurements": GOOD},
                            headers=_auth(tokens, Role.OPERATOR))
@@ -271,3 +289,5 @@ def test_viewer_cannot_change_the_operator_settings(api: TestClient, loop_id: in
     assert response.status_code == 403
     got = api.get(f"/api/loops/{loop_id}/operator", headers=_auth(tokens, Role.VIEWER))
     assert got.json()["mode"] == "on"
+    view = api.get(f"/api/loops/{loop_id}", headers=_auth(tokens, Role.VIEWER)).json()
+    assert view["operator"] == {"mode": "on", "out_of_service": [], "dropped": []}
