@@ -18,13 +18,8 @@ from sqlalchemy.orm import Session
 from api import migrate, services
 from api.errors import Invalid
 from api.orm import Run, RunEvent, RunStep, RunValue, RunValueRollup
-from api.services.runs import (
-    ROLLUP_WIDTHS_STEPS,
-    Extremes,
-    _cover,
-    bucket_plan,
-    write_steps,
-)
+from api.series import ROLLUP_WIDTHS_STEPS, Extremes, bucket_plan, write_steps
+from api.series.downsample import _cover
 from twin.records import EpisodeResult, StepRecord
 from twin.spec import ProcessSpec, TagRole
 
@@ -168,7 +163,7 @@ def test_a_batch_failing_after_its_copy_stores_nothing(session: Session, make_ep
     def fail(*_: Any) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("api.services.runs._upsert_rollups", fail)
+    monkeypatch.setattr("api.series.writes.upsert_rollups", fail)
     with pytest.raises(RuntimeError):
         write_steps(session, run.id, cstr_spec, [(r.step + 3, r) for r in make_episode(4).steps])
     session.rollback()

@@ -32,7 +32,7 @@ depends_on: str | Sequence[str] | None = None
 
 CHANNELS = "('sensor', 'disturbance', 'actuator', 'setpoint', 'prediction', 'margin')"
 # Frozen here (a migration must not change when the code does); the same as
-# api.services.runs.ROLLUP_WIDTHS_STEPS.
+# api.series.rollups.ROLLUP_WIDTHS_STEPS.
 WIDTHS_STEPS = (16, 64, 256, 1024, 4096, 16384, 65536)
 COLUMNS = ("run_id, width_steps, channel, tag, bucket, n_values, min_value, min_step, "
            "max_value, max_step")
