@@ -12,7 +12,7 @@ import yaml
 from twin_fixtures import cstr_spec_dict, tag_entry
 
 from processes import cstr, get_process, get_spec
-from twin.spec import ProcessSpec, SpecError, TagRole
+from twin.spec import TRACKING_WEIGHT, ProcessSpec, SpecError, TagRole
 
 
 def write(path: Path, data: Any) -> Path:
@@ -197,16 +197,16 @@ def test_unknown_tag_and_process() -> None:
 
 
 def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
-    """Specs (and checkpoints) written before the weights existed load with the defaults:
-    embedding distance alone, the old move weight."""
+    """A spec without control settings (a plant engineer's tag file, or a checkpoint
+    written before the weights existed) loads with the defaults, which track setpoints."""
     data = cstr_spec_dict()
     del data["control"]
     spec = ProcessSpec.from_dict(data)
-    assert spec.control.tracking_weight == 0.0 and spec.control.move_weight == 0.5
+    assert spec.control.tracking_weight == TRACKING_WEIGHT > 0
+    assert spec.control.move_weight == 0.5
     assert spec.control.limit_margin == 0.25
     assert spec.control.setpoint_priority == 10.0 and spec.control.forecast_bias_gain == 0.2
     assert spec.control.data_envelope and spec.control.guard_keeps_twin_moves
-    assert cstr.SPEC.control.tracking_weight > 0  # the CSTR tunes its own
 
 
 @pytest.mark.parametrize(("field", "value", "words"), [
