@@ -19,8 +19,9 @@ read-back, else the loop's last stored command, else `initial_actuators` given a
 start, else the tag's nominal; an actuator with none of them is refused, never guessed.
 
 The manager's parts: starting (api.services.loop_starts), switching models
-(api.services.loop_models), reading (api.services.loop_views); what they share is in
-api.services.loop_base.
+(api.services.loop_models), the operator's controls (api.services.loop_operator: mode,
+actuators in service, dropped sensors, read from the run before every step), reading
+(api.services.loop_views); what they share is in api.services.loop_base.
 """
 
 from __future__ import annotations
