@@ -50,9 +50,9 @@ from api.orm import (
     RunStep,
     TwinModel,
 )
+from api.replay_schemas import ReplaySpec
 from api.services.jobs import TrainJobSpec
 from api.services.models import DataProvenance
-from api.services.replays import ReplaySpec
 from twin.spec import ProcessSpec
 
 

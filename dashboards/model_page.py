@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from api import services
 from api.deps import SessionDep
 from api.orm import RunKind, TwinModel
-from api.services.replays import run_frame
+from api.services.replay_data import run_frame
 from api.services.runs import step_span
 from twin.diagnostics import (
     HorizonError,

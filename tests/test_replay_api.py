@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from api import services
 from api.app import create_app
 from api.orm import AuditEntry, Role, Run
-from api.services import auth, jobs, replays
+from api.services import auth, jobs, replay_export, replays
 from api.settings import Settings
 from api.worker import run_worker
 from twin.data import check_log
@@ -415,7 +415,7 @@ def test_export_of_a_replay_and_bad_exports(client: TestClient, session: Session
     assert client.get("/api/runs/4242/export").status_code == 404
     empty = client.get(f"/api/runs/{train_job}/export")
     assert empty.status_code == 422 and "has no steps" in empty.json()["detail"]
-    monkeypatch.setattr(replays, "EXPORT_MAX_VALUES", 500)
+    monkeypatch.setattr(replay_export, "EXPORT_MAX_VALUES", 500)
     too_big = client.get(url)
     assert too_big.status_code == 413 and "narrow the range" in too_big.json()["detail"]
     assert client.get(url, params={"end_s": 60}).status_code == 200
