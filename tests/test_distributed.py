@@ -26,9 +26,12 @@ from twin.twin_model import Twin
 pytestmark = pytest.mark.slow  # trains in torchrun processes
 # Same windows per step (64 in one process, 32 in each of two), same order, same seed:
 # the runs differ only in the random masking draws and in batch statistics (the VICReg
-# variance/covariance terms are computed per process). Measured: 0.2 % apart on the
-# held-out prediction error, 1.5 % on the temperature readout after 3 epochs.
-TOLERANCE = 0.05
+# variance/covariance terms, and the training's other batch-level terms, are computed per
+# process). Measured after 3 epochs: 0.2 % apart on the held-out prediction error and
+# 1.5 % on the temperature readout with the first version of this test's training loop,
+# 7 % on the prediction error once the loop gained more batch-level terms. Stated
+# tolerance: 10 %.
+TOLERANCE = 0.10
 TINY = TrainConfig(epochs=3, batch_size=64, rollout_steps=4, seed=0,
                    model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32,
                                     predictor_hidden=32))
