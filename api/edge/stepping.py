@@ -201,5 +201,5 @@ def _raise_alarm(session: Session, run_id: int, spec: ProcessSpec, done: EdgeSte
                                                Alarm.kind == AlarmKind.FALLBACK))
     now = utcnow()
     if alarm is None:
-        alarm = alarms._new_point(session, run_id, cond, view, now)
-    alarms._activate(session, alarm, cond, view, now)
+        alarm = alarms.new_point(session, run_id, cond, view, now)
+    alarms.activate(session, alarm, cond, view, now)

@@ -39,16 +39,14 @@ Times are server UTC; every function takes `now` so tests can move the clock.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.errors import Invalid, NotFound
 from api.orm import (
     Alarm,
     AlarmCursor,
@@ -64,188 +62,39 @@ from api.orm import (
     RunStep,
     utcnow,
 )
-from api.services.audit import Actor, record
-from api.services.processes import spec_of
-from api.services.runs import values_between
-from twin.records import FALLBACK_REASONS, EventKind, StepRecord, StepStatus
-from twin.spec import ProcessSpec, Tag
+from api.series.ranges import values_between
 
-APPROACH_FRACTION = 0.1  # of a sensor's operating span
+# Re-exported: the conditions, state machine and operator actions are reached through here.
+from api.services.alarm_actions import (  # noqa: F401
+    MAX_SHELVE_MINUTES,
+    acknowledge,
+    shelve,
+    unshelve,
+)
+from api.services.alarm_conditions import (  # noqa: F401
+    APPROACH_FRACTION,
+    LOOP,
+    STALE_EVENTS,
+    Condition,
+    StepView,
+    approach_band,
+    step_conditions,
+)
+from api.services.alarm_states import activate, as_utc, deactivate, end_shelving
+from api.services.processes import spec_of
+from twin.records import StepRecord, StepStatus
+from twin.spec import ProcessSpec
+
 CLEAR_AFTER_STEPS = 3  # steps without the condition before a point returns to normal
 STALE_AFTER_PERIODS = 3.0  # sample periods without a step before a running loop is stale
-MAX_SHELVE_MINUTES = 24 * 60.0  # ISA-18.2: shelving is always time-limited
 MAX_STEPS_PER_PASS = 5_000  # steps of one loop judged per refresh (a backlog takes several)
-LOOP = ""  # the tag of a point that belongs to the whole loop
-
 PRIORITY = {
     AlarmKind.LIMIT_VIOLATION: AlarmPriority.CRITICAL,
     AlarmKind.STALE_DATA: AlarmPriority.HIGH,
     AlarmKind.LIMIT_APPROACH: AlarmPriority.MEDIUM,
     AlarmKind.FALLBACK: AlarmPriority.MEDIUM,
 }
-STALE_EVENTS = ("stale_data", "missing_data")
 ACTIVE_STATES = (AlarmState.UNACKNOWLEDGED, AlarmState.ACKNOWLEDGED)
-
-
-# ---------------------------------------------------------------- conditions (pure)
-
-
-@dataclass(frozen=True)
-class StepView:
-    """What alarm evaluation reads of one stored step."""
-
-    step: int
-    time_s: float
-    status: str
-    sensors: Mapping[str, float]
-    setpoints: Mapping[str, float] = field(default_factory=dict)
-    events: Sequence[tuple[str, str, str | None]] = ()  # (kind, message, tag)
-    gap_s: float | None = None  # seconds since the previous step (loop time)
-
-    @classmethod
-    def of(cls, step: int, record: StepRecord, gap_s: float | None) -> StepView:
-        return cls(step, float(record.time_s), str(record.status),
-                   _finite(record.measurements), _finite(record.setpoints),
-                   [(e.kind, e.message, e.tag) for e in record.events], gap_s)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """An alarm condition present in a step; `value` in `unit`, `direction` says which
-    way is worse (+1: larger values, -1: smaller) for `worst_value`."""
-
-    tag: str
-    kind: AlarmKind
-    message: str
-    value: float | None = None
-    unit: str = ""
-    direction: int = 1
-
-
-def approach_band(tag: Tag, setpoint: float | None = None,
-                  fraction: float = APPROACH_FRACTION) -> float | None:
-    """Distance to a limit (tag unit) inside which an approach alarm is raised."""
-    if tag.low is not None and tag.high is not None:
-        return fraction * (tag.high - tag.low)
-    limit = tag.high if tag.high is not None else tag.low
-    reference = tag.nominal if tag.nominal is not None else setpoint
-    if limit is None or reference is None or reference == limit:
-        return None
-    return fraction * abs(limit - reference)
-
-
-def step_conditions(spec: ProcessSpec, view: StepView,
-                    fraction: float = APPROACH_FRACTION) -> list[Condition]:
-    """Every alarm condition present in one step."""
-    found = []
-    for tag in spec.sensors:
-        value = view.sensors.get(tag.name)
-        if value is not None:
-            found.extend(_limit_conditions(tag, value, view.setpoints.get(tag.name), fraction))
-    if view.status == StepStatus.FALLBACK and not _only_warming_up(view):
-        why = [f"{kind}: {message}" for kind, message, _ in view.events
-               if kind not in STALE_EVENTS]
-        found.append(Condition(LOOP, AlarmKind.FALLBACK,
-                               "; ".join(why) or "the controller fell back"))
-    stale = [message for kind, message, _ in view.events if kind in STALE_EVENTS]
-    if view.status == StepStatus.STALE or stale:
-        found.append(Condition(LOOP, AlarmKind.STALE_DATA,
-                               "; ".join(stale) or "stale data: actuators held",
-                               view.gap_s, "s"))
-    return found
-
-
-def _only_warming_up(view: StepView) -> bool:
-    """A loop still filling its history runs the baseline by design: an event on the run,
-    not an alarm (ISA-18.2: an alarm needs an operator response, and a new loop needs none)."""
-    reasons = {kind for kind, _, _ in view.events if kind in FALLBACK_REASONS}
-    return reasons == {EventKind.WARMING_UP}
-
-
-def _limit_conditions(tag: Tag, value: float, setpoint: float | None,
-                      fraction: float) -> list[Condition]:
-    sides = [(tag.high - value, "high", tag.high, 1)] if tag.high is not None else []
-    if tag.low is not None:
-        sides.append((value - tag.low, "low", tag.low, -1))
-    if not sides:
-        return []
-    margin, side, limit, direction = min(sides, key=lambda s: s[0])
-    reading = f"{tag.name} {value:.6g} {tag.unit}"
-    if margin < 0:
-        word = "above" if side == "high" else "below"
-        return [Condition(tag.name, AlarmKind.LIMIT_VIOLATION,
-                          f"{reading} {word} its {side} limit {limit:g} {tag.unit}",
-                          value, tag.unit, direction),
-                _approach(tag, reading, side, limit, direction, value, margin)]
-    band = approach_band(tag, setpoint, fraction)
-    if band is not None and margin < band:
-        return [_approach(tag, reading, side, limit, direction, value, margin, band)]
-    return []
-
-
-def _approach(tag: Tag, reading: str, side: str, limit: float, direction: int,
-              value: float, margin: float, band: float | None = None) -> Condition:
-    detail = f" (approach band {band:.3g} {tag.unit})" if band is not None else ""
-    text = (f"{reading} is past its {side} limit {limit:g} {tag.unit}" if margin < 0 else
-            f"{reading} within {margin:.3g} {tag.unit} of its {side} limit "
-            f"{limit:g} {tag.unit}{detail}")
-    return Condition(tag.name, AlarmKind.LIMIT_APPROACH, text, value, tag.unit, direction)
-
-
-def _finite(values: Mapping[str, float | None]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
-
-
-# ---------------------------------------------------------------- state machine
-
-
-def _log(session: Session, alarm: Alarm, action: str, before: str, now: datetime, *,
-         step: int | None = None, value: float | None = None, actor: Actor | None = None,
-         note: str = "") -> None:
-    session.add(AlarmEvent(alarm_id=alarm.id, at=now, action=action, from_state=before,
-                           to_state=alarm.state, step=step, value=value,
-                           actor=actor.name if actor else None, note=note))
-    alarm.updated_at = now
-
-
-def _activate(session: Session, alarm: Alarm, cond: Condition, view: StepView,
-              now: datetime) -> None:
-    alarm.clear_streak = 0
-    if alarm.active:
-        if cond.value is not None and (alarm.worst_value is None or
-                                       cond.direction * (cond.value - alarm.worst_value) > 0):
-            alarm.worst_value = cond.value
-        return
-    before = alarm.state
-    alarm.active, alarm.message, alarm.unit = True, cond.message, cond.unit
-    alarm.value = alarm.worst_value = cond.value
-    alarm.step, alarm.time_s, alarm.raised_at, alarm.cleared_at = view.step, view.time_s, now, None
-    if alarm.state != AlarmState.SHELVED:
-        alarm.state = AlarmState.UNACKNOWLEDGED
-        alarm.acknowledged_at = alarm.acknowledged_by = None
-    _log(session, alarm, "raised", before, now, step=view.step, value=cond.value,
-         note=cond.message)
-
-
-def _deactivate(session: Session, alarm: Alarm, now: datetime, step: int | None,
-                note: str) -> None:
-    before = alarm.state
-    alarm.active, alarm.cleared_at, alarm.clear_streak = False, now, 0
-    if alarm.state == AlarmState.UNACKNOWLEDGED:
-        alarm.state = AlarmState.RTN_UNACKNOWLEDGED
-    elif alarm.state == AlarmState.ACKNOWLEDGED:
-        alarm.state = AlarmState.NORMAL
-    _log(session, alarm, "cleared", before, now, step=step, note=note)
-
-
-def _unshelve(session: Session, alarm: Alarm, now: datetime, action: str,
-              actor: Actor | None) -> None:
-    before = alarm.state
-    alarm.state = AlarmState.UNACKNOWLEDGED if alarm.active else AlarmState.NORMAL
-    alarm.acknowledged_at = alarm.acknowledged_by = None
-    note = f"shelved by {alarm.shelved_by} until {_aware(alarm.shelved_until).isoformat()}"
-    alarm.shelved_at = alarm.shelved_by = alarm.shelved_until = alarm.shelve_reason = None
-    _log(session, alarm, action, before, now, actor=actor, note=note)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -312,7 +161,7 @@ def _catch_up(session: Session, run: Run, now: datetime) -> None:
                             .order_by(RunStep.step.desc()).limit(1))
     running = run.status == RunStatus.RUNNING
     # A loop judged for the first time has been silent since it started, at most.
-    cursor = _cursor(session, run.id, _aware(run.started_at), create=running)
+    cursor = _cursor(session, run.id, as_utc(run.started_at), create=running)
     if cursor is None:  # a loop that ended before its alarms were ever judged: history
         session.add(AlarmCursor(run_id=run.id, last_step=-1 if latest is None else latest,
                                 last_seen_at=now, closed=True))
@@ -351,18 +200,18 @@ def _judge(session: Session, run_id: int, spec: ProcessSpec, views: Iterable[Ste
         for key, cond in present.items():
             alarm = points.get(key)
             if alarm is None:
-                alarm = points[key] = _new_point(session, run_id, cond, view, now)
-            _activate(session, alarm, cond, view, now)
+                alarm = points[key] = new_point(session, run_id, cond, view, now)
+            activate(session, alarm, cond, view, now)
         for (tag, kind), alarm in points.items():
             judged = tag == LOOP or tag in view.sensors
             if alarm.active and (tag, kind) not in present and judged:
                 alarm.clear_streak += 1
                 if alarm.clear_streak >= CLEAR_AFTER_STEPS:
-                    _deactivate(session, alarm, now, view.step,
+                    deactivate(session, alarm, now, view.step,
                                 f"condition absent for {CLEAR_AFTER_STEPS} steps")
 
 
-def _new_point(session: Session, run_id: int, cond: Condition, view: StepView,
+def new_point(session: Session, run_id: int, cond: Condition, view: StepView,
                now: datetime) -> Alarm:
     alarm = Alarm(run_id=run_id, tag=cond.tag, kind=str(cond.kind),
                   priority=str(PRIORITY[cond.kind]), state=AlarmState.NORMAL, active=False,
@@ -378,7 +227,7 @@ def _check_silence(session: Session, run: Run, spec: ProcessSpec, cursor: AlarmC
     # When the step path stamps arrivals (runs.last_step_at) that is exact; else the
     # cursor's first sight of the newest step, which is never earlier than its arrival.
     seen = run.last_step_at if run.last_step_at is not None else cursor.last_seen_at
-    silent_s = (now - _aware(seen)).total_seconds()
+    silent_s = (now - as_utc(seen)).total_seconds()
     run_id = run.id
     limit_s = STALE_AFTER_PERIODS * spec.sample_period_s
     if silent_s <= limit_s:
@@ -391,22 +240,22 @@ def _check_silence(session: Session, run: Run, spec: ProcessSpec, cursor: AlarmC
                      f"{STALE_AFTER_PERIODS:g} sample periods)", silent_s, "s")
     points = {(a.tag, a.kind): a for a in session.scalars(
         select(Alarm).where(Alarm.run_id == run_id, Alarm.kind == AlarmKind.STALE_DATA))}
-    alarm = points.get((LOOP, AlarmKind.STALE_DATA)) or _new_point(session, run_id, cond,
+    alarm = points.get((LOOP, AlarmKind.STALE_DATA)) or new_point(session, run_id, cond,
                                                                    view, now)
-    _activate(session, alarm, cond, view, now)
+    activate(session, alarm, cond, view, now)
 
 
 def _end_loop(session: Session, run_id: int, now: datetime, why: str) -> None:
     """A stopped loop's conditions are no longer measured: its active points clear."""
     for alarm in session.scalars(select(Alarm).where(Alarm.run_id == run_id,
                                                      Alarm.active.is_(True))):
-        _deactivate(session, alarm, now, None, why)
+        deactivate(session, alarm, now, None, why)
 
 
 def _expire_shelving(session: Session, now: datetime) -> None:
     for alarm in session.scalars(select(Alarm).where(Alarm.state == AlarmState.SHELVED)):
-        if alarm.shelved_until is not None and _aware(alarm.shelved_until) <= now:
-            _unshelve(session, alarm, now, "shelve_expired", None)
+        if alarm.shelved_until is not None and as_utc(alarm.shelved_until) <= now:
+            end_shelving(session, alarm, now, "shelve_expired", None)
 
 
 def _stored_steps(session: Session, run_id: int, first: int, last: int) -> list[StepView]:
@@ -435,106 +284,6 @@ def _stored_steps(session: Session, run_id: int, first: int, last: int) -> list[
                                   events.get(row.step, []), gap))
         previous = row.time_s
     return views
-
-
-# ---------------------------------------------------------------- operator actions
-
-
-def acknowledge(session: Session, alarm_id: int, actor: Actor, *,
-                now: datetime | None = None) -> Alarm:
-    """unacknowledged -> acknowledged, rtn_unacknowledged -> normal. Acknowledging an
-    acknowledged alarm again changes nothing; a normal or shelved one is a Conflict."""
-    now = now or utcnow()
-    try:
-        alarm = _locked(session, alarm_id, now)
-        if alarm.state == AlarmState.ACKNOWLEDGED:
-            session.commit()
-            return alarm
-        if alarm.state not in (AlarmState.UNACKNOWLEDGED, AlarmState.RTN_UNACKNOWLEDGED):
-            why = ("unshelve it first" if alarm.state == AlarmState.SHELVED
-                   else "nothing to acknowledge")
-            raise Conflict(f"alarm {alarm_id} is {alarm.state}: {why}")
-        before = alarm.state
-        alarm.state = (AlarmState.ACKNOWLEDGED if before == AlarmState.UNACKNOWLEDGED
-                       else AlarmState.NORMAL)
-        alarm.acknowledged_at, alarm.acknowledged_by = now, actor.name
-        _log(session, alarm, "acknowledged", before, now, actor=actor)
-        record(session, actor, "alarm.acknowledge", f"alarm:{alarm_id}",
-               {"from": before, "to": alarm.state})
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return alarm
-
-
-def shelve(session: Session, alarm_id: int, actor: Actor, minutes: float, reason: str, *,
-           now: datetime | None = None) -> Alarm:
-    """Hide an alarm for `minutes` (0 < minutes <= MAX_SHELVE_MINUTES) with a reason."""
-    now = now or utcnow()
-    if not isinstance(minutes, int | float) or not math.isfinite(minutes) or not (
-            0 < minutes <= MAX_SHELVE_MINUTES):
-        raise Invalid(f"minutes must be a number in (0, {MAX_SHELVE_MINUTES:g}], "
-                      f"got {minutes!r}")
-    reason = (reason or "").strip()
-    if not reason:
-        raise Invalid("a reason is needed to shelve an alarm")
-    try:
-        alarm = _locked(session, alarm_id, now)
-        if alarm.state == AlarmState.SHELVED:
-            until = _aware(alarm.shelved_until).isoformat()
-            raise Conflict(f"alarm {alarm_id} is already shelved until {until} by "
-                           f"{alarm.shelved_by}; unshelve it first")
-        before = alarm.state
-        alarm.state = AlarmState.SHELVED
-        alarm.shelved_at, alarm.shelved_by, alarm.shelve_reason = now, actor.name, reason
-        alarm.shelved_until = now + timedelta(minutes=minutes)
-        _log(session, alarm, "shelved", before, now, actor=actor,
-             note=f"{minutes:g} min: {reason}")
-        record(session, actor, "alarm.shelve", f"alarm:{alarm_id}",
-               {"from": before, "minutes": minutes, "reason": reason})
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return alarm
-
-
-def unshelve(session: Session, alarm_id: int, actor: Actor, *,
-             now: datetime | None = None) -> Alarm:
-    """shelved -> unacknowledged (condition present) or normal; else a Conflict."""
-    now = now or utcnow()
-    try:
-        alarm = _locked(session, alarm_id, now)
-        if alarm.state != AlarmState.SHELVED:
-            raise Conflict(f"alarm {alarm_id} is {alarm.state}, not shelved")
-        _unshelve(session, alarm, now, "unshelved", actor)
-        record(session, actor, "alarm.unshelve", f"alarm:{alarm_id}", {"to": alarm.state})
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return alarm
-
-
-def _locked(session: Session, alarm_id: int, now: datetime) -> Alarm:
-    """The alarm, locked for the change, with an expired shelving already ended (that
-    is committed on its own: it stands even if the operator's request is refused)."""
-    alarm = _select_locked(session, alarm_id)
-    if (alarm.state == AlarmState.SHELVED and alarm.shelved_until is not None
-            and _aware(alarm.shelved_until) <= now):
-        _unshelve(session, alarm, now, "shelve_expired", None)
-        session.commit()
-        alarm = _select_locked(session, alarm_id)
-    return alarm
-
-
-def _select_locked(session: Session, alarm_id: int) -> Alarm:
-    alarm = session.scalars(select(Alarm).where(Alarm.id == alarm_id).with_for_update()
-                            .execution_options(populate_existing=True)).one_or_none()
-    if alarm is None:
-        raise NotFound(f"unknown alarm id {alarm_id}")
-    return alarm
 
 
 # ---------------------------------------------------------------- reading
@@ -579,9 +328,3 @@ def process_names(session: Session, run_ids: Iterable[int]) -> dict[int, str]:
         return {}
     return {run.id: run.process.name
             for run in session.scalars(select(Run).where(Run.id.in_(ids)))}
-
-
-def _aware(moment: datetime | None) -> datetime:
-    """SQLite hands timestamps back without their zone; they are stored as UTC."""
-    assert moment is not None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
