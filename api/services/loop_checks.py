@@ -26,7 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from api.errors import Invalid
-from twin.records import SafetyEvent
+from twin.records import EventKind, SafetyEvent
+from twin.safety import clip_setpoint, max_move
 from twin.spec import ProcessSpec, SpecError, Tag, TagRole
 
 READBACK_TOLERANCE = 1e-9  # of the actuator's span: read-backs rounded by the plant pass
@@ -146,12 +147,6 @@ def is_dose(tag: Tag) -> bool:
     return str(getattr(tag, "kind", "level")) == "dose"
 
 
-def max_move(tag: Tag, sample_period_s: float, elapsed_s: float) -> float:
-    """The rate limit's reach in `elapsed_s`, at most one sample period's (as the safety
-    layer counts it)."""
-    return float(tag.rate_limit) * min(max(elapsed_s, 0.0), sample_period_s)  # type: ignore[arg-type]
-
-
 def _bound(value: float | None) -> str:
     return "unbounded" if value is None else f"{value:g}"
 
@@ -232,13 +227,16 @@ def within_reach_of_command(spec: ProcessSpec, actuators: Mapping[str, float],
         value, command = out.get(tag.name), last_command.get(tag.name)
         if value is None or command is None or is_dose(tag):
             continue  # a dose's rate limit counts from none (the safety layer's rule)
-        reach = max_move(tag, spec.sample_period_s, dt)
-        held = min(max(value, command - reach), command + reach)
+        # The safety clip around the last command; `value` already passed the clip around
+        # the read-back, so it and the command are in bounds and only the rate limit acts.
+        held, _ = clip_setpoint(tag, value, command, spec.sample_period_s, dt)
         if held != value:
             out[tag.name] = held
-            events.append(SafetyEvent("rate_limited", f"{value:.6g} -> {held:.6g} {tag.unit}"
-                                      f": within {reach:.6g} of the last command "
-                                      f"{command:.6g}", tag.name))
+            reach = max_move(tag, spec.sample_period_s, dt)
+            events.append(SafetyEvent(EventKind.RATE_LIMITED,
+                                      f"{value:.6g} -> {held:.6g} {tag.unit}: within "
+                                      f"{reach:.6g} of the last command {command:.6g}",
+                                      tag.name))
     return out, events
 
 
