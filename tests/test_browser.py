@@ -319,16 +319,16 @@ def test_live_page_redraws_after_a_long_absence(page: Page, site: Site,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """More new steps than a tail may carry: the page draws the window afresh, then goes
     on appending from its last step (the server runs in this process: patchable)."""
-    from dashboards import pages
+    from dashboards import run_pages
 
     page.open(f"{site.url}/runs/{site.loop_run}?refresh=1")
     page.rendered()
-    monkeypatch.setattr(pages, "MAX_TAIL_STEPS", 2)
+    monkeypatch.setattr(run_pages, "MAX_TAIL_STEPS", 2)
     times = [site.post_loop_step() for _ in range(3)]
     _wait(page, "window.dashState.windowLoads >= 1")
     shown = page.trace("run-plot", "sensor/T")["x"]
     assert shown[-1] == times[-1] and len(shown) == site.next_loop_step
-    monkeypatch.setattr(pages, "MAX_TAIL_STEPS", 2_000)
+    monkeypatch.setattr(run_pages, "MAX_TAIL_STEPS", 2_000)
     newest = site.post_loop_step()
     _wait(page, "window.dashState.appended > 0")
     assert page.trace("run-plot", "sensor/T")["x"][-2:] == [times[-1], newest]

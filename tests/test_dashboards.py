@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api import services
 from api.errors import Invalid
-from dashboards import figures, health, pages
+from dashboards import figures, health, pages, run_pages
 from twin.spec import ProcessSpec
 
 
@@ -409,7 +409,7 @@ def test_live_loop_page_and_tail(client: TestClient, loop_id: int) -> None:
 def test_tail_asks_for_a_reload_after_a_long_absence(client: TestClient, session: Session,
                                                      make_episode, monkeypatch) -> None:
     run = services.store_episode(session, make_episode(12)).id
-    monkeypatch.setattr(pages, "MAX_TAIL_STEPS", 5)
+    monkeypatch.setattr(run_pages, "MAX_TAIL_STEPS", 5)
     body = client.get(f"/dash/api/runs/{run}/tail", params={"after_step": 2}).json()
     assert body["reload"] is True and body["traces"] == {}
 
