@@ -24,7 +24,7 @@ from api.deps import SessionDep
 from api.errors import NotFound
 from api.orm import Run, RunKind, TwinModel
 from dashboards.humanise import human_bytes, human_seconds, metric_rows, value_text
-from dashboards.model_page import training_figure
+from dashboards.model_figures import training_figure
 from twin.errors import InvalidInput
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
