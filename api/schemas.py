@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field
 
+from api.alarm_schemas import (  # noqa: F401 (re-exported: the alarm schemas live there)
+    AlarmDetailOut,
+    AlarmEventOut,
+    AlarmOut,
+    ShelveIn,
+)
 from api.contract import UtcDatetime
+from api.job_schemas import (  # noqa: F401 (re-exported: the job schemas live there)
+    JobOut,
+    ReplayCreate,
+    ReplayOut,
+    TrainJobCreate,
+)
 from api.loop_schemas import (  # re-exported: the loop's schemas live there
     ActivationOut as ActivationOut,
 )
@@ -39,8 +51,6 @@ from api.loop_schemas import (
     StepOut as StepOut,
 )
 from api.orm import (
-    Alarm,
-    AlarmEvent,
     ApiKey,
     AuditEntry,
     Process,
@@ -50,8 +60,6 @@ from api.orm import (
     RunStep,
     TwinModel,
 )
-from api.replay_schemas import ReplaySpec
-from api.services.jobs import TrainJobSpec
 from api.services.models import DataProvenance
 from twin.spec import ProcessSpec
 
@@ -153,95 +161,6 @@ class StepDetailOut(BaseModel):
                    events=[EventOut.of(e) for e in events])
 
 
-# ---------------------------------------------------------------- training jobs
-
-
-class TrainJobCreate(TrainJobSpec):
-    """A training job: which process, which data, how to train, what to call the model.
-
-    The worker (`twin worker`) runs it; a csv `path` is read on the worker's machine."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "process": "cstr", "data": {"source": "simulator", "hours": 24, "seed": 1},
-        "train": {"epochs": 30, "seed": 0}, "model_name": "jepa"}]})
-
-
-class JobOut(BaseModel):
-    id: int
-    status: str = Field(description="queued, running, succeeded, failed or stopped")
-    process: str
-    model_name: str
-    model_id: int | None = Field(description="the registered model, once succeeded")
-    cancel_requested: bool
-    progress: dict[str, Any] | None = Field(
-        description="latest epoch: {epoch, of, train_loss, ...}; null before the first")
-    error: str | None
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    started_at: UtcDatetime = Field(description="when it was queued, until a worker starts it")
-    finished_at: UtcDatetime | None
-
-    @classmethod
-    def of(cls, run: Run) -> JobOut:
-        metrics = run.metrics or {}
-        return cls(id=run.id, status=run.status, process=run.process.name,
-                   model_name=str(run.config.get("model_name", "")), model_id=run.model_id,
-                   cancel_requested=bool(run.config.get("cancel_requested")),
-                   progress=metrics.get("progress"), error=metrics.get("error"),
-                   config=run.config, metrics=metrics, started_at=run.started_at,
-                   finished_at=run.finished_at)
-
-
-# ---------------------------------------------------------------- replays
-
-
-class ReplayCreate(ReplaySpec):
-    """A replay of a stored run (or a log file on the worker) through a twin or a simulator.
-
-    The worker (`twin worker`) runs it; the replay's id is also the id of its result run."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"mode": "open_loop", "source": {"run_id": 12, "start_s": 0, "end_s": 1200},
-         "model_id": 3, "horizon": 20},
-        {"mode": "shadow", "source": {"run_id": 12}, "model_id": 3, "planner": "casadi"},
-        {"mode": "counterfactual", "source": {"run_id": 12}, "controller": "baseline"},
-    ]})
-
-
-class ReplayOut(BaseModel):
-    id: int = Field(description="the replay, and the run that holds its result")
-    status: str = Field(description="queued, running, succeeded, failed or stopped")
-    process: str
-    mode: str
-    source: dict[str, Any] = Field(description="{run_id | path, start_s, end_s}")
-    model_id: int | None
-    controller: str
-    result_run_id: int | None = Field(
-        description="the run with the replay's steps, once succeeded (the same id)")
-    n_steps: int
-    cancel_requested: bool
-    progress: dict[str, Any] | None = Field(
-        description="{step, of, phase}; null before the worker starts it")
-    error: str | None
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    started_at: UtcDatetime = Field(description="when it was queued, until a worker starts it")
-    finished_at: UtcDatetime | None
-
-    @classmethod
-    def of(cls, run: Run, n_steps: int = 0) -> ReplayOut:
-        metrics, config = run.metrics or {}, run.config or {}
-        done = run.status == "succeeded"
-        return cls(id=run.id, status=run.status, process=run.process.name,
-                   mode=str(config.get("mode", "")), source=config.get("source") or {},
-                   model_id=run.model_id, controller=run.controller,
-                   result_run_id=run.id if done else None, n_steps=n_steps,
-                   cancel_requested=bool(config.get("cancel_requested")),
-                   progress=metrics.get("progress"), error=metrics.get("error"),
-                   config=config, metrics=metrics, started_at=run.started_at,
-                   finished_at=run.finished_at)
-
-
 # ---------------------------------------------------------------- keys and audit
 
 
@@ -296,77 +215,3 @@ class AuditOut(BaseModel):
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
         return cls.model_validate(entry)
-
-
-# ---------------------------------------------------------------- alarms (ISA-18.2)
-
-
-class AlarmOut(BaseModel):
-    """An alarm point of a control loop and its ISA-18.2 state."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    loop: int = Field(description="the control loop (run id)")
-    process: str
-    tag: str = Field(description="the sensor; empty for a point of the whole loop")
-    kind: str = Field(description="limit_approach, limit_violation, fallback or stale_data")
-    priority: str = Field(description="critical, high, medium or low")
-    state: str = Field(description="normal, unacknowledged, acknowledged, "
-                                   "rtn_unacknowledged (returned to normal, not yet "
-                                   "acknowledged) or shelved")
-    active: bool = Field(description="whether the condition is present now")
-    message: str
-    value: float | None = Field(description="when last raised, in `unit`")
-    worst_value: float | None = Field(description="most severe while active, in `unit`")
-    unit: str
-    step: int = Field(description="loop step when last raised")
-    time_s: float = Field(description="loop time when last raised, s")
-    raised_at: UtcDatetime
-    cleared_at: UtcDatetime | None
-    acknowledged_at: UtcDatetime | None
-    acknowledged_by: str | None
-    shelved_at: UtcDatetime | None
-    shelved_by: str | None
-    shelved_until: UtcDatetime | None
-    shelve_reason: str | None
-    updated_at: UtcDatetime
-
-    @classmethod
-    def of(cls, alarm: Alarm, process: str) -> AlarmOut:
-        fields = {name: getattr(alarm, name) for name in cls.model_fields
-                  if name not in ("loop", "process")}
-        return cls(**fields, loop=alarm.run_id, process=process)
-
-
-class AlarmEventOut(BaseModel):
-    """One transition of an alarm; `actor` is null for the alarm system itself."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    at: UtcDatetime
-    action: str = Field(description="raised, cleared, acknowledged, shelved, unshelved or "
-                                    "shelve_expired")
-    from_state: str
-    to_state: str
-    step: int | None
-    value: float | None
-    actor: str | None
-    note: str
-
-    @classmethod
-    def of(cls, event: AlarmEvent) -> AlarmEventOut:
-        return cls.model_validate(event)
-
-
-class AlarmDetailOut(AlarmOut):
-    history: list[AlarmEventOut]
-
-
-class ShelveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    minutes: FiniteFloat = Field(gt=0, le=24 * 60, description="how long, at most 24 h")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
-                        description="why, for the next shift")

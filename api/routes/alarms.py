@@ -12,10 +12,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.alarm_schemas import AlarmDetailOut, AlarmEventOut, AlarmOut, ShelveIn
 from api.contract import API_ERRORS, MAX_ID, AlarmIdPath, StrictJSONRoute, error_responses
 from api.deps import OperatorDep, SessionDep, SettingsDep, require
 from api.orm import Alarm, AlarmState, Role, utcnow
-from api.schemas import AlarmDetailOut, AlarmEventOut, AlarmOut, ShelveIn
 from api.services import alarms
 
 router = APIRouter(prefix="/api/alarms", tags=["alarms"], dependencies=[require(Role.VIEWER)],

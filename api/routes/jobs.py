@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 
 from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, SettingsDep, require
+from api.job_schemas import JobOut, TrainJobCreate
 from api.orm import Role, RunStatus
-from api.schemas import JobOut, TrainJobCreate
 from api.services import jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[require(Role.VIEWER)],

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query
 from api import services
 from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, SettingsDep, require
+from api.job_schemas import ReplayCreate, ReplayOut
 from api.orm import Role, RunStatus
-from api.schemas import ReplayCreate, ReplayOut
 from api.services import replays
 
 router = APIRouter(prefix="/api/replays", tags=["replays"],
