@@ -31,14 +31,8 @@ over on the next worker.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import queue
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -56,20 +50,18 @@ from api.services import job_leases, jobs
 from api.services.job_leases import Heartbeat, LeaseLost
 from api.services.processes import spec_of
 from api.settings import Settings
-from twin.logs import read_log, write_log
+from api.worker_guard import (
+    PROGRESS_EVERY_S,
+    JobCancelled,
+    JobGuard,
+    WorkerStopping,
+    check_job,
+    record_progress_held,
+    train_in_processes,
+)
+from twin.logs import read_log
 
 log = logging.getLogger("api.worker")
-# How often a replay commits its progress and looks for a cancel request.
-PROGRESS_EVERY_S = 1.0
-
-
-class JobCancelled(Exception):
-    """Raised from the epoch callback: the job was cancelled through the API."""
-
-
-class WorkerStopping(Exception):
-    """Raised from the epoch callback: the worker was asked to shut down."""
-
 
 def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once: bool = False,
                stop: threading.Event | None = None, *,
@@ -126,9 +118,9 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None,
     started = time.perf_counter()
     try:
         if replay:
-            _replay(session, run, _Guard(stop, beat))
+            _replay(session, run, JobGuard(stop, beat))
         else:
-            _train(session, run, _Guard(stop, beat))
+            _train(session, run, JobGuard(stop, beat))
         log.info("job %d: succeeded in %.1f s", run_id, time.perf_counter() - started)
     except LeaseLost as exc:
         session.rollback()
@@ -153,7 +145,7 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None,
     return True
 
 
-def _train(session: Session, run: Run, stop: _Guard) -> None:
+def _train(session: Session, run: Run, stop: JobGuard) -> None:
     run_id = run.id
     log.info("job %d: training '%s' for process '%s'", run_id,
              run.config.get("model_name"), run.process.name)
@@ -161,10 +153,10 @@ def _train(session: Session, run: Run, stop: _Guard) -> None:
     cfg = jobs.train_config(spec)
     df, process_spec = load_data(spec, run)
     provenance = jobs.training_data_provenance(spec, df, process_spec)
-    _check(session, run_id, stop)  # loading may take a while: honour a cancel first
+    check_job(session, run_id, stop)  # loading may take a while: honour a cancel first
 
     def on_epoch(epoch: Any) -> None:
-        _record_progress(session, run_id, stop, {
+        record_progress_held(session, run_id, stop, {
             "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
             "holdout_prediction": epoch.holdout_prediction,
             "holdout_readout_rmse": epoch.holdout_readout_rmse,
@@ -172,11 +164,11 @@ def _train(session: Session, run: Run, stop: _Guard) -> None:
             "seconds": epoch.seconds})
         log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs,
                  epoch.train_loss)
-        _check(session, run_id, stop)
+        check_job(session, run_id, stop)
 
     if spec.processes > 1:
-        checkpoint, metrics = _train_in_processes(session, run_id, spec.processes, df,
-                                                  process_spec, cfg, stop)
+        checkpoint, metrics = train_in_processes(session, run_id, spec.processes, df,
+                                                 process_spec, cfg, stop)
     else:
         from twin.train import train_twin  # late: torch loads only when there is work
 
@@ -190,13 +182,13 @@ def _train(session: Session, run: Run, stop: _Guard) -> None:
     log.info("job %d: model %s registered", run_id, done.model_id)
 
 
-def _replay(session: Session, run: Run, stop: _Guard) -> None:
+def _replay(session: Session, run: Run, stop: JobGuard) -> None:
     from api.services import replays  # late: pandas and the replay code only when needed
 
     run_id = run.id
     log.info("job %d: %s replay of %s for process '%s'", run_id, run.config.get("mode"),
              run.config.get("source"), run.process.name)
-    _check(session, run_id, stop)
+    check_job(session, run_id, stop)
     throttle = replays.Throttle(PROGRESS_EVERY_S)
 
     def on_step(done: int, total: int | None, phase: str) -> None:
@@ -204,11 +196,11 @@ def _replay(session: Session, run: Run, stop: _Guard) -> None:
             if stop is not None and stop.is_set():  # cheap: no database round trip
                 raise WorkerStopping()
             return
-        _record_progress(session, run_id, stop, {"step": done, "of": total, "phase": phase})
-        _check(session, run_id, stop)
+        record_progress_held(session, run_id, stop, {"step": done, "of": total, "phase": phase})
+        check_job(session, run_id, stop)
 
     episode = replays.execute(session, run, on_step)
-    _check(session, run_id, stop)  # a cancel during the last second is honoured
+    check_job(session, run_id, stop)  # a cancel during the last second is honoured
     replays.finish_replay(session, run_id, episode)
     log.info("job %d: replay stored with %d steps", run_id, len(episode.steps))
 
@@ -240,92 +232,6 @@ def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str
         out["time_s"] = [float(ts.min()), float(ts.max())]
     return out
 
-
-class _Guard:
-    """What a running job checks between epochs: the worker's stop flag and its lease."""
-
-    def __init__(self, stop: threading.Event | None, beat: Heartbeat | None) -> None:
-        self.stop, self.beat = stop, beat
-        self.lease = beat.lease if beat is not None else None
-
-    def is_set(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
-
-    def lost(self) -> bool:
-        return self.beat is not None and self.beat.lost.is_set()
-
-
-def _record_progress(session: Session, run_id: int, stop: _Guard,
-                     progress: dict[str, Any]) -> None:
-    """Progress is written only while this worker still holds the job."""
-    if stop.lease is not None:
-        job_leases.check(session, stop.lease)
-    jobs.record_progress(session, run_id, progress)
-
-
-def _check(session: Session, run_id: int, stop: _Guard) -> None:
-    if stop.lost():  # reclaimed by another worker: write nothing more
-        raise LeaseLost(f"job {run_id}: the heartbeat found the lease gone")
-    if jobs.cancel_requested(session, run_id):  # first: a cancelled job is not handed back
-        raise JobCancelled()
-    if stop.is_set():
-        raise WorkerStopping()
-
-
-def _train_in_processes(session: Session, run_id: int, processes: int, df: Any,
-                        process_spec: Any, cfg: Any, stop: _Guard) -> tuple[bytes, dict]:
-    """Train in a torchrun child with `processes` processes (api.worker_ddp); its epochs
-    become progress; a cancel, shutdown or lost lease kills it."""
-    from twin.twin_model import Twin  # late: torch loads only when there is work
-
-    with tempfile.TemporaryDirectory(prefix=f"job{run_id}-") as tmp:
-        folder = Path(tmp)
-        write_log(df, folder / "log.parquet")
-        process_spec.save(folder / "spec.json")
-        (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={processes}", "-m", "api.worker_ddp",
-                   "--data", str(folder / "log.parquet"), "--spec", str(folder / "spec.json"),
-                   "--config", str(folder / "config.json"), "--out", str(folder / "twin.pt")]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, start_new_session=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-        tail: list[str] = []
-        threading.Thread(target=_relay, args=(child, lines), daemon=True).start()
-        try:
-            while True:
-                try:
-                    line = lines.get(timeout=PROGRESS_EVERY_S)
-                except queue.Empty:  # between epochs too: a cancel stops it within a second
-                    _check(session, run_id, stop)
-                    continue
-                if line is None:
-                    break
-                tail = [*tail[-19:], line]
-                if line.startswith("EPOCH "):
-                    epoch = json.loads(line[len("EPOCH "):])
-                    _record_progress(session, run_id, stop, {
-                        "epoch": epoch["epoch"], "of": cfg.epochs, "processes": processes,
-                        "train_loss": epoch["train_loss"],
-                        "holdout_prediction": epoch["holdout_prediction"],
-                        "seconds": epoch["seconds"]})
-                    _check(session, run_id, stop)
-        finally:
-            if child.poll() is None:  # torchrun and its ranks: their own process group
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        if child.returncode != 0:
-            raise RuntimeError(f"torchrun with {processes} processes exited with "
-                               f"{child.returncode}: " + " | ".join(tail[-5:]))
-        checkpoint = (folder / "twin.pt").read_bytes()
-    return checkpoint, Twin.from_bytes(checkpoint).metrics
-
-
-def _relay(child: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-    assert child.stdout is not None
-    for line in child.stdout:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
 
 
 @contextmanager
