@@ -170,7 +170,7 @@ def test_training_uses_one_thread_on_a_machine_busier_than_its_cores(
 
     import torch
 
-    from api import cli
+    from api import cli_train as cli
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
