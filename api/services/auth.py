@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from api.orm import ApiKey, Role, utcnow
 from api.services.audit import ANONYMOUS, Actor, record
+from api.services.transactions import rollback_on_error
 
 TOKEN_PREFIX = "twin"
 MAX_TOKEN_CHARS = 200  # real tokens have 62; anything far longer is not one of ours
@@ -167,7 +168,7 @@ def create_key(session: Session, name: str, role: str, actor: Actor) -> tuple[Ap
     the unique constraint: an IntegrityError, which the API answers as 409, retryable."""
     name, parsed = _check_name(name), parse_role(role)
     prefix, token = _new_token()
-    try:
+    with rollback_on_error(session):
         key = ApiKey(name=name, role=str(parsed), prefix=prefix, key_hash=hash_token(token),
                      created_by=actor.name)
         session.add(key)
@@ -175,9 +176,6 @@ def create_key(session: Session, name: str, role: str, actor: Actor) -> tuple[Ap
         record(session, actor, "key.create", f"key:{key.id}",
                {"name": name, "role": str(parsed), "prefix": prefix})
         session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return key, token
 
 
@@ -203,7 +201,7 @@ def revoke_key(session: Session, key_id: int, actor: Actor, *,
     `keep_an_admin` (the API): refuse (409) to revoke the caller's own key or the last
     active admin key, which would lock every admin out. The command line may: whoever
     runs it reaches the database and can always create a new key."""
-    try:
+    with rollback_on_error(session):
         key = get_key(session, key_id)
         if keep_an_admin and key.revoked_at is None:
             _check_not_locking_out(session, key, actor)
@@ -215,9 +213,6 @@ def revoke_key(session: Session, key_id: int, actor: Actor, *,
             record(session, actor, "key.revoke", f"key:{key_id}",
                    {"name": key.name, "role": key.role})
         session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return session.get(ApiKey, key_id, populate_existing=True) or key
 
 
