@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,42 +30,14 @@ import torch
 from .data import WindowDataset
 from .distributed import Trainer
 from .gains import effect_pairs, with_sign_penalty
-from .model import JEPA, JEPAConfig, effective_rank, sigreg, vicreg_terms
+from .model import JEPA
 from .progress import TrainingDisplay, budget_note
 from .spec import ProcessSpec
-from .twin_model import GoalBank, Twin
+from .train_eval import build_goal_bank, evaluate
+from .train_loss import COLLAPSE_METHODS, TrainConfig, batch_loss, uses_ema
+from .twin_model import Twin
 
-BANK_SIZE = 4000
 CUT_EVAL_WINDOWS = 256  # held-out windows judged after a time-budget cut (else up to 2048)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    rollout_steps: int = 16
-    ema_momentum: float = 0.99
-    variance_weight: float = 1.0
-    covariance_weight: float = 0.04
-    readout_weight: float = 25.0
-    # anti-collapse: "ema_vicreg" (EMA target + variance/covariance), "vicreg" (target is
-    # the online encoder, stop-gradient), "sigreg" (online target + SIGReg), "ema" (EMA only)
-    collapse: str = "vicreg"
-    sigreg_weight: float = 1.0
-    # readout of rolled-out embeddings vs the future (the CSTR and turbofan recipes take 25)
-    predicted_readout_weight: float = 5.0
-    sparse_targets: bool = True  # encode targets at steps 1, 2, 4, ..., H only
-    holdout_fraction: float = 0.15
-    history_dropout: float = 0.2  # share of rollout starts with a truncated history
-    sample_dropout: float = 0.02  # share of samples hidden at random
-    seed: int = 0
-    max_seconds: float | None = None
-    model: JEPAConfig = field(default_factory=JEPAConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -89,147 +60,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def mask_history(windows: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
-                 ) -> torch.Tensor:
-    """Hide a random leading part of some windows, and a few random samples in all.
-
-    A control loop starts with an empty history and live data has holes; the encoder
-    must give a usable embedding from whatever part of the window is present.
-    """
-    b, w, f2 = windows.shape
-    f = f2 // 2
-    keep = torch.rand(b, w, 1, generator=generator) >= cfg.sample_dropout
-    keep[:, -1] = True  # the present sample is what the controller always has
-    cut = torch.randint(0, w, (b, 1), generator=generator)
-    truncated = torch.rand(b, 1, generator=generator) < cfg.history_dropout
-    position = torch.arange(w).unsqueeze(0)
-    keep &= ~(truncated & (position < cut)).unsqueeze(-1)
-    keep = keep.float()
-    return torch.cat([windows[..., :f] * keep, windows[..., f:] * keep], dim=-1)
-
-
-COLLAPSE_METHODS = ("ema_vicreg", "vicreg", "sigreg", "ema")
-
-
-def uses_ema(cfg: TrainConfig) -> bool:
-    return cfg.collapse in ("ema_vicreg", "ema")
-
-
-def target_steps(horizon: int, sparse: bool) -> torch.Tensor:
-    """Rollout steps (1..H) whose windows are encoded as targets: all, or 1, 2, 4, ..., H.
-
-    Encoding the H future windows is most of a batch's cost; the geometric subset keeps
-    short and long horizons in the loss at a fraction of it.
-    """
-    if not sparse:
-        return torch.arange(1, horizon + 1)
-    steps = {horizon}
-    k = 1
-    while k < horizon:
-        steps.add(k)
-        k *= 2
-    return torch.tensor(sorted(steps))
-
-
-def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    windows, actions, obs, obs_mask = (batch["windows"], batch["actions"], batch["obs"],
-                                       batch["obs_mask"])
-    steps = target_steps(actions.shape[1], cfg.sparse_targets)
-    rows = torch.cat([torch.zeros(1, dtype=torch.long), steps])
-    z_all = model.encode(windows[:, rows])  # (B, 1 + len(steps), D)
-    if uses_ema(cfg):
-        with torch.no_grad():
-            target = model.target_encoder(windows[:, steps])
-    else:
-        target = z_all[:, 1:].detach()
-    z0 = z_all[:, 0]
-    if generator is not None and (cfg.history_dropout > 0 or cfg.sample_dropout > 0):
-        z0 = model.encode(mask_history(windows[:, 0], cfg, generator))
-    flat = z_all.reshape(-1, z_all.shape[-1])
-    variance, covariance = vicreg_terms(flat)
-    anti_collapse = torch.zeros(())
-    if cfg.collapse in ("ema_vicreg", "vicreg"):
-        anti_collapse = cfg.variance_weight * variance + cfg.covariance_weight * covariance
-    elif cfg.collapse == "sigreg":
-        anti_collapse = cfg.sigreg_weight * sigreg(flat, generator=generator)
-    readout = _masked_mse(model.readout(z_all), obs[:, rows], obs_mask[:, rows])
-    members = model.members()
-    predicted = members[0].rollout(z0, actions)
-    prediction = ((predicted[:, steps - 1] - target) ** 2).mean()
-    loss = prediction + anti_collapse + cfg.readout_weight * readout
-    loss = loss + cfg.predicted_readout_weight * _masked_mse(
-        model.readout(predicted), obs[:, 1:], obs_mask[:, 1:])
-    # the other members and the coarse predictor learn on the encoder's embeddings without
-    # shaping them (z0 detached): the encoder serves the planning predictor
-    extra = torch.zeros(())
-    for member in members[1:]:
-        rolled = member.rollout(z0.detach(), actions)
-        extra = extra + ((rolled[:, steps - 1] - target) ** 2).mean()
-        extra = extra + cfg.predicted_readout_weight * _masked_mse(
-            model.readout(rolled), obs[:, 1:], obs_mask[:, 1:])
-    k = model.config.coarse_steps
-    if k and actions.shape[1] >= k:
-        coarse = model.coarse_rollout(z0.detach(), actions)
-        block_ends = torch.arange(1, coarse.shape[1] + 1) * k
-        encoded = torch.isin(steps, block_ends)  # targets exist at these block ends
-        if encoded.any():
-            blocks = steps[encoded] // k - 1
-            extra = extra + ((coarse[:, blocks] - target[:, encoded]) ** 2).mean()
-        extra = extra + cfg.predicted_readout_weight * _masked_mse(
-            model.readout(coarse), obs[:, k::k][:, :coarse.shape[1]],
-            obs_mask[:, k::k][:, :coarse.shape[1]])
-    parts = {"prediction": prediction.item(), "variance": variance.item(),
-             "covariance": covariance.item(), "readout": readout.item(),
-             "extra_predictors": extra.item()}
-    return loss + extra, parts
-
-
-def _masked_mse(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return ((pred - truth) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-@torch.no_grad()
-def evaluate(model: JEPA, data: WindowDataset, idx: torch.Tensor) -> dict[str, Any]:
-    model.eval()
-    idx = idx[: 2048]
-    batch = data.batch(idx)
-    z_all = model.encode(batch["windows"])
-    target = model.target_encoder(batch["windows"][:, 1:])  # a copy of the encoder without EMA
-    predicted = model.predictor.rollout(z_all[:, 0], batch["actions"])
-    prediction = float(((predicted - target) ** 2).mean())
-    z0 = z_all[:, 0]
-    std = z0.std(dim=0)
-    scale = np.asarray(data.norm.std)[[data.norm.index(t) for t in data.layout.observed]]
-
-    def rmse(z: torch.Tensor, step: int) -> dict[str, float]:
-        """Per sensor, engineering units: readout of `z` against the sample at `step`."""
-        y = model.readout(z) - batch["obs"][:, step]
-        mask = batch["obs_mask"][:, step]
-        rmse_norm = torch.sqrt((y**2 * mask).sum(0) / mask.sum(0).clamp_min(1.0)).numpy()
-        return {t: float(rmse_norm[i] * scale[i]) for i, t in enumerate(data.layout.observed)
-                if t in data.layout.sensors}
-
-    readout_rmse, forecast_rmse = rmse(z0, 0), rmse(predicted[:, 0], 1)
-    model.train()
-    return {"prediction": prediction, "effective_rank": effective_rank(z0),
-            "dim_std_min": float(std.min()), "dim_std_mean": float(std.mean()),
-            "readout_rmse": readout_rmse, "forecast_rmse": forecast_rmse}
-
-
-@torch.no_grad()
-def build_goal_bank(model: JEPA, data: WindowDataset, seed: int) -> GoalBank:
-    rows = data.starts
-    if len(rows) > BANK_SIZE:
-        gen = torch.Generator().manual_seed(seed)
-        rows = rows[torch.randperm(len(rows), generator=gen)[:BANK_SIZE]].sort().values
-    windows = data.windows_at(rows)
-    embeddings = torch.cat([model.encode(chunk) for chunk in windows.split(1024)])
-    n_sensors = len(data.layout.sensors)
-    sensor_values = windows[:, :, :n_sensors]
-    unsteadiness = sensor_values.std(dim=1).sum(dim=1)
-    return GoalBank(embeddings, data.obs[rows], unsteadiness, data.actions[rows])
 
 
 class BudgetSchedule:
