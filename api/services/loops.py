@@ -21,7 +21,8 @@ start, else the tag's nominal; an actuator with none of them is refused, never g
 The manager's parts: starting (api.services.loop_starts), switching models
 (api.services.loop_models), the operator's controls (api.services.loop_operator: mode,
 actuators in service, dropped sensors, read from the run before every step), reading
-(api.services.loop_views); what they share is in api.services.loop_base.
+(api.services.loop_views), finding and rebuilding loops (api.services.loop_registry);
+what they share is in api.services.loop_base.
 """
 
 from __future__ import annotations
@@ -37,20 +38,19 @@ from api.errors import Conflict, Invalid, PayloadTooLarge
 from api.orm import Run, RunKind, RunStatus, RunStep, utcnow
 from api.services import alarms
 from api.services.audit import Actor, record
+from api.services.loop_base import (
+    STALE_AFTER_PERIODS as STALE_AFTER_PERIODS,
+)
+from api.services.loop_base import (
+    SYSTEM_ACTOR as SYSTEM_ACTOR,
+)
 from api.services.loop_base import (  # the names others import from here, too
-    CATCH_UP_STEPS,
     Clock,
     Controller,
     ControllerFactory,
     Loop,
     aware,
     hand_over,
-)
-from api.services.loop_base import (
-    STALE_AFTER_PERIODS as STALE_AFTER_PERIODS,
-)
-from api.services.loop_base import (
-    SYSTEM_ACTOR as SYSTEM_ACTOR,
 )
 from api.services.loop_checks import (
     check_finite,
@@ -60,7 +60,6 @@ from api.services.loop_checks import (
     check_time,
     check_units,
     first_step_reference,
-    initial_actuators,
     plausible_readbacks,
     within_reach_of_command,
 )
@@ -70,16 +69,14 @@ from api.services.loop_limits import (
 )
 from api.services.loop_models import LoopModels
 from api.services.loop_operator import CONFIG_KEY, LoopOperator, follow_operator
+from api.services.loop_registry import LoopRegistry
 from api.services.loop_starts import LoopStarts
 from api.services.loop_views import LoopReading
 from api.services.loop_views import LoopView as LoopView
-from api.services.models import load_model_bytes
 from api.services.runs import (
     finish_run,
     get_run,
     last_step,
-    step_values,
-    stored_history,
     write_steps,
 )
 from twin.errors import InvalidInput
@@ -100,7 +97,7 @@ def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
-class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading):
+class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistry):
     def __init__(self, factory: ControllerFactory = default_controller_factory, *,
                  lock_timeout_s: float = 10.0, max_tags: int = 2_000,
                  clock: Clock = utcnow, limits: LoopLimits | None = None) -> None:
@@ -233,91 +230,10 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading):
 
     # ------------------------------------------------------------ helpers
 
-    def _loop(self, session: Session, run_id: int,
-              prebuilt: tuple[Controller, int] | None = None) -> Loop:
-        # A loop is never built twice (two controllers, two histories): one restore per
-        # loop at a time. The registry lock is not held while it builds, so other loops'
-        # steps go on.
-        with self._registry_lock:
-            loop = self._loops.get(run_id)
-            if loop is not None:
-                return loop
-            gate = self._restoring.setdefault(run_id, threading.Lock())
-        with gate:
-            with self._registry_lock:
-                loop = self._loops.get(run_id)
-            if loop is None:
-                loop = self._restore(session, run_id, prebuilt)
-                with self._registry_lock:
-                    loop = self._loops.setdefault(run_id, loop)
-            with self._registry_lock:
-                self._restoring.pop(run_id, None)
-            return loop
-
-    def _restore(self, session: Session, run_id: int,
-                 prebuilt: tuple[Controller, int] | None = None) -> Loop:
-        """Rebuild a loop after a restart (or on another worker) from what is stored;
-        with `prebuilt` (controller, model id), around that controller instead."""
-        run = get_run(session, run_id)
-        if run.kind != RunKind.CONTROL:
-            raise Conflict(f"run {run_id} is a {run.kind} run, not a control loop")
-        if run.status != RunStatus.RUNNING or run.model_id is None:
-            raise Conflict(f"loop {run_id} is {run.status}; start a new loop")
-        if prebuilt is None:
-            planner = str(run.config.get("planner", "casadi"))
-            prebuilt = (self._build(session, run.model_id, planner), run.model_id)
-        controller, model_id = prebuilt
-        setpoints = dict(run.config.get("setpoints", {}))
-        # Before the first step: the actuator values the plant applied at the start.
-        applied = dict(run.config.get("initial_actuators") or {})
-        previous = last_step(session, run_id)
-        if previous is not None:
-            values = step_values(session, run_id, previous.step)
-            setpoints.update(values.get("setpoint", {}))
-            applied = values.get("actuator", {})
-        if applied:
-            hand_over(controller, initial_actuators(controller.spec, applied))
-        return Loop(run_id, controller, setpoints, applied, model_id=model_id)
-
-    def _catch_up(self, session: Session, loop: Loop, last: int) -> None:
-        """Refill the controller's context window from the stored steps it did not see.
-
-        Loops are served by whichever API worker holds the client's connection; after a
-        reconnect to another worker, or a restart, the window would otherwise miss samples
-        (or be empty), and the twin would plan from a wrong picture of the plant."""
-        prime = getattr(loop.controller, "prime", None)
-        if prime is None:
-            return
-        window = getattr(getattr(loop.controller, "twin", None), "config", None)
-        depth = int(getattr(window, "window", CATCH_UP_STEPS))
-        history = stored_history(session, loop.run_id, max(0, last - depth + 1), last)
-        prime(history)
-        if history:
-            loop.applied = dict(history[-1][2])
-        loop.last_step = last
-
-    def _build(self, session: Session, model_id: int, planner: str) -> Controller:
-        checkpoint = load_model_bytes(session, model_id)
-        try:
-            return self._builder.build(f"model {model_id}, planner {planner}",
-                                       lambda: self._factory(checkpoint, planner))
-        except InvalidInput as exc:
-            raise Invalid(f"model {model_id} cannot drive a loop: {exc}") from None
-
     def _check_size(self, *mappings: Mapping[str, float]) -> None:
         count = sum(len(m) for m in mappings)
         if count > self._max_tags:
             raise PayloadTooLarge(f"{count} tags in one request (at most {self._max_tags})")
-
-
-
-
-
-
-
-
-
-
 
 
 def _training_ranges(controller: Controller) -> dict[str, tuple[float, float]]:
