@@ -16,9 +16,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.errors import Invalid
+from api.jsonsafe import json_safe
 from api.orm import Channel, RunEvent, RunStep, RunValue
 from api.series.rollups import upsert_rollups, value_rollups
-from api.services.jsonsafe import json_safe
 from twin.records import StepRecord
 from twin.spec import ProcessSpec, SpecError, TagRole
 

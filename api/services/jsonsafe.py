@@ -1,19 +1,6 @@
-"""JSON columns must hold strict JSON: PostgreSQL rejects NaN/Infinity in JSONB."""
+"""Re-exported from api.jsonsafe, where the time-series storage (api.series) reaches it
+without importing the services package."""
 
-from __future__ import annotations
+from api.jsonsafe import json_safe
 
-import math
-from typing import Any
-
-
-def json_safe(value: Any) -> Any:
-    """Copy of `value` with non-finite floats as None and tuples as lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy values
-        return json_safe(value.tolist())
-    return value
+__all__ = ["json_safe"]
