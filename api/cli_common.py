@@ -37,7 +37,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (InvalidInput, SpecError, ServiceError, DatabaseNotMigrated,
                 FileNotFoundError, ValueError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # one line, however long
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
