@@ -57,6 +57,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Random secrets for docker-compose.yml, written once, never committed (secrets/.gitignore).
 secrets: secrets/db_password.txt secrets/session_secret.txt

@@ -20,9 +20,11 @@ class AlarmOut(BaseModel):
     tag: str = Field(description="the sensor; empty for a point of the whole loop")
     kind: str = Field(description="limit_approach, limit_violation, fallback or stale_data")
     priority: str = Field(description="critical, high, medium or low")
-    state: str = Field(description="normal, unacknowledged, acknowledged, "
-                                   "rtn_unacknowledged (returned to normal, not yet "
-                                   "acknowledged) or shelved")
+    state: str = Field(
+        description="normal, unacknowledged, acknowledged, "
+        "rtn_unacknowledged (returned to normal, not yet "
+        "acknowledged) or shelved"
+    )
     active: bool = Field(description="whether the condition is present now")
     message: str
     value: float | None = Field(description="when last raised, in `unit`")
@@ -42,8 +44,11 @@ class AlarmOut(BaseModel):
 
     @classmethod
     def of(cls, alarm: Alarm, process: str) -> AlarmOut:
-        fields = {name: getattr(alarm, name) for name in cls.model_fields
-                  if name not in ("loop", "process")}
+        fields = {
+            name: getattr(alarm, name)
+            for name in cls.model_fields
+            if name not in ("loop", "process")
+        }
         return cls(**fields, loop=alarm.run_id, process=process)
 
 
@@ -54,8 +59,9 @@ class AlarmEventOut(BaseModel):
 
     id: int
     at: UtcDatetime
-    action: str = Field(description="raised, cleared, acknowledged, shelved, unshelved or "
-                                    "shelve_expired")
+    action: str = Field(
+        description="raised, cleared, acknowledged, shelved, unshelved or shelve_expired"
+    )
     from_state: str
     to_state: str
     step: int | None
@@ -76,5 +82,6 @@ class ShelveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     minutes: FiniteFloat = Field(gt=0, le=24 * 60, description="how long, at most 24 h")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
-                        description="why, for the next shift")
+    reason: str = Field(
+        min_length=1, max_length=500, pattern=r"\S", description="why, for the next shift"
+    )

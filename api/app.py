@@ -41,8 +41,9 @@ DOCS_ASSETS_URL = "/docs-static"
 REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
-def create_app(settings: Settings | None = None, *,
-               controller_factory: ControllerFactory | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, controller_factory: ControllerFactory | None = None
+) -> FastAPI:
     """Build the app; `controller_factory(checkpoint_bytes, planner)` is injectable for tests."""
     settings = settings or Settings()
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
@@ -57,22 +58,37 @@ def create_app(settings: Settings | None = None, *,
         yield
         engine.dispose()
 
-    app = FastAPI(title="plant-twin", version="0.1.0", lifespan=lifespan,
-                  description="Process-control digital twin: runs, models, live control loops.",
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="plant-twin",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Process-control digital twin: runs, models, live control loops.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.loops = LoopManager(controller_factory or default_controller_factory,
-                                  lock_timeout_s=settings.loop_lock_timeout_s,
-                                  max_tags=settings.max_tags_per_step,
-                                  limits=LoopLimits.of(settings))
+    app.state.loops = LoopManager(
+        controller_factory or default_controller_factory,
+        lock_timeout_s=settings.loop_lock_timeout_s,
+        max_tags=settings.max_tags_per_step,
+        limits=LoopLimits.of(settings),
+    )
     add_error_handlers(app)
     document_auth(app, required=settings.auth_required)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (catalog.public_router, catalog.router, models.router, runs.router,
-                   loops.router, jobs.router, replays.router, keys.router,
-                   alarms.router):
+    for router in (
+        catalog.public_router,
+        catalog.router,
+        models.router,
+        runs.router,
+        loops.router,
+        jobs.router,
+        replays.router,
+        keys.router,
+        alarms.router,
+    ):
         app.include_router(router)
     _add_docs(app)
     _add_pages(app)
@@ -82,13 +98,19 @@ def create_app(settings: Settings | None = None, *,
 def _add_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc, their scripts and styles served by this server."""
     # ReDoc's bundle draws its footer logo from redoc.ly: served with the local icon instead
-    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_bytes().replace(
-        REDOC_REMOTE_LOGO, f"{DOCS_ASSETS_URL}/favicon.png".encode())
+    redoc_js = (
+        (DOCS_ASSETS / "redoc.standalone.js")
+        .read_bytes()
+        .replace(REDOC_REMOTE_LOGO, f"{DOCS_ASSETS_URL}/favicon.png".encode())
+    )
 
     @app.get(f"{DOCS_ASSETS_URL}/redoc.standalone.js", include_in_schema=False)
     def redoc_bundle() -> Response:
-        return Response(redoc_js, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})
+        return Response(
+            redoc_js,
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
@@ -98,10 +120,13 @@ def _add_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=openapi_url, title=title, oauth2_redirect_url=oauth2_redirect,
+            openapi_url=openapi_url,
+            title=title,
+            oauth2_redirect_url=oauth2_redirect,
             swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png")
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )
 
     @app.get(oauth2_redirect, include_in_schema=False)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -109,10 +134,13 @@ def _add_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=openapi_url, title=title,
-                              redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
-                              with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _add_pages(app: FastAPI) -> None:
@@ -129,8 +157,7 @@ def _add_pages(app: FastAPI) -> None:
 
     app.state.session_signer = login.session_signer(login.session_secret())
     app.include_router(login.router)
-    for page_router in (pages_router, models_page_router, model_page_router,
-                        alarms_page_router):
+    for page_router in (pages_router, models_page_router, model_page_router, alarms_page_router):
         app.include_router(page_router, dependencies=[login.require_page_role()])
 
     async def to_login(_request: Request, exc: Exception) -> Response:

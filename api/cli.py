@@ -29,12 +29,17 @@ from api.cli_edge import connect_app
 from api.cli_serve import serve, worker
 from api.cli_train import data_generate, register, train
 
-app = typer.Typer(help="Process-control digital twin: data, training, control, serving.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Process-control digital twin: data, training, control, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys of the HTTP API (roles: viewer < operator < engineer "
-                            "< admin).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of the HTTP API (roles: viewer < operator < engineer < admin).",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")

@@ -12,8 +12,10 @@ from api.cli_common import UrlOption, console, friendly_errors, resolve_url
 
 
 @friendly_errors
-def db_upgrade(database_url: UrlOption = None,
-               revision: Annotated[str, typer.Option(help="target revision")] = "head") -> None:
+def db_upgrade(
+    database_url: UrlOption = None,
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
     """Migrate the database to the latest schema (creates a SQLite file if needed)."""
     from api import migrate
 
@@ -23,8 +25,10 @@ def db_upgrade(database_url: UrlOption = None,
 
 
 @friendly_errors
-def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base")],
-                 database_url: UrlOption = None) -> None:
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="target revision, e.g. base")],
+    database_url: UrlOption = None,
+) -> None:
     """Migrate the database down to REVISION."""
     from api import migrate
 
@@ -57,8 +61,10 @@ def keys_create(
 
     with open_session(resolve_url(database_url)) as session:
         key, token = auth.create_key(session, name, role, auth.cli_actor())
-        console.print(f"created API key [bold]{key.id}[/] '{escape(key.name)}' with the {key.role} "
-                      "role; its token is shown only now, store it:")
+        console.print(
+            f"created API key [bold]{key.id}[/] '{escape(key.name)}' with the {key.role} "
+            "role; its token is shown only now, store it:"
+        )
     # Plain echo: no rich wrapping or markup in the one line people copy.
     typer.echo(token)
 
@@ -75,14 +81,23 @@ def keys_list(database_url: UrlOption = None) -> None:
     with open_session(resolve_url(database_url)) as session:
         for key in auth.list_keys(session):
             revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
-            table.add_row(str(key.id), escape(key.name), key.role, key.prefix,
-                          f"{key.created_at:%Y-%m-%d %H:%M}", escape(key.created_by), revoked)
+            table.add_row(
+                str(key.id),
+                escape(key.name),
+                key.role,
+                key.prefix,
+                f"{key.created_at:%Y-%m-%d %H:%M}",
+                escape(key.created_by),
+                revoked,
+            )
     console.print(table)
 
 
 @friendly_errors
-def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id (twin keys list)")],
-                database_url: UrlOption = None) -> None:
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="the key's id (twin keys list)")],
+    database_url: UrlOption = None,
+) -> None:
     """Revoke a key; requests with it are refused (401) from now on."""
     from api.db import open_session
     from api.services import auth

@@ -17,12 +17,16 @@ from twin.spec import ProcessSpec, SpecError
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
-PatientOption = Annotated[str | None, typer.Option(
-    help="glucose: the virtual patient, e.g. adult#006 (default adult#001)")]
-UrlOption = Annotated[str | None, typer.Option(
-    "--database-url", envvar="DATABASE_URL",
-    help="SQLAlchemy URL; default sqlite:///./twin.db")]
-
+PatientOption = Annotated[
+    str | None,
+    typer.Option(help="glucose: the virtual patient, e.g. adult#006 (default adult#001)"),
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL; default sqlite:///./twin.db"
+    ),
+]
 
 
 def friendly_errors(fn: F) -> F:
@@ -35,8 +39,14 @@ def friendly_errors(fn: F) -> F:
 
         try:
             return fn(*args, **kwargs)
-        except (InvalidInput, SpecError, ServiceError, DatabaseNotMigrated,
-                FileNotFoundError, ValueError) as exc:
+        except (
+            InvalidInput,
+            SpecError,
+            ServiceError,
+            DatabaseNotMigrated,
+            FileNotFoundError,
+            ValueError,
+        ) as exc:
             console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # one line, however long
             raise typer.Exit(2) from None
 
@@ -49,12 +59,14 @@ def resolve_url(url: str | None) -> str:
     return url or Settings().database_url
 
 
-def spec_for(process: str | None, spec_file: Path | None,
-              patient: str | None = None) -> ProcessSpec:
+def spec_for(
+    process: str | None, spec_file: Path | None, patient: str | None = None
+) -> ProcessSpec:
     if spec_file is not None:
         if patient is not None:
-            raise InvalidInput("--patient chooses a built-in process's variant: give it "
-                               "with --process, not --spec")
+            raise InvalidInput(
+                "--patient chooses a built-in process's variant: give it with --process, not --spec"
+            )
         return ProcessSpec.load(spec_file)
     if process is None:
         raise InvalidInput("give --process NAME or --spec FILE")

@@ -23,16 +23,29 @@ from twin.spec import ProcessSpec
 
 @friendly_errors
 def control(
-    model: Annotated[Path | None, typer.Option(
-        help="checkpoint file of a trained twin (not with --controller baseline)")] = None,
-    plant: Annotated[str | None, typer.Option(
-        "--plant", "--process",
-        help="built-in simulator to drive (default: the twin's own process)")] = None,
-    planner: Annotated[str, typer.Option(
-        help="casadi (default), casadi-ipopt, casadi-fatrop, cem or mppi")] = "casadi",
-    controller_kind: Annotated[str, typer.Option(
-        "--controller", help="twin (the twin's MPC) or baseline (the process's classical "
-                             "controller, e.g. the CSTR's PI)")] = "twin",
+    model: Annotated[
+        Path | None,
+        typer.Option(help="checkpoint file of a trained twin (not with --controller baseline)"),
+    ] = None,
+    plant: Annotated[
+        str | None,
+        typer.Option(
+            "--plant",
+            "--process",
+            help="built-in simulator to drive (default: the twin's own process)",
+        ),
+    ] = None,
+    planner: Annotated[
+        str, typer.Option(help="casadi (default), casadi-ipopt, casadi-fatrop, cem or mppi")
+    ] = "casadi",
+    controller_kind: Annotated[
+        str,
+        typer.Option(
+            "--controller",
+            help="twin (the twin's MPC) or baseline (the process's classical "
+            "controller, e.g. the CSTR's PI)",
+        ),
+    ] = "twin",
     seed: Annotated[int, typer.Option(help="plant noise seed")] = 7,
     store: Annotated[bool, typer.Option(help="store the episode as a run")] = True,
     database_url: UrlOption = None,
@@ -66,19 +79,27 @@ def control(
     parts = plant_parts(twin_model.spec)  # bound to the twin's variant (glucose: patient)
     controller = build_controller(twin_model, planner, parts=parts)
     variant = {"patient": parts.variant} if parts.variant is not None and plant is None else {}
-    episode = module.run_episode(module.twin_policy(controller), f"twin+{planner}", seed=seed,
-                                 config={"planner": planner, "checkpoint": str(model)},
-                                 show_progress=True, **variant)
+    episode = module.run_episode(
+        module.twin_policy(controller),
+        f"twin+{planner}",
+        seed=seed,
+        config={"planner": planner, "checkpoint": str(model)},
+        show_progress=True,
+        **variant,
+    )
     episode.process = twin_model.spec.name
     _print_episode(episode.metrics, module.EPISODE_SUMMARY)
     if store:
         run_id = _store_episode(database_url, episode, model, twin_model.spec)
-        console.print(f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
-                      f"http://127.0.0.1:8000/runs/{run_id}")
+        console.print(
+            f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
+            f"http://127.0.0.1:8000/runs/{run_id}"
+        )
 
 
-def _control_baseline(process: str | None, model: Path | None, seed: int, store: bool,
-                      database_url: str | None) -> None:
+def _control_baseline(
+    process: str | None, model: Path | None, seed: int, store: bool, database_url: str | None
+) -> None:
     """The standard episode under the process's classical controller, stored as a run."""
     from processes import get_process
 
@@ -87,8 +108,13 @@ def _control_baseline(process: str | None, model: Path | None, seed: int, store:
     if process is None:
         raise InvalidInput("give --process NAME with --controller baseline")
     module = get_process(process)
-    episode = module.run_episode(module.baseline_policy(), "baseline", seed=seed,
-                                 config={"controller": "baseline"}, show_progress=True)
+    episode = module.run_episode(
+        module.baseline_policy(),
+        "baseline",
+        seed=seed,
+        config={"controller": "baseline"},
+        show_progress=True,
+    )
     _print_episode(episode.metrics, module.EPISODE_SUMMARY)
     if store:
         run_id = _store_episode(database_url, episode, None, module.SPEC)
@@ -105,15 +131,19 @@ def _check_plant_tags(twin_spec: ProcessSpec, plant_spec: ProcessSpec) -> None:
         if other is None:
             problems.append(f"'{tag.name}' is not a tag of {plant_spec.name}")
         elif other.role != tag.role or other.unit != tag.unit:
-            problems.append(f"'{tag.name}' is a {tag.role} in {tag.unit} for the twin but a "
-                            f"{other.role} in {other.unit} on {plant_spec.name}")
+            problems.append(
+                f"'{tag.name}' is a {tag.role} in {tag.unit} for the twin but a "
+                f"{other.role} in {other.unit} on {plant_spec.name}"
+            )
     if problems:
-        raise InvalidInput(f"twin of '{twin_spec.name}' cannot drive {plant_spec.name}: "
-                           + "; ".join(problems))
+        raise InvalidInput(
+            f"twin of '{twin_spec.name}' cannot drive {plant_spec.name}: " + "; ".join(problems)
+        )
 
 
-def _store_episode(url: str | None, episode: Any, checkpoint: Path | None,
-                   spec: ProcessSpec, kind: str = "control") -> int:
+def _store_episode(
+    url: str | None, episode: Any, checkpoint: Path | None, spec: ProcessSpec, kind: str = "control"
+) -> int:
     from api import services
     from api.db import open_session
     from api.orm import TwinModel
@@ -123,15 +153,17 @@ def _store_episode(url: str | None, episode: Any, checkpoint: Path | None,
         model_id = None
         if checkpoint is not None:
             sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-            model = session.query(TwinModel).filter_by(sha256=sha).order_by(
-                TwinModel.id.desc()).first()
+            model = (
+                session.query(TwinModel).filter_by(sha256=sha).order_by(TwinModel.id.desc()).first()
+            )
             model_id = model.id if model else None
         run = services.store_episode(session, episode, kind=kind, model_id=model_id)
         return int(run.id)
 
 
-def _print_episode(metrics: dict[str, Any], rows: Any, title: str = "closed-loop episode "
-                   "(true plant state)") -> None:
+def _print_episode(
+    metrics: dict[str, Any], rows: Any, title: str = "closed-loop episode (true plant state)"
+) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -165,12 +197,16 @@ def replay(
     data: Annotated[Path, typer.Option(help="logged data, .csv or .parquet")],
     mode: Annotated[str, typer.Option(help="open-loop, shadow or logged")] = "open-loop",
     horizon: Annotated[int, typer.Option(min=1, max=500, help="open-loop steps ahead")] = 20,
-    stride: Annotated[int, typer.Option(min=1, help="open loop: predict from every n-th "
-                                                    "sample")] = 1,
-    setpoint: Annotated[list[str] | None, typer.Option(
-        help="shadow: TAG=VALUE (repeat); default: each controlled tag's median")] = None,
-    planner: Annotated[str, typer.Option(
-        help="shadow: casadi, casadi-ipopt, casadi-fatrop, cem or mppi")] = "casadi",
+    stride: Annotated[
+        int, typer.Option(min=1, help="open loop: predict from every n-th sample")
+    ] = 1,
+    setpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="shadow: TAG=VALUE (repeat); default: each controlled tag's median"),
+    ] = None,
+    planner: Annotated[
+        str, typer.Option(help="shadow: casadi, casadi-ipopt, casadi-fatrop, cem or mppi")
+    ] = "casadi",
     store: Annotated[bool, typer.Option(help="store the replay as a run")] = True,
     database_url: UrlOption = None,
 ) -> None:
@@ -190,22 +226,34 @@ def replay(
         episode = replays.open_loop(twin_model, df, horizon, stride, show_progress=True)
         rows = [SummaryRow("samples", "predictions", "", "d")] + [
             SummaryRow(f"nrmse_h{h}", f"{h}-step RMSE / range", "", ".4f")
-            for h in sorted({*[h for h in replays.REPORT_HORIZONS if h <= horizon], horizon})]
+            for h in sorted({*[h for h in replays.REPORT_HORIZONS if h <= horizon], horizon})
+        ]
         for tag in twin_model.layout.sensors:
-            rows.append(SummaryRow(f"rmse_{tag}_h{horizon}", f"{horizon}-step RMSE {tag}",
-                                   spec.tag(tag).unit, ".4g"))
+            rows.append(
+                SummaryRow(
+                    f"rmse_{tag}_h{horizon}",
+                    f"{horizon}-step RMSE {tag}",
+                    spec.tag(tag).unit,
+                    ".4g",
+                )
+            )
     elif mode == "shadow":
         controller = build_controller(twin_model, planner, parts=plant_parts(spec))
         episode = replays.shadow(controller, df, _parse_setpoints(setpoint), show_progress=True)
-        rows = [SummaryRow("samples", "samples", "", "d"),
-                SummaryRow("fallbacks", "fallback steps", "", "d"),
-                SummaryRow("plan_ms_median", "planning median", "ms", ".1f")] + [
+        rows = [
+            SummaryRow("samples", "samples", "", "d"),
+            SummaryRow("fallbacks", "fallback steps", "", "d"),
+            SummaryRow("plan_ms_median", "planning median", "ms", ".1f"),
+        ] + [
             SummaryRow(f"mean_abs_diff_{a}", f"mean |twin - logged| {a}", spec.tag(a).unit)
-            for a in twin_model.layout.actions]
+            for a in twin_model.layout.actions
+        ]
     else:
         episode = replays.as_logged(df, spec)
-        rows = [SummaryRow("samples", "samples", "", "d"),
-                SummaryRow("violations", "samples beyond a hard limit", "", "d")]
+        rows = [
+            SummaryRow("samples", "samples", "", "d"),
+            SummaryRow("violations", "samples beyond a hard limit", "", "d"),
+        ]
     episode.config["data"] = str(data)
     _print_episode(episode.metrics, rows, title=f"replay ({mode}) of {data.name}")
     if store:

@@ -24,14 +24,21 @@ from rich.console import Console
 
 from twin.errors import InvalidInput
 
-connect_app = typer.Typer(help="Connect a running loop to a plant: OPC UA or MQTT.",
-                          no_args_is_help=True)
+connect_app = typer.Typer(
+    help="Connect a running loop to a plant: OPC UA or MQTT.", no_args_is_help=True
+)
 console = Console()
-UrlOption = Annotated[str | None, typer.Option(
-    "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL; default sqlite:///./twin.db")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL; default sqlite:///./twin.db"
+    ),
+]
 LoopOption = Annotated[int, typer.Option("--loop", help="id of a running control loop")]
-PeriodOption = Annotated[float | None, typer.Option(
-    "--period", min=0.01, help="seconds between samples (default: the process's)")]
+PeriodOption = Annotated[
+    float | None,
+    typer.Option("--period", min=0.01, help="seconds between samples (default: the process's)"),
+]
 
 
 def _stepper(url: str | None, loop: int) -> Any:
@@ -49,8 +56,9 @@ def _stepper(url: str | None, loop: int) -> Any:
 
 @contextmanager
 def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    previous = {sig: signal.signal(sig, lambda *_: stop()) for sig in
-                (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -60,8 +68,10 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 def _summary(stats: Any, extra: str = "") -> None:
     holds = ", ".join(f"{n} {kind}" for kind, n in stats.holds.items()) or "none"
-    console.print(f"{stats.steps} step(s) written; stale holds: {holds}; refused writes: "
-                  f"{stats.refused_writes}{extra}")
+    console.print(
+        f"{stats.steps} step(s) written; stale holds: {holds}; refused writes: "
+        f"{stats.refused_writes}{extra}"
+    )
 
 
 @connect_app.command("opcua")
@@ -83,8 +93,9 @@ def opcua(
         if not endpoint.startswith("opc.tcp://"):
             raise InvalidInput(f"endpoint '{endpoint}' must start with opc.tcp://")
         stepper = _stepper(database_url, loop)
-        client = OpcUaLoop(endpoint, load_node_map(map_file, stepper.spec), stepper,
-                           period_s=period)
+        client = OpcUaLoop(
+            endpoint, load_node_map(map_file, stepper.spec), stepper, period_s=period
+        )
 
         async def serve() -> None:
             stop = asyncio.Event()
@@ -92,8 +103,10 @@ def opcua(
             with _stop_on_signals(lambda: running.call_soon_threadsafe(stop.set)):
                 await client.run(stop)
 
-        console.print(f"loop {loop} ({stepper.spec.name}) <-> {endpoint} every "
-                      f"{client.period_s:g} s (Ctrl+C to stop)")
+        console.print(
+            f"loop {loop} ({stepper.spec.name}) <-> {endpoint} every "
+            f"{client.period_s:g} s (Ctrl+C to stop)"
+        )
         asyncio.run(serve())
         _summary(client.stats)
 
@@ -105,8 +118,10 @@ def mqtt(
     loop: LoopOption,
     broker: Annotated[str, typer.Option(help="HOST:PORT of the MQTT broker")] = "127.0.0.1:1883",
     prefix: Annotated[str, typer.Option(help="plain JSON: topic prefix")] = "twin",
-    sparkplug: Annotated[str | None, typer.Option(
-        help="Sparkplug B instead of JSON: GROUP/EDGE_NODE or GROUP/EDGE_NODE/DEVICE")] = None,
+    sparkplug: Annotated[
+        str | None,
+        typer.Option(help="Sparkplug B instead of JSON: GROUP/EDGE_NODE or GROUP/EDGE_NODE/DEVICE"),
+    ] = None,
     period: PeriodOption = None,
     database_url: UrlOption = None,
 ) -> None:
@@ -125,19 +140,24 @@ def mqtt(
         if sparkplug is not None:
             parts = sparkplug.split("/")
             if len(parts) not in (2, 3) or not all(parts):
-                raise InvalidInput(f"--sparkplug '{sparkplug}' must be GROUP/NODE or "
-                                   "GROUP/NODE/DEVICE")
+                raise InvalidInput(
+                    f"--sparkplug '{sparkplug}' must be GROUP/NODE or GROUP/NODE/DEVICE"
+                )
             address = Address(*parts)
         stepper = _stepper(database_url, loop)
-        bridge = MqttBridge(stepper, host, int(port), prefix=prefix, sparkplug=address,
-                            period_s=period)
+        bridge = MqttBridge(
+            stepper, host, int(port), prefix=prefix, sparkplug=address, period_s=period
+        )
         where = bridge.sparkplug.topic("DATA") if address else bridge.topics.measurements
-        console.print(f"loop {loop} ({stepper.spec.name}) <-> mqtt://{broker} {where} "
-                      "(Ctrl+C to stop)")
+        console.print(
+            f"loop {loop} ({stepper.spec.name}) <-> mqtt://{broker} {where} (Ctrl+C to stop)"
+        )
         stop = threading.Event()
         with _stop_on_signals(stop.set):
             bridge.run(stop)
-        _summary(bridge.stats, f"; messages refused: {bridge.rejected}; "
-                               f"Sparkplug seq jumps: {bridge.seq_jumps}")
+        _summary(
+            bridge.stats,
+            f"; messages refused: {bridge.rejected}; Sparkplug seq jumps: {bridge.seq_jumps}",
+        )
 
     go()

@@ -15,8 +15,9 @@ def serve(
     host: Annotated[str, typer.Option(envvar="TWIN_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="TWIN_PORT", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="API worker processes")] = 1,
-    migrate_first: Annotated[bool, typer.Option(
-        "--migrate/--no-migrate", help="upgrade the database before serving")] = False,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="upgrade the database before serving")
+    ] = False,
     database_url: UrlOption = None,
 ) -> None:
     """Serve the API (/docs) and the dashboards (/)."""
@@ -31,24 +32,31 @@ def serve(
     missing = _missing_sqlite_file(url)
     if missing is not None and not migrate_first:  # checking would create an empty file
         raise migrate.DatabaseNotMigrated(
-            f"no database at {missing}: run `twin db upgrade` (or `twin serve --migrate`)")
+            f"no database at {missing}: run `twin db upgrade` (or `twin serve --migrate`)"
+        )
     if migrate_first:
         migrate.upgrade(url)
     elif not migrate.is_up_to_date(url):
         raise migrate.DatabaseNotMigrated(
-            f"database at {url} is not migrated to the latest schema: run `twin db upgrade`")
+            f"database at {url} is not migrated to the latest schema: run `twin db upgrade`"
+        )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    console.print(f"dashboards: [bold]http://{shown}:{port}/[/]   "
-                  f"API docs: [bold]http://{shown}:{port}/docs[/]   (Ctrl+C to stop)")
+    console.print(
+        f"dashboards: [bold]http://{shown}:{port}/[/]   "
+        f"API docs: [bold]http://{shown}:{port}/docs[/]   (Ctrl+C to stop)"
+    )
     compared = _twin_and_baseline(url)
     if compared is not None:
-        console.print(f"twin against baseline, same scenario: [bold]http://{shown}:{port}"
-                      f"/compare?runs={compared[0]}&runs={compared[1]}[/]")
+        console.print(
+            f"twin against baseline, same scenario: [bold]http://{shown}:{port}"
+            f"/compare?runs={compared[0]}&runs={compared[1]}[/]"
+        )
     latest = _latest_control_run(url)
     if latest is not None:
         console.print(f"latest closed-loop run: [bold]http://{shown}:{port}/runs/{latest}[/]")
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+    )
 
 
 def _missing_sqlite_file(url: str) -> Path | None:
@@ -73,9 +81,16 @@ def _twin_and_baseline(url: str) -> tuple[int, int] | None:
         if twin is None:
             return None
         seed = (twin.config or {}).get("seed")
-        base = next((r for r in runs if r.controller == "baseline"
-                     and r.process_id == twin.process_id
-                     and (r.config or {}).get("seed") == seed), None)
+        base = next(
+            (
+                r
+                for r in runs
+                if r.controller == "baseline"
+                and r.process_id == twin.process_id
+                and (r.config or {}).get("seed") == seed
+            ),
+            None,
+        )
         return None if base is None else (int(twin.id), int(base.id))
 
 

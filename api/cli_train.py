@@ -40,8 +40,10 @@ def data_generate(
     with console.status(f"simulating {hours:g} h of {process}..."):
         df = module.generate_training_log(hours, seed, **variant)
     write_log(df, out)
-    console.print(f"wrote {len(df)} samples ({hours:g} h at {module.SPEC.sample_period_s:g} s) "
-                  f"to [bold]{out}[/]")
+    console.print(
+        f"wrote {len(df)} samples ({hours:g} h at {module.SPEC.sample_period_s:g} s) "
+        f"to [bold]{out}[/]"
+    )
 
 
 @friendly_errors
@@ -71,8 +73,9 @@ def train(
         _check_spec_change(database_url, process_spec)
     df = read_log(data)
     process_spec = with_simc_gains(process_spec, df)  # a PI pairing without gains: SIMC
-    config = train_config_for(process if spec is None else None, epochs=epochs, seed=seed,
-                              max_seconds=max_minutes * 60.0)
+    config = train_config_for(
+        process if spec is None else None, epochs=epochs, seed=seed, max_seconds=max_minutes * 60.0
+    )
     _fit_threads_to_load()
     twin, history = train_twin(df, process_spec, config, show_progress=True)
     sha = twin.save(out)
@@ -81,13 +84,23 @@ def train(
     if register:
         from api.services.models import log_provenance
 
-        provenance = log_provenance(df, process_spec, source=f"file:{data.resolve()}",
-                                    path=data)
-        data_config = {"path": str(data), "sha256": provenance.sha256,
-                       "rows": provenance.rows, "time_s": [provenance.start_s, provenance.end_s]}
-        model_id = _register(database_url, process_spec, name, out, twin.metrics,
-                             {"train": config.to_dict(), "data": data_config}, provenance,
-                             from_file=spec is not None)
+        provenance = log_provenance(df, process_spec, source=f"file:{data.resolve()}", path=data)
+        data_config = {
+            "path": str(data),
+            "sha256": provenance.sha256,
+            "rows": provenance.rows,
+            "time_s": [provenance.start_s, provenance.end_s],
+        }
+        model_id = _register(
+            database_url,
+            process_spec,
+            name,
+            out,
+            twin.metrics,
+            {"train": config.to_dict(), "data": data_config},
+            provenance,
+            from_file=spec is not None,
+        )
         console.print(f"registered as model [bold]{model_id}[/]")
 
 
@@ -113,13 +126,17 @@ def register(
 
     twin_model = Twin.load(model)
     df = read_log(data)
-    provenance = log_provenance(df, twin_model.spec, source=f"file:{data.resolve()}",
-                                path=data)
-    data_config = {"path": str(data), "sha256": provenance.sha256, "rows": provenance.rows,
-                   "time_s": [provenance.start_s, provenance.end_s]}
+    provenance = log_provenance(df, twin_model.spec, source=f"file:{data.resolve()}", path=data)
+    data_config = {
+        "path": str(data),
+        "sha256": provenance.sha256,
+        "rows": provenance.rows,
+        "time_s": [provenance.start_s, provenance.end_s],
+    }
     config = {"train": twin_model.train_config, "data": data_config, "registered_from": str(model)}
-    model_id = _register(database_url, twin_model.spec, name, model, twin_model.metrics, config,
-                         provenance)
+    model_id = _register(
+        database_url, twin_model.spec, name, model, twin_model.metrics, config, provenance
+    )
     console.print(f"registered [bold]{model}[/] as model [bold]{model_id}[/]")
 
 
@@ -136,13 +153,22 @@ def _fit_threads_to_load() -> None:
     if "OMP_NUM_THREADS" in os.environ or cores < 2 or load < cores:
         return
     torch.set_num_threads(1)
-    console.print(f"busy machine (load {load:.1f} on {cores} cores): training on one thread "
-                  "(set OMP_NUM_THREADS to choose)")
+    console.print(
+        f"busy machine (load {load:.1f} on {cores} cores): training on one thread "
+        "(set OMP_NUM_THREADS to choose)"
+    )
 
 
-def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
-              metrics: dict[str, Any], config: dict[str, Any],
-              provenance: DataProvenance, from_file: bool = False) -> int:
+def _register(
+    url: str | None,
+    spec: ProcessSpec,
+    name: str,
+    checkpoint: Path,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    provenance: DataProvenance,
+    from_file: bool = False,
+) -> int:
     from api import services
     from api.db import open_session
     from api.services.processes import store_spec
@@ -150,16 +176,33 @@ def _register(url: str | None, spec: ProcessSpec, name: str, checkpoint: Path,
     with open_session(resolve_url(url)) as session:
         if from_file:  # a tag file is versioned as POST /api/processes versions it
             stored = store_spec(session, spec)
-            what = ("new" if stored.created else
-                    f"changed: {', '.join(stored.changed)}" if stored.changed else "unchanged")
-            console.print(f"process [bold]{spec.name}[/] spec version {stored.version} "
-                          f"({what})")
+            what = (
+                "new"
+                if stored.created
+                else f"changed: {', '.join(stored.changed)}"
+                if stored.changed
+                else "unchanged"
+            )
+            console.print(f"process [bold]{spec.name}[/] spec version {stored.version} ({what})")
         else:
             services.ensure_process(session, spec)
-        model = services.register_model(session, spec.name, name, checkpoint.read_bytes(),
-                                        config, metrics, provenance=provenance)
-        run = services.create_run(session, kind="train", process=spec.name, controller="jepa",
-                                  config=config, model_id=model.id)
+        model = services.register_model(
+            session,
+            spec.name,
+            name,
+            checkpoint.read_bytes(),
+            config,
+            metrics,
+            provenance=provenance,
+        )
+        run = services.create_run(
+            session,
+            kind="train",
+            process=spec.name,
+            controller="jepa",
+            config=config,
+            model_id=model.id,
+        )
         summary = {k: v for k, v in metrics.items() if k != "history"}
         summary["history"] = metrics.get("history", [])
         services.finish_run(session, run.id, "succeeded", summary)

@@ -50,8 +50,9 @@ class ValidationIssue(BaseModel):
 class ValidationErrorOut(BaseModel):
     detail: list[ValidationIssue] | str = Field(
         description="the schema errors, or one sentence when the request passed the "
-                    "schema but not the process (unknown tag, setpoint outside its limits, "
-                    "implausible time_s or unit)")
+        "schema but not the process (unknown tag, setpoint outside its limits, "
+        "implausible time_s or unit)"
+    )
 
 
 _MEANING = {
@@ -60,18 +61,23 @@ _MEANING = {
     403: "the key's role is too weak for this request",
     404: "no such resource",
     409: "the request clashes with the current state (stopped loop, time order, a "
-         "concurrent change): read the state and retry",
+    "concurrent change): read the state and retry",
     413: "the request is larger than the server accepts",
     422: "the request is not valid",
     503: "the server is at a configured limit (loops, memory, controller builds): retry "
-         "after Retry-After seconds",
+    "after Retry-After seconds",
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a router or route: each code with its documented body."""
-    return {code: {"model": ValidationErrorOut if code == 422 else ErrorOut,
-                   "description": _MEANING[code]} for code in codes}
+    return {
+        code: {
+            "model": ValidationErrorOut if code == 422 else ErrorOut,
+            "description": _MEANING[code],
+        }
+        for code in codes
+    }
 
 
 API_ERRORS = (400, 401, 403, 404, 409, 413, 422)
@@ -101,6 +107,7 @@ def _no_repeated_keys(body: str) -> Callable[[list[tuple[str, Any]]], dict[str, 
                 raise json.JSONDecodeError(f"key '{key}' appears twice in one object", body, 0)
             out[key] = value
         return out
+
     return build
 
 
@@ -133,8 +140,9 @@ def document_auth(app: FastAPI, *, required: bool) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             if not required:
                 for operation in _operations(schema):
                     security = operation.get("security")
@@ -147,5 +155,9 @@ def document_auth(app: FastAPI, *, required: bool) -> None:
 
 
 def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    return [op for item in schema.get("paths", {}).values() for op in item.values()
-            if isinstance(op, dict)]
+    return [
+        op
+        for item in schema.get("paths", {}).values()
+        for op in item.values()
+        if isinstance(op, dict)
+    ]

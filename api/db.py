@@ -24,7 +24,7 @@ def normalize_url(url: str) -> str:
     """Point every PostgreSQL URL at the psycopg 3 driver, the only one installed."""
     for prefix in _PG_PREFIXES:
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -24,11 +24,17 @@ from api.settings import Settings
 
 # Declared for the OpenAPI schema (the "Authorize" button of /docs). auto_error=False:
 # the headers are read and judged by `presented_token`, which knows auth_required.
-BEARER = HTTPBearer(auto_error=False, scheme_name="BearerKey",
-                    description="An API key: `twin keys create --role ROLE --name NAME`.")
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKeyHeader",
-                              description="The same API key, for clients that cannot send "
-                                          "an Authorization header.")
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerKey",
+    description="An API key: `twin keys create --role ROLE --name NAME`.",
+)
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ApiKeyHeader",
+    description="The same API key, for clients that cannot send an Authorization header.",
+)
 # Browsers cannot add headers to a page request: the HTML pages also read this cookie
 # (set it once in the browser, e.g. `document.cookie = "twin_key=<token>; path=/"`).
 # Only the read-only pages do, so a cookie never authorises a write (no CSRF to defend).
@@ -53,18 +59,28 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 LoopsDep = Annotated[LoopManager, Depends(_loops)]
 
 
-def _api_actor(request: Request, session: SessionDep, settings: SettingsDep,
-               _bearer: Annotated[object, Depends(BEARER)],
-               _header: Annotated[object, Depends(API_KEY_HEADER)]) -> Actor:
-    token = presented_token(request.headers.get("authorization"),
-                            request.headers.get("x-api-key"))
+def _api_actor(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _bearer: Annotated[object, Depends(BEARER)],
+    _header: Annotated[object, Depends(API_KEY_HEADER)],
+) -> Actor:
+    token = presented_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
     return authenticate(session, token, required=settings.auth_required)
 
 
-def _page_actor(request: Request, session: SessionDep, settings: SettingsDep,
-                _cookie: Annotated[object, Depends(KEY_COOKIE)]) -> Actor:
-    token = presented_token(request.headers.get("authorization"),
-                            request.headers.get("x-api-key"), request.cookies.get("twin_key"))
+def _page_actor(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _cookie: Annotated[object, Depends(KEY_COOKIE)],
+) -> Actor:
+    token = presented_token(
+        request.headers.get("authorization"),
+        request.headers.get("x-api-key"),
+        request.cookies.get("twin_key"),
+    )
     return authenticate(session, token, required=settings.auth_required)
 
 

@@ -25,8 +25,10 @@ from twin.errors import InvalidInput
 from twin.spec import SpecError
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
-CONCURRENT_CHANGE = ("another request changed the same data at the same time (a unique value "
-                     "already exists); read the current state and retry")
+CONCURRENT_CHANGE = (
+    "another request changed the same data at the same time (a unique value "
+    "already exists); read the current state and retry"
+)
 # Driver messages that say what is wrong with a value without quoting the statement.
 KNOWN_DATA_ERRORS = ("out of range", "NUL", "too long", "invalid byte sequence")
 
@@ -35,8 +37,10 @@ def add_error_handlers(app: FastAPI) -> None:
     def message(status_code: int | None) -> Handler:
         async def respond(_request: Request, exc: Exception) -> Response:
             code = status_code or getattr(exc, "status_code", 500)
-            return JSONResponse({"detail": str(exc)}, status_code=code,
-                                headers=getattr(exc, "headers", None))
+            return JSONResponse(
+                {"detail": str(exc)}, status_code=code, headers=getattr(exc, "headers", None)
+            )
+
         return respond
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -68,8 +72,9 @@ async def _unstorable(_request: Request, exc: Exception) -> Response:
     cause = str(getattr(exc, "orig", None) or exc)
     kind = next((k for k in KNOWN_DATA_ERRORS if k.lower() in cause.lower()), None)
     why = f" ({kind})" if kind else ""
-    return JSONResponse({"detail": f"a value in the request cannot be stored or looked "
-                                   f"up{why}"}, status_code=422)
+    return JSONResponse(
+        {"detail": f"a value in the request cannot be stored or looked up{why}"}, status_code=422
+    )
 
 
 async def _overflow_or_raise(request: Request, exc: Exception) -> Response:
@@ -85,9 +90,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         allowed = _allowed_methods(request)
         if allowed:
-            exc = StarletteHTTPException(405, detail=f"method {request.method} not allowed "
-                                         f"here; allowed: {', '.join(allowed)}",
-                                         headers={"Allow": ", ".join(allowed)})
+            exc = StarletteHTTPException(
+                405,
+                detail=f"method {request.method} not allowed here; allowed: {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
     return await http_exception_handler(request, exc)
 
 
@@ -106,7 +113,9 @@ def _allowed_methods(request: Request) -> list[str]:
 def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
     cached = getattr(app.state, "documented_paths", None)
     if cached is None:
-        cached = [(compile_path(path)[0], {m.upper() for m in item})
-                  for path, item in app.openapi().get("paths", {}).items()]
+        cached = [
+            (compile_path(path)[0], {m.upper() for m in item})
+            for path, item in app.openapi().get("paths", {}).items()
+        ]
         app.state.documented_paths = cached
     return cached

@@ -18,9 +18,19 @@ class TrainJobCreate(TrainJobSpec):
 
     The worker (`twin worker`) runs it; a csv `path` is read on the worker's machine."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "process": "cstr", "data": {"source": "simulator", "hours": 24, "seed": 1},
-        "train": {"epochs": 30, "seed": 0}, "model_name": "jepa"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "process": "cstr",
+                    "data": {"source": "simulator", "hours": 24, "seed": 1},
+                    "train": {"epochs": 30, "seed": 0},
+                    "model_name": "jepa",
+                }
+            ]
+        },
+    )
 
 
 class JobOut(BaseModel):
@@ -31,7 +41,8 @@ class JobOut(BaseModel):
     model_id: int | None = Field(description="the registered model, once succeeded")
     cancel_requested: bool
     progress: dict[str, Any] | None = Field(
-        description="latest epoch: {epoch, of, train_loss, ...}; null before the first")
+        description="latest epoch: {epoch, of, train_loss, ...}; null before the first"
+    )
     error: str | None
     config: dict[str, Any]
     metrics: dict[str, Any]
@@ -41,12 +52,20 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, run: Run) -> JobOut:
         metrics = run.metrics or {}
-        return cls(id=run.id, status=run.status, process=run.process.name,
-                   model_name=str(run.config.get("model_name", "")), model_id=run.model_id,
-                   cancel_requested=bool(run.config.get("cancel_requested")),
-                   progress=metrics.get("progress"), error=metrics.get("error"),
-                   config=run.config, metrics=metrics, started_at=run.started_at,
-                   finished_at=run.finished_at)
+        return cls(
+            id=run.id,
+            status=run.status,
+            process=run.process.name,
+            model_name=str(run.config.get("model_name", "")),
+            model_id=run.model_id,
+            cancel_requested=bool(run.config.get("cancel_requested")),
+            progress=metrics.get("progress"),
+            error=metrics.get("error"),
+            config=run.config,
+            metrics=metrics,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
 
 
 # ---------------------------------------------------------------- replays
@@ -57,12 +76,21 @@ class ReplayCreate(ReplaySpec):
 
     The worker (`twin worker`) runs it; the replay's id is also the id of its result run."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"mode": "open_loop", "source": {"run_id": 12, "start_s": 0, "end_s": 1200},
-         "model_id": 3, "horizon": 20},
-        {"mode": "shadow", "source": {"run_id": 12}, "model_id": 3, "planner": "casadi"},
-        {"mode": "counterfactual", "source": {"run_id": 12}, "controller": "baseline"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "mode": "open_loop",
+                    "source": {"run_id": 12, "start_s": 0, "end_s": 1200},
+                    "model_id": 3,
+                    "horizon": 20,
+                },
+                {"mode": "shadow", "source": {"run_id": 12}, "model_id": 3, "planner": "casadi"},
+                {"mode": "counterfactual", "source": {"run_id": 12}, "controller": "baseline"},
+            ]
+        },
+    )
 
 
 class ReplayOut(BaseModel):
@@ -74,11 +102,13 @@ class ReplayOut(BaseModel):
     model_id: int | None
     controller: str
     result_run_id: int | None = Field(
-        description="the run with the replay's steps, once succeeded (the same id)")
+        description="the run with the replay's steps, once succeeded (the same id)"
+    )
     n_steps: int
     cancel_requested: bool
     progress: dict[str, Any] | None = Field(
-        description="{step, of, phase}; null before the worker starts it")
+        description="{step, of, phase}; null before the worker starts it"
+    )
     error: str | None
     config: dict[str, Any]
     metrics: dict[str, Any]
@@ -89,13 +119,21 @@ class ReplayOut(BaseModel):
     def of(cls, run: Run, n_steps: int = 0) -> ReplayOut:
         metrics, config = run.metrics or {}, run.config or {}
         done = run.status == "succeeded"
-        return cls(id=run.id, status=run.status, process=run.process.name,
-                   mode=str(config.get("mode", "")), source=config.get("source") or {},
-                   model_id=run.model_id, controller=run.controller,
-                   result_run_id=run.id if done else None, n_steps=n_steps,
-                   cancel_requested=bool(config.get("cancel_requested")),
-                   progress=metrics.get("progress"), error=metrics.get("error"),
-                   config=config, metrics=metrics, started_at=run.started_at,
-                   finished_at=run.finished_at)
-
-
+        return cls(
+            id=run.id,
+            status=run.status,
+            process=run.process.name,
+            mode=str(config.get("mode", "")),
+            source=config.get("source") or {},
+            model_id=run.model_id,
+            controller=run.controller,
+            result_run_id=run.id if done else None,
+            n_steps=n_steps,
+            cancel_requested=bool(config.get("cancel_requested")),
+            progress=metrics.get("progress"),
+            error=metrics.get("error"),
+            config=config,
+            metrics=metrics,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )

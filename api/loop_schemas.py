@@ -19,17 +19,21 @@ from api.services.loops import LoopView
 from twin.planner_names import PlannerName
 from twin.records import StepRecord
 
-TIME_S = ("the client's clock in seconds (relative, e.g. 0, 6, 12, or Unix time), strictly "
-          "increasing from step to step; never further from zero than the server's Unix "
-          "time plus TWIN_MAX_CLOCK_LEAD_S, nor more than TWIN_MAX_GAP_PERIODS sample "
-          "periods ahead of the last step (plus the server time passed since it). "
-          "Milliseconds are refused with that named")
-STEP_STATUS = ("ok: the twin's plan went out, or the operator's mode chose the move "
-               "(standby: the baseline's, off: a hold; see GET /api/loops/{id}/operator); "
-               "fallback: the baseline or a safety check "
-               "decided (solver failure, limit guard, model mismatch, a guarded or "
-               "implausible value: see events); stale: measurements too old or missing, "
-               "actuators held")
+TIME_S = (
+    "the client's clock in seconds (relative, e.g. 0, 6, 12, or Unix time), strictly "
+    "increasing from step to step; never further from zero than the server's Unix "
+    "time plus TWIN_MAX_CLOCK_LEAD_S, nor more than TWIN_MAX_GAP_PERIODS sample "
+    "periods ahead of the last step (plus the server time passed since it). "
+    "Milliseconds are refused with that named"
+)
+STEP_STATUS = (
+    "ok: the twin's plan went out, or the operator's mode chose the move "
+    "(standby: the baseline's, off: a hold; see GET /api/loops/{id}/operator); "
+    "fallback: the baseline or a safety check "
+    "decided (solver failure, limit guard, model mismatch, a guarded or "
+    "implausible value: see events); stale: measurements too old or missing, "
+    "actuators held"
+)
 LoopStatus = Literal["ok", "fallback", "stale", "stopped"]
 StepStatusName = Literal["ok", "fallback", "stale"]
 TagValue = Annotated[FiniteFloat, Field(description="in the tag's engineering unit")]
@@ -53,8 +57,10 @@ class EventOut(BaseModel):
 
     step: int | None = None
     time_s: float | None = None
-    kind: str = Field(description="e.g. rate_limited, clipped_bounds, limit_guard, "
-                                  "model_mismatch, implausible_readback, api_guard")
+    kind: str = Field(
+        description="e.g. rate_limited, clipped_bounds, limit_guard, "
+        "model_mismatch, implausible_readback, api_guard"
+    )
     message: str
     tag: str | None = None
 
@@ -74,60 +80,90 @@ class LoopCreate(BaseModel):
     Send an `Idempotency-Key` header to retry a start safely: the same key (per API key)
     returns the loop the first request started."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"process": "cstr", "model_id": 1, "planner": "casadi", "setpoints": {"T": 360.0},
-         "initial_actuators": {"Tc": 300.0}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "process": "cstr",
+                    "model_id": 1,
+                    "planner": "casadi",
+                    "setpoints": {"T": 360.0},
+                    "initial_actuators": {"Tc": 300.0},
+                }
+            ]
+        },
+    )
 
     process: str = Field(min_length=1, max_length=100, description="a process name")
     model_id: DbId = Field(description="a model trained for that process")
     planner: PlannerName = Field(
-        default="casadi", description="the server enables some for live loops "
+        default="casadi",
+        description="the server enables some for live loops "
         "(TWIN_LOOP_PLANNERS; the NLP planners casadi-ipopt and casadi-fatrop are off by "
-        "default, or for engineers only with TWIN_ENGINEER_LOOP_PLANNERS)")
-    setpoints: dict[str, TagValue] = Field(default_factory=dict, max_length=2_000,
-                                           description="sensor -> setpoint")
+        "default, or for engineers only with TWIN_ENGINEER_LOOP_PLANNERS)",
+    )
+    setpoints: dict[str, TagValue] = Field(
+        default_factory=dict, max_length=2_000, description="sensor -> setpoint"
+    )
     initial_actuators: dict[str, TagValue] = Field(
-        default_factory=dict, max_length=2_000,
-        description="actuator -> the value applied now, within its bounds")
+        default_factory=dict,
+        max_length=2_000,
+        description="actuator -> the value applied now, within its bounds",
+    )
 
 
 class LoopOut(BaseModel):
     run_id: int
     status: LoopStatus = Field(
         description="stopped: the loop no longer runs; stale: no step for more than "
-                    "stale_after_s (or the last step held on stale data); else the last "
-                    "step's ok or fallback")
+        "stale_after_s (or the last step held on stale data); else the last "
+        "step's ok or fallback"
+    )
     run_status: str = Field(description="the run's own status: running or stopped")
     process: str
     model_id: int | None = Field(description="the active model")
     model: ModelRef | None
     planner: str
     setpoints: dict[str, float] = Field(description="latest sensor setpoints")
-    actuators: dict[str, float] = Field(description="latest actuator values sent; {} "
-                                                    "before the first step")
+    actuators: dict[str, float] = Field(
+        description="latest actuator values sent; {} before the first step"
+    )
     last_step: int | None
     last_time_s: float | None = Field(description="the client's time of the last step, s")
-    age_s: float = Field(description="seconds since the last step arrived (since the "
-                                     "start before the first)")
+    age_s: float = Field(
+        description="seconds since the last step arrived (since the start before the first)"
+    )
     stale_after_s: float = Field(description="3 sample periods, s")
     started_at: UtcDatetime
     finished_at: UtcDatetime | None
     operator: dict[str, Any] = Field(
         description="the operator's settings: mode (on, standby, off), out_of_service "
-                    "(actuators), dropped (sensors)")
+        "(actuators), dropped (sensors)"
+    )
 
     @classmethod
     def of(cls, view: LoopView) -> LoopOut:
         run, last = view.run, view.last
-        return cls(run_id=run.id, status=view.status, run_status=run.status,
-                   process=run.process.name, model_id=run.model_id,
-                   model=ModelRef.of(view.model) if view.model is not None else None,
-                   planner=str(run.config.get("planner", "")), setpoints=view.setpoints,
-                   actuators=view.actuators, last_step=last.step if last else None,
-                   last_time_s=last.time_s if last else None, age_s=view.age_s,
-                   stale_after_s=view.stale_after_s, started_at=run.started_at,
-                   finished_at=run.finished_at,
-                   operator=stored_settings(run).to_dict())
+        return cls(
+            run_id=run.id,
+            status=view.status,
+            run_status=run.status,
+            process=run.process.name,
+            model_id=run.model_id,
+            model=ModelRef.of(view.model) if view.model is not None else None,
+            planner=str(run.config.get("planner", "")),
+            setpoints=view.setpoints,
+            actuators=view.actuators,
+            last_step=last.step if last else None,
+            last_time_s=last.time_s if last else None,
+            age_s=view.age_s,
+            stale_after_s=view.stale_after_s,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            operator=stored_settings(run).to_dict(),
+        )
 
 
 class SetpointOut(BaseModel):
@@ -147,18 +183,29 @@ class SetpointOut(BaseModel):
     def of(cls, view: LoopView) -> SetpointOut:
         last = view.last
         assert last is not None  # LoopManager.latest_setpoint refuses a loop without steps
-        return cls(run_id=view.run.id, step=last.step, time_s=last.time_s,
-                   status=view.status, step_status=last.status, age_s=view.age_s,
-                   actuators=view.actuators, setpoints=view.setpoints,
-                   model_id=view.run.model_id)
+        return cls(
+            run_id=view.run.id,
+            step=last.step,
+            time_s=last.time_s,
+            status=view.status,
+            step_status=last.status,
+            age_s=view.age_s,
+            actuators=view.actuators,
+            setpoints=view.setpoints,
+            model_id=view.run.model_id,
+        )
 
 
 class ModelSwitch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model_id: DbId = Field(description="a model of the loop's process")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
-                        description="why: kept in the loop's model history")
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=r"\S",
+        description="why: kept in the loop's model history",
+    )
 
 
 class OperatorChange(BaseModel):
@@ -166,17 +213,27 @@ class OperatorChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    mode: str | None = Field(None, description="on: the twin plans; standby: the baseline "
-                             "drives while the twin keeps estimating; off: actuators hold "
-                             "at their read-back (doses at zero)")
+    mode: str | None = Field(
+        None,
+        description="on: the twin plans; standby: the baseline "
+        "drives while the twin keeps estimating; off: actuators hold "
+        "at their read-back (doses at zero)",
+    )
     out_of_service: dict[str, bool] = Field(
-        default_factory=dict, description="actuator -> true: out of service (held at its "
-        "measured value, the plan works around it); false: back in service")
+        default_factory=dict,
+        description="actuator -> true: out of service (held at its "
+        "measured value, the plan works around it); false: back in service",
+    )
     dropped: dict[str, bool] = Field(
-        default_factory=dict, description="sensor -> true: dropped (its setpoint is not "
-        "chased); false: enabled again")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
-                        description="why: kept in the audit log and on the trends")
+        default_factory=dict,
+        description="sensor -> true: dropped (its setpoint is not chased); false: enabled again",
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=r"\S",
+        description="why: kept in the audit log and on the trends",
+    )
 
 
 class OperatorOut(BaseModel):
@@ -197,38 +254,54 @@ class ActivationOut(BaseModel):
 
     @classmethod
     def of(cls, activation: ModelActivation) -> ActivationOut:
-        return cls(id=activation.id, run_id=activation.run_id,
-                   model=ModelRef.of(activation.model),
-                   previous_model_id=activation.previous_model_id,
-                   activated_at=activation.activated_at, actor=activation.actor,
-                   reason=activation.reason)
+        return cls(
+            id=activation.id,
+            run_id=activation.run_id,
+            model=ModelRef.of(activation.model),
+            previous_model_id=activation.previous_model_id,
+            activated_at=activation.activated_at,
+            actor=activation.actor,
+            reason=activation.reason,
+        )
 
 
 class StepIn(BaseModel):
     """One sample of the plant; the answer carries the actuator values to apply now."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350.2, "Caf": 1.0, "Tf": 350.0,
-                                         "Tc": 300.0}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "time_s": 6.0,
+                    "measurements": {"Ca": 0.5, "T": 350.2, "Caf": 1.0, "Tf": 350.0, "Tc": 300.0},
+                }
+            ]
+        },
+    )
 
     time_s: FiniteFloat = Field(description=TIME_S)
     measurements: dict[str, TagValue | None] = Field(
         description="tag -> value, in the tag's unit. Sensors: all of them, every step "
-                    "(null marks a missing sample, which the twin masks). Measured "
-                    "disturbances (e.g. glucose's CHO): absent or null means not measured "
-                    "this sample, read as nothing happening: a meal not reported gets no "
-                    "meal bolus. Actuators (optional): read-backs, the value the plant "
-                    "really applies; the next move is rate-limited from it, and it may "
-                    "only narrow a move: a read-back outside the actuator's bounds, or "
-                    "farther from the last command than its rate limit allows since, is "
-                    "ignored with an implausible_readback event and a fallback alarm. "
-                    "A value implausible for its tag's range that a unit mix-up explains "
-                    "(mmol/L for mg/dL, degC for K) is refused (422) with the mix-up named",
-        max_length=2_000)
+        "(null marks a missing sample, which the twin masks). Measured "
+        "disturbances (e.g. glucose's CHO): absent or null means not measured "
+        "this sample, read as nothing happening: a meal not reported gets no "
+        "meal bolus. Actuators (optional): read-backs, the value the plant "
+        "really applies; the next move is rate-limited from it, and it may "
+        "only narrow a move: a read-back outside the actuator's bounds, or "
+        "farther from the last command than its rate limit allows since, is "
+        "ignored with an implausible_readback event and a fallback alarm. "
+        "A value implausible for its tag's range that a unit mix-up explains "
+        "(mmol/L for mg/dL, degC for K) is refused (422) with the mix-up named",
+        max_length=2_000,
+    )
     setpoints: dict[str, TagValue] | None = Field(
-        default=None, max_length=2_000,
+        default=None,
+        max_length=2_000,
         description="sensor -> new setpoint from this step on (strictly inside its "
-                    "limits); left out: the previous ones")
+        "limits); left out: the previous ones",
+    )
 
 
 class StepOut(BaseModel):
@@ -238,7 +311,8 @@ class StepOut(BaseModel):
     status: StepStatusName = Field(description=STEP_STATUS)
     actuators: dict[str, float] = Field(
         description="actuator -> value to apply now: always within its bounds and within "
-                    "its rate limit of the last command")
+        "its rate limit of the last command"
+    )
     events: list[EventOut]
     solve_ms: float
     plan: dict[str, Any] | None
@@ -246,10 +320,23 @@ class StepOut(BaseModel):
 
     @classmethod
     def of(cls, run_id: int, record: StepRecord) -> StepOut:
-        return cls(run_id=run_id, step=record.step, time_s=record.time_s,
-                   status=str(record.status), actuators=record.actuators,  # type: ignore[arg-type]
-                   solve_ms=record.solve_ms,
-                   plan=json_safe(record.plan.to_dict()) if record.plan is not None else None,
-                   margins=json_safe(record.margins),
-                   events=[EventOut(step=record.step, time_s=record.time_s, kind=e.kind,
-                                    message=e.message, tag=e.tag) for e in record.events])
+        return cls(
+            run_id=run_id,
+            step=record.step,
+            time_s=record.time_s,
+            status=str(record.status),
+            actuators=record.actuators,  # type: ignore[arg-type]
+            solve_ms=record.solve_ms,
+            plan=json_safe(record.plan.to_dict()) if record.plan is not None else None,
+            margins=json_safe(record.margins),
+            events=[
+                EventOut(
+                    step=record.step,
+                    time_s=record.time_s,
+                    kind=e.kind,
+                    message=e.message,
+                    tag=e.tag,
+                )
+                for e in record.events
+            ],
+        )

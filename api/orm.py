@@ -170,7 +170,8 @@ class ModelActivation(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     previous_model_id: Mapped[int | None] = mapped_column(
-        ForeignKey("models.id", ondelete="SET NULL"))
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
     activated_at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(String(500))
@@ -220,8 +221,7 @@ class RunValueRollup(Base):
         CheckConstraint(_in("channel", Channel), name="ck_run_value_rollups_channel"),
     )
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
-                                        primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     width_steps: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     tag: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -376,8 +376,7 @@ class AlarmCursor(Base):
 
     __tablename__ = "alarm_cursors"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
-                                        primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     last_step: Mapped[int] = mapped_column(Integer)  # -1: no step evaluated yet
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed: Mapped[bool] = mapped_column(Boolean, default=False)  # loop ended, all evaluated

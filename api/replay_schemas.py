@@ -41,8 +41,9 @@ class _Range(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
         if self.start_s is not None and self.end_s is not None and self.start_s > self.end_s:
-            raise ValueError(f"empty time range: start_s {self.start_s:g} is after "
-                             f"end_s {self.end_s:g}")
+            raise ValueError(
+                f"empty time range: start_s {self.start_s:g} is after end_s {self.end_s:g}"
+            )
         return self
 
 
@@ -71,13 +72,17 @@ def _source_type(value: Any) -> str:
     return "file" if isinstance(value, FileSource) else "run"
 
 
-Source = Annotated[Annotated[RunSource, Tag("run")] | Annotated[FileSource, Tag("file")],
-                   Discriminator(_source_type)]
+Source = Annotated[
+    Annotated[RunSource, Tag("run")] | Annotated[FileSource, Tag("file")],
+    Discriminator(_source_type),
+]
 
 # Which fields mean something in which mode: a field given for another mode is refused
 # rather than silently ignored (an analyst who sets a horizon in shadow mode expects it).
 _FIELD_MODES: dict[str, tuple[str, ...]] = {
-    "horizon": ("open_loop",), "stride": ("open_loop",), "setpoints": ("shadow",),
+    "horizon": ("open_loop",),
+    "stride": ("open_loop",),
+    "setpoints": ("shadow",),
     "controller": ("counterfactual",),
 }
 
@@ -87,25 +92,37 @@ class ReplaySpec(_Strict):
 
     mode: Mode
     source: Source
-    process: str | None = Field(default=None, min_length=1, max_length=100,
-                                description="needed for a file; for a run, its process")
-    model_id: int | None = Field(default=None, ge=1, description="open_loop, shadow, and "
-                                                                 "counterfactual 'twin'")
+    process: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="needed for a file; for a run, its process",
+    )
+    model_id: int | None = Field(
+        default=None, ge=1, description="open_loop, shadow, and counterfactual 'twin'"
+    )
     planner: Planner = "casadi"
     horizon: int = Field(default=20, ge=1, le=500, description="open_loop: steps ahead")
-    stride: int = Field(default=1, ge=1, le=10_000,
-                        description="open_loop: predict from every stride-th sample")
+    stride: int = Field(
+        default=1, ge=1, le=10_000, description="open_loop: predict from every stride-th sample"
+    )
     setpoints: dict[str, FiniteFloat] | None = Field(
-        default=None, max_length=1_000,
-        description="shadow: constant setpoints; default: the recorded ones, else medians")
-    controller: Counterfactual | None = Field(default=None,
-                                              description="counterfactual: who drives")
+        default=None,
+        max_length=1_000,
+        description="shadow: constant setpoints; default: the recorded ones, else medians",
+    )
+    controller: Counterfactual | None = Field(
+        default=None, description="counterfactual: who drives"
+    )
 
     @model_validator(mode="after")
     def _fits_mode(self) -> ReplaySpec:
         for name, modes in _FIELD_MODES.items():
-            if name in self.model_fields_set and getattr(self, name) is not None \
-                    and self.mode not in modes:
+            if (
+                name in self.model_fields_set
+                and getattr(self, name) is not None
+                and self.mode not in modes
+            ):
                 raise ValueError(f"{name} applies to mode {' or '.join(modes)} only")
         if self.mode == "counterfactual":
             self._check_counterfactual()
@@ -123,8 +140,10 @@ class ReplaySpec(_Strict):
         if (self.controller == "twin") != (self.model_id is not None):
             raise ValueError("model_id goes with controller 'twin', and only with it")
         if not isinstance(self.source, RunSource):
-            raise ValueError("a counterfactual re-runs a stored simulator episode: give a "
-                             "run_id (a log file records no initial state to start from)")
+            raise ValueError(
+                "a counterfactual re-runs a stored simulator episode: give a "
+                "run_id (a log file records no initial state to start from)"
+            )
 
     @property
     def uses_planner(self) -> bool:
@@ -132,8 +151,11 @@ class ReplaySpec(_Strict):
 
     def stored(self) -> dict[str, Any]:
         """The run's config: only what applies to the mode, defaults made explicit."""
-        out: dict[str, Any] = {"mode": self.mode, "process": self.process,
-                               "source": self.source.model_dump(exclude_none=True)}
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "process": self.process,
+            "source": self.source.model_dump(exclude_none=True),
+        }
         if self.model_id is not None:
             out["model_id"] = self.model_id
         if self.uses_planner:
@@ -152,12 +174,15 @@ def parse_replay_config(config: Mapping[str, Any]) -> ReplaySpec:
     if not isinstance(config, Mapping):
         raise Invalid("replay config must be an object with mode and source")
     try:
-        return ReplaySpec.model_validate({k: v for k, v in config.items()
-                                          if k not in _NOT_SPEC})
+        return ReplaySpec.model_validate({k: v for k, v in config.items() if k not in _NOT_SPEC})
     except ValidationError as exc:
-        raise Invalid("invalid replay: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'replay'}: {err['msg']}"
-            for err in exc.errors())) from None
+        raise Invalid(
+            "invalid replay: "
+            + "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'replay'}: {err['msg']}"
+                for err in exc.errors()
+            )
+        ) from None
 
 
 def controller_label(spec: ReplaySpec) -> str:

@@ -78,8 +78,12 @@ class ProcessOut(BaseModel):
 
     @classmethod
     def of(cls, process: Process) -> ProcessOut:
-        return cls(id=process.id, name=process.name, created_at=process.created_at,
-                   spec=ProcessSpec.model_validate(process.spec))
+        return cls(
+            id=process.id,
+            name=process.name,
+            created_at=process.created_at,
+            spec=ProcessSpec.model_validate(process.spec),
+        )
 
 
 class ModelOut(BaseModel):
@@ -96,17 +100,27 @@ class ModelOut(BaseModel):
     created_at: UtcDatetime
     provenance: DataProvenance | None = Field(
         description="the training data: sha256, rows, first/last timestamp (s), source; "
-                    "null for a model registered without it")
+        "null for a model registered without it"
+    )
     active_loops: list[int] = Field(
-        description="ids of the running control loops this model drives now")
+        description="ids of the running control loops this model drives now"
+    )
 
     @classmethod
     def of(cls, model: TwinModel, active_loops: list[int] | None = None) -> ModelOut:
-        return cls(id=model.id, process=model.process.name, name=model.name,
-                   version=model.version, sha256=model.sha256, size_bytes=model.size_bytes,
-                   config=model.config, metrics=model.metrics, created_at=model.created_at,
-                   provenance=DataProvenance.of_model(model),
-                   active_loops=active_loops or [])
+        return cls(
+            id=model.id,
+            process=model.process.name,
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            size_bytes=model.size_bytes,
+            config=model.config,
+            metrics=model.metrics,
+            created_at=model.created_at,
+            provenance=DataProvenance.of_model(model),
+            active_loops=active_loops or [],
+        )
 
 
 class RunOut(BaseModel):
@@ -124,23 +138,37 @@ class RunOut(BaseModel):
 
     @classmethod
     def of(cls, run: Run, n_steps: int) -> RunOut:
-        return cls(id=run.id, kind=run.kind, status=run.status, process=run.process.name,
-                   model_id=run.model_id, controller=run.controller, config=run.config,
-                   metrics=run.metrics, started_at=run.started_at,
-                   finished_at=run.finished_at, n_steps=n_steps)
+        return cls(
+            id=run.id,
+            kind=run.kind,
+            status=run.status,
+            process=run.process.name,
+            model_id=run.model_id,
+            controller=run.controller,
+            config=run.config,
+            metrics=run.metrics,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            n_steps=n_steps,
+        )
 
 
 class SeriesOut(BaseModel):
     run_id: int
     steps: list[int]
     time_s: list[float]
-    stride: int = Field(description="steps between returned points: every stride-th step "
-                        "(method stride), or half a min/max bucket (method minmax); 1: all")
+    stride: int = Field(
+        description="steps between returned points: every stride-th step "
+        "(method stride), or half a min/max bucket (method minmax); 1: all"
+    )
     method: Literal["stride", "minmax"] = Field(
-        default="stride", description="how points were picked when the range had more "
-        "steps than max_points: minmax keeps each bucket's minimum and maximum (spikes)")
+        default="stride",
+        description="how points were picked when the range had more "
+        "steps than max_points: minmax keeps each bucket's minimum and maximum (spikes)",
+    )
     series: dict[str, dict[str, list[float | None]]] = Field(
-        description="channel -> tag -> values aligned with time_s (null where not recorded)")
+        description="channel -> tag -> values aligned with time_s (null where not recorded)"
+    )
 
 
 class StepDetailOut(BaseModel):
@@ -154,11 +182,19 @@ class StepDetailOut(BaseModel):
     values: dict[str, dict[str, float]] = Field(description="channel -> tag -> value")
 
     @classmethod
-    def of(cls, row: RunStep, events: list[RunEvent],
-           values: dict[str, dict[str, float]]) -> StepDetailOut:
-        return cls(run_id=row.run_id, step=row.step, time_s=row.time_s, status=row.status,
-                   solve_ms=row.solve_ms, plan=row.plan, values=values,
-                   events=[EventOut.of(e) for e in events])
+    def of(
+        cls, row: RunStep, events: list[RunEvent], values: dict[str, dict[str, float]]
+    ) -> StepDetailOut:
+        return cls(
+            run_id=row.run_id,
+            step=row.step,
+            time_s=row.time_s,
+            status=row.status,
+            solve_ms=row.solve_ms,
+            plan=row.plan,
+            values=values,
+            events=[EventOut.of(e) for e in events],
+        )
 
 
 # ---------------------------------------------------------------- keys and audit
@@ -167,10 +203,14 @@ class StepDetailOut(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100,
-                      description="who or what uses the key: 'alice', 'historian-bridge'")
-    role: Role = Field(description="viewer < operator < engineer < admin; each includes "
-                                   "the ones before it")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description="who or what uses the key: 'alice', 'historian-bridge'",
+    )
+    role: Role = Field(
+        description="viewer < operator < engineer < admin; each includes the ones before it"
+    )
 
 
 class KeyOut(BaseModel):
@@ -186,14 +226,22 @@ class KeyOut(BaseModel):
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyOut:
-        return cls(id=key.id, name=key.name, role=key.role, prefix=key.prefix,
-                   created_at=key.created_at, created_by=key.created_by,
-                   revoked_at=key.revoked_at)
+        return cls(
+            id=key.id,
+            name=key.name,
+            role=key.role,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            created_by=key.created_by,
+            revoked_at=key.revoked_at,
+        )
 
 
 class KeyCreated(KeyOut):
-    token: str = Field(description="the key to send as 'Authorization: Bearer <token>'; "
-                                   "shown only in this response, never stored")
+    token: str = Field(
+        description="the key to send as 'Authorization: Bearer <token>'; "
+        "shown only in this response, never stored"
+    )
 
     @classmethod
     def with_token(cls, key: ApiKey, token: str) -> KeyCreated:
@@ -207,8 +255,7 @@ class AuditOut(BaseModel):
     at: UtcDatetime
     key_id: int | None = Field(description="null: no key (the CLI, or auth not required)")
     actor: str
-    action: str = Field(description="e.g. loop.start, job.enqueue, process.define, "
-                                    "key.create")
+    action: str = Field(description="e.g. loop.start, job.enqueue, process.define, key.create")
     target: str = Field(description="what changed: run:12, process:my_reactor, key:3")
     detail: dict[str, Any]
 

@@ -63,11 +63,17 @@ from twin.logs import read_log
 
 log = logging.getLogger("api.worker")
 
-def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once: bool = False,
-               stop: threading.Event | None = None, *,
-               heartbeat_s: float = job_leases.HEARTBEAT_S,
-               stale_after_s: float = job_leases.STALE_AFTER_S,
-               max_attempts: int = job_leases.MAX_ATTEMPTS) -> int:
+
+def run_worker(
+    database_url: str | None = None,
+    poll_seconds: float = 2.0,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    *,
+    heartbeat_s: float = job_leases.HEARTBEAT_S,
+    stale_after_s: float = job_leases.STALE_AFTER_S,
+    max_attempts: int = job_leases.MAX_ATTEMPTS,
+) -> int:
     """Run queued jobs (training, replays) until `stop` is set (or SIGTERM/SIGINT arrives).
 
     With `once`, return as soon as the queue is empty instead of polling every
@@ -75,8 +81,9 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
     stopped); a job handed back to the queue on shutdown does not count.
     """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     stop = stop or threading.Event()
     engine = make_engine(database_url or Settings().database_url)
     processed = 0
@@ -88,8 +95,9 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
             while not stop.is_set():
                 with factory() as session:
                     try:
-                        job_leases.reclaim_stale(session, jobs.JOB_KINDS, stale_after_s,
-                                                 max_attempts)
+                        job_leases.reclaim_stale(
+                            session, jobs.JOB_KINDS, stale_after_s, max_attempts
+                        )
                         run = jobs.claim_next_job(session)
                     except OperationalError as exc:  # database restarting, SQLite busy...
                         log.warning("could not claim a job: %s", exc)
@@ -109,8 +117,9 @@ def run_worker(database_url: str | None = None, poll_seconds: float = 2.0, once:
     return processed
 
 
-def run_job(session: Session, run: Run, stop: threading.Event | None = None,
-            beat: Heartbeat | None = None) -> bool:
+def run_job(
+    session: Session, run: Run, stop: threading.Event | None = None, beat: Heartbeat | None = None
+) -> bool:
     """Run one claimed job to its end; False when it was handed back to the queue or its
     lease was lost (`beat`: the claim's heartbeat, None when run without one)."""
     run_id = run.id
@@ -147,8 +156,12 @@ def run_job(session: Session, run: Run, stop: threading.Event | None = None,
 
 def _train(session: Session, run: Run, stop: JobGuard) -> None:
     run_id = run.id
-    log.info("job %d: training '%s' for process '%s'", run_id,
-             run.config.get("model_name"), run.process.name)
+    log.info(
+        "job %d: training '%s' for process '%s'",
+        run_id,
+        run.config.get("model_name"),
+        run.process.name,
+    )
     spec = jobs.parse_job_config(run.process.name, run.config)
     cfg = jobs.train_config(spec)
     df, process_spec = load_data(spec, run)
@@ -156,29 +169,42 @@ def _train(session: Session, run: Run, stop: JobGuard) -> None:
     check_job(session, run_id, stop)  # loading may take a while: honour a cancel first
 
     def on_epoch(epoch: Any) -> None:
-        record_progress_held(session, run_id, stop, {
-            "epoch": epoch.epoch, "of": cfg.epochs, "train_loss": epoch.train_loss,
-            "holdout_prediction": epoch.holdout_prediction,
-            "holdout_readout_rmse": epoch.holdout_readout_rmse,
-            "effective_rank": epoch.effective_rank, "dim_std_min": epoch.dim_std_min,
-            "seconds": epoch.seconds})
-        log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs,
-                 epoch.train_loss)
+        record_progress_held(
+            session,
+            run_id,
+            stop,
+            {
+                "epoch": epoch.epoch,
+                "of": cfg.epochs,
+                "train_loss": epoch.train_loss,
+                "holdout_prediction": epoch.holdout_prediction,
+                "holdout_readout_rmse": epoch.holdout_readout_rmse,
+                "effective_rank": epoch.effective_rank,
+                "dim_std_min": epoch.dim_std_min,
+                "seconds": epoch.seconds,
+            },
+        )
+        log.info("job %d: epoch %d/%d loss %.4f", run_id, epoch.epoch, cfg.epochs, epoch.train_loss)
         check_job(session, run_id, stop)
 
     if spec.processes > 1:
-        checkpoint, metrics = train_in_processes(session, run_id, spec.processes, df,
-                                                 process_spec, cfg, stop)
+        checkpoint, metrics = train_in_processes(
+            session, run_id, spec.processes, df, process_spec, cfg, stop
+        )
     else:
         from twin.train import train_twin  # late: torch loads only when there is work
 
-        twin, _history = train_twin(df, process_spec, cfg, show_progress=False,
-                                    on_epoch=on_epoch)
+        twin, _history = train_twin(df, process_spec, cfg, show_progress=False, on_epoch=on_epoch)
         checkpoint, metrics = twin.to_bytes(), twin.metrics
-    model_config = {"train": cfg.to_dict(), "data": _provenance(spec, df, process_spec),
-                    "job_run_id": run_id, "processes": spec.processes}
-    done = jobs.finish_job(session, run_id, checkpoint, metrics, model_config, provenance,
-                           lease=stop.lease)
+    model_config = {
+        "train": cfg.to_dict(),
+        "data": _provenance(spec, df, process_spec),
+        "job_run_id": run_id,
+        "processes": spec.processes,
+    }
+    done = jobs.finish_job(
+        session, run_id, checkpoint, metrics, model_config, provenance, lease=stop.lease
+    )
     log.info("job %d: model %s registered", run_id, done.model_id)
 
 
@@ -186,8 +212,13 @@ def _replay(session: Session, run: Run, stop: JobGuard) -> None:
     from api.services import replays  # late: pandas and the replay code only when needed
 
     run_id = run.id
-    log.info("job %d: %s replay of %s for process '%s'", run_id, run.config.get("mode"),
-             run.config.get("source"), run.process.name)
+    log.info(
+        "job %d: %s replay of %s for process '%s'",
+        run_id,
+        run.config.get("mode"),
+        run.config.get("source"),
+        run.process.name,
+    )
     check_job(session, run_id, stop)
     throttle = replays.Throttle(PROGRESS_EVERY_S)
 
@@ -216,8 +247,10 @@ def load_data(spec: jobs.TrainJobSpec, run: Run) -> tuple[Any, Any]:
         return module.generate_training_log(hours=data.hours, seed=data.seed), module.SPEC
     path = Path(data.path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data {path} not found on the worker "
-                                f"(paths are read by the worker, not the API)")
+        raise FileNotFoundError(
+            f"training data {path} not found on the worker "
+            f"(paths are read by the worker, not the API)"
+        )
     return read_log(path), spec_of(run.process)
 
 
@@ -233,7 +266,6 @@ def _provenance(spec: jobs.TrainJobSpec, df: Any, process_spec: Any) -> dict[str
     return out
 
 
-
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGTERM (docker stop) and SIGINT set `stop`; only possible in the main thread."""
@@ -244,8 +276,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT and stop.is_set():
             raise KeyboardInterrupt  # asked twice: do not wait for the epoch to end
-        log.info("received %s: stopping after the current epoch (a running job goes "
-                 "back to the queue)", signal.Signals(signum).name)
+        log.info(
+            "received %s: stopping after the current epoch (a running job goes back to the queue)",
+            signal.Signals(signum).name,
+        )
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

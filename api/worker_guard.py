@@ -51,8 +51,9 @@ class JobGuard:
         return self.beat is not None and self.beat.lost.is_set()
 
 
-def record_progress_held(session: Session, run_id: int, stop: JobGuard,
-                         progress: dict[str, Any]) -> None:
+def record_progress_held(
+    session: Session, run_id: int, stop: JobGuard, progress: dict[str, Any]
+) -> None:
     """Progress is written only while this worker still holds the job."""
     if stop.lease is not None:
         job_leases.check(session, stop.lease)
@@ -68,8 +69,15 @@ def check_job(session: Session, run_id: int, stop: JobGuard) -> None:
         raise WorkerStopping()
 
 
-def train_in_processes(session: Session, run_id: int, processes: int, df: Any,
-                       process_spec: Any, cfg: Any, stop: JobGuard) -> tuple[bytes, dict]:
+def train_in_processes(
+    session: Session,
+    run_id: int,
+    processes: int,
+    df: Any,
+    process_spec: Any,
+    cfg: Any,
+    stop: JobGuard,
+) -> tuple[bytes, dict]:
     """Train in a torchrun child with `processes` processes (api.worker_ddp); its epochs
     become progress; a cancel, shutdown or lost lease kills it."""
     from twin.twin_model import Twin  # late: torch loads only when there is work
@@ -79,12 +87,30 @@ def train_in_processes(session: Session, run_id: int, processes: int, df: Any,
         write_log(df, folder / "log.parquet")
         process_spec.save(folder / "spec.json")
         (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={processes}", "-m", "api.worker_ddp",
-                   "--data", str(folder / "log.parquet"), "--spec", str(folder / "spec.json"),
-                   "--config", str(folder / "config.json"), "--out", str(folder / "twin.pt")]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "-m",
+            "api.worker_ddp",
+            "--data",
+            str(folder / "log.parquet"),
+            "--spec",
+            str(folder / "spec.json"),
+            "--config",
+            str(folder / "config.json"),
+            "--out",
+            str(folder / "twin.pt"),
+        ]
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         lines: queue.Queue[str | None] = queue.Queue()
         tail: list[str] = []
         threading.Thread(target=_relay, args=(child, lines), daemon=True).start()
@@ -99,20 +125,30 @@ def train_in_processes(session: Session, run_id: int, processes: int, df: Any,
                     break
                 tail = [*tail[-19:], line]
                 if line.startswith("EPOCH "):
-                    epoch = json.loads(line[len("EPOCH "):])
-                    record_progress_held(session, run_id, stop, {
-                        "epoch": epoch["epoch"], "of": cfg.epochs, "processes": processes,
-                        "train_loss": epoch["train_loss"],
-                        "holdout_prediction": epoch["holdout_prediction"],
-                        "seconds": epoch["seconds"]})
+                    epoch = json.loads(line[len("EPOCH ") :])
+                    record_progress_held(
+                        session,
+                        run_id,
+                        stop,
+                        {
+                            "epoch": epoch["epoch"],
+                            "of": cfg.epochs,
+                            "processes": processes,
+                            "train_loss": epoch["train_loss"],
+                            "holdout_prediction": epoch["holdout_prediction"],
+                            "seconds": epoch["seconds"],
+                        },
+                    )
                     check_job(session, run_id, stop)
         finally:
             if child.poll() is None:  # torchrun and its ranks: their own process group
                 os.killpg(child.pid, signal.SIGKILL)
             child.wait()
         if child.returncode != 0:
-            raise RuntimeError(f"torchrun with {processes} processes exited with "
-                               f"{child.returncode}: " + " | ".join(tail[-5:]))
+            raise RuntimeError(
+                f"torchrun with {processes} processes exited with "
+                f"{child.returncode}: " + " | ".join(tail[-5:])
+            )
         checkpoint = (folder / "twin.pt").read_bytes()
     return checkpoint, Twin.from_bytes(checkpoint).metrics
 

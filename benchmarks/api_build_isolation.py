@@ -40,8 +40,13 @@ class Light:
         self.spec = get_spec("cstr")
 
     def step(self, time_s, measurements, setpoints) -> StepRecord:
-        return StepRecord(step=0, time_s=time_s, measurements={}, setpoints=dict(setpoints),
-                          actuators={"Tc": 300.0})
+        return StepRecord(
+            step=0,
+            time_s=time_s,
+            measurements={},
+            setpoints=dict(setpoints),
+            actuators={"Tc": 300.0},
+        )
 
 
 def factory(build_s: float):
@@ -53,11 +58,17 @@ def factory(build_s: float):
             while time.perf_counter() < end:
                 sum(i * i for i in range(1000))
         return Light()
+
     return make
 
 
-def drive(client: TestClient, loops: list[int], clock: dict[int, float],
-          until: threading.Event, threads: int = 4) -> list[float]:
+def drive(
+    client: TestClient,
+    loops: list[int],
+    clock: dict[int, float],
+    until: threading.Event,
+    threads: int = 4,
+) -> list[float]:
     """Step the loops round-robin from `threads` client threads until `until` is set."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -67,8 +78,10 @@ def drive(client: TestClient, loops: list[int], clock: dict[int, float],
             for run_id in mine:
                 clock[run_id] += 6.0
                 start = time.perf_counter()
-                response = client.post(f"/api/loops/{run_id}/step",
-                                       json={"time_s": clock[run_id], "measurements": GOOD})
+                response = client.post(
+                    f"/api/loops/{run_id}/step",
+                    json={"time_s": clock[run_id], "measurements": GOOD},
+                )
                 elapsed = time.perf_counter() - start
                 assert response.status_code == 200, response.text
                 with lock:
@@ -91,9 +104,12 @@ def timer(seconds: float) -> threading.Event:
 
 def summary(latencies: list[float]) -> dict[str, float]:
     values = np.asarray(latencies)
-    return {"steps": int(values.size), "median_ms": round(float(np.median(values)), 2),
-            "p99_ms": round(float(np.percentile(values, 99)), 2),
-            "max_ms": round(float(values.max()), 2)}
+    return {
+        "steps": int(values.size),
+        "median_ms": round(float(np.median(values)), 2),
+        "p99_ms": round(float(np.percentile(values, 99)), 2),
+        "max_ms": round(float(values.max()), 2),
+    }
 
 
 def main() -> None:
@@ -104,22 +120,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/twin.db"
         upgrade(url)
-        app = create_app(Settings(database_url=url, planner_build_timeout_s=60),
-                         controller_factory=factory(args.build_s))
+        app = create_app(
+            Settings(database_url=url, planner_build_timeout_s=60),
+            controller_factory=factory(args.build_s),
+        )
         with TestClient(app) as client, app.state.session_factory() as session:
             model = services.register_model(session, "cstr", "jepa", b"weights", {}, {}).id
-            loops = [client.post("/api/loops", json={"process": "cstr", "model_id": model,
-                                                     "planner": "cem"}).json()["run_id"]
-                     for _ in range(args.loops)]
+            loops = [
+                client.post(
+                    "/api/loops", json={"process": "cstr", "model_id": model, "planner": "cem"}
+                ).json()["run_id"]
+                for _ in range(args.loops)
+            ]
             clock = dict.fromkeys(loops, 0.0)
             rows = {"alone": summary(drive(client, loops, clock, timer(args.build_s)))}
-            for kind, planner in (("during a waiting build", "mppi"),
-                                  ("during a pure-Python build", "hierarchical")):
+            for kind, planner in (
+                ("during a waiting build", "mppi"),
+                ("during a pure-Python build", "hierarchical"),
+            ):
                 built = threading.Event()
 
                 def build(p: str = planner, done: threading.Event = built) -> None:
-                    client.post("/api/loops", json={"process": "cstr", "model_id": model,
-                                                    "planner": p})
+                    client.post(
+                        "/api/loops", json={"process": "cstr", "model_id": model, "planner": p}
+                    )
                     done.set()
 
                 started = time.perf_counter()
@@ -127,11 +151,18 @@ def main() -> None:
                 builder.start()
                 latencies = drive(client, loops, clock, built)  # steps sent while it builds
                 builder.join()
-                rows[kind] = {**summary(latencies),
-                              "build_s": round(time.perf_counter() - started, 2)}
-    result = {"loops": args.loops, "client_threads": 4, "build_s": args.build_s,
-              "sample_period_s": get_spec("cstr").sample_period_s,
-              "machine": platform.platform(), "rows": rows}
+                rows[kind] = {
+                    **summary(latencies),
+                    "build_s": round(time.perf_counter() - started, 2),
+                }
+    result = {
+        "loops": args.loops,
+        "client_threads": 4,
+        "build_s": args.build_s,
+        "sample_period_s": get_spec("cstr").sample_period_s,
+        "machine": platform.platform(),
+        "rows": rows,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for kind, row in rows.items():

@@ -115,8 +115,9 @@ def register(url: str, model: Path) -> int:
     engine = make_engine(url)
     try:
         with make_session_factory(engine)() as session:
-            return register_model(session, "cstr", "api-load", model.read_bytes(),
-                                  {"source": str(model)}, {}).id
+            return register_model(
+                session, "cstr", "api-load", model.read_bytes(), {"source": str(model)}, {}
+            ).id
     finally:
         engine.dispose()
 
@@ -132,8 +133,9 @@ def server(url: str, port: int, workers: int) -> Iterator[str]:
     env = {**os.environ, "DATABASE_URL": url, "TWIN_AUTH_REQUIRED": "false"}
     twin_cli = Path(sys.executable).parent / "twin"
     command = [str(twin_cli), "serve", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(command, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc)
@@ -163,8 +165,15 @@ def _wait_ready(base: str, proc: subprocess.Popen[str], timeout_s: float = 60.0)
 # ------------------------------------------------------------------ the load
 
 
-async def drive_loop(client: httpx.AsyncClient, run_id: int, seed: int, rate_hz: float,
-                     duration_s: float, warmup_s: float, start: float) -> LoopStats:
+async def drive_loop(
+    client: httpx.AsyncClient,
+    run_id: int,
+    seed: int,
+    rate_hz: float,
+    duration_s: float,
+    warmup_s: float,
+    start: float,
+) -> LoopStats:
     """One plant, one loop: post the measurements, apply the answer, on a fixed schedule."""
     stats, sim = LoopStats(), cstr.CSTRSimulator(seed=seed)
     scenario = cstr.benchmark_scenario()
@@ -179,8 +188,11 @@ async def drive_loop(client: httpx.AsyncClient, run_id: int, seed: int, rate_hz:
         sent = time.perf_counter()
         # Warm-up is judged by the slot a step was scheduled for, not when it went out.
         in_warmup = next_due - start < warmup_s
-        body = {"time_s": k * cstr.SAMPLE_PERIOD_S, "measurements": measurements,
-                "setpoints": {"T": scenario.setpoint(k)}}
+        body = {
+            "time_s": k * cstr.SAMPLE_PERIOD_S,
+            "measurements": measurements,
+            "setpoints": {"T": scenario.setpoint(k)},
+        }
         try:
             response = await client.post(f"/api/loops/{run_id}/step", json=body)
         except httpx.HTTPError as exc:
@@ -208,21 +220,33 @@ async def run_load(base: str, model_id: int, args: argparse.Namespace) -> list[L
     # One client and one kept-alive connection per loop, as independent control systems
     # would have: with several API workers, a connection stays with the worker that took it.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits)
-               for _ in range(args.loops)]
+    clients = [
+        httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits) for _ in range(args.loops)
+    ]
     try:
         run_ids = []
         for client in clients:
-            response = await client.post("/api/loops", json={
-                "process": "cstr", "model_id": model_id, "planner": args.planner,
-                "setpoints": {"T": cstr.benchmark_scenario().setpoint(0)}})
+            response = await client.post(
+                "/api/loops",
+                json={
+                    "process": "cstr",
+                    "model_id": model_id,
+                    "planner": args.planner,
+                    "setpoints": {"T": cstr.benchmark_scenario().setpoint(0)},
+                },
+            )
             response.raise_for_status()
             run_ids.append(response.json()["run_id"])
         start = time.perf_counter() + 0.5
         args.measured_from = start + args.warmup_s
-        return await asyncio.gather(*(
-            drive_loop(client, run_id, seed, args.rate_hz, args.duration_s, args.warmup_s, start)
-            for seed, (client, run_id) in enumerate(zip(clients, run_ids, strict=True))))
+        return await asyncio.gather(
+            *(
+                drive_loop(
+                    client, run_id, seed, args.rate_hz, args.duration_s, args.warmup_s, start
+                )
+                for seed, (client, run_id) in enumerate(zip(clients, run_ids, strict=True))
+            )
+        )
     finally:
         for client in clients:
             await client.aclose()
@@ -235,12 +259,17 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "p95": None, "p99": None, "max": None}
     arr = np.asarray(values)
-    return {"median": float(np.median(arr)), "p95": float(np.percentile(arr, 95)),
-            "p99": float(np.percentile(arr, 99)), "max": float(arr.max())}
+    return {
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+    }
 
 
-def summarise(all_stats: list[LoopStats], args: argparse.Namespace,
-              database: str) -> dict[str, Any]:
+def summarise(
+    all_stats: list[LoopStats], args: argparse.Namespace, database: str
+) -> dict[str, Any]:
     latencies = [x for s in all_stats for x in s.latencies_ms]
     statuses: dict[str, int] = {}
     for s in all_stats:
@@ -249,8 +278,12 @@ def summarise(all_stats: list[LoopStats], args: argparse.Namespace,
     step_ms = percentiles(latencies)
     wall_s = max(s.finished_at for s in all_stats) - args.measured_from
     return {
-        "database": database, "loops": args.loops, "rate_hz_per_loop": args.rate_hz,
-        "duration_s": args.duration_s, "warmup_s": args.warmup_s, "planner": args.planner,
+        "database": database,
+        "loops": args.loops,
+        "rate_hz_per_loop": args.rate_hz,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "planner": args.planner,
         "api_workers": args.workers,
         "steps_measured": len(latencies),
         "achieved_steps_per_s": len(latencies) / wall_s,
@@ -269,22 +302,31 @@ def summarise(all_stats: list[LoopStats], args: argparse.Namespace,
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    table = Table(title=f"control loop steps over HTTP: {result['loops']} loops x "
-                        f"{result['rate_hz_per_loop']:g} steps/s, {result['database']}, "
-                        f"planner {result['planner']}, {result['api_workers']} API workers")
+    table = Table(
+        title=f"control loop steps over HTTP: {result['loops']} loops x "
+        f"{result['rate_hz_per_loop']:g} steps/s, {result['database']}, "
+        f"planner {result['planner']}, {result['api_workers']} API workers"
+    )
     for column in ("", "median ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
-    for label, key in (("step latency", "step_latency_ms"), ("warm-up", "warmup_latency_ms"),
-                       ("server solve", "server_solve_ms")):
+    for label, key in (
+        ("step latency", "step_latency_ms"),
+        ("warm-up", "warmup_latency_ms"),
+        ("server solve", "server_solve_ms"),
+    ):
         row = result[key]
-        table.add_row(label, *("-" if row[p] is None else f"{row[p]:.1f}"
-                               for p in ("median", "p95", "p99", "max")))
+        table.add_row(
+            label,
+            *("-" if row[p] is None else f"{row[p]:.1f}" for p in ("median", "p95", "p99", "max")),
+        )
     console.print(table)
-    console.print(f"steps measured {result['steps_measured']} "
-                  f"({result['achieved_steps_per_s']:.1f} steps/s), statuses {result['statuses']}, "
-                  f"late sends {result['late_sends']}, errors {result['errors']}; "
-                  f"p99 target {TARGET_P99_MS:.0f} ms: "
-                  f"{'met' if result['meets_target'] else 'NOT met'}")
+    console.print(
+        f"steps measured {result['steps_measured']} "
+        f"({result['achieved_steps_per_s']:.1f} steps/s), statuses {result['statuses']}, "
+        f"late sends {result['late_sends']}, errors {result['errors']}; "
+        f"p99 target {TARGET_P99_MS:.0f} ms: "
+        f"{'met' if result['meets_target'] else 'NOT met'}"
+    )
     for error in result["first_errors"]:
         console.print(f"[red]{error}[/]")
 
@@ -292,23 +334,35 @@ def print_summary(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--postgres-url", default=os.environ.get("TWIN_BENCH_POSTGRES_URL",
-                                                                 DEFAULT_PG),
-                        help="a server where a scratch database may be created")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TWIN_BENCH_POSTGRES_URL", DEFAULT_PG),
+        help="a server where a scratch database may be created",
+    )
     parser.add_argument("--loops", type=int, default=10)
     parser.add_argument("--rate-hz", type=float, default=10.0, help="steps per second per loop")
     parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--warmup-s", type=float, default=10.0)
     parser.add_argument("--planner", default="casadi")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="API worker processes (a loop stays with its connection's worker)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="API worker processes (a loop stays with its connection's worker)",
+    )
     parser.add_argument("--model", type=Path, default=None, help="a CSTR twin checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the cached twin")
     args = parser.parse_args()
-    if (args.loops < 1 or args.workers < 1 or args.rate_hz <= 0 or args.duration_s <= 0
-            or args.warmup_s < 0):
-        parser.error("--loops and --workers must be >= 1; --rate-hz and --duration-s > 0; "
-                     "--warmup-s >= 0")
+    if (
+        args.loops < 1
+        or args.workers < 1
+        or args.rate_hz <= 0
+        or args.duration_s <= 0
+        or args.warmup_s < 0
+    ):
+        parser.error(
+            "--loops and --workers must be >= 1; --rate-hz and --duration-s > 0; --warmup-s >= 0"
+        )
 
     model = trained_model(args.model, args.seed)
     with fresh_database(args.database, args.postgres_url) as url:

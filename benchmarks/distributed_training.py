@@ -46,21 +46,36 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(folder: Path, processes: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = folder / f"twin_{processes}p{threads}t.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}", "-m", "api.worker_ddp",
-               "--data", str(folder / "log.parquet"), "--spec", str(folder / "spec.json"),
-               "--config", str(folder / "config.json"), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=1800)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "api.worker_ddp",
+        "--data",
+        str(folder / "log.parquet"),
+        "--spec",
+        str(folder / "spec.json"),
+        "--config",
+        str(folder / "config.json"),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
-    epochs = [json.loads(line[6:]) for line in done.stdout.splitlines()
-              if line.startswith("EPOCH ")]
-    return {"processes": processes, "threads_per_process": threads,
-            "epoch_seconds": [round(e["seconds"], 2) for e in epochs],
-            "holdout_prediction": round(epochs[-1]["holdout_prediction"], 5),
-            "readout_rmse": {k: round(v, 4) for k, v in epochs[-1]["holdout_readout_rmse"]
-                             .items()}}
+    epochs = [
+        json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("EPOCH ")
+    ]
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "epoch_seconds": [round(e["seconds"], 2) for e in epochs],
+        "holdout_prediction": round(epochs[-1]["holdout_prediction"], 5),
+        "readout_rmse": {k: round(v, 4) for k, v in epochs[-1]["holdout_readout_rmse"].items()},
+    }
 
 
 def main() -> None:
@@ -68,8 +83,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=3.0)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    cfg = replace(train_config_for("cstr"), epochs=args.epochs, max_seconds=None,
-                  batch_size=128)
+    cfg = replace(train_config_for("cstr"), epochs=args.epochs, max_seconds=None, batch_size=128)
     df = cstr.generate_training_log(hours=args.hours, seed=1)
     data = WindowDataset(df, cstr.SPEC, cfg.model.window, cfg.rollout_steps)
     train_windows = len(data.split(cfg.holdout_fraction)[0])
@@ -83,10 +97,16 @@ def main() -> None:
         r["windows_per_s"] = round(train_windows * args.epochs / sum(r["epoch_seconds"]), 1)
     one_thread, one_process, two = (r["windows_per_s"] for r in runs)
     result = {
-        "setup": {"process": "cstr", "twin": "CSTR recipe", "log_hours": args.hours,
-                  "train_windows": train_windows, "epochs": args.epochs,
-                  "effective_batch": cfg.batch_size, "cpus": os.cpu_count(),
-                  "python": platform.python_version()},
+        "setup": {
+            "process": "cstr",
+            "twin": "CSTR recipe",
+            "log_hours": args.hours,
+            "train_windows": train_windows,
+            "epochs": args.epochs,
+            "effective_batch": cfg.batch_size,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "runs": runs,
         "ratio_2p_vs_1p_1thread": round(two / one_thread, 2),
         "ratio_2p_vs_1p_2threads": round(two / one_process, 2),

@@ -60,8 +60,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="samples per second per loop")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--planner", default="casadi")
-    parser.add_argument("--database-url", help="PostgreSQL URL (a schema is made and "
-                        "dropped); default: a temporary SQLite file")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (a schema is made and dropped); default: a temporary SQLite file",
+    )
     args = parser.parse_args()
     period = 1.0 / args.rate
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -70,31 +72,47 @@ def main() -> None:
     load_start = round(os.getloadavg()[0], 1)
     with bench_database(args.database_url) as url:
         sessions = make_session_factory(make_engine(url))
-        manager = LoopManager(limits=LoopLimits(max_loops=args.loops,
-                                                max_loops_per_key=args.loops))
+        manager = LoopManager(limits=LoopLimits(max_loops=args.loops, max_loops_per_key=args.loops))
         with sessions() as session:
             services.ensure_process(session, cstr.SPEC)
             model_id = services.register_model(session, "cstr", "bench", checkpoint, {}, {}).id
-            runs = [manager.start(session, "cstr", model_id, args.planner, {"T": 352.0}).id
-                    for _ in range(args.loops)]
+            runs = [
+                manager.start(session, "cstr", model_id, args.planner, {"T": 352.0}).id
+                for _ in range(args.loops)
+            ]
         steppers = [LoopStepper(manager, sessions, r) for r in runs]
         bridges = [MqttBridge(s, prefix=prefix, period_s=period) for s in steppers]
         stop_bridges = threading.Event()
-        threads = [threading.Thread(target=b.run, args=(stop_bridges,), daemon=True)
-                   for b in bridges]
+        threads = [
+            threading.Thread(target=b.run, args=(stop_bridges,), daemon=True) for b in bridges
+        ]
         for thread in threads:
             thread.start()
         for bridge in bridges:
             assert bridge.connected.wait(30), "broker did not answer"
         # Loop 0's gateway is a separate process (it gets SIGKILL); the others are threads.
-        victim = subprocess.Popen([sys.executable, "-m", "api.edge.mqtt_plant", "--loop",
-                                   str(runs[0]), "--prefix", prefix, "--period", str(period)],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL)
-        gateways = [Gateway(r, prefix=prefix, period_s=period, seed=i)
-                    for i, r in enumerate(runs) if i > 0]
+        victim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api.edge.mqtt_plant",
+                "--loop",
+                str(runs[0]),
+                "--prefix",
+                prefix,
+                "--period",
+                str(period),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        gateways = [
+            Gateway(r, prefix=prefix, period_s=period, seed=i) for i, r in enumerate(runs) if i > 0
+        ]
         stop_gateways = threading.Event()
-        feeders = [threading.Thread(target=g.run, args=(stop_gateways,), daemon=True)
-                   for g in gateways]
+        feeders = [
+            threading.Thread(target=g.run, args=(stop_gateways,), daemon=True) for g in gateways
+        ]
         for gateway, feeder in zip(gateways, feeders, strict=True):
             gateway.start()
             feeder.start()
@@ -109,8 +127,10 @@ def main() -> None:
         victim.wait()
         stale_after = None
         while time.monotonic() - killed_at < 30 * period + 5:
-            if sum(bridges[0].stats.holds.values()) > sum(before.values()) \
-                    and steppers[0].loop_status() == "stale":
+            if (
+                sum(bridges[0].stats.holds.values()) > sum(before.values())
+                and steppers[0].loop_status() == "stale"
+            ):
                 stale_after = time.monotonic() - killed_at
                 break
             time.sleep(period / 20)
@@ -136,12 +156,18 @@ def main() -> None:
     latencies = [ms for g in gateways for ms in g.latencies_ms]
     bridge_ms = [ms for b in bridges for ms in b.stats.latencies_ms]
     result = {
-        "setup": {"loops": args.loops, "rate_hz": args.rate, "seconds": args.seconds,
-                  "planner": args.planner,
-                  "database": "postgresql" if args.database_url else "sqlite",
-                  "broker": "mosquitto 127.0.0.1:1883", "format": "plain JSON, QoS 1",
-                  "twin": "CSTR, embed 8, 4 epochs", "python": platform.python_version(),
-                  "scaled_from": "10 loops x 10 Hz x 300 s"},
+        "setup": {
+            "loops": args.loops,
+            "rate_hz": args.rate,
+            "seconds": args.seconds,
+            "planner": args.planner,
+            "database": "postgresql" if args.database_url else "sqlite",
+            "broker": "mosquitto 127.0.0.1:1883",
+            "format": "plain JSON, QoS 1",
+            "twin": "CSTR, embed 8, 4 epochs",
+            "python": platform.python_version(),
+            "scaled_from": "10 loops x 10 Hz x 300 s",
+        },
         "acknowledged_measurements": acked,
         "stored_from_them": stored,
         "lost_acknowledged": acked - stored,
@@ -149,23 +175,30 @@ def main() -> None:
         "samples_the_database_refused": sum(b.stats.db_errors for b in bridges),
         "measurement_to_setpoint_ms": {
             "median": round(percentile(latencies, 0.5), 2),
-            "p99": round(percentile(latencies, 0.99), 2), "samples": len(latencies),
+            "p99": round(percentile(latencies, 0.99), 2),
+            "samples": len(latencies),
             "bridge_only_p99": round(percentile(bridge_ms, 0.99), 2),
-            "step_path_p99": round(percentile(
-                [ms for b in bridges for ms in b.stats.step_ms], 0.99), 2)},
+            "step_path_p99": round(
+                percentile([ms for b in bridges for ms in b.stats.step_ms], 0.99), 2
+            ),
+        },
         "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "killed_gateway_stale_after": {
             "seconds": None if stale_after is None else round(stale_after, 3),
             "sample_periods": None if stale_after is None else round(stale_after / period, 2),
             "steps_before_the_kill": victim_steps,
-            "hold_reasons": dict(bridges[0].stats.holds)},
+            "hold_reasons": dict(bridges[0].stats.holds),
+        },
         "violations": sum(violations(b.stats.written) for b in bridges),
         "target": "0 lost acknowledged measurements; p99 measurement->setpoint <= 30 ms; "
-                  "a killed gateway's loop stale within 3 sample periods",
+        "a killed gateway's loop stale within 3 sample periods",
     }
-    result["met"] = (result["lost_acknowledged"] == 0
-                     and result["measurement_to_setpoint_ms"]["p99"] <= 30.0
-                     and stale_after is not None and stale_after <= 3 * period)
+    result["met"] = (
+        result["lost_acknowledged"] == 0
+        and result["measurement_to_setpoint_ms"]["p99"] <= 30.0
+        and stale_after is not None
+        and stale_after <= 3 * period
+    )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -87,11 +87,15 @@ def bench_database(url: str | None) -> Iterator[str]:
 
 
 def small_twin() -> bytes:
-    cfg = TrainConfig(epochs=4, rollout_steps=4, seed=0,
-                      model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32,
-                                       predictor_hidden=32))
-    twin, _ = train_twin(cstr.generate_training_log(hours=1.5, seed=3), cstr.SPEC, cfg,
-                         show_progress=False)
+    cfg = TrainConfig(
+        epochs=4,
+        rollout_steps=4,
+        seed=0,
+        model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32, predictor_hidden=32),
+    )
+    twin, _ = train_twin(
+        cstr.generate_training_log(hours=1.5, seed=3), cstr.SPEC, cfg, show_progress=False
+    )
     return twin.to_bytes()
 
 
@@ -146,63 +150,97 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=1.0, help="seconds per sample")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--planner", default="casadi")
-    parser.add_argument("--database-url", help="PostgreSQL URL (a schema is made and "
-                        "dropped); default: a temporary SQLite file")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (a schema is made and dropped); default: a temporary SQLite file",
+    )
     args = parser.parse_args()
 
     checkpoint = small_twin()
     load_start = round(os.getloadavg()[0], 1)
     with bench_database(args.database_url) as url:
         sessions = make_session_factory(make_engine(url))
-        manager = LoopManager(limits=LoopLimits(max_loops=args.loops,
-                                                max_loops_per_key=args.loops))
+        manager = LoopManager(limits=LoopLimits(max_loops=args.loops, max_loops_per_key=args.loops))
         with sessions() as session:
             services.ensure_process(session, cstr.SPEC)
             model_id = services.register_model(session, "cstr", "bench", checkpoint, {}, {}).id
-            runs = [manager.start(session, "cstr", model_id, args.planner, {"T": 352.0}).id
-                    for _ in range(args.loops)]
+            runs = [
+                manager.start(session, "cstr", model_id, args.planner, {"T": 352.0}).id
+                for _ in range(args.loops)
+            ]
         plant = SimulatedPlant(free_port(), units=args.loops, tick_s=0.1)
-        loops = [OpcUaLoop(plant.endpoint, plant.node_map(i), LoopStepper(manager, sessions, r),
-                           period_s=args.period, backoff_s=(0.5, 2.0), timeout_s=2.0)
-                 for i, r in enumerate(runs)]
+        loops = [
+            OpcUaLoop(
+                plant.endpoint,
+                plant.node_map(i),
+                LoopStepper(manager, sessions, r),
+                period_s=args.period,
+                backoff_s=(0.5, 2.0),
+                timeout_s=2.0,
+            )
+            for i, r in enumerate(runs)
+        ]
         marks = asyncio.run(drive(plant, loops, args.seconds))
         with sessions() as session:
-            events = dict(session.execute(
-                select(RunEvent.kind, func.count()).where(
-                    RunEvent.kind.in_((WRITE_REFUSED, EDGE_STALE))).group_by(RunEvent.kind)).all())
-            lost_recorded = session.scalar(select(func.count()).where(
-                RunEvent.kind == EDGE_STALE, RunEvent.message.like("connection to %")))
+            events = dict(
+                session.execute(
+                    select(RunEvent.kind, func.count())
+                    .where(RunEvent.kind.in_((WRITE_REFUSED, EDGE_STALE)))
+                    .group_by(RunEvent.kind)
+                ).all()
+            )
+            lost_recorded = session.scalar(
+                select(func.count()).where(
+                    RunEvent.kind == EDGE_STALE, RunEvent.message.like("connection to %")
+                )
+            )
     latencies = sorted(ms for loop in loops for ms in loop.stats.latencies_ms)
     steps_ms = [ms for loop in loops for ms in loop.stats.step_ms]
     p99 = percentile(latencies, 0.99)
     refused = sum(loop.stats.refused_writes for loop in loops)
     lost = sum(loop.stats.reconnects for loop in loops)
     result = {
-        "setup": {"loops": args.loops, "period_s": args.period, "seconds": args.seconds,
-                  "planner": args.planner,
-                  "database": "postgresql" if args.database_url else "sqlite",
-                  "twin": "CSTR, embed 8, 4 epochs", "python": platform.python_version(),
-                  "faults": marks},
+        "setup": {
+            "loops": args.loops,
+            "period_s": args.period,
+            "seconds": args.seconds,
+            "planner": args.planner,
+            "database": "postgresql" if args.database_url else "sqlite",
+            "twin": "CSTR, embed 8, 4 epochs",
+            "python": platform.python_version(),
+            "faults": marks,
+        },
         "samples_written": len(latencies),
-        "read_to_written_ms": {"median": round(statistics.median(latencies), 2),
-                               "p99": round(p99, 2), "max": round(latencies[-1], 2)},
+        "read_to_written_ms": {
+            "median": round(statistics.median(latencies), 2),
+            "p99": round(p99, 2),
+            "max": round(latencies[-1], 2),
+        },
         "of_which_step_path_ms": {
             "median": round(statistics.median(steps_ms), 2),
-            "p99": round(percentile(steps_ms, 0.99), 2)},
+            "p99": round(percentile(steps_ms, 0.99), 2),
+        },
         "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "violations": sum(violations(loop.stats.written) for loop in loops),
         "unsafe_refused_by_last_check": sum(loop.stats.unsafe for loop in loops),
         "samples_the_database_refused": sum(loop.stats.db_errors for loop in loops),
         "refused_writes": {"seen": refused, "recorded": events.get(WRITE_REFUSED, 0)},
         "lost_connections": {"seen": lost, "recorded": lost_recorded},
-        "stale_holds": {kind: sum(loop.stats.holds[kind] for loop in loops)
-                        for kind in ("status", "timestamp", "value", "connection", "refused")},
+        "stale_holds": {
+            kind: sum(loop.stats.holds[kind] for loop in loops)
+            for kind in ("status", "timestamp", "value", "connection", "refused")
+        },
         "target": "p99 read->written <= 50 ms; 0 violations; every refused write and lost "
-                  "connection recorded",
+        "connection recorded",
     }
-    result["met"] = (p99 <= 50.0 and result["violations"] == 0 and refused > 0 and lost > 0
-                     and refused == result["refused_writes"]["recorded"]
-                     and lost == lost_recorded)
+    result["met"] = (
+        p99 <= 50.0
+        and result["violations"] == 0
+        and refused > 0
+        and lost > 0
+        and refused == result["refused_writes"]["recorded"]
+        and lost == lost_recorded
+    )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -62,6 +62,7 @@ console = Console(width=140)
 
 # -- detectors ---------------------------------------------------------------------------------
 
+
 class ResidualScores:
     """Raw-sensor residual scores: persistence or ARX one-step errors, scaled per sensor."""
 
@@ -88,41 +89,50 @@ class ResidualScores:
         obs, act = self._normalised(df)
         p, out = self.arx.p, np.full(len(df), np.nan)
         x, _ = ARX._regressors(obs, act, p)
-        predicted = obs[p - 1:-1] + x @ self.arx.theta
+        predicted = obs[p - 1 : -1] + x @ self.arx.theta
         err = (predicted - obs[p:]) ** 2
         out[p:] = np.nanmean(err[:, self.sensor_cols], axis=1)
         return out
 
 
 def all_scores(twin: Twin, residuals: ResidualScores, df: pd.DataFrame) -> dict[str, np.ndarray]:
-    raw = {"surprise": surprise_scores(twin, df), "persistence_residual":
-           residuals.persistence(df), "arx_residual": residuals.arx_residual(df)}
+    raw = {
+        "surprise": surprise_scores(twin, df),
+        "persistence_residual": residuals.persistence(df),
+        "arx_residual": residuals.arx_residual(df),
+    }
     return {k: trailing_mean(v, SMOOTHING) for k, v in raw.items()}
 
 
 def thresholds(normal: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    return {k: calibrate_threshold(np.concatenate([n[k] for n in normal]), FALSE_ALARM_RATE)
-            for k in normal[0]}
+    return {
+        k: calibrate_threshold(np.concatenate([n[k] for n in normal]), FALSE_ALARM_RATE)
+        for k in normal[0]
+    }
 
 
 # -- data --------------------------------------------------------------------------------------
 
+
 def episode_frame(module, result) -> pd.DataFrame:
     spec = module.SPEC
-    rows = [{spec.timestamp_column: st.time_s, **st.measurements, **st.actuators}
-            for st in result.steps]
+    rows = [
+        {spec.timestamp_column: st.time_s, **st.measurements, **st.actuators} for st in result.steps
+    ]
     return pd.DataFrame(rows)[[spec.timestamp_column, *(t.name for t in spec.tags)]]
 
 
 def train(df: pd.DataFrame, spec, seconds: float) -> Twin:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        twin, _ = train_twin(df, spec, TrainConfig(epochs=20, max_seconds=seconds),
-                             show_progress=False)
+        twin, _ = train_twin(
+            df, spec, TrainConfig(epochs=20, max_seconds=seconds), show_progress=False
+        )
     return twin
 
 
 # -- Tennessee Eastman -------------------------------------------------------------------------
+
 
 def tennessee_eastman(quick: bool) -> dict[str, Any]:
     module = get_process("tennessee_eastman")
@@ -133,8 +143,14 @@ def tennessee_eastman(quick: bool) -> dict[str, Any]:
     episode_hours = 3.0 if quick else 6.0
 
     def run(idv: int | None, seed: int) -> pd.DataFrame:
-        result = module.run_episode(module.baseline_policy(), "baseline", seed=seed, idv=idv,
-                                    idv_start_h=IDV_START_H, hours=episode_hours)
+        result = module.run_episode(
+            module.baseline_policy(),
+            "baseline",
+            seed=seed,
+            idv=idv,
+            idv_start_h=IDV_START_H,
+            hours=episode_hours,
+        )
         return episode_frame(module, result)
 
     normal = [all_scores(twin, residuals, run(None, s)) for s in (201, 202)]
@@ -142,9 +158,11 @@ def tennessee_eastman(quick: bool) -> dict[str, Any]:
     held_out = [all_scores(twin, residuals, run(None, s)) for s in (203,)]
     out: dict[str, Any] = {
         "thresholds": limit,
-        "false_alarm_rate_out_of_sample": {k: float(np.mean(np.concatenate(
-            [h[k] for h in held_out]) > limit[k])) for k in limit},
-        "idv": {}}
+        "false_alarm_rate_out_of_sample": {
+            k: float(np.mean(np.concatenate([h[k] for h in held_out]) > limit[k])) for k in limit
+        },
+        "idv": {},
+    }
     onset = int(round(IDV_START_H * 3600.0 / module.SPEC.sample_period_s))
     for idv in range(1, 21):
         scores = all_scores(twin, residuals, run(idv, 300 + idv))
@@ -152,17 +170,24 @@ def tennessee_eastman(quick: bool) -> dict[str, Any]:
         for k, v in scores.items():
             alarms = np.nan_to_num(v, nan=-np.inf) > limit[k]
             after = np.flatnonzero(alarms[onset:])
-            row[k] = {"delay_h": float(after[0] * module.SPEC.sample_period_s / 3600.0)
-                      if after.size else None,
-                      "alarm_rate_before_onset": float(alarms[:onset].mean()),
-                      "alarm_rate_after_onset": float(alarms[onset:].mean())}
+            row[k] = {
+                "delay_h": float(after[0] * module.SPEC.sample_period_s / 3600.0)
+                if after.size
+                else None,
+                "alarm_rate_before_onset": float(alarms[:onset].mean()),
+                "alarm_rate_after_onset": float(alarms[onset:].mean()),
+            }
         out["idv"][str(idv)] = row
-        console.log(f"IDV({idv}): " + ", ".join(
-            f"{k} {r['delay_h']}" for k, r in row.items()))
+        console.log(f"IDV({idv}): " + ", ".join(f"{k} {r['delay_h']}" for k, r in row.items()))
     out.update(detection_counts(out["idv"]))
-    out["meta"] = {"train_hours": hours, "episode_hours": episode_hours,
-                   "idv_start_h": IDV_START_H, "false_alarm_rate": FALSE_ALARM_RATE,
-                   "smoothing_samples": SMOOTHING, "quick": quick}
+    out["meta"] = {
+        "train_hours": hours,
+        "episode_hours": episode_hours,
+        "idv_start_h": IDV_START_H,
+        "false_alarm_rate": FALSE_ALARM_RATE,
+        "smoothing_samples": SMOOTHING,
+        "quick": quick,
+    }
     return out
 
 
@@ -177,25 +202,33 @@ def detection_counts(idv: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dic
     above SUSTAINED_RATE.
     """
     detectors = next(iter(idv.values())).keys()
-    return {"detected_any_alarm": {k: sum(r[k]["delay_h"] is not None for r in idv.values())
-                                   for k in detectors},
-            "detected_sustained": {k: sum(r[k]["alarm_rate_after_onset"] > SUSTAINED_RATE
-                                          for r in idv.values()) for k in detectors},
-            "sustained_rate": SUSTAINED_RATE}
+    return {
+        "detected_any_alarm": {
+            k: sum(r[k]["delay_h"] is not None for r in idv.values()) for k in detectors
+        },
+        "detected_sustained": {
+            k: sum(r[k]["alarm_rate_after_onset"] > SUSTAINED_RATE for r in idv.values())
+            for k in detectors
+        },
+        "sustained_rate": SUSTAINED_RATE,
+    }
 
 
 # -- turbofan ----------------------------------------------------------------------------------
 
+
 def flights(df: pd.DataFrame, spec) -> list[pd.DataFrame]:
     ts = df[spec.timestamp_column].to_numpy(float)
     bounds = [0, *(np.flatnonzero(np.diff(ts) > 1.5 * spec.sample_period_s) + 1), len(df)]
-    return [df.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:],
-                                                                strict=True)]
+    return [
+        df.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def healthy(df: pd.DataFrame, spec) -> pd.DataFrame:
-    parts = [f for f, c in zip(flights(df, spec), df.attrs["cycles"], strict=True)
-             if c < HEALTHY_CYCLES]
+    parts = [
+        f for f, c in zip(flights(df, spec), df.attrs["cycles"], strict=True) if c < HEALTHY_CYCLES
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -207,9 +240,11 @@ def turbofan(quick: bool) -> dict[str, Any]:
     twin = train(train_df, spec, 30.0 if quick else 90.0)
     residuals = ResidualScores(twin, train_df)
     calibration = cached_log(module, "turbofan", hours, 2)
-    normal = [all_scores(twin, residuals, f) for f, c in
-              zip(flights(calibration, spec), calibration.attrs["cycles"], strict=True)
-              if c < HEALTHY_CYCLES]
+    normal = [
+        all_scores(twin, residuals, f)
+        for f, c in zip(flights(calibration, spec), calibration.attrs["cycles"], strict=True)
+        if c < HEALTHY_CYCLES
+    ]
     limit = thresholds(normal)
     life = cached_log(module, "turbofan", hours, 3)
     rows = []
@@ -219,19 +254,28 @@ def turbofan(quick: bool) -> dict[str, Any]:
         except InvalidInput as exc:  # a worn engine's sensor beyond its limit: refused
             rows.append({"cycle": float(cycle), "refused": str(exc)})
             continue
-        rates = {k: float(np.mean(np.nan_to_num(v, nan=-np.inf) > limit[k]))
-                 for k, v in scores.items()}
+        rates = {
+            k: float(np.mean(np.nan_to_num(v, nan=-np.inf) > limit[k])) for k, v in scores.items()
+        }
         rows.append({"cycle": float(cycle), **rates})
     first = {}
     for k in limit:
         flagged = [r["cycle"] for r in rows if "refused" not in r and r[k] > 0.5]
         first[k] = min(flagged) if flagged else None
     console.log(f"first cycle with most samples alarming: {first}")
-    return {"thresholds": limit, "flights": rows, "first_cycle_mostly_alarming": first,
-            "meta": {"healthy_below_cycles": HEALTHY_CYCLES, "log_hours": hours,
-                     "units": {"train": 1, "calibration": 2, "test": 3},
-                     "false_alarm_rate": FALSE_ALARM_RATE, "smoothing_samples": SMOOTHING,
-                     "quick": quick}}
+    return {
+        "thresholds": limit,
+        "flights": rows,
+        "first_cycle_mostly_alarming": first,
+        "meta": {
+            "healthy_below_cycles": HEALTHY_CYCLES,
+            "log_hours": hours,
+            "units": {"train": 1, "calibration": 2, "test": 3},
+            "false_alarm_rate": FALSE_ALARM_RATE,
+            "smoothing_samples": SMOOTHING,
+            "quick": quick,
+        },
+    }
 
 
 def main() -> None:
@@ -241,8 +285,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    result = tennessee_eastman(args.quick) if args.process == "tennessee_eastman" \
+    result = (
+        tennessee_eastman(args.quick)
+        if args.process == "tennessee_eastman"
         else turbofan(args.quick)
+    )
     result.setdefault("meta", {})["seconds"] = time.perf_counter() - started
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[args.process] = result

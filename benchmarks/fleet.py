@@ -52,15 +52,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_fleet(url: str, logs: dict[str, Path], epochs: int, workers: int) -> dict:
     sessions = make_session_factory(make_engine(url))
     with sessions() as session:
-        ids = [services.enqueue_training(session, "glucose", {
-            "data": {"source": "csv", "path": str(path)},
-            "train": {"epochs": epochs, "max_seconds": 86_400.0, "seed": 0},
-            "model_name": f"{patient}-{workers}w"}).id for patient, path in logs.items()]
+        ids = [
+            services.enqueue_training(
+                session,
+                "glucose",
+                {
+                    "data": {"source": "csv", "path": str(path)},
+                    "train": {"epochs": epochs, "max_seconds": 86_400.0, "seed": 0},
+                    "model_name": f"{patient}-{workers}w",
+                },
+            ).id
+            for patient, path in logs.items()
+        ]
     code = f"from api.worker import run_worker; run_worker({url!r}, poll_seconds=0.2, once=True)"
     started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
     for proc in procs:
         proc.wait()
     wall = time.perf_counter() - started
@@ -73,13 +87,17 @@ def run_fleet(url: str, logs: dict[str, Path], epochs: int, workers: int) -> dic
         who = pids.get(run.metrics.get("worker", "?:?").split(":")[1], "?")
         share[who] += 1
         seconds[who] += (run.finished_at - run.started_at).total_seconds()
-    return {"workers": workers, "wall_s": round(wall, 1),
-            "statuses": dict(Counter(r.status for r in runs)),
-            "attempts": dict(Counter(r.metrics.get("attempts") for r in runs)),
-            "jobs_per_worker": dict(share),
-            "busy_s_per_worker": {k: round(v, 1) for k, v in seconds.items()},
-            "train_s_per_job": round(sum(r.metrics.get("train_seconds", 0.0) for r in runs)
-                                     / len(runs), 1)}
+    return {
+        "workers": workers,
+        "wall_s": round(wall, 1),
+        "statuses": dict(Counter(r.status for r in runs)),
+        "attempts": dict(Counter(r.metrics.get("attempts") for r in runs)),
+        "jobs_per_worker": dict(share),
+        "busy_s_per_worker": {k: round(v, 1) for k, v in seconds.items()},
+        "train_s_per_job": round(
+            sum(r.metrics.get("train_seconds", 0.0) for r in runs) / len(runs), 1
+        ),
+    }
 
 
 def main() -> None:
@@ -87,27 +105,37 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=4)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--database-url", help="PostgreSQL URL (a schema is made and "
-                        "dropped); default: a temporary SQLite file")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (a schema is made and dropped); default: a temporary SQLite file",
+    )
     args = parser.parse_args()
     patients = glucose.ALL_PATIENTS[:: max(1, len(glucose.ALL_PATIENTS) // args.patients)]
-    patients = patients[:args.patients]
+    patients = patients[: args.patients]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         logs = {}
         for i, patient in enumerate(patients):
             logs[patient] = folder / f"{patient.replace('#', '_')}.parquet"
-            write_log(glucose.generate_training_log(args.hours, seed=i + 1, patient=patient),
-                      logs[patient])
+            write_log(
+                glucose.generate_training_log(args.hours, seed=i + 1, patient=patient),
+                logs[patient],
+            )
         with bench_database(args.database_url) as url:
             one = run_fleet(url, logs, args.epochs, 1)
             two = run_fleet(url, logs, args.epochs, 2)
     result = {
-        "setup": {"patients": patients, "log_hours": args.hours, "epochs": args.epochs,
-                  "database": "postgresql" if args.database_url else "sqlite",
-                  "cpus": os.cpu_count(), "python": platform.python_version(),
-                  "scaled_from": "30 patients, 360 h logs, 20 epochs"},
-        "one_worker": one, "two_workers": two,
+        "setup": {
+            "patients": patients,
+            "log_hours": args.hours,
+            "epochs": args.epochs,
+            "database": "postgresql" if args.database_url else "sqlite",
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "scaled_from": "30 patients, 360 h logs, 20 epochs",
+        },
+        "one_worker": one,
+        "two_workers": two,
         "speedup": round(one["wall_s"] / two["wall_s"], 2),
         "every_job_once": all(r["attempts"] == {1: len(patients)} for r in (one, two)),
     }

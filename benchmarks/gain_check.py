@@ -78,8 +78,9 @@ def generator_version(module: ModuleType) -> str:
     return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:12]
 
 
-def cached_log(module: ModuleType, name: str, hours: float, case: dict[str, Any],
-               data_tag: str | None = None) -> pd.DataFrame:
+def cached_log(
+    module: ModuleType, name: str, hours: float, case: dict[str, Any], data_tag: str | None = None
+) -> pd.DataFrame:
     """The excitation log of this generator (kept between runs), or with `data_tag` one
     stored earlier under that tag (a log of an earlier generator, for a before/after)."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -111,25 +112,32 @@ def run_case(name: str, case: dict[str, Any], args: argparse.Namespace) -> dict[
         df = cached_log(module, name, HOURS[name], case, args.data_tag)
         log_seconds = time.perf_counter() - started
         signs = args.signs == "on"
-        cfg = module.TRAINING_RECIPE.train_config(seed=0, epochs=EPOCHS[name],
-                                                  max_seconds=args.seconds)
+        cfg = module.TRAINING_RECIPE.train_config(
+            seed=0, epochs=EPOCHS[name], max_seconds=args.seconds
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             twin, _ = train_twin(df, case_spec(module, case, signs), cfg, show_progress=False)
         twin.metrics["gain_check_run"] = {
-            "signs_in_training": signs, "log_hours": HOURS[name],
+            "signs_in_training": signs,
+            "log_hours": HOURS[name],
             "generator": args.data_tag or generator_version(module),
             "command": "python benchmarks/gain_check.py " + " ".join(sys.argv[1:]),
             "log_seconds": round(log_seconds, 1),
             "train_seconds": round(twin.metrics["train_seconds"], 1),
             "epochs_done": twin.metrics.get("epochs_done", twin.metrics["epochs"]),
-            "epochs_asked": cfg.epochs}
+            "epochs_asked": cfg.epochs,
+        }
         TWINS.mkdir(parents=True, exist_ok=True)
         twin.save(path)
     # judged against the declared signs whether or not training saw them
     twin.spec = case_spec(module, case, True)
-    return {"process": name, **case, **twin.metrics["gain_check_run"],
-            "rows": gain_check(twin, **case)}
+    return {
+        "process": name,
+        **case,
+        **twin.metrics["gain_check_run"],
+        "rows": gain_check(twin, **case),
+    }
 
 
 def _case_tag(case: dict[str, Any]) -> str:
@@ -138,56 +146,97 @@ def _case_tag(case: dict[str, Any]) -> str:
 
 def show(label: str, cases: list[dict[str, Any]]) -> None:
     table = Table(title=f"gain check: {label}")
-    for col in ("process", "case", "actuator -> sensor", "unit", "step", "horizon",
-                "twin gain", "agree", "plant gain", "declared", "sign match"):
+    for col in (
+        "process",
+        "case",
+        "actuator -> sensor",
+        "unit",
+        "step",
+        "horizon",
+        "twin gain",
+        "agree",
+        "plant gain",
+        "declared",
+        "sign match",
+    ):
         table.add_column(col)
     for case in cases:
         for row in case["rows"]:
             match = row.get("sign_match")
-            table.add_row(case["process"], case.get("patient", ""),
-                          f"{row['actuator']} -> {row['sensor']}", row["unit"],
-                          f"{row['step']:.3g}", f"{row['horizon_s']:g} s",
-                          f"{row['gain']:+.4g}", f"{row['agreement']:.2f}",
-                          f"{row['plant_gain']:+.4g}" if "plant_gain" in row else "-",
-                          row["declared"] or "", "not clear" if match is None
-                          else ("yes" if match else "NO"))
+            table.add_row(
+                case["process"],
+                case.get("patient", ""),
+                f"{row['actuator']} -> {row['sensor']}",
+                row["unit"],
+                f"{row['step']:.3g}",
+                f"{row['horizon_s']:g} s",
+                f"{row['gain']:+.4g}",
+                f"{row['agreement']:.2f}",
+                f"{row['plant_gain']:+.4g}" if "plant_gain" in row else "-",
+                row["declared"] or "",
+                "not clear" if match is None else ("yes" if match else "NO"),
+            )
     console.print(table)
 
 
 def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     judged = [r for c in cases for r in c["rows"] if r.get("sign_match") is not None]
-    return {"pairs_judged": len(judged),
-            "signs_matched": sum(r["sign_match"] for r in judged),
-            "mismatched": [f"{c['process']} {c.get('patient', '')} {r['actuator']}->"
-                           f"{r['sensor']}".replace("  ", " ")
-                           for c in cases for r in c["rows"] if r.get("sign_match") is False]}
+    return {
+        "pairs_judged": len(judged),
+        "signs_matched": sum(r["sign_match"] for r in judged),
+        "mismatched": [
+            f"{c['process']} {c.get('patient', '')} {r['actuator']}->{r['sensor']}".replace(
+                "  ", " "
+            )
+            for c in cases
+            for r in c["rows"]
+            if r.get("sign_match") is False
+        ],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", required=True, help="key of this run in the results")
-    parser.add_argument("--signs", choices=("on", "off"), default="on",
-                        help="train on specs with (on) or without (off) declared effects")
+    parser.add_argument(
+        "--signs",
+        choices=("on", "off"),
+        default="on",
+        help="train on specs with (on) or without (off) declared effects",
+    )
     parser.add_argument("--process", nargs="*", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seconds", type=float, default=300.0,
-                        help="wall-clock cap on training, per twin")
+    parser.add_argument(
+        "--seconds", type=float, default=300.0, help="wall-clock cap on training, per twin"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reuse", action="store_true",
-                        help="gain-check the twins this label trained before, if kept")
-    parser.add_argument("--data-tag", help="train on logs stored under this tag (an earlier "
-                        "generator's) instead of generating them")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="gain-check the twins this label trained before, if kept",
+    )
+    parser.add_argument(
+        "--data-tag",
+        help="train on logs stored under this tag (an earlier "
+        "generator's) instead of generating them",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = []
     for name in args.process:
         for case in CASES[name]:
-            console.print(f"[bold]{name} {case or ''}[/]: training ({EPOCHS[name]} epochs, "
-                          f"at most {args.seconds:g} s, signs {args.signs})")
+            console.print(
+                f"[bold]{name} {case or ''}[/]: training ({EPOCHS[name]} epochs, "
+                f"at most {args.seconds:g} s, signs {args.signs})"
+            )
             cases.append(run_case(name, case, args))
             show(args.label, cases[-1:])
     show(args.label, cases)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.strip()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     # runs of two labels may finish together: one read-modify-write at a time
     with open(Path(tempfile.gettempdir()) / "twin-gain-check.lock", "w") as lock:
@@ -203,9 +252,13 @@ def save(args: argparse.Namespace, cases: list[dict[str, Any]], commit: str) -> 
     merged = kept + cases
     results[args.label] = {
         "signs_in_training": args.signs == "on",
-        "budget": {"epochs": EPOCHS, "train_seconds_cap": args.seconds, "threads": args.threads,
-                   "log_hours": HOURS,
-                   "machine": f"{platform.processor() or platform.machine()}, shared 2 cores"},
+        "budget": {
+            "epochs": EPOCHS,
+            "train_seconds_cap": args.seconds,
+            "threads": args.threads,
+            "log_hours": HOURS,
+            "machine": f"{platform.processor() or platform.machine()}, shared 2 cores",
+        },
         "commit": commit,
         "summary": summary(merged),
         "cases": merged,

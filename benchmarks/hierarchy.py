@@ -65,14 +65,29 @@ TRACKING_SCALE_C, MOVE_WEIGHT = 5.0, 0.05
 SPEC = ProcessSpec(
     name="heated-pipeline",
     description="Heater at the inlet, outlet temperature measured after a 2-minute transport "
-                "delay.",
+    "delay.",
     sample_period_s=SAMPLE_PERIOD_S,
     timestamp_column="time_s",
     tags=(
-        Tag(name="T_out", role=TagRole.SENSOR, unit="degC", high=OUTLET_HIGH_C, nominal=50.0,
-            controlled=True, description="outlet temperature"),
-        Tag(name="power", role=TagRole.ACTUATOR, unit="%", low=POWER_LOW, high=POWER_HIGH,
-            rate_limit=POWER_RATE_PCT_PER_S, nominal=50.0, description="heater power"),
+        Tag(
+            name="T_out",
+            role=TagRole.SENSOR,
+            unit="degC",
+            high=OUTLET_HIGH_C,
+            nominal=50.0,
+            controlled=True,
+            description="outlet temperature",
+        ),
+        Tag(
+            name="power",
+            role=TagRole.ACTUATOR,
+            unit="%",
+            low=POWER_LOW,
+            high=POWER_HIGH,
+            rate_limit=POWER_RATE_PCT_PER_S,
+            nominal=50.0,
+            description="heater power",
+        ),
     ),
 )
 RATE_PER_SAMPLE = POWER_RATE_PCT_PER_S * SAMPLE_PERIOD_S
@@ -107,8 +122,11 @@ def pipeline_log(hours: float, seed: int) -> pd.DataFrame:
     plant, u, rows = Pipeline(seed + 10_000), 50.0, []
     meas = plant.measure()
     for k in range(n):
-        u = float(np.clip(np.clip(levels[k], u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE),
-                          POWER_LOW, POWER_HIGH))
+        u = float(
+            np.clip(
+                np.clip(levels[k], u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE), POWER_LOW, POWER_HIGH
+            )
+        )
         rows.append({"time_s": plant.time_s, **meas, "power": u})
         meas = plant.step(u)
     return pd.DataFrame(rows, columns=["time_s", "T_out", "power"])
@@ -126,8 +144,7 @@ class Schedule:
 PIPELINE_SCHEDULE = Schedule(200, ((0, 50.0), (10, 72.0), (80, 40.0), (140, 62.0)))
 
 
-def pipeline_episode(controller: TwinController, seed: int, schedule: Schedule
-                     ) -> dict[str, float]:
+def pipeline_episode(controller: TwinController, seed: int, schedule: Schedule) -> dict[str, float]:
     plant, before = Pipeline(seed), 50.0
     outlet, moves, solve_ms, fallbacks = [], [], [], 0
     for k in range(schedule.steps):
@@ -140,21 +157,40 @@ def pipeline_episode(controller: TwinController, seed: int, schedule: Schedule
         solve_ms.append(record.solve_ms)
         fallbacks += record.status != "ok"
     setpoints = np.array([schedule.at(k) for k in range(schedule.steps)])
-    return _score(np.array(outlet), setpoints, np.array(moves), solve_ms, fallbacks,
-                  TRACKING_SCALE_C, OUTLET_HIGH_C)
+    return _score(
+        np.array(outlet),
+        setpoints,
+        np.array(moves),
+        solve_ms,
+        fallbacks,
+        TRACKING_SCALE_C,
+        OUTLET_HIGH_C,
+    )
 
 
-def _score(true: np.ndarray, setpoints: np.ndarray, moves: np.ndarray, solve_ms: list[float],
-           fallbacks: int, scale: float, limit: float) -> dict[str, float]:
+def _score(
+    true: np.ndarray,
+    setpoints: np.ndarray,
+    moves: np.ndarray,
+    solve_ms: list[float],
+    fallbacks: int,
+    scale: float,
+    limit: float,
+) -> dict[str, float]:
     tracking = float((((true - setpoints) / scale) ** 2).sum())
-    return {"cost": tracking + float(MOVE_WEIGHT * ((moves / RATE_PER_SAMPLE) ** 2).sum()),
-            "tracking_cost": tracking, "violations": int((true > limit).sum()),
-            "mean_abs_error": float(np.abs(true - setpoints).mean()),
-            "fallbacks": fallbacks, "solve_ms_median": float(np.median(solve_ms)),
-            "solve_ms_p99": float(np.quantile(solve_ms, 0.99))}
+    return {
+        "cost": tracking + float(MOVE_WEIGHT * ((moves / RATE_PER_SAMPLE) ** 2).sum()),
+        "tracking_cost": tracking,
+        "violations": int((true > limit).sum()),
+        "mean_abs_error": float(np.abs(true - setpoints).mean()),
+        "fallbacks": fallbacks,
+        "solve_ms_median": float(np.median(solve_ms)),
+        "solve_ms_p99": float(np.quantile(solve_ms, 0.99)),
+    }
 
 
 # -- twins ---------------------------------------------------------------------------------------
+
 
 def cached_twin(name: str, build: Any) -> Twin:
     path = CACHE / f"hierarchy_{name}.pt"
@@ -167,18 +203,21 @@ def cached_twin(name: str, build: Any) -> Twin:
 
 
 def pipeline_twin() -> Twin:
-    cfg = TrainConfig(epochs=12, max_seconds=150.0, seed=0, rollout_steps=16,
-                      model=JEPAConfig(window=16))
+    cfg = TrainConfig(
+        epochs=12, max_seconds=150.0, seed=0, rollout_steps=16, model=JEPAConfig(window=16)
+    )
     return train_twin(pipeline_log(12.0, seed=1), SPEC, cfg, show_progress=False)[0]
 
 
 def cstr_twin() -> Twin:
     cfg = TrainConfig(epochs=12, max_seconds=150.0, seed=0)
-    return train_twin(cstr.generate_training_log(8.0, seed=1), cstr.SPEC, cfg,
-                      show_progress=False)[0]
+    return train_twin(cstr.generate_training_log(8.0, seed=1), cstr.SPEC, cfg, show_progress=False)[
+        0
+    ]
 
 
 # -- the comparison ------------------------------------------------------------------------------
+
 
 def controller_for(twin: Twin, planner: str, horizon: int, fallback: Any) -> TwinController:
     settings = replace(PlannerSettings.for_twin(twin), horizon=horizon)  # the spec's weights
@@ -188,9 +227,11 @@ def controller_for(twin: Twin, planner: str, horizon: int, fallback: Any) -> Twi
 def setups(horizon: int) -> list[tuple[str, str, int]]:
     """(label, planner, fine horizon): flat and hierarchical at the same fine horizon, and
     the flat planner over the coarse level's whole reach as the reference it approximates."""
-    return [(f"flat H={horizon}", "casadi", horizon),
-            (f"hierarchical H={horizon}", "hierarchical", horizon),
-            (f"flat H={COARSE_REACH}", "casadi", COARSE_REACH)]
+    return [
+        (f"flat H={horizon}", "casadi", horizon),
+        (f"hierarchical H={horizon}", "hierarchical", horizon),
+        (f"flat H={COARSE_REACH}", "casadi", COARSE_REACH),
+    ]
 
 
 COARSE_REACH = 60  # samples the coarse level sees (15 blocks of 4)
@@ -201,8 +242,9 @@ def compare(seeds: list[int], horizon: int) -> dict[str, Any]:
     twin = cached_twin("pipeline", pipeline_twin)
     for label, planner, h in setups(horizon):
         out.setdefault("heated-pipeline", {})[label] = [
-            pipeline_episode(controller_for(twin, planner, h, None), seed,
-                             PIPELINE_SCHEDULE) for seed in seeds]
+            pipeline_episode(controller_for(twin, planner, h, None), seed, PIPELINE_SCHEDULE)
+            for seed in seeds
+        ]
     twin = cached_twin("cstr", cstr_twin)
     for label, planner, h in setups(horizon):
         episodes = []
@@ -210,13 +252,17 @@ def compare(seeds: list[int], horizon: int) -> dict[str, Any]:
             controller = controller_for(twin, planner, h, cstr.pi_fallback())
             result = cstr.run_episode(cstr.twin_policy(controller), planner, seed=seed)
             m, steps = result.metrics, result.steps
-            episodes.append({"cost": m["cost"], "tracking_cost": m["tracking_cost"],
-                             "violations": m["violations"],
-                             "mean_abs_error": m["mean_abs_error_K"],
-                             "fallbacks": sum(s.status != "ok" for s in steps),
-                             "solve_ms_median": float(np.median([s.solve_ms for s in steps])),
-                             "solve_ms_p99": float(np.quantile([s.solve_ms for s in steps],
-                                                               0.99))})
+            episodes.append(
+                {
+                    "cost": m["cost"],
+                    "tracking_cost": m["tracking_cost"],
+                    "violations": m["violations"],
+                    "mean_abs_error": m["mean_abs_error_K"],
+                    "fallbacks": sum(s.status != "ok" for s in steps),
+                    "solve_ms_median": float(np.median([s.solve_ms for s in steps])),
+                    "solve_ms_p99": float(np.quantile([s.solve_ms for s in steps], 0.99)),
+                }
+            )
         out.setdefault("cstr", {})[label] = episodes
     return out
 
@@ -234,27 +280,47 @@ def main() -> None:
     started = time.perf_counter()
     seeds = list(range(7, 7 + args.seeds))
     runs = compare(seeds, args.fine_horizon)
-    table = Table(title=f"flat vs hierarchical, fine horizon {args.fine_horizon} samples, "
-                        f"{len(seeds)} seeds (means)")
-    for column in ("process", "planner", "cost", "mean |error|", "violations", "fallbacks",
-                   "solve ms median", "solve ms p99"):
+    table = Table(
+        title=f"flat vs hierarchical, fine horizon {args.fine_horizon} samples, "
+        f"{len(seeds)} seeds (means)"
+    )
+    for column in (
+        "process",
+        "planner",
+        "cost",
+        "mean |error|",
+        "violations",
+        "fallbacks",
+        "solve ms median",
+        "solve ms p99",
+    ):
         table.add_column(column)
     results: dict[str, Any] = {}
     for process, planners in runs.items():
         for planner, episodes in planners.items():
             mean = summarise(episodes)
             results.setdefault(process, {})[planner] = {**mean, "episodes": episodes}
-            table.add_row(process, planner, f"{mean['cost']:.2f}",
-                          f"{mean['mean_abs_error']:.2f}", f"{mean['violations']:.1f}",
-                          f"{mean['fallbacks']:.1f}", f"{mean['solve_ms_median']:.1f}",
-                          f"{mean['solve_ms_p99']:.1f}")
+            table.add_row(
+                process,
+                planner,
+                f"{mean['cost']:.2f}",
+                f"{mean['mean_abs_error']:.2f}",
+                f"{mean['violations']:.1f}",
+                f"{mean['fallbacks']:.1f}",
+                f"{mean['solve_ms_median']:.1f}",
+                f"{mean['solve_ms_p99']:.1f}",
+            )
     console.print(table)
     results["meta"] = {
-        "fine_horizon_samples": args.fine_horizon, "coarse_horizon_samples": COARSE_REACH,
-        "seeds": seeds, "pipeline_delay_samples": DELAY_SAMPLES,
+        "fine_horizon_samples": args.fine_horizon,
+        "coarse_horizon_samples": COARSE_REACH,
+        "seeds": seeds,
+        "pipeline_delay_samples": DELAY_SAMPLES,
         "cost": "sum ((y - y_sp) / scale)^2 + 0.05 (du / max step)^2 on the true state; "
-                "scale 5 degC (pipeline), 10 K (CSTR); mean |error| in degC / K",
-        "threads": 1, "machine": platform.platform(), "python": platform.python_version(),
+        "scale 5 degC (pipeline), 10 K (CSTR); mean |error| in degC / K",
+        "threads": 1,
+        "machine": platform.platform(),
+        "python": platform.python_version(),
         "seconds": time.perf_counter() - started,
         "note": "timings on a shared machine: compare within this run",
     }

@@ -48,8 +48,14 @@ from twin.spec import ProcessSpec
 from twin.train import train_twin
 
 RESULTS = Path(__file__).parent / "results" / "new_plant.json"
-TARGETS = {"cost_vs_pi": 0.8, "cost_vs_oracle": 1.3, "violations": 0,
-           "fallback_share": 0.05, "offset_noise_stds": 2.0, "training_s": 300.0}
+TARGETS = {
+    "cost_vs_pi": 0.8,
+    "cost_vs_oracle": 1.3,
+    "violations": 0,
+    "fallback_share": 0.05,
+    "offset_noise_stds": 2.0,
+    "training_s": 300.0,
+}
 PLANNER = "casadi"  # the API's default planner for a loop
 
 
@@ -88,10 +94,12 @@ def twin_decider(plant: Plant, checkpoint: bytes) -> Any:
     controller = default_controller_factory(checkpoint, PLANNER)
     sensors, actuators = [s.name for s in plant.sensors], [a.name for a in plant.actuators]
 
-    def decide(k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float],
-               state: Any) -> tuple[np.ndarray, str]:
-        measurements: dict[str, float | None] = dict(zip(sensors, map(float, measured),
-                                                         strict=True))
+    def decide(
+        k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float], state: Any
+    ) -> tuple[np.ndarray, str]:
+        measurements: dict[str, float | None] = dict(
+            zip(sensors, map(float, measured), strict=True)
+        )
         # the plant reports what is applied (valve positions), as a loop client may
         measurements.update(zip(actuators, map(float, state.history[-1]), strict=True))
         record = controller.step(time_s, measurements, setpoints)
@@ -105,11 +113,11 @@ def pi_decider(plant: Plant, spec: ProcessSpec) -> Any:
     assert fallback is not None
     sensors, actuators = [s.name for s in plant.sensors], [a.name for a in plant.actuators]
 
-    def decide(k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float],
-               state: Any) -> tuple[np.ndarray, str]:
+    def decide(
+        k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float], state: Any
+    ) -> tuple[np.ndarray, str]:
         applied = dict(zip(actuators, map(float, state.history[-1]), strict=True))
-        out = fallback(dict(zip(sensors, map(float, measured), strict=True)), setpoints,
-                       applied)
+        out = fallback(dict(zip(sensors, map(float, measured), strict=True)), setpoints, applied)
         return np.array([out[a] for a in actuators]), "pi"
 
     return decide
@@ -119,8 +127,9 @@ def oracle_decider(plant: Plant) -> Any:
     controlled = [s.name for s in plant.sensors if s.controlled]
     oracle = OracleNmpc(plant, controlled)
 
-    def decide(k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float],
-               state: Any) -> tuple[np.ndarray, str]:
+    def decide(
+        k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float], state: Any
+    ) -> tuple[np.ndarray, str]:
         return oracle.step(state, setpoints), "oracle"
 
     return decide
@@ -143,12 +152,15 @@ def score(plant: Plant, episode: Episode, warmup: int = 0) -> dict[str, Any]:
         tail = slice(end - max(1, (end - start) // 4), end)
         offsets.append(np.mean(np.abs(error[tail]), axis=0) / noise)
     after = episode.statuses[warmup:]
-    return {"cost": cost, "violations": violations,
-            "offset_noise_stds": float(np.max(offsets)),
-            "offsets_by_segment": np.round(np.array(offsets), 2).tolist(),
-            "fallback_share": sum(s == "fallback" for s in after) / max(1, len(after)),
-            "step_ms_median": float(np.median(episode.step_ms)),
-            "step_ms_p99": float(np.percentile(episode.step_ms, 99))}
+    return {
+        "cost": cost,
+        "violations": violations,
+        "offset_noise_stds": float(np.max(offsets)),
+        "offsets_by_segment": np.round(np.array(offsets), 2).tolist(),
+        "fallback_share": sum(s == "fallback" for s in after) / max(1, len(after)),
+        "step_ms_median": float(np.median(episode.step_ms)),
+        "step_ms_p99": float(np.percentile(episode.step_ms, 99)),
+    }
 
 
 def from_files(tags: Path, log: Path) -> tuple[ProcessSpec, Any]:
@@ -158,15 +170,20 @@ def from_files(tags: Path, log: Path) -> tuple[ProcessSpec, Any]:
     return with_simc_gains(ProcessSpec.load(tags), df), df
 
 
-def bench_plant(name: str, noise_seeds: list[int], train_seeds: list[int],
-                budget_s: float, folder: Path) -> dict[str, Any]:
+def bench_plant(
+    name: str, noise_seeds: list[int], train_seeds: list[int], budget_s: float, folder: Path
+) -> dict[str, Any]:
     plant = PLANTS[name]()
     tags, log = plant.export(folder / name, seed=7)
     spec, df = from_files(tags, log)
     result: dict[str, Any] = {
-        "plant": name, "description": plant.description, "log_rows": len(df),
-        "pi": [{"sensor": p.sensor, "actuator": p.actuator, "kp": p.kp, "ti_s": p.ti_s}
-               for p in spec.baseline],
+        "plant": name,
+        "description": plant.description,
+        "log_rows": len(df),
+        "pi": [
+            {"sensor": p.sensor, "actuator": p.actuator, "kp": p.kp, "ti_s": p.ti_s}
+            for p in spec.baseline
+        ],
     }
     print(f"[{name}] SIMC PI: {result['pi']}", flush=True)
     oracle = score(plant, run_episode(plant, oracle_decider(plant), noise_seed=0))
@@ -175,24 +192,36 @@ def bench_plant(name: str, noise_seeds: list[int], train_seeds: list[int],
     twin_runs = []
     for train_seed in train_seeds:
         started = time.perf_counter()
-        twin, _ = train_twin(df, spec, train_config_for(None, seed=train_seed,
-                                                        max_seconds=budget_s),
-                             show_progress=False)
+        twin, _ = train_twin(
+            df,
+            spec,
+            train_config_for(None, seed=train_seed, max_seconds=budget_s),
+            show_progress=False,
+        )
         training_s = time.perf_counter() - started
         checkpoint = twin.to_bytes()
         for noise_seed in noise_seeds:
-            run = score(plant, run_episode(plant, twin_decider(plant, checkpoint), noise_seed),
-                        warmup=twin.config.window)
+            run = score(
+                plant,
+                run_episode(plant, twin_decider(plant, checkpoint), noise_seed),
+                warmup=twin.config.window,
+            )
             run.update(train_seed=train_seed, noise_seed=noise_seed, training_s=training_s)
             twin_runs.append(run)
-            print(f"[{name}] twin seed {train_seed}/{noise_seed}: cost {run['cost']:.4g} "
-                  f"fallback {run['fallback_share']:.0%} offset "
-                  f"{run['offset_noise_stds']:.2f} sd, {run['violations']} violations, "
-                  f"trained {training_s:.0f} s", flush=True)
+            print(
+                f"[{name}] twin seed {train_seed}/{noise_seed}: cost {run['cost']:.4g} "
+                f"fallback {run['fallback_share']:.0%} offset "
+                f"{run['offset_noise_stds']:.2f} sd, {run['violations']} violations, "
+                f"trained {training_s:.0f} s",
+                flush=True,
+            )
     pi_cost = float(np.mean([r["cost"] for r in pi_runs]))
     twin_cost = float(np.mean([r["cost"] for r in twin_runs]))
     result.update(
-        oracle=oracle, pi_runs=pi_runs, twin_runs=twin_runs, pi_cost=pi_cost,
+        oracle=oracle,
+        pi_runs=pi_runs,
+        twin_runs=twin_runs,
+        pi_cost=pi_cost,
         twin_cost=twin_cost,
         summary={
             "cost_vs_pi": twin_cost / pi_cost,
@@ -204,24 +233,29 @@ def bench_plant(name: str, noise_seeds: list[int], train_seeds: list[int],
             "offset_noise_stds": float(np.max([r["offset_noise_stds"] for r in twin_runs])),
             "pi_offset_noise_stds": float(np.max([r["offset_noise_stds"] for r in pi_runs])),
             "training_s": float(np.max([r["training_s"] for r in twin_runs])),
-        })
+        },
+    )
     result["met"] = met(result["summary"])
     return result
 
 
 def met(summary: dict[str, float]) -> dict[str, bool]:
-    return {"cost_vs_pi": summary["cost_vs_pi"] <= TARGETS["cost_vs_pi"],
-            "cost_vs_oracle": summary["cost_vs_oracle"] <= TARGETS["cost_vs_oracle"],
-            "violations": summary["violations"] <= TARGETS["violations"],
-            "fallback_share": summary["fallback_share"] <= TARGETS["fallback_share"],
-            "offset": summary["offset_noise_stds"] <= TARGETS["offset_noise_stds"],
-            "training_s": summary["training_s"] <= TARGETS["training_s"]}
+    return {
+        "cost_vs_pi": summary["cost_vs_pi"] <= TARGETS["cost_vs_pi"],
+        "cost_vs_oracle": summary["cost_vs_oracle"] <= TARGETS["cost_vs_oracle"],
+        "violations": summary["violations"] <= TARGETS["violations"],
+        "fallback_share": summary["fallback_share"] <= TARGETS["fallback_share"],
+        "offset": summary["offset_noise_stds"] <= TARGETS["offset_noise_stds"],
+        "training_s": summary["training_s"] <= TARGETS["training_s"],
+    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = ("| plant | twin/PI (<= 0.8) | twin/oracle (<= 1.3) | PI/oracle | violations twin "
-            "(PI) | fallback share (<= 5 %) | offset, noise sd (<= 2; PI) | training s "
-            "(<= 300) |")
+    head = (
+        "| plant | twin/PI (<= 0.8) | twin/oracle (<= 1.3) | PI/oracle | violations twin "
+        "(PI) | fallback share (<= 5 %) | offset, noise sd (<= 2; PI) | training s "
+        "(<= 300) |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in results:
         s, m = r["summary"], r["met"]
@@ -235,7 +269,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {s['violations']} ({s['pi_violations']}) {mark(m['violations'])} "
             f"| {100 * s['fallback_share']:.1f} % {mark(m['fallback_share'])} "
             f"| {s['offset_noise_stds']:.2f} ({s['pi_offset_noise_stds']:.2f}) "
-            f"{mark(m['offset'])} | {s['training_s']:.0f} {mark(m['training_s'])} |")
+            f"{mark(m['offset'])} | {s['training_s']:.0f} {mark(m['training_s'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -246,8 +281,11 @@ def combine(paths: list[Path], out: Path) -> None:
     for report in reports[1:]:
         if any(report[k] != reports[0][k] for k in settings):
             raise SystemExit(f"runs differ in their settings {settings}; not combined")
-    merged = {**reports[0], "wall_s": max(r["wall_s"] for r in reports),
-              "plants": [plant for r in reports for plant in r["plants"]]}
+    merged = {
+        **reports[0],
+        "wall_s": max(r["wall_s"] for r in reports),
+        "plants": [plant for r in reports for plant in r["plants"]],
+    }
     out.write_text(json.dumps(merged, indent=2))
     print(table(merged["plants"]))
     print(f"saved {out}")
@@ -256,15 +294,27 @@ def combine(paths: list[Path], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plants", nargs="*", default=list(PLANTS), choices=list(PLANTS))
-    parser.add_argument("--quick", action="store_true",
-                        help="60 s training budget, one noise seed, one training seed")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="training budget per twin, seconds (default 300, quick 60)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="60 s training budget, one noise seed, one training seed",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="training budget per twin, seconds (default 300, quick 60)",
+    )
     parser.add_argument("--noise-seeds", type=int, default=None)
     parser.add_argument("--train-seeds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--combine", type=Path, nargs="*", default=None,
-                        help="merge the JSON of runs made one plant each (in parallel)")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="merge the JSON of runs made one plant each (in parallel)",
+    )
     args = parser.parse_args()
     if args.combine:
         combine(args.combine, args.out)
@@ -274,11 +324,20 @@ def main() -> None:
     train_seeds = list(range(args.train_seeds or (1 if args.quick else 2)))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        results = [bench_plant(name, noise_seeds, train_seeds, budget, Path(folder))
-                   for name in args.plants]
-    report = {"targets": TARGETS, "budget_s": budget, "noise_seeds": noise_seeds,
-              "train_seeds": train_seeds, "planner": PLANNER, "quick": args.quick,
-              "wall_s": time.perf_counter() - started, "plants": results}
+        results = [
+            bench_plant(name, noise_seeds, train_seeds, budget, Path(folder))
+            for name in args.plants
+        ]
+    report = {
+        "targets": TARGETS,
+        "budget_s": budget,
+        "noise_seeds": noise_seeds,
+        "train_seeds": train_seeds,
+        "planner": PLANNER,
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - started,
+        "plants": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(table(results))

@@ -67,6 +67,7 @@ console = Console(width=160)
 
 # -- data ------------------------------------------------------------------------------------
 
+
 def cached_log(module: ModuleType, name: str, hours: float, seed: int) -> pd.DataFrame:
     """Generated logs are deterministic per (hours, seed): keep them between runs."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -93,12 +94,17 @@ def held_out_log(module: ModuleType, name: str, hours: float) -> pd.DataFrame:
 def settings(module: ModuleType, quick: bool) -> dict[str, Any]:
     recipe = module.TRAINING_RECIPE
     scale = 0.25 if quick else 1.0
-    return {"train_hours": recipe.hours * scale, "held_out_hours": recipe.hours * 0.25,
-            "epochs": max(2, int(recipe.epochs * (0.5 if quick else 1.0))),
-            "max_seconds": 25.0 if quick else 90.0, "eval_starts": 400 if quick else 1200}
+    return {
+        "train_hours": recipe.hours * scale,
+        "held_out_hours": recipe.hours * 0.25,
+        "epochs": max(2, int(recipe.epochs * (0.5 if quick else 1.0))),
+        "max_seconds": 25.0 if quick else 90.0,
+        "eval_starts": 400 if quick else 1200,
+    }
 
 
 # -- evaluation ------------------------------------------------------------------------------
+
 
 class Evaluation:
     """Held-out starts, their windows and future actions, and the truth to score against."""
@@ -120,8 +126,7 @@ class Evaluation:
         span = np.array([np.nanmax(df[t]) - np.nanmin(df[t]) for t in layout.sensors])
         self.scale = std / np.where(span > 0, span, 1.0)  # normalised error -> share of range
 
-    def nrmse(self, predicted: np.ndarray,
-              horizons: Sequence[int] = HORIZONS) -> dict[str, float]:
+    def nrmse(self, predicted: np.ndarray, horizons: Sequence[int] = HORIZONS) -> dict[str, float]:
         """predicted (S, H, O) normalised observed -> mean over sensors of RMSE / range."""
         pred = predicted[..., self.sensor_cols]
         out = {}
@@ -155,7 +160,8 @@ class JEPAForecaster(Forecaster):
 def jepa_config(process: str, budget: Budget, **changes: Any) -> TrainConfig:
     """The twin the process's recipe trains (benchmarks/control.py's), on the shared budget."""
     base = get_process(process).TRAINING_RECIPE.train_config(
-        epochs=budget.epochs, max_seconds=budget.max_seconds, seed=budget.seed)
+        epochs=budget.epochs, max_seconds=budget.max_seconds, seed=budget.seed
+    )
     return replace(base, **changes)
 
 
@@ -179,8 +185,10 @@ def ratio(scores: dict[str, dict[str, float]], h: str, model: str = "jepa") -> f
 
 # -- the main table ----------------------------------------------------------------------------
 
-def study_data(name: str, quick: bool
-               ) -> tuple[ModuleType, dict[str, Any], Budget, pd.DataFrame, pd.DataFrame]:
+
+def study_data(
+    name: str, quick: bool
+) -> tuple[ModuleType, dict[str, Any], Budget, pd.DataFrame, pd.DataFrame]:
     """What every table and study starts from: the process, its settings and budget, the
     training log and the held-out log."""
     module = get_process(name)
@@ -204,9 +212,14 @@ def main_table(name: str, quick: bool) -> dict[str, Any]:
         ensemble = JEPAForecaster(twin, None)
         ensemble.name = "jepa_ensemble"
         forecasters.append(ensemble)
-    forecasters += [Persistence(), ARX(), GRUForecaster(budget),
-                    AutoencoderWorldModel(budget, twin.config.embed_dim,
-                                         predictor_layers=twin.config.predictor_layers)]
+    forecasters += [
+        Persistence(),
+        ARX(),
+        GRUForecaster(budget),
+        AutoencoderWorldModel(
+            budget, twin.config.embed_dim, predictor_layers=twin.config.predictor_layers
+        ),
+    ]
     scores: dict[str, dict[str, float]] = {}
     train_seconds = {"jepa": jepa_seconds}
     train_epochs = {"jepa": twin.metrics.get("epochs")}
@@ -217,21 +230,37 @@ def main_table(name: str, quick: bool) -> dict[str, Any]:
             train_seconds[f.name] = time.perf_counter() - t0
             if hasattr(f, "stats"):
                 train_epochs[f.name] = f.stats["epochs"]
-        scores[f.name] = ev.nrmse(np.concatenate(
-            [f.predict(w, a) for w, a in zip(ev.windows.split(512), ev.actions.split(512),
-                                                 strict=True)]))
+        scores[f.name] = ev.nrmse(
+            np.concatenate(
+                [
+                    f.predict(w, a)
+                    for w, a in zip(ev.windows.split(512), ev.actions.split(512), strict=True)
+                ]
+            )
+        )
         console.log(f"{name}: {f.name} {scores[f.name]}")
-    horizons = {h: {**{k: v[h] for k, v in scores.items()}, "ratio_to_best_baseline":
-                    ratio(scores, h)} for h in scores["jepa"]}
-    out = {"embed_dim": twin.config.embed_dim, "effective_rank": held_out_rank(twin, ev),
-           "horizons": horizons,
-           "meta": {"quick": quick, "train_hours": s["train_hours"],
-                    "held_out_hours": s["held_out_hours"], "held_out_seeds": HELD_OUT_SEEDS,
-                    "train_seed": TRAIN_SEED, "eval_starts": len(ev.rows),
-                    "budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
-                    "train_seconds": train_seconds, "arx_lag": getattr(forecasters[-3], "p", None),
-                    "train_epochs": train_epochs,
-                    "metric": "mean over sensors of RMSE / (max - min in held-out log)"}}
+    horizons = {
+        h: {**{k: v[h] for k, v in scores.items()}, "ratio_to_best_baseline": ratio(scores, h)}
+        for h in scores["jepa"]
+    }
+    out = {
+        "embed_dim": twin.config.embed_dim,
+        "effective_rank": held_out_rank(twin, ev),
+        "horizons": horizons,
+        "meta": {
+            "quick": quick,
+            "train_hours": s["train_hours"],
+            "held_out_hours": s["held_out_hours"],
+            "held_out_seeds": HELD_OUT_SEEDS,
+            "train_seed": TRAIN_SEED,
+            "eval_starts": len(ev.rows),
+            "budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
+            "train_seconds": train_seconds,
+            "arx_lag": getattr(forecasters[-3], "p", None),
+            "train_epochs": train_epochs,
+            "metric": "mean over sensors of RMSE / (max - min in held-out log)",
+        },
+    }
     coarse = coarse_comparison(twin, ev)
     if coarse:
         out["coarse_predictor"] = coarse
@@ -279,8 +308,7 @@ def coarse_comparison(twin: Twin, ev: Evaluation) -> dict[str, Any] | None:
     pad = ev.actions.shape[1] - full.shape[1]
     full = np.concatenate([full, np.repeat(full[:, -1:], pad, axis=1)], axis=1)
     coarse_err = ev.nrmse(full, horizons)
-    rows = {str(h): {"chained": fine_err[str(h)], "coarse": coarse_err[str(h)]}
-            for h in horizons}
+    rows = {str(h): {"chained": fine_err[str(h)], "coarse": coarse_err[str(h)]} for h in horizons}
     # The crossover: the first horizon from which the coarse predictor stays ahead.
     crossover = None
     for h in reversed(horizons):
@@ -314,34 +342,49 @@ ABLATION = {
 }
 
 
-def _score_jepa(df: pd.DataFrame, module: ModuleType, cfg: TrainConfig, test_df: pd.DataFrame,
-                n_starts: int) -> tuple[dict[str, Any], Twin, Evaluation]:
+def _score_jepa(
+    df: pd.DataFrame, module: ModuleType, cfg: TrainConfig, test_df: pd.DataFrame, n_starts: int
+) -> tuple[dict[str, Any], Twin, Evaluation]:
     started = time.perf_counter()
     twin = train_jepa(df, module, cfg)
     seconds = time.perf_counter() - started
     test = WindowDataset(test_df, module.SPEC, twin.config.window, max(HORIZONS), twin.norm)
     ev = Evaluation(test, test_df, n_starts)
-    return {"nrmse": ev.nrmse(_predict(JEPAForecaster(twin), ev)),
-            "effective_rank": held_out_rank(twin, ev), "embed_dim": twin.config.embed_dim,
-            "train_seconds": seconds, "epochs": twin.metrics.get("epochs")}, twin, ev
+    return (
+        {
+            "nrmse": ev.nrmse(_predict(JEPAForecaster(twin), ev)),
+            "effective_rank": held_out_rank(twin, ev),
+            "embed_dim": twin.config.embed_dim,
+            "train_seconds": seconds,
+            "epochs": twin.metrics.get("epochs"),
+        },
+        twin,
+        ev,
+    )
 
 
 def _predict(f: Forecaster, ev: Evaluation) -> np.ndarray:
-    return np.concatenate([f.predict(w, a) for w, a in
-                           zip(ev.windows.split(512), ev.actions.split(512), strict=True)])
+    return np.concatenate(
+        [f.predict(w, a) for w, a in zip(ev.windows.split(512), ev.actions.split(512), strict=True)]
+    )
 
 
 def ablation_study(name: str, quick: bool) -> dict[str, Any]:
     """Each anti-collapse method with everything else at its default."""
     module, s, budget, df, test_df = study_data(name, quick)
-    out: dict[str, Any] = {"budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
-                           "default": TrainConfig().collapse, "methods": {}}
+    out: dict[str, Any] = {
+        "budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
+        "default": TrainConfig().collapse,
+        "methods": {},
+    }
     for method, changes in ABLATION.items():
-        result, _, _ = _score_jepa(df, module, jepa_config(name, budget, **changes), test_df,
-                                   s["eval_starts"])
+        result, _, _ = _score_jepa(
+            df, module, jepa_config(name, budget, **changes), test_df, s["eval_starts"]
+        )
         out["methods"][method] = result
-        console.log(f"{name} ablation {method}: rank {result['effective_rank']:.2f} "
-                    f"nrmse {result['nrmse']}")
+        console.log(
+            f"{name} ablation {method}: rank {result['effective_rank']:.2f} nrmse {result['nrmse']}"
+        )
     return out
 
 
@@ -355,15 +398,18 @@ def encoder_study(name: str, quick: bool) -> dict[str, Any]:
     """The default encoder against the RevIN-style window-relative one with a skip from the
     present sample: open-loop error and rank (closed-loop cost: benchmarks/control.py)."""
     module, s, budget, df, test_df = study_data(name, quick)
-    out: dict[str, Any] = {"budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
-                           "variants": {}}
+    out: dict[str, Any] = {
+        "budget": {"epochs": budget.epochs, "max_seconds": budget.max_seconds},
+        "variants": {},
+    }
     for variant, changes in ENCODER_VARIANTS.items():
         cfg = jepa_config(name, budget)
         cfg = replace(cfg, model=replace(cfg.model, **changes))
         result, _, _ = _score_jepa(df, module, cfg, test_df, s["eval_starts"])
         out["variants"][variant] = result
-        console.log(f"{name} encoder {variant}: rank {result['effective_rank']:.2f} "
-                    f"nrmse {result['nrmse']}")
+        console.log(
+            f"{name} encoder {variant}: rank {result['effective_rank']:.2f} nrmse {result['nrmse']}"
+        )
     return out
 
 
@@ -376,15 +422,22 @@ def closed_loop_log(module: ModuleType, hours: float, seed: int) -> pd.DataFrame
     episodes = int(np.ceil(hours * 3600.0 / (240 * cstr.SAMPLE_PERIOD_S)))
     for e in range(episodes):
         scenario = cstr.Scenario(
-            steps=240, setpoints=[(int(k), float(rng.uniform(335.0, 378.0)))
-                                  for k in sorted(rng.choice(200, 4, replace=False))],
+            steps=240,
+            setpoints=[
+                (int(k), float(rng.uniform(335.0, 378.0)))
+                for k in sorted(rng.choice(200, 4, replace=False))
+            ],
             caf_steps=[(int(rng.integers(0, 240)), float(rng.uniform(0.9, 1.1)))],
-            tf_steps=[(int(rng.integers(0, 240)), float(rng.uniform(345.0, 355.0)))])
+            tf_steps=[(int(rng.integers(0, 240)), float(rng.uniform(345.0, 355.0)))],
+        )
         scenario.setpoints[0] = (0, scenario.setpoints[0][1])
-        result = module.run_episode(module.baseline_policy(), "baseline", scenario,
-                                    seed=seed * 1000 + e)
-        rows = [{"time_s": offset + k * cstr.SAMPLE_PERIOD_S, **st.measurements, **st.actuators}
-                for k, st in enumerate(result.steps)]
+        result = module.run_episode(
+            module.baseline_policy(), "baseline", scenario, seed=seed * 1000 + e
+        )
+        rows = [
+            {"time_s": offset + k * cstr.SAMPLE_PERIOD_S, **st.measurements, **st.actuators}
+            for k, st in enumerate(result.steps)
+        ]
         frames.append(pd.DataFrame(rows))
         offset += (len(rows) + 10) * cstr.SAMPLE_PERIOD_S
     return pd.concat(frames, ignore_index=True)[["time_s", "Ca", "T", "Tc", "Caf", "Tf"]]
@@ -397,10 +450,10 @@ def data_study(name: str, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"fractions": {}}
     for fraction in (0.1, 0.3, 1.0):
         part = df.iloc[: int(len(df) * fraction)].reset_index(drop=True)
-        result, twin, ev = _score_jepa(part, module, jepa_config(name, budget), test_df,
-                                       s["eval_starts"])
-        data = WindowDataset(part, module.SPEC, twin.config.window, budget.rollout_steps,
-                             twin.norm)
+        result, twin, ev = _score_jepa(
+            part, module, jepa_config(name, budget), test_df, s["eval_starts"]
+        )
+        data = WindowDataset(part, module.SPEC, twin.config.window, budget.rollout_steps, twin.norm)
         row = {"hours": s["train_hours"] * fraction, "jepa": result["nrmse"]}
         for f in (ARX(), GRUForecaster(budget)):
             row[f.name] = ev.nrmse(_predict(f.fit(data), ev))
@@ -408,15 +461,20 @@ def data_study(name: str, quick: bool) -> dict[str, Any]:
         console.log(f"{name} data {fraction:.0%}: {row}")
     if name == "cstr":
         closed = closed_loop_log(module, s["train_hours"], TRAIN_SEED)
-        result, _, _ = _score_jepa(closed, module, jepa_config(name, budget), test_df,
-                                   s["eval_starts"])
-        out["policy"] = {"excitation": out["fractions"]["1.0"]["jepa"],
-                         "closed_loop_baseline": result["nrmse"], "hours": s["train_hours"]}
+        result, _, _ = _score_jepa(
+            closed, module, jepa_config(name, budget), test_df, s["eval_starts"]
+        )
+        out["policy"] = {
+            "excitation": out["fractions"]["1.0"]["jepa"],
+            "closed_loop_baseline": result["nrmse"],
+            "hours": s["train_hours"],
+        }
         console.log(f"{name} closed-loop data: {result['nrmse']}")
     return out
 
 
 # -- output ------------------------------------------------------------------------------------
+
 
 def merge(name: str, result: dict[str, Any], key: str | None = None) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -444,19 +502,22 @@ def print_table(name: str, result: dict[str, Any]) -> None:
         table.add_column(f"h={h}", justify="right")
     for m in models:
         table.add_row(m, *(f"{horizons[h][m]:.4f}" for h in horizons))
-    table.add_row("jepa / best baseline",
-                  *(f"{horizons[h]['ratio_to_best_baseline']:.2f}" for h in horizons))
+    table.add_row(
+        "jepa / best baseline", *(f"{horizons[h]['ratio_to_best_baseline']:.2f}" for h in horizons)
+    )
     console.print(table)
-    console.print(f"embed_dim {result['embed_dim']}, held-out effective rank "
-                  f"{result['effective_rank']:.2f}")
+    console.print(
+        f"embed_dim {result['embed_dim']}, held-out effective rank {result['effective_rank']:.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--process", required=True)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--study", choices=["main", "ablation", "data", "coarse", "encoder"],
-                        default="main")
+    parser.add_argument(
+        "--study", choices=["main", "ablation", "data", "coarse", "encoder"], default="main"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study == "main":
@@ -465,10 +526,12 @@ def main() -> None:
         # a quick run never replaces a full one: it goes beside it
         merge(args.process, result, "quick" if args.quick and has_full(args.process) else None)
     else:
-        study, key = {"ablation": (ablation_study, "ablation"),
-                      "data": (data_study, "data_size"),
-                      "coarse": (coarse_study, "coarse_predictor"),
-                      "encoder": (encoder_study, "encoder")}[args.study]
+        study, key = {
+            "ablation": (ablation_study, "ablation"),
+            "data": (data_study, "data_size"),
+            "coarse": (coarse_study, "coarse_predictor"),
+            "encoder": (encoder_study, "encoder"),
+        }[args.study]
         merge(args.process, study(args.process, args.quick), key)
 
 

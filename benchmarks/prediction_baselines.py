@@ -61,7 +61,7 @@ def _last_observed(windows: torch.Tensor, n_obs: int) -> np.ndarray:
     """Most recent valid value of each observed tag in each window (0 if none)."""
     f = windows.shape[-1] // 2
     values = windows[..., :n_obs].numpy()
-    mask = windows[..., f:f + n_obs].numpy() > 0.5
+    mask = windows[..., f : f + n_obs].numpy() > 0.5
     idx = np.where(mask, np.arange(values.shape[1])[None, :, None], -1).max(axis=1)
     rows = np.arange(values.shape[0])[:, None]
     cols = np.arange(n_obs)[None, :]
@@ -120,8 +120,9 @@ class ARX(Forecaster):
         gram = x.T @ x + self.ridge * len(x) * np.eye(x.shape[1])
         return np.linalg.solve(gram, x.T @ y)
 
-    def _validate(self, theta: np.ndarray, obs: np.ndarray, act: np.ndarray, p: int,
-                  horizon: int) -> float:
+    def _validate(
+        self, theta: np.ndarray, obs: np.ndarray, act: np.ndarray, p: int, horizon: int
+    ) -> float:
         starts = np.arange(p - 1, len(obs) - horizon, 7)
         hist_obs = np.stack([obs[starts - j] for j in range(p)], axis=1)  # (S, p, O)
         hist_act = np.stack([act[starts - j - 1] for j in range(p)], axis=1)
@@ -131,18 +132,24 @@ class ARX(Forecaster):
         err = (pred[:, -1] - truth) ** 2
         return float(np.nanmean(err))
 
-    def _rollout(self, theta: np.ndarray, hist_obs: np.ndarray, hist_act: np.ndarray,
-                 future: np.ndarray, p: int) -> np.ndarray:
+    def _rollout(
+        self,
+        theta: np.ndarray,
+        hist_obs: np.ndarray,
+        hist_act: np.ndarray,
+        future: np.ndarray,
+        p: int,
+    ) -> np.ndarray:
         """hist_* newest first (S, p, .); future actions (S, H, A) -> (S, H, O)."""
         obs, prev_act = list(hist_obs.transpose(1, 0, 2)), list(hist_act.transpose(1, 0, 2))
         out = []
         for k in range(future.shape[1]):
-            acts = [future[:, k]] + prev_act[:p - 1]
+            acts = [future[:, k]] + prev_act[: p - 1]
             x = np.hstack(obs[:p] + acts + [np.ones((len(future), 1))])
             nxt = obs[0] + x @ theta
             out.append(nxt)
-            obs = [nxt] + obs[:p - 1]
-            prev_act = [future[:, k]] + prev_act[:p - 1]
+            obs = [nxt] + obs[: p - 1]
+            prev_act = [future[:, k]] + prev_act[: p - 1]
         return np.stack(out, axis=1)
 
     def predict(self, windows: torch.Tensor, actions: torch.Tensor) -> np.ndarray:
@@ -150,22 +157,19 @@ class ARX(Forecaster):
         w = windows.numpy().astype(float)
         p = self.p
         # the window's row j pairs observations at j with the action applied before them
-        hist_obs = w[:, ::-1, :self.n_obs][:, :p]  # newest first: x_t, x_{t-1}, ...
-        hist_act = w[:, ::-1, self.n_obs:f][:, :p - 1]  # u_{t-1}, u_{t-2}, ...
+        hist_obs = w[:, ::-1, : self.n_obs][:, :p]  # newest first: x_t, x_{t-1}, ...
+        hist_act = w[:, ::-1, self.n_obs : f][:, : p - 1]  # u_{t-1}, u_{t-2}, ...
         last = _last_observed(windows, self.n_obs)
-        hist_obs = np.where(w[:, ::-1, f:f + self.n_obs][:, :p] > 0.5, hist_obs,
-                            last[:, None, :])
+        hist_obs = np.where(w[:, ::-1, f : f + self.n_obs][:, :p] > 0.5, hist_obs, last[:, None, :])
         return self._rollout(self.theta, hist_obs, hist_act, actions.numpy().astype(float), p)
 
 
-def _train_loop(model: nn.Module, data: WindowDataset, budget: Budget,
-                loss_fn) -> dict[str, float]:
+def _train_loop(model: nn.Module, data: WindowDataset, budget: Budget, loss_fn) -> dict[str, float]:
     """The twin's own optimiser and schedule, under the same epoch and time budget."""
     gen = torch.Generator().manual_seed(budget.seed)
     torch.manual_seed(budget.seed)
     train_idx, _ = data.split(0.15)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=budget.learning_rate,
-                                  weight_decay=1e-4)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=budget.learning_rate, weight_decay=1e-4)
     steps = max(1, math.ceil(len(train_idx) / budget.batch_size))
     schedule = BudgetSchedule(budget.learning_rate, budget.epochs * steps, budget.max_seconds)
     started, windows_seen, epochs = time.perf_counter(), 0, 0
@@ -216,8 +220,9 @@ class GRUForecaster(Forecaster):
         self.budget, self.hidden = budget, hidden
 
     def fit(self, data: WindowDataset) -> GRUForecaster:
-        self.net = _GRUNet(data.layout.feature_dim, len(data.layout.actions),
-                           _n_observed(data), self.hidden)
+        self.net = _GRUNet(
+            data.layout.feature_dim, len(data.layout.actions), _n_observed(data), self.hidden
+        )
 
         def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             pred = self.net(batch["windows"][:, 0], batch["actions"])
@@ -232,14 +237,16 @@ class GRUForecaster(Forecaster):
 
 
 class _AutoencoderNet(nn.Module):
-    def __init__(self, data: WindowDataset, embed_dim: int, hidden: int,
-                 predictor_layers: int) -> None:
+    def __init__(
+        self, data: WindowDataset, embed_dim: int, hidden: int, predictor_layers: int
+    ) -> None:
         super().__init__()
         f, w = data.layout.feature_dim, data.window
         self.n_obs, self.window = _n_observed(data), w
         self.encoder = ContextEncoder(w, f, hidden, embed_dim)
-        self.decoder = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(),
-                                     nn.Linear(hidden, w * self.n_obs))
+        self.decoder = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, w * self.n_obs)
+        )
         self.predictor = Predictor(embed_dim, len(data.layout.actions), hidden, predictor_layers)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -249,22 +256,23 @@ class _AutoencoderNet(nn.Module):
 class AutoencoderWorldModel(Forecaster):
     name = "autoencoder"
 
-    def __init__(self, budget: Budget, embed_dim: int, hidden: int = 128,
-                 predictor_layers: int = 1) -> None:
+    def __init__(
+        self, budget: Budget, embed_dim: int, hidden: int = 128, predictor_layers: int = 1
+    ) -> None:
         # the latent dynamics get the twin's own predictor depth: only the objective differs
         self.budget, self.embed_dim, self.hidden = budget, embed_dim, hidden
         self.predictor_layers = predictor_layers
 
     def fit(self, data: WindowDataset) -> AutoencoderWorldModel:
-        net = self.net = _AutoencoderNet(data, self.embed_dim, self.hidden,
-                                         self.predictor_layers)
+        net = self.net = _AutoencoderNet(data, self.embed_dim, self.hidden, self.predictor_layers)
         n_obs, f = net.n_obs, data.layout.feature_dim
 
         def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             windows = batch["windows"]
             z_all = net.encoder(windows)
-            recon = _masked_mse(net.decode(z_all), windows[..., :n_obs],
-                                windows[..., f:f + n_obs])
+            recon = _masked_mse(
+                net.decode(z_all), windows[..., :n_obs], windows[..., f : f + n_obs]
+            )
             predicted = net.predictor.rollout(z_all[:, 0], batch["actions"])
             latent = ((predicted - z_all[:, 1:].detach()) ** 2).mean()
             return recon + latent

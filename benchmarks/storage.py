@@ -90,10 +90,19 @@ class Sizes:
 def bench_spec() -> ProcessSpec:
     """20 sensors (the tags a dashboard plots) and the actuator every spec needs."""
     tags = [{"name": f"TI{i:02d}", "role": "sensor", "unit": "K"} for i in range(N_TAGS)]
-    tags.append({"name": "FV01", "role": "actuator", "unit": "%", "low": 0.0, "high": 100.0,
-                 "rate_limit": 1.0})
-    return ProcessSpec.from_dict({"name": "storage_bench", "sample_period_s": 1.0,
-                                  "tags": tags}, source="benchmark")
+    tags.append(
+        {
+            "name": "FV01",
+            "role": "actuator",
+            "unit": "%",
+            "low": 0.0,
+            "high": 100.0,
+            "rate_limit": 1.0,
+        }
+    )
+    return ProcessSpec.from_dict(
+        {"name": "storage_bench", "sample_period_s": 1.0, "tags": tags}, source="benchmark"
+    )
 
 
 def signal(rng: np.random.Generator, steps: int, tags: int) -> np.ndarray:
@@ -107,9 +116,18 @@ def records(first_step: int, values: np.ndarray, names: list[str]) -> list[tuple
     out = []
     for offset, row in enumerate(values.tolist()):
         step = first_step + offset
-        out.append((step, StepRecord(step=step, time_s=float(step),
-                                     measurements=dict(zip(names, row, strict=True)),
-                                     setpoints={}, actuators={})))
+        out.append(
+            (
+                step,
+                StepRecord(
+                    step=step,
+                    time_s=float(step),
+                    measurements=dict(zip(names, row, strict=True)),
+                    setpoints={},
+                    actuators={},
+                ),
+            )
+        )
     return out
 
 
@@ -146,15 +164,17 @@ def postgres_database(base_url: str) -> Iterator[str]:
 def new_run(factory: sessionmaker[Session], spec: ProcessSpec) -> int:
     with factory() as session:
         services.ensure_process(session, spec)
-        return services.create_run(session, kind="replay", process=spec.name,
-                                   controller="historian import", config={}).id
+        return services.create_run(
+            session, kind="replay", process=spec.name, controller="historian import", config={}
+        ).id
 
 
 # ---------------------------------------------------------------- ingest
 
 
-def legacy_write_steps(session: Session, run_id: int, spec: ProcessSpec,
-                       batch: list[tuple[int, StepRecord]]) -> None:
+def legacy_write_steps(
+    session: Session, run_id: int, spec: ProcessSpec, batch: list[tuple[int, StepRecord]]
+) -> None:
     """The write path before COPY (the baseline): dict rows, ORM `insert()` executemany
     per 5,000 rows, no rollups."""
     rows = step_rows(run_id, spec, batch)
@@ -165,12 +185,16 @@ def legacy_write_steps(session: Session, run_id: int, spec: ProcessSpec,
             for row in dicts:  # the JSON column takes the plan itself, not its text
                 row["plan"] = None if row["plan"] is None else json.loads(row["plan"])
         for start in range(0, len(dicts), 5_000):
-            session.execute(insert(tables[name]), dicts[start:start + 5_000])
+            session.execute(insert(tables[name]), dicts[start : start + 5_000])
 
 
-def timed_write(factory: sessionmaker[Session], spec: ProcessSpec, run_id: int,
-                batch: list[tuple[int, StepRecord]],
-                writer: Callable[..., None]) -> float:
+def timed_write(
+    factory: sessionmaker[Session],
+    spec: ProcessSpec,
+    run_id: int,
+    batch: list[tuple[int, StepRecord]],
+    writer: Callable[..., None],
+) -> float:
     """Seconds to write and commit one batch in one transaction."""
     with factory() as session:
         start = time.perf_counter()
@@ -179,8 +203,9 @@ def timed_write(factory: sessionmaker[Session], spec: ProcessSpec, run_id: int,
         return time.perf_counter() - start
 
 
-def measure_ingest(factory: sessionmaker[Session], spec: ProcessSpec,
-                   sizes: Sizes) -> dict[str, Any]:
+def measure_ingest(
+    factory: sessionmaker[Session], spec: ProcessSpec, sizes: Sizes
+) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     names = [t.name for t in spec.sensors]
     batch = records(0, signal(rng, BATCH_STEPS, N_TAGS), names)
@@ -188,21 +213,31 @@ def measure_ingest(factory: sessionmaker[Session], spec: ProcessSpec,
     fast, slow = [], []
     # Alternating, so both paths see the same background load.
     for _ in range(sizes.ingest_repeats):
-        fast.append(values / timed_write(factory, spec, new_run(factory, spec), batch,
-                                         write_steps))
-        slow.append(values / timed_write(factory, spec, new_run(factory, spec), batch,
-                                         legacy_write_steps))
+        fast.append(values / timed_write(factory, spec, new_run(factory, spec), batch, write_steps))
+        slow.append(
+            values / timed_write(factory, spec, new_run(factory, spec), batch, legacy_write_steps)
+        )
     fast_median, slow_median = statistics.median(fast), statistics.median(slow)
-    return {"ingest_batch_values": values, "ingest_repeats": sizes.ingest_repeats,
-            "ingest_values_per_s": round(fast_median),
-            "ingest_values_per_s_runs": [round(v) for v in fast],
-            "ingest_baseline_values_per_s": round(slow_median),
-            "ingest_baseline_values_per_s_runs": [round(v) for v in slow],
-            "ingest_speedup_ratio": round(fast_median / slow_median, 2)}
+    return {
+        "ingest_batch_values": values,
+        "ingest_repeats": sizes.ingest_repeats,
+        "ingest_values_per_s": round(fast_median),
+        "ingest_values_per_s_runs": [round(v) for v in fast],
+        "ingest_baseline_values_per_s": round(slow_median),
+        "ingest_baseline_values_per_s_runs": [round(v) for v in slow],
+        "ingest_speedup_ratio": round(fast_median / slow_median, 2),
+    }
 
 
-def seed(factory: sessionmaker[Session], spec: ProcessSpec, steps: int, tags: int,
-         chunk_steps: int, label: str, progress: Progress) -> tuple[int, float]:
+def seed(
+    factory: sessionmaker[Session],
+    spec: ProcessSpec,
+    steps: int,
+    tags: int,
+    chunk_steps: int,
+    label: str,
+    progress: Progress,
+) -> tuple[int, float]:
     """A run of `steps` steps of `tags` tags written in chunks; (run id, write seconds)."""
     rng = np.random.default_rng(7)
     run_id = new_run(factory, spec)
@@ -231,35 +266,45 @@ def timed_reads(read: Callable[[], dict[str, Any]], count: int) -> tuple[list[fl
 
 def read_stats(name: str, times: list[float], data: dict[str, Any]) -> dict[str, Any]:
     columns = [c for tags in data["series"].values() for c in tags.values()]
-    return {f"{name}_ms": round(statistics.median(times), 1),
-            f"{name}_p95_ms": round(float(np.percentile(times, 95)), 1),
-            f"{name}_points_per_tag": max((len(c) for c in columns), default=0),
-            f"{name}_tags": len(columns)}
+    return {
+        f"{name}_ms": round(statistics.median(times), 1),
+        f"{name}_p95_ms": round(float(np.percentile(times, 95)), 1),
+        f"{name}_points_per_tag": max((len(c) for c in columns), default=0),
+        f"{name}_tags": len(columns),
+    }
 
 
-def measure_reads(url: str, factory: sessionmaker[Session], day_run: int, month_run: int,
-                  sizes: Sizes) -> dict[str, Any]:
+def measure_reads(
+    url: str, factory: sessionmaker[Session], day_run: int, month_run: int, sizes: Sizes
+) -> dict[str, Any]:
     def service(run_id: int, **kwargs: Any) -> Callable[[], dict[str, Any]]:
         def read() -> dict[str, Any]:
             with factory() as session:  # a new session per read, like a request
-                return services.get_series(session, run_id, channels=["sensor"],
-                                           max_points=MAX_POINTS, **kwargs)
+                return services.get_series(
+                    session, run_id, channels=["sensor"], max_points=MAX_POINTS, **kwargs
+                )
+
         return read
 
     app = create_app(Settings(database_url=url))
     out: dict[str, Any] = {}
     with TestClient(app) as client:
+
         def http(run_id: int, **params: Any) -> Callable[[], dict[str, Any]]:
             def read() -> dict[str, Any]:
-                response = client.get(f"/api/runs/{run_id}/series",
-                                      params={"channels": "sensor", "max_points": MAX_POINTS,
-                                              **params})
+                response = client.get(
+                    f"/api/runs/{run_id}/series",
+                    params={"channels": "sensor", "max_points": MAX_POINTS, **params},
+                )
                 response.raise_for_status()
                 return response.json()
+
             return read
 
-        window = {"start_s": float(sizes.month_steps // 2), "end_s": sizes.month_steps // 2
-                  + 3600.0}
+        window = {
+            "start_s": float(sizes.month_steps // 2),
+            "end_s": sizes.month_steps // 2 + 3600.0,
+        }
         cases = [
             ("read_day_20_tags", service(day_run, method="minmax")),
             ("read_day_20_tags_http", http(day_run)),
@@ -283,18 +328,41 @@ def run_database(label: str, url: str, sizes: Sizes) -> dict[str, Any]:
     factory = make_session_factory(engine)
     spec = bench_spec()
     try:
-        console.print(f"[bold]{label}[/]: ingest, {sizes.ingest_repeats} x 2 batches of "
-                      f"{BATCH_STEPS * N_TAGS:,} values")
+        console.print(
+            f"[bold]{label}[/]: ingest, {sizes.ingest_repeats} x 2 batches of "
+            f"{BATCH_STEPS * N_TAGS:,} values"
+        )
         result = measure_ingest(factory, spec, sizes)
         with Progress(console=console) as progress:
-            day_run, day_s = seed(factory, spec, sizes.day_steps, N_TAGS, BATCH_STEPS,
-                                  f"{label}: day x {N_TAGS} tags", progress)
-            month_run, month_s = seed(factory, spec, sizes.month_steps, 1, DAY_STEPS // 4,
-                                      f"{label}: month x 1 tag", progress)
-        for name, values, seconds in (("day_20_tags", sizes.day_steps * N_TAGS, day_s),
-                                      ("month_1_tag", sizes.month_steps, month_s)):
-            result.update({f"seed_{name}_values": values, f"seed_{name}_s": round(seconds, 1),
-                           f"seed_{name}_values_per_s": round(values / seconds)})
+            day_run, day_s = seed(
+                factory,
+                spec,
+                sizes.day_steps,
+                N_TAGS,
+                BATCH_STEPS,
+                f"{label}: day x {N_TAGS} tags",
+                progress,
+            )
+            month_run, month_s = seed(
+                factory,
+                spec,
+                sizes.month_steps,
+                1,
+                DAY_STEPS // 4,
+                f"{label}: month x 1 tag",
+                progress,
+            )
+        for name, values, seconds in (
+            ("day_20_tags", sizes.day_steps * N_TAGS, day_s),
+            ("month_1_tag", sizes.month_steps, month_s),
+        ):
+            result.update(
+                {
+                    f"seed_{name}_values": values,
+                    f"seed_{name}_s": round(seconds, 1),
+                    f"seed_{name}_values_per_s": round(values / seconds),
+                }
+            )
         analyze(engine)
         console.print(f"[bold]{label}[/]: reads, {sizes.reads} each")
         result.update(measure_reads(url, factory, day_run, month_run, sizes))
@@ -302,7 +370,8 @@ def run_database(label: str, url: str, sizes: Sizes) -> dict[str, Any]:
             "ingest_values_per_s": result["ingest_values_per_s"] >= TARGET_INGEST_VALUES_PER_S,
             "read_day_20_tags_ms": result["read_day_20_tags_ms"] < TARGET_READ_DAY_MS,
             "read_month_1_tag_http_ms": result["read_month_1_tag_http_ms"]
-            < TARGET_READ_MONTH_HTTP_MS}
+            < TARGET_READ_MONTH_HTTP_MS,
+        }
         return result
     finally:
         engine.dispose()
@@ -358,17 +427,26 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 def meta(args: argparse.Namespace, sizes: Sizes, postgres_version: str | None) -> dict:
     return {
         "command": " ".join(["python benchmarks/storage.py", *sys.argv[1:]]),
-        "quick": args.quick, "day_steps": sizes.day_steps, "month_steps": sizes.month_steps,
-        "tags": N_TAGS, "batch_steps": BATCH_STEPS, "max_points": MAX_POINTS,
-        "reads": sizes.reads, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-        "postgres": postgres_version, "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "day_steps": sizes.day_steps,
+        "month_steps": sizes.month_steps,
+        "tags": N_TAGS,
+        "batch_steps": BATCH_STEPS,
+        "max_points": MAX_POINTS,
+        "reads": sizes.reads,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgres": postgres_version,
+        "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "note": "shared machine with other jobs running: absolute figures are pessimistic; "
-                "the baseline is timed alternately in the same run",
-        "targets": {"ingest_values_per_s_min": TARGET_INGEST_VALUES_PER_S,
-                    "read_day_20_tags_ms_max": TARGET_READ_DAY_MS,
-                    "read_month_1_tag_http_ms_max": TARGET_READ_MONTH_HTTP_MS},
+        "the baseline is timed alternately in the same run",
+        "targets": {
+            "ingest_values_per_s_min": TARGET_INGEST_VALUES_PER_S,
+            "read_day_20_tags_ms_max": TARGET_READ_DAY_MS,
+            "read_month_1_tag_http_ms_max": TARGET_READ_MONTH_HTTP_MS,
+        },
     }
 
 
@@ -384,14 +462,17 @@ def postgres_version(url: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--postgres-url",
-                        default=os.environ.get("TWIN_TEST_POSTGRES_URL", DEFAULT_PG_URL))
-    parser.add_argument("--quick", action="store_true",
-                        help="2 h x 20 tags and a day x 1 tag, 3 repetitions, 5 reads")
+    parser.add_argument(
+        "--postgres-url", default=os.environ.get("TWIN_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 h x 20 tags and a day x 1 tag, 3 repetitions, 5 reads",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results JSON file")
     args = parser.parse_args(argv)
-    sizes = (Sizes(2 * 3600, DAY_STEPS, 3, 5) if args.quick
-             else Sizes(DAY_STEPS, MONTH_STEPS, 5, 7))
+    sizes = Sizes(2 * 3600, DAY_STEPS, 3, 5) if args.quick else Sizes(DAY_STEPS, MONTH_STEPS, 5, 7)
     results: dict[str, dict[str, Any]] = {}
     if args.database in ("sqlite", "both"):
         with sqlite_database() as url:
@@ -403,11 +484,13 @@ def main(argv: list[str] | None = None) -> int:
             results["postgres"] = run_database("postgres", url, sizes)
     print_table(results)
     # A quick run never replaces the full results.
-    out = args.out or (Path(tempfile.gettempdir()) / "storage_quick.json" if args.quick
-                       else RESULTS / "storage.json")
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "storage_quick.json"
+        if args.quick
+        else RESULTS / "storage.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**results, "meta": meta(args, sizes, pg_version)}, indent=2)
-                   + "\n")
+    out.write_text(json.dumps({**results, "meta": meta(args, sizes, pg_version)}, indent=2) + "\n")
     console.print(f"wrote {out}")
     return 0
 

@@ -80,14 +80,19 @@ def throughput(repetitions: int = 3) -> dict[str, Any]:
         model = GRUForecaster(Budget(epochs=2, max_seconds=1e9, seed=rep)).fit(data)
         gru.append(model.stats["windows_per_s"])
         console.log(f"rep {rep}: jepa {jepa[-1]:.0f} windows/s, gru {gru[-1]:.0f} windows/s")
-    return {"jepa_windows_per_s": statistics.median(jepa),
-            "gru_windows_per_s": statistics.median(gru),
-            "ratio_jepa_to_gru": statistics.median(j / g for j, g in zip(jepa, gru, strict=True)),
-            "peak_rss_mib_before": rss_before, "peak_rss_mib_after": peak_rss_mib(),
-            "python_peak_mib": python_peak / 2**20, "repetitions": repetitions,
-            "rollout_steps": TrainConfig().rollout_steps, "batch_size": TrainConfig().batch_size,
-            "note": "1 torch thread on a 2-core machine shared with other jobs: absolute "
-                    "rates are inflated by contention; the ratio is the figure to compare"}
+    return {
+        "jepa_windows_per_s": statistics.median(jepa),
+        "gru_windows_per_s": statistics.median(gru),
+        "ratio_jepa_to_gru": statistics.median(j / g for j, g in zip(jepa, gru, strict=True)),
+        "peak_rss_mib_before": rss_before,
+        "peak_rss_mib_after": peak_rss_mib(),
+        "python_peak_mib": python_peak / 2**20,
+        "repetitions": repetitions,
+        "rollout_steps": TrainConfig().rollout_steps,
+        "batch_size": TrainConfig().batch_size,
+        "note": "1 torch thread on a 2-core machine shared with other jobs: absolute "
+        "rates are inflated by contention; the ratio is the figure to compare",
+    }
 
 
 def closed_loop_cost(twin: Twin) -> float:
@@ -102,28 +107,43 @@ def closed_loop_cost(twin: Twin) -> float:
 def time_to_control(budgets: tuple[float, ...]) -> dict[str, Any]:
     recipe = cstr.TRAINING_RECIPE
     df = cached_log(cstr, "cstr", recipe.hours, 1)
-    reference, ref_seconds = train(df, recipe.train_config(epochs=10_000,
-                                                            max_seconds=REFERENCE_S))
+    reference, ref_seconds = train(df, recipe.train_config(epochs=10_000, max_seconds=REFERENCE_S))
     ref_cost = closed_loop_cost(reference)
-    console.log(f"reference ({ref_seconds:.0f} s, {reference.metrics['epochs']} epochs): "
-                f"cost {ref_cost:.2f}")
+    console.log(
+        f"reference ({ref_seconds:.0f} s, {reference.metrics['epochs']} epochs): "
+        f"cost {ref_cost:.2f}"
+    )
     rows, good_at = [], None
     for budget in budgets:
         twin, seconds = train(df, recipe.train_config(epochs=10_000, max_seconds=budget))
         cost = closed_loop_cost(twin)
         ok = cost <= 1.05 * ref_cost
-        rows.append({"budget_s": budget, "train_seconds": seconds,
-                     "epochs": twin.metrics["epochs"], "cost": cost,
-                     "ratio_to_reference": cost / ref_cost, "good_enough": ok})
+        rows.append(
+            {
+                "budget_s": budget,
+                "train_seconds": seconds,
+                "epochs": twin.metrics["epochs"],
+                "cost": cost,
+                "ratio_to_reference": cost / ref_cost,
+                "good_enough": ok,
+            }
+        )
         console.log(rows[-1])
         if ok and good_at is None:
             good_at = seconds
             break
-    return {"criterion": "closed-loop cost with the casadi planner within 5 % of a twin "
-                         f"trained {REFERENCE_S:.0f} s (mean over seeds {CONTROL_SEEDS})",
-            "reference": {"train_seconds": ref_seconds, "epochs": reference.metrics["epochs"],
-                          "cost": ref_cost},
-            "budgets": rows, "seconds_to_good_enough": good_at, "data_hours": recipe.hours}
+    return {
+        "criterion": "closed-loop cost with the casadi planner within 5 % of a twin "
+        f"trained {REFERENCE_S:.0f} s (mean over seeds {CONTROL_SEEDS})",
+        "reference": {
+            "train_seconds": ref_seconds,
+            "epochs": reference.metrics["epochs"],
+            "cost": ref_cost,
+        },
+        "budgets": rows,
+        "seconds_to_good_enough": good_at,
+        "data_hours": recipe.hours,
+    }
 
 
 def merge(key: str, result: dict[str, Any]) -> None:

@@ -51,19 +51,30 @@ def _rows(session: SessionDep, loop: int | None, limit: int) -> list[dict]:
 
 
 @router.get("/alarms", response_class=HTMLResponse)
-def alarms_page(request: Request, session: SessionDep, settings: SettingsDep,
-                loop: Annotated[int | None, Query()] = None,
-                show: Annotated[str, Query(pattern="^(open|all)$")] = "open") -> HTMLResponse:
+def alarms_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    loop: Annotated[int | None, Query()] = None,
+    show: Annotated[str, Query(pattern="^(open|all)$")] = "open",
+) -> HTMLResponse:
     """`show=open` (default): every alarm that is not normal; `show=all`: also normal ones."""
-    context = {"alarms": _rows(session, loop, settings.max_list_limit), "loop": loop,
-               "show": show, "refresh_ms": REFRESH_S * 1000, "limit": settings.max_list_limit,
-               "nav_active": "alarms", "csrf": csrf_token(request)}
+    context = {
+        "alarms": _rows(session, loop, settings.max_list_limit),
+        "loop": loop,
+        "show": show,
+        "refresh_ms": REFRESH_S * 1000,
+        "limit": settings.max_list_limit,
+        "nav_active": "alarms",
+        "csrf": csrf_token(request),
+    }
     return templates.TemplateResponse(request, "alarms.html", context)
 
 
 @router.get("/dash/api/alarms")
-def alarms_json(session: SessionDep, settings: SettingsDep,
-                loop: Annotated[int | None, Query(ge=1)] = None) -> JSONResponse:
+def alarms_json(
+    session: SessionDep, settings: SettingsDep, loop: Annotated[int | None, Query(ge=1)] = None
+) -> JSONResponse:
     return JSONResponse(_rows(session, loop, settings.max_list_limit))
 
 
@@ -73,22 +84,30 @@ class ShelveBody(BaseModel):
 
 
 @router.post("/dash/api/alarms/{alarm_id}/{action}")
-def alarm_action(request: Request, alarm_id: int, action: str, session: SessionDep,
-                 actor: Annotated[Actor, Depends(page_actor)],
-                 body: ShelveBody | None = None) -> JSONResponse:
+def alarm_action(
+    request: Request,
+    alarm_id: int,
+    action: str,
+    session: SessionDep,
+    actor: Annotated[Actor, Depends(page_actor)],
+    body: ShelveBody | None = None,
+) -> JSONResponse:
     if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), csrf_token(request)):
-        raise Forbidden("this action must come from the alarm page (its CSRF token is "
-                        "missing or wrong): reload the page")
+        raise Forbidden(
+            "this action must come from the alarm page (its CSRF token is "
+            "missing or wrong): reload the page"
+        )
     check_role(actor, Role.OPERATOR)
     if action == "acknowledge":
         alarm = alarms.acknowledge(session, alarm_id, actor, now=utcnow())
     elif action == "unshelve":
         alarm = alarms.unshelve(session, alarm_id, actor, now=utcnow())
     elif action == "shelve" and body is not None:
-        alarm = alarms.shelve(session, alarm_id, actor, body.minutes, body.reason,
-                              now=utcnow())
+        alarm = alarms.shelve(session, alarm_id, actor, body.minutes, body.reason, now=utcnow())
     else:
-        raise Forbidden(f"unknown alarm action '{action}' (one of {', '.join(ACTIONS)}; "
-                        "shelve needs minutes and a reason)")
+        raise Forbidden(
+            f"unknown alarm action '{action}' (one of {', '.join(ACTIONS)}; "
+            "shelve needs minutes and a reason)"
+        )
     names = alarms.process_names(session, [alarm.run_id])
     return JSONResponse(AlarmOut.of(alarm, names[alarm.run_id]).model_dump(mode="json"))

@@ -31,14 +31,19 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request, session: SessionDep, settings: SettingsDep,
-                 runs: Annotated[list[int] | None, Query()] = None,
-                 tags: TagsQuery = None) -> Response:
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    runs: Annotated[list[int] | None, Query()] = None,
+    tags: TagsQuery = None,
+) -> Response:
     if not runs:  # nothing chosen yet: offer the runs to choose from
         recent = services.list_runs(session, limit=settings.max_list_limit)
         counts = services.step_counts(session, [r.id for r in recent])
-        return templates.TemplateResponse(request, "compare.html", {
-            "choices": [run_row(r, counts.get(r.id, 0)) for r in recent]})
+        return templates.TemplateResponse(
+            request, "compare.html", {"choices": [run_row(r, counts.get(r.id, 0)) for r in recent]}
+        )
     try:
         compared = _compared_runs(session, runs or [])
         spec = services.spec_of(compared[0].process)
@@ -50,23 +55,37 @@ def compare_page(request: Request, session: SessionDep, settings: SettingsDep,
     table = figures.summary_table({r.id: r.metrics for r in compared})
     context = {
         "process": compared[0].process.name,
-        "runs": [{**run_row(r, counts.get(r.id, 0)), "color": figures.RUN_COLORS[i],
-                  "label": s.label, "cells": table["rows"][r.id]}
-                 for i, (r, s) in enumerate(zip(compared, series, strict=True))],
+        "runs": [
+            {
+                **run_row(r, counts.get(r.id, 0)),
+                "color": figures.RUN_COLORS[i],
+                "label": s.label,
+                "cells": table["rows"][r.id],
+            }
+            for i, (r, s) in enumerate(zip(compared, series, strict=True))
+        ],
         "columns": table["columns"],
         "figure_json": figures.to_json(figures.compare_figure(spec, series, chosen)),
-        "page": {"runIds": [r.id for r in compared], "maxPoints": settings.dashboard_points,
-                 "windowUrl": "/dash/api/compare/window", "tags": chosen},
+        "page": {
+            "runIds": [r.id for r in compared],
+            "maxPoints": settings.dashboard_points,
+            "windowUrl": "/dash/api/compare/window",
+            "tags": chosen,
+        },
     }
     return templates.TemplateResponse(request, "compare.html", context)
 
 
 @router.get("/dash/api/compare/window")
-def compare_window(session: SessionDep, settings: SettingsDep,
-                   runs: Annotated[list[int] | None, Query()] = None,
-                   start_s: FiniteFloat | None = None, end_s: FiniteFloat | None = None,
-                   max_points: Annotated[int | None, Query(ge=10)] = None,
-                   tags: TagsQuery = None) -> JSONResponse:
+def compare_window(
+    session: SessionDep,
+    settings: SettingsDep,
+    runs: Annotated[list[int] | None, Query()] = None,
+    start_s: FiniteFloat | None = None,
+    end_s: FiniteFloat | None = None,
+    max_points: Annotated[int | None, Query(ge=10)] = None,
+    tags: TagsQuery = None,
+) -> JSONResponse:
     compared = _compared_runs(session, runs or [])
     spec = services.spec_of(compared[0].process)
     chosen = chosen_tags(spec, tags)
@@ -93,8 +112,10 @@ def _compared_runs(session: Session, run_ids: Sequence[int]) -> list[Run]:
     return compared
 
 
-def _compared(session: Session, run: Run, max_points: int,
-              tags: Sequence[str]) -> figures.ComparedRun:
+def _compared(
+    session: Session, run: Run, max_points: int, tags: Sequence[str]
+) -> figures.ComparedRun:
     label = f"run {run.id} · {run.kind} · {run.controller}"
-    return figures.ComparedRun(run.id, label,
-                               window_series(session, run.id, None, None, max_points, tags))
+    return figures.ComparedRun(
+        run.id, label, window_series(session, run.id, None, None, max_points, tags)
+    )

@@ -24,10 +24,22 @@ from twin.errors import InvalidInput
 from twin.spec import SpecError
 
 # Paths answered in JSON whatever happens; every other path is a page.
-JSON_PREFIXES = ("/api/", "/dash/api/", "/openapi.json", "/static/", "/dash/static/",
-                 "/docs-static/", "/docs/oauth2-redirect")
-PAGE_ERRORS: tuple[type[Exception], ...] = (ServiceError, InvalidInput, SpecError,
-                                           StarletteHTTPException, RequestValidationError)
+JSON_PREFIXES = (
+    "/api/",
+    "/dash/api/",
+    "/openapi.json",
+    "/static/",
+    "/dash/static/",
+    "/docs-static/",
+    "/docs/oauth2-redirect",
+)
+PAGE_ERRORS: tuple[type[Exception], ...] = (
+    ServiceError,
+    InvalidInput,
+    SpecError,
+    StarletteHTTPException,
+    RequestValidationError,
+)
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 
@@ -44,16 +56,24 @@ def _message(body: bytes) -> str:
     if detail == "Not Found":
         return "no page at this address"
     if isinstance(detail, list):  # a query parameter the page cannot take
-        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}"
-                         for d in detail if isinstance(d, dict))
+        return "; ".join(
+            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}"
+            for d in detail
+            if isinstance(d, dict)
+        )
     return str(detail)
 
 
-def error_page(request: Request, status_code: int, message: str,
-               headers: dict[str, str] | None = None) -> Response:
-    return templates.TemplateResponse(request, "error.html",
-                                      {"status": status_code, "message": message},
-                                      status_code=status_code, headers=headers)
+def error_page(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status_code, "message": message},
+        status_code=status_code,
+        headers=headers,
+    )
 
 
 def html_errors_for_pages(app: FastAPI) -> None:
@@ -70,8 +90,11 @@ def _dressed(json_handler: Handler) -> Handler:
         response = await json_handler(request, exc)
         if not is_page(request) or not 400 <= response.status_code < 500:
             return response
-        headers = {k: v for k, v in response.headers.items()
-                   if k.lower() in ("www-authenticate", "allow", "retry-after")}
-        return error_page(request, response.status_code, _message(bytes(response.body)),
-                          headers)
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() in ("www-authenticate", "allow", "retry-after")
+        }
+        return error_page(request, response.status_code, _message(bytes(response.body)), headers)
+
     return respond

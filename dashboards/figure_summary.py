@@ -28,8 +28,10 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_table(metrics_by_run: Mapping[int, Mapping[str, Any]],
-                  columns: Sequence[MetricColumn] = SUMMARY_COLUMNS) -> dict[str, Any]:
+def summary_table(
+    metrics_by_run: Mapping[int, Mapping[str, Any]],
+    columns: Sequence[MetricColumn] = SUMMARY_COLUMNS,
+) -> dict[str, Any]:
     """Cells of the comparison table, with the best (lowest) value of each column marked.
 
     `{"columns": [...], "rows": {run_id: [{"text", "best"}]}}`; a run without the
@@ -46,11 +48,14 @@ def summary_table(metrics_by_run: Mapping[int, Mapping[str, Any]],
         for column in columns:
             value = _number(metrics.get(column.key))
             text = "—" if value is None else f"{value:.{column.digits}f}"
-            cells.append({"text": text, "best": value is not None
-                          and best.get(column.key) == value})
+            cells.append(
+                {"text": text, "best": value is not None and best.get(column.key) == value}
+            )
         rows[run_id] = cells
-    return {"columns": [{"key": c.key, "label": c.label, "unit": c.unit} for c in columns],
-            "rows": rows}
+    return {
+        "columns": [{"key": c.key, "label": c.label, "unit": c.unit} for c in columns],
+        "rows": rows,
+    }
 
 
 def _number(value: Any) -> float | None:

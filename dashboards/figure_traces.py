@@ -12,8 +12,9 @@ from dashboards.figure_base import MAX_SPANS, SPAN_COLORS, TraceData, channel_of
 from twin.spec import ProcessSpec, Tag, TagRole
 
 
-def series_traces(spec: ProcessSpec, series: dict[str, Any], prefix: str = "",
-                  only: Sequence[str] | None = None) -> TraceData:
+def series_traces(
+    spec: ProcessSpec, series: dict[str, Any], prefix: str = "", only: Sequence[str] | None = None
+) -> TraceData:
     """x/y of every measured, applied and setpoint trace of a series (of `only` tags)."""
     time_s = list(series.get("time_s", []))
     recorded = series.get("series", {})
@@ -25,7 +26,9 @@ def series_traces(spec: ProcessSpec, series: dict[str, Any], prefix: str = "",
         values = recorded.get(channel, {}).get(tag.name)
         if values is not None or tag.role is not TagRole.DISTURBANCE:
             out[f"{prefix}{channel}/{tag.name}"] = {
-                "x": time_s, "y": list(values) if values is not None else [None] * len(time_s)}
+                "x": time_s,
+                "y": list(values) if values is not None else [None] * len(time_s),
+            }
         setpoints = recorded.get("setpoint", {}).get(tag.name)
         if tag.role is TagRole.SENSOR and setpoints is not None:
             out[f"{prefix}setpoint/{tag.name}"] = {"x": time_s, "y": list(setpoints)}
@@ -50,8 +53,9 @@ def plan_traces(spec: ProcessSpec, plan_at: dict[str, Any] | None) -> TraceData:
     return out
 
 
-def _spread_polygon(x: list[float], values: Sequence[float | None],
-                    spread: Sequence[float | None]) -> dict[str, list[Any]]:
+def _spread_polygon(
+    x: list[float], values: Sequence[float | None], spread: Sequence[float | None]
+) -> dict[str, list[Any]]:
     """A closed +/- spread outline around the plan: how unsure the twin is of itself."""
     if not x or len(spread) != len(values):
         return {"x": [], "y": []}
@@ -61,8 +65,9 @@ def _spread_polygon(x: list[float], values: Sequence[float | None],
     return {"x": x + x[::-1], "y": upper + lower[::-1]}
 
 
-def event_traces(tags: Sequence[Tag], series: dict[str, Any],
-                 events: Sequence[dict[str, Any]]) -> TraceData:
+def event_traces(
+    tags: Sequence[Tag], series: dict[str, Any], events: Sequence[dict[str, Any]]
+) -> TraceData:
     """One marker per event, on its tag's row (untagged ones on the first row), placed on
     the plotted value at that time so the marker sits on its trace."""
     by_tag = {t.name: t for t in tags}
@@ -101,8 +106,12 @@ class Span:
         return {"x0": self.x0, "x1": self.x1, "status": self.status}
 
 
-def status_spans(times: Sequence[float], statuses: Sequence[str],
-                 sample_period_s: float, max_spans: int = MAX_SPANS) -> list[Span]:
+def status_spans(
+    times: Sequence[float],
+    statuses: Sequence[str],
+    sample_period_s: float,
+    max_spans: int = MAX_SPANS,
+) -> list[Span]:
     """Contiguous runs of non-"ok" steps; each step covers one sample period."""
     spans: list[Span] = []
     for time_s, status in zip(times, statuses, strict=True):
@@ -136,7 +145,19 @@ def _coalesce(spans: list[Span], max_spans: int) -> list[Span]:
 
 def span_shapes(spans: Sequence[Span]) -> list[dict[str, Any]]:
     """Shaded bands across every subplot, Grafana-annotation style."""
-    return [{"type": "rect", "xref": "x", "yref": "paper", "x0": s.x0, "x1": s.x1,
-             "y0": 0, "y1": 1, "fillcolor": SPAN_COLORS.get(s.status, SPAN_COLORS["fallback"]),
-             "line": {"width": 0}, "layer": "below", "name": f"span:{s.status}"}
-            for s in spans]
+    return [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": s.x0,
+            "x1": s.x1,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": SPAN_COLORS.get(s.status, SPAN_COLORS["fallback"]),
+            "line": {"width": 0},
+            "layer": "below",
+            "name": f"span:{s.status}",
+        }
+        for s in spans
+    ]

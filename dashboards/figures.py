@@ -56,12 +56,17 @@ from twin.spec import ProcessSpec, Tag, TagRole
 # ---------------------------------------------------------------- the run (live) figure
 
 
-def run_figure(spec: ProcessSpec, series: dict[str, Any],
-               events: Sequence[dict[str, Any]] = (),
-               plan_at: dict[str, Any] | None = None, *,
-               spans: Sequence[Span] = (), live: bool = False,
-               x_range: tuple[float, float] | None = None,
-               only: Sequence[str] | None = None) -> go.Figure:
+def run_figure(
+    spec: ProcessSpec,
+    series: dict[str, Any],
+    events: Sequence[dict[str, Any]] = (),
+    plan_at: dict[str, Any] | None = None,
+    *,
+    spans: Sequence[Span] = (),
+    live: bool = False,
+    x_range: tuple[float, float] | None = None,
+    only: Sequence[str] | None = None,
+) -> go.Figure:
     """Sensors with limits shaded and their setpoints, actuators with their bounds, the
     plan of `plan_at` drawn ahead of it with its spread, events as markers and
     fallback/stale spans as bands. `live` adds empty plan and event traces on every row,
@@ -74,22 +79,26 @@ def run_figure(spec: ProcessSpec, series: dict[str, Any],
     for row, tag in enumerate(tags, start=1):
         _draw_tag(fig, row, tag, series)
         _draw_plan(fig, row, tag, plans, live)
-        _draw_events(fig, row, tag, marks.get(f"events/{tag.name}"), live,
-                     first=row == 1)
+        _draw_events(fig, row, tag, marks.get(f"events/{tag.name}"), live, first=row == 1)
     for shape in span_shapes(spans):
         fig.add_shape(shape)
     if plan_at is not None:
         _draw_now(fig, plan_at, live)
     # the page writes UTC clock times on the ticks; the hover keeps the run's seconds
-    fig.update_xaxes(title_text="time, UTC (hover: seconds since the run's start)",
-                     row=len(tags), col=1)
+    fig.update_xaxes(
+        title_text="time, UTC (hover: seconds since the run's start)", row=len(tags), col=1
+    )
     fig.update_xaxes(hoverformat=".1f")
     if x_range is not None:
         fig.update_xaxes(range=list(x_range))
-    fig.update_layout(height=height, hovermode="x unified",
-                      margin={"l": 70, "r": 20, "t": 60, "b": LEGEND_MARGIN_PX},
-                      legend=_legend_below(height),
-                      template="plotly_white", uirevision="keep")
+    fig.update_layout(
+        height=height,
+        hovermode="x unified",
+        margin={"l": 70, "r": 20, "t": 60, "b": LEGEND_MARGIN_PX},
+        legend=_legend_below(height),
+        template="plotly_white",
+        uirevision="keep",
+    )
     return fig
 
 
@@ -104,31 +113,51 @@ def _draw_tag(fig: go.Figure, row: int, tag: Tag, series: dict[str, Any]) -> Non
     channel = channel_of(tag)
     values = series.get("series", {}).get(channel, {}).get(tag.name, [])
     color = {TagRole.SENSOR: MEASURED_COLOR, TagRole.ACTUATOR: ACTUATOR_COLOR}.get(
-        tag.role, DISTURBANCE_COLOR)
+        tag.role, DISTURBANCE_COLOR
+    )
     # Actuators hold their value for the whole sample: draw them as steps.
     shape = "hv" if tag.role is TagRole.ACTUATOR else "linear"
     label = "measured" if tag.role is not TagRole.ACTUATOR else "applied"
-    fig.add_trace(go.Scatter(x=time_s, y=values, name=f"{tag.name} {label}", mode="lines",
-                             meta=f"{channel}/{tag.name}",
-                             line={"color": color, "shape": shape}), row=row, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=time_s,
+            y=values,
+            name=f"{tag.name} {label}",
+            mode="lines",
+            meta=f"{channel}/{tag.name}",
+            line={"color": color, "shape": shape},
+        ),
+        row=row,
+        col=1,
+    )
     setpoints = series.get("series", {}).get("setpoint", {}).get(tag.name)
     if tag.role is TagRole.SENSOR and setpoints:
-        fig.add_trace(go.Scatter(x=time_s, y=setpoints, name=f"{tag.name} setpoint",
-                                 mode="lines", meta=f"setpoint/{tag.name}",
-                                 line={"color": SETPOINT_COLOR, "dash": "dash",
-                                       "shape": "hv"}), row=row, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=time_s,
+                y=setpoints,
+                name=f"{tag.name} setpoint",
+                mode="lines",
+                meta=f"setpoint/{tag.name}",
+                line={"color": SETPOINT_COLOR, "dash": "dash", "shape": "hv"},
+            ),
+            row=row,
+            col=1,
+        )
     _draw_limits(fig, row, tag, values)
     fig.update_yaxes(title_text=axis_title(tag), row=row, col=1)
 
 
 def _draw_limits(fig: go.Figure, row: int, tag: Tag, values: Sequence[float | None]) -> None:
     for y0, y1 in limit_bands(tag.low, tag.high, values):
-        fig.add_hrect(y0=y0, y1=y1, fillcolor=LIMIT_COLOR, line_width=0, layer="below",
-                      row=row, col=1)
+        fig.add_hrect(
+            y0=y0, y1=y1, fillcolor=LIMIT_COLOR, line_width=0, layer="below", row=row, col=1
+        )
     for limit in (tag.low, tag.high):
         if limit is not None:
-            fig.add_hline(y=limit, line_color=LIMIT_LINE, line_width=1, line_dash="dot",
-                          row=row, col=1)
+            fig.add_hline(
+                y=limit, line_color=LIMIT_LINE, line_width=1, line_dash="dot", row=row, col=1
+            )
 
 
 def _draw_plan(fig: go.Figure, row: int, tag: Tag, plans: TraceData, live: bool) -> None:
@@ -139,40 +168,88 @@ def _draw_plan(fig: go.Figure, row: int, tag: Tag, plans: TraceData, live: bool)
         return
     spread = plans.get(f"spread/{tag.name}")
     if spread is not None and (spread["x"] or live):
-        fig.add_trace(go.Scatter(x=spread["x"], y=spread["y"], fill="toself",
-                                 fillcolor=SPREAD_COLOR, line={"width": 0},
-                                 meta=f"spread/{tag.name}", name=f"{tag.name} plan spread",
-                                 hoverinfo="skip", showlegend=False), row=row, col=1)
-    fig.add_trace(go.Scatter(x=plan["x"], y=plan["y"], name=f"{tag.name} plan",
-                             mode="lines", meta=f"plan/{tag.name}",
-                             line={"color": PLAN_COLOR, "dash": "dash",
-                                   "shape": "hv" if tag.role is TagRole.ACTUATOR
-                                   else "linear"}), row=row, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=spread["x"],
+                y=spread["y"],
+                fill="toself",
+                fillcolor=SPREAD_COLOR,
+                line={"width": 0},
+                meta=f"spread/{tag.name}",
+                name=f"{tag.name} plan spread",
+                hoverinfo="skip",
+                showlegend=False,
+            ),
+            row=row,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=plan["x"],
+            y=plan["y"],
+            name=f"{tag.name} plan",
+            mode="lines",
+            meta=f"plan/{tag.name}",
+            line={
+                "color": PLAN_COLOR,
+                "dash": "dash",
+                "shape": "hv" if tag.role is TagRole.ACTUATOR else "linear",
+            },
+        ),
+        row=row,
+        col=1,
+    )
 
 
 def _draw_now(fig: go.Figure, plan_at: dict[str, Any], live: bool = True) -> None:
     """A dotted line through every subplot at the step whose plan is drawn: "now" on a
     live loop, the chosen step on a stored run (it has no now)."""
-    fig.add_shape(type="line", xref="x", yref="paper", x0=plan_at["time_s"],
-                  x1=plan_at["time_s"], y0=0, y1=1, name="now",
-                  line={"dash": "dot", "color": "black", "width": 1})
-    fig.add_annotation(x=plan_at["time_s"], y=1.0, xref="x", yref="paper", yanchor="bottom",
-                       text=(f"now (step {plan_at['step']})" if live
-                             else f"plan made at step {plan_at['step']}"),
-                       showarrow=False, name="now",
-                       yshift=14)  # above the first row's title
+    fig.add_shape(
+        type="line",
+        xref="x",
+        yref="paper",
+        x0=plan_at["time_s"],
+        x1=plan_at["time_s"],
+        y0=0,
+        y1=1,
+        name="now",
+        line={"dash": "dot", "color": "black", "width": 1},
+    )
+    fig.add_annotation(
+        x=plan_at["time_s"],
+        y=1.0,
+        xref="x",
+        yref="paper",
+        yanchor="bottom",
+        text=(f"now (step {plan_at['step']})" if live else f"plan made at step {plan_at['step']}"),
+        showarrow=False,
+        name="now",
+        yshift=14,
+    )  # above the first row's title
 
 
-def _draw_events(fig: go.Figure, row: int, tag: Tag, marks: dict[str, list[Any]] | None,
-                 live: bool, first: bool) -> None:
+def _draw_events(
+    fig: go.Figure, row: int, tag: Tag, marks: dict[str, list[Any]] | None, live: bool, first: bool
+) -> None:
     if not marks and not live:
         return
     marks = marks or {"x": [], "y": [], "hovertext": []}
-    fig.add_trace(go.Scatter(
-        x=marks["x"], y=marks["y"], hovertext=marks["hovertext"], mode="markers",
-        name="safety events", legendgroup="events", showlegend=first,
-        meta=f"events/{tag.name}", marker={"symbol": "x", "size": 9, "color": EVENT_COLOR},
-        hoverinfo="text+x"), row=row, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=marks["x"],
+            y=marks["y"],
+            hovertext=marks["hovertext"],
+            mode="markers",
+            name="safety events",
+            legendgroup="events",
+            showlegend=first,
+            meta=f"events/{tag.name}",
+            marker={"symbol": "x", "size": 9, "color": EVENT_COLOR},
+            hoverinfo="text+x",
+        ),
+        row=row,
+        col=1,
+    )
 
 
 # ---------------------------------------------------------------- comparison
@@ -191,8 +268,9 @@ class ComparedRun:
         return f"run{self.run_id}/"
 
 
-def compare_figure(spec: ProcessSpec, runs: Sequence[ComparedRun],
-                   only: Sequence[str] | None = None) -> go.Figure:
+def compare_figure(
+    spec: ProcessSpec, runs: Sequence[ComparedRun], only: Sequence[str] | None = None
+) -> go.Figure:
     """Runs of one process overlaid, one colour per run, one row per tag, limits shaded."""
     recorded: dict[str, Any] = {"series": {}}
     for run in runs:  # a disturbance is plotted when any run recorded it
@@ -207,36 +285,63 @@ def compare_figure(spec: ProcessSpec, runs: Sequence[ComparedRun],
         for row, tag in enumerate(tags, start=1):
             _draw_compared(fig, row, tag, run, traces, color)
     for row, tag in enumerate(tags, start=1):
-        values = [v for run in runs for v in run.series.get("series", {})
-                  .get(channel_of(tag), {}).get(tag.name, [])]
+        values = [
+            v
+            for run in runs
+            for v in run.series.get("series", {}).get(channel_of(tag), {}).get(tag.name, [])
+        ]
         _draw_limits(fig, row, tag, values)
         fig.update_yaxes(title_text=axis_title(tag), row=row, col=1)
     fig.update_xaxes(title_text="time [s]", row=len(tags), col=1)
-    fig.update_layout(height=height, hovermode="x unified",
-                      margin={"l": 70, "r": 20, "t": 60, "b": LEGEND_MARGIN_PX},
-                      legend=_legend_below(height),
-                      template="plotly_white", uirevision="keep")
+    fig.update_layout(
+        height=height,
+        hovermode="x unified",
+        margin={"l": 70, "r": 20, "t": 60, "b": LEGEND_MARGIN_PX},
+        legend=_legend_below(height),
+        template="plotly_white",
+        uirevision="keep",
+    )
     return fig
 
 
-def _draw_compared(fig: go.Figure, row: int, tag: Tag, run: ComparedRun, traces: TraceData,
-                   color: str) -> None:
+def _draw_compared(
+    fig: go.Figure, row: int, tag: Tag, run: ComparedRun, traces: TraceData, color: str
+) -> None:
     meta = f"{run.prefix}{channel_of(tag)}/{tag.name}"
     data = traces.get(meta)
     if data is None:
         return
     shape = "hv" if tag.role is TagRole.ACTUATOR else "linear"
-    fig.add_trace(go.Scatter(x=data["x"], y=data["y"], name=run.label, meta=meta,
-                             mode="lines", legendgroup=run.label, showlegend=row == 1,
-                             line={"color": color, "shape": shape}), row=row, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=data["x"],
+            y=data["y"],
+            name=run.label,
+            meta=meta,
+            mode="lines",
+            legendgroup=run.label,
+            showlegend=row == 1,
+            line={"color": color, "shape": shape},
+        ),
+        row=row,
+        col=1,
+    )
     setpoint = traces.get(f"{run.prefix}setpoint/{tag.name}")
     if setpoint is not None:
-        fig.add_trace(go.Scatter(x=setpoint["x"], y=setpoint["y"],
-                                 name=f"{run.label} setpoint", mode="lines",
-                                 meta=f"{run.prefix}setpoint/{tag.name}",
-                                 legendgroup=run.label, showlegend=False,
-                                 line={"color": color, "dash": "dash", "width": 1,
-                                       "shape": "hv"}), row=row, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=setpoint["x"],
+                y=setpoint["y"],
+                name=f"{run.label} setpoint",
+                mode="lines",
+                meta=f"{run.prefix}setpoint/{tag.name}",
+                legendgroup=run.label,
+                showlegend=False,
+                line={"color": color, "dash": "dash", "width": 1, "shape": "hv"},
+            ),
+            row=row,
+            col=1,
+        )
 
 
 def to_json(fig: go.Figure) -> str:

@@ -14,9 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 
 # a key's trailing word that is a unit, and how it is written
-UNIT_SUFFIXES = {"K": "K", "C": "°C", "kPa": "kPa", "bar": "bar", "ms": "ms", "s": "s",
-                 "h": "h", "pct": "%", "kg": "kg", "kN": "kN", "rpm": "rpm", "m3h": "m³/h",
-                 "mgdl": "mg/dL", "W": "W", "kW": "kW"}
+UNIT_SUFFIXES = {
+    "K": "K",
+    "C": "°C",
+    "kPa": "kPa",
+    "bar": "bar",
+    "ms": "ms",
+    "s": "s",
+    "h": "h",
+    "pct": "%",
+    "kg": "kg",
+    "kN": "kN",
+    "rpm": "rpm",
+    "m3h": "m³/h",
+    "mgdl": "mg/dL",
+    "W": "W",
+    "kW": "kW",
+}
 # training metrics (`twin.train`) and a few common episode ones
 KNOWN = {
     "epochs": ("epochs run", ""),
@@ -48,7 +62,7 @@ class MetricRow:
 
 
 def metric_label(key: str, summary: Mapping[str, tuple[str, str]] | None = None) -> str:
-    """"max_T_K" -> "max T (K)"; a process's own label wins."""
+    """ "max_T_K" -> "max T (K)"; a process's own label wins."""
     label, unit = (summary or {}).get(key) or KNOWN.get(key) or _from_shape(key)
     return f"{label} ({unit})" if unit else label
 
@@ -90,15 +104,20 @@ def value_text(value: Any, units: Mapping[str, str] | None = None) -> str:
     if isinstance(value, bool | int | float):
         return number(value)
     if isinstance(value, Mapping):
-        return " · ".join(f"{k} {value_text(v)}{' ' + units[k] if units and k in units else ''}"
-                          for k, v in value.items())
+        return " · ".join(
+            f"{k} {value_text(v)}{' ' + units[k] if units and k in units else ''}"
+            for k, v in value.items()
+        )
     if isinstance(value, list | tuple):
         return ", ".join(value_text(v) for v in value)
     return str(value)
 
 
-def metric_rows(metrics: Mapping[str, Any], summary: Mapping[str, tuple[str, str]] | None = None,
-                units: Mapping[str, str] | None = None) -> list[MetricRow]:
+def metric_rows(
+    metrics: Mapping[str, Any],
+    summary: Mapping[str, tuple[str, str]] | None = None,
+    units: Mapping[str, str] | None = None,
+) -> list[MetricRow]:
     """Every metric but the curves, named and formatted; the process's own first."""
     order = list(summary or {}) + [k for k in metrics if k not in (summary or {})]
     rows = []

@@ -88,8 +88,7 @@ def _session_key(request: Request, session: Session) -> Actor | None:
 def page_actor(request: Request, session: SessionDep, settings: SettingsDep) -> Actor:
     """Who asks for a page: a key in a header, the session cookie, the older key cookie;
     else, with keys required, LoginRequired (a redirect to /login)."""
-    token = presented_token(request.headers.get("authorization"),
-                            request.headers.get("x-api-key"))
+    token = presented_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
     actor = None
     if token is not None:
         actor = authenticate(session, token, required=True)
@@ -100,8 +99,11 @@ def page_actor(request: Request, session: SessionDep, settings: SettingsDep) -> 
             actor = authenticate(session, legacy, required=True)
     if actor is None and settings.auth_required:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        expired = (" (your session ended or its key was revoked)"
-                   if SESSION_COOKIE in request.cookies else "")
+        expired = (
+            " (your session ended or its key was revoked)"
+            if SESSION_COOKIE in request.cookies
+            else ""
+        )
         raise LoginRequired(target, f"log in with an API key to see this page{expired}")
     request.state.actor = actor or ANONYMOUS
     request.state.logged_in = actor is not None
@@ -110,9 +112,11 @@ def page_actor(request: Request, session: SessionDep, settings: SettingsDep) -> 
 
 def require_page_role(role: Role = Role.VIEWER) -> DependsParam:
     """For a page router: the role from `page_actor` (the header shows it)."""
+
     def check(actor: Annotated[Actor, Depends(page_actor)]) -> Actor:
         check_role(actor, role)
         return actor
+
     check.__name__ = f"require_page_{role}"
     return Depends(check)
 
@@ -131,8 +135,9 @@ def login_redirect(exc: LoginRequired) -> RedirectResponse:
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, session: SessionDep, next: str = "/") -> HTMLResponse:
     current = _session_key(request, session)
-    return templates.TemplateResponse(request, "login.html", {
-        "next": _safe_next(next), "error": None, "current": current})
+    return templates.TemplateResponse(
+        request, "login.html", {"next": _safe_next(next), "error": None, "current": current}
+    )
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -143,19 +148,31 @@ async def login(request: Request, session: SessionDep) -> Response:
     target = _safe_next((form.get("next") or ["/"])[0])
     try:
         if not key_text:
-            raise Unauthorized("enter an API key (an admin makes one with "
-                               "`twin keys create --role viewer --name NAME`)")
+            raise Unauthorized(
+                "enter an API key (an admin makes one with "
+                "`twin keys create --role viewer --name NAME`)"
+            )
         actor = authenticate(session, key_text, required=True)
     except ServiceError as exc:
         return templates.TemplateResponse(
-            request, "login.html", {"next": target, "error": str(exc), "current": None},
-            status_code=401)
+            request,
+            "login.html",
+            {"next": target, "error": str(exc), "current": None},
+            status_code=401,
+        )
     key = session.get(ApiKey, actor.key_id)
     assert key is not None  # authenticate found it
     value = _signer(request).dumps([key.id, key.key_hash[:HASH_FRAGMENT]])
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_MAX_AGE_S, httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https", path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=SESSION_MAX_AGE_S,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
     return response
 
 

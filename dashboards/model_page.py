@@ -85,8 +85,11 @@ def held_out_log(session: Session, model: TwinModel, spec: ProcessSpec) -> HeldO
         if (model.config.get("data") or {}).get("seed") == seed:
             seed += 1
         frame = module.generate_training_log(hours, seed)
-        return HeldOut(frame, f"{_duration(hours * 3600.0)} of excitation data from the "
-                              f"{spec.name} simulator, seed {seed} (not a training seed)")
+        return HeldOut(
+            frame,
+            f"{_duration(hours * 3600.0)} of excitation data from the "
+            f"{spec.name} simulator, seed {seed} (not a training seed)",
+        )
     return _stored_run_log(session, spec)
 
 
@@ -99,10 +102,14 @@ def _stored_run_log(session: Session, spec: ProcessSpec) -> HeldOut:
             continue
         start_s = span.last_s - TARGET_SAMPLES * spec.sample_period_s
         frame = run_frame(session, run.id, start_s=start_s).log(spec)
-        return HeldOut(frame, f"the last {len(frame)} samples of stored run {run.id} "
-                              f"({run.kind}, {run.controller})")
-    raise InvalidInput(f"process '{spec.name}' has no simulator and no stored control or "
-                       "replay run to evaluate the twin on")
+        return HeldOut(
+            frame,
+            f"the last {len(frame)} samples of stored run {run.id} ({run.kind}, {run.controller})",
+        )
+    raise InvalidInput(
+        f"process '{spec.name}' has no simulator and no stored control or "
+        "replay run to evaluate the twin on"
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -128,9 +135,13 @@ def build_model_page(session: Session, model: TwinModel) -> ModelPage:
     started = time.perf_counter()
     twin = Twin.from_bytes(services.load_model_bytes(session, model.id))
     page = ModelPage(summary=_summary(model, twin))
-    _add(page, "training", lambda: training_figure(model.metrics.get("history") or [],
-                                                   twin.config.embed_dim,
-                                                   _sensor_std(twin)))
+    _add(
+        page,
+        "training",
+        lambda: training_figure(
+            model.metrics.get("history") or [], twin.config.embed_dim, _sensor_std(twin)
+        ),
+    )
     try:
         held = held_out_log(session, model, twin.spec)
     except Exception as exc:  # a simulator is third-party code: its failure is a note
@@ -155,16 +166,28 @@ def _add_held_out(page: ModelPage, twin: Twin, frame: pd.DataFrame) -> None:
         rank, std = effective_rank(z), per_dimension_std(z)
         page.summary["effective rank (held-out)"] = f"{rank:.2f} of {z.shape[1]} dimensions"
         page.summary["per-dimension std (held-out)"] = (
-            f"min {std.min():.3f}, mean {std.mean():.3f} (training keeps them near 1)")
+            f"min {std.min():.3f}, mean {std.mean():.3f} (training keeps them near 1)"
+        )
         page.figures["collapse"] = _html(collapse_figure(std, rank))
         regime = _regime_tag(spec)
-        page.figures["map"] = _html(map_figure(
-            pca_2d(z), times_s[rows], frame[regime.name].to_numpy(dtype=float)[rows],
-            f"{regime.name} [{regime.unit}]"))
+        page.figures["map"] = _html(
+            map_figure(
+                pca_2d(z),
+                times_s[rows],
+                frame[regime.name].to_numpy(dtype=float)[rows],
+                f"{regime.name} [{regime.unit}]",
+            )
+        )
     horizon = max(20, 2 * int(twin.train_config.get("rollout_steps", 16)))
-    _add(page, "horizon", lambda: horizon_figure(
-        error_by_horizon(twin, frame, horizon), {t.name: t.unit for t in spec.sensors},
-        int(twin.train_config.get("rollout_steps", 0))))
+    _add(
+        page,
+        "horizon",
+        lambda: horizon_figure(
+            error_by_horizon(twin, frame, horizon),
+            {t.name: t.unit for t in spec.sensors},
+            int(twin.train_config.get("rollout_steps", 0)),
+        ),
+    )
     _add(page, "surprise", lambda: _surprise(twin, frame, times_s))
 
 
@@ -207,7 +230,7 @@ def _summary(model: TwinModel, twin: Twin) -> dict[str, str]:
         "checkpoint": f"sha256 {model.sha256[:16]}..., {model.size_bytes / 1e6:.2f} MB",
         "registered": model.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "embedding": f"{twin.config.embed_dim} dimensions, window {twin.config.window} "
-                     f"samples of {twin.spec.sample_period_s:g} s",
+        f"samples of {twin.spec.sample_period_s:g} s",
     }
     if "epochs" in metrics:
         seconds = metrics.get("train_seconds")
@@ -234,8 +257,6 @@ def _relative_times(frame: pd.DataFrame, spec: ProcessSpec) -> np.ndarray:
 
 def _html(figure: go.Figure) -> str:
     return figure.to_html(include_plotlyjs=False, full_html=False, config=_CONFIG)
-
-
 
 
 # ---------------------------------------------------------------- cache
@@ -286,5 +307,6 @@ def model_page(request: Request, model_id: int, session: SessionDep) -> HTMLResp
         page = CACHE.get((model.id, model.sha256), lambda: build_model_page(session, model))
     except SpecError as exc:
         raise InvalidInput(f"model {model_id} cannot be loaded: {exc}") from None
-    return templates.TemplateResponse(request, "model.html", {"model": model, "page": page,
-                                                              "nav_active": "models"})
+    return templates.TemplateResponse(
+        request, "model.html", {"model": model, "page": page, "nav_active": "models"}
+    )

@@ -36,8 +36,11 @@ def _training_runs(session: Session, model_ids: list[int]) -> dict[int, int]:
     """model id -> id of the training run that made it (the first, if several)."""
     if not model_ids:
         return {}
-    rows = session.execute(select(Run.model_id, Run.id).where(
-        Run.kind == RunKind.TRAIN, Run.model_id.in_(model_ids)).order_by(Run.id.desc()))
+    rows = session.execute(
+        select(Run.model_id, Run.id)
+        .where(Run.kind == RunKind.TRAIN, Run.model_id.in_(model_ids))
+        .order_by(Run.id.desc())
+    )
     return {model_id: run_id for model_id, run_id in rows}
 
 
@@ -58,13 +61,19 @@ def _training_text(metrics: dict[str, Any]) -> str:
 def model_row(model: TwinModel, train_run: int | None, loops: list[int]) -> dict[str, Any]:
     metrics = model.metrics or {}
     return {
-        "id": model.id, "process": model.process.name, "name": model.name,
+        "id": model.id,
+        "process": model.process.name,
+        "name": model.name,
         "version": model.version,
         "registered": model.created_at.strftime("%Y-%m-%d %H:%M UTC"),
-        "training": _training_text(metrics), "cut": bool(metrics.get("stopped_by_budget")),
+        "training": _training_text(metrics),
+        "cut": bool(metrics.get("stopped_by_budget")),
         "prediction": value_text(metrics["holdout_prediction"])
-        if "holdout_prediction" in metrics else "—",
-        "size": human_bytes(model.size_bytes), "train_run": train_run, "loops": loops,
+        if "holdout_prediction" in metrics
+        else "—",
+        "size": human_bytes(model.size_bytes),
+        "train_run": train_run,
+        "loops": loops,
         "data": model.data_source or "—",
     }
 
@@ -75,8 +84,9 @@ def models_page(request: Request, session: SessionDep) -> HTMLResponse:
     ids = [m.id for m in models]
     runs, loops = _training_runs(session, ids), services.active_loops(session, ids)
     rows = [model_row(m, runs.get(m.id), loops.get(m.id, [])) for m in models]
-    return templates.TemplateResponse(request, "models.html",
-                                      {"models": rows, "nav_active": "models"})
+    return templates.TemplateResponse(
+        request, "models.html", {"models": rows, "nav_active": "models"}
+    )
 
 
 def _provenance(model: TwinModel | None, config: dict[str, Any]) -> dict[str, str]:
@@ -96,8 +106,10 @@ def _provenance(model: TwinModel | None, config: dict[str, Any]) -> dict[str, st
     if start is None and isinstance(data.get("time_s"), list) and len(data["time_s"]) == 2:
         start, end = data["time_s"]
     if start is not None and end is not None:
-        out["time span"] = (f"{value_text(float(start))} s to {value_text(float(end))} s "
-                            f"({human_seconds(float(end) - float(start))})")
+        out["time span"] = (
+            f"{value_text(float(start))} s to {value_text(float(end))} s "
+            f"({human_seconds(float(end) - float(start))})"
+        )
     for key in ("process", "hours", "seed"):
         if key in data:
             out[key] = value_text(data[key])
@@ -114,12 +126,14 @@ def _sensor_scales(session: Session, model: TwinModel | None) -> tuple[int, dict
         twin = Twin.from_bytes(services.load_model_bytes(session, model.id))
     except InvalidInput:
         return 0, {}
-    return twin.config.embed_dim, {t: float(twin.norm.std[twin.norm.index(t)])
-                                   for t in twin.layout.sensors}
+    return twin.config.embed_dim, {
+        t: float(twin.norm.std[twin.norm.index(t)]) for t in twin.layout.sensors
+    }
 
 
-def training_run_page(request: Request, session: Session, run: Run,
-                      run_row: dict[str, Any]) -> HTMLResponse:
+def training_run_page(
+    request: Request, session: Session, run: Run, run_row: dict[str, Any]
+) -> HTMLResponse:
     """The page of a training run: curves, provenance, how it ended, its model."""
     model = None
     if run.model_id is not None:
@@ -133,13 +147,17 @@ def training_run_page(request: Request, session: Session, run: Run,
     figure = training_figure(history, embed_dim, scales)
     spec_units = {t.name: t.unit for t in services.spec_of(run.process).tags}
     context = {
-        "run": run_row, "model": model_row(model, run.id, []) if model else None,
+        "run": run_row,
+        "model": model_row(model, run.id, []) if model else None,
         "rows": metric_rows(metrics, units=spec_units),
-        "training": _training_text(metrics), "budget_note": metrics.get("budget_note"),
+        "training": _training_text(metrics),
+        "budget_note": metrics.get("budget_note"),
         "provenance": _provenance(model, run.config or {}),
-        "figure_html": figure if isinstance(figure, str) else figure.to_html(
-            include_plotlyjs=False, full_html=False, config=_CONFIG),
+        "figure_html": figure
+        if isinstance(figure, str)
+        else figure.to_html(include_plotlyjs=False, full_html=False, config=_CONFIG),
         "figure_is_note": isinstance(figure, str),
-        "train_config": (run.config or {}).get("train"), "nav_active": "runs",
+        "train_config": (run.config or {}).get("train"),
+        "nav_active": "runs",
     }
     return templates.TemplateResponse(request, "train_run.html", context)

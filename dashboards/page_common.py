@@ -28,10 +28,15 @@ LIVE_REFRESH_S = 5
 REFRESH_CHOICES_S = (0, 5, 10, 30, 60)
 # `?refresh=N` (seconds, 0: off) picks another period, as Grafana's `&refresh=` does.
 RefreshQuery = Annotated[int | None, Query(ge=0, le=3_600, description="seconds; 0: off")]
-TagsQuery = Annotated[list[str] | None, Query(description="tags to plot (repeat the "
-                                                           "parameter); default: all of a "
-                                                           "small process, the watched "
-                                                           "ones of a large one")]
+TagsQuery = Annotated[
+    list[str] | None,
+    Query(
+        description="tags to plot (repeat the "
+        "parameter); default: all of a "
+        "small process, the watched "
+        "ones of a large one"
+    ),
+]
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 templates.env.filters["bytes"] = human_bytes
@@ -39,15 +44,17 @@ templates.env.filters["bytes"] = human_bytes
 
 def refresh_choices(seconds: int) -> dict[str, Any]:
     """The auto-refresh selector: its choices (with `seconds` among them) and its value."""
-    return {"refresh_s": seconds,
-            "refresh_choices": sorted(set(REFRESH_CHOICES_S) | {seconds})}
+    return {"refresh_s": seconds, "refresh_choices": sorted(set(REFRESH_CHOICES_S) | {seconds})}
 
 
 def error_page(request: Request, exc: ServiceError) -> HTMLResponse:
     """A page's 4xx as a page a person can read (the JSON API keeps its JSON errors)."""
     return templates.TemplateResponse(
-        request, "error.html", {"status": exc.status_code, "message": str(exc)},
-        status_code=exc.status_code)
+        request,
+        "error.html",
+        {"status": exc.status_code, "message": str(exc)},
+        status_code=exc.status_code,
+    )
 
 
 def chosen_tags(spec: ProcessSpec, tags: Sequence[str] | None) -> list[str]:
@@ -57,30 +64,51 @@ def chosen_tags(spec: ProcessSpec, tags: Sequence[str] | None) -> list[str]:
     known = [t.name for t in spec.tags]
     unknown = sorted(set(tags) - set(known))
     if unknown:
-        raise Invalid(f"unknown tag(s) {', '.join(unknown)} for process '{spec.name}' "
-                      f"(known: {', '.join(known)})")
+        raise Invalid(
+            f"unknown tag(s) {', '.join(unknown)} for process '{spec.name}' "
+            f"(known: {', '.join(known)})"
+        )
     return [name for name in known if name in set(tags)]
 
 
 def run_row(run: Run, n_steps: int | None) -> dict[str, Any]:
     return {
-        "id": run.id, "kind": run.kind, "status": run.status, "process": run.process.name,
-        "controller": run.controller, "model_id": run.model_id, "n_steps": n_steps,
+        "id": run.id,
+        "kind": run.kind,
+        "status": run.status,
+        "process": run.process.name,
+        "controller": run.controller,
+        "model_id": run.model_id,
+        "n_steps": n_steps,
         "started": run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": _key_metrics(run.metrics),
     }
 
 
 def _key_metrics(metrics: dict[str, Any], count: int = 4) -> str:
-    shown = [(k, v) for k, v in metrics.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)][:count]
+    shown = [
+        (k, v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    ][:count]
     return ", ".join(f"{metric_label(k)} {v:.4g}" for k, v in shown)
 
 
-def window_series(session: Session, run_id: int, start_s: float | None, end_s: float | None,
-            max_points: int, tags: Sequence[str] | None = None) -> dict[str, Any]:
+def window_series(
+    session: Session,
+    run_id: int,
+    start_s: float | None,
+    end_s: float | None,
+    max_points: int,
+    tags: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The window at `max_points` per tag: each bucket's minimum and maximum (read from
     the stored rollups), so a month of 1 s data stays a few thousand points and no spike
     is lost between two plotted points."""
-    return services.get_series(session, run_id, tags=tags, max_points=max_points,
-                               start_s=start_s, end_s=end_s, method="minmax")
+    return services.get_series(
+        session,
+        run_id,
+        tags=tags,
+        max_points=max_points,
+        start_s=start_s,
+        end_s=end_s,
+        method="minmax",
+    )

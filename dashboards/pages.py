@@ -54,8 +54,11 @@ from twin.spec import ProcessSpec
 
 OVERVIEW_STOPPED_LOOPS = 10
 OVERVIEW_RUNNING_LOOPS = 1_000
-OPEN_ALARM_STATES = (AlarmState.UNACKNOWLEDGED, AlarmState.ACKNOWLEDGED,
-                     AlarmState.RTN_UNACKNOWLEDGED)
+OPEN_ALARM_STATES = (
+    AlarmState.UNACKNOWLEDGED,
+    AlarmState.ACKNOWLEDGED,
+    AlarmState.RTN_UNACKNOWLEDGED,
+)
 MAX_ALARMS_READ = 1_000
 
 router = APIRouter(include_in_schema=False)
@@ -63,24 +66,31 @@ router = APIRouter(include_in_schema=False)
 
 @router.get(PLOTLY_JS_URL)
 def plotly_js() -> FileResponse:
-    return FileResponse(PLOTLY_JS, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(
+        PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+    )
 
 
 @router.get("/dash/static/{name}")
 def static_file(name: str) -> FileResponse:
     if name not in STATIC_FILES:  # a fixed list: no path from the URL reaches the disk
         raise NotFound(f"no static file '{name}'")
-    return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name],
-                        headers={"Cache-Control": "no-cache"})
+    return FileResponse(
+        STATIC_DIR / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
+    )
 
 
 # ---------------------------------------------------------------- overview
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep, settings: SettingsDep,
-          loops: LoopsDep, refresh: RefreshQuery = None) -> HTMLResponse:
+def index(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    loops: LoopsDep,
+    refresh: RefreshQuery = None,
+) -> HTMLResponse:
     runs = services.list_runs(session, limit=settings.max_list_limit)
     counts = services.step_counts(session, [r.id for r in runs])
     context = {
@@ -106,14 +116,20 @@ def overview_data(session: Session, loops: LoopManager) -> dict[str, Any]:
     processes = []
     for process in services.list_processes(session):
         own = [r for r in rows if r["process"] == process.name]
-        processes.append({
-            "name": process.name, "description": process.spec.get("description", ""),
-            "sample_period_s": process.spec.get("sample_period_s"),
-            "loops": own, "status": _worst_status(own),
-        })
-    return {"generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "processes": processes,
-            "open_alarms": sum(len(a) for a in open_alarms.values())}
+        processes.append(
+            {
+                "name": process.name,
+                "description": process.spec.get("description", ""),
+                "sample_period_s": process.spec.get("sample_period_s"),
+                "loops": own,
+                "status": _worst_status(own),
+            }
+        )
+    return {
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "processes": processes,
+        "open_alarms": sum(len(a) for a in open_alarms.values()),
+    }
 
 
 def _open_alarms(session: Session) -> dict[int, list[dict[str, Any]]]:
@@ -122,28 +138,40 @@ def _open_alarms(session: Session) -> dict[int, list[dict[str, Any]]]:
     for alarm in alarm_service.list_alarms(session, limit=MAX_ALARMS_READ):
         if alarm.state in OPEN_ALARM_STATES:
             by_run.setdefault(alarm.run_id, []).append(
-                {"id": alarm.id, "priority": alarm.priority, "state": alarm.state,
-                 "kind": alarm.kind, "message": alarm.message})
+                {
+                    "id": alarm.id,
+                    "priority": alarm.priority,
+                    "state": alarm.state,
+                    "kind": alarm.kind,
+                    "message": alarm.message,
+                }
+            )
     order = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     for found in by_run.values():
         found.sort(key=lambda a: order.get(a["priority"], 9))
     return by_run
 
 
-def _loop_row(session: Session, view: LoopView, open_alarms: list[dict[str, Any]]
-              ) -> dict[str, Any]:
+def _loop_row(
+    session: Session, view: LoopView, open_alarms: list[dict[str, Any]]
+) -> dict[str, Any]:
     run = view.run
     spec = services.spec_of(run.process)
     model = view.model
     recent = _recent(session, run.id, spec)
     return {
-        "run_id": run.id, "process": run.process.name, "status": view.status,
-        "run_status": run.status, "controller": run.controller,
-        "age_s": view.age_s, "stale_after_s": view.stale_after_s,
+        "run_id": run.id,
+        "process": run.process.name,
+        "status": view.status,
+        "run_status": run.status,
+        "controller": run.controller,
+        "age_s": view.age_s,
+        "stale_after_s": view.stale_after_s,
         "last_step": view.last.step if view.last else None,
         "last_time_s": view.last.time_s if view.last else None,
-        "model": None if model is None else {"id": model.id, "name": model.name,
-                                             "version": model.version},
+        "model": None
+        if model is None
+        else {"id": model.id, "name": model.name, "version": model.version},
         "setpoints": _readings(spec, view.setpoints),
         "actuators": _readings(spec, view.actuators),
         "alarms": open_alarms,
@@ -153,8 +181,10 @@ def _loop_row(session: Session, view: LoopView, open_alarms: list[dict[str, Any]
 
 def _readings(spec: ProcessSpec, values: dict[str, float]) -> list[dict[str, Any]]:
     units = {t.name: t.unit for t in spec.tags}
-    return [{"tag": tag, "value": value, "unit": units.get(tag, "")}
-            for tag, value in sorted(values.items())]
+    return [
+        {"tag": tag, "value": value, "unit": units.get(tag, "")}
+        for tag, value in sorted(values.items())
+    ]
 
 
 def _worst_status(rows: Sequence[dict[str, Any]]) -> str:

@@ -38,8 +38,9 @@ def _configure(connection: Connection) -> None:
 
 def run_offline() -> None:
     url = _url()
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=is_sqlite(url))
+    context.configure(
+        url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=is_sqlite(url)
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -38,8 +38,10 @@ def process_names() -> list[str]:
 def get_process(name: str) -> ModuleType:
     if name not in PROCESS_MODULES:
         known = ", ".join(process_names())
-        raise SpecError(f"unknown process '{name}' (built in: {known}; a process of your "
-                        f"own is given by its tag file, --spec FILE)")
+        raise SpecError(
+            f"unknown process '{name}' (built in: {known}; a process of your "
+            f"own is given by its tag file, --spec FILE)"
+        )
     return check_module(importlib.import_module(PROCESS_MODULES[name]))
 
 
@@ -71,8 +73,11 @@ def train_config_for(name: str | None, **fields: Any) -> TrainConfig:
     """The twin a process trains: the built-in process's recipe, else TrainConfig's defaults,
     with `fields` on top."""
     module = find_process(name) if name else None
-    return (module.TRAINING_RECIPE.train_config(**fields) if module is not None
-            else TrainConfig(**fields))
+    return (
+        module.TRAINING_RECIPE.train_config(**fields)
+        if module is not None
+        else TrainConfig(**fields)
+    )
 
 
 def plant_parts(spec: ProcessSpec) -> PlantParts:
@@ -87,8 +92,9 @@ def plant_parts(spec: ProcessSpec) -> PlantParts:
     if module is None:
         return PlantParts(fallback=spec_fallback(spec))
     variant = variant_of(spec)
-    fallback = module.baseline_fallback(variant) if variant is not None \
-        else module.baseline_fallback()
+    fallback = (
+        module.baseline_fallback(variant) if variant is not None else module.baseline_fallback()
+    )
     factory = getattr(module, "limit_protection", None)
     doses = tuple(t.name for t in module.SPEC.actuators if t.kind is ActuatorKind.DOSE)
     return PlantParts(variant, fallback, factory() if factory is not None else None, doses)

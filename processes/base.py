@@ -36,11 +36,22 @@ class Controller(Protocol):
     spec: ProcessSpec
     fallback: Fallback | None
 
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float]) -> StepRecord: ...
+    def step(
+        self,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+    ) -> StepRecord: ...
 
-CORE_METRICS = ("cost", "violations", "worst_violation", "fallbacks", "plan_ms_median",
-                "plan_ms_p99")
+
+CORE_METRICS = (
+    "cost",
+    "violations",
+    "worst_violation",
+    "fallbacks",
+    "plan_ms_median",
+    "plan_ms_p99",
+)
 """Keys every `run_episode` result carries: cost (the process's own economic/tracking
 cost, lower is better), violations (samples beyond a hard sensor limit on the true state),
 worst_violation (largest excess, in the limit's unit, normalised by nothing), fallbacks
@@ -81,9 +92,14 @@ class TrainingRecipe:
     def train_config(self, **fields: Any) -> TrainConfig:
         """TrainConfig's defaults with this recipe's model and loss choices, then `fields`."""
         config = TrainConfig()
-        model = {name: value for name, value in (("predictor_layers", self.predictor_layers),
-                                                 ("embed_dim", self.embed_dim))
-                 if value is not None}
+        model = {
+            name: value
+            for name, value in (
+                ("predictor_layers", self.predictor_layers),
+                ("embed_dim", self.embed_dim),
+            )
+            if value is not None
+        }
         if model:
             config = replace(config, model=replace(config.model, **model))
         if self.predicted_readout_weight is not None:
@@ -96,8 +112,9 @@ class ProcessModule(Protocol):
     EPISODE_SUMMARY: Sequence[SummaryRow]
     TRAINING_RECIPE: TrainingRecipe
 
-    def generate_training_log(self, hours: float, seed: int,
-                              show_progress: bool = False) -> pd.DataFrame: ...
+    def generate_training_log(
+        self, hours: float, seed: int, show_progress: bool = False
+    ) -> pd.DataFrame: ...
 
     def baseline_policy(self) -> Policy: ...
 
@@ -107,14 +124,27 @@ class ProcessModule(Protocol):
 
     def twin_policy(self, controller: Controller) -> Policy: ...
 
-    def run_episode(self, policy: Policy, controller_name: str, seed: int = 7,
-                    config: dict[str, Any] | None = None,
-                    show_progress: bool = False) -> EpisodeResult: ...
+    def run_episode(
+        self,
+        policy: Policy,
+        controller_name: str,
+        seed: int = 7,
+        config: dict[str, Any] | None = None,
+        show_progress: bool = False,
+    ) -> EpisodeResult: ...
 
 
-REQUIRED = ("SPEC", "EPISODE_SUMMARY", "TRAINING_RECIPE", "generate_training_log",
-            "baseline_policy", "oracle_policy", "baseline_fallback", "twin_policy",
-            "run_episode")
+REQUIRED = (
+    "SPEC",
+    "EPISODE_SUMMARY",
+    "TRAINING_RECIPE",
+    "generate_training_log",
+    "baseline_policy",
+    "oracle_policy",
+    "baseline_fallback",
+    "twin_policy",
+    "run_episode",
+)
 
 
 def check_module(module: ModuleType) -> ModuleType:
@@ -126,26 +156,29 @@ def check_module(module: ModuleType) -> ModuleType:
 
 # -- shared pieces of excitation and scoring ---------------------------------------------
 
-def aprbs_levels(rng: np.random.Generator, n: int, low: float, high: float,
-                 min_hold: int, max_hold: int) -> np.ndarray:
+
+def aprbs_levels(
+    rng: np.random.Generator, n: int, low: float, high: float, min_hold: int, max_hold: int
+) -> np.ndarray:
     """Amplitude-modulated PRBS: random levels in [low, high] held for random durations."""
     out = np.empty(n)
     k = 0
     while k < n:
         hold = int(rng.integers(min_hold, max_hold + 1))
-        out[k:k + hold] = rng.uniform(low, high)
+        out[k : k + hold] = rng.uniform(low, high)
         k += hold
     return out
 
 
-def prbs_levels(rng: np.random.Generator, n: int, low: float, high: float,
-                min_hold: int, max_hold: int) -> np.ndarray:
+def prbs_levels(
+    rng: np.random.Generator, n: int, low: float, high: float, min_hold: int, max_hold: int
+) -> np.ndarray:
     """Binary PRBS between two levels, each held for a random duration."""
     out = np.empty(n)
     k, level = 0, bool(rng.integers(0, 2))
     while k < n:
         hold = int(rng.integers(min_hold, max_hold + 1))
-        out[k:k + hold] = high if level else low
+        out[k : k + hold] = high if level else low
         level = not level
         k += hold
     return out
@@ -159,8 +192,12 @@ def rate_clip(target: float, previous: float, max_step: float, low: float, high:
 def planning_times_ms(steps: Sequence[StepRecord]) -> list[float]:
     """Time per step of the steps on which the policy planned: stale steps and a twin's
     warm-up run no planner, and their 0 ms would flatter the median."""
-    return [s.solve_ms for s in steps if s.status != StepStatus.STALE
-            and not any(e.kind == EventKind.WARMING_UP for e in s.events)]
+    return [
+        s.solve_ms
+        for s in steps
+        if s.status != StepStatus.STALE
+        and not any(e.kind == EventKind.WARMING_UP for e in s.events)
+    ]
 
 
 def fallback_reasons(steps: Sequence[StepRecord]) -> dict[str, int]:
@@ -173,7 +210,8 @@ def fallback_reasons(steps: Sequence[StepRecord]) -> dict[str, int]:
             if reason is not None:
                 counts[reason] += 1
     counts[str(EventKind.LIMIT_PROTECTION)] = sum(
-        any(e.kind == EventKind.LIMIT_PROTECTION for e in s.events) for s in steps)
+        any(e.kind == EventKind.LIMIT_PROTECTION for e in s.events) for s in steps
+    )
     return counts
 
 

@@ -42,12 +42,12 @@ def _cstr_run(_spec: ProcessSpec, **_: Any) -> Run:
 def _turbofan_run(_spec: ProcessSpec, **_: Any) -> Run:
     turbofan = get_process("turbofan")
     spec = turbofan.SPEC
-    flight = turbofan.Flight(spec.tag("alt").nominal, spec.tag("Mach").nominal,
-                             spec.tag("dT_isa").nominal)
+    flight = turbofan.Flight(
+        spec.tag("alt").nominal, spec.tag("Mach").nominal, spec.tag("dT_isa").nominal
+    )
 
     def run(held: dict[str, float], _dose_at: int, horizon: int) -> dict[str, float]:
-        sim = turbofan.TurbofanSimulator(noise=False, wf0=spec.tag("Wf").nominal,
-                                         flight=flight)
+        sim = turbofan.TurbofanSimulator(noise=False, wf0=spec.tag("Wf").nominal, flight=flight)
         for _ in range(horizon):
             sim.step(held["Wf"])
         return sim.true_sensors()
@@ -71,7 +71,10 @@ def _glucose_run(spec: ProcessSpec, patient: str | None = None, **_: Any) -> Run
 
 
 PLANT_RUNS: dict[str, Callable[..., Run]] = {
-    "cstr": _cstr_run, "turbofan": _turbofan_run, "glucose": _glucose_run}
+    "cstr": _cstr_run,
+    "turbofan": _turbofan_run,
+    "glucose": _glucose_run,
+}
 """Built-in processes whose plant can be step-tested (Tennessee Eastman is not, yet)."""
 
 
@@ -81,13 +84,19 @@ def nominal_actuators(spec: ProcessSpec) -> dict[str, float]:
     return {t.name: float(t.nominal if t.nominal is not None else 0.0) for t in spec.actuators}
 
 
-def plant_gains(spec: ProcessSpec, steps: Mapping[str, float], horizon_steps: int,
-                sensors: list[str], **process_case: Any) -> dict[tuple[str, str], float]:
+def plant_gains(
+    spec: ProcessSpec,
+    steps: Mapping[str, float],
+    horizon_steps: int,
+    sensors: list[str],
+    **process_case: Any,
+) -> dict[tuple[str, str], float]:
     """The true plant's gain per (actuator, sensor), in engineering units per unit of step
     (or of dose), by step tests of `steps` (actuator units) over `horizon_steps` samples."""
     if spec.name not in PLANT_RUNS:
-        raise ValueError(f"no plant step test for process '{spec.name}' (have: "
-                         f"{', '.join(sorted(PLANT_RUNS))})")
+        raise ValueError(
+            f"no plant step test for process '{spec.name}' (have: {', '.join(sorted(PLANT_RUNS))})"
+        )
     run = PLANT_RUNS[spec.name](spec, **process_case)
     held = nominal_actuators(spec)
     doses = {t.name for t in spec.actuators if is_dose(t)}
@@ -103,8 +112,9 @@ def plant_gains(spec: ProcessSpec, steps: Mapping[str, float], horizon_steps: in
     return gains
 
 
-def gain_check(twin: Twin, horizon_steps: int | None = None,
-               **process_case: Any) -> list[dict[str, Any]]:
+def gain_check(
+    twin: Twin, horizon_steps: int | None = None, **process_case: Any
+) -> list[dict[str, Any]]:
     """The twin's gain table (`twin.gains.gain_table`) with the true plant's step test of
     the same steps and horizon beside it, for a built-in process; the twin's alone for a
     process without a simulator. `process_case`: e.g. patient='child#001' for glucose."""

@@ -103,30 +103,49 @@ def cstr_spec() -> ProcessSpec:
 # ---------------------------------------------------------------- synthetic data
 
 
-def synthetic_episode(n_steps: int = 40, *, process: str = "cstr",
-                      event_every: int = 10, dt: float = 6.0) -> EpisodeResult:
+def synthetic_episode(
+    n_steps: int = 40, *, process: str = "cstr", event_every: int = 10, dt: float = 6.0
+) -> EpisodeResult:
     """A CSTR-shaped episode with plans, margins, events and one missing sample."""
     steps = []
     for k in range(n_steps):
         t = 350.0 + 0.5 * k
-        plan = Plan(time_s=[dt * (i + 1) for i in range(5)],
-                    actuators={"Tc": [300.0 + 0.1 * i for i in range(5)]},
-                    sensors={"T": [t + 0.2 * (i + 1) for i in range(5)],
-                             "Ca": [0.5] * 5},
-                    spread={"T": [0.1 * (i + 1) for i in range(5)]}, cost=float(k))
-        events = ([SafetyEvent("rate_limited", f"Tc move limited at step {k}", "Tc")]
-                  if k % event_every == 0 else [])
+        plan = Plan(
+            time_s=[dt * (i + 1) for i in range(5)],
+            actuators={"Tc": [300.0 + 0.1 * i for i in range(5)]},
+            sensors={"T": [t + 0.2 * (i + 1) for i in range(5)], "Ca": [0.5] * 5},
+            spread={"T": [0.1 * (i + 1) for i in range(5)]},
+            cost=float(k),
+        )
+        events = (
+            [SafetyEvent("rate_limited", f"Tc move limited at step {k}", "Tc")]
+            if k % event_every == 0
+            else []
+        )
         measurements = {"Ca": 0.5 - 0.001 * k, "T": t, "Caf": 1.0, "Tf": 350.0}
         if k == 3:
             measurements["Ca"] = float("nan")  # a dropped sample: must stay missing
-        steps.append(StepRecord(
-            step=k, time_s=dt * k, measurements=measurements, setpoints={"T": 365.0},
-            actuators={"Tc": 300.0 + 0.05 * k},
-            status=StepStatus.FALLBACK if events else StepStatus.OK,
-            solve_ms=1.5, events=events, plan=plan, margins={"T": 385.0 - t}))
-    return EpisodeResult(process=process, controller="twin/casadi",
-                         config={"seed": 7, "horizon": 20},
-                         steps=steps, metrics={"iae": 12.5, "violations": 0.0})
+        steps.append(
+            StepRecord(
+                step=k,
+                time_s=dt * k,
+                measurements=measurements,
+                setpoints={"T": 365.0},
+                actuators={"Tc": 300.0 + 0.05 * k},
+                status=StepStatus.FALLBACK if events else StepStatus.OK,
+                solve_ms=1.5,
+                events=events,
+                plan=plan,
+                margins={"T": 385.0 - t},
+            )
+        )
+    return EpisodeResult(
+        process=process,
+        controller="twin/casadi",
+        config={"seed": 7, "horizon": 20},
+        steps=steps,
+        metrics={"iae": 12.5, "violations": 0.0},
+    )
 
 
 @pytest.fixture
@@ -140,8 +159,9 @@ class FakeController:
     def __init__(self, spec: ProcessSpec, planner: str, output: float | None = None) -> None:
         self.spec, self.planner, self.output, self.calls = spec, planner, output, 0
 
-    def step(self, time_s: float, measurements: dict[str, float],
-             setpoints: dict[str, float]) -> StepRecord:
+    def step(
+        self, time_s: float, measurements: dict[str, float], setpoints: dict[str, float]
+    ) -> StepRecord:
         from twin.errors import InvalidInput
 
         if measurements.get("Caf", 1.0) < 0:
@@ -149,11 +169,21 @@ class FakeController:
         self.calls += 1
         error = setpoints["T"] - measurements["T"]
         tc = self.output if self.output is not None else 300.0 + 0.1 * error
-        plan = Plan(time_s=[6.0, 12.0, 18.0], actuators={"Tc": [tc, tc, tc]},
-                    sensors={"T": [measurements["T"] + 0.1 * i for i in (1, 2, 3)]})
-        return StepRecord(step=self.calls - 1, time_s=time_s, measurements=dict(measurements),
-                          setpoints=dict(setpoints), actuators={"Tc": tc}, solve_ms=2.0,
-                          plan=plan, margins={"T": 385.0 - measurements["T"]})
+        plan = Plan(
+            time_s=[6.0, 12.0, 18.0],
+            actuators={"Tc": [tc, tc, tc]},
+            sensors={"T": [measurements["T"] + 0.1 * i for i in (1, 2, 3)]},
+        )
+        return StepRecord(
+            step=self.calls - 1,
+            time_s=time_s,
+            measurements=dict(measurements),
+            setpoints=dict(setpoints),
+            actuators={"Tc": tc},
+            solve_ms=2.0,
+            plan=plan,
+            margins={"T": 385.0 - measurements["T"]},
+        )
 
 
 @pytest.fixture
@@ -173,8 +203,9 @@ def fake_factory(cstr_spec: ProcessSpec) -> Callable[[bytes, str], FakeControlle
 
 @pytest.fixture
 def app(db_url: str, fake_factory) -> FastAPI:
-    return create_app(Settings(database_url=db_url, max_body_bytes=50_000),
-                      controller_factory=fake_factory)
+    return create_app(
+        Settings(database_url=db_url, max_body_bytes=50_000), controller_factory=fake_factory
+    )
 
 
 @pytest.fixture
@@ -191,15 +222,17 @@ def tokens(session: Session) -> dict[Role, str]:
     """One key per role, made the way the first key is: from the command line's service."""
     from api.services import auth
 
-    return {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
-            for role in Role}
+    return {
+        role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1] for role in Role
+    }
 
 
 @pytest.fixture
 def secure_app(db_url: str, fake_factory) -> FastAPI:
     """The app with keys required (the fake controller factory, as `app`)."""
-    return create_app(Settings(database_url=db_url, auth_required=True),
-                      controller_factory=fake_factory)
+    return create_app(
+        Settings(database_url=db_url, auth_required=True), controller_factory=fake_factory
+    )
 
 
 @pytest.fixture

@@ -31,8 +31,11 @@ class EdgeDb:
 
     def steps(self, run_id: int) -> list[RunStep]:
         with self.sessions() as session:
-            return list(session.scalars(select(RunStep).where(RunStep.run_id == run_id)
-                                        .order_by(RunStep.step)))
+            return list(
+                session.scalars(
+                    select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.step)
+                )
+            )
 
     def events(self, run_id: int, kind: str | None = None) -> list[RunEvent]:
         with self.sessions() as session:

@@ -42,17 +42,29 @@ T_HIGH = 385.0  # the CSTR's reactor temperature limit, K
 NORMAL_T = 350.0
 
 
-def _record(k: int, t: float = NORMAL_T, *, status: StepStatus = StepStatus.OK,
-            events: list[SafetyEvent] | None = None, time_s: float | None = None,
-            missing_t: bool = False) -> StepRecord:
+def _record(
+    k: int,
+    t: float = NORMAL_T,
+    *,
+    status: StepStatus = StepStatus.OK,
+    events: list[SafetyEvent] | None = None,
+    time_s: float | None = None,
+    missing_t: bool = False,
+) -> StepRecord:
     measurements = {"Ca": 0.5, "Caf": 1.0, "Tf": 350.0}
     margins = {"Ca": 0.5}
     if not missing_t:
         measurements["T"], margins["T"] = t, T_HIGH - t
-    return StepRecord(step=k, time_s=DT * k if time_s is None else time_s,
-                      measurements=measurements, setpoints={"T": NORMAL_T},
-                      actuators={"Tc": 300.0}, status=status, events=events or [],
-                      margins=margins)
+    return StepRecord(
+        step=k,
+        time_s=DT * k if time_s is None else time_s,
+        measurements=measurements,
+        setpoints={"T": NORMAL_T},
+        actuators={"Tc": 300.0},
+        status=status,
+        events=events or [],
+        margins=margins,
+    )
 
 
 class Loop:
@@ -60,8 +72,9 @@ class Loop:
 
     def __init__(self, session: Session, spec: ProcessSpec, *, judge: bool = True) -> None:
         self.session, self.spec, self.judge = session, spec, judge
-        self.run_id = services.create_run(session, kind="control", process="cstr",
-                                          controller="twin/casadi", config={}).id
+        self.run_id = services.create_run(
+            session, kind="control", process="cstr", controller="twin/casadi", config={}
+        ).id
         self.k = 0
 
     def step(self, record: StepRecord, now: datetime | None = None) -> None:
@@ -83,8 +96,9 @@ def loop(session: Session, cstr_spec: ProcessSpec) -> Loop:
 
 def _points(session: Session, run_id: int) -> dict[tuple[str, str], Alarm]:
     session.expire_all()
-    return {(a.tag, a.kind): a for a in
-            session.scalars(select(Alarm).where(Alarm.run_id == run_id))}
+    return {
+        (a.tag, a.kind): a for a in session.scalars(select(Alarm).where(Alarm.run_id == run_id))
+    }
 
 
 def _point(session: Session, run_id: int, kind: AlarmKind, tag: str = "T") -> Alarm:
@@ -92,8 +106,10 @@ def _point(session: Session, run_id: int, kind: AlarmKind, tag: str = "T") -> Al
 
 
 def _history(session: Session, alarm_id: int) -> list[tuple[str, str, str, str | None]]:
-    return [(e.action, e.from_state, e.to_state, e.actor)
-            for e in alarms.alarm_history(session, alarm_id)]
+    return [
+        (e.action, e.from_state, e.to_state, e.actor)
+        for e in alarms.alarm_history(session, alarm_id)
+    ]
 
 
 def _count(session: Session, table: type) -> int:
@@ -104,8 +120,7 @@ def _count(session: Session, table: type) -> int:
 # ---------------------------------------------------------------- raising
 
 
-def test_an_alarm_is_raised_once_while_its_condition_lasts(session: Session,
-                                                           loop: Loop) -> None:
+def test_an_alarm_is_raised_once_while_its_condition_lasts(session: Session, loop: Loop) -> None:
     band = alarms.approach_band(loop.spec.tag("T"))
     assert band == pytest.approx(alarms.APPROACH_FRACTION * (T_HIGH - NORMAL_T))
     near = T_HIGH - band / 2
@@ -138,11 +153,22 @@ def test_a_low_limit_is_judged_on_its_own_side(session: Session, loop: Loop) -> 
 
 
 def test_fallback_and_stale_steps_raise_loop_alarms(session: Session, loop: Loop) -> None:
-    loop.step(_record(0, status=StepStatus.FALLBACK,
-                      events=[SafetyEvent("solver_failed", "solver failed: infeasible")]))
+    loop.step(
+        _record(
+            0,
+            status=StepStatus.FALLBACK,
+            events=[SafetyEvent("solver_failed", "solver failed: infeasible")],
+        )
+    )
     gap = 5 * DT
-    loop.step(_record(1, time_s=gap, status=StepStatus.STALE,
-                      events=[SafetyEvent("stale_data", f"{gap:g} s since the previous sample")]))
+    loop.step(
+        _record(
+            1,
+            time_s=gap,
+            status=StepStatus.STALE,
+            events=[SafetyEvent("stale_data", f"{gap:g} s since the previous sample")],
+        )
+    )
     points = _points(session, loop.run_id)
     fallback = points[("", AlarmKind.FALLBACK)]
     stale = points[("", AlarmKind.STALE_DATA)]
@@ -155,19 +181,34 @@ def test_a_new_loop_warming_up_raises_no_alarm(session: Session, loop: Loop) -> 
     """Warm-up is the baseline by design: an event on the run, never an alarm; a fallback
     for another reason while warming up still is one."""
     for k in range(4):
-        loop.step(_record(k, status=StepStatus.FALLBACK, events=[
-            SafetyEvent("warming_up", f"warming up: {k + 1}/16 samples of history"),
-            SafetyEvent("clipped_bounds", "Tc clipped to its bounds", "Tc")]))
+        loop.step(
+            _record(
+                k,
+                status=StepStatus.FALLBACK,
+                events=[
+                    SafetyEvent("warming_up", f"warming up: {k + 1}/16 samples of history"),
+                    SafetyEvent("clipped_bounds", "Tc clipped to its bounds", "Tc"),
+                ],
+            )
+        )
     assert _points(session, loop.run_id) == {}
-    loop.step(_record(4, status=StepStatus.FALLBACK, events=[
-        SafetyEvent("warming_up", "warming up: 5/16 samples of history"),
-        SafetyEvent("model_mismatch", "forecasts miss the plant")]))
+    loop.step(
+        _record(
+            4,
+            status=StepStatus.FALLBACK,
+            events=[
+                SafetyEvent("warming_up", "warming up: 5/16 samples of history"),
+                SafetyEvent("model_mismatch", "forecasts miss the plant"),
+            ],
+        )
+    )
     fallback = _point(session, loop.run_id, AlarmKind.FALLBACK, tag="")
     assert fallback.active and "model_mismatch" in fallback.message
 
 
 def test_the_off_delay_needs_consecutive_steps_without_the_condition(
-        session: Session, loop: Loop) -> None:
+    session: Session, loop: Loop
+) -> None:
     loop.temperatures([T_HIGH + 1.0] + [NORMAL_T] * (alarms.CLEAR_AFTER_STEPS - 1))
     assert _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION).active
     loop.step(_record(loop.k, missing_t=True))  # no value: proves nothing either way
@@ -180,10 +221,19 @@ def test_the_off_delay_needs_consecutive_steps_without_the_condition(
     assert not alarm.active and alarm.state == AlarmState.RTN_UNACKNOWLEDGED
 
 
-def test_stored_steps_judged_later_give_the_same_alarms(session: Session,
-                                                        cstr_spec: ProcessSpec) -> None:
-    temperatures = [NORMAL_T, T_HIGH - 1, T_HIGH + 2, T_HIGH + 3, NORMAL_T, NORMAL_T,
-                    NORMAL_T, T_HIGH - 1]
+def test_stored_steps_judged_later_give_the_same_alarms(
+    session: Session, cstr_spec: ProcessSpec
+) -> None:
+    temperatures = [
+        NORMAL_T,
+        T_HIGH - 1,
+        T_HIGH + 2,
+        T_HIGH + 3,
+        NORMAL_T,
+        NORMAL_T,
+        NORMAL_T,
+        T_HIGH - 1,
+    ]
     live, lazy = Loop(session, cstr_spec), Loop(session, cstr_spec, judge=False)
     now = utcnow()
     live.temperatures(temperatures, now)
@@ -193,8 +243,10 @@ def test_stored_steps_judged_later_give_the_same_alarms(session: Session,
     alarms.refresh(session, now=now)  # judging twice changes nothing
 
     def summary(run_id: int) -> dict[tuple[str, str], tuple]:
-        return {key: (a.state, a.active, a.value, a.worst_value, a.step, a.message)
-                for key, a in _points(session, run_id).items()}
+        return {
+            key: (a.state, a.active, a.value, a.worst_value, a.step, a.message)
+            for key, a in _points(session, run_id).items()
+        }
 
     assert summary(lazy.run_id) == summary(live.run_id)
     assert len(summary(live.run_id)) == 2
@@ -226,7 +278,8 @@ def test_isa_cycle_acknowledged_then_cleared(session: Session, loop: Loop) -> No
     assert _history(session, alarm.id) == [
         ("raised", "normal", "unacknowledged", None),
         ("acknowledged", "unacknowledged", "acknowledged", "alice"),
-        ("cleared", "acknowledged", "normal", None)]
+        ("cleared", "acknowledged", "normal", None),
+    ]
 
 
 def test_isa_cycle_returned_to_normal_unacknowledged(session: Session, loop: Loop) -> None:
@@ -235,8 +288,11 @@ def test_isa_cycle_returned_to_normal_unacknowledged(session: Session, loop: Loo
     assert alarm.state == AlarmState.RTN_UNACKNOWLEDGED
     loop.temperatures([T_HIGH + 4])  # back before anyone acknowledged: unacknowledged again
     alarm = _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION)
-    assert (alarm.state, alarm.value, alarm.step) == (AlarmState.UNACKNOWLEDGED, T_HIGH + 4,
-                                                      loop.k - 1)
+    assert (alarm.state, alarm.value, alarm.step) == (
+        AlarmState.UNACKNOWLEDGED,
+        T_HIGH + 4,
+        loop.k - 1,
+    )
     loop.temperatures([NORMAL_T] * alarms.CLEAR_AFTER_STEPS)
     done = alarms.acknowledge(session, alarm.id, BOB)
     assert (done.state, done.acknowledged_by) == (AlarmState.NORMAL, "bob")
@@ -245,12 +301,12 @@ def test_isa_cycle_returned_to_normal_unacknowledged(session: Session, loop: Loo
         ("cleared", "unacknowledged", "rtn_unacknowledged"),
         ("raised", "rtn_unacknowledged", "unacknowledged"),
         ("cleared", "unacknowledged", "rtn_unacknowledged"),
-        ("acknowledged", "rtn_unacknowledged", "normal")]
+        ("acknowledged", "rtn_unacknowledged", "normal"),
+    ]
     assert _count(session, Alarm) == 2  # the same point (and its approach), raised twice
 
 
-def test_illegal_transitions_are_refused_and_change_nothing(session: Session,
-                                                            loop: Loop) -> None:
+def test_illegal_transitions_are_refused_and_change_nothing(session: Session, loop: Loop) -> None:
     loop.temperatures([T_HIGH + 1] + [NORMAL_T] * alarms.CLEAR_AFTER_STEPS)
     alarm = _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION)
     alarms.acknowledge(session, alarm.id, ALICE)  # rtn_unacknowledged -> normal
@@ -278,8 +334,7 @@ def test_illegal_transitions_are_refused_and_change_nothing(session: Session,
     assert _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION).shelved_by == "alice"
 
 
-def test_acknowledging_twice_is_harmless_and_recorded_once(session: Session,
-                                                           loop: Loop) -> None:
+def test_acknowledging_twice_is_harmless_and_recorded_once(session: Session, loop: Loop) -> None:
     loop.temperatures([T_HIGH + 1])
     alarm = _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION)
     alarms.acknowledge(session, alarm.id, ALICE)
@@ -288,11 +343,11 @@ def test_acknowledging_twice_is_harmless_and_recorded_once(session: Session,
     session.expire_all()
     audit = list(session.scalars(select(AuditEntry)))
     assert [(e.actor, e.action, e.target) for e in audit] == [
-        ("alice", "alarm.acknowledge", f"alarm:{alarm.id}")]
+        ("alice", "alarm.acknowledge", f"alarm:{alarm.id}")
+    ]
 
 
-def test_a_condition_while_shelved_shows_after_unshelving(session: Session,
-                                                          loop: Loop) -> None:
+def test_a_condition_while_shelved_shows_after_unshelving(session: Session, loop: Loop) -> None:
     loop.temperatures([T_HIGH - 1])  # an approach, so the point exists
     alarm = _point(session, loop.run_id, AlarmKind.LIMIT_APPROACH)
     alarms.acknowledge(session, alarm.id, ALICE)
@@ -303,7 +358,10 @@ def test_a_condition_while_shelved_shows_after_unshelving(session: Session,
     back = alarms.unshelve(session, alarm.id, BOB)
     # Present on return: annunciated again, the earlier acknowledgement does not carry over.
     assert (back.state, back.acknowledged_by, back.shelved_by) == (
-        AlarmState.UNACKNOWLEDGED, None, None)
+        AlarmState.UNACKNOWLEDGED,
+        None,
+        None,
+    )
     actors = [(a, actor) for a, _, _, actor in _history(session, alarm.id)]
     assert actors[-2:] == [("shelved", "alice"), ("unshelved", "bob")]
 
@@ -320,20 +378,26 @@ def test_shelving_expires_on_the_clock(session: Session, loop: Loop) -> None:
     # While shelved, both conditions clear; then only the approach returns.
     loop.temperatures([NORMAL_T] * alarms.CLEAR_AFTER_STEPS, now=t0 + timedelta(minutes=1))
     loop.temperatures([T_HIGH - 1], now=t0 + timedelta(minutes=9))
-    still = alarms.list_alarms(session, state="shelved", run_id=loop.run_id,
-                               now=t0 + timedelta(minutes=9.9))
+    still = alarms.list_alarms(
+        session, state="shelved", run_id=loop.run_id, now=t0 + timedelta(minutes=9.9)
+    )
     assert {a.kind for a in still} == {AlarmKind.LIMIT_VIOLATION, AlarmKind.LIMIT_APPROACH}
     found = alarms.list_alarms(session, run_id=loop.run_id, now=t0 + timedelta(minutes=10.1))
     states = {(a.tag, a.kind): a.state for a in found}
     assert states[("T", AlarmKind.LIMIT_VIOLATION)] == AlarmState.NORMAL
     assert states[("T", AlarmKind.LIMIT_APPROACH)] == AlarmState.UNACKNOWLEDGED
     assert _history(session, approach.id)[-1] == (
-        "shelve_expired", "shelved", "unacknowledged", None)
+        "shelve_expired",
+        "shelved",
+        "unacknowledged",
+        None,
+    )
     assert _history(session, violation.id)[-1] == ("shelve_expired", "shelved", "normal", None)
 
 
 def test_shelving_that_expires_on_a_clear_condition_returns_to_normal(
-        session: Session, loop: Loop) -> None:
+    session: Session, loop: Loop
+) -> None:
     t0 = utcnow()
     loop.temperatures([T_HIGH + 1], now=t0)
     alarm = _point(session, loop.run_id, AlarmKind.LIMIT_VIOLATION)
@@ -385,23 +449,26 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _loop_with_a_violation(client: TestClient, session: Session,
-                           headers: dict[str, str]) -> int:
+def _loop_with_a_violation(client: TestClient, session: Session, headers: dict[str, str]) -> int:
     model_id = services.register_model(session, "cstr", "jepa", b"weights", {}, {}).id
-    started = client.post("/api/loops", json={"process": "cstr", "model_id": model_id},
-                          headers=headers)
+    started = client.post(
+        "/api/loops", json={"process": "cstr", "model_id": model_id}, headers=headers
+    )
     assert started.status_code == 201, started.text
     run_id = started.json()["run_id"]
     for k, t in enumerate([NORMAL_T, T_HIGH + 2]):
-        step = client.post(f"/api/loops/{run_id}/step", headers=headers, json={
-            "time_s": DT * k, "measurements": {"Ca": 0.5, "T": t, "Caf": 1.0, "Tf": 350.0}})
+        step = client.post(
+            f"/api/loops/{run_id}/step",
+            headers=headers,
+            json={"time_s": DT * k, "measurements": {"Ca": 0.5, "T": t, "Caf": 1.0, "Tf": 350.0}},
+        )
         assert step.status_code == 200, step.text
     return run_id
 
 
 def test_operators_acknowledge_and_shelve_through_the_api(
-        secure: TestClient, secure_app: FastAPI, session: Session,
-        tokens: dict[Role, str]) -> None:
+    secure: TestClient, secure_app: FastAPI, session: Session, tokens: dict[Role, str]
+) -> None:
     operator, viewer = _bearer(tokens[Role.OPERATOR]), _bearer(tokens[Role.VIEWER])
     t0 = utcnow()
     secure_app.state.clock = lambda: t0
@@ -410,26 +477,44 @@ def test_operators_acknowledge_and_shelve_through_the_api(
     assert listed.status_code == 200, listed.text
     by_kind = {a["kind"]: a for a in listed.json()}
     violation = by_kind["limit_violation"]
-    assert (violation["state"], violation["tag"], violation["value"], violation["unit"],
-            violation["loop"], violation["process"], violation["priority"]) == (
-        "unacknowledged", "T", T_HIGH + 2, "K", run_id, "cstr", "critical")
+    assert (
+        violation["state"],
+        violation["tag"],
+        violation["value"],
+        violation["unit"],
+        violation["loop"],
+        violation["process"],
+        violation["priority"],
+    ) == ("unacknowledged", "T", T_HIGH + 2, "K", run_id, "cstr", "critical")
     alarm_id = violation["id"]
 
-    assert secure.post(f"/api/alarms/{alarm_id}/acknowledge", headers=viewer
-                       ).status_code == 403
+    assert secure.post(f"/api/alarms/{alarm_id}/acknowledge", headers=viewer).status_code == 403
     acked = secure.post(f"/api/alarms/{alarm_id}/acknowledge", headers=operator)
     assert acked.status_code == 200, acked.text
     assert (acked.json()["state"], acked.json()["acknowledged_by"]) == (
-        "acknowledged", "operator-key")
+        "acknowledged",
+        "operator-key",
+    )
 
-    for body in ('{"minutes": NaN, "reason": "x"}', '{"minutes": -5, "reason": "x"}',
-                 '{"minutes": 0, "reason": "x"}', '{"minutes": 5, "reason": "  "}',
-                 '{"minutes": 5}', '{"minutes": 5, "reason": "x", "extra": 1}'):
-        refused = secure.post(f"/api/alarms/{alarm_id}/shelve", content=body,
-                              headers={**operator, "Content-Type": "application/json"})
+    for body in (
+        '{"minutes": NaN, "reason": "x"}',
+        '{"minutes": -5, "reason": "x"}',
+        '{"minutes": 0, "reason": "x"}',
+        '{"minutes": 5, "reason": "  "}',
+        '{"minutes": 5}',
+        '{"minutes": 5, "reason": "x", "extra": 1}',
+    ):
+        refused = secure.post(
+            f"/api/alarms/{alarm_id}/shelve",
+            content=body,
+            headers={**operator, "Content-Type": "application/json"},
+        )
         assert refused.status_code == 422, (body, refused.text)
-    shelved = secure.post(f"/api/alarms/{alarm_id}/shelve", headers=operator,
-                          json={"minutes": 15, "reason": "calibration"})
+    shelved = secure.post(
+        f"/api/alarms/{alarm_id}/shelve",
+        headers=operator,
+        json={"minutes": 15, "reason": "calibration"},
+    )
     assert shelved.status_code == 200, shelved.text
     assert shelved.json()["shelved_by"] == "operator-key"
     assert secure.get("/api/alarms", params={"state": "shelved"}, headers=viewer).json()
@@ -441,15 +526,23 @@ def test_operators_acknowledge_and_shelve_through_the_api(
     detail = secure.get(f"/api/alarms/{alarm_id}", headers=viewer).json()
     assert detail["state"] == "unacknowledged"
     assert [(h["action"], h["actor"]) for h in detail["history"]] == [
-        ("raised", None), ("acknowledged", "operator-key"), ("shelved", "operator-key"),
-        ("shelve_expired", None)]
+        ("raised", None),
+        ("acknowledged", "operator-key"),
+        ("shelved", "operator-key"),
+        ("shelve_expired", None),
+    ]
     again = secure.post(f"/api/alarms/{alarm_id}/unshelve", headers=operator)
     assert again.status_code == 409
 
     session.expire_all()
-    audit = [(e.actor, e.action) for e in session.scalars(
-        select(AuditEntry).where(AuditEntry.target == f"alarm:{alarm_id}")
-        .order_by(AuditEntry.id))]
+    audit = [
+        (e.actor, e.action)
+        for e in session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.target == f"alarm:{alarm_id}")
+            .order_by(AuditEntry.id)
+        )
+    ]
     assert audit == [("operator-key", "alarm.acknowledge"), ("operator-key", "alarm.shelve")]
 
 
@@ -473,7 +566,8 @@ def test_the_alarm_page_lists_alarms(client: TestClient, session: Session) -> No
     assert {(r["loop"], r["kind"], r["state"]) for r in rows} == {
         (run_id, "limit_violation", "unacknowledged"),
         (run_id, "limit_approach", "unacknowledged"),
-        (run_id, "fallback", "unacknowledged")}
+        (run_id, "fallback", "unacknowledged"),
+    }
     fallback = next(r for r in rows if r["kind"] == "fallback")
     assert "api_guard: Tc: rate limited" in fallback["message"] and fallback["tag"] == ""
     assert 'href="/alarms"' in page.text  # the navigation bar
@@ -482,7 +576,8 @@ def test_the_alarm_page_lists_alarms(client: TestClient, session: Session) -> No
 
 
 def test_the_alarm_page_acts_with_the_login_session_and_its_csrf_token(
-        secure: TestClient, session: Session, tokens: dict[Role, str]) -> None:
+    secure: TestClient, session: Session, tokens: dict[Role, str]
+) -> None:
     """A logged-in operator acknowledges from the page: the session cookie identifies them,
     the page's token proves the request came from the page, and the name is recorded."""
     operator = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
@@ -495,8 +590,7 @@ def test_the_alarm_page_acts_with_the_login_session_and_its_csrf_token(
     alarm_id = next(a["id"] for a in listed if a["kind"] == "limit_violation")
     without = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge")
     assert without.status_code == 403  # a cookie alone never acts (another site's form)
-    acked = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge",
-                        headers={"X-CSRF-Token": token})
+    acked = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge", headers={"X-CSRF-Token": token})
     assert acked.status_code == 200, acked.text
     assert acked.json()["state"] == "acknowledged"
     assert acked.json()["acknowledged_by"] == "operator-key"
@@ -504,12 +598,14 @@ def test_the_alarm_page_acts_with_the_login_session_and_its_csrf_token(
 
 
 def test_a_viewer_session_cannot_act_from_the_alarm_page(
-        secure: TestClient, session: Session, tokens: dict[Role, str]) -> None:
+    secure: TestClient, session: Session, tokens: dict[Role, str]
+) -> None:
     operator = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
     run_id = _loop_with_a_violation(secure, session, operator)
     secure.post("/login", data={"api_key": tokens[Role.VIEWER]})
     token = re.search(r'const CSRF = "([0-9a-f]+)"', secure.get("/alarms").text).group(1)
     alarm_id = secure.get("/dash/api/alarms", params={"loop": run_id}).json()[0]["id"]
-    refused = secure.post(f"/dash/api/alarms/{alarm_id}/acknowledge",
-                          headers={"X-CSRF-Token": token})
+    refused = secure.post(
+        f"/dash/api/alarms/{alarm_id}/acknowledge", headers={"X-CSRF-Token": token}
+    )
     assert refused.status_code == 403

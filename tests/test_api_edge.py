@@ -21,8 +21,16 @@ from twin.records import StepRecord
 
 GOOD = {"Ca": 0.5, "T": 350.0, "Caf": 1.0, "Tf": 350.0}
 PERIOD_S = 6.0
-SQL_WORDS = ("SELECT", "INSERT", "UPDATE ", "COPY ", "[SQL", "psycopg", "sqlite3",
-             "UniqueViolation")
+SQL_WORDS = (
+    "SELECT",
+    "INSERT",
+    "UPDATE ",
+    "COPY ",
+    "[SQL",
+    "psycopg",
+    "sqlite3",
+    "UniqueViolation",
+)
 
 
 @pytest.fixture
@@ -32,14 +40,17 @@ def model_id(session: Session) -> int:
 
 @pytest.fixture
 def loop(client: TestClient, model_id: int) -> int:
-    response = client.post("/api/loops", json={"process": "cstr", "model_id": model_id,
-                                               "planner": "cem", "setpoints": {"T": 360.0}})
+    response = client.post(
+        "/api/loops",
+        json={"process": "cstr", "model_id": model_id, "planner": "cem", "setpoints": {"T": 360.0}},
+    )
     return response.json()["run_id"]
 
 
 def _step(client: TestClient, run_id: int, time_s: float, measurements=None):
-    return client.post(f"/api/loops/{run_id}/step",
-                       json={"time_s": time_s, "measurements": measurements or GOOD})
+    return client.post(
+        f"/api/loops/{run_id}/step", json={"time_s": time_s, "measurements": measurements or GOOD}
+    )
 
 
 def _stored(session: Session) -> int:
@@ -57,8 +68,13 @@ class Reckless:
         self.spec, self.rng = get_spec("cstr"), rng
 
     def step(self, time_s, measurements, setpoints) -> StepRecord:
-        return StepRecord(step=0, time_s=time_s, measurements={}, setpoints=dict(setpoints),
-                          actuators={"Tc": self.rng.choice([-1e9, 200.0, 280.0, 360.0, 1e9])})
+        return StepRecord(
+            step=0,
+            time_s=time_s,
+            measurements={},
+            setpoints=dict(setpoints),
+            actuators={"Tc": self.rng.choice([-1e9, 200.0, 280.0, 360.0, 1e9])},
+        )
 
 
 def test_forged_read_backs_never_widen_a_move(db_url: str, model_id: int) -> None:
@@ -68,11 +84,11 @@ def test_forged_read_backs_never_widen_a_move(db_url: str, model_id: int) -> Non
     limit allows in the time since (as the safety layer counts it)."""
     rng = random.Random(25)
     coolant = get_spec("cstr").tag("Tc")
-    app = create_app(Settings(database_url=db_url),
-                     controller_factory=lambda _c, _p: Reckless(rng))
+    app = create_app(Settings(database_url=db_url), controller_factory=lambda _c, _p: Reckless(rng))
     with TestClient(app) as client:
-        run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model_id,
-                                                 "planner": "cem"}).json()["run_id"]
+        run_id = client.post(
+            "/api/loops", json={"process": "cstr", "model_id": model_id, "planner": "cem"}
+        ).json()["run_id"]
         time_s, last = 0.0, None
         violations = ignored = 0
         for _ in range(300):
@@ -80,8 +96,18 @@ def test_forged_read_backs_never_widen_a_move(db_url: str, model_id: int) -> Non
             time_s += dt
             reach = coolant.rate_limit * min(dt, PERIOD_S)
             base = last if last is not None else 330.0
-            forged = rng.choice([base + 80.0, base - 80.0, 1e9, -1e9, 360.0, 280.0,
-                                 base + 0.999 * reach, base - 0.999 * reach])
+            forged = rng.choice(
+                [
+                    base + 80.0,
+                    base - 80.0,
+                    1e9,
+                    -1e9,
+                    360.0,
+                    280.0,
+                    base + 0.999 * reach,
+                    base - 0.999 * reach,
+                ]
+            )
             body = _step(client, run_id, time_s, {**GOOD, "Tc": forged}).json()
             sent = body["actuators"]["Tc"]
             ignored += any(e["kind"] == "implausible_readback" for e in body["events"])
@@ -111,19 +137,28 @@ def test_the_reported_case(client: TestClient, loop: int, fake_factory) -> None:
 # ---------------------------------------------------------------- 7: strict numbers
 
 
-@pytest.mark.parametrize("payload, message", [
-    ('{"time_s": 0, "measurements": {"Ca": 0.5, "T": true, "Caf": 1, "Tf": 350}}', "number"),
-    ('{"time_s": 0, "measurements": {"Ca": 0.5, "T": "350", "Caf": 1, "Tf": 350}}', "number"),
-    ('{"time_s": "12", "measurements": {"Ca": 0.5, "T": 350, "Caf": 1, "Tf": 350}}', "number"),
-    ('{"time_s": 0, "measurements": {"Ca": 0.5, "T": 350, "T": 1, "Caf": 1, "Tf": 350}}',
-     "appears twice"),
-    ('{"time_s": 0, "time_s": 6, "measurements": {"Ca": 0.5, "T": 350, "Caf": 1, "Tf": 350}}',
-     "appears twice"),
-])
-def test_measurements_are_strict_numbers(client: TestClient, loop: int, session: Session,
-                                         payload: str, message: str) -> None:
-    response = client.post(f"/api/loops/{loop}/step", content=payload,
-                           headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ('{"time_s": 0, "measurements": {"Ca": 0.5, "T": true, "Caf": 1, "Tf": 350}}', "number"),
+        ('{"time_s": 0, "measurements": {"Ca": 0.5, "T": "350", "Caf": 1, "Tf": 350}}', "number"),
+        ('{"time_s": "12", "measurements": {"Ca": 0.5, "T": 350, "Caf": 1, "Tf": 350}}', "number"),
+        (
+            '{"time_s": 0, "measurements": {"Ca": 0.5, "T": 350, "T": 1, "Caf": 1, "Tf": 350}}',
+            "appears twice",
+        ),
+        (
+            '{"time_s": 0, "time_s": 6, "measurements": {"Ca": 0.5, "T": 350, "Caf": 1, "Tf": 350}}',  # noqa: E501
+            "appears twice",
+        ),
+    ],
+)
+def test_measurements_are_strict_numbers(
+    client: TestClient, loop: int, session: Session, payload: str, message: str
+) -> None:
+    response = client.post(
+        f"/api/loops/{loop}/step", content=payload, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422, response.text
     assert message in json.dumps(response.json())
     assert _stored(session) == 0
@@ -139,24 +174,33 @@ class Holding:
         self.spec = spec
 
     def step(self, time_s, measurements, setpoints) -> StepRecord:
-        return StepRecord(step=0, time_s=time_s, measurements={}, setpoints=dict(setpoints),
-                          actuators={t.name: t.nominal for t in self.spec.actuators})
+        return StepRecord(
+            step=0,
+            time_s=time_s,
+            measurements={},
+            setpoints=dict(setpoints),
+            actuators={t.name: t.nominal for t in self.spec.actuators},
+        )
 
 
 @pytest.fixture
 def glucose_loop(db_url: str, session: Session):
     model = services.register_model(session, "glucose", "jepa", b"weights", {}, {}).id
-    app = create_app(Settings(database_url=db_url),
-                     controller_factory=lambda _c, _p: Holding(get_spec("glucose")))
+    app = create_app(
+        Settings(database_url=db_url),
+        controller_factory=lambda _c, _p: Holding(get_spec("glucose")),
+    )
     with TestClient(app) as client:
-        run_id = client.post("/api/loops", json={"process": "glucose", "model_id": model,
-                                                 "planner": "cem"}).json()["run_id"]
+        run_id = client.post(
+            "/api/loops", json={"process": "glucose", "model_id": model, "planner": "cem"}
+        ).json()["run_id"]
         yield client, run_id
 
 
 @pytest.mark.parametrize("cgm, mix_up", [(7.8, "mmol/L"), (3.9, "mmol/L"), (22.0, "mmol/L")])
-def test_glucose_in_mmol_per_litre_is_named(glucose_loop, session: Session, cgm: float,
-                                           mix_up: str) -> None:
+def test_glucose_in_mmol_per_litre_is_named(
+    glucose_loop, session: Session, cgm: float, mix_up: str
+) -> None:
     client, run_id = glucose_loop
     response = _step(client, run_id, 0.0, {"CGM": cgm, "IOB": 1.0, "CHO": 0.0})
     assert response.status_code == 422 and mix_up in response.json()["detail"]
@@ -175,8 +219,9 @@ def test_a_real_excursion_is_not_refused(client: TestClient, loop: int) -> None:
     assert _step(client, loop, 0.0, {**GOOD, "T": 395.0}).status_code == 200
 
 
-def test_an_unexplained_implausible_value_goes_through_with_an_alarm(client: TestClient,
-                                                                     loop: int) -> None:
+def test_an_unexplained_implausible_value_goes_through_with_an_alarm(
+    client: TestClient, loop: int
+) -> None:
     """2000 K is no reactor temperature in any unit we know: the controller still sees it
     (its limit guard must), the step is marked fallback and the event says why."""
     body = _step(client, loop, 0.0, {**GOOD, "T": 2000.0}).json()
@@ -187,12 +232,17 @@ def test_an_unexplained_implausible_value_goes_through_with_an_alarm(client: Tes
 # ---------------------------------------------------------------- 5: no SQL in bodies
 
 
-def test_a_unique_race_answers_409_without_sql(client: TestClient, loop: int,
-                                               session: Session, monkeypatch) -> None:
+def test_a_unique_race_answers_409_without_sql(
+    client: TestClient, loop: int, session: Session, monkeypatch
+) -> None:
     assert _step(client, loop, 0.0).status_code == 200
     try:  # a real unique violation, as a racing worker would cause it
-        session.execute(text("INSERT INTO run_steps (run_id, step, time_s, status, solve_ms) "
-                             "SELECT run_id, step, time_s, status, solve_ms FROM run_steps"))
+        session.execute(
+            text(
+                "INSERT INTO run_steps (run_id, step, time_s, status, solve_ms) "
+                "SELECT run_id, step, time_s, status, solve_ms FROM run_steps"
+            )
+        )
         session.flush()
         raise AssertionError("the unique constraint did not hold")
     except IntegrityError as exc:
@@ -212,9 +262,16 @@ def test_a_unique_race_answers_409_without_sql(client: TestClient, loop: int,
 # ---------------------------------------------------------------- 6: the contract
 
 
-@pytest.mark.parametrize("path", ["/api/runs/2147483648", "/api/loops/99999999999999999999",
-                                  "/api/models/0", "/api/alarms/-1",
-                                  "/api/runs/1/steps/99999999999999999999"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/2147483648",
+        "/api/loops/99999999999999999999",
+        "/api/models/0",
+        "/api/alarms/-1",
+        "/api/runs/1/steps/99999999999999999999",
+    ],
+)
 def test_out_of_range_ids_are_refused_at_the_edge(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 422
@@ -229,8 +286,11 @@ def test_every_operation_documents_its_errors(client: TestClient) -> None:
             continue
         for method, operation in item.items():
             codes = set(operation["responses"])
-            missing += [f"{method} {path} {c}" for c in ("400", "401", "403", "404", "409",
-                                                         "413", "422") if c not in codes]
+            missing += [
+                f"{method} {path} {c}"
+                for c in ("400", "401", "403", "404", "409", "413", "422")
+                if c not in codes
+            ]
     assert missing == []
     detail = schema["components"]["schemas"]["ValidationErrorOut"]["properties"]["detail"]
     assert {"type": "string"} in detail["anyOf"]  # a service's 422 is a sentence
@@ -245,8 +305,9 @@ def test_a_405_lists_every_method(client: TestClient) -> None:
 
 
 def test_the_loop_schemas_say_enough_to_write_a_client(db_url: str, fake_factory) -> None:
-    with TestClient(create_app(Settings(database_url=db_url),
-                               controller_factory=fake_factory)) as client:
+    with TestClient(
+        create_app(Settings(database_url=db_url), controller_factory=fake_factory)
+    ) as client:
         schema = client.get("/openapi.json").json()
     parts = schema["components"]["schemas"]
     time_s = parts["StepIn"]["properties"]["time_s"]["description"]
@@ -257,8 +318,11 @@ def test_the_loop_schemas_say_enough_to_write_a_client(db_url: str, fake_factory
     assert "read-back" in measurements and "disturbance" in measurements
     start = schema["paths"]["/api/loops"]["post"]
     assert {} in start["security"]  # auth is off by default: a key is optional
-    with TestClient(create_app(Settings(database_url=db_url, auth_required=True),
-                               controller_factory=fake_factory)) as client:
+    with TestClient(
+        create_app(
+            Settings(database_url=db_url, auth_required=True), controller_factory=fake_factory
+        )
+    ) as client:
         secured = client.get("/openapi.json").json()["paths"]["/api/loops"]["post"]
     assert {} not in secured["security"]
 
@@ -266,20 +330,17 @@ def test_the_loop_schemas_say_enough_to_write_a_client(db_url: str, fake_factory
 # ---------------------------------------------------------------- 8: no lock-out
 
 
-def test_an_admin_cannot_revoke_their_own_key(secure: TestClient,
-                                              tokens: dict[Role, str]) -> None:
+def test_an_admin_cannot_revoke_their_own_key(secure: TestClient, tokens: dict[Role, str]) -> None:
     admin = {"Authorization": f"Bearer {tokens[Role.ADMIN]}"}
     keys = secure.get("/api/keys", headers=admin).json()
     own = next(k["id"] for k in keys if k["role"] == "admin")
     refused = secure.post(f"/api/keys/{own}/revoke", headers=admin)
     assert refused.status_code == 409 and "their own key" in refused.json()["detail"]
-    other = secure.post("/api/keys", json={"name": "second", "role": "admin"},
-                        headers=admin).json()
+    other = secure.post("/api/keys", json={"name": "second", "role": "admin"}, headers=admin).json()
     assert secure.post(f"/api/keys/{other['id']}/revoke", headers=admin).status_code == 200
 
 
-def test_the_last_admin_key_cannot_be_revoked(client: TestClient,
-                                              tokens: dict[Role, str]) -> None:
+def test_the_last_admin_key_cannot_be_revoked(client: TestClient, tokens: dict[Role, str]) -> None:
     keys = client.get("/api/keys").json()  # keyless: auth is not required here
     admin = next(k["id"] for k in keys if k["role"] == "admin")
     refused = client.post(f"/api/keys/{admin}/revoke")

@@ -39,9 +39,12 @@ from processes import get_spec
 from twin.records import StepRecord
 
 FUZZ_EXAMPLES = int(os.environ.get("TWIN_FUZZ_EXAMPLES", "3"))
-SQL_TEXT = re.compile(r"\[SQL:|\bINSERT INTO\b|\bSELECT\b.+\bFROM\b|\bUPDATE\b \w+ \bSET\b|"
-                      r"\bDELETE FROM\b|\bCOPY\b \w+|psycopg|sqlite3\.|UniqueViolation|"
-                      r"IntegrityError|\(Background on this error", re.IGNORECASE)
+SQL_TEXT = re.compile(
+    r"\[SQL:|\bINSERT INTO\b|\bSELECT\b.+\bFROM\b|\bUPDATE\b \w+ \bSET\b|"
+    r"\bDELETE FROM\b|\bCOPY\b \w+|psycopg|sqlite3\.|UniqueViolation|"
+    r"IntegrityError|\(Background on this error",
+    re.IGNORECASE,
+)
 
 
 class Holding:
@@ -51,8 +54,13 @@ class Holding:
         self.spec = get_spec("cstr")
 
     def step(self, time_s, measurements, setpoints) -> StepRecord:
-        return StepRecord(step=0, time_s=time_s, measurements={}, setpoints=dict(setpoints),
-                          actuators={"Tc": 300.0})
+        return StepRecord(
+            step=0,
+            time_s=time_s,
+            measurements={},
+            setpoints=dict(setpoints),
+            actuators={"Tc": 300.0},
+        )
 
 
 @dataclass
@@ -61,8 +69,9 @@ class FuzzTarget:
     tokens: dict[Role, str]
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def target(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[FuzzTarget]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'twin.db'}"
@@ -71,39 +80,57 @@ def target(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[FuzzTar
         schema.reset()
         url = schema.url
     upgrade(url)
-    app = create_app(Settings(database_url=url, auth_required=True, max_body_bytes=50_000,
-                              max_loops=8), controller_factory=lambda _c, _p: Holding())
+    app = create_app(
+        Settings(database_url=url, auth_required=True, max_body_bytes=50_000, max_loops=8),
+        controller_factory=lambda _c, _p: Holding(),
+    )
     with TestClient(app) as client, app.state.session_factory() as session:
-        tokens = {role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
-                  for role in Role}
+        tokens = {
+            role: auth.create_key(session, f"{role}-key", role, auth.cli_actor())[1]
+            for role in Role
+        }
         model = services.register_model(session, "cstr", "jepa", b"weights", {}, {}).id
         operator = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
-        run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model},
-                             headers=operator).json()["run_id"]
+        run_id = client.post(
+            "/api/loops", json={"process": "cstr", "model_id": model}, headers=operator
+        ).json()["run_id"]
         for k in range(3):  # a loop with steps, so that ids and series exist
-            client.post(f"/api/loops/{run_id}/step", headers=operator, json={
-                "time_s": 6.0 * k, "measurements": {"Ca": 0.5, "T": 350.0, "Caf": 1.0,
-                                                    "Tf": 350.0}})
+            client.post(
+                f"/api/loops/{run_id}/step",
+                headers=operator,
+                json={
+                    "time_s": 6.0 * k,
+                    "measurements": {"Ca": 0.5, "T": 350.0, "Caf": 1.0, "Tf": 350.0},
+                },
+            )
         yield FuzzTarget(app, tokens)
 
 
 def no_sql_in_body(ctx, response, case) -> bool | None:
     found = SQL_TEXT.search(response.text or "")
     if found:
-        raise AssertionError(f"database text in a {response.status_code} answer: "
-                             f"{found.group(0)!r} in {response.text[:300]!r}")
+        raise AssertionError(
+            f"database text in a {response.status_code} answer: "
+            f"{found.group(0)!r} in {response.text[:300]!r}"
+        )
     return None
 
 
 def no_server_error(ctx, response, case) -> bool | None:
     if response.status_code >= 500:
-        raise AssertionError(f"{response.status_code} from {case.method} {case.path}: "
-                             f"{response.text[:300]!r}")
+        raise AssertionError(
+            f"{response.status_code} from {case.method} {case.path}: {response.text[:300]!r}"
+        )
     return None
 
 
-CHECKS = [no_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, no_sql_in_body]
+CHECKS = [
+    no_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    no_sql_in_body,
+]
 
 
 def test_every_operation_keeps_its_contract(target: FuzzTarget) -> None:
@@ -130,13 +157,20 @@ def _fuzz(operation, mode: GenerationMode, tokens: dict[Role, str]) -> list[str]
     failures: list[str] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     def each(case) -> None:
         for role in Role:  # the same request under each role's key
             try:
-                case.call_and_validate(headers={"Authorization": f"Bearer {tokens[role]}"},
-                                       checks=CHECKS)
+                case.call_and_validate(
+                    headers={"Authorization": f"Bearer {tokens[role]}"}, checks=CHECKS
+                )
             except (AssertionError, FailureGroup) as exc:  # collected, shown at the end
                 failures.append(f"{operation.label} ({mode}, {role}): {_text(exc)}"[:1500])
 

@@ -82,25 +82,24 @@ def test_safe_defaults() -> None:
     assert settings.planner_build_timeout_s < 60  # below a client's usual timeout
 
 
-def test_heavy_planners_off_or_engineer_only(db_url: str, fake_factory, model_id: int,
-                                            tokens: dict[Role, str]) -> None:
+def test_heavy_planners_off_or_engineer_only(
+    db_url: str, fake_factory, model_id: int, tokens: dict[Role, str]
+) -> None:
     with TestClient(_app(db_url, fake_factory)) as client:
         refused = _start(client, model_id, planner="casadi-ipopt")
         assert refused.status_code == 422 and "not enabled" in refused.json()["detail"]
-    app = _app(db_url, fake_factory, auth_required=True,
-               engineer_loop_planners=["casadi-ipopt"])
+    app = _app(db_url, fake_factory, auth_required=True, engineer_loop_planners=["casadi-ipopt"])
     with TestClient(app) as client:
-        operator = _start(client, model_id, _bearer(tokens[Role.OPERATOR]),
-                          planner="casadi-ipopt")
+        operator = _start(client, model_id, _bearer(tokens[Role.OPERATOR]), planner="casadi-ipopt")
         assert operator.status_code == 403 and "engineer" in operator.json()["detail"]
-        engineer = _start(client, model_id, _bearer(tokens[Role.ENGINEER]),
-                          planner="casadi-ipopt")
+        engineer = _start(client, model_id, _bearer(tokens[Role.ENGINEER]), planner="casadi-ipopt")
         assert engineer.status_code == 201, engineer.text
     assert len(fake_factory.built) == 1  # nothing was built for the refused ones
 
 
-def test_loops_per_key_and_per_server(db_url: str, fake_factory, model_id: int,
-                                     tokens: dict[Role, str], session: Session) -> None:
+def test_loops_per_key_and_per_server(
+    db_url: str, fake_factory, model_id: int, tokens: dict[Role, str], session: Session
+) -> None:
     app = _app(db_url, fake_factory, auth_required=True, max_loops=3, max_loops_per_key=2)
     operator, engineer = _bearer(tokens[Role.OPERATOR]), _bearer(tokens[Role.ENGINEER])
     with TestClient(app) as client:
@@ -116,8 +115,7 @@ def test_loops_per_key_and_per_server(db_url: str, fake_factory, model_id: int,
         assert _start(client, model_id, operator).status_code == 201
 
 
-def test_a_build_does_not_hold_up_other_loops(db_url: str, fake_factory,
-                                              model_id: int) -> None:
+def test_a_build_does_not_hold_up_other_loops(db_url: str, fake_factory, model_id: int) -> None:
     """While one loop's controller builds (as long as the test keeps it waiting), another
     loop's steps are served."""
     gate = Gate(fake_factory)
@@ -129,8 +127,9 @@ def test_a_build_does_not_hold_up_other_loops(db_url: str, fake_factory,
         gate.entered.clear()
         gate.finished.clear()
         answers: list[int] = []
-        starter = threading.Thread(target=lambda: answers.append(
-            _start(client, model_id).status_code))
+        starter = threading.Thread(
+            target=lambda: answers.append(_start(client, model_id).status_code)
+        )
         starter.start()
         assert gate.entered.wait(timeout=30)
         for k in range(5):
@@ -141,8 +140,7 @@ def test_a_build_does_not_hold_up_other_loops(db_url: str, fake_factory,
     assert answers == [201]
 
 
-def test_a_restore_does_not_hold_up_other_loops(db_url: str, fake_factory,
-                                                model_id: int) -> None:
+def test_a_restore_does_not_hold_up_other_loops(db_url: str, fake_factory, model_id: int) -> None:
     """After a restart each loop's controller is rebuilt at its next step; one slow rebuild
     must not block the lookup of every other loop (it did: under the registry lock)."""
     with TestClient(_app(db_url, fake_factory)) as client:
@@ -168,8 +166,9 @@ def test_a_restore_does_not_hold_up_other_loops(db_url: str, fake_factory,
 # ---------------------------------------------------------------- 2: timed-out starts
 
 
-def test_a_timed_out_start_leaves_no_loop(db_url: str, fake_factory, model_id: int,
-                                          session: Session) -> None:
+def test_a_timed_out_start_leaves_no_loop(
+    db_url: str, fake_factory, model_id: int, session: Session
+) -> None:
     gate = Gate(fake_factory)
     app = _app(db_url, gate, planner_build_timeout_s=0.2)
     with TestClient(app) as client:
@@ -183,8 +182,9 @@ def test_a_timed_out_start_leaves_no_loop(db_url: str, fake_factory, model_id: i
         assert _start(client, model_id).status_code == 201  # its slot was given back
 
 
-def test_idempotent_start(client: TestClient, model_id: int, session: Session,
-                          fake_factory) -> None:
+def test_idempotent_start(
+    client: TestClient, model_id: int, session: Session, fake_factory
+) -> None:
     key = {"Idempotency-Key": "start-0001"}
     first = _start(client, model_id, key, setpoints={"T": 360.0})
     again = _start(client, model_id, key, setpoints={"T": 360.0})
@@ -197,14 +197,20 @@ def test_idempotent_start(client: TestClient, model_id: int, session: Session,
     assert fresh.json()["run_id"] != first.json()["run_id"]
 
 
-def test_concurrent_starts_with_one_key_make_one_loop(db_url: str, fake_factory,
-                                                      model_id: int, session: Session) -> None:
+def test_concurrent_starts_with_one_key_make_one_loop(
+    db_url: str, fake_factory, model_id: int, session: Session
+) -> None:
     gate = Gate(fake_factory)
     with TestClient(_app(db_url, gate)) as client:
         ids: list[int] = []
-        threads = [threading.Thread(target=lambda: ids.append(_start(
-            client, model_id, {"Idempotency-Key": "same"}).json()["run_id"]))
-            for _ in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda: ids.append(
+                    _start(client, model_id, {"Idempotency-Key": "same"}).json()["run_id"]
+                )
+            )
+            for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         assert gate.entered.wait(timeout=30)
@@ -222,8 +228,9 @@ def loop(client: TestClient, model_id: int) -> int:
     return _start(client, model_id, setpoints={"T": 360.0}).json()["run_id"]
 
 
-def test_an_absurd_time_is_refused_and_does_not_brick_the_loop(client: TestClient,
-                                                               loop: int) -> None:
+def test_an_absurd_time_is_refused_and_does_not_brick_the_loop(
+    client: TestClient, loop: int
+) -> None:
     assert _step(client, loop, 0.0).status_code == 200
     refused = _step(client, loop, 1.7976931348623157e308)
     assert refused.status_code == 422 and "implausible" in refused.json()["detail"]
@@ -231,8 +238,9 @@ def test_an_absurd_time_is_refused_and_does_not_brick_the_loop(client: TestClien
 
 
 @pytest.mark.parametrize("first, second", [(0.0, 6000.0), (1.7e12, None)])
-def test_milliseconds_are_named(client: TestClient, loop: int, first: float,
-                                second: float | None) -> None:
+def test_milliseconds_are_named(
+    client: TestClient, loop: int, first: float, second: float | None
+) -> None:
     response = _step(client, loop, first)
     if second is not None:
         assert response.status_code == 200
@@ -265,13 +273,14 @@ def test_a_real_outage_is_not_refused(db_url: str, fake_factory, model_id: int) 
 # ---------------------------------------------------------------- 11: setpoints at the start
 
 
-@pytest.mark.parametrize("process, setpoints", [("cstr", {"T": 400.0}),
-                                                ("glucose", {"CGM": 6.7})])
+@pytest.mark.parametrize("process, setpoints", [("cstr", {"T": 400.0}), ("glucose", {"CGM": 6.7})])
 def test_a_setpoint_outside_its_limits_is_refused_at_the_start(
-        client: TestClient, session: Session, process: str, setpoints: dict) -> None:
+    client: TestClient, session: Session, process: str, setpoints: dict
+) -> None:
     model = services.register_model(session, process, "jepa", b"weights", {}, {}).id
-    response = client.post("/api/loops", json={"process": process, "model_id": model,
-                                               "setpoints": setpoints})
+    response = client.post(
+        "/api/loops", json={"process": process, "model_id": model, "setpoints": setpoints}
+    )
     assert response.status_code == 422 and "inside its limits" in response.json()["detail"]
     assert _runs(session) == 0
 
@@ -310,8 +319,9 @@ def no_nominal_factory(fake_factory):
     return factory
 
 
-def test_first_step_never_guesses_an_actuator(db_url: str, no_nominal_factory,
-                                              model_id: int) -> None:
+def test_first_step_never_guesses_an_actuator(
+    db_url: str, no_nominal_factory, model_id: int
+) -> None:
     with TestClient(_app(db_url, no_nominal_factory)) as client:
         blind = _start(client, model_id).json()["run_id"]
         refused = _step(client, blind, 0.0)
@@ -328,8 +338,9 @@ def test_first_step_never_guesses_an_actuator(db_url: str, no_nominal_factory,
         assert outside.status_code == 422 and "outside its bounds" in outside.json()["detail"]
 
 
-def test_initial_actuators_survive_a_restart(db_url: str, no_nominal_factory,
-                                            model_id: int) -> None:
+def test_initial_actuators_survive_a_restart(
+    db_url: str, no_nominal_factory, model_id: int
+) -> None:
     with TestClient(_app(db_url, no_nominal_factory)) as client:
         run_id = _start(client, model_id, initial_actuators={"Tc": 300.0}).json()["run_id"]
     with TestClient(_app(db_url, no_nominal_factory)) as client:

@@ -28,8 +28,10 @@ def model_id(session: Session) -> int:
 
 @pytest.fixture
 def loop(client: TestClient, model_id: int) -> int:
-    response = client.post("/api/loops", json={"process": "cstr", "model_id": model_id,
-                                               "planner": "cem", "setpoints": {"T": 360.0}})
+    response = client.post(
+        "/api/loops",
+        json={"process": "cstr", "model_id": model_id, "planner": "cem", "setpoints": {"T": 360.0}},
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["status"], body["run_status"]) == ("ok", "running")
@@ -67,24 +69,32 @@ def test_loop_round_trip(client: TestClient, loop: int, fake_factory, session: S
     assert client.post(f"/api/loops/{loop}/stop").status_code == 200  # idempotent
 
 
-@pytest.mark.parametrize("payload, status, message", [
-    ('{"time_s": NaN, "measurements": {"Ca": 0.5, "T": 350.0}}', 422, "finite"),
-    ('{"time_s": 6.0, "measurements": {"Ca": NaN, "T": 350.0}}', 422, "finite"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": Infinity}}', 422, "finite"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350.0, "X": 1}}', 422, "unknown tag"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5}}', 422, "missing sensor"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350, "Caf": -1}}', 422, "negative"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350}, "setpoints": {"Tc": 1}}',
-     422, "only sensors"),
-    ('{"time_s": 0.0, "measurements": {"Ca": 0.5, "T": 350.0}}', 409, "not after"),
-    ('{"time_s": -5.0, "measurements": {"Ca": 0.5, "T": 350.0}}', 409, "not after"),
-    ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350.0}, "extra": 1}', 422, "extra"),
-])
-def test_rejected_step_stores_nothing(client: TestClient, loop: int, session: Session,
-                                      payload: str, status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        ('{"time_s": NaN, "measurements": {"Ca": 0.5, "T": 350.0}}', 422, "finite"),
+        ('{"time_s": 6.0, "measurements": {"Ca": NaN, "T": 350.0}}', 422, "finite"),
+        ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": Infinity}}', 422, "finite"),
+        ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350.0, "X": 1}}', 422, "unknown tag"),
+        ('{"time_s": 6.0, "measurements": {"Ca": 0.5}}', 422, "missing sensor"),
+        ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350, "Caf": -1}}', 422, "negative"),
+        (
+            '{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350}, "setpoints": {"Tc": 1}}',
+            422,
+            "only sensors",
+        ),
+        ('{"time_s": 0.0, "measurements": {"Ca": 0.5, "T": 350.0}}', 409, "not after"),
+        ('{"time_s": -5.0, "measurements": {"Ca": 0.5, "T": 350.0}}', 409, "not after"),
+        ('{"time_s": 6.0, "measurements": {"Ca": 0.5, "T": 350.0}, "extra": 1}', 422, "extra"),
+    ],
+)
+def test_rejected_step_stores_nothing(
+    client: TestClient, loop: int, session: Session, payload: str, status: int, message: str
+) -> None:
     assert _step(client, loop, 0.0).status_code == 200
-    response = client.post(f"/api/loops/{loop}/step", content=payload,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        f"/api/loops/{loop}/step", content=payload, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status, response.text
     assert message in json.dumps(response.json()).lower()
     assert _stored_steps(session) == 1
@@ -112,19 +122,18 @@ def test_unknown_loop_and_model(client: TestClient, model_id: int) -> None:
     body = {"process": "cstr", "model_id": model_id, "planner": "pid"}
     assert client.post("/api/loops", json=body).status_code == 422
     body = {"process": "cstr", "model_id": model_id, "setpoints": {"T": float("nan")}}
-    response = client.post("/api/loops", content=json.dumps(body),
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/loops", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
 
 
-def test_guard_clips_a_misbehaving_controller(client: TestClient, loop: int,
-                                              fake_factory) -> None:
+def test_guard_clips_a_misbehaving_controller(client: TestClient, loop: int, fake_factory) -> None:
     coolant = cstr.SPEC.tag("Tc")
     fake_factory.output = 1_000.0  # far above the coolant's upper bound
     # The loop's controller was built before: make a new loop with the broken one.
     model = client.get(f"/api/runs/{loop}").json()["model_id"]
-    run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model}).json()[
-        "run_id"]
+    run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model}).json()["run_id"]
     first = _step(client, run_id, 0.0).json()
     assert first["actuators"]["Tc"] == coolant.high
     assert first["status"] == "fallback"
@@ -140,8 +149,9 @@ def test_guard_clips_a_misbehaving_controller(client: TestClient, loop: int,
     assert "holding" in held["events"][-1]["message"]
 
 
-def test_rate_limit_counts_from_a_plausible_read_back(client: TestClient, loop: int,
-                                                      fake_factory) -> None:
+def test_rate_limit_counts_from_a_plausible_read_back(
+    client: TestClient, loop: int, fake_factory
+) -> None:
     assert _step(client, loop, 0.0).json()["actuators"]["Tc"] == pytest.approx(301.0)
     # The plant reports 301.4 K applied (within 0.5 K/s x 1 s of the command): the move
     # counts from there, and stays within the rate limit of the command too.
@@ -151,8 +161,9 @@ def test_rate_limit_counts_from_a_plausible_read_back(client: TestClient, loop: 
     assert response.json()["actuators"]["Tc"] == pytest.approx(300.9)
 
 
-def test_implausible_read_back_is_ignored_and_raises_an_alarm(client: TestClient,
-                                                              loop: int) -> None:
+def test_implausible_read_back_is_ignored_and_raises_an_alarm(
+    client: TestClient, loop: int
+) -> None:
     assert _step(client, loop, 0.0).json()["actuators"]["Tc"] == pytest.approx(301.0)
     # 310 K is 9 K from the last command, where 0.5 K/s allows 0.5 K in 1 s.
     body = _step(client, loop, 1.0, measurements={**GOOD, "Tc": 310.0}).json()
@@ -160,12 +171,12 @@ def test_implausible_read_back_is_ignored_and_raises_an_alarm(client: TestClient
     assert body["status"] == "fallback"
     assert [e["kind"] for e in body["events"]] == ["implausible_readback"]
     alarms = client.get("/api/alarms", params={"loop": loop}).json()
-    assert any(a["kind"] == "fallback" and "implausible_readback" in a["message"]
-               for a in alarms), alarms
+    assert any(
+        a["kind"] == "fallback" and "implausible_readback" in a["message"] for a in alarms
+    ), alarms
 
 
-def test_loop_survives_a_restart(db_url: str, client: TestClient, loop: int,
-                                 fake_factory) -> None:
+def test_loop_survives_a_restart(db_url: str, client: TestClient, loop: int, fake_factory) -> None:
     _step(client, loop, 0.0, setpoints={"T": 362.0})
     restarted = create_app(Settings(database_url=db_url), controller_factory=fake_factory)
     with TestClient(restarted) as other:
@@ -177,8 +188,9 @@ def test_loop_survives_a_restart(db_url: str, client: TestClient, loop: int,
     assert len(fake_factory.built) == 2
 
 
-def test_corrupted_model_cannot_start_a_loop(client: TestClient, model_id: int,
-                                             session: Session) -> None:
+def test_corrupted_model_cannot_start_a_loop(
+    client: TestClient, model_id: int, session: Session
+) -> None:
     from sqlalchemy import update
 
     from api.orm import TwinModel
@@ -194,5 +206,4 @@ def test_value_rows_of_a_step(client: TestClient, loop: int, session: Session) -
     _step(client, loop, 0.0)
     session.expire_all()
     channels = set(session.scalars(select(RunValue.channel).distinct()))
-    assert channels == {"sensor", "disturbance", "actuator", "setpoint", "margin",
-                        "prediction"}
+    assert channels == {"sensor", "disturbance", "actuator", "setpoint", "margin", "prediction"}

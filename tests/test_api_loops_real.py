@@ -26,20 +26,30 @@ def tiny_checkpoint() -> bytes:
 
 
 @pytest.mark.parametrize("planner", ["cem", "casadi"])
-def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: bytes,
-                              planner: str) -> None:
+def test_real_controller_loop(
+    db_url: str, session: Session, tiny_checkpoint: bytes, planner: str
+) -> None:
     model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
     coolant = cstr.SPEC.tag("Tc")
     app = create_app(Settings(database_url=db_url))  # the default controller factory
     with TestClient(app) as client:
-        start = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
-                                                "planner": planner, "setpoints": {"T": 360.0}})
+        start = client.post(
+            "/api/loops",
+            json={
+                "process": "cstr",
+                "model_id": model.id,
+                "planner": planner,
+                "setpoints": {"T": 360.0},
+            },
+        )
         assert start.status_code == 201, start.text
         run_id = start.json()["run_id"]
         previous = None
         for k in range(4):
-            body = {"time_s": 6.0 * k,
-                    "measurements": {"Ca": 0.5, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0}}
+            body = {
+                "time_s": 6.0 * k,
+                "measurements": {"Ca": 0.5, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0},
+            }
             response = client.post(f"/api/loops/{run_id}/step", json=body)
             assert response.status_code == 200, response.text
             out = response.json()
@@ -52,8 +62,9 @@ def test_real_controller_loop(db_url: str, session: Session, tiny_checkpoint: by
         assert client.post(f"/api/loops/{run_id}/stop").json()["status"] == "stopped"
 
 
-def test_units_are_judged_from_the_training_log(db_url: str, session: Session,
-                                               tiny_checkpoint: bytes) -> None:
+def test_units_are_judged_from_the_training_log(
+    db_url: str, session: Session, tiny_checkpoint: bytes
+) -> None:
     """With a real twin the plausible range is the training log's (its normaliser's mean
     and std), not the tag file's: a reactor temperature in degC is refused, named."""
     from api.services.loops import _training_ranges
@@ -64,13 +75,21 @@ def test_units_are_judged_from_the_training_log(db_url: str, session: Session,
     assert 330.0 < mean < 380.0 and std > 0  # the CSTR log's temperatures, in K
     model = services.register_model(session, "cstr", "tiny", tiny_checkpoint, {}, {})
     with TestClient(create_app(Settings(database_url=db_url))) as client:
-        run_id = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
-                                                 "planner": "cem"}).json()["run_id"]
-        celsius = client.post(f"/api/loops/{run_id}/step", json={"time_s": 0.0, "measurements": {
-            "Ca": 0.5, "T": mean - 273.15, "Caf": 1.0, "Tf": 350.0}})
+        run_id = client.post(
+            "/api/loops", json={"process": "cstr", "model_id": model.id, "planner": "cem"}
+        ).json()["run_id"]
+        celsius = client.post(
+            f"/api/loops/{run_id}/step",
+            json={
+                "time_s": 0.0,
+                "measurements": {"Ca": 0.5, "T": mean - 273.15, "Caf": 1.0, "Tf": 350.0},
+            },
+        )
         assert celsius.status_code == 422 and "degC" in celsius.json()["detail"]
-        kelvin = client.post(f"/api/loops/{run_id}/step", json={"time_s": 0.0, "measurements": {
-            "Ca": 0.5, "T": mean, "Caf": 1.0, "Tf": 350.0}})
+        kelvin = client.post(
+            f"/api/loops/{run_id}/step",
+            json={"time_s": 0.0, "measurements": {"Ca": 0.5, "T": mean, "Caf": 1.0, "Tf": 350.0}},
+        )
         assert kelvin.status_code == 200, kelvin.text
 
 
@@ -90,21 +109,29 @@ def test_every_process_runs_a_live_loop(db_url: str, session: Session, name: str
     log = module.generate_training_log(hours=LOOP_HOURS[name], seed=1)
     twin, _ = train_twin(log, spec, TrainConfig(epochs=1, seed=0), show_progress=False)
     model = services.register_model(session, name, "tiny", twin.to_bytes(), {}, {})
-    episode = module.run_episode(module.baseline_policy(), "baseline", seed=3,
-                                 **benchmark_cases(module)[0])
+    episode = module.run_episode(
+        module.baseline_policy(), "baseline", seed=3, **benchmark_cases(module)[0]
+    )
     setpoints = {t.name: float(episode.steps[0].measurements[t.name]) for t in spec.controlled}
     app = create_app(Settings(database_url=db_url))
     with TestClient(app) as client:
-        start = client.post("/api/loops", json={"process": name, "model_id": model.id,
-                                                "planner": "cem", "setpoints": setpoints})
+        start = client.post(
+            "/api/loops",
+            json={"process": name, "model_id": model.id, "planner": "cem", "setpoints": setpoints},
+        )
         assert start.status_code == 201, start.text
         run_id = start.json()["run_id"]
         previous: dict[str, float] | None = None
         for k, step in enumerate(episode.steps[:4]):
-            measured = {tag: value for tag, value in step.measurements.items()
-                        if spec.tag(tag).role != "actuator"}
-            response = client.post(f"/api/loops/{run_id}/step", json={
-                "time_s": spec.sample_period_s * k, "measurements": measured})
+            measured = {
+                tag: value
+                for tag, value in step.measurements.items()
+                if spec.tag(tag).role != "actuator"
+            }
+            response = client.post(
+                f"/api/loops/{run_id}/step",
+                json={"time_s": spec.sample_period_s * k, "measurements": measured},
+            )
             assert response.status_code == 200, response.text
             actuators = response.json()["actuators"]
             for tag in spec.actuators:
@@ -116,9 +143,9 @@ def test_every_process_runs_a_live_loop(db_url: str, session: Session, name: str
         assert client.get(f"/api/runs/{run_id}").json()["n_steps"] == 4
 
 
-def test_two_workers_serving_one_loop_keep_the_same_window(db_url: str, session: Session,
-                                                           engine, tiny_checkpoint: bytes
-                                                           ) -> None:
+def test_two_workers_serving_one_loop_keep_the_same_window(
+    db_url: str, session: Session, engine, tiny_checkpoint: bytes
+) -> None:
     """Steps of one loop alternating between two API workers (two LoopManagers over one
     database, as after reconnects): each worker refills its controller's context window
     from the stored steps, so it plans from exactly the samples a single worker would see."""
@@ -132,8 +159,9 @@ def test_two_workers_serving_one_loop_keep_the_same_window(db_url: str, session:
     with factory() as s:
         shared = workers[0].start(s, "cstr", model.id, "casadi", {"T": 360.0}).id
         alone = single.start(s, "cstr", model.id, "casadi", {"T": 360.0}).id
-    samples = [{"Ca": 0.5 - 0.01 * k, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0 + (k == 5)}
-               for k in range(9)]
+    samples = [
+        {"Ca": 0.5 - 0.01 * k, "T": 350.0 + k, "Caf": 1.0, "Tf": 350.0 + (k == 5)} for k in range(9)
+    ]
     for k, sample in enumerate(samples):
         if k == 4:
             sample = {**sample, "Ca": None}  # a missing sample must stay missing
@@ -143,6 +171,7 @@ def test_two_workers_serving_one_loop_keep_the_same_window(db_url: str, session:
     # The context window is the controller's state estimator's.
     served = workers[len(samples) % 2 - 1]._loops[shared].controller.estimator
     reference = single._loops[alone].controller.estimator
+
     def present(rows) -> list[dict[str, float]]:  # a missing sample: absent or None alike
         return [{t: v for t, v in row.items() if v is not None} for row in rows]
 

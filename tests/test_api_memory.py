@@ -31,12 +31,12 @@ def _cycle(client: TestClient, model_id: int, loops: int) -> float:
     returns the resident memory while they all ran."""
     ids = []
     for _ in range(loops):
-        started = client.post("/api/loops", json={"process": "cstr", "model_id": model_id,
-                                                  "planner": "casadi"})
+        started = client.post(
+            "/api/loops", json={"process": "cstr", "model_id": model_id, "planner": "casadi"}
+        )
         assert started.status_code == 201, started.text
         ids.append(started.json()["run_id"])
-        step = client.post(f"/api/loops/{ids[-1]}/step",
-                           json={"time_s": 0.0, "measurements": GOOD})
+        step = client.post(f"/api/loops/{ids[-1]}/step", json={"time_s": 0.0, "measurements": GOOD})
         assert step.status_code == 200, step.text
     peak = _settled_mb()
     for run_id in ids:
@@ -62,8 +62,10 @@ def test_fifty_loops_give_their_memory_back(db_url: str, session) -> None:
         built.append(weakref.ref(controller))
         return controller
 
-    app = create_app(Settings(database_url=db_url, max_loops_per_key=LOOPS,
-                              max_loops=LOOPS), controller_factory=factory)
+    app = create_app(
+        Settings(database_url=db_url, max_loops_per_key=LOOPS, max_loops=LOOPS),
+        controller_factory=factory,
+    )
     with TestClient(app) as client:
         _cycle(client, model_id, 5)  # warm-up: imports, planner code, allocator pools
         before = _settled_mb()
@@ -72,6 +74,8 @@ def test_fifty_loops_give_their_memory_back(db_url: str, session) -> None:
         assert app.state.loops._loops == {}  # no stopped loop is held
     assert len(built) == 5 + LOOPS
     assert [ref for ref in built if ref() is not None] == []  # every controller was freed
-    print(f"\nresident memory: {before:.1f} MB before, {running:.1f} MB with {LOOPS} loops "
-          f"running, {after:.1f} MB after they stopped ({100 * (after - before) / before:+.1f} %)")
+    print(
+        f"\nresident memory: {before:.1f} MB before, {running:.1f} MB with {LOOPS} loops "
+        f"running, {after:.1f} MB after they stopped ({100 * (after - before) / before:+.1f} %)"
+    )
     assert after <= 1.10 * before

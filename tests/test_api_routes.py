@@ -15,10 +15,10 @@ def stored(session: Session, make_episode) -> dict[str, int]:
     from processes import get_spec
 
     services.ensure_process(session, get_spec("cstr"))
-    model = services.register_model(session, "cstr", "jepa", b"checkpoint" * 10,
-                                    {"epochs": 2}, {"val_loss": 0.05})
-    run = services.store_episode(session, make_episode(30), kind="control",
-                                 model_id=model.id)
+    model = services.register_model(
+        session, "cstr", "jepa", b"checkpoint" * 10, {"epochs": 2}, {"val_loss": 0.05}
+    )
+    run = services.store_episode(session, make_episode(30), kind="control", model_id=model.id)
     replay = services.store_episode(session, make_episode(5), kind="replay")
     return {"model": model.id, "run": run.id, "replay": replay.id}
 
@@ -71,8 +71,9 @@ def test_series(client: TestClient, stored) -> None:
     assert len(data["time_s"]) == 30
     assert data["series"]["sensor"]["T"][0] == 350.0
     assert data["series"]["sensor"]["Ca"][3] is None
-    some = client.get(url, params={"channels": ["actuator", "setpoint"], "tags": "Tc",
-                                   "max_points": 10}).json()
+    some = client.get(
+        url, params={"channels": ["actuator", "setpoint"], "tags": "Tc", "max_points": 10}
+    ).json()
     assert set(some["series"]) == {"actuator"} and some["stride"] == 3
     assert len(some["series"]["actuator"]["Tc"]) == len(some["time_s"]) == 10
     assert client.get(url, params={"channels": "weather"}).status_code == 422
@@ -91,15 +92,26 @@ def test_step_detail(client: TestClient, stored) -> None:
 def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
-        "/api/health": "get", "/api/processes": "get", "/api/processes/{name}": "get",
+        "/api/health": "get",
+        "/api/processes": "get",
+        "/api/processes/{name}": "get",
         "/api/processes#define": "post",
-        "/api/models": "get", "/api/models/{model_id}": "get", "/api/runs": "get",
-        "/api/runs/{run_id}": "get", "/api/runs/{run_id}/series": "get",
-        "/api/runs/{run_id}/steps/{step}": "get", "/api/loops": "post",
-        "/api/loops/{run_id}/step": "post", "/api/loops/{run_id}/stop": "post",
-        "/api/keys": "post", "/api/keys#list": "get", "/api/keys/{key_id}/revoke": "post",
+        "/api/models": "get",
+        "/api/models/{model_id}": "get",
+        "/api/runs": "get",
+        "/api/runs/{run_id}": "get",
+        "/api/runs/{run_id}/series": "get",
+        "/api/runs/{run_id}/steps/{step}": "get",
+        "/api/loops": "post",
+        "/api/loops/{run_id}/step": "post",
+        "/api/loops/{run_id}/stop": "post",
+        "/api/keys": "post",
+        "/api/keys#list": "get",
+        "/api/keys/{key_id}/revoke": "post",
         "/api/audit": "get",
-        "/api/replays": "post", "/api/replays#list": "get", "/api/replays/{run_id}": "get",
+        "/api/replays": "post",
+        "/api/replays#list": "get",
+        "/api/replays/{run_id}": "get",
         "/api/replays/{run_id}/cancel": "post",
     }
     for path, method in expected.items():

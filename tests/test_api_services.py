@@ -46,8 +46,9 @@ def test_register_model_stores_json_safe_metrics(session: Session) -> None:
 
 def test_corrupted_checkpoint_is_detected(session: Session) -> None:
     model = services.register_model(session, "cstr", "jepa", b"good bytes", {}, {})
-    session.execute(update(TwinModel).where(TwinModel.id == model.id)
-                    .values(checkpoint=b"evil bytes"))
+    session.execute(
+        update(TwinModel).where(TwinModel.id == model.id).values(checkpoint=b"evil bytes")
+    )
     session.commit()
     session.expire_all()
     with pytest.raises(ChecksumMismatch, match="corrupted"):
@@ -100,8 +101,14 @@ def test_get_series_shape(session: Session, make_episode) -> None:
     data = services.get_series(session, run.id)
     assert data["run_id"] == run.id and data["stride"] == 1
     assert data["time_s"] == [6.0 * k for k in range(20)]
-    assert set(data["series"]) == {"sensor", "disturbance", "actuator", "setpoint", "margin",
-                                   "prediction"}
+    assert set(data["series"]) == {
+        "sensor",
+        "disturbance",
+        "actuator",
+        "setpoint",
+        "margin",
+        "prediction",
+    }
     assert data["series"]["sensor"]["T"][4] == 352.0
     assert data["series"]["sensor"]["Ca"][3] is None  # missing stays missing
     assert data["series"]["actuator"]["Tc"][2] == pytest.approx(300.1)

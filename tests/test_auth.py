@@ -26,14 +26,25 @@ from api.settings import Settings
 
 runner = CliRunner()
 ROLES = list(Role)
-JOB = {"process": "cstr", "data": {"source": "simulator", "hours": 0.3, "seed": 1},
-       "train": {"epochs": 1}, "model_name": "tiny"}
+JOB = {
+    "process": "cstr",
+    "data": {"source": "simulator", "hours": 0.3, "seed": 1},
+    "train": {"epochs": 1},
+    "model_name": "tiny",
+}
 MY_PROCESS = {
-    "name": "my_reactor", "sample_period_s": 6,
+    "name": "my_reactor",
+    "sample_period_s": 6,
     "tags": [
         {"name": "T", "role": "sensor", "unit": "K", "high": 385.0, "controlled": True},
-        {"name": "Tc", "role": "actuator", "unit": "K", "low": 280.0, "high": 360.0,
-         "rate_limit": 0.5},
+        {
+            "name": "Tc",
+            "role": "actuator",
+            "unit": "K",
+            "low": 280.0,
+            "high": 360.0,
+            "rate_limit": 0.5,
+        },
     ],
 }
 GOOD_STEP = {"time_s": 0.0, "measurements": {"Ca": 0.5, "T": 350.0, "Caf": 1.0, "Tf": 350.0}}
@@ -70,8 +81,10 @@ def test_tokens_are_stored_hashed(session: Session, tokens: dict[Role, str]) -> 
     assert token.split("_")[1] == key.prefix
     # The secret is nowhere in the database: not in api_keys, not in the audit log.
     with session.bind.connect() as conn:  # type: ignore[union-attr]
-        rows = [*conn.execute(text("SELECT * FROM api_keys")),
-                *conn.execute(text("SELECT * FROM audit_log"))]
+        rows = [
+            *conn.execute(text("SELECT * FROM api_keys")),
+            *conn.execute(text("SELECT * FROM audit_log")),
+        ]
     dumped = " ".join(str(value) for row in rows for value in row)
     secret = token.split("_", 2)[2]
     assert all(t not in dumped for t in tokens.values()) and secret not in dumped
@@ -80,16 +93,18 @@ def test_tokens_are_stored_hashed(session: Session, tokens: dict[Role, str]) -> 
 # ---------------------------------------------------------------- 401
 
 
-def test_requests_without_a_valid_key_get_401(secure: TestClient,
-                                              tokens: dict[Role, str]) -> None:
+def test_requests_without_a_valid_key_get_401(secure: TestClient, tokens: dict[Role, str]) -> None:
     missing = secure.get("/api/runs")
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == 'Bearer realm="twin"'
     assert "twin keys create" in missing.json()["detail"]
     wrong_secret = tokens[Role.ADMIN][:-4] + "AAAA"
-    for token, message in [(wrong_secret, "unknown API key"),
-                           ("twin_000000000000_nope", "unknown API key"),
-                           ("not-a-key", "malformed"), ("x" * 500, "malformed")]:
+    for token, message in [
+        (wrong_secret, "unknown API key"),
+        ("twin_000000000000_nope", "unknown API key"),
+        ("not-a-key", "malformed"),
+        ("x" * 500, "malformed"),
+    ]:
         response = secure.get("/api/runs", headers=_bearer(token))
         assert response.status_code == 401 and message in response.json()["detail"]
         assert 'error="invalid_token"' in response.headers["www-authenticate"]
@@ -100,17 +115,18 @@ def test_requests_without_a_valid_key_get_401(secure: TestClient,
     assert secure.get("/openapi.json").status_code == 200
 
 
-def test_both_headers_are_accepted_but_must_agree(secure: TestClient,
-                                                  tokens: dict[Role, str]) -> None:
+def test_both_headers_are_accepted_but_must_agree(
+    secure: TestClient, tokens: dict[Role, str]
+) -> None:
     viewer, admin = tokens[Role.VIEWER], tokens[Role.ADMIN]
     assert secure.get("/api/runs", headers={"X-API-Key": viewer}).status_code == 200
-    assert secure.get("/api/runs", headers={**_bearer(viewer), "X-API-Key": viewer}
-                      ).status_code == 200
+    assert (
+        secure.get("/api/runs", headers={**_bearer(viewer), "X-API-Key": viewer}).status_code == 200
+    )
     clash = secure.get("/api/runs", headers={**_bearer(viewer), "X-API-Key": admin})
     assert clash.status_code == 401 and "different keys" in clash.json()["detail"]
     assert secure.get("/api/runs", headers={"X-API-Key": " "}).status_code == 401
-    assert secure.get("/api/runs", headers={"authorization": f"bearer {viewer}"}
-                      ).status_code == 200
+    assert secure.get("/api/runs", headers={"authorization": f"bearer {viewer}"}).status_code == 200
 
 
 # ---------------------------------------------------------------- roles
@@ -146,11 +162,17 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, Role]] = [
 ]
 
 
-@pytest.mark.parametrize("method, path, body, need", ROUTES,
-                         ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
-def test_each_role_reaches_exactly_its_routes(secure: TestClient, tokens: dict[Role, str],
-                                              method: str, path: str,
-                                              body: dict[str, Any] | None, need: Role) -> None:
+@pytest.mark.parametrize(
+    "method, path, body, need", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES]
+)
+def test_each_role_reaches_exactly_its_routes(
+    secure: TestClient,
+    tokens: dict[Role, str],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    need: Role,
+) -> None:
     assert secure.request(method, path, json=body).status_code == 401
     for role in Role:
         response = secure.request(method, path, json=body, headers=_bearer(tokens[role]))
@@ -170,7 +192,8 @@ def test_role_order() -> None:
 
 
 def test_pages_take_the_key_from_a_cookie_but_writes_do_not(
-        secure_app: FastAPI, tokens: dict[Role, str]) -> None:
+    secure_app: FastAPI, tokens: dict[Role, str]
+) -> None:
     with TestClient(secure_app) as anonymous:
         # a browser without a session is sent to the login page
         assert anonymous.get("/", follow_redirects=False).status_code == 303
@@ -179,8 +202,7 @@ def test_pages_take_the_key_from_a_cookie_but_writes_do_not(
         assert browser.get("/").status_code == 200
         # A cookie rides along on cross-site requests: it never authorises the JSON API.
         assert browser.get("/api/runs").status_code == 401
-        assert browser.post("/api/keys", json={"name": "x", "role": "admin"}
-                            ).status_code == 401
+        assert browser.post("/api/keys", json={"name": "x", "role": "admin"}).status_code == 401
     with TestClient(secure_app, cookies={"twin_key": "twin_bad_key"}) as browser:
         assert browser.get("/").status_code == 401
 
@@ -189,7 +211,8 @@ def test_pages_take_the_key_from_a_cookie_but_writes_do_not(
 
 
 def test_without_auth_required_a_presented_key_is_still_checked(
-        client: TestClient, tokens: dict[Role, str], session: Session) -> None:
+    client: TestClient, tokens: dict[Role, str], session: Session
+) -> None:
     assert client.get("/api/runs").status_code == 200  # no key: anonymous admin
     assert client.get("/api/keys").status_code == 200
     unknown = client.get("/api/runs", headers=_bearer("twin_000000000000_nope"))
@@ -210,11 +233,13 @@ def test_auth_required_reads_the_environment(monkeypatch: pytest.MonkeyPatch) ->
 # ---------------------------------------------------------------- keys through the API
 
 
-def test_admin_creates_lists_and_revokes_keys(secure: TestClient, tokens: dict[Role, str],
-                                              session: Session) -> None:
+def test_admin_creates_lists_and_revokes_keys(
+    secure: TestClient, tokens: dict[Role, str], session: Session
+) -> None:
     admin = _bearer(tokens[Role.ADMIN])
-    created = secure.post("/api/keys", json={"name": "historian", "role": "operator"},
-                          headers=admin)
+    created = secure.post(
+        "/api/keys", json={"name": "historian", "role": "operator"}, headers=admin
+    )
     assert created.status_code == 201, created.text
     new = created.json()
     assert new["token"].startswith(f"twin_{new['prefix']}_") and new["revoked_at"] is None
@@ -232,17 +257,26 @@ def test_admin_creates_lists_and_revokes_keys(secure: TestClient, tokens: dict[R
     active = secure.get("/api/keys", params={"include_revoked": False}, headers=admin).json()
     assert new["id"] not in {k["id"] for k in active}
 
-    actions = [(e.action, e.target, e.actor) for e in _audit(session)[len(Role):]]
-    assert actions == [("key.create", f"key:{new['id']}", "admin-key"),
-                       ("key.revoke", f"key:{new['id']}", "admin-key")]
+    actions = [(e.action, e.target, e.actor) for e in _audit(session)[len(Role) :]]
+    assert actions == [
+        ("key.create", f"key:{new['id']}", "admin-key"),
+        ("key.revoke", f"key:{new['id']}", "admin-key"),
+    ]
 
 
-@pytest.mark.parametrize("body", [{"name": "x", "role": "root"}, {"name": "", "role": "viewer"},
-                                  {"name": "   ", "role": "viewer"},
-                                  {"name": "x", "role": "viewer", "extra": 1},
-                                  {"name": "tab\there", "role": "viewer"}])
-def test_bad_key_requests_change_nothing(secure: TestClient, tokens: dict[Role, str],
-                                         session: Session, body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "x", "role": "root"},
+        {"name": "", "role": "viewer"},
+        {"name": "   ", "role": "viewer"},
+        {"name": "x", "role": "viewer", "extra": 1},
+        {"name": "tab\there", "role": "viewer"},
+    ],
+)
+def test_bad_key_requests_change_nothing(
+    secure: TestClient, tokens: dict[Role, str], session: Session, body: dict[str, Any]
+) -> None:
     response = secure.post("/api/keys", json=body, headers=_bearer(tokens[Role.ADMIN]))
     assert response.status_code == 422, response.text
     assert _count(session, ApiKey) == len(Role) and _count(session, AuditEntry) == len(Role)
@@ -256,14 +290,17 @@ def test_revoking_an_unknown_key_is_404(secure: TestClient, tokens: dict[Role, s
 # ---------------------------------------------------------------- audit
 
 
-def test_every_write_is_audited_and_steps_are_not(secure: TestClient, tokens: dict[Role, str],
-                                                  model_id: int, session: Session) -> None:
+def test_every_write_is_audited_and_steps_are_not(
+    secure: TestClient, tokens: dict[Role, str], model_id: int, session: Session
+) -> None:
     operator, engineer = _bearer(tokens[Role.OPERATOR]), _bearer(tokens[Role.ENGINEER])
-    loop = secure.post("/api/loops", json={"process": "cstr", "model_id": model_id},
-                       headers=operator).json()["run_id"]
+    loop = secure.post(
+        "/api/loops", json={"process": "cstr", "model_id": model_id}, headers=operator
+    ).json()["run_id"]
     for k in range(3):
-        step = secure.post(f"/api/loops/{loop}/step", headers=operator,
-                           json={**GOOD_STEP, "time_s": 6.0 * k})
+        step = secure.post(
+            f"/api/loops/{loop}/step", headers=operator, json={**GOOD_STEP, "time_s": 6.0 * k}
+        )
         assert step.status_code == 200, step.text
     assert secure.post(f"/api/loops/{loop}/stop", headers=operator).status_code == 200
     assert secure.post(f"/api/loops/{loop}/stop", headers=operator).status_code == 200
@@ -274,19 +311,25 @@ def test_every_write_is_audited_and_steps_are_not(secure: TestClient, tokens: di
     assert secure.post("/api/processes", json=MY_PROCESS, headers=engineer).status_code == 201
 
     key_ids = {e.actor: e.key_id for e in _audit(session)}
-    got = [(e.action, e.target, e.actor) for e in _audit(session)[len(Role):]]
-    assert got == [("loop.start", f"run:{loop}", "operator-key"),
-                   ("loop.stop", f"run:{loop}", "operator-key"),
-                   ("job.enqueue", f"run:{job}", "engineer-key"),
-                   ("job.cancel", f"run:{job}", "engineer-key"),
-                   ("process.define", "process:my_reactor", "engineer-key")]
+    got = [(e.action, e.target, e.actor) for e in _audit(session)[len(Role) :]]
+    assert got == [
+        ("loop.start", f"run:{loop}", "operator-key"),
+        ("loop.stop", f"run:{loop}", "operator-key"),
+        ("job.enqueue", f"run:{job}", "engineer-key"),
+        ("job.cancel", f"run:{job}", "engineer-key"),
+        ("process.define", "process:my_reactor", "engineer-key"),
+    ]
     assert key_ids["operator-key"] is not None and key_ids["cli:" + _user()] is None
-    listed = secure.get("/api/audit", headers=_bearer(tokens[Role.ADMIN]),
-                        params={"target": f"run:{loop}"}).json()
+    listed = secure.get(
+        "/api/audit", headers=_bearer(tokens[Role.ADMIN]), params={"target": f"run:{loop}"}
+    ).json()
     assert [e["action"] for e in listed] == ["loop.stop", "loop.start"]  # newest first
     assert listed[1]["detail"] == {"process": "cstr", "model_id": model_id, "planner": "casadi"}
-    by_key = secure.get("/api/audit", headers=_bearer(tokens[Role.ADMIN]),
-                        params={"key_id": key_ids["engineer-key"], "action": "job.cancel"})
+    by_key = secure.get(
+        "/api/audit",
+        headers=_bearer(tokens[Role.ADMIN]),
+        params={"key_id": key_ids["engineer-key"], "action": "job.cancel"},
+    )
     assert [e["target"] for e in by_key.json()] == [f"run:{job}"]
 
 
@@ -294,19 +337,23 @@ def _user() -> str:
     return auth.cli_actor().name.removeprefix("cli:")
 
 
-def test_rejected_writes_record_nothing(secure: TestClient, tokens: dict[Role, str],
-                                        model_id: int, session: Session) -> None:
+def test_rejected_writes_record_nothing(
+    secure: TestClient, tokens: dict[Role, str], model_id: int, session: Session
+) -> None:
     viewer, engineer = _bearer(tokens[Role.VIEWER]), _bearer(tokens[Role.ENGINEER])
     refused = [
-        secure.post("/api/loops", json={"process": "cstr", "model_id": model_id},
-                    headers=viewer),                                             # 403
+        secure.post(
+            "/api/loops", json={"process": "cstr", "model_id": model_id}, headers=viewer
+        ),  # 403
         secure.post("/api/loops", json={"process": "cstr", "model_id": model_id}),  # 401
-        secure.post("/api/loops", json={"process": "cstr", "model_id": model_id,
-                                        "setpoints": {"Tc": 1.0}}, headers=engineer),  # 422
+        secure.post(
+            "/api/loops",
+            json={"process": "cstr", "model_id": model_id, "setpoints": {"Tc": 1.0}},
+            headers=engineer,
+        ),  # 422
         secure.post("/api/jobs/train", json={**JOB, "process": "nope"}, headers=engineer),
-        secure.post("/api/jobs/777/cancel", headers=engineer),                      # 404
-        secure.post("/api/processes", json={**MY_PROCESS, "name": "cstr"},
-                    headers=engineer),                                           # 409
+        secure.post("/api/jobs/777/cancel", headers=engineer),  # 404
+        secure.post("/api/processes", json={**MY_PROCESS, "name": "cstr"}, headers=engineer),  # 409
     ]
     assert [r.status_code for r in refused] == [403, 401, 422, 422, 404, 409]
     assert _count(session, AuditEntry) == len(Role)  # the key creations only
@@ -314,8 +361,8 @@ def test_rejected_writes_record_nothing(secure: TestClient, tokens: dict[Role, s
 
 
 def test_the_audit_row_shares_the_transaction_of_the_write(
-        secure: TestClient, tokens: dict[Role, str], session: Session,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    secure: TestClient, tokens: dict[Role, str], session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the audit row cannot be written, the change is not made either."""
     from api.services import jobs
 
@@ -332,8 +379,9 @@ def test_the_audit_row_shares_the_transaction_of_the_write(
 
 
 def test_cli_bootstraps_the_first_admin_key(db_url: str, fake_factory) -> None:
-    created = runner.invoke(cli, ["keys", "create", "--role", "admin", "--name", "root",
-                                  "--database-url", db_url])
+    created = runner.invoke(
+        cli, ["keys", "create", "--role", "admin", "--name", "root", "--database-url", db_url]
+    )
     assert created.exit_code == 0, created.output
     token = created.output.strip().splitlines()[-1]
     assert token.startswith("twin_") and "shown only now" in created.output
@@ -342,26 +390,33 @@ def test_cli_bootstraps_the_first_admin_key(db_url: str, fake_factory) -> None:
     assert listed.exit_code == 0 and "root" in listed.output and "admin" in listed.output
     assert token.split("_", 2)[2] not in listed.output
 
-    app = create_app(Settings(database_url=db_url, auth_required=True),
-                     controller_factory=fake_factory)
+    app = create_app(
+        Settings(database_url=db_url, auth_required=True), controller_factory=fake_factory
+    )
     with TestClient(app) as secure:
-        made = secure.post("/api/keys", json={"name": "bob", "role": "viewer"},
-                           headers=_bearer(token))
+        made = secure.post(
+            "/api/keys", json={"name": "bob", "role": "viewer"}, headers=_bearer(token)
+        )
         assert made.status_code == 201
         audit = secure.get("/api/audit", headers=_bearer(token)).json()
         assert [(e["action"], e["actor"]) for e in audit] == [
-            ("key.create", "root"), ("key.create", auth.cli_actor().name)]
+            ("key.create", "root"),
+            ("key.create", auth.cli_actor().name),
+        ]
 
         revoked = runner.invoke(cli, ["keys", "revoke", "1", "--database-url", db_url])
         assert revoked.exit_code == 0 and "revoked" in revoked.output
         assert secure.get("/api/runs", headers=_bearer(token)).status_code == 401
 
 
-@pytest.mark.parametrize("args, message", [
-    (["keys", "create", "--role", "emperor", "--name", "x"], "unknown role 'emperor'"),
-    (["keys", "create", "--role", "viewer", "--name", " "], "key name"),
-    (["keys", "revoke", "99"], "unknown API key id 99"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["keys", "create", "--role", "emperor", "--name", "x"], "unknown role 'emperor'"),
+        (["keys", "create", "--role", "viewer", "--name", " "], "key name"),
+        (["keys", "revoke", "99"], "unknown API key id 99"),
+    ],
+)
 def test_cli_errors_are_one_clear_line(db_url: str, args: list[str], message: str) -> None:
     result = runner.invoke(cli, [*args, "--database-url", db_url])
     assert result.exit_code == 2 and message in result.output, result.output
@@ -369,8 +424,9 @@ def test_cli_errors_are_one_clear_line(db_url: str, args: list[str], message: st
 
 
 def test_cli_refuses_an_unmigrated_database(empty_db_url: str) -> None:
-    result = runner.invoke(cli, ["keys", "create", "--role", "admin", "--name", "root",
-                                 "--database-url", empty_db_url])
+    result = runner.invoke(
+        cli, ["keys", "create", "--role", "admin", "--name", "root", "--database-url", empty_db_url]
+    )
     assert result.exit_code == 2 and "twin db upgrade" in result.output
 
 
@@ -382,8 +438,12 @@ def test_migration_0002_up_and_down_keeps_the_data(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO processes (name, spec, created_at) "
-                              "VALUES ('p', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(
+                text(
+                    "INSERT INTO processes (name, spec, created_at) "
+                    "VALUES ('p', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
         migrate.upgrade(empty_db_url)
         tables = set(inspect(engine).get_table_names())
         assert {"api_keys", "audit_log"} <= tables

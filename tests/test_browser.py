@@ -31,10 +31,14 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("TWIN_CHROMIUM", "/usr/bin/chromium"))
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
 if not CHROMIUM.is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (CI's .ci/run does) "
-                "or set TWIN_CHROMIUM", allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: `apt-get install chromium` (CI's .ci/run does) "
+        "or set TWIN_CHROMIUM",
+        allow_module_level=True,
+    )
 
 import uvicorn  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -70,10 +74,11 @@ class Site:
         """Post the loop's next CSTR sample; returns its time [s]."""
         k = self.next_loop_step
         time_s = SAMPLE_S * k
-        body = {"time_s": time_s,
-                "measurements": self.loop_measurements[k % len(self.loop_measurements)]}
-        response = httpx.post(f"{self.url}/api/loops/{self.loop_run}/step", json=body,
-                              timeout=30)
+        body = {
+            "time_s": time_s,
+            "measurements": self.loop_measurements[k % len(self.loop_measurements)],
+        }
+        response = httpx.post(f"{self.url}/api/loops/{self.loop_run}/step", json=body, timeout=30)
         assert response.status_code == 200, response.text
         self.next_loop_step += 1
         return time_s
@@ -101,8 +106,9 @@ def _seed(session: Session) -> tuple[int, int, int, list[dict[str, float]]]:
     scenario = dataclasses.replace(cstr.benchmark_scenario(), steps=EPISODE_STEPS)
     baseline = cstr.run_episode(cstr.baseline_policy(), "baseline", scenario, seed=3)
     controller = TwinController.from_twin(twin, "cem", fallback=cstr.baseline_fallback())
-    twin_episode = cstr.run_episode(cstr.twin_policy(controller), "twin/cem", scenario,
-                                    seed=3, config={"planner": "cem"})
+    twin_episode = cstr.run_episode(
+        cstr.twin_policy(controller), "twin/cem", scenario, seed=3, config={"planner": "cem"}
+    )
     baseline_run = services.store_episode(session, baseline).id
     twin_run = services.store_episode(session, twin_episode, model_id=model.id).id
     measurements = [dict(s.measurements) for s in baseline.steps]
@@ -118,8 +124,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         baseline_run, twin_run, model_id, measurements = _seed(session)
     engine.dispose()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(database_url=url)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(Settings(database_url=url)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -127,12 +136,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
-    start = httpx.post(f"{base}/api/loops", json={
-        "process": "cstr", "model_id": model_id, "planner": "cem",
-        "setpoints": {"T": 360.0}}, timeout=60)
+    start = httpx.post(
+        f"{base}/api/loops",
+        json={"process": "cstr", "model_id": model_id, "planner": "cem", "setpoints": {"T": 360.0}},
+        timeout=60,
+    )
     assert start.status_code == 201, start.text
-    live = Site(base, baseline_run, twin_run, start.json()["run_id"], model_id, measurements,
-                next_loop_step=0, database_url=url)
+    live = Site(
+        base,
+        baseline_run,
+        twin_run,
+        start.json()["run_id"],
+        model_id,
+        measurements,
+        next_loop_step=0,
+        database_url=url,
+    )
     for _ in range(LIVE_STEPS):
         live.post_loop_step()
     try:
@@ -147,7 +166,8 @@ def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+        )
         try:
             yield chromium
         finally:
@@ -163,8 +183,7 @@ class Page:
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.errors: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
-                     else None)
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
     def open(self, url: str) -> Any:
@@ -178,9 +197,12 @@ class Page:
         return self.page.evaluate(expression, arg)
 
     def trace(self, div: str, meta: str) -> dict[str, Any]:
-        return self.js("([div, meta]) => { const t = document.getElementById(div).data"
-                       ".find((t) => t.meta === meta); return t ? {x: Array.from(t.x), "
-                       "y: Array.from(t.y)} : null; }", [div, meta])
+        return self.js(
+            "([div, meta]) => { const t = document.getElementById(div).data"
+            ".find((t) => t.meta === meta); return t ? {x: Array.from(t.x), "
+            "y: Array.from(t.y)} : null; }",
+            [div, meta],
+        )
 
     def close(self, check_console: bool = True) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -218,8 +240,12 @@ def test_overview(page: Page, site: Site) -> None:
     site.post_loop_step()
     # The page polls (every second: ?refresh=1) and rewrites the row in place.
     _wait(page, "window.dashState.polls >= 1")
-    _wait(page, "([id, step]) => document.querySelector(`tr[data-loop='${id}']`)"
-                ".innerText.includes(`step ${step}`)", [site.loop_run, site.next_loop_step - 1])
+    _wait(
+        page,
+        "([id, step]) => document.querySelector(`tr[data-loop='${id}']`)"
+        ".innerText.includes(`step ${step}`)",
+        [site.loop_run, site.next_loop_step - 1],
+    )
     assert page.js("window.notReloaded") is True
     assert row.inner_text() != before
 
@@ -262,8 +288,7 @@ def test_relative_range_and_zoom_requery(page: Page, site: Site) -> None:
     _wait(page, "window.dashState.windowLoads >= 1")
     assert len(page.trace("run-plot", "sensor/T")["x"]) == EPISODE_STEPS
     # Zooming (a relayout, as a drag does) fetches that window again from the server.
-    page.js("Plotly.relayout(document.getElementById('run-plot'), "
-            "{'xaxis.range': [60, 120]})")
+    page.js("Plotly.relayout(document.getElementById('run-plot'), {'xaxis.range': [60, 120]})")
     _wait(page, "window.dashState.windowLoads >= 2")
     zoomed = page.trace("run-plot", "sensor/T")["x"]
     assert min(zoomed) >= 60 and max(zoomed) <= 120 and len(zoomed) == 11
@@ -285,8 +310,9 @@ def test_live_loop_appends_without_reload(page: Page, site: Site) -> None:
     after = page.trace("run-plot", "sensor/T")["x"]
     assert after == before + [new_time]
     assert page.js("window.notReloaded") is True
-    now = page.js("document.getElementById('run-plot').layout.shapes"
-                  ".find((s) => s.name === 'now').x0")
+    now = page.js(
+        "document.getElementById('run-plot').layout.shapes.find((s) => s.name === 'now').x0"
+    )
     assert now == new_time
     assert min(page.trace("run-plot", "plan/Tc")["x"]) > new_time
     status = page.page.locator("#loop-status").inner_text()
@@ -302,8 +328,7 @@ def test_compare_runs(page: Page, site: Site) -> None:
     assert "cost" in page.page.locator("#summary").inner_text()
     for run in (site.twin_run, site.baseline_run):
         assert len(page.trace("compare-plot", f"run{run}/sensor/T")["x"]) == EPISODE_STEPS
-    page.js("Plotly.relayout(document.getElementById('compare-plot'), "
-            "{'xaxis.range': [0, 60]})")
+    page.js("Plotly.relayout(document.getElementById('compare-plot'), {'xaxis.range': [0, 60]})")
     _wait(page, "window.dashState.windowLoads >= 1")
     assert max(page.trace("compare-plot", f"run{site.twin_run}/sensor/T")["x"]) <= 60
 
@@ -315,8 +340,9 @@ def test_compare_refuses_unknown_runs(page: Page, site: Site) -> None:
     assert "unknown run id 987654" in page.page.locator(".error[data-status]").inner_text()
 
 
-def test_live_page_redraws_after_a_long_absence(page: Page, site: Site,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_page_redraws_after_a_long_absence(
+    page: Page, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """More new steps than a tail may carry: the page draws the window afresh, then goes
     on appending from its last step (the server runs in this process: patchable)."""
     from dashboards import run_pages
@@ -378,7 +404,8 @@ def test_every_top_bar_link_opens_a_page(page: Page, site: Site) -> None:
     for missing in ("/models/987654", "/runs/987654"):
         response = page.open(f"{site.url}{missing}")
         assert response.status == 404 and response.headers["content-type"].startswith(
-            "text/html"), missing
+            "text/html"
+        ), missing
     page.errors.clear()  # the 404 documents above are logged by the browser on purpose
 
 
@@ -394,11 +421,14 @@ def test_trend_ticks_read_clock_time(page: Page, site: Site) -> None:
     page.open(f"{site.url}/runs/{site.baseline_run}")
     page.rendered()
     _wait(page, "document.getElementById('run-plot').dataset.clock === '1'")
-    labels = page.js("Array.from(document.querySelectorAll('#run-plot .xaxislayer-above "
-                     "text[data-seconds]'), (t) => t.textContent)")
+    labels = page.js(
+        "Array.from(document.querySelectorAll('#run-plot .xaxislayer-above "
+        "text[data-seconds]'), (t) => t.textContent)"
+    )
     assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", text) for text in labels), labels
     assert "plan made at step" in page.js(
-        "document.getElementById('run-plot').layout.annotations.map((a) => a.text).join()")
+        "document.getElementById('run-plot').layout.annotations.map((a) => a.text).join()"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -412,9 +442,14 @@ def secure_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         _, token = auth.create_key(session, "olga", "operator", auth.cli_actor())
     engine.dispose()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(Settings(database_url=url, auth_required=True)), host="127.0.0.1",
-        port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(Settings(database_url=url, auth_required=True)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -13,8 +13,19 @@ from api.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["db", "upgrade"], ["data", "generate"], ["train"],
-                                  ["control"], ["replay"], ["serve"], ["worker"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["db", "upgrade"],
+        ["data", "generate"],
+        ["train"],
+        ["control"],
+        ["replay"],
+        ["serve"],
+        ["worker"],
+    ],
+)
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -27,14 +38,41 @@ def test_db_upgrade_then_generate_and_train(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "revision" in result.output
     log = tmp_path / "log.csv"
-    result = runner.invoke(app, ["data", "generate", "--process", "cstr", "--hours", "0.5",
-                                 "--seed", "3", "--out", str(log)])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "generate",
+            "--process",
+            "cstr",
+            "--hours",
+            "0.5",
+            "--seed",
+            "3",
+            "--out",
+            str(log),
+        ],
+    )
     assert result.exit_code == 0, result.output
     df = pd.read_csv(log)
     assert len(df) == 300 and {"time_s", "Ca", "T", "Tc", "Caf", "Tf"} <= set(df.columns)
     checkpoint = tmp_path / "twin.pt"
-    result = runner.invoke(app, ["train", "--process", "cstr", "--data", str(log), "--epochs",
-                                 "1", "--out", str(checkpoint), "--database-url", url])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--process",
+            "cstr",
+            "--data",
+            str(log),
+            "--epochs",
+            "1",
+            "--out",
+            str(checkpoint),
+            "--database-url",
+            url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert checkpoint.is_file() and "registered as model 1" in result.output
 
@@ -48,17 +86,34 @@ def test_train_takes_a_built_in_process_recipe() -> None:
     assert train_config_for(None, epochs=2) == TrainConfig(epochs=2)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["train", "--process", "cstr", "--data", "missing.csv", "--out", "x.pt",
-      "--no-register"], "log file not found"),
-    (["train", "--process", "reactor9", "--data", "missing.csv", "--out", "x.pt"],
-     "unknown process 'reactor9'"),
-    (["data", "generate", "--out", "log.txt"], "use a .csv or .parquet"),
-    (["control", "--model", "missing.pt"], "checkpoint not found"),
-    (["control", "--model", "missing.pt", "--planner", "lqr"], "unknown planner 'lqr'"),
-])
-def test_user_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "train",
+                "--process",
+                "cstr",
+                "--data",
+                "missing.csv",
+                "--out",
+                "x.pt",
+                "--no-register",
+            ],
+            "log file not found",
+        ),
+        (
+            ["train", "--process", "reactor9", "--data", "missing.csv", "--out", "x.pt"],
+            "unknown process 'reactor9'",
+        ),
+        (["data", "generate", "--out", "log.txt"], "use a .csv or .parquet"),
+        (["control", "--model", "missing.pt"], "checkpoint not found"),
+        (["control", "--model", "missing.pt", "--planner", "lqr"], "unknown planner 'lqr'"),
+    ],
+)
+def test_user_errors_are_one_clear_line(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -74,18 +129,38 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("process", "hours"), [("turbofan", 0.1), ("glucose", 8.0),
-                                                ("tennessee_eastman", 1.0)])
-def test_every_process_from_the_command_line(process: str, hours: float,
-                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("process", "hours"), [("turbofan", 0.1), ("glucose", 8.0), ("tennessee_eastman", 1.0)]
+)
+def test_every_process_from_the_command_line(process: str, hours: float, tmp_path: Path) -> None:
     """generate -> train -> control, for each built-in process (a 1-epoch twin: the
     controller mostly falls back to the baseline, which is what this proves works)."""
     log, checkpoint = tmp_path / "log.parquet", tmp_path / "twin.pt"
     steps = [
-        ["data", "generate", "--process", process, "--hours", str(hours), "--seed", "2",
-         "--out", str(log)],
-        ["train", "--process", process, "--data", str(log), "--epochs", "1", "--out",
-         str(checkpoint), "--no-register"],
+        [
+            "data",
+            "generate",
+            "--process",
+            process,
+            "--hours",
+            str(hours),
+            "--seed",
+            "2",
+            "--out",
+            str(log),
+        ],
+        [
+            "train",
+            "--process",
+            process,
+            "--data",
+            str(log),
+            "--epochs",
+            "1",
+            "--out",
+            str(checkpoint),
+            "--no-register",
+        ],
         ["control", "--model", str(checkpoint), "--planner", "cem", "--no-store"],
     ]
     for args in steps:
@@ -116,8 +191,20 @@ def test_a_garbage_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
 def test_control_stores_a_baseline_run(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
-    result = runner.invoke(app, ["control", "--controller", "baseline", "--process", "cstr",
-                                 "--seed", "7", "--database-url", url])
+    result = runner.invoke(
+        app,
+        [
+            "control",
+            "--controller",
+            "baseline",
+            "--process",
+            "cstr",
+            "--seed",
+            "7",
+            "--database-url",
+            url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "stored as run 1" in result.output
     from api import services
@@ -129,9 +216,14 @@ def test_control_stores_a_baseline_run(tmp_path: Path) -> None:
         assert run.model_id is None and "cost" in run.metrics
 
 
-@pytest.mark.parametrize("args", [["--controller", "pid", "--process", "cstr"],
-                                  ["--controller", "baseline"],
-                                  ["--process", "cstr"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--controller", "pid", "--process", "cstr"],
+        ["--controller", "baseline"],
+        ["--process", "cstr"],
+    ],
+)
 def test_control_refuses_unclear_choices(args: list[str]) -> None:
     result = runner.invoke(app, ["control", *args, "--no-store"])
     assert result.exit_code == 2, result.output
@@ -151,21 +243,25 @@ def test_demo_registers_the_shipped_twin_and_runs_the_baseline_on_the_same_episo
     assert shipped.metrics["epochs_done"] == shipped.metrics["epochs_asked"]
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    plan = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout
+    plan = subprocess.run(
+        ["make", "-n", "demo"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
     assert "twin register --model demo/cstr_twin.pt" in plan
     baseline = plan.index("twin control --controller baseline --process cstr --seed 7")
-    twin = plan.index("twin control --process cstr --model demo/cstr_twin.pt --planner casadi "
-                      "--seed 7")
+    twin = plan.index(
+        "twin control --process cstr --model demo/cstr_twin.pt --planner casadi --seed 7"
+    )
     assert baseline < twin < plan.index("twin serve")
     assert "twin train --process" not in plan  # DEMO_TRAIN=1 trains instead
-    trained = subprocess.run(["make", "-n", "demo", "DEMO_TRAIN=1"], cwd=root,
-                             capture_output=True, text=True, check=True).stdout
+    trained = subprocess.run(
+        ["make", "-n", "demo", "DEMO_TRAIN=1"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
     assert "twin train --process cstr" in trained and "twin register" not in trained
 
 
 def test_training_uses_one_thread_on_a_machine_busier_than_its_cores(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import os
 
     import torch

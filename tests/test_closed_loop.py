@@ -28,8 +28,9 @@ def test_applied_coolant_keeps_bounds_and_rates(episode: EpisodeResult) -> None:
     steps = episode.steps
     assert len(steps) == cstr.benchmark_scenario().steps
     tc = np.array([s.actuators["Tc"] for s in steps])
-    assert_within_bounds_and_rate(tc, cstr.TC_NOMINAL, cstr.TC_LOW, cstr.TC_HIGH,
-                                  cstr.RATE_PER_SAMPLE)
+    assert_within_bounds_and_rate(
+        tc, cstr.TC_NOMINAL, cstr.TC_LOW, cstr.TC_HIGH, cstr.RATE_PER_SAMPLE
+    )
     # the twin is in charge (not only the fallback) and plans were recorded
     ok = [s for s in steps if s.status is StepStatus.OK]
     assert len(ok) > 0.8 * len(steps)

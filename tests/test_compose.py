@@ -91,10 +91,13 @@ def _path_with_this_python() -> str:
 
 
 def _entrypoint(env: dict[str, str]) -> str:
-    result = subprocess.run(["sh", str(ROOT / "docker" / "entrypoint.sh"), "sh", "-c",
-                             'printf %s "$DATABASE_URL"'],
-                            env={"PATH": _path_with_this_python(), **env}, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        ["sh", str(ROOT / "docker" / "entrypoint.sh"), "sh", "-c", 'printf %s "$DATABASE_URL"'],
+        env={"PATH": _path_with_this_python(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout
 
 

@@ -75,15 +75,23 @@ def test_training_log_is_deterministic_by_seed(log: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(cstr.generate_training_log(hours=1.5, seed=3), log)
     other = cstr.generate_training_log(hours=1.5, seed=4)
     assert not other.equals(log)
-    assert_within_bounds_and_rate(other["Tc"].to_numpy(), cstr.TC_NOMINAL, cstr.TC_LOW,
-                                  cstr.TC_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        other["Tc"].to_numpy(), cstr.TC_NOMINAL, cstr.TC_LOW, cstr.TC_HIGH, RATE
+    )
     assert other["T"].max() < cstr.T_LIMIT_K
 
 
 def test_scenario_schedule() -> None:
     sc = cstr.benchmark_scenario()
-    assert [sc.setpoint(k) for k in (0, 19, 20, 89, 90, 160, 239)] == \
-        [350.0, 350.0, 365.0, 365.0, 375.0, 355.0, 355.0]
+    assert [sc.setpoint(k) for k in (0, 19, 20, 89, 90, 160, 239)] == [
+        350.0,
+        350.0,
+        365.0,
+        365.0,
+        375.0,
+        355.0,
+        355.0,
+    ]
     assert sc.disturbances(119).caf == cstr.CAF_NOMINAL and sc.disturbances(120).caf == 1.08
     assert sc.disturbances(200).tf == 354.0
     assert max(v for _, v in sc.setpoints) < cstr.T_LIMIT_K
@@ -96,13 +104,15 @@ def _applied(steps: list[StepRecord]) -> np.ndarray:
 def test_pi_baseline_on_benchmark() -> None:
     ep = cstr.run_episode(cstr.pi_policy(), "pi")
     assert len(ep.steps) == 240 and [s.step for s in ep.steps] == list(range(240))
-    assert_within_bounds_and_rate(_applied(ep.steps), cstr.TC_NOMINAL, cstr.TC_LOW,
-                                  cstr.TC_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        _applied(ep.steps), cstr.TC_NOMINAL, cstr.TC_LOW, cstr.TC_HIGH, RATE
+    )
     assert ep.metrics["violations"] == 0
     assert ep.metrics["mean_abs_error_K"] < 5.0
     assert ep.process == "cstr" and ep.config["seed"] == 7
-    assert all(s.margins["T"] == pytest.approx(cstr.T_LIMIT_K - s.measurements["T"])
-               for s in ep.steps)
+    assert all(
+        s.margins["T"] == pytest.approx(cstr.T_LIMIT_K - s.measurements["T"]) for s in ep.steps
+    )
     # deterministic for a given seed
     again = cstr.run_episode(cstr.pi_policy(), "pi")
     np.testing.assert_array_equal(_applied(again.steps), _applied(ep.steps))
@@ -127,8 +137,9 @@ def test_pi_fallback_is_bumpless_and_holds_without_measurement() -> None:
 
 
 # near the limit, with a feed disturbance pushing towards it
-ORACLE_SCENARIO = cstr.Scenario(steps=100, setpoints=[(0, 350.0), (10, 365.0), (50, 378.0)],
-                                caf_steps=[(75, 1.08)])
+ORACLE_SCENARIO = cstr.Scenario(
+    steps=100, setpoints=[(0, 350.0), (10, 365.0), (50, 378.0)], caf_steps=[(75, 1.08)]
+)
 
 
 def test_oracle_nmpc_keeps_limit_and_tracks() -> None:
@@ -136,8 +147,9 @@ def test_oracle_nmpc_keeps_limit_and_tracks() -> None:
     assert ep.metrics["violations"] == 0
     assert ep.metrics["max_T_K"] <= cstr.T_LIMIT_K
     assert ep.metrics["mean_abs_error_K"] < 2.0
-    assert_within_bounds_and_rate(_applied(ep.steps), cstr.TC_NOMINAL, cstr.TC_LOW,
-                                  cstr.TC_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        _applied(ep.steps), cstr.TC_NOMINAL, cstr.TC_LOW, cstr.TC_HIGH, RATE
+    )
     assert ep.metrics["max_T_K"] > 375.0  # it really went close to the limit
 
 

@@ -19,7 +19,9 @@ from twin.spec import ProcessSpec
 
 def _series(n: int = 10) -> dict:
     return {
-        "run_id": 1, "steps": list(range(n)), "stride": 1,
+        "run_id": 1,
+        "steps": list(range(n)),
+        "stride": 1,
         "time_s": [6.0 * k for k in range(n)],
         "series": {
             "sensor": {"T": [350.0 + k for k in range(n)], "Ca": [0.5] * n},
@@ -31,9 +33,16 @@ def _series(n: int = 10) -> dict:
 
 
 def _plan_at() -> dict:
-    return {"step": 4, "time_s": 24.0,
-            "plan": {"time_s": [6.0, 12.0], "actuators": {"Tc": [301.0, 302.0]},
-                     "sensors": {"T": [355.0, 356.0]}, "spread": {"T": [0.5, 1.0]}}}
+    return {
+        "step": 4,
+        "time_s": 24.0,
+        "plan": {
+            "time_s": [6.0, 12.0],
+            "actuators": {"Tc": [301.0, 302.0]},
+            "sensors": {"T": [355.0, 356.0]},
+            "spread": {"T": [0.5, 1.0]},
+        },
+    }
 
 
 def _axis_of(fig: go.Figure, trace: go.Scatter) -> str:
@@ -104,8 +113,10 @@ def test_plan_is_dashed_from_now_with_its_spread(cstr_spec: ProcessSpec) -> None
 
 
 def test_events_are_markers_on_their_tag(cstr_spec: ProcessSpec) -> None:
-    events = [{"time_s": 12.0, "kind": "rate_limited", "message": "Tc limited", "tag": "Tc"},
-              {"time_s": 18.0, "kind": "solver_failed", "message": "ipopt", "tag": None}]
+    events = [
+        {"time_s": 12.0, "kind": "rate_limited", "message": "Tc limited", "tag": "Tc"},
+        {"time_s": 18.0, "kind": "solver_failed", "message": "ipopt", "tag": None},
+    ]
     fig = figures.run_figure(cstr_spec, _series(), events=events)
     markers = [t for t in fig.data if t.name == "safety events"]
     assert len(markers) == 2
@@ -173,7 +184,10 @@ def test_status_spans_merge_consecutive_steps() -> None:
     statuses = ["ok", "fallback", "fallback", "ok", "stale", "fallback"]
     spans = figures.status_spans(times, statuses, 6.0)
     assert [(s.x0, s.x1, s.status) for s in spans] == [
-        (6.0, 18.0, "fallback"), (24.0, 30.0, "stale"), (30.0, 36.0, "fallback")]
+        (6.0, 18.0, "fallback"),
+        (24.0, 30.0, "stale"),
+        (30.0, 36.0, "fallback"),
+    ]
     shapes = figures.span_shapes(spans)
     assert shapes[1]["name"] == "span:stale" and shapes[1]["yref"] == "paper"
 
@@ -202,11 +216,13 @@ def test_compare_figure_overlays_runs(cstr_spec: ProcessSpec) -> None:
 
 
 def test_summary_table_marks_the_best_run() -> None:
-    table = figures.summary_table({
-        1: {"cost": 12.0, "violations": 0, "fallbacks": 3, "plan_ms_median": 30.0},
-        2: {"cost": 10.0, "violations": 0, "fallbacks": 0},
-        3: {},
-    })
+    table = figures.summary_table(
+        {
+            1: {"cost": 12.0, "violations": 0, "fallbacks": 3, "plan_ms_median": 30.0},
+            2: {"cost": 10.0, "violations": 0, "fallbacks": 0},
+            3: {},
+        }
+    )
     labels = [c["label"] for c in table["columns"]]
     cost, violations = labels.index("cost"), labels.index("constraint violations")
     planning = labels.index("planning time median")
@@ -228,12 +244,22 @@ def test_figure_json_cannot_close_its_script(cstr_spec: ProcessSpec) -> None:
 # ---------------------------------------------------------------- health and windows
 
 
-def _recent(T: list[float], predicted: list[float | None], statuses: list[str] | None = None,
-            setpoint: float = 360.0) -> health.Recent:
+def _recent(
+    T: list[float],
+    predicted: list[float | None],
+    statuses: list[str] | None = None,
+    setpoint: float = 360.0,
+) -> health.Recent:
     n = len(T)
-    return health.Recent(list(range(n)), statuses or ["ok"] * n, {
-        "sensor": {"T": T, "Ca": [0.5] * n}, "setpoint": {"T": [setpoint] * n},
-        "prediction": {"T": predicted}})
+    return health.Recent(
+        list(range(n)),
+        statuses or ["ok"] * n,
+        {
+            "sensor": {"T": T, "Ca": [0.5] * n},
+            "setpoint": {"T": [setpoint] * n},
+            "prediction": {"T": predicted},
+        },
+    )
 
 
 def test_health_cards(cstr_spec: ProcessSpec) -> None:
@@ -250,8 +276,7 @@ def test_health_cards(cstr_spec: ProcessSpec) -> None:
     assert safety.verdict == "bad" and "beyond its high limit 385 K" in safety.headline
     assert controller.verdict == "warn" and "67 %" in controller.headline
     assert model.verdict == "unknown"
-    assert health.health_cards(cstr_spec, health.Recent([], [], {}), "ok")[1].verdict == \
-        "unknown"
+    assert health.health_cards(cstr_spec, health.Recent([], [], {}), "ok")[1].verdict == "unknown"
 
 
 def test_resolve_window() -> None:
@@ -280,12 +305,16 @@ def run_id(session: Session, make_episode) -> int:
 def loop_id(client: TestClient, session: Session) -> int:
     """A live loop (fake controller) with three steps, the last one too hot."""
     model = services.register_model(session, "cstr", "live", b"w", {}, {})
-    start = client.post("/api/loops", json={"process": "cstr", "model_id": model.id,
-                                            "planner": "cem", "setpoints": {"T": 360.0}})
+    start = client.post(
+        "/api/loops",
+        json={"process": "cstr", "model_id": model.id, "planner": "cem", "setpoints": {"T": 360.0}},
+    )
     run = start.json()["run_id"]
     for k, temperature in enumerate((350.0, 352.0, 390.0)):
-        body = {"time_s": 6.0 * k, "measurements": {"Ca": 0.5, "T": temperature, "Caf": 1.0,
-                                                    "Tf": 350.0}}
+        body = {
+            "time_s": 6.0 * k,
+            "measurements": {"Ca": 0.5, "T": temperature, "Caf": 1.0, "Tf": 350.0},
+        }
         assert client.post(f"/api/loops/{run}/step", json=body).status_code == 200
     return run
 
@@ -301,8 +330,7 @@ def _page_config(html: str) -> dict:
 
 
 def _figure(html: str, div: str) -> dict:
-    found = re.search(rf'<script type="application/json" id="{div}-fig">(.*?)</script>', html,
-                      re.S)
+    found = re.search(rf'<script type="application/json" id="{div}-fig">(.*?)</script>', html, re.S)
     return json.loads(found.group(1))
 
 
@@ -406,8 +434,9 @@ def test_live_loop_page_and_tail(client: TestClient, loop_id: int) -> None:
     assert more["traces"]["sensor/T"] == {"x": [18.0], "y": [361.0]}
 
 
-def test_tail_asks_for_a_reload_after_a_long_absence(client: TestClient, session: Session,
-                                                     make_episode, monkeypatch) -> None:
+def test_tail_asks_for_a_reload_after_a_long_absence(
+    client: TestClient, session: Session, make_episode, monkeypatch
+) -> None:
     run = services.store_episode(session, make_episode(12)).id
     monkeypatch.setattr(run_pages, "MAX_TAIL_STEPS", 5)
     body = client.get(f"/dash/api/runs/{run}/tail", params={"after_step": 2}).json()
@@ -415,16 +444,19 @@ def test_tail_asks_for_a_reload_after_a_long_absence(client: TestClient, session
 
 
 def test_run_window(client: TestClient, run_id: int) -> None:
-    body = client.get(f"/dash/api/runs/{run_id}/window",
-                      params={"start_s": 30.0, "end_s": 60.0}).json()
+    body = client.get(
+        f"/dash/api/runs/{run_id}/window", params={"start_s": 30.0, "end_s": 60.0}
+    ).json()
     assert body["traces"]["sensor/T"]["x"] == [30.0, 36.0, 42.0, 48.0, 54.0, 60.0]
     assert body["stride"] == 1 and body["points"] == 6
     assert (body["last_step"], body["last_s"]) == (29, 29 * 6.0)  # where a tail goes on
     assert [s["status"] for s in body["spans"]] == ["fallback"]  # the event at step 10
     coarse = client.get(f"/dash/api/runs/{run_id}/window", params={"max_points": 10}).json()
     assert coarse["points"] <= 10 + 2 and coarse["stride"] > 1  # downsampled
-    assert client.get(f"/dash/api/runs/{run_id}/window",
-                      params={"start_s": 5, "end_s": 1}).status_code == 422
+    assert (
+        client.get(f"/dash/api/runs/{run_id}/window", params={"start_s": 5, "end_s": 1}).status_code
+        == 422
+    )
     assert client.get("/dash/api/runs/999/window").status_code == 404
 
 
@@ -448,8 +480,9 @@ def test_compare_page(client: TestClient, session: Session, make_episode) -> Non
     figure = _figure(html, "compare-plot")
     metas = {t.get("meta") for t in figure["data"]}
     assert {f"run{first}/sensor/T", f"run{second}/sensor/T"} <= metas
-    window = client.get("/dash/api/compare/window",
-                        params={"runs": [first, second], "start_s": 0, "end_s": 30}).json()
+    window = client.get(
+        "/dash/api/compare/window", params={"runs": [first, second], "start_s": 0, "end_s": 30}
+    ).json()
     assert window["traces"][f"run{second}/sensor/T"]["x"][-1] == 30.0
 
 

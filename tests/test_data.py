@@ -54,10 +54,12 @@ def test_bad_timestamps(log: pd.DataFrame, kind: str) -> None:
     else:
         ts.iloc[5] = "noon"
     log["time_s"] = ts
-    pattern = {"swap": r"must strictly increase: row 11 \(60 s\) is before row 10",
-               "duplicate": r"duplicate timestamp in 'time_s' at rows 10 and 11",
-               "nan": r"missing or non-numeric value at row 5",
-               "text": r"'noon' at row 5, which is not a number of seconds"}[kind]
+    pattern = {
+        "swap": r"must strictly increase: row 11 \(60 s\) is before row 10",
+        "duplicate": r"duplicate timestamp in 'time_s' at rows 10 and 11",
+        "nan": r"missing or non-numeric value at row 5",
+        "text": r"'noon' at row 5, which is not a number of seconds",
+    }[kind]
     with pytest.raises(InvalidInput, match=pattern):
         check_log(log, SPEC)
     with pytest.raises(InvalidInput):
@@ -116,19 +118,22 @@ def test_feature_row_pairs_observation_with_previous_action(log: pd.DataFrame) -
         for i in range(W):
             row = t + k - W + 1 + i
             obs = norm.denormalise(window[i, :n_obs], layout.observed)
-            act = norm.denormalise(window[i, n_obs:n_obs + 1], layout.actions)
-            np.testing.assert_allclose(obs, log.loc[row, list(layout.observed)].to_numpy(float),
-                                       rtol=1e-5, atol=1e-4)
+            act = norm.denormalise(window[i, n_obs : n_obs + 1], layout.actions)
+            np.testing.assert_allclose(
+                obs, log.loc[row, list(layout.observed)].to_numpy(float), rtol=1e-5, atol=1e-4
+            )
             # the action in feature row j is the one applied at j-1, not at j
             assert act[0] == pytest.approx(log.loc[row - 1, "Tc"], abs=1e-3)
             assert window[i, 5:].tolist() == [1.0] * 5
     # the action the predictor gets for step k is the one applied at row t + k
     actions = norm.denormalise(batch["actions"][0].numpy().astype(float), layout.actions)
-    np.testing.assert_allclose(actions[:, 0], log.loc[t:t + H - 1, "Tc"].to_numpy(float),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        actions[:, 0], log.loc[t : t + H - 1, "Tc"].to_numpy(float), atol=1e-3
+    )
     obs = norm.denormalise(batch["obs"][0].numpy().astype(float), layout.observed)
-    np.testing.assert_allclose(obs, log.loc[t:t + H, list(layout.observed)].to_numpy(float),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        obs, log.loc[t : t + H, list(layout.observed)].to_numpy(float), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_actions_actually_change_in_log(log: pd.DataFrame) -> None:
@@ -160,21 +165,32 @@ def test_nan_sensor_values_are_masked_not_invented(log: pd.DataFrame) -> None:
 
 
 def test_features_mask_matches_nan_exactly() -> None:
-    df = pd.DataFrame({"time_s": [0.0, 6.0, 12.0], "Ca": [0.5, np.nan, 0.4],
-                       "T": [350.0, 351.0, np.nan], "Tc": [300.0, 301.0, 302.0],
-                       "Caf": [1.0, 1.0, 1.0], "Tf": [350.0, np.nan, 350.0]})
+    df = pd.DataFrame(
+        {
+            "time_s": [0.0, 6.0, 12.0],
+            "Ca": [0.5, np.nan, 0.4],
+            "T": [350.0, 351.0, np.nan],
+            "Tc": [300.0, 301.0, 302.0],
+            "Caf": [1.0, 1.0, 1.0],
+            "Tf": [350.0, np.nan, 350.0],
+        }
+    )
     layout = Layout.from_spec(SPEC)
     norm = Normalizer.fit(df, layout.all_tags)
     feats, mask = features(df, layout, norm)
-    expected_missing = np.array([
-        [0, 0, 0, 0, 1],  # row 0: no previous action
-        [1, 0, 0, 1, 0],
-        [0, 1, 0, 0, 0],
-    ], dtype=bool)
+    expected_missing = np.array(
+        [
+            [0, 0, 0, 0, 1],  # row 0: no previous action
+            [1, 0, 0, 1, 0],
+            [0, 1, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
     np.testing.assert_array_equal(mask == 0, expected_missing)
     assert np.all(feats[expected_missing] == 0.0)
-    np.testing.assert_allclose(norm.denormalise(feats[1:, 4:5].astype(float), ("Tc",))[:, 0],
-                               [300.0, 301.0], atol=1e-4)
+    np.testing.assert_allclose(
+        norm.denormalise(feats[1:, 4:5].astype(float), ("Tc",))[:, 0], [300.0, 301.0], atol=1e-4
+    )
 
 
 def test_gaps_split_segments(log: pd.DataFrame) -> None:
@@ -194,8 +210,7 @@ def test_gaps_split_segments(log: pd.DataFrame) -> None:
     assert 99 - H in starts and 100 + W - 1 in starts
     assert 100 - H not in starts and 100 + W - 2 not in starts
     # removing the gaps gives back exactly the windows lost to them
-    contiguous = WindowDataset(training_log(1.5, 3).iloc[:300].reset_index(drop=True),
-                               SPEC, W, H)
+    contiguous = WindowDataset(training_log(1.5, 3).iloc[:300].reset_index(drop=True), SPEC, W, H)
     assert len(contiguous) - len(data) == 2 * (W + H - 1)
 
 
@@ -214,8 +229,9 @@ def test_normaliser_round_trip(log: pd.DataFrame) -> None:
     np.testing.assert_allclose(z.std(axis=0, ddof=1), 1.0, rtol=1e-9)
     np.testing.assert_allclose(norm.denormalise(z), values, rtol=1e-12)
     sub = ("Tc", "T")
-    np.testing.assert_allclose(norm.denormalise(norm.normalise(values[:, [4, 1]], sub), sub),
-                               values[:, [4, 1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        norm.denormalise(norm.normalise(values[:, [4, 1]], sub), sub), values[:, [4, 1]], rtol=1e-12
+    )
     assert Normalizer.from_dict(norm.to_dict()) == norm
 
 
@@ -253,10 +269,14 @@ def test_text_in_a_sensor_column_is_named(log: pd.DataFrame) -> None:
 
 # -- the checks a tag file written by hand needs ------------------------------------------
 
+
 def test_unknown_column_is_named_and_can_be_ignored(log: pd.DataFrame) -> None:
     log["operator_note"] = "ok"
-    with pytest.raises(InvalidInput, match=r"column\(s\) operator_note that spec 'cstr' does "
-                                           r"not know.*ignore_columns"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"column\(s\) operator_note that spec 'cstr' does "
+        r"not know.*ignore_columns",
+    ):
         check_log(log, SPEC)
     relaxed = SPEC.model_copy(update={"ignore_columns": ("operator_note",)})
     check_log(log, relaxed)
@@ -281,15 +301,21 @@ def test_sample_period_must_match_the_tag_file(log: pd.DataFrame) -> None:
 
 def test_actuator_outside_bounds_contradicts_the_tag_file(log: pd.DataFrame) -> None:
     log.loc[40, "Tc"] = 365.0
-    with pytest.raises(InvalidInput, match=r"'Tc' is 365 K at row 40, outside its bounds "
-                                           r"\[280, 360\] K"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"'Tc' is 365 K at row 40, outside its bounds "
+        r"\[280, 360\] K",
+    ):
         check_log(log, SPEC)
 
 
 def test_actuator_faster_than_its_rate_limit(log: pd.DataFrame) -> None:
     log.loc[40:, "Tc"] = log.loc[40:, "Tc"] - 5.0  # a 5 K jump in one 6 s sample
-    with pytest.raises(InvalidInput, match=r"'Tc' moves .* K/s at row 40, faster than its "
-                                           r"rate_limit 0.5 K/s"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"'Tc' moves .* K/s at row 40, faster than its "
+        r"rate_limit 0.5 K/s",
+    ):
         check_log(log, SPEC)
 
 
@@ -300,11 +326,15 @@ def test_rate_limit_is_not_applied_across_a_gap(log: pd.DataFrame) -> None:
 
 
 def test_sensor_limit_in_the_wrong_unit_is_caught(log: pd.DataFrame) -> None:
-    tags = tuple(t.model_copy(update={"high": 112.0}) if t.name == "T" else t
-                 for t in SPEC.tags)  # a limit in degC on data in K
+    tags = tuple(
+        t.model_copy(update={"high": 112.0}) if t.name == "T" else t for t in SPEC.tags
+    )  # a limit in degC on data in K
     wrong = SPEC.model_copy(update={"tags": tags})
-    with pytest.raises(InvalidInput, match=r"sensor 'T' is typically 3\d\d(\.\d+)? K, beyond "
-                                           r"its high limit 112 K"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"sensor 'T' is typically 3\d\d(\.\d+)? K, beyond "
+        r"its high limit 112 K",
+    ):
         check_log(log, wrong)
 
 

@@ -43,8 +43,9 @@ class _MetricRecorder:
     def plan(self, problem: PlanningProblem) -> PlanResult:
         self.metrics.append(problem.metric)
         h = self.settings.horizon
-        return PlanResult(True, np.tile(problem.u_prev, (h, 1)), np.tile(problem.z0, (h, 1)),
-                          0.0, 1.0)
+        return PlanResult(
+            True, np.tile(problem.u_prev, (h, 1)), np.tile(problem.z0, (h, 1)), 0.0, 1.0
+        )
 
 
 @pytest.mark.parametrize("weight", [TRACKING_WEIGHT, 0.0])

@@ -65,8 +65,9 @@ def test_pca_finds_the_main_direction_and_its_share() -> None:
     np.testing.assert_allclose(projection.coords[:, 0], a, atol=1e-12)
     np.testing.assert_allclose(np.abs(projection.coords[:, 1]), np.abs(b), atol=1e-12)
     var_a, var_b = (a**2).sum(), (b**2).sum()
-    np.testing.assert_allclose(projection.explained, [var_a / (var_a + var_b),
-                                                      var_b / (var_a + var_b)])
+    np.testing.assert_allclose(
+        projection.explained, [var_a / (var_a + var_b), var_b / (var_a + var_b)]
+    )
     # The same data reflected gives the same axes: the picture does not flip.
     np.testing.assert_allclose(pca_2d(-z).axes, projection.axes, atol=1e-12)
 
@@ -113,8 +114,9 @@ def test_error_by_horizon_agrees_with_the_replay_metrics(twin) -> None:
     horizon = 12
     errors = error_by_horizon(twin, log, horizon)
     metrics = open_loop(twin, log, horizon=horizon).metrics
-    np.testing.assert_allclose(errors.horizon_s, twin.spec.sample_period_s
-                               * np.arange(1, horizon + 1))
+    np.testing.assert_allclose(
+        errors.horizon_s, twin.spec.sample_period_s * np.arange(1, horizon + 1)
+    )
     for tag in twin.layout.sensors:
         for h in (1, 10, horizon):
             assert errors.rmse[tag][h - 1] == pytest.approx(metrics[f"rmse_{tag}_h{h}"])
@@ -122,7 +124,8 @@ def test_error_by_horizon_agrees_with_the_replay_metrics(twin) -> None:
         np.testing.assert_allclose(errors.rmse_in_std[tag] * std, errors.rmse[tag])
     # A one-step prediction is better than a twelve-step one, on average over sensors.
     assert np.mean([e[0] for e in errors.rmse_in_std.values()]) < np.mean(
-        [e[-1] for e in errors.rmse_in_std.values()])
+        [e[-1] for e in errors.rmse_in_std.values()]
+    )
 
 
 def test_training_figure_needs_history() -> None:
@@ -134,12 +137,12 @@ def test_training_figure_needs_history() -> None:
 
 @pytest.fixture
 def model_id(session: Session, twin) -> int:
-    return services.register_model(session, "cstr", "tiny", twin.to_bytes(), {},
-                                   twin.metrics).id
+    return services.register_model(session, "cstr", "tiny", twin.to_bytes(), {}, twin.metrics).id
 
 
 def test_model_page_draws_every_diagnostic_and_caches_them(
-        client: TestClient, model_id: int, twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: TestClient, model_id: int, twin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model_page.CACHE.clear()
     calls = []
     build = model_page.build_model_page
@@ -152,8 +155,13 @@ def test_model_page_draws_every_diagnostic_and_caches_them(
     page = client.get(f"/models/{model_id}")
     assert page.status_code == 200, page.text
     text = page.text
-    for title in ("Training curves", "Collapse diagnostics", "Prediction error against "
-                  "horizon", "Embedding map (PCA)", "Surprise (anomaly) trace"):
+    for title in (
+        "Training curves",
+        "Collapse diagnostics",
+        "Prediction error against horizon",
+        "Embedding map (PCA)",
+        "Surprise (anomaly) trace",
+    ):
         assert title in text
     assert "Not shown" not in text
     assert text.count('class="plotly-graph-div"') == 5
@@ -166,7 +174,8 @@ def test_model_page_draws_every_diagnostic_and_caches_them(
 
 
 def test_model_page_says_when_the_surprise_detector_is_missing(
-        client: TestClient, model_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: TestClient, model_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model_page.CACHE.clear()
     monkeypatch.setitem(sys.modules, "twin.surprise", None)  # import now raises ImportError
     page = client.get(f"/models/{model_id}")

@@ -32,9 +32,13 @@ pytestmark = pytest.mark.slow  # trains in torchrun processes
 # 7 % on the prediction error once the loop gained more batch-level terms. Stated
 # tolerance: 10 %.
 TOLERANCE = 0.10
-TINY = TrainConfig(epochs=3, batch_size=64, rollout_steps=4, seed=0,
-                   model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32,
-                                    predictor_hidden=32))
+TINY = TrainConfig(
+    epochs=3,
+    batch_size=64,
+    rollout_steps=4,
+    seed=0,
+    model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32, predictor_hidden=32),
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +51,14 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def torchrun(processes: int, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done
@@ -56,9 +66,19 @@ def torchrun(processes: int, *args: str) -> subprocess.CompletedProcess[str]:
 
 def train(inputs: Path, processes: int) -> Twin:
     out = inputs / f"twin{processes}.pt"
-    done = torchrun(processes, "-m", "api.worker_ddp", "--data", str(inputs / "log.parquet"),
-                    "--spec", str(inputs / "spec.json"), "--config",
-                    str(inputs / "config.json"), "--out", str(out))
+    done = torchrun(
+        processes,
+        "-m",
+        "api.worker_ddp",
+        "--data",
+        str(inputs / "log.parquet"),
+        "--spec",
+        str(inputs / "spec.json"),
+        "--config",
+        str(inputs / "config.json"),
+        "--out",
+        str(out),
+    )
     epochs = [line for line in done.stdout.splitlines() if line.startswith("EPOCH ")]
     assert len(epochs) == TINY.epochs  # rank 0 alone reports
     return Twin.load(out)
@@ -67,14 +87,16 @@ def train(inputs: Path, processes: int) -> Twin:
 def test_two_processes_match_one_with_the_same_effective_batch(inputs: Path) -> None:
     one, two = train(inputs, 1), train(inputs, 2)
     assert one.metrics["holdout_prediction"] == pytest.approx(
-        two.metrics["holdout_prediction"], rel=TOLERANCE)
+        two.metrics["holdout_prediction"], rel=TOLERANCE
+    )
     for tag, rmse in one.metrics["readout_rmse"].items():
         assert two.metrics["readout_rmse"][tag] == pytest.approx(rmse, rel=TOLERANCE)
     assert one.to_bytes() != two.to_bytes()  # really two different runs
 
     # The 2-process checkpoint loads and drives the plant inside its limits.
-    controller = TwinController.from_twin(two, "casadi", fallback=fallback_for(cstr.SPEC),
-                                          protection=protection_for(cstr.SPEC))
+    controller = TwinController.from_twin(
+        two, "casadi", fallback=fallback_for(cstr.SPEC), protection=protection_for(cstr.SPEC)
+    )
     plant = cstr.CSTRSimulator(seed=1)
     coolant = cstr.SPEC.tag("Tc")
     measured = plant.measure()
@@ -86,12 +108,30 @@ def test_two_processes_match_one_with_the_same_effective_batch(inputs: Path) -> 
 
 def test_twin_train_under_torchrun_registers_once(inputs: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'twin.db'}"
-    subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade", "--database-url", url],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "api.cli", "db", "upgrade", "--database-url", url],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "twin.pt"
-    torchrun(2, "-m", "api.cli", "train", "--process", "cstr", "--data",
-             str(inputs / "log.parquet"), "--out", str(out), "--epochs", "1",
-             "--max-minutes", "0.5", "--database-url", url)
+    torchrun(
+        2,
+        "-m",
+        "api.cli",
+        "train",
+        "--process",
+        "cstr",
+        "--data",
+        str(inputs / "log.parquet"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--max-minutes",
+        "0.5",
+        "--database-url",
+        url,
+    )
     assert Twin.load(out).spec.name == "cstr"
     with open_session(url) as session:
         assert len(services.list_models(session)) == 1  # rank 0 alone registered

@@ -35,8 +35,9 @@ def broker_answers() -> bool:
 
 pytestmark = [
     pytest.mark.slow,  # trains the shared tiny twin
-    pytest.mark.skipif(not broker_answers(),
-                       reason="no MQTT broker on 127.0.0.1:1883 (.ci/run starts Mosquitto)"),
+    pytest.mark.skipif(
+        not broker_answers(), reason="no MQTT broker on 127.0.0.1:1883 (.ci/run starts Mosquitto)"
+    ),
 ]
 
 
@@ -94,8 +95,7 @@ def test_json_loop_closes_and_a_dead_gateway_is_a_stale_hold(db: EdgeDb, running
     assert not any(retained for _, _, retained in gateway.setpoints)
     assert gateway.tc == gateway.setpoints[-1][1]["Tc"]
     coolant = cstr.SPEC.tag("Tc")
-    assert all(coolant.low <= values["Tc"] <= coolant.high
-               for _, values, _ in gateway.setpoints)
+    assert all(coolant.low <= values["Tc"] <= coolant.high for _, values, _ in gateway.setpoints)
     # A bad message changes nothing.
     rejected = bridge.rejected
     gateway.client.publish(bridge.topics.measurements, b'{"time_s": "soon"}', qos=1)
@@ -119,8 +119,7 @@ def test_json_loop_closes_and_a_dead_gateway_is_a_stale_hold(db: EdgeDb, running
 def test_sparkplug_births_data_seq_jumps_and_death(db: EdgeDb, running) -> None:
     stepper = db.start_loop()
     address = Address(f"test-{uuid.uuid4().hex[:8]}", "gw1", "reactor1")
-    bridge = MqttBridge(stepper, *BROKER, sparkplug=address, period_s=PERIOD_S,
-                        persistent=False)
+    bridge = MqttBridge(stepper, *BROKER, sparkplug=address, period_s=PERIOD_S, persistent=False)
     running(bridge.run)
     assert bridge.connected.wait(10)
     gateway = Gateway(stepper.run_id, *BROKER, address=address, period_s=PERIOD_S)

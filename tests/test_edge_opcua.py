@@ -49,8 +49,9 @@ def check_written_within_limits(written: list) -> None:
     for (t0, a, _), (t1, b, readback) in zip(written, written[1:], strict=False):
         assert coolant.low <= b["Tc"] <= coolant.high
         allowed = coolant.rate_limit * (t1 - t0) + 1e-9
-        assert min(abs(b["Tc"] - base) for base in (a["Tc"], readback.get("Tc", a["Tc"]))) \
-            <= allowed
+        assert (
+            min(abs(b["Tc"] - base) for base in (a["Tc"], readback.get("Tc", a["Tc"]))) <= allowed
+        )
 
 
 def test_the_map_is_checked_against_the_process() -> None:
@@ -109,8 +110,14 @@ def test_refused_write_and_lost_connection_are_recorded(db: EdgeDb) -> None:
     stepper = db.start_loop()
     port = free_port()
     plant = SimulatedPlant(port, tick_s=0.02)
-    loop = OpcUaLoop(plant.endpoint, plant.node_map(0), stepper, period_s=PERIOD_S,
-                     backoff_s=(0.1, 0.4), timeout_s=1.0)
+    loop = OpcUaLoop(
+        plant.endpoint,
+        plant.node_map(0),
+        stepper,
+        period_s=PERIOD_S,
+        backoff_s=(0.1, 0.4),
+        timeout_s=1.0,
+    )
 
     async def scenario() -> None:
         await plant.start()
@@ -134,11 +141,13 @@ def test_refused_write_and_lost_connection_are_recorded(db: EdgeDb) -> None:
     asyncio.run(scenario())
     refused = db.events(stepper.run_id, WRITE_REFUSED)
     assert len(refused) == loop.stats.refused_writes >= 2
-    assert refused[0].tag == "Tc" and "BadNotWritable" in refused[0].message \
+    assert (
+        refused[0].tag == "Tc"
+        and "BadNotWritable" in refused[0].message
         or "BadUserAccessDenied" in refused[0].message
+    )
     alarm = {(a.kind, a.tag): a for a in db.alarms(stepper.run_id)}[("fallback", "Tc")]
-    assert "refused" in alarm.message and alarm.state in ("unacknowledged",
-                                                          "rtn_unacknowledged")
+    assert "refused" in alarm.message and alarm.state in ("unacknowledged", "rtn_unacknowledged")
     lost = [e.message for e in db.events(stepper.run_id, EDGE_STALE)]
     assert sum("connection to opc.tcp" in m for m in lost) == loop.stats.holds["connection"]
     assert loop.stats.reconnects >= 2
@@ -167,11 +176,24 @@ def test_twin_connect_opcua_serves_a_loop_until_sigterm(db: EdgeDb, tmp_path) ->
     thread = threading.Thread(target=serve_plant, daemon=True)
     thread.start()
     assert serving.wait(180)  # an asyncua server loads its address space: slow when busy
-    command = [sys.executable, "-m", "api.cli", "connect", "opcua", "--endpoint",
-               plant.endpoint, "--map", str(map_file), "--loop", str(stepper.run_id),
-               "--period", "0.2", "--database-url", url]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "api.cli",
+        "connect",
+        "opcua",
+        "--endpoint",
+        plant.endpoint,
+        "--map",
+        str(map_file),
+        "--loop",
+        str(stepper.run_id),
+        "--period",
+        "0.2",
+        "--database-url",
+        url,
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while len(db.steps(stepper.run_id)) < 3:
@@ -184,7 +206,23 @@ def test_twin_connect_opcua_serves_a_loop_until_sigterm(db: EdgeDb, tmp_path) ->
         thread.join(timeout=30)
     assert child.returncode == 0, output
     assert "step(s) written" in output
-    bad = subprocess.run([sys.executable, "-m", "api.cli", "connect", "opcua", "--endpoint",
-                          "http://plant", "--map", str(map_file), "--loop", "1",
-                          "--database-url", url], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "connect",
+            "opcua",
+            "--endpoint",
+            "http://plant",
+            "--map",
+            str(map_file),
+            "--loop",
+            "1",
+            "--database-url",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "must start with opc.tcp://" in bad.stdout

@@ -53,18 +53,25 @@ def until(predicate: Callable[[], bool], timeout_s: float = 120.0) -> None:
 
 def start_worker(db_url: str, once: bool = False) -> subprocess.Popen[bytes]:
     """A worker process, as `twin worker` runs it, with short heartbeats for the test."""
-    code = (f"from api.worker import run_worker; run_worker({db_url!r}, poll_seconds=0.1, "
-            f"once={once}, heartbeat_s={FAST['heartbeat_s']}, "
-            f"stale_after_s={FAST['stale_after_s']})")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    code = (
+        f"from api.worker import run_worker; run_worker({db_url!r}, poll_seconds=0.1, "
+        f"once={once}, heartbeat_s={FAST['heartbeat_s']}, "
+        f"stale_after_s={FAST['stale_after_s']})"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
-def test_no_job_runs_twice_with_two_worker_processes(db_url: str, session: Session,
-                                                     reader: Engine) -> None:
-    ids = [services.enqueue_training(session, "cstr", tiny(train={"epochs": 1},
-                                                          model_name=f"unit{i}")).id
-           for i in range(4)]
+def test_no_job_runs_twice_with_two_worker_processes(
+    db_url: str, session: Session, reader: Engine
+) -> None:
+    ids = [
+        services.enqueue_training(
+            session, "cstr", tiny(train={"epochs": 1}, model_name=f"unit{i}")
+        ).id
+        for i in range(4)
+    ]
     workers = [start_worker(db_url, once=True) for _ in range(2)]
     try:
         for worker in workers:
@@ -82,8 +89,9 @@ def test_no_job_runs_twice_with_two_worker_processes(db_url: str, session: Sessi
         assert dict(per_job.all()) == {f"unit{i}": 1 for i in range(4)}  # one model each
 
 
-def test_a_killed_worker_s_job_is_picked_up_again(db_url: str, session: Session,
-                                                  reader: Engine) -> None:
+def test_a_killed_worker_s_job_is_picked_up_again(
+    db_url: str, session: Session, reader: Engine
+) -> None:
     run_id = services.enqueue_training(session, "cstr", tiny(train={"epochs": 4})).id
     victim = start_worker(db_url)
     try:
@@ -104,8 +112,9 @@ def test_a_killed_worker_s_job_is_picked_up_again(db_url: str, session: Session,
     assert len(services.list_models(session)) == 1
 
 
-def test_retry_limit_and_a_reclaimed_worker_cannot_register(session: Session,
-                                                           engine: Engine) -> None:
+def test_retry_limit_and_a_reclaimed_worker_cannot_register(
+    session: Session, engine: Engine
+) -> None:
     first = services.enqueue_training(session, "cstr", TINY)
     claimed = jobs.claim_next_job(session)
     lease = job_leases.take(session, claimed, worker="host:1")
@@ -127,8 +136,9 @@ def test_retry_limit_and_a_reclaimed_worker_cannot_register(session: Session,
     assert "gave up after 2 attempt(s)" in failed.metrics["error"]
 
 
-def test_a_cancelled_job_stops_in_a_worker_process(db_url: str, session: Session,
-                                                   reader: Engine) -> None:
+def test_a_cancelled_job_stops_in_a_worker_process(
+    db_url: str, session: Session, reader: Engine
+) -> None:
     run_id = services.enqueue_training(session, "cstr", tiny(train={"epochs": 500})).id
     worker = start_worker(db_url)
     try:

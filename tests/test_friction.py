@@ -28,10 +28,22 @@ FLOW_TAGS: dict[str, Any] = {
     "name": "feed_line",
     "sample_period_s": 1,
     "tags": [
-        {"name": "level", "role": "sensor", "unit": "%", "low": 0.0, "high": 100.0,
-         "controlled": True},
-        {"name": "flow", "role": "actuator", "unit": "L/min", "low": 0.0, "high": 300.0,
-         "rate_limit": RATE},
+        {
+            "name": "level",
+            "role": "sensor",
+            "unit": "%",
+            "low": 0.0,
+            "high": 100.0,
+            "controlled": True,
+        },
+        {
+            "name": "flow",
+            "role": "actuator",
+            "unit": "L/min",
+            "low": 0.0,
+            "high": 300.0,
+            "rate_limit": RATE,
+        },
     ],
     "baseline": [{"sensor": "level", "actuator": "flow", "kp": 1.5, "ti_s": 40.0}],
 }
@@ -104,8 +116,7 @@ def _register_a_model(db_url: str) -> None:
         services.register_model(session, "feed_line", "jepa", b"checkpoint", {}, {})
 
 
-def test_api_versions_a_tag_file_whose_tags_are_unchanged(client: TestClient,
-                                                         db_url: str) -> None:
+def test_api_versions_a_tag_file_whose_tags_are_unchanged(client: TestClient, db_url: str) -> None:
     first = client.post("/api/processes", json=FLOW_TAGS)
     assert first.status_code == 201, first.text
     assert first.json()["spec"]["version"] == 1
@@ -119,8 +130,10 @@ def test_api_versions_a_tag_file_whose_tags_are_unchanged(client: TestClient,
     stored = client.get("/api/processes").json()
     assert [p["spec"]["version"] for p in stored if p["name"] == "feed_line"] == [2]
 
-    new_tags = {**_with_gain(0.9), "tags": [{**FLOW_TAGS["tags"][0], "high": 90.0},
-                                             FLOW_TAGS["tags"][1]]}
+    new_tags = {
+        **_with_gain(0.9),
+        "tags": [{**FLOW_TAGS["tags"][0], "high": 90.0}, FLOW_TAGS["tags"][1]],
+    }
     clash = client.post("/api/processes", json=new_tags)
     assert clash.status_code == 409
     assert "already has trained models on other tags (changed: tags)" in clash.json()["detail"]
@@ -131,8 +144,11 @@ def test_api_versions_a_tag_file_whose_tags_are_unchanged(client: TestClient,
 @pytest.fixture
 def tag_files(tmp_path: Path) -> dict[str, Path]:
     paths = {}
-    for name, spec in (("v1", FLOW_TAGS), ("gain", _with_gain(0.9)),
-                       ("tags", {**FLOW_TAGS, "sample_period_s": 2})):
+    for name, spec in (
+        ("v1", FLOW_TAGS),
+        ("gain", _with_gain(0.9)),
+        ("tags", {**FLOW_TAGS, "sample_period_s": 2}),
+    ):
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(spec))
     paths["log"] = tmp_path / "log.csv"
@@ -141,14 +157,28 @@ def tag_files(tmp_path: Path) -> dict[str, Path]:
 
 
 def _train(spec: Path, log: Path, out: Path, url: str) -> Any:
-    return runner.invoke(cli, ["train", "--spec", str(spec), "--data", str(log), "--out",
-                               str(out), "--database-url", url, "--epochs", "1"])
+    return runner.invoke(
+        cli,
+        [
+            "train",
+            "--spec",
+            str(spec),
+            "--data",
+            str(log),
+            "--out",
+            str(out),
+            "--database-url",
+            url,
+            "--epochs",
+            "1",
+        ],
+    )
 
 
 @pytest.mark.slow
-def test_cli_versions_the_tag_file_as_the_api_does(tag_files: dict[str, Path],
-                                                  client: TestClient, db_url: str,
-                                                  tmp_path: Path) -> None:
+def test_cli_versions_the_tag_file_as_the_api_does(
+    tag_files: dict[str, Path], client: TestClient, db_url: str, tmp_path: Path
+) -> None:
     first = _train(tag_files["v1"], tag_files["log"], tmp_path / "a.pt", db_url)
     assert first.exit_code == 0, first.output
     assert "spec version 1 (new)" in first.output
@@ -161,16 +191,18 @@ def test_cli_versions_the_tag_file_as_the_api_does(tag_files: dict[str, Path],
     assert client.post("/api/processes", json=FLOW_TAGS).json()["spec"]["version"] == 3
 
 
-def test_cli_refuses_changed_tags_before_training(tag_files: dict[str, Path], db_url: str,
-                                                 tmp_path: Path) -> None:
+def test_cli_refuses_changed_tags_before_training(
+    tag_files: dict[str, Path], db_url: str, tmp_path: Path
+) -> None:
     with open_session(db_url) as session:
         services.define_process(session, ProcessSpec.from_dict(FLOW_TAGS))
     _register_a_model(db_url)
     out = tmp_path / "c.pt"
     refused = _train(tag_files["tags"], tag_files["log"], out, db_url)
     assert refused.exit_code == 2, refused.output
-    assert "already has trained models on other tags (changed: sample_period_s)" in \
-        " ".join(refused.output.split())
+    assert "already has trained models on other tags (changed: sample_period_s)" in " ".join(
+        refused.output.split()
+    )
     assert not out.exists()  # refused before any training
     with open_session(db_url) as session:
         stored = services.spec_of(services.get_process(session, "feed_line"))

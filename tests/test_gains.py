@@ -35,12 +35,21 @@ def _with_effects(effects: list[dict]) -> dict:
 
 def test_effects_load_from_a_tag_file(tmp_path):
     path = tmp_path / "unit.yaml"
-    path.write_text(yaml.safe_dump(_with_effects(
-        [{"actuator": "Tc", "sensor": "T", "sign": "positive"},
-         {"actuator": "Tc", "sensor": "Ca", "sign": "negative"}])))
+    path.write_text(
+        yaml.safe_dump(
+            _with_effects(
+                [
+                    {"actuator": "Tc", "sensor": "T", "sign": "positive"},
+                    {"actuator": "Tc", "sensor": "Ca", "sign": "negative"},
+                ]
+            )
+        )
+    )
     spec = ProcessSpec.load(path)
     assert [(e.actuator, e.sensor, e.direction) for e in spec.effects] == [
-        ("Tc", "T", 1.0), ("Tc", "Ca", -1.0)]
+        ("Tc", "T", 1.0),
+        ("Tc", "Ca", -1.0),
+    ]
     assert ProcessSpec.from_dict(spec.to_dict()) == spec
 
 
@@ -50,21 +59,35 @@ def test_a_spec_without_effects_declares_none():
     assert ProcessSpec.from_dict(data).effects == ()
 
 
-@pytest.mark.parametrize(("effects", "expected"), [
-    ([{"actuator": "T", "sensor": "T", "sign": "positive"}],
-     "effects[0] (T -> T): 'T' is not an actuator tag"),
-    ([{"actuator": "Tc", "sensor": "T", "sign": "positive"},
-      {"actuator": "Tc", "sensor": "Caf", "sign": "negative"}],
-     "effects[1] (Tc -> Caf): 'Caf' is not a sensor tag"),
-    ([{"actuator": "Tc", "sensor": "T", "sign": "up"}],
-     "effects[0] (Tc -> T) field 'sign'"),
-    ([{"actuator": "Tc", "sensor": "T", "sign": "positive"},
-      {"actuator": "Tc", "sensor": "T", "sign": "negative"}],
-     "effects[1] (Tc -> T): this pair is declared twice"),
-    ([{"actuator": "Tc", "sign": "positive"}], "effects[0] (Tc -> ?) field 'sensor'"),
-    ([{"actuator": "Tc", "sensor": "T", "sign": "positive", "gain": 2}],
-     "effects[0] (Tc -> T) field 'gain'"),
-])
+@pytest.mark.parametrize(
+    ("effects", "expected"),
+    [
+        (
+            [{"actuator": "T", "sensor": "T", "sign": "positive"}],
+            "effects[0] (T -> T): 'T' is not an actuator tag",
+        ),
+        (
+            [
+                {"actuator": "Tc", "sensor": "T", "sign": "positive"},
+                {"actuator": "Tc", "sensor": "Caf", "sign": "negative"},
+            ],
+            "effects[1] (Tc -> Caf): 'Caf' is not a sensor tag",
+        ),
+        ([{"actuator": "Tc", "sensor": "T", "sign": "up"}], "effects[0] (Tc -> T) field 'sign'"),
+        (
+            [
+                {"actuator": "Tc", "sensor": "T", "sign": "positive"},
+                {"actuator": "Tc", "sensor": "T", "sign": "negative"},
+            ],
+            "effects[1] (Tc -> T): this pair is declared twice",
+        ),
+        ([{"actuator": "Tc", "sign": "positive"}], "effects[0] (Tc -> ?) field 'sensor'"),
+        (
+            [{"actuator": "Tc", "sensor": "T", "sign": "positive", "gain": 2}],
+            "effects[0] (Tc -> T) field 'gain'",
+        ),
+    ],
+)
 def test_a_bad_effect_is_named_in_the_error(effects, expected):
     with pytest.raises(SpecError) as err:
         ProcessSpec.from_dict(_with_effects(effects))
@@ -72,23 +95,28 @@ def test_a_bad_effect_is_named_in_the_error(effects, expected):
 
 
 def test_built_in_processes_declare_the_physically_certain_signs():
-    declared = {name: {(e.actuator, e.sensor): e.sign for e in get_spec(name).effects}
-                for name in ("cstr", "glucose", "turbofan")}
+    declared = {
+        name: {(e.actuator, e.sensor): e.sign for e in get_spec(name).effects}
+        for name in ("cstr", "glucose", "turbofan")
+    }
     assert declared["cstr"][("Tc", "T")] == "positive"
     assert declared["glucose"][("basal", "CGM")] == "negative"
     assert declared["glucose"][("bolus", "CGM")] == "negative"
-    assert {declared["turbofan"][("Wf", s)] for s in ("Nf", "Nc", "T50", "Fn")} == {
-        "positive"}
+    assert {declared["turbofan"][("Wf", s)] for s in ("Nf", "Nc", "T50", "Fn")} == {"positive"}
 
 
 # -- the sign penalty ------------------------------------------------------------------------
 
+
 def _tiny_batch(layout_dims: tuple[int, int, int], horizon: int = 4, size: int = 8):
     feature, actions, _ = layout_dims
     generator = torch.Generator().manual_seed(0)
-    return {"windows": torch.randn(size, horizon + 1, TINY_MODEL.window, 2 * feature,
-                                   generator=generator),
-            "actions": torch.randn(size, horizon, actions, generator=generator)}
+    return {
+        "windows": torch.randn(
+            size, horizon + 1, TINY_MODEL.window, 2 * feature, generator=generator
+        ),
+        "actions": torch.randn(size, horizon, actions, generator=generator),
+    }
 
 
 @pytest.mark.parametrize("dose", [False, True])
@@ -102,15 +130,17 @@ def test_the_sign_penalty_charges_exactly_the_wrong_signed_side(dose):
         z0 = model.encode(batch["windows"][:, 0])
         actions = held_on(batch["actions"], SIGN_HORIZON * batch["actions"].shape[1])
         assert actions.shape[1] > batch["actions"].shape[1]
-        moved = [model.readout(m.rollout(z0, stepped(actions, 0, 1.0, dose)))
-                 - model.readout(m.rollout(z0, actions)) for m in model.members()]
+        moved = [
+            model.readout(m.rollout(z0, stepped(actions, 0, 1.0, dose)))
+            - model.readout(m.rollout(z0, actions))
+            for m in model.members()
+        ]
         both = sum(change[..., 1].abs().mean() for change in moved)
         assert float(both) > 0
         penalty_up = sign_penalty(model, batch, up)
         penalty_down = sign_penalty(model, batch, down)
     # each step's change is charged on one side only: the two sum to its size
-    assert float(penalty_up + penalty_down) == pytest.approx(SIGN_WEIGHT * float(both),
-                                                             rel=1e-5)
+    assert float(penalty_up + penalty_down) == pytest.approx(SIGN_WEIGHT * float(both), rel=1e-5)
     assert sign_penalty(model, batch, []).item() == 0.0
 
 
@@ -127,8 +157,7 @@ def test_the_penalty_joins_the_training_loss_only_where_effects_are_declared():
 
     assert with_sign_penalty(plain, []) is plain
     model = JEPA(TINY_MODEL, feature_dim=5, action_dim=1, observed_dim=4)
-    signed = with_sign_penalty(plain, [EffectPair(0, 1, 1.0, False),
-                                       EffectPair(0, 1, -1.0, False)])
+    signed = with_sign_penalty(plain, [EffectPair(0, 1, 1.0, False), EffectPair(0, 1, -1.0, False)])
     loss, parts = signed(model, _tiny_batch((5, 1, 4)), None)
     assert parts["sign"] > 0 and loss.item() == pytest.approx(1.0 + parts["sign"])
 
@@ -137,11 +166,13 @@ def test_effect_pairs_index_the_twin_layout():
     spec = get_spec("glucose")
     pairs = effect_pairs(spec, Layout.from_spec(spec))
     layout = Layout.from_spec(spec)
-    assert [(layout.actions[p.actuator], layout.observed[p.sensor], p.direction)
-            for p in pairs] == [(e.actuator, e.sensor, e.direction) for e in spec.effects]
+    assert [
+        (layout.actions[p.actuator], layout.observed[p.sensor], p.direction) for p in pairs
+    ] == [(e.actuator, e.sensor, e.direction) for e in spec.effects]
 
 
 # -- the plant's step test -------------------------------------------------------------------
+
 
 def test_the_cstr_plant_gain_is_the_slope_between_steady_states():
     step = 2.0
@@ -159,7 +190,8 @@ def test_more_insulin_lowers_a_patients_glucose():
     assert gains[("basal", "IOB")] > 0 and gains[("bolus", "IOB")] > 0
     # the patient is the one whose pump settings the spec carries, unless one is named
     assert plant_gains(spec, {"basal": 0.4}, 60, ["CGM"], patient="child#001") == {
-        ("basal", "CGM"): gains[("basal", "CGM")]}
+        ("basal", "CGM"): gains[("basal", "CGM")]
+    }
     adult = plant_gains(glucose.spec_for("adult#001"), {"basal": 0.4}, 60, ["CGM"])
     assert adult[("basal", "CGM")] != gains[("basal", "CGM")]
 
@@ -171,6 +203,7 @@ def test_a_process_without_a_plant_step_test_is_refused():
 
 
 # -- the gain check of a trained twin ---------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_the_gain_check_table_of_a_twin():
@@ -194,8 +227,9 @@ def test_training_holds_a_declared_sign_against_the_data():
     gain towards it: the penalty acts, it is not decoration."""
     df = training_log(1.5, 3)
     free = cstr.SPEC.model_copy(update={"effects": ()})
-    wrong = ProcessSpec.from_dict({**cstr_spec_dict(), "effects": [
-        {"actuator": "Tc", "sensor": "T", "sign": "negative"}]})
+    wrong = ProcessSpec.from_dict(
+        {**cstr_spec_dict(), "effects": [{"actuator": "Tc", "sensor": "T", "sign": "negative"}]}
+    )
     gains = {}
     for label, spec in (("free", free), ("wrong", wrong)):
         twin, _ = train_twin(df, spec, tiny_config(epochs=3), show_progress=False)
@@ -205,6 +239,7 @@ def test_training_holds_a_declared_sign_against_the_data():
 
 
 # -- excitation that separates insulin from meals ------------------------------------------
+
 
 def test_glucose_excitation_gives_insulin_off_the_meal_schedule_within_the_limits():
     log = glucose.generate_training_log(hours=48.0, seed=1, patient="adult#001")

@@ -27,8 +27,13 @@ from api.worker import run_worker
 # Small enough to train in about a second on a CPU.
 TINY: dict[str, Any] = {
     "data": {"source": "simulator", "hours": 0.3, "seed": 1},
-    "train": {"epochs": 2, "seed": 0, "batch_size": 64, "rollout_steps": 4,
-              "model": {"window": 8, "encoder_hidden": 32, "predictor_hidden": 32}},
+    "train": {
+        "epochs": 2,
+        "seed": 0,
+        "batch_size": 64,
+        "rollout_steps": 4,
+        "model": {"window": 8, "encoder_hidden": 32, "predictor_hidden": 32},
+    },
     "model_name": "tiny",
 }
 
@@ -68,8 +73,9 @@ def progress_hook(monkeypatch: pytest.MonkeyPatch, other_engine: Engine):
     def record(session: Session, run_id: int, epoch_metrics: dict[str, Any]) -> Run:
         run = original(session, run_id, epoch_metrics)
         seen = read_run(other_engine, run_id)
-        hook.seen.append((seen.status, seen.metrics["progress"]["epoch"],
-                          seen.metrics["progress"]["of"]))
+        hook.seen.append(
+            (seen.status, seen.metrics["progress"]["epoch"], seen.metrics["progress"]["of"])
+        )
         hook.after(epoch_metrics["epoch"])
         return run
 
@@ -89,8 +95,9 @@ def progress_hook(monkeypatch: pytest.MonkeyPatch, other_engine: Engine):
 # ---------------------------------------------------------------- running jobs
 
 
-def test_worker_trains_and_registers_the_model(db_url: str, session: Session,
-                                               other_engine: Engine, progress_hook) -> None:
+def test_worker_trains_and_registers_the_model(
+    db_url: str, session: Session, other_engine: Engine, progress_hook
+) -> None:
     run = services.enqueue_training(session, "cstr", TINY)
     assert (run.kind, run.status, run.controller) == ("train", "queued", "jepa")
     assert run.config == {"process": "cstr", **TINY}
@@ -120,16 +127,19 @@ def test_worker_trains_and_registers_the_model(db_url: str, session: Session,
         services.cancel_job(session, run.id)
 
 
-def test_csv_job_and_a_failing_job(db_url: str, session: Session, other_engine: Engine,
-                                   tmp_path) -> None:
+def test_csv_job_and_a_failing_job(
+    db_url: str, session: Session, other_engine: Engine, tmp_path
+) -> None:
     from processes.cstr import generate_training_log
 
     path = tmp_path / "log.csv"
     generate_training_log(hours=0.3, seed=2).to_csv(path, index=False)
-    good = services.enqueue_training(session, "cstr",
-                                     tiny(data={"source": "csv", "path": str(path)}))
+    good = services.enqueue_training(
+        session, "cstr", tiny(data={"source": "csv", "path": str(path)})
+    )
     missing = services.enqueue_training(
-        session, "cstr", tiny(data={"source": "csv", "path": str(tmp_path / "nope.csv")}))
+        session, "cstr", tiny(data={"source": "csv", "path": str(tmp_path / "nope.csv")})
+    )
     after = services.enqueue_training(session, "cstr", tiny(model_name="after"))
 
     assert run_worker(db_url, poll_seconds=0.01, once=True) == 3
@@ -144,9 +154,9 @@ def test_csv_job_and_a_failing_job(db_url: str, session: Session, other_engine: 
     assert read_run(other_engine, after.id).status == "succeeded"
 
 
-def test_cancel_a_running_job_stops_it_after_the_epoch(db_url: str, session: Session,
-                                                        other_engine: Engine,
-                                                        progress_hook) -> None:
+def test_cancel_a_running_job_stops_it_after_the_epoch(
+    db_url: str, session: Session, other_engine: Engine, progress_hook
+) -> None:
     run = services.enqueue_training(session, "cstr", tiny(train={"epochs": 50}))
 
     def cancel(epoch: int) -> None:
@@ -166,8 +176,9 @@ def test_cancel_a_running_job_stops_it_after_the_epoch(db_url: str, session: Ses
     assert services.cancel_job(session, run.id).status == "stopped"  # harmless again
 
 
-def test_worker_shutdown_hands_the_job_back(db_url: str, session: Session,
-                                            other_engine: Engine, progress_hook) -> None:
+def test_worker_shutdown_hands_the_job_back(
+    db_url: str, session: Session, other_engine: Engine, progress_hook
+) -> None:
     run = services.enqueue_training(session, "cstr", TINY)
     stop = threading.Event()
     progress_hook.after = lambda epoch: stop.set()
@@ -222,8 +233,11 @@ def test_a_built_in_process_trains_with_its_recipe_under_the_jobs_settings() -> 
     default = jobs.train_config(jobs.parse_job_config("turbofan", {"data": TINY["data"]}))
     assert default == recipe.train_config()
     assert default.model.predictor_layers == 2 != JEPAConfig().predictor_layers
-    given = jobs.train_config(jobs.parse_job_config("turbofan", tiny(
-        train={"model": {"window": 8, "predictor_layers": 3}})))
+    given = jobs.train_config(
+        jobs.parse_job_config(
+            "turbofan", tiny(train={"model": {"window": 8, "predictor_layers": 3}})
+        )
+    )
     assert (given.model.predictor_layers, given.model.window, given.epochs) == (3, 8, 2)
     assert given.predicted_readout_weight == recipe.predicted_readout_weight == 25.0
 
@@ -232,8 +246,10 @@ def test_bad_config_is_refused_and_nothing_stored(client: TestClient, session: S
     bad_bodies = {
         "train.epochs": {"process": "cstr", **tiny(train={"epochs": 0})},
         "train.learning_rte": {"process": "cstr", **tiny(train={"learning_rte": 0.1})},
-        "data.simulator.hours": {"process": "cstr",
-                                 **tiny(data={"source": "simulator", "hours": -1})},
+        "data.simulator.hours": {
+            "process": "cstr",
+            **tiny(data={"source": "simulator", "hours": -1}),
+        },
         "data": {"process": "cstr", **tiny(data={"source": "ftp", "path": "x"})},
         "train.model.window": {"process": "cstr", **tiny(train={"model": {"window": 1}})},
         "model_name": {"process": "cstr", **tiny(model_name="")},
@@ -248,8 +264,10 @@ def test_bad_config_is_refused_and_nothing_stored(client: TestClient, session: S
     response = client.post("/api/jobs/train", json={"process": "no-such", **TINY})
     assert response.status_code == 422
     assert "no built-in simulator" in response.json()["detail"]
-    response = client.post("/api/jobs/train", json={
-        "process": "no-such", **tiny(data={"source": "csv", "path": "a.csv"})})
+    response = client.post(
+        "/api/jobs/train",
+        json={"process": "no-such", **tiny(data={"source": "csv", "path": "a.csv"})},
+    )
     assert response.status_code == 422 and "unknown process" in response.json()["detail"]
 
     with pytest.raises(Invalid, match=r"train\.epochs: Input should be a valid integer"):
@@ -278,8 +296,7 @@ def test_cancel_a_queued_job(client: TestClient, db_url: str) -> None:
     assert client.post("/api/jobs/9999/cancel").status_code == 404
 
 
-def test_jobs_routes_refuse_other_runs(client: TestClient, session: Session,
-                                       make_episode) -> None:
+def test_jobs_routes_refuse_other_runs(client: TestClient, session: Session, make_episode) -> None:
     episode = services.store_episode(session, make_episode(3))
     assert client.get(f"/api/jobs/{episode.id}").status_code == 404
     assert client.post(f"/api/jobs/{episode.id}/cancel").status_code == 404
@@ -330,8 +347,9 @@ def test_claims_are_oldest_first_and_never_shared(session: Session, engine: Engi
     assert set(statuses) == {"running"}
 
 
-def test_a_locked_job_is_skipped_not_waited_for(db_url: str, session: Session,
-                                                engine: Engine, other_engine: Engine) -> None:
+def test_a_locked_job_is_skipped_not_waited_for(
+    db_url: str, session: Session, engine: Engine, other_engine: Engine
+) -> None:
     """PostgreSQL: while one worker's transaction holds the oldest job's row (mid-claim),
     another worker gets the next job at once (SKIP LOCKED) instead of blocking."""
     if engine.dialect.name != "postgresql":

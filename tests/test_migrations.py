@@ -13,9 +13,20 @@ from api.db import make_engine, normalize_url
 from api.orm import Base
 from api.settings import Settings
 
-TABLES = {"processes", "models", "runs", "run_steps", "run_values", "run_events",
-          "api_keys", "audit_log", "model_activations", "alarms", "alarm_events",
-          "alarm_cursors"}
+TABLES = {
+    "processes",
+    "models",
+    "runs",
+    "run_steps",
+    "run_values",
+    "run_events",
+    "api_keys",
+    "audit_log",
+    "model_activations",
+    "alarms",
+    "alarm_events",
+    "alarm_cursors",
+}
 
 
 def _chain() -> list[str]:
@@ -72,8 +83,9 @@ def test_indexes_exist(db_url: str) -> None:
     try:
         inspector = inspect(engine)
         lookup = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("run_values")}
-        uniques = {u["name"]: u["column_names"]
-                   for u in inspector.get_unique_constraints("run_steps")}
+        uniques = {
+            u["name"]: u["column_names"] for u in inspector.get_unique_constraints("run_steps")
+        }
     finally:
         engine.dispose()
     assert lookup["ix_run_values_lookup"] == ["run_id", "channel", "tag", "step"]
@@ -99,8 +111,9 @@ def test_sqlite_relative_path(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None
     assert migrate.is_up_to_date(url)
 
 
-def test_upgrade_reads_database_url_from_the_environment(tmp_path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upgrade_reads_database_url_from_the_environment(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'env.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     migrate.upgrade()
@@ -119,11 +132,14 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://u:p@h:5432/d",
-    "postgres://u:p@h/d",
-    "postgresql+psycopg2://u@h/d",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@h:5432/d",
+        "postgres://u:p@h/d",
+        "postgresql+psycopg2://u@h/d",
+    ],
+)
 def test_plain_postgresql_urls_use_psycopg3(url: str) -> None:
     assert normalize_url(url).startswith("postgresql+psycopg://")
 
@@ -138,8 +154,7 @@ def test_migrations_dir_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     import shutil
 
     copy = tmp_path / "elsewhere"
-    shutil.copytree(migrate.REPO_MIGRATIONS_DIR, copy,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrate.REPO_MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("TWIN_MIGRATIONS_DIR", str(copy))
     assert migrate.migrations_dir() == copy
     url = f"sqlite:///{tmp_path / 'x.db'}"
@@ -150,8 +165,7 @@ def test_migrations_dir_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
         migrate.upgrade(url)
 
 
-def test_0003_backfills_loop_history_and_downgrades_without_losing_rows(
-        empty_db_url: str) -> None:
+def test_0003_backfills_loop_history_and_downgrades_without_losing_rows(empty_db_url: str) -> None:
     """Loops stored before the registry get their first activation; going back to 0002
     drops the new columns without touching the rows (no table rebuild on SQLite)."""
     from sqlalchemy import text
@@ -160,21 +174,34 @@ def test_0003_backfills_loop_history_and_downgrades_without_losing_rows(
     engine = make_engine(empty_db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO processes (id, name, spec, created_at) "
-                              "VALUES (1, 'cstr', '{}', CURRENT_TIMESTAMP)"))
-            conn.execute(text(
-                "INSERT INTO models (id, process_id, name, version, checkpoint, sha256, "
-                "size_bytes, config, metrics, created_at) VALUES (1, 1, 'jepa', 1, :blob, "
-                "'x', 1, '{}', '{}', CURRENT_TIMESTAMP)"), {"blob": b"w"})
+            conn.execute(
+                text(
+                    "INSERT INTO processes (id, name, spec, created_at) "
+                    "VALUES (1, 'cstr', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO models (id, process_id, name, version, checkpoint, sha256, "
+                    "size_bytes, config, metrics, created_at) VALUES (1, 1, 'jepa', 1, :blob, "
+                    "'x', 1, '{}', '{}', CURRENT_TIMESTAMP)"
+                ),
+                {"blob": b"w"},
+            )
             for run_id, kind in ((1, "control"), (2, "train")):
-                conn.execute(text(
-                    "INSERT INTO runs (id, kind, status, process_id, model_id, controller, "
-                    "config, metrics, started_at) VALUES (:id, :kind, 'running', 1, 1, 'c', "
-                    "'{}', '{}', CURRENT_TIMESTAMP)"), {"id": run_id, "kind": kind})
+                conn.execute(
+                    text(
+                        "INSERT INTO runs (id, kind, status, process_id, model_id, controller, "
+                        "config, metrics, started_at) VALUES (:id, :kind, 'running', 1, 1, 'c', "
+                        "'{}', '{}', CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": run_id, "kind": kind},
+                )
         migrate.upgrade(empty_db_url)
         with engine.connect() as conn:
-            history = conn.execute(text(
-                "SELECT run_id, model_id, previous_model_id FROM model_activations")).all()
+            history = conn.execute(
+                text("SELECT run_id, model_id, previous_model_id FROM model_activations")
+            ).all()
             assert [tuple(row) for row in history] == [(1, 1, None)]  # the loop, not training
             assert conn.execute(text("SELECT dataset_sha256 FROM models")).scalar() is None
         migrate.downgrade(empty_db_url, "0002")

@@ -129,8 +129,9 @@ def _assert_identical(a: Twin, b: Twin) -> None:
     assert torch.equal(a.bank.embeddings, b.bank.embeddings)
     assert torch.equal(a.bank.observed, b.bank.observed)
     assert torch.equal(a.bank.unsteadiness, b.bank.unsteadiness)
-    np.testing.assert_array_equal(a.goal_embedding({"T": 365.0}, {"Caf": 1.0}),
-                                  b.goal_embedding({"T": 365.0}, {"Caf": 1.0}))
+    np.testing.assert_array_equal(
+        a.goal_embedding({"T": 365.0}, {"Caf": 1.0}), b.goal_embedding({"T": 365.0}, {"Caf": 1.0})
+    )
     assert b.metrics["epochs"] == a.metrics["epochs"]
     assert not b.model.training
 
@@ -170,15 +171,19 @@ def _saved(obj: object) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("make", [
-    lambda good: b"",
-    lambda good: b"definitely not a checkpoint",
-    lambda good: good[: len(good) // 2],
-    lambda good: good[:-100],
-    lambda good: bytes(reversed(good)),
-    lambda good: _saved([1, 2, 3]),
-    lambda good: _saved({"format": 999, "spec": {}}),
-], ids=["empty", "junk", "half", "tail-cut", "reversed", "not-a-dict", "wrong-format"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda good: b"",
+        lambda good: b"definitely not a checkpoint",
+        lambda good: good[: len(good) // 2],
+        lambda good: good[:-100],
+        lambda good: bytes(reversed(good)),
+        lambda good: _saved([1, 2, 3]),
+        lambda good: _saved({"format": 999, "spec": {}}),
+    ],
+    ids=["empty", "junk", "half", "tail-cut", "reversed", "not-a-dict", "wrong-format"],
+)
 def test_corrupt_bytes_are_invalid_input(tiny: Twin, make) -> None:
     with pytest.raises(InvalidInput):
         Twin.from_bytes(make(tiny.to_bytes()))
@@ -256,15 +261,27 @@ def test_ensemble_member_zero_is_the_planning_predictor() -> None:
 
 def test_checkpoint_from_before_the_ensemble_still_loads(tiny: Twin) -> None:
     state = tiny.state()
-    legacy = JEPAConfig(**{**tiny.config.to_dict(), "ensemble_size": 1, "coarse_steps": 0,
-                           "present_skip": False, "window_norm": False})
+    legacy = JEPAConfig(
+        **{
+            **tiny.config.to_dict(),
+            "ensemble_size": 1,
+            "coarse_steps": 0,
+            "present_skip": False,
+            "window_norm": False,
+        }
+    )
     model = JEPA(legacy, tiny.layout.feature_dim, 1, len(tiny.layout.observed))
     config = legacy.to_dict()
     for key in ("ensemble_size", "coarse_steps", "present_skip", "window_norm"):
         del config[key]  # what a checkpoint written before those fields holds
     state.update(config=config, weights=model.state_dict())
-    wrapped = _saved({"format": state["format"], "payload": _saved(state),
-                      "sha256": hashlib.sha256(_saved(state)).hexdigest()})
+    wrapped = _saved(
+        {
+            "format": state["format"],
+            "payload": _saved(state),
+            "sha256": hashlib.sha256(_saved(state)).hexdigest(),
+        }
+    )
     loaded = Twin.from_bytes(wrapped)
     assert loaded.config == legacy
     assert len(loaded.model.members()) == 1
@@ -275,13 +292,15 @@ def test_unknown_collapse_method_is_refused() -> None:
     from twin.train import TrainConfig, train_twin
 
     with pytest.raises(ValueError, match="collapse must be one of"):
-        train_twin(training_log(1.5, 3), cstr.SPEC, TrainConfig(collapse="none"),
-                   show_progress=False)
+        train_twin(
+            training_log(1.5, 3), cstr.SPEC, TrainConfig(collapse="none"), show_progress=False
+        )
 
 
 @pytest.mark.parametrize("collapse", ["ema_vicreg", "sigreg"])
 def test_every_anti_collapse_method_trains(collapse: str) -> None:
     from dataclasses import replace
+
     twin, history = train(training_log(1.5, 3), replace(tiny_config(epochs=2), collapse=collapse))
     assert all(np.isfinite(h.train_loss) for h in history)
     assert history[-1].effective_rank > 1.5
@@ -297,7 +316,8 @@ def test_ensemble_rollout_matches_torch_and_follows_weight_changes(tiny: Twin) -
         with torch.no_grad():
             return twin.model.ensemble_rollout(
                 torch.tensor(z0, dtype=torch.float32)[None],
-                torch.tensor(actions, dtype=torch.float32)[None])[:, 0].numpy()
+                torch.tensor(actions, dtype=torch.float32)[None],
+            )[:, 0].numpy()
 
     fast = twin.ensemble_rollout(z0, actions)
     assert fast.shape == (len(twin.model.members()), 12, twin.config.embed_dim)
@@ -360,8 +380,7 @@ def test_log_is_one_full_line_per_epoch_when_not_a_terminal() -> None:
         display.finish(None)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("training twin: 3 epochs of 4 batches")
-    assert [line.split(" |")[0] for line in lines[1:]] == ["epoch 1/3", "epoch 2/3",
-                                                          "epoch 3/3"]
+    assert [line.split(" |")[0] for line in lines[1:]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all(long_summary in line for line in lines[1:])  # never wrapped or cut
     assert "\x1b" not in out.getvalue()  # no terminal escapes in a file
 

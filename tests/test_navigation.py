@@ -25,8 +25,10 @@ def _offline(html: str) -> None:
 
 
 def test_swagger_ui_and_redoc_load_their_assets_from_this_server(client: TestClient) -> None:
-    for path, asset in (("/docs", "/docs-static/swagger-ui-bundle.js"),
-                        ("/redoc", "/docs-static/redoc.standalone.js")):
+    for path, asset in (
+        ("/docs", "/docs-static/swagger-ui-bundle.js"),
+        ("/redoc", "/docs-static/redoc.standalone.js"),
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         assert asset in response.text
@@ -44,8 +46,9 @@ def test_every_top_bar_link_is_a_page(client: TestClient) -> None:
         assert response.headers["content-type"].startswith("text/html"), path
 
 
-@pytest.mark.parametrize("path", ["/models/99", "/runs/99", "/no/such/page",
-                                  "/runs/abc", "/compare?runs=98&runs=99"])
+@pytest.mark.parametrize(
+    "path", ["/models/99", "/runs/99", "/no/such/page", "/runs/abc", "/compare?runs=98&runs=99"]
+)
 def test_dashboard_errors_are_pages(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code in (404, 422), path
@@ -61,25 +64,56 @@ def test_api_errors_stay_json(client: TestClient) -> None:
 
 
 def _register(session: Session, metrics: dict, checkpoint: bytes | None = None) -> tuple[int, int]:
-    provenance = DataProvenance(sha256="ab" * 32, rows=7200, start_s=0.0, end_s=43_194.0,
-                                source="file:/data/cstr_train.parquet")
-    model = services.register_model(session, "cstr", "jepa", checkpoint or b"x" * 2_848_365,
-                                    {"train": {"epochs": 20}}, metrics, provenance=provenance)
-    run = services.create_run(session, kind="train", process="cstr", controller="jepa",
-                              config={"train": {"epochs": 20}, "data": {"path": "x"}},
-                              model_id=model.id)
+    provenance = DataProvenance(
+        sha256="ab" * 32,
+        rows=7200,
+        start_s=0.0,
+        end_s=43_194.0,
+        source="file:/data/cstr_train.parquet",
+    )
+    model = services.register_model(
+        session,
+        "cstr",
+        "jepa",
+        checkpoint or b"x" * 2_848_365,
+        {"train": {"epochs": 20}},
+        metrics,
+        provenance=provenance,
+    )
+    run = services.create_run(
+        session,
+        kind="train",
+        process="cstr",
+        controller="jepa",
+        config={"train": {"epochs": 20}, "data": {"path": "x"}},
+        model_id=model.id,
+    )
     services.finish_run(session, run.id, "succeeded", metrics)
     return model.id, run.id
 
 
-_CUT = {"epochs": 5, "epochs_asked": 20, "epochs_done": 4.4, "stopped_by_budget": True,
-        "train_seconds": 270.0, "holdout_prediction": 0.0123,
-        "budget_note": "training stopped by its time budget (4 min 30 s) after 4.4 of 20 "
-                       "epochs (22 %)",
-        "readout_rmse": {"T": 0.31, "Ca": 0.002},
-        "history": [{"epoch": e, "train_loss": 1.0 / e, "holdout_prediction": 0.1 / e,
-                     "effective_rank": 5.0, "dim_std_min": 0.9, "dim_std_mean": 1.0,
-                     "holdout_readout_rmse": {"T": 0.3}} for e in range(1, 6)]}
+_CUT = {
+    "epochs": 5,
+    "epochs_asked": 20,
+    "epochs_done": 4.4,
+    "stopped_by_budget": True,
+    "train_seconds": 270.0,
+    "holdout_prediction": 0.0123,
+    "budget_note": "training stopped by its time budget (4 min 30 s) after 4.4 of 20 epochs (22 %)",
+    "readout_rmse": {"T": 0.31, "Ca": 0.002},
+    "history": [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "holdout_prediction": 0.1 / e,
+            "effective_rank": 5.0,
+            "dim_std_min": 0.9,
+            "dim_std_mean": 1.0,
+            "holdout_readout_rmse": {"T": 0.3},
+        }
+        for e in range(1, 6)
+    ],
+}
 
 
 def test_models_list_names_sizes_and_budget_cuts(client: TestClient, session: Session) -> None:
@@ -90,8 +124,9 @@ def test_models_list_names_sizes_and_budget_cuts(client: TestClient, session: Se
     assert "cut by the time budget" in html
 
 
-def test_training_run_page_has_curves_provenance_and_its_model(client: TestClient,
-                                                               session: Session) -> None:
+def test_training_run_page_has_curves_provenance_and_its_model(
+    client: TestClient, session: Session
+) -> None:
     twin = tiny_twin()[0]
     model_id, run_id = _register(session, _CUT, twin.to_bytes())
     response = client.get(f"/runs/{run_id}")
@@ -114,8 +149,10 @@ def test_metric_names_and_sizes_read_as_words_and_units() -> None:
     assert metric_label("max_T_K", {"max_T_K": ("max T", "K")}) == "max T (K)"
     assert human_bytes(2_848_365) == "2.85 MB" and human_bytes(512) == "512 B"
     assert human_bytes(48_000) == "48 kB"
-    rows = {r.key: r.text for r in metric_rows({"readout_rmse": {"T": 0.31}, "history": []},
-                                               units={"T": "K"})}
+    rows = {
+        r.key: r.text
+        for r in metric_rows({"readout_rmse": {"T": 0.31}, "history": []}, units={"T": "K"})
+    }
     assert rows == {"readout_rmse": "T 0.31 K"}
 
 
@@ -143,10 +180,12 @@ def test_pages_send_a_browser_without_a_session_to_login(secure: TestClient) -> 
     assert secure.get("/api/runs").status_code == 401  # the JSON API still answers JSON
 
 
-def test_login_exchanges_a_key_for_an_httponly_signed_cookie(secure: TestClient,
-                                                             tokens: dict[Role, str]) -> None:
-    response = secure.post("/login", data={"api_key": tokens[Role.OPERATOR], "next": "/models"},
-                           follow_redirects=False)
+def test_login_exchanges_a_key_for_an_httponly_signed_cookie(
+    secure: TestClient, tokens: dict[Role, str]
+) -> None:
+    response = secure.post(
+        "/login", data={"api_key": tokens[Role.OPERATOR], "next": "/models"}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/models"
     cookie = response.headers["set-cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}=")
@@ -162,8 +201,9 @@ def test_login_exchanges_a_key_for_an_httponly_signed_cookie(secure: TestClient,
     assert secure.get("/models", follow_redirects=False).status_code == 303
 
 
-def test_bad_key_forged_cookie_and_revoked_key_get_no_page(secure: TestClient, session: Session,
-                                                           tokens: dict[Role, str]) -> None:
+def test_bad_key_forged_cookie_and_revoked_key_get_no_page(
+    secure: TestClient, session: Session, tokens: dict[Role, str]
+) -> None:
     bad = secure.post("/login", data={"api_key": "twin_abc_def"})
     assert bad.status_code == 401 and 'id="login-error"' in bad.text
     assert SESSION_COOKIE not in secure.cookies
@@ -178,8 +218,9 @@ def test_bad_key_forged_cookie_and_revoked_key_get_no_page(secure: TestClient, s
 
 def test_login_never_redirects_off_site(secure: TestClient, tokens: dict[Role, str]) -> None:
     for target in ("//evil.example/", "https://evil.example/", "/\\evil"):
-        response = secure.post("/login", data={"api_key": tokens[Role.VIEWER], "next": target},
-                               follow_redirects=False)
+        response = secure.post(
+            "/login", data={"api_key": tokens[Role.VIEWER], "next": target}, follow_redirects=False
+        )
         assert response.headers["location"] == "/", target
 
 

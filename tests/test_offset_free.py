@@ -116,11 +116,14 @@ def test_each_of_several_setpoints_gets_its_own_estimate(twin: Twin) -> None:
     goals.gains = {}  # the gain as given
     first = twin.readout(goals.goal_for(setpoints, {**base, "T": 350.0}))
     for _ in range(5):  # T reads 0.3 std low, Ca 0.2 std high
-        last = twin.readout(goals.goal_for(
-            setpoints, {**base, "T": 350.0 - 0.3 * std_t, "Ca": setpoints["Ca"] + 0.2 * std_ca}
-        ))
-    assert goals.disturbance["T"] == pytest.approx(-0.15) and goals.disturbance["Ca"] == \
-        pytest.approx(0.1)
+        last = twin.readout(
+            goals.goal_for(
+                setpoints, {**base, "T": 350.0 - 0.3 * std_t, "Ca": setpoints["Ca"] + 0.2 * std_ca}
+            )
+        )
+    assert goals.disturbance["T"] == pytest.approx(-0.15) and goals.disturbance[
+        "Ca"
+    ] == pytest.approx(0.1)
     assert float(last["T"] - first["T"]) == pytest.approx(0.15 * std_t, rel=0.15)
     assert float(last["Ca"] - first["Ca"]) == pytest.approx(-0.1 * std_ca, rel=0.15)
 
@@ -132,13 +135,37 @@ NOISE = 0.04  # sensor noise std (1 % of the 4-unit span the log covers)
 
 
 def _two_by_two_spec() -> ProcessSpec:
-    sensors = [Tag(name=f"y{i}", role=TagRole.SENSOR, unit="u", low=-20.0, high=20.0,
-                   nominal=0.0, controlled=True) for i in (1, 2)]
-    actuators = [Tag(name=f"u{i}", role=TagRole.ACTUATOR, unit="%", low=-1.0, high=1.0,
-                     rate_limit=0.1, nominal=0.0) for i in (1, 2)]
-    return ProcessSpec(name="two_by_two", description="coupled 2x2 first-order plant",
-                       sample_period_s=1.0, timestamp_column="time_s",
-                       tags=(*sensors, *actuators))
+    sensors = [
+        Tag(
+            name=f"y{i}",
+            role=TagRole.SENSOR,
+            unit="u",
+            low=-20.0,
+            high=20.0,
+            nominal=0.0,
+            controlled=True,
+        )
+        for i in (1, 2)
+    ]
+    actuators = [
+        Tag(
+            name=f"u{i}",
+            role=TagRole.ACTUATOR,
+            unit="%",
+            low=-1.0,
+            high=1.0,
+            rate_limit=0.1,
+            nominal=0.0,
+        )
+        for i in (1, 2)
+    ]
+    return ProcessSpec(
+        name="two_by_two",
+        description="coupled 2x2 first-order plant",
+        sample_period_s=1.0,
+        timestamp_column="time_s",
+        tags=(*sensors, *actuators),
+    )
 
 
 def _advance(x: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -163,16 +190,18 @@ def _two_by_two_log(rows: int = 2500, seed: int = 0) -> pd.DataFrame:
 def two_by_two() -> Twin:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return train_twin(_two_by_two_log(), _two_by_two_spec(), tiny_config(epochs=6),
-                          show_progress=False)[0]
+        return train_twin(
+            _two_by_two_log(), _two_by_two_spec(), tiny_config(epochs=6), show_progress=False
+        )[0]
 
 
 def _closed_loop_offsets(twin: Twin, offset_gain: float, steps: int = 160) -> np.ndarray:
     """Mean |error| over the last quarter, per sensor, in noise stds, with the plant's
     outputs off the twin's by a steady bias (an unmeasured disturbance after training)."""
     rng = np.random.default_rng(1)
-    controller = TwinController(twin, make_planner("casadi", twin), offset_gain=offset_gain,
-                                tracking_weight=40.0)
+    controller = TwinController(
+        twin, make_planner("casadi", twin), offset_gain=offset_gain, tracking_weight=40.0
+    )
     bias = np.array([0.5, -0.4])
     u_target = np.array([0.3, -0.2])
     setpoint = (TWO_BY_TWO_GAINS @ u_target) + bias  # reachable inside the limits
@@ -184,7 +213,7 @@ def _closed_loop_offsets(twin: Twin, offset_gain: float, steps: int = 160) -> np
         u = np.array([record.actuators["u1"], record.actuators["u2"]])
         x = _advance(x, u)
         errors.append(x + bias - setpoint)
-    return np.mean(np.abs(np.array(errors[-steps // 4:])), axis=0) / NOISE
+    return np.mean(np.abs(np.array(errors[-steps // 4 :])), axis=0) / NOISE
 
 
 @pytest.mark.slow

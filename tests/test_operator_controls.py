@@ -55,8 +55,14 @@ def twin() -> Twin:
 
 def _controller(twin: Twin, planner: GreedyPlanner, fallback=None):
     # the guards that would hand a wild plan to the baseline are off: the plan goes out
-    return cold_controller(twin, planner, fallback, disagreement_trip=float("inf"),
-                           mismatch_trip=float("inf"), envelope_neighbours=0)
+    return cold_controller(
+        twin,
+        planner,
+        fallback,
+        disagreement_trip=float("inf"),
+        mismatch_trip=float("inf"),
+        envelope_neighbours=0,
+    )
 
 
 def _run(controller, sim: cstr.CSTRSimulator, steps: int, start: int, setpoints):
@@ -92,9 +98,11 @@ def test_out_of_service_actuator_never_moves(twin: Twin, obey_pins: bool) -> Non
 def test_dropped_sensor_setpoint_is_not_chased(twin: Twin) -> None:
     setpoints = {"T": 360.0, "Ca": 0.3}
     problems = {}
-    for label, dropped, given in (("dropped", {"Ca"}, setpoints),
-                                  ("without", set(), {"T": 360.0}),
-                                  ("enabled", set(), setpoints)):
+    for label, dropped, given in (
+        ("dropped", {"Ca"}, setpoints),
+        ("without", set(), {"T": 360.0}),
+        ("enabled", set(), setpoints),
+    ):
         planner = GreedyPlanner()
         controller = _controller(twin, planner)
         controller.set_operator(OperatorSettings(dropped=frozenset(dropped)))
@@ -153,13 +161,19 @@ def test_a_dose_out_of_service_is_held_at_zero_and_names_are_checked() -> None:
     settings = OperatorSettings().changed(spec, out_of_service={"bolus": True, "basal": True})
     held = settings.fixed({"basal": 2.0, "bolus": 3.0}, {"basal": 0.8, "bolus": 1.5}, spec)
     assert held == {"basal": 0.8, "bolus": 0.0}  # a dose held would repeat every sample
-    for change in ({"mode": "manual"}, {"out_of_service": {"CGM": True}},
-                   {"dropped": {"bolus": True}}, {"dropped": {"CGM": 1}}):
+    for change in (
+        {"mode": "manual"},
+        {"out_of_service": {"CGM": True}},
+        {"dropped": {"bolus": True}},
+        {"dropped": {"CGM": 1}},
+    ):
         with pytest.raises(InvalidInput):
             settings.changed(spec, **change)
     back = settings.changed(spec, mode="standby", out_of_service={"bolus": False})
-    assert back.describe_change(settings) == ["controller mode on -> standby",
-                                              "actuator bolus back in service"]
+    assert back.describe_change(settings) == [
+        "controller mode on -> standby",
+        "actuator bolus back in service",
+    ]
     assert OperatorSettings.from_dict(back.to_dict()) == back
 
 
@@ -179,8 +193,13 @@ class OperatedFake:
     def step(self, time_s, measurements, setpoints):
         from twin.records import StepRecord
 
-        return StepRecord(step=0, time_s=time_s, measurements=dict(measurements),
-                          setpoints=dict(setpoints), actuators={"Tc": 300.0})
+        return StepRecord(
+            step=0,
+            time_s=time_s,
+            measurements=dict(measurements),
+            setpoints=dict(setpoints),
+            actuators={"Tc": 300.0},
+        )
 
 
 @pytest.fixture
@@ -194,8 +213,7 @@ def operated_app(db_url: str, built: list[OperatedFake]):
         built.append(OperatedFake(cstr.SPEC))
         return built[-1]
 
-    return create_app(Settings(database_url=db_url, auth_required=True),
-                      controller_factory=factory)
+    return create_app(Settings(database_url=db_url, auth_required=True), controller_factory=factory)
 
 
 @pytest.fixture
@@ -207,9 +225,11 @@ def api(operated_app) -> TestClient:
 @pytest.fixture
 def loop_id(api: TestClient, tokens: dict[Role, str], session: Session) -> int:
     model = services.register_model(session, "cstr", "jepa", b"weights", {}, {}).id
-    response = api.post("/api/loops", json={"process": "cstr", "model_id": model,
-                                            "planner": "cem", "setpoints": {"T": 360.0}},
-                        headers=_auth(tokens, Role.OPERATOR))
+    response = api.post(
+        "/api/loops",
+        json={"process": "cstr", "model_id": model, "planner": "cem", "setpoints": {"T": 360.0}},
+        headers=_auth(tokens, Role.OPERATOR),
+    )
     assert response.status_code == 201, response.text
     return response.json()["run_id"]
 
@@ -228,8 +248,12 @@ def test_operator_change_is_audited_stored_and_applied(
     body = {"mode": "standby", "out_of_service": {"Tc": True}, "reason": "valve stroke test"}
     response = _put(api, loop_id, tokens, body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"run_id": loop_id, "mode": "standby",
-                               "out_of_service": ["Tc"], "dropped": []}
+    assert response.json() == {
+        "run_id": loop_id,
+        "mode": "standby",
+        "out_of_service": ["Tc"],
+        "dropped": [],
+    }
     entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "loop.operator")).one()
     assert entry.actor == "operator-key" and entry.target == f"run:{loop_id}"
     assert entry.detail["reason"] == "valve stroke test"
@@ -237,8 +261,11 @@ def test_operator_change_is_audited_stored_and_applied(
     assert (event.run_id, event.step) == (loop_id, 0)
     assert "actuator Tc out of service" in event.message and "operator-key" in event.message
     # taken at the next step
-    step = api.post(f"/api/loops/{loop_id}/step", json={"time_s": 0.0, "measurements": GOOD},
-                    headers=_auth(tokens, Role.OPERATOR))
+    step = api.post(
+        f"/api/loops/{loop_id}/step",
+        json={"time_s": 0.0, "measurements": GOOD},
+        headers=_auth(tokens, Role.OPERATOR),
+    )
     assert step.status_code == 200, step.text
     assert built[-1].given[-1] == OperatorSettings(Mode.STANDBY, frozenset({"Tc"}))
     # seen by another worker (or after a restart): a fresh app restores it from the database
@@ -248,43 +275,50 @@ def test_operator_change_is_audited_stored_and_applied(
         other.append(OperatedFake(cstr.SPEC))
         return other[-1]
 
-    with TestClient(create_app(Settings(database_url=db_url, auth_required=True),
-                               controller_factory=factory)) as second:
+    with TestClient(
+        create_app(Settings(database_url=db_url, auth_required=True), controller_factory=factory)
+    ) as second:
         got = second.get(f"/api/loops/{loop_id}/operator", headers=_auth(tokens, Role.VIEWER))
         assert got.json()["mode"] == "standby"
         view = second.get(f"/api/loops/{loop_id}", headers=_auth(tokens, Role.VIEWER)).json()
         assert view["operator"]["out_of_service"] == ["Tc"]
-        step = second.post(f"/api/loops/{loop_id}/step",
-                           json={"time_s": 6.0, "measurements": GOOD},
-                           headers=_auth(tokens, Role.OPERATOR))
+        step = second.post(
+            f"/api/loops/{loop_id}/step",
+            json={"time_s": 6.0, "measurements": GOOD},
+            headers=_auth(tokens, Role.OPERATOR),
+        )
         assert step.status_code == 200, step.text
     assert other[-1].given == [OperatorSettings(Mode.STANDBY, frozenset({"Tc"}))]
 
 
-@pytest.mark.parametrize("body, named", [
-    ({"mode": "auto", "reason": "r"}, "auto"),
-    ({"out_of_service": {"Tx": True}, "reason": "r"}, "Tx"),
-    ({"dropped": {"Tc": True}, "reason": "r"}, "Tc"),  # an actuator is no sensor
-    ({"mode": "off", "out_of_service": {"Tc": True}, "dropped": {"Q": True}, "reason": "r"},
-     "Q"),
-    ({"mode": "off"}, "reason"),
-    ({"mode": "off", "reason": " "}, "reason"),
-    ({"reason": "nothing named"}, "name a change"),
-])
-def test_bad_request_changes_nothing(api: TestClient, loop_id: int, tokens, session: Session,
-                                     body, named: str) -> None:
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ({"mode": "auto", "reason": "r"}, "auto"),
+        ({"out_of_service": {"Tx": True}, "reason": "r"}, "Tx"),
+        ({"dropped": {"Tc": True}, "reason": "r"}, "Tc"),  # an actuator is no sensor
+        (
+            {"mode": "off", "out_of_service": {"Tc": True}, "dropped": {"Q": True}, "reason": "r"},
+            "Q",
+        ),
+        ({"mode": "off"}, "reason"),
+        ({"mode": "off", "reason": " "}, "reason"),
+        ({"reason": "nothing named"}, "name a change"),
+    ],
+)
+def test_bad_request_changes_nothing(
+    api: TestClient, loop_id: int, tokens, session: Session, body, named: str
+) -> None:
     response = _put(api, loop_id, tokens, body)
     assert response.status_code == 422, response.text
     assert named in response.text
     session.expire_all()
     assert "operator" not in session.get(Run, loop_id).config
-    assert not session.scalars(select(AuditEntry).where(AuditEntry.action == "loop.operator")
-                               ).all()
+    assert not session.scalars(select(AuditEntry).where(AuditEntry.action == "loop.operator")).all()
     assert not session.scalars(select(RunEvent).where(RunEvent.kind == "operator")).all()
 
 
-def test_viewer_cannot_change_the_operator_settings(api: TestClient, loop_id: int,
-                                                    tokens) -> None:
+def test_viewer_cannot_change_the_operator_settings(api: TestClient, loop_id: int, tokens) -> None:
     response = _put(api, loop_id, tokens, {"mode": "off", "reason": "r"}, Role.VIEWER)
     assert response.status_code == 403
     got = api.get(f"/api/loops/{loop_id}/operator", headers=_auth(tokens, Role.VIEWER))

@@ -38,8 +38,14 @@ TAG_FILE: dict[str, Any] = {
     "tags": [
         {"name": "Ca", "role": "sensor", "unit": "mol/L", "low": 0.0},
         {"name": "T", "role": "sensor", "unit": "K", "high": 385.0, "controlled": True},
-        {"name": "Tc", "role": "actuator", "unit": "K", "low": 280.0, "high": 360.0,
-         "rate_limit": 0.5},
+        {
+            "name": "Tc",
+            "role": "actuator",
+            "unit": "K",
+            "low": 280.0,
+            "high": 360.0,
+            "rate_limit": 0.5,
+        },
         {"name": "Caf", "role": "disturbance", "unit": "mol/L"},
         {"name": "Tf", "role": "disturbance", "unit": "K"},
     ],
@@ -51,8 +57,9 @@ TINY_TRAIN = ["--epochs", "2", "--max-minutes", "1"]
 def historian_export(hours: float, seed: int) -> pd.DataFrame:
     df = cstr.generate_training_log(hours, seed)
     start = pd.Timestamp("2026-03-01T06:00:00Z")
-    df.insert(0, "timestamp", [(start + pd.Timedelta(seconds=t)).isoformat()
-                               for t in df.pop("time_s")])
+    df.insert(
+        0, "timestamp", [(start + pd.Timedelta(seconds=t)).isoformat() for t in df.pop("time_s")]
+    )
     df["shift"] = np.where(np.arange(len(df)) < len(df) // 2, "A", "B")
     return df
 
@@ -73,20 +80,62 @@ def test_cli_trains_replays_and_controls_from_the_two_files(files: dict[str, Pat
     url = f"sqlite:///{files['folder'] / 'twin.db'}"
     assert runner.invoke(cli, ["db", "upgrade", "--database-url", url]).exit_code == 0
     checkpoint = files["folder"] / "my.pt"
-    result = runner.invoke(cli, ["train", "--spec", str(files["tags"]), "--data",
-                                 str(files["parquet"]), "--out", str(checkpoint),
-                                 "--database-url", url, *TINY_TRAIN])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--spec",
+            str(files["tags"]),
+            "--data",
+            str(files["parquet"]),
+            "--out",
+            str(checkpoint),
+            "--database-url",
+            url,
+            *TINY_TRAIN,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "registered as model 1" in result.output
-    for mode, expected in (("open-loop", "20-step RMSE T"), ("shadow", "mean |twin - logged| Tc"),
-                           ("logged", "samples beyond a hard limit")):
-        result = runner.invoke(cli, ["replay", "--model", str(checkpoint), "--data",
-                                     str(files["csv"]), "--mode", mode, "--planner", "cem",
-                                     "--stride", "4", "--database-url", url])
+    for mode, expected in (
+        ("open-loop", "20-step RMSE T"),
+        ("shadow", "mean |twin - logged| Tc"),
+        ("logged", "samples beyond a hard limit"),
+    ):
+        result = runner.invoke(
+            cli,
+            [
+                "replay",
+                "--model",
+                str(checkpoint),
+                "--data",
+                str(files["csv"]),
+                "--mode",
+                mode,
+                "--planner",
+                "cem",
+                "--stride",
+                "4",
+                "--database-url",
+                url,
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert expected in result.output and "stored as run" in result.output
-    result = runner.invoke(cli, ["control", "--model", str(checkpoint), "--plant", "cstr",
-                                 "--planner", "cem", "--database-url", url])
+    result = runner.invoke(
+        cli,
+        [
+            "control",
+            "--model",
+            str(checkpoint),
+            "--plant",
+            "cstr",
+            "--planner",
+            "cem",
+            "--database-url",
+            url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "samples above 385 K" in result.output
     from api.db import open_session
@@ -97,16 +146,20 @@ def test_cli_trains_replays_and_controls_from_the_two_files(files: dict[str, Pat
         assert {r.process.name for r in runs} == {"my_reactor"}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"drop": "Tf"}, "lacks column(s) Tf"),
-    ({"add": "operator_note"}, "operator_note that spec 'my_reactor' does not know"),
-    ({"swap_rows": (10, 11)}, "must strictly increase: row 11"),
-    ({"duplicate_row": 20}, "duplicate timestamp in 'timestamp' at rows 20 and 21"),
-    ({"nan_actuator": 30}, "actuator 'Tc' has missing values (1, first at row 30)"),
-    ({"actuator_value": 400.0}, "outside its bounds [280, 360] K"),
-])
-def test_bad_logs_are_refused_with_the_reason(files: dict[str, Path], tmp_path: Path,
-                                              change: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"drop": "Tf"}, "lacks column(s) Tf"),
+        ({"add": "operator_note"}, "operator_note that spec 'my_reactor' does not know"),
+        ({"swap_rows": (10, 11)}, "must strictly increase: row 11"),
+        ({"duplicate_row": 20}, "duplicate timestamp in 'timestamp' at rows 20 and 21"),
+        ({"nan_actuator": 30}, "actuator 'Tc' has missing values (1, first at row 30)"),
+        ({"actuator_value": 400.0}, "outside its bounds [280, 360] K"),
+    ],
+)
+def test_bad_logs_are_refused_with_the_reason(
+    files: dict[str, Path], tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
     df = pd.read_csv(files["csv"])
     if "drop" in change:
         df = df.drop(columns=[change["drop"]])
@@ -124,8 +177,20 @@ def test_bad_logs_are_refused_with_the_reason(files: dict[str, Path], tmp_path: 
         df.loc[50, "Tc"] = change["actuator_value"]
     bad = tmp_path / "bad.csv"
     df.to_csv(bad, index=False)
-    result = runner.invoke(cli, ["train", "--spec", str(files["tags"]), "--data", str(bad),
-                                 "--out", str(tmp_path / "x.pt"), "--no-register", *TINY_TRAIN])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--spec",
+            str(files["tags"]),
+            "--data",
+            str(bad),
+            "--out",
+            str(tmp_path / "x.pt"),
+            "--no-register",
+            *TINY_TRAIN,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -163,7 +228,7 @@ def test_replays_line_up_with_the_log(files: dict[str, Path]) -> None:
     t0 = twin.config.window  # the first sample with a full window behind it
     assert first.measurements["T"] == pytest.approx(df["T"].iloc[t0])
     assert first.plan is not None
-    assert first.plan.actuators["Tc"] == pytest.approx(df["Tc"].iloc[t0:t0 + horizon].tolist())
+    assert first.plan.actuators["Tc"] == pytest.approx(df["Tc"].iloc[t0 : t0 + horizon].tolist())
     assert {"nrmse_h1", "nrmse_h10", "rmse_T_h10"} <= set(predicted.metrics)
     assert all(np.isfinite(v) for v in predicted.metrics.values())
 
@@ -175,9 +240,9 @@ def test_replays_line_up_with_the_log(files: dict[str, Path]) -> None:
         assert 280.0 <= step.actuators["Tc"] <= 360.0
 
 
-def test_api_defines_the_process_and_trains_it_from_its_log(client: TestClient, db_url: str,
-                                                           files: dict[str, Path],
-                                                           session: Any) -> None:
+def test_api_defines_the_process_and_trains_it_from_its_log(
+    client: TestClient, db_url: str, files: dict[str, Path], session: Any
+) -> None:
     response = client.post("/api/processes", json=TAG_FILE)
     assert response.status_code == 201, response.text
     assert response.json()["spec"]["tags"][2]["rate_limit"] == 0.5
@@ -187,11 +252,20 @@ def test_api_defines_the_process_and_trains_it_from_its_log(client: TestClient, 
     no_unit = {**TAG_FILE, "tags": [dict(TAG_FILE["tags"][0], unit=""), *TAG_FILE["tags"][1:]]}
     assert client.post("/api/processes", json=no_unit).status_code == 422
 
-    job = client.post("/api/jobs/train", json={
-        "process": "my_reactor", "data": {"source": "csv", "path": str(files["csv"])},
-        "train": {"epochs": 1, "batch_size": 64, "rollout_steps": 4,
-                  "model": {"window": 8, "encoder_hidden": 32, "predictor_hidden": 32}},
-        "model_name": "own"})
+    job = client.post(
+        "/api/jobs/train",
+        json={
+            "process": "my_reactor",
+            "data": {"source": "csv", "path": str(files["csv"])},
+            "train": {
+                "epochs": 1,
+                "batch_size": 64,
+                "rollout_steps": 4,
+                "model": {"window": 8, "encoder_hidden": 32, "predictor_hidden": 32},
+            },
+            "model_name": "own",
+        },
+    )
     assert job.status_code == 201, job.text
     assert run_worker(db_url, poll_seconds=0.01, once=True) == 1
     done = client.get(f"/api/jobs/{job.json()['id']}").json()
@@ -217,12 +291,18 @@ def test_declared_pi_loop_is_the_fallback_and_matches_the_built_in_pi() -> None:
     assert spec_fallback(spec.model_copy(update={"baseline": ()})) is None
 
 
-@pytest.mark.parametrize(("loop", "message"), [
-    ({"sensor": "Tc", "actuator": "Tc", "kp": 1.0, "ti_s": 10.0}, "'Tc' is not a sensor tag"),
-    ({"sensor": "T", "actuator": "Caf", "kp": 1.0, "ti_s": 10.0}, "'Caf' is not an actuator"),
-    ({"sensor": "T", "actuator": "Tc", "kp": 0.0, "ti_s": 10.0}, "kp must be a finite, non-zero"),
-    ({"sensor": "T", "actuator": "Tc", "kp": 1.0, "ti_s": -1.0}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    ("loop", "message"),
+    [
+        ({"sensor": "Tc", "actuator": "Tc", "kp": 1.0, "ti_s": 10.0}, "'Tc' is not a sensor tag"),
+        ({"sensor": "T", "actuator": "Caf", "kp": 1.0, "ti_s": 10.0}, "'Caf' is not an actuator"),
+        (
+            {"sensor": "T", "actuator": "Tc", "kp": 0.0, "ti_s": 10.0},
+            "kp must be a finite, non-zero",
+        ),
+        ({"sensor": "T", "actuator": "Tc", "kp": 1.0, "ti_s": -1.0}, "greater than 0"),
+    ],
+)
 def test_bad_baseline_loops_are_refused(loop: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         ProcessSpec.from_dict({**TAG_FILE, "baseline": [loop]})

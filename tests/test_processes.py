@@ -31,8 +31,9 @@ def test_the_user_named_families_are_all_there() -> None:
 
 def test_a_recipe_trains_the_twin_its_process_needs() -> None:
     assert TrainingRecipe(hours=1.0, epochs=3).train_config() == TrainConfig()
-    chosen = TrainingRecipe(hours=1.0, epochs=3, predictor_layers=3,
-                            predicted_readout_weight=7.0, embed_dim=24)
+    chosen = TrainingRecipe(
+        hours=1.0, epochs=3, predictor_layers=3, predicted_readout_weight=7.0, embed_dim=24
+    )
     config = chosen.train_config(epochs=3, seed=4)
     assert (config.model.predictor_layers, config.predicted_readout_weight) == (3, 7.0)
     assert config.model.embed_dim == 24
@@ -52,7 +53,8 @@ def test_training_log_is_reproducible_and_valid(name: str) -> None:
     other = module.generate_training_log(SHORT_HOURS[name], seed=4)
     pd.testing.assert_frame_equal(first, again)
     assert not first[[t.name for t in module.SPEC.actuators]].equals(
-        other[[t.name for t in module.SPEC.actuators]])
+        other[[t.name for t in module.SPEC.actuators]]
+    )
     check_log(first, module.SPEC)  # bounds, rate limits, timestamps, columns
 
 
@@ -75,20 +77,24 @@ def step(ms: float, status: StepStatus = StepStatus.OK, *kinds: str) -> StepReco
 
 
 def test_planning_time_leaves_out_steps_without_a_plan() -> None:
-    steps = [step(0.0, StepStatus.FALLBACK, "warming_up")] * 5 + \
-        [step(0.0, StepStatus.STALE, "stale_data")] * 5 + \
-        [step(10.0), step(12.0), step(30.0, StepStatus.FALLBACK, "solver_failed")]
+    steps = (
+        [step(0.0, StepStatus.FALLBACK, "warming_up")] * 5
+        + [step(0.0, StepStatus.STALE, "stale_data")] * 5
+        + [step(10.0), step(12.0), step(30.0, StepStatus.FALLBACK, "solver_failed")]
+    )
     metrics = plan_time_metrics(steps)
     assert metrics["plan_ms_median"] == 12.0 and metrics["fallbacks"] == 6
     assert plan_time_metrics([step(0.0, StepStatus.STALE)])["plan_ms_median"] == 0.0
 
 
 def test_fallbacks_are_counted_by_their_first_reason() -> None:
-    steps = [step(0.0, StepStatus.FALLBACK, "warming_up")] * 3 + \
-        [step(5.0, StepStatus.FALLBACK, "rate_limited", "model_mismatch", "limit_guard")] + \
-        [step(5.0, StepStatus.FALLBACK, "limit_guard", "limit_protection")] * 2 + \
-        [step(5.0, StepStatus.OK, "limit_protection", "rate_limited")] + \
-        [step(0.0, StepStatus.STALE, "stale_data", "limit_protection")]
+    steps = (
+        [step(0.0, StepStatus.FALLBACK, "warming_up")] * 3
+        + [step(5.0, StepStatus.FALLBACK, "rate_limited", "model_mismatch", "limit_guard")]
+        + [step(5.0, StepStatus.FALLBACK, "limit_guard", "limit_protection")] * 2
+        + [step(5.0, StepStatus.OK, "limit_protection", "rate_limited")]
+        + [step(0.0, StepStatus.STALE, "stale_data", "limit_protection")]
+    )
     reasons = fallback_reasons(steps)
     assert reasons["warming_up"] == 3 and reasons["model_mismatch"] == 1
     assert reasons["limit_guard"] == 2 and reasons["solver_failed"] == 0

@@ -68,8 +68,9 @@ class HandoverController(FakeController):
         self.handovers.append(dict(applied))
         self.coolant = applied["Tc"]
 
-    def step(self, time_s: float, measurements: dict[str, float],
-             setpoints: dict[str, float]) -> StepRecord:
+    def step(
+        self, time_s: float, measurements: dict[str, float], setpoints: dict[str, float]
+    ) -> StepRecord:
         record = super().step(time_s, measurements, setpoints)
         if self.coolant is None:
             return record
@@ -83,8 +84,9 @@ def built() -> list[HandoverController]:
 
 
 @pytest.fixture
-def factory(cstr_spec: ProcessSpec, built: list[HandoverController]
-            ) -> Callable[[bytes, str], HandoverController]:
+def factory(
+    cstr_spec: ProcessSpec, built: list[HandoverController]
+) -> Callable[[bytes, str], HandoverController]:
     def make(checkpoint: bytes, planner: str) -> HandoverController:
         controller = HandoverController(cstr_spec, planner, checkpoint)
         built.append(controller)
@@ -122,23 +124,27 @@ def models(session: Session) -> dict[str, int]:
 
 @pytest.fixture
 def loop(api: TestClient, models: dict[str, int]) -> int:
-    response = api.post("/api/loops", json={"process": "cstr", "model_id": models["a"],
-                                            "setpoints": {"T": 360.0}})
+    response = api.post(
+        "/api/loops", json={"process": "cstr", "model_id": models["a"], "setpoints": {"T": 360.0}}
+    )
     assert response.status_code == 201, response.text
     return response.json()["run_id"]
 
 
 def _step(client: TestClient, run_id: int, time_s: float, **extra: Any) -> dict[str, Any]:
-    response = client.post(f"/api/loops/{run_id}/step",
-                           json={"time_s": time_s, "measurements": GOOD, **extra})
+    response = client.post(
+        f"/api/loops/{run_id}/step", json={"time_s": time_s, "measurements": GOOD, **extra}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def _switch(client: TestClient, run_id: int, model_id: int, reason: str = "better twin",
-            **headers: str) -> Any:
-    return client.put(f"/api/loops/{run_id}/model", headers=headers,
-                      json={"model_id": model_id, "reason": reason})
+def _switch(
+    client: TestClient, run_id: int, model_id: int, reason: str = "better twin", **headers: str
+) -> Any:
+    return client.put(
+        f"/api/loops/{run_id}/model", headers=headers, json={"model_id": model_id, "reason": reason}
+    )
 
 
 def _history(client: TestClient, run_id: int) -> list[dict[str, Any]]:
@@ -171,36 +177,46 @@ def test_log_provenance_of_a_file_and_of_a_generated_log(tmp_path: Path) -> None
     assert services.log_provenance(changed, cstr.SPEC, source="x").sha256 != from_file.sha256
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"sha256": "abc"}, "pattern"),
-    ({"rows": -1}, "greater than or equal"),
-    ({"start_s": 10.0, "end_s": 5.0}, "after end_s"),
-    ({"start_s": 1.0, "end_s": None}, "both"),
-    ({"start_s": float("nan"), "end_s": 1.0}, "finite"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"sha256": "abc"}, "pattern"),
+        ({"rows": -1}, "greater than or equal"),
+        ({"start_s": 10.0, "end_s": 5.0}, "after end_s"),
+        ({"start_s": 1.0, "end_s": None}, "both"),
+        ({"start_s": float("nan"), "end_s": 1.0}, "finite"),
+    ],
+)
 def test_provenance_is_validated(fields: dict[str, Any], message: str) -> None:
     good = {"sha256": "0" * 64, "rows": 3, "start_s": 0.0, "end_s": 12.0, "source": "x"}
     with pytest.raises(ValueError, match=message):
         services.DataProvenance(**{**good, **fields})
 
 
-def test_provenance_is_stored_and_listed_per_process(api: TestClient, session: Session,
-                                                     tmp_path: Path) -> None:
+def test_provenance_is_stored_and_listed_per_process(
+    api: TestClient, session: Session, tmp_path: Path
+) -> None:
     log = cstr.generate_training_log(hours=0.1, seed=2)
     provenance = services.log_provenance(log, cstr.SPEC, source="simulator:cstr seed=2")
     config = {"train": {"epochs": 3}}
-    first = services.register_model(session, "cstr", "jepa", b"v1", config, {"loss": 0.5},
-                                    provenance=provenance).id
-    second = services.register_model(session, "cstr", "jepa", b"v2", config, {"loss": 0.4},
-                                     provenance=provenance).id
+    first = services.register_model(
+        session, "cstr", "jepa", b"v1", config, {"loss": 0.5}, provenance=provenance
+    ).id
+    second = services.register_model(
+        session, "cstr", "jepa", b"v2", config, {"loss": 0.4}, provenance=provenance
+    ).id
     services.register_model(session, "turbofan", "jepa", b"fan", {}, {})
 
     listed = api.get("/api/models", params={"process": "cstr"}).json()
     assert [(m["id"], m["version"]) for m in listed] == [(second, 2), (first, 1)]
     model = api.get(f"/api/models/{first}").json()
-    assert model["provenance"] == {"sha256": provenance.sha256, "rows": len(log),
-                                   "start_s": 0.0, "end_s": log["time_s"].iloc[-1],
-                                   "source": "simulator:cstr seed=2"}
+    assert model["provenance"] == {
+        "sha256": provenance.sha256,
+        "rows": len(log),
+        "start_s": 0.0,
+        "end_s": log["time_s"].iloc[-1],
+        "source": "simulator:cstr seed=2",
+    }
     assert model["config"] == config and model["metrics"] == {"loss": 0.5}
     assert model["active_loops"] == []
     same_data = api.get("/api/models", params={"dataset_sha256": provenance.sha256.upper()})
@@ -210,8 +226,9 @@ def test_provenance_is_stored_and_listed_per_process(api: TestClient, session: S
     assert [m["provenance"] for m in fan] == [None]  # registered without data
 
 
-def test_training_job_records_the_provenance_of_its_data(db_url: str, session: Session,
-                                                         tmp_path: Path) -> None:
+def test_training_job_records_the_provenance_of_its_data(
+    db_url: str, session: Session, tmp_path: Path
+) -> None:
     from test_jobs import tiny
 
     from api.worker import run_worker
@@ -220,17 +237,21 @@ def test_training_job_records_the_provenance_of_its_data(db_url: str, session: S
     cstr.generate_training_log(hours=0.3, seed=2).to_csv(path, index=False)
     simulated = services.enqueue_training(session, "cstr", tiny())
     from_file = services.enqueue_training(
-        session, "cstr", tiny(data={"source": "csv", "path": str(path)}, model_name="csv"))
+        session, "cstr", tiny(data={"source": "csv", "path": str(path)}, model_name="csv")
+    )
     assert run_worker(db_url, poll_seconds=0.01, once=True) == 2
 
     session.expire_all()
-    by_job = {run.id: services.get_model(session, run.model_id)
-              for run in (session.get(Run, simulated.id), session.get(Run, from_file.id))
-              if run is not None and run.model_id is not None}
+    by_job = {
+        run.id: services.get_model(session, run.model_id)
+        for run in (session.get(Run, simulated.id), session.get(Run, from_file.id))
+        if run is not None and run.model_id is not None
+    }
     generated = cstr.generate_training_log(hours=0.3, seed=1)  # what the job simulated
     model = by_job[simulated.id]
-    assert model.dataset_sha256 == hashlib.sha256(
-        generated.to_csv(index=False).encode()).hexdigest()
+    assert (
+        model.dataset_sha256 == hashlib.sha256(generated.to_csv(index=False).encode()).hexdigest()
+    )
     assert model.dataset_rows == len(generated)
     assert (model.data_start_s, model.data_end_s) == (0.0, generated["time_s"].iloc[-1])
     assert model.data_source == "simulator:cstr hours=0.3 seed=1"
@@ -239,16 +260,30 @@ def test_training_job_records_the_provenance_of_its_data(db_url: str, session: S
     assert model.data_source == f"file:{path.resolve()}" and model.dataset_rows > 0
 
 
-def test_twin_train_records_the_provenance_of_its_file(db_url: str, session: Session,
-                                                       tmp_path: Path) -> None:
+def test_twin_train_records_the_provenance_of_its_file(
+    db_url: str, session: Session, tmp_path: Path
+) -> None:
     if not db_url.startswith("sqlite"):
         pytest.skip("the command line path is the same on both databases")
     path = tmp_path / "log.csv"
     log = cstr.generate_training_log(hours=0.3, seed=5)
     log.to_csv(path, index=False)
-    result = CliRunner().invoke(cli, ["train", "--process", "cstr", "--data", str(path),
-                                      "--epochs", "1", "--out", str(tmp_path / "t.pt"),
-                                      "--database-url", db_url])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--process",
+            "cstr",
+            "--data",
+            str(path),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "t.pt"),
+            "--database-url",
+            db_url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = services.list_models(session, "cstr")[0]
     assert model.dataset_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -260,9 +295,13 @@ def test_twin_train_records_the_provenance_of_its_file(db_url: str, session: Ses
 # ---------------------------------------------------------------- switching models
 
 
-def test_switch_is_bumpless_recorded_and_audited(api: TestClient, loop: int, session: Session,
-                                                 models: dict[str, int],
-                                                 built: list[HandoverController]) -> None:
+def test_switch_is_bumpless_recorded_and_audited(
+    api: TestClient,
+    loop: int,
+    session: Session,
+    models: dict[str, int],
+    built: list[HandoverController],
+) -> None:
     _step(api, loop, 0.0)
     last = _step(api, loop, PERIOD_S)["actuators"]["Tc"]
     response = _switch(api, loop, models["b"], reason="retrained on March data")
@@ -280,13 +319,15 @@ def test_switch_is_bumpless_recorded_and_audited(api: TestClient, loop: int, ses
     history = _history(api, loop)
     assert [(h["model"]["id"], h["previous_model_id"], h["reason"]) for h in history] == [
         (models["b"], models["a"], "retrained on March data"),
-        (models["a"], None, "loop started")]
+        (models["a"], None, "loop started"),
+    ]
     assert history[0]["actor"] == "anonymous"
     assert api.get(f"/api/models/{models['b']}").json()["active_loops"] == [loop]
     assert api.get(f"/api/models/{models['a']}").json()["active_loops"] == []
     session.expire_all()
-    entry = session.scalars(select(AuditEntry).where(
-        AuditEntry.action == "loop.model_switch")).one()
+    entry = session.scalars(
+        select(AuditEntry).where(AuditEntry.action == "loop.model_switch")
+    ).one()
     assert entry.target == f"run:{loop}"
     assert entry.detail["model_id"] == models["b"]
     assert entry.detail["previous_model_id"] == models["a"]
@@ -294,20 +335,31 @@ def test_switch_is_bumpless_recorded_and_audited(api: TestClient, loop: int, ses
 
 
 def _corrupt(session: Session, model_id: int) -> None:
-    session.execute(update(TwinModel).where(TwinModel.id == model_id)
-                    .values(checkpoint=b"tampered"))
+    session.execute(
+        update(TwinModel).where(TwinModel.id == model_id).values(checkpoint=b"tampered")
+    )
     session.commit()
 
 
-@pytest.mark.parametrize("target, prepare, status, message", [
-    ("other", None, 422, "trained for process 'turbofan'"),
-    ("unknown", None, 404, "unknown model id"),
-    ("b", _corrupt, 409, "corrupted"),
-])
-def test_refused_switch_changes_nothing(api: TestClient, loop: int, session: Session,
-                                        models: dict[str, int], built: list[Any],
-                                        target: str, prepare: Any, status: int,
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    "target, prepare, status, message",
+    [
+        ("other", None, 422, "trained for process 'turbofan'"),
+        ("unknown", None, 404, "unknown model id"),
+        ("b", _corrupt, 409, "corrupted"),
+    ],
+)
+def test_refused_switch_changes_nothing(
+    api: TestClient,
+    loop: int,
+    session: Session,
+    models: dict[str, int],
+    built: list[Any],
+    target: str,
+    prepare: Any,
+    status: int,
+    message: str,
+) -> None:
     model_id = models.get(target, 4242)
     if prepare is not None:
         prepare(session, model_id)
@@ -325,13 +377,17 @@ def test_refused_switch_changes_nothing(api: TestClient, loop: int, session: Ses
     assert built[-1].checkpoint == b"model-a" and built[-1].handovers == []
 
 
-def test_switch_edge_cases(api: TestClient, loop: int, session: Session,
-                           models: dict[str, int]) -> None:
+def test_switch_edge_cases(
+    api: TestClient, loop: int, session: Session, models: dict[str, int]
+) -> None:
     history = _history(api, loop)
     same = _switch(api, loop, models["a"])
     assert same.status_code == 200 and _history(api, loop) == history  # nothing to record
-    for body in ({"model_id": models["b"]}, {"model_id": models["b"], "reason": "  "},
-                 {"model_id": models["b"], "reason": "x", "extra": 1}):
+    for body in (
+        {"model_id": models["b"]},
+        {"model_id": models["b"], "reason": "  "},
+        {"model_id": models["b"], "reason": "x", "extra": 1},
+    ):
         response = api.put(f"/api/loops/{loop}/model", json=body)
         assert response.status_code == 422, body
     assert api.post(f"/api/loops/{loop}/stop").status_code == 200
@@ -339,16 +395,20 @@ def test_switch_edge_cases(api: TestClient, loop: int, session: Session,
     assert stopped.status_code == 409 and "stopped" in stopped.json()["detail"]
     assert _history(api, loop) == history
     assert _switch(api, 4242, models["b"]).status_code == 404
-    train = services.create_run(session, kind="train", process="cstr", controller="jepa",
-                                config={})
+    train = services.create_run(session, kind="train", process="cstr", controller="jepa", config={})
     assert _switch(api, train.id, models["b"]).status_code == 404
     assert api.get(f"/api/loops/{train.id}").status_code == 404
 
 
-def test_another_worker_follows_a_switch_and_a_stop(db_url: str, factory, clock: Clock,
-                                                    api: TestClient, loop: int,
-                                                    models: dict[str, int],
-                                                    built: list[HandoverController]) -> None:
+def test_another_worker_follows_a_switch_and_a_stop(
+    db_url: str,
+    factory,
+    clock: Clock,
+    api: TestClient,
+    loop: int,
+    models: dict[str, int],
+    built: list[HandoverController],
+) -> None:
     """Two API workers on one database: the one that did not switch notices at its
     next step, rebuilds the new model's controller and hands over bumplessly."""
     with TestClient(_app(db_url, factory, clock)) as other:
@@ -359,16 +419,18 @@ def test_another_worker_follows_a_switch_and_a_stop(db_url: str, factory, clock:
         assert after["actuators"]["Tc"] == pytest.approx(last + MOVE_K)
         assert built[-1].checkpoint == b"model-b" and built[-1].handovers == [{"Tc": last}]
         assert api.post(f"/api/loops/{loop}/stop").status_code == 200
-        refused = other.post(f"/api/loops/{loop}/step",
-                             json={"time_s": 3 * PERIOD_S, "measurements": GOOD})
+        refused = other.post(
+            f"/api/loops/{loop}/step", json={"time_s": 3 * PERIOD_S, "measurements": GOOD}
+        )
         assert refused.status_code == 409 and "stopped" in refused.json()["detail"]
 
 
 # ---------------------------------------------------------------- reading loops
 
 
-def test_setpoint_polling_returns_what_the_last_step_returned(api: TestClient, loop: int,
-                                                              clock: Clock) -> None:
+def test_setpoint_polling_returns_what_the_last_step_returned(
+    api: TestClient, loop: int, clock: Clock
+) -> None:
     before = api.get(f"/api/loops/{loop}/setpoint")
     assert before.status_code == 404 and "no setpoint yet" in before.json()["detail"]
     _step(api, loop, 0.0)
@@ -392,7 +454,10 @@ def test_status_goes_stale_when_steps_stop(api: TestClient, loop: int, clock: Cl
     clock.advance(stale_after_s)
     view = api.get(f"/api/loops/{loop}").json()
     assert (view["status"], view["age_s"], view["stale_after_s"]) == (
-        "ok", stale_after_s, stale_after_s)
+        "ok",
+        stale_after_s,
+        stale_after_s,
+    )
     clock.advance(0.5)
     assert api.get(f"/api/loops/{loop}").json()["status"] == "stale"
     polled = api.get(f"/api/loops/{loop}/setpoint").json()
@@ -403,17 +468,16 @@ def test_status_goes_stale_when_steps_stop(api: TestClient, loop: int, clock: Cl
     assert api.get(f"/api/loops/{loop}/setpoint").json()["status"] == "stopped"
 
 
-def test_fallback_status_and_the_loop_list(api: TestClient, loop: int,
-                                           models: dict[str, int],
-                                           built: list[HandoverController]) -> None:
+def test_fallback_status_and_the_loop_list(
+    api: TestClient, loop: int, models: dict[str, int], built: list[HandoverController]
+) -> None:
     second = api.post("/api/loops", json={"process": "cstr", "model_id": models["b"]})
     second_id = second.json()["run_id"]
     built[-1].output = 1_000.0  # far outside the coolant's bounds: the guard clips it
     assert _step(api, second_id, 0.0)["status"] == "fallback"
     _step(api, loop, 0.0, setpoints={"T": 358.0})
     listed = api.get("/api/loops").json()
-    assert [(v["run_id"], v["status"]) for v in listed] == [(second_id, "fallback"),
-                                                           (loop, "ok")]
+    assert [(v["run_id"], v["status"]) for v in listed] == [(second_id, "fallback"), (loop, "ok")]
     mine = listed[1]
     assert mine["model"]["id"] == models["a"] and mine["setpoints"] == {"T": 358.0}
     assert mine["last_step"] == 0 and mine["actuators"]["Tc"] == pytest.approx(300.8)
@@ -422,33 +486,45 @@ def test_fallback_status_and_the_loop_list(api: TestClient, loop: int,
     assert [v["run_id"] for v in running] == [second_id]
     stopped = api.get("/api/loops", params={"running": False}).json()
     assert [(v["run_id"], v["status"], v["run_status"]) for v in stopped] == [
-        (loop, "stopped", "stopped")]
+        (loop, "stopped", "stopped")
+    ]
     assert api.get("/api/loops", params={"process": "turbofan"}).json() == []
 
 
 # ---------------------------------------------------------------- roles
 
 
-def test_roles_read_step_and_switch(db_url: str, factory, clock: Clock, session: Session,
-                                    models: dict[str, int], tokens: dict[Role, str]) -> None:
+def test_roles_read_step_and_switch(
+    db_url: str,
+    factory,
+    clock: Clock,
+    session: Session,
+    models: dict[str, int],
+    tokens: dict[Role, str],
+) -> None:
     def key(role: Role) -> dict[str, str]:
         return {"Authorization": f"Bearer {tokens[role]}"}
 
     app = _app(db_url, factory, clock, auth_required=True)
     with TestClient(app) as secure:
         start = {"process": "cstr", "model_id": models["a"]}
-        assert secure.post("/api/loops", json=start, headers=key(Role.VIEWER)
-                           ).status_code == 403
-        loop = secure.post("/api/loops", json=start, headers=key(Role.OPERATOR)
-                           ).json()["run_id"]
+        assert secure.post("/api/loops", json=start, headers=key(Role.VIEWER)).status_code == 403
+        loop = secure.post("/api/loops", json=start, headers=key(Role.OPERATOR)).json()["run_id"]
         step = {"time_s": 0.0, "measurements": GOOD}
-        assert secure.post(f"/api/loops/{loop}/step", json=step, headers=key(Role.VIEWER)
-                           ).status_code == 403
-        assert secure.post(f"/api/loops/{loop}/step", json=step, headers=key(Role.OPERATOR)
-                           ).status_code == 200
+        assert (
+            secure.post(f"/api/loops/{loop}/step", json=step, headers=key(Role.VIEWER)).status_code
+            == 403
+        )
+        assert (
+            secure.post(
+                f"/api/loops/{loop}/step", json=step, headers=key(Role.OPERATOR)
+            ).status_code
+            == 200
+        )
         for path in ("", f"/{loop}", f"/{loop}/setpoint", f"/{loop}/models"):
-            assert secure.get(f"/api/loops{path}", headers=key(Role.VIEWER)
-                              ).status_code == 200, path
+            assert secure.get(f"/api/loops{path}", headers=key(Role.VIEWER)).status_code == 200, (
+                path
+            )
             assert secure.get(f"/api/loops{path}").status_code == 401
         for role in (Role.VIEWER, Role.OPERATOR):
             refused = _switch(secure, loop, models["b"], **key(role))
@@ -458,7 +534,9 @@ def test_roles_read_step_and_switch(db_url: str, factory, clock: Clock, session:
         assert switched.status_code == 200, switched.text
         history = secure.get(f"/api/loops/{loop}/models", headers=key(Role.VIEWER)).json()
         assert [(h["actor"], h["model"]["id"]) for h in history] == [
-            ("engineer-key", models["b"]), ("operator-key", models["a"])]
+            ("engineer-key", models["b"]),
+            ("operator-key", models["a"]),
+        ]
 
 
 # ---------------------------------------------------------------- the real controller
@@ -470,24 +548,34 @@ def two_tiny_checkpoints() -> tuple[bytes, bytes]:
     from twin.train import TrainConfig, train_twin
 
     log = cstr.generate_training_log(hours=0.5, seed=1)
-    return tuple(train_twin(log, cstr.SPEC, TrainConfig(epochs=1, seed=seed),
-                            show_progress=False)[0].to_bytes() for seed in (0, 1))
+    return tuple(
+        train_twin(log, cstr.SPEC, TrainConfig(epochs=1, seed=seed), show_progress=False)[
+            0
+        ].to_bytes()
+        for seed in (0, 1)
+    )
 
 
-def test_real_controllers_hand_over_without_a_bump(db_url: str, session: Session,
-                                                   two_tiny_checkpoints: tuple[bytes, bytes]
-                                                   ) -> None:
+def test_real_controllers_hand_over_without_a_bump(
+    db_url: str, session: Session, two_tiny_checkpoints: tuple[bytes, bytes]
+) -> None:
     """TwinController.reset(applied): the new twin's own safety layer rate-limits from
     the coolant last applied, so the API's last-line guard has nothing to correct."""
-    first, second = (services.register_model(session, "cstr", "tiny", checkpoint, {}, {}).id
-                     for checkpoint in two_tiny_checkpoints)
+    first, second = (
+        services.register_model(session, "cstr", "tiny", checkpoint, {}, {}).id
+        for checkpoint in two_tiny_checkpoints
+    )
     coolant = cstr.SPEC.tag("Tc")
     with TestClient(create_app(Settings(database_url=db_url))) as client:
-        run_id = client.post("/api/loops", json={"process": "cstr", "model_id": first,
-                                                 "planner": "cem"}).json()["run_id"]
-        applied = [_step(client, run_id, PERIOD_S * k,
-                         measurements={**GOOD, "T": 350.0 + 3 * k})["actuators"]["Tc"]
-                   for k in range(4)]
+        run_id = client.post(
+            "/api/loops", json={"process": "cstr", "model_id": first, "planner": "cem"}
+        ).json()["run_id"]
+        applied = [
+            _step(client, run_id, PERIOD_S * k, measurements={**GOOD, "T": 350.0 + 3 * k})[
+                "actuators"
+            ]["Tc"]
+            for k in range(4)
+        ]
         assert _switch(client, run_id, second).status_code == 200
         loop = client.app.state.loops._loops[run_id]
         assert loop.controller.applied == {"Tc": applied[-1]}

@@ -1008,13 +1008,18 @@ DOSE_SPEC = ProcessSpec(
 
 def test_a_hold_keeps_a_level_and_gives_no_dose() -> None:
     assert hold(DOSE_SPEC, {"shot": 9.5, "valve": 40.0}) == {"shot": 0.0, "valve": 40.0}
-    out = SafetyLayer(DOSE_SPEC).enforce({"shot": math.nan, "valve": None},
-                                         {"shot": 9.5, "valve": 40.0})
+    out = SafetyLayer(DOSE_SPEC).enforce(
+        {"shot": math.nan, "valve": None}, {"shot": 9.5, "valve": 40.0}
+    )
     assert out.actuators == {"shot": 0.0, "valve": 40.0}
     assert {e.kind for e in out.events} == {EventKind.INVALID_PROPOSAL}
     # a dose's rate limit counts from none: a new dose is never a "move" from the last one
-    assert SafetyLayer(DOSE_SPEC).enforce({"shot": 9.0, "valve": 40.0},
-                                          {"shot": 0.0, "valve": 40.0}).actuators["shot"] == 9.0
+    assert (
+        SafetyLayer(DOSE_SPEC)
+        .enforce({"shot": 9.0, "valve": 40.0}, {"shot": 0.0, "valve": 40.0})
+        .actuators["shot"]
+        == 9.0
+    )
 
 
 def test_the_kind_of_an_actuator_comes_from_the_tag_file() -> None:
@@ -1022,9 +1027,11 @@ def test_the_kind_of_an_actuator_comes_from_the_tag_file() -> None:
     assert ProcessSpec.from_dict(data) == DOSE_SPEC
     del data["tags"][2]["kind"]
     assert ProcessSpec.from_dict(data).tag("valve").kind is ActuatorKind.LEVEL  # the default
-    for tag, change, message in ((0, {"kind": "dose"}, "only an actuator"),
-                                 (1, {"low": 1.0}, "held at 0"),
-                                 (1, {"kind": "pulse"}, "kind")):
+    for tag, change, message in (
+        (0, {"kind": "dose"}, "only an actuator"),
+        (1, {"low": 1.0}, "held at 0"),
+        (1, {"kind": "pulse"}, "kind"),
+    ):
         bad = DOSE_SPEC.to_dict()
         bad["tags"][tag].update(change)
         with pytest.raises(SpecError, match=message):

@@ -21,10 +21,22 @@ TAGS: dict[str, Any] = {
     "sample_period_s": DT,
     "tags": [
         {"name": "T", "role": "sensor", "unit": "degC", "controlled": True},
-        {"name": "P", "role": "actuator", "unit": "kW", "low": 0.0, "high": 100.0,
-         "rate_limit": 5.0},
-        {"name": "F", "role": "actuator", "unit": "L/s", "low": 0.0, "high": 10.0,
-         "rate_limit": 1.0},
+        {
+            "name": "P",
+            "role": "actuator",
+            "unit": "kW",
+            "low": 0.0,
+            "high": 100.0,
+            "rate_limit": 5.0,
+        },
+        {
+            "name": "F",
+            "role": "actuator",
+            "unit": "L/s",
+            "low": 0.0,
+            "high": 10.0,
+            "rate_limit": 1.0,
+        },
     ],
     "baseline": [{"sensor": "T", "actuator": "P"}],
 }
@@ -39,15 +51,22 @@ def random_steps(rng: np.random.Generator, n: int, nominal: float, band: float) 
     return u
 
 
-def fopdt_log(gain: float, tau_s: float, delay: int, *, integrating: bool = False,
-              n: int = 3000, seed: int = 0) -> pd.DataFrame:
+def fopdt_log(
+    gain: float,
+    tau_s: float,
+    delay: int,
+    *,
+    integrating: bool = False,
+    n: int = 3000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """T responds to P (first order, `delay` samples dead time) and to F (another lag):
     the pairing's model must be found with the other actuator moving too."""
     rng = np.random.default_rng(seed)
     power, flow = random_steps(rng, n, 50.0, 30.0), random_steps(rng, n, 5.0, 3.0)
     a = 1.0 if integrating else np.exp(-DT / tau_s)
     b = gain * DT / tau_s if integrating else gain * (1.0 - a)
-    drive = np.concatenate([np.full(delay + 1, power[0]), power[:-delay - 1]])
+    drive = np.concatenate([np.full(delay + 1, power[0]), power[: -delay - 1]])
     response = lfilter([b], [1.0, -a], drive - 50.0)
     if integrating:
         response = response - np.linspace(0.0, response[-1], n)  # an unmeasured outflow
@@ -55,8 +74,14 @@ def fopdt_log(gain: float, tau_s: float, delay: int, *, integrating: bool = Fals
     other = lfilter([-0.8 * (1 - 0.9)], [1.0, -0.9], flow_before - 5.0)
     temperature = 40.0 + response + other
     noise = 0.01 * (temperature.max() - temperature.min())
-    return pd.DataFrame({"time_s": np.arange(n) * DT,
-                         "T": temperature + rng.normal(0.0, noise, n), "P": power, "F": flow})
+    return pd.DataFrame(
+        {
+            "time_s": np.arange(n) * DT,
+            "T": temperature + rng.normal(0.0, noise, n),
+            "P": power,
+            "F": flow,
+        }
+    )
 
 
 def test_simc_rules_on_a_known_model() -> None:
@@ -91,20 +116,25 @@ def test_pairing_without_gains_is_tuned_and_given_gains_are_kept() -> None:
     df = fopdt_log(0.4, 60.0, delay=5)
     spec = ProcessSpec.from_dict(TAGS)
     assert not spec.baseline[0].tuned
-    assert spec_fallback(spec)({"T": 30.0}, {"T": 40.0}, {"P": 50.0, "F": 5.0}) == \
-        {"P": 50.0, "F": 5.0}  # an untuned loop holds
+    assert spec_fallback(spec)({"T": 30.0}, {"T": 40.0}, {"P": 50.0, "F": 5.0}) == {
+        "P": 50.0,
+        "F": 5.0,
+    }  # an untuned loop holds
     tuned = with_simc_gains(spec, df)
     loop = tuned.baseline[0]
     assert loop.kp is not None and loop.kp > 0 and loop.ti_s is not None
     expected = simc_pi(identify_fopdt(df, spec, "T", "P"))
     assert loop.kp == pytest.approx(expected.kp) and loop.ti_s == pytest.approx(expected.ti_s)
-    given = ProcessSpec.from_dict({**TAGS, "baseline": [
-        {"sensor": "T", "actuator": "P", "kp": 1.0, "ti_s": 30.0}]})
+    given = ProcessSpec.from_dict(
+        {**TAGS, "baseline": [{"sensor": "T", "actuator": "P", "kp": 1.0, "ti_s": 30.0}]}
+    )
     assert with_simc_gains(given, df) is given
 
 
-@pytest.mark.parametrize("loop", [{"sensor": "T", "actuator": "P", "kp": 1.0},
-                                  {"sensor": "T", "actuator": "P", "ti_s": 10.0}])
+@pytest.mark.parametrize(
+    "loop",
+    [{"sensor": "T", "actuator": "P", "kp": 1.0}, {"sensor": "T", "actuator": "P", "ti_s": 10.0}],
+)
 def test_half_given_gains_are_refused(loop: dict[str, Any]) -> None:
     with pytest.raises(SpecError, match="give both kp and ti_s, or neither"):
         ProcessSpec.from_dict({**TAGS, "baseline": [loop]})

@@ -57,37 +57,56 @@ def _mutate(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 
 # (mutation, words every one of which the message must contain)
 INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
-    "actuator missing low": (lambda d: tag_entry(d, "Tc").pop("low"),
-                             ["tag 'Tc'", "bounds", "low"]),
-    "actuator missing high": (lambda d: tag_entry(d, "Tc").update(high=None),
-                              ["tag 'Tc'", "bounds", "high"]),
-    "actuator missing rate_limit": (lambda d: tag_entry(d, "Tc").pop("rate_limit"),
-                                    ["tag 'Tc'", "rate_limit"]),
-    "zero rate_limit": (lambda d: tag_entry(d, "Tc").update(rate_limit=0.0),
-                        ["tag 'Tc'", "rate_limit"]),
-    "low above high": (lambda d: tag_entry(d, "Tc").update(low=400.0),
-                       ["tag 'Tc'", "low", "high", "400"]),
-    "low equals high": (lambda d: tag_entry(d, "Tc").update(low=360.0),
-                        ["tag 'Tc'", "low", "below"]),
-    "duplicate tag": (lambda d: d["tags"].append(dict(tag_entry(d, "T"))),
-                      ["duplicate", "T"]),
-    "unknown role": (lambda d: tag_entry(d, "Ca").update(role="gauge"),
-                     ["tag 'Ca'", "role"]),
+    "actuator missing low": (
+        lambda d: tag_entry(d, "Tc").pop("low"),
+        ["tag 'Tc'", "bounds", "low"],
+    ),
+    "actuator missing high": (
+        lambda d: tag_entry(d, "Tc").update(high=None),
+        ["tag 'Tc'", "bounds", "high"],
+    ),
+    "actuator missing rate_limit": (
+        lambda d: tag_entry(d, "Tc").pop("rate_limit"),
+        ["tag 'Tc'", "rate_limit"],
+    ),
+    "zero rate_limit": (
+        lambda d: tag_entry(d, "Tc").update(rate_limit=0.0),
+        ["tag 'Tc'", "rate_limit"],
+    ),
+    "low above high": (
+        lambda d: tag_entry(d, "Tc").update(low=400.0),
+        ["tag 'Tc'", "low", "high", "400"],
+    ),
+    "low equals high": (
+        lambda d: tag_entry(d, "Tc").update(low=360.0),
+        ["tag 'Tc'", "low", "below"],
+    ),
+    "duplicate tag": (lambda d: d["tags"].append(dict(tag_entry(d, "T"))), ["duplicate", "T"]),
+    "unknown role": (lambda d: tag_entry(d, "Ca").update(role="gauge"), ["tag 'Ca'", "role"]),
     "missing unit": (lambda d: tag_entry(d, "Tf").pop("unit"), ["tag 'Tf'", "unit"]),
     "empty unit": (lambda d: tag_entry(d, "Tf").update(unit=""), ["tag 'Tf'", "unit"]),
-    "infinite limit": (lambda d: tag_entry(d, "T").update(high=float("inf")),
-                       ["tag 'T'", "high", "finite"]),
-    "nan limit": (lambda d: tag_entry(d, "Tc").update(low=float("nan")),
-                  ["tag 'Tc'", "low", "finite"]),
+    "infinite limit": (
+        lambda d: tag_entry(d, "T").update(high=float("inf")),
+        ["tag 'T'", "high", "finite"],
+    ),
+    "nan limit": (
+        lambda d: tag_entry(d, "Tc").update(low=float("nan")),
+        ["tag 'Tc'", "low", "finite"],
+    ),
     "no actuator": (lambda d: d["tags"].remove(tag_entry(d, "Tc")), ["actuator"]),
-    "rate_limit on a sensor": (lambda d: tag_entry(d, "Ca").update(rate_limit=1.0),
-                               ["tag 'Ca'", "rate_limit", "actuator"]),
-    "controlled actuator": (lambda d: tag_entry(d, "Tc").update(controlled=True),
-                            ["tag 'Tc'", "sensor"]),
-    "nominal outside bounds": (lambda d: tag_entry(d, "Tc").update(nominal=500.0),
-                               ["tag 'Tc'", "nominal", "500"]),
-    "unknown field": (lambda d: tag_entry(d, "Ca").update(colour="red"),
-                      ["tag 'Ca'", "colour"]),
+    "rate_limit on a sensor": (
+        lambda d: tag_entry(d, "Ca").update(rate_limit=1.0),
+        ["tag 'Ca'", "rate_limit", "actuator"],
+    ),
+    "controlled actuator": (
+        lambda d: tag_entry(d, "Tc").update(controlled=True),
+        ["tag 'Tc'", "sensor"],
+    ),
+    "nominal outside bounds": (
+        lambda d: tag_entry(d, "Tc").update(nominal=500.0),
+        ["tag 'Tc'", "nominal", "500"],
+    ),
+    "unknown field": (lambda d: tag_entry(d, "Ca").update(colour="red"), ["tag 'Ca'", "colour"]),
 }
 
 
@@ -102,11 +121,11 @@ def test_invalid_spec_from_dict_names_tag_and_field(case: str) -> None:
         assert word in message, f"{word!r} not in {message!r}"
 
 
-@pytest.mark.parametrize("case", ["actuator missing rate_limit", "unknown role", "missing unit",
-                                  "duplicate tag"])
+@pytest.mark.parametrize(
+    "case", ["actuator missing rate_limit", "unknown role", "missing unit", "duplicate tag"]
+)
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
-def test_invalid_spec_file_names_file_tag_and_field(tmp_path: Path, case: str,
-                                                    suffix: str) -> None:
+def test_invalid_spec_file_names_file_tag_and_field(tmp_path: Path, case: str, suffix: str) -> None:
     mutation, words = INVALID[case]
     path = write(tmp_path / f"bad{suffix}", _mutate(mutation))
     with pytest.raises(SpecError) as info:
@@ -121,7 +140,8 @@ def test_non_finite_limit_in_yaml_and_json_files(tmp_path: Path) -> None:
     yaml_path = tmp_path / "inf.yaml"
     yaml_path.write_text(
         yaml.safe_dump(cstr_spec_dict(), sort_keys=False).replace("high: 385.0", "high: .inf"),
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     with pytest.raises(SpecError, match=r"tag 'T'.*high must be a finite number"):
         ProcessSpec.load(yaml_path)
     json_path = tmp_path / "nan.json"
@@ -148,12 +168,15 @@ def test_missing_file(tmp_path: Path) -> None:
         ProcessSpec.load(tmp_path / "nowhere.yaml")
 
 
-@pytest.mark.parametrize(("name", "text", "pattern"), [
-    ("broken.json", "{not json", r"cannot parse"),
-    ("broken.yaml", "tags: [unclosed", r"cannot parse"),
-    ("list.yaml", "- 1\n- 2\n", r"top level must be a mapping"),
-    ("empty.yaml", "", r"top level must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "pattern"),
+    [
+        ("broken.json", "{not json", r"cannot parse"),
+        ("broken.yaml", "tags: [unclosed", r"cannot parse"),
+        ("list.yaml", "- 1\n- 2\n", r"top level must be a mapping"),
+        ("empty.yaml", "", r"top level must be a mapping"),
+    ],
+)
 def test_unparseable_files(tmp_path: Path, name: str, text: str, pattern: str) -> None:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -209,18 +232,21 @@ def test_control_weights_default_when_a_spec_leaves_them_out() -> None:
     assert spec.control.data_envelope and spec.control.guard_keeps_twin_moves
 
 
-@pytest.mark.parametrize(("field", "value", "words"), [
-    ("tracking_weight", -1.0, "greater than or equal to 0"),
-    ("move_weight", 0.0, "greater than 0"),
-    ("move_weight", float("nan"), "finite"),
-    ("tracking_weight", float("inf"), "finite"),
-    ("limit_margin", -0.1, "greater than or equal to 0"),
-    ("limit_margin", float("nan"), "finite"),
-    ("setpoint_priority", 0.5, "greater than or equal to 1"),
-    ("forecast_bias_gain", 1.5, "less than or equal to 1"),
-    ("forecast_bias_gain", -0.1, "greater than or equal to 0"),
-    ("colour", 1.0, "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("tracking_weight", -1.0, "greater than or equal to 0"),
+        ("move_weight", 0.0, "greater than 0"),
+        ("move_weight", float("nan"), "finite"),
+        ("tracking_weight", float("inf"), "finite"),
+        ("limit_margin", -0.1, "greater than or equal to 0"),
+        ("limit_margin", float("nan"), "finite"),
+        ("setpoint_priority", 0.5, "greater than or equal to 1"),
+        ("forecast_bias_gain", 1.5, "less than or equal to 1"),
+        ("forecast_bias_gain", -0.1, "greater than or equal to 0"),
+        ("colour", 1.0, "Extra inputs"),
+    ],
+)
 def test_invalid_control_weights_name_the_field(field: str, value: float, words: str) -> None:
     data = cstr_spec_dict()
     data["control"][field] = value
@@ -229,13 +255,15 @@ def test_invalid_control_weights_name_the_field(field: str, value: float, words:
     assert f"control.{field}" in str(info.value) and words in str(info.value)
 
 
-@pytest.mark.parametrize(("names", "words"), [
-    (["Tx"], "'Tx' is not an actuator tag"),
-    (["T"], "'T' is not an actuator tag"),
-    (["Tc"], "lists every actuator"),
-])
-def test_baseline_actuators_must_leave_the_twin_an_actuator(names: list[str],
-                                                            words: str) -> None:
+@pytest.mark.parametrize(
+    ("names", "words"),
+    [
+        (["Tx"], "'Tx' is not an actuator tag"),
+        (["T"], "'T' is not an actuator tag"),
+        (["Tc"], "lists every actuator"),
+    ],
+)
+def test_baseline_actuators_must_leave_the_twin_an_actuator(names: list[str], words: str) -> None:
     data = cstr_spec_dict()
     data["control"]["baseline_actuators"] = names
     with pytest.raises(SpecError, match=words):

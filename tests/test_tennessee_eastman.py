@@ -28,6 +28,7 @@ START_MV = te.TEPPlant(noise=False).mv  # the base-case valves every run starts 
 
 # -- spec ----------------------------------------------------------------------------------
 
+
 def test_spec_has_41_measurements_12_valves_and_the_interlocks() -> None:
     spec = te.SPEC
     assert len(spec.sensors) == 41 and len(spec.actuators) == 12 and not spec.disturbances
@@ -59,6 +60,7 @@ def test_spec_has_41_measurements_12_valves_and_the_interlocks() -> None:
 
 # -- simulator -----------------------------------------------------------------------------
 
+
 def _trajectory(seed: int, noise: bool = True, idv: int | None = None) -> np.ndarray:
     plant = te.TEPPlant(seed=seed, noise=noise)
     plant.idv = te.idv_vector(idv)
@@ -79,8 +81,9 @@ def test_simulator_is_deterministic_by_seed() -> None:
     np.testing.assert_array_equal(list(plant.measure().values()), plant.true_measurements)
     assert plant.time_s == te.SAMPLE_PERIOD_S
     # the seed also drives the model's random disturbances (IDV 8: feed composition)
-    assert not np.array_equal(_trajectory(3, noise=False, idv=8),
-                              _trajectory(4, noise=False, idv=8))
+    assert not np.array_equal(
+        _trajectory(3, noise=False, idv=8), _trajectory(4, noise=False, idv=8)
+    )
 
 
 def test_measurement_noise_has_the_model_amplitudes_and_held_analyzers() -> None:
@@ -157,6 +160,7 @@ def test_base_case_settles_at_the_published_steady_state() -> None:
 
 # -- baseline episodes ---------------------------------------------------------------------
 
+
 def _applied(steps: list[StepRecord]) -> np.ndarray:
     return np.array([[s.actuators[name] for name in te.MV_NAMES] for s in steps])
 
@@ -183,7 +187,8 @@ def test_baseline_keeps_the_shutdown_limits(idv: int | None) -> None:
         assert s.setpoints == te.BASE_SETPOINTS
         assert min(s.margins.values()) > 10.0
         assert s.margins["reactor_pressure"] == pytest.approx(
-            3000.0 - s.measurements["reactor_pressure"])
+            3000.0 - s.measurements["reactor_pressure"]
+        )
     assert ep.process == "tennessee_eastman" and ep.config["seed"] == 7
     again = te.run_episode(te.baseline_policy(), "pi", idv=idv)
     np.testing.assert_array_equal(_applied(again.steps), _applied(ep.steps))
@@ -200,8 +205,9 @@ def test_episode_metrics_count_interlock_violations() -> None:
     true[1, te.MEAS_INDEX["reactor_pressure"]] = 3010.0
     true[2, te.MEAS_INDEX["stripper_level"]] = -30.0
     steps = [StepRecord(k, 36.0 * k, {}, {}, {}, solve_ms=1.0) for k in range(4)]
-    metrics = te.episode_metrics(true, np.array([100.0, 200.0, 300.0, 400.0]),
-                                 te.BASE_SETPOINTS, steps, shutdown=True)
+    metrics = te.episode_metrics(
+        true, np.array([100.0, 200.0, 300.0, 400.0]), te.BASE_SETPOINTS, steps, shutdown=True
+    )
     assert metrics["violations"] == 2 and metrics["shutdown"] == 1
     assert metrics["worst_violation"] == pytest.approx(10.0)
     assert metrics["cost"] == 250.0 and metrics["operating_cost_usd"] == pytest.approx(10.0)
@@ -209,6 +215,7 @@ def test_episode_metrics_count_interlock_violations() -> None:
 
 
 # -- the fallback --------------------------------------------------------------------------
+
 
 def _settled(hours: float = 1.0) -> tuple[te.TEPPlant, dict[str, float]]:
     plant, baseline = te.TEPPlant(seed=2), te.RickerBaseline()
@@ -247,8 +254,11 @@ def test_a_takeover_returns_the_hand_set_valves_to_the_schemes_settings() -> Non
     hand_set = ("compressor_recycle_valve", "stripper_steam_valve", "reactor_agitator_speed")
     assert all(out[k] == applied[k] for k in hand_set)  # the scheme holds them
     plant.step(np.array([out[k] for k in te.MV_NAMES]))
-    moved = {**out, "stripper_steam_valve": out["stripper_steam_valve"] + 6.5,
-             "reactor_agitator_speed": out["reactor_agitator_speed"] - 20.0}
+    moved = {
+        **out,
+        "stripper_steam_valve": out["stripper_steam_valve"] + 6.5,
+        "reactor_agitator_speed": out["reactor_agitator_speed"] - 20.0,
+    }
     back = fallback(plant.measure(), te.BASE_SETPOINTS, moved)
     assert back["stripper_steam_valve"] == pytest.approx(applied["stripper_steam_valve"])
     # further than one rate step: on its way back at the rate limit
@@ -261,12 +271,15 @@ def test_fallback_takes_over_from_another_controller_in_closed_loop() -> None:
     fallback runs the rest, taking over each time from wherever the valves were left."""
     fallback, rng = te.baseline_fallback(), np.random.default_rng(0)
 
-    def policy(plant: te.TEPPlant, time_s: float, meas: dict[str, float],
-               setpoints: dict[str, float]) -> StepRecord:
+    def policy(
+        plant: te.TEPPlant, time_s: float, meas: dict[str, float], setpoints: dict[str, float]
+    ) -> StepRecord:
         applied = dict(zip(te.MV_NAMES, map(float, plant.mv), strict=True))
         if int(time_s / te.SAMPLE_PERIOD_S) % 15 < 5:
-            moved = {k: float(np.clip(v + rng.uniform(-1.0, 1.0), 0.0, 100.0))
-                     for k, v in applied.items()}
+            moved = {
+                k: float(np.clip(v + rng.uniform(-1.0, 1.0), 0.0, 100.0))
+                for k, v in applied.items()
+            }
             return StepRecord(0, time_s, meas, setpoints, moved)
         return StepRecord(0, time_s, meas, setpoints, dict(fallback(meas, setpoints, applied)))
 
@@ -280,6 +293,7 @@ def test_fallback_takes_over_from_another_controller_in_closed_loop() -> None:
 
 # -- excitation log ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def log() -> pd.DataFrame:
     return te.generate_training_log(hours=12.0, seed=3)
@@ -292,8 +306,7 @@ def test_training_log_keeps_bounds_rates_and_limits(log: pd.DataFrame) -> None:
     check_log(log, te.SPEC)
     assert log.notna().all().all()
     for i, name in enumerate(te.MV_NAMES):
-        assert_within_bounds_and_rate(log[name].to_numpy(), START_MV[i], 0.0, 100.0,
-                                      RATE)
+        assert_within_bounds_and_rate(log[name].to_numpy(), START_MV[i], 0.0, 100.0, RATE)
     for name, (low, high) in te.HARD_LIMITS.items():
         margin = 0.1 * ((high or 0.0) - (low or 0.0)) if low is not None and high else 50.0
         assert high is None or log[name].max() < high - margin, name
@@ -315,18 +328,21 @@ def test_training_log_is_deterministic_by_seed(log: pd.DataFrame) -> None:
 
 # -- the twin, end to end ------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_twin_controller_runs_the_plant_end_to_end() -> None:
     """A tiny twin (2 epochs on 1 h) with CEM drives the plant through the contract; its
     control quality is not the point here, the plumbing is (it falls back often)."""
     import torch
 
-
     df = te.generate_training_log(hours=1.0, seed=1)
     check_log(df, te.SPEC)
-    cfg = TrainConfig(epochs=2, rollout_steps=4, seed=0,
-                      model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32,
-                                       predictor_hidden=32))
+    cfg = TrainConfig(
+        epochs=2,
+        rollout_steps=4,
+        seed=0,
+        model=JEPAConfig(window=8, embed_dim=8, encoder_hidden=32, predictor_hidden=32),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine a second thread makes CEM crawl
     try:
@@ -353,8 +369,14 @@ def _assert_a_twin_that_never_plans_is_the_baseline(twin: Twin) -> None:
         settings = PlannerSettings(horizon=2)
 
         def plan(self, problem: PlanningProblem) -> PlanResult:
-            return PlanResult(False, np.zeros((2, len(te.MV_NAMES))),
-                              np.zeros((2, len(problem.z0))), 0.0, 0.1, message="test")
+            return PlanResult(
+                False,
+                np.zeros((2, len(te.MV_NAMES))),
+                np.zeros((2, len(problem.z0))),
+                0.0,
+                0.1,
+                message="test",
+            )
 
     controller = TwinController(twin, FailingPlanner(), te.baseline_fallback())
     twin_ep = te.run_episode(te.twin_policy(controller), "never plans", idv=1, hours=0.5)

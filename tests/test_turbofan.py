@@ -27,12 +27,17 @@ RATE = tf.RATE_PER_SAMPLE
 GROUND_HOT = tf.Flight(0.0, 0.0, 15.0)
 
 # idle to takeoff and back in one step each: what the limit protection is for
-SLAM = tf.Scenario(steps=200, setpoints=[(0, 20.0), (10, 110.0), (100, 20.0), (150, 110.0)],
-                   flight_points=[(0, GROUND_HOT)])
+SLAM = tf.Scenario(
+    steps=200,
+    setpoints=[(0, 20.0), (10, 110.0), (100, 20.0), (150, 110.0)],
+    flight_points=[(0, GROUND_HOT)],
+)
 # the same at cruise altitude, where the fan overspeeds first
-SLAM_ALTITUDE = tf.Scenario(steps=200, setpoints=[(0, 8.0), (10, 40.0), (100, 8.0),
-                                                  (150, 40.0)],
-                            flight_points=[(0, tf.Flight(9000.0, 0.75, -10.0))])
+SLAM_ALTITUDE = tf.Scenario(
+    steps=200,
+    setpoints=[(0, 8.0), (10, 40.0), (100, 8.0), (150, 40.0)],
+    flight_points=[(0, tf.Flight(9000.0, 0.75, -10.0))],
+)
 
 
 def _applied(steps: list[StepRecord]) -> np.ndarray:
@@ -45,14 +50,20 @@ def _initial_fuel(scenario: tf.Scenario, cycle: float = 0.0) -> float:
 
 # -- spec and contract -------------------------------------------------------------------
 
+
 def test_spec_validates_and_names_the_limits() -> None:
     assert ProcessSpec.from_dict(tf.SPEC.to_dict()) == tf.SPEC
     assert get_process("turbofan") is tf
     assert [t.name for t in tf.SPEC.controlled] == ["Fn"]
     assert [t.name for t in tf.SPEC.actuators] == ["Wf"]
     assert [t.name for t in tf.SPEC.disturbances] == ["alt", "Mach", "dT_isa"]
-    assert tf.LIMITS == {"T50": (None, 930.0), "Nf": (None, 5250.0), "Nc": (None, 15100.0),
-                         "phi": (0.15, None), "SM_hpc": (10.0, None)}
+    assert tf.LIMITS == {
+        "T50": (None, 930.0),
+        "Nf": (None, 5250.0),
+        "Nc": (None, 15100.0),
+        "phi": (0.15, None),
+        "SM_hpc": (10.0, None),
+    }
     wf = tf.SPEC.tag("Wf")
     assert (wf.low, wf.high) == (tf.WF_LOW, tf.WF_HIGH)
     assert tf.SPEC.rate_limit_per_sample(wf) == pytest.approx(RATE)
@@ -60,6 +71,7 @@ def test_spec_validates_and_names_the_limits() -> None:
 
 
 # -- the model -----------------------------------------------------------------------------
+
 
 def test_design_point_is_matched() -> None:
     n1, n2 = tf.steady_state(tf.DESIGN.wf)
@@ -132,8 +144,10 @@ def test_degradation_changes_the_plant() -> None:
     wf_new, x_new = tf.trim_fuel(100.0, health=new)
     wf_worn, x_worn = tf.trim_fuel(100.0, health=worn)
     assert wf_worn > wf_new
-    assert (tf.sensors(*x_worn, wf_worn, tf.SEA_LEVEL_STATIC, worn)["T50"]
-            > tf.sensors(*x_new, wf_new, tf.SEA_LEVEL_STATIC, new)["T50"] + 20.0)
+    assert (
+        tf.sensors(*x_worn, wf_worn, tf.SEA_LEVEL_STATIC, worn)["T50"]
+        > tf.sensors(*x_new, wf_new, tf.SEA_LEVEL_STATIC, new)["T50"] + 20.0
+    )
 
 
 def _trajectory(seed: int, noise: bool = True) -> list[dict[str, float]]:
@@ -157,6 +171,7 @@ def test_simulator_is_deterministic_by_seed() -> None:
 
 
 # -- training data -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def log() -> pd.DataFrame:
@@ -198,6 +213,7 @@ def test_training_log_is_deterministic_by_seed() -> None:
 
 # -- baseline -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cycle", [0.0, 250.0])
 def test_baseline_on_benchmark(cycle: float) -> None:
     ep = tf.run_episode(tf.baseline_policy(), "fadec", cycle=cycle)
@@ -207,8 +223,9 @@ def test_baseline_on_benchmark(cycle: float) -> None:
     assert ep.metrics["mean_abs_error_kN"] < 9.0
     assert ep.process == "turbofan" and ep.config["cycle"] == cycle and ep.config["seed"] == 7
     scenario = tf.benchmark_scenario()
-    assert_within_bounds_and_rate(_applied(ep.steps), _initial_fuel(scenario, cycle),
-                                  tf.WF_LOW, tf.WF_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        _applied(ep.steps), _initial_fuel(scenario, cycle), tf.WF_LOW, tf.WF_HIGH, RATE
+    )
     step = ep.steps[100]
     assert set(step.margins) == set(tf.LIMITS)
     assert step.margins["T50"] == pytest.approx(tf.T50_MAX_K - step.measurements["T50"])
@@ -239,14 +256,14 @@ def test_limit_protection_is_what_keeps_the_limits(scenario: tf.Scenario, cycle:
     else:
         assert bare.metrics["violations_Nf"] > 0
     for ep in (protected, bare):
-        assert_within_bounds_and_rate(_applied(ep.steps), _initial_fuel(scenario, cycle),
-                                      tf.WF_LOW, tf.WF_HIGH, RATE)
+        assert_within_bounds_and_rate(
+            _applied(ep.steps), _initial_fuel(scenario, cycle), tf.WF_LOW, tf.WF_HIGH, RATE
+        )
 
 
 def test_fuel_control_selects_the_most_limiting_demand() -> None:
     control = tf.FuelControl()
-    calm = {"Fn": 50.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0,
-            "Ps30": 1500.0}
+    calm = {"Fn": 50.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0, "Ps30": 1500.0}
     assert control(calm, 50.0, 0.7) == pytest.approx(0.7)  # on target, nothing to do
     assert control(calm, 90.0, 0.7) == pytest.approx(0.7 + RATE)  # far below: rate-limited
     control.reset()
@@ -264,8 +281,7 @@ def test_limit_protection_cuts_any_fuel_demand_as_the_baseline_would() -> None:
     """The twin's moves pass the baseline's limit selection: a surge-margin or EGT ceiling
     and the flame-out floor, whatever the demand; a calm engine is left alone."""
     protect = tf.limit_protection()
-    calm = {"Fn": 50.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0,
-            "Ps30": 1500.0}
+    calm = {"Fn": 50.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0, "Ps30": 1500.0}
     assert protect(calm, {"Wf": 0.75}, {"Wf": 0.7}) == {"Wf": pytest.approx(0.75)}
     near_surge = {**calm, "SM_hpc": tf.SM_CONTROL_PCT - 1.0}
     assert protect(near_surge, {"Wf": 0.8}, {"Wf": 0.7})["Wf"] < 0.7
@@ -276,14 +292,14 @@ def test_limit_protection_cuts_any_fuel_demand_as_the_baseline_would() -> None:
 
 def test_only_the_turbofan_lends_a_limit_protection() -> None:
     from processes import get_spec, protection_for
+
     assert protection_for(tf.SPEC) is not None
     assert protection_for(get_spec("cstr")) is None
 
 
 def test_fallback_is_bumpless_and_copes_with_missing_measurements() -> None:
     fallback = tf.baseline_fallback()
-    meas = {"Fn": 60.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0,
-            "Ps30": 1500.0}
+    meas = {"Fn": 60.0, "T50": 800.0, "Nf": 4000.0, "Nc": 13500.0, "SM_hpc": 22.0, "Ps30": 1500.0}
     assert fallback(meas, {"Fn": 60.0}, {"Wf": 0.81}) == {"Wf": pytest.approx(0.81)}
     assert fallback({**meas, "Fn": None}, {"Fn": 90.0}, {"Wf": 0.8}) == {"Wf": 0.8}
     assert fallback(meas, {}, {"Wf": 0.8}) == {"Wf": 0.8}
@@ -303,13 +319,22 @@ def test_fallback_is_bumpless_and_copes_with_missing_measurements() -> None:
 
 def test_episode_metrics_count_violations_on_every_limit() -> None:
     ok = {"T50": 900.0, "Nf": 5000.0, "Nc": 15000.0, "phi": 0.3, "SM_hpc": 15.0}
-    excess = [tf._excess(ok), tf._excess({**ok, "T50": 935.0, "SM_hpc": 8.0}),
-              tf._excess({**ok, "Nf": 5300.0})]
+    excess = [
+        tf._excess(ok),
+        tf._excess({**ok, "T50": 935.0, "SM_hpc": 8.0}),
+        tf._excess({**ok, "Nf": 5300.0}),
+    ]
     extremes = {tag: [ok[tag], ok[tag], ok[tag]] for tag in tf.LIMITS}
     steps = [StepRecord(k, 0.2 * k, {}, {}, {"Wf": 0.5}, solve_ms=1.0) for k in range(3)]
-    m = tf.episode_metrics(np.array([50.0, 60.0, 70.0]), np.array([60.0, 60.0, 60.0]),
-                           np.array([0.0, RATE, -RATE]), np.array([0.5, 0.6, 0.5]), excess,
-                           extremes, steps)
+    m = tf.episode_metrics(
+        np.array([50.0, 60.0, 70.0]),
+        np.array([60.0, 60.0, 60.0]),
+        np.array([0.0, RATE, -RATE]),
+        np.array([0.5, 0.6, 0.5]),
+        excess,
+        extremes,
+        steps,
+    )
     assert m["violations"] == 2
     assert m["violations_T50"] == 1 and m["violations_SM_hpc"] == 1 and m["violations_Nf"] == 1
     assert m["worst_violation_T50"] == pytest.approx(5.0)
@@ -323,18 +348,21 @@ def test_episode_metrics_count_violations_on_every_limit() -> None:
 
 # -- oracle ---------------------------------------------------------------------------------
 
-SHORT = tf.Scenario(steps=80, setpoints=[(0, 25.0), (5, 100.0), (50, 35.0)],
-                    flight_points=[(0, tf.Flight(0.0, 0.2, 10.0))])
+SHORT = tf.Scenario(
+    steps=80,
+    setpoints=[(0, 25.0), (5, 100.0), (50, 35.0)],
+    flight_points=[(0, tf.Flight(0.0, 0.2, 10.0))],
+)
 
 
 def test_oracle_beats_baseline_and_keeps_limits() -> None:
-    oracle = tf.run_episode(tf.oracle_policy(horizon=10), "oracle", scenario=SHORT,
-                            cycle=250.0)
+    oracle = tf.run_episode(tf.oracle_policy(horizon=10), "oracle", scenario=SHORT, cycle=250.0)
     baseline = tf.run_episode(tf.baseline_policy(), "fadec", scenario=SHORT, cycle=250.0)
     assert oracle.metrics["violations"] == 0
     assert oracle.metrics["cost"] < 0.9 * baseline.metrics["cost"]
-    assert_within_bounds_and_rate(_applied(oracle.steps), _initial_fuel(SHORT, 250.0),
-                                  tf.WF_LOW, tf.WF_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        _applied(oracle.steps), _initial_fuel(SHORT, 250.0), tf.WF_LOW, tf.WF_HIGH, RATE
+    )
     assert oracle.metrics["max_T50_K"] > tf.T50_MAX_K - 10.0  # it uses the room it has
 
 
@@ -344,8 +372,9 @@ def _moves_the_protection_would_cut(steps: list[StepRecord], wf0: float) -> int:
     protection, applied, cut = tf.FuelControl(), wf0, 0
     for step in steps:
         wf = step.actuators["Wf"]
-        cut += not math.isclose(protection.protect_fuel(step.measurements, wf, applied), wf,
-                                rel_tol=1e-9, abs_tol=1e-12)
+        cut += not math.isclose(
+            protection.protect_fuel(step.measurements, wf, applied), wf, rel_tol=1e-9, abs_tol=1e-12
+        )
         applied = wf
     return cut
 
@@ -353,8 +382,12 @@ def _moves_the_protection_would_cut(steps: list[StepRecord], wf0: float) -> int:
 def test_protected_oracle_sends_only_moves_the_protection_allows() -> None:
     wf0 = _initial_fuel(SHORT, 250.0)
     bare = tf.run_episode(tf.oracle_policy(horizon=10), "oracle", scenario=SHORT, cycle=250.0)
-    protected = tf.run_episode(tf.oracle_policy(horizon=10, protected=True),
-                               "oracle_protected", scenario=SHORT, cycle=250.0)
+    protected = tf.run_episode(
+        tf.oracle_policy(horizon=10, protected=True),
+        "oracle_protected",
+        scenario=SHORT,
+        cycle=250.0,
+    )
     assert _moves_the_protection_would_cut(bare.steps, wf0) > 0  # the bare one rides past it
     assert _moves_the_protection_would_cut(protected.steps, wf0) == 0
     assert protected.metrics["violations"] == 0
@@ -371,6 +404,7 @@ def test_oracle_beats_baseline_on_the_benchmark() -> None:
 
 
 # -- with a twin -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
@@ -389,16 +423,26 @@ def test_a_tiny_twin_drives_the_engine_end_to_end() -> None:
     check_log(df, tf.SPEC)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        twin, _ = train_twin(df, tf.SPEC, TrainConfig(epochs=2, rollout_steps=4,
-                                                      model=TINY_MODEL), show_progress=False)
-    controller = TwinController.from_twin(twin, "cem", settings=PlannerSettings(horizon=8),
-                                          fallback=tf.baseline_fallback(),
-                                          protection=tf.limit_protection())
-    scenario = tf.Scenario(steps=25, setpoints=[(0, 25.0), (5, 60.0)],
-                           flight_points=[(0, tf.Flight(0.0, 0.2, 10.0))])
+        twin, _ = train_twin(
+            df,
+            tf.SPEC,
+            TrainConfig(epochs=2, rollout_steps=4, model=TINY_MODEL),
+            show_progress=False,
+        )
+    controller = TwinController.from_twin(
+        twin,
+        "cem",
+        settings=PlannerSettings(horizon=8),
+        fallback=tf.baseline_fallback(),
+        protection=tf.limit_protection(),
+    )
+    scenario = tf.Scenario(
+        steps=25, setpoints=[(0, 25.0), (5, 60.0)], flight_points=[(0, tf.Flight(0.0, 0.2, 10.0))]
+    )
     ep = tf.run_episode(tf.twin_policy(controller), "twin+cem", scenario=scenario)
     assert len(ep.steps) == 25 and set(CORE_METRICS) <= set(ep.metrics)
-    assert_within_bounds_and_rate(_applied(ep.steps), _initial_fuel(scenario), tf.WF_LOW,
-                                  tf.WF_HIGH, RATE)
+    assert_within_bounds_and_rate(
+        _applied(ep.steps), _initial_fuel(scenario), tf.WF_LOW, tf.WF_HIGH, RATE
+    )
     assert ep.metrics["violations"] == 0
     assert all(set(s.margins) == set(tf.LIMITS) for s in ep.steps)

@@ -36,26 +36,32 @@ def test_every_simulator_log_passes(process: str) -> None:
     check_log(module.generate_training_log(hours, 5), module.SPEC)
 
 
-@pytest.mark.parametrize(("tag", "typical", "expected"), [
-    (_sensor("K", nominal=350.0, high=385.0), 77.0, "degC"),
-    (_sensor("°C", nominal=120.0, high=175.0), 393.0, "K"),
-    (_sensor("K", nominal=350.0, high=385.0), 170.0, "degF"),
-    (_sensor("bar", nominal=5.0, low=1.0, high=10.0), 500.0, "kPa"),
-    (_sensor("kPa", nominal=2000.0), 20.0, "bar"),
-    (_sensor("kPa gauge", nominal=2705.0, high=3000.0), 27.0, "bar gauge"),
-    (_sensor("mol/L", nominal=0.5, low=0.0), 500.0, "mmol/L"),
-])
+@pytest.mark.parametrize(
+    ("tag", "typical", "expected"),
+    [
+        (_sensor("K", nominal=350.0, high=385.0), 77.0, "degC"),
+        (_sensor("°C", nominal=120.0, high=175.0), 393.0, "K"),
+        (_sensor("K", nominal=350.0, high=385.0), 170.0, "degF"),
+        (_sensor("bar", nominal=5.0, low=1.0, high=10.0), 500.0, "kPa"),
+        (_sensor("kPa", nominal=2000.0), 20.0, "bar"),
+        (_sensor("kPa gauge", nominal=2705.0, high=3000.0), 27.0, "bar gauge"),
+        (_sensor("mol/L", nominal=0.5, low=0.0), 500.0, "mmol/L"),
+    ],
+)
 def test_likely_mixup_names_the_other_unit(tag: Tag, typical: float, expected: str) -> None:
     assert likely_mixup(tag, typical) == expected
 
 
-@pytest.mark.parametrize(("tag", "typical"), [
-    (_sensor("K", nominal=350.0, high=385.0), 330.0),  # plausible in K
-    (_sensor("K", high=385.0), 77.0),  # a one-sided limit alone: not judged
-    (_sensor("bar", nominal=5.0), 9.0),  # inside a factor of five
-    (_sensor("rpm", nominal=4000.0), 40.0),  # a unit this module does not know
-    (_sensor("kPa", nominal=2000.0), 2e9),  # fits no unit of pressure either
-])
+@pytest.mark.parametrize(
+    ("tag", "typical"),
+    [
+        (_sensor("K", nominal=350.0, high=385.0), 330.0),  # plausible in K
+        (_sensor("K", high=385.0), 77.0),  # a one-sided limit alone: not judged
+        (_sensor("bar", nominal=5.0), 9.0),  # inside a factor of five
+        (_sensor("rpm", nominal=4000.0), 40.0),  # a unit this module does not know
+        (_sensor("kPa", nominal=2000.0), 2e9),  # fits no unit of pressure either
+    ],
+)
 def test_no_mixup_claimed_without_evidence(tag: Tag, typical: float) -> None:
     assert likely_mixup(tag, typical) is None
 

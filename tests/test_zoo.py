@@ -37,8 +37,9 @@ def test_export_round_trips_through_the_spec_and_log_checks(name: str, tmp_path:
     assert all(not loop.tuned for loop in spec.baseline)  # the pairing only
     assert len(df) == 300 and list(df.columns)[0] == "time_s"
     # the noise is at least 1 % of each sensor's instrument range
-    assert np.all(plant.noise_std() >= 0.01 * np.array([s.span[1] - s.span[0]
-                                                          for s in plant.sensors]) - 1e-12)
+    assert np.all(
+        plant.noise_std() >= 0.01 * np.array([s.span[1] - s.span[0] for s in plant.sensors]) - 1e-12
+    )
     for actuator in spec.actuators:
         moves = np.abs(np.diff(df[actuator.name].to_numpy()))
         assert moves.max() > 0  # the log excites every actuator
@@ -51,8 +52,10 @@ def test_simc_pi_from_the_log_holds_the_plant(name: str, tmp_path: Path) -> None
     spec, _ = from_files(*plant.export(tmp_path, seed=3))
     assert all(loop.tuned for loop in spec.baseline)
     result = score(plant, run_episode(plant, pi_decider(plant, spec), noise_seed=0))
-    held = score(plant, run_episode(plant, lambda k, t, y, sp, state: (
-        state.history[-1], "hold"), noise_seed=0))
+    held = score(
+        plant,
+        run_episode(plant, lambda k, t, y, sp, state: (state.history[-1], "hold"), noise_seed=0),
+    )
     assert result["violations"] == 0
     assert result["cost"] < held["cost"]  # it tracks the setpoint changes
     # settled at the end of every segment: the mean miss is within a few noise stds (the

@@ -71,8 +71,14 @@ def rate_per_sample(tag_name: str = "Tc") -> float:
     return cstr.SPEC.rate_limit_per_sample(cstr.SPEC.tag(tag_name))
 
 
-def assert_within_bounds_and_rate(values: np.ndarray, first_previous: float, low: float,
-                                  high: float, rate: float, tol: float = 1e-9) -> None:
+def assert_within_bounds_and_rate(
+    values: np.ndarray,
+    first_previous: float,
+    low: float,
+    high: float,
+    rate: float,
+    tol: float = 1e-9,
+) -> None:
     """A sequence of applied values keeps [low, high] and moves at most `rate` per sample."""
     values = np.asarray(values, dtype=float)
     assert np.all(np.isfinite(values))

@@ -114,8 +114,14 @@ class WindowDataset:
     t..t+H-1, and the observations at rows t..t+H for the readout heads.
     """
 
-    def __init__(self, df: pd.DataFrame, spec: ProcessSpec, window: int, horizon: int,
-                 norm: Normalizer | None = None) -> None:
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        spec: ProcessSpec,
+        window: int,
+        horizon: int,
+        norm: Normalizer | None = None,
+    ) -> None:
         check_log(df, spec)
         self.spec, self.window, self.horizon = spec, window, horizon
         self.layout = Layout.from_spec(spec)
@@ -125,16 +131,20 @@ class WindowDataset:
         self.feats = torch.from_numpy(np.concatenate([feats, mask], axis=1))
         self.obs = torch.from_numpy(feats[:, :n_obs])
         self.obs_mask = torch.from_numpy(mask[:, :n_obs])
-        self.actions = torch.from_numpy(self.norm.normalise(
-            df[list(self.layout.actions)].to_numpy(dtype=float), self.layout.actions
-        ).astype(np.float32))
+        self.actions = torch.from_numpy(
+            self.norm.normalise(
+                df[list(self.layout.actions)].to_numpy(dtype=float), self.layout.actions
+            ).astype(np.float32)
+        )
         seg = segment_ids(timestamps_s(df, spec), spec.sample_period_s)
         first = window  # row 0 has no previous action
-        starts = [t for t in range(first, len(df) - horizon)
-                  if seg[t - window + 1] == seg[t + horizon]]
+        starts = [
+            t for t in range(first, len(df) - horizon) if seg[t - window + 1] == seg[t + horizon]
+        ]
         if not starts:
-            raise InvalidInput(f"log too short: need more than {window + horizon + 1} "
-                               "contiguous samples")
+            raise InvalidInput(
+                f"log too short: need more than {window + horizon + 1} contiguous samples"
+            )
         self.starts = torch.tensor(starts, dtype=torch.long)
         self._offsets = torch.arange(-window + 1, 1)
 
@@ -163,13 +173,24 @@ class WindowDataset:
         return torch.arange(0, max(cut - gap, 1)), torch.arange(min(cut, n - 1), n)
 
 
-def window_from_rows(rows: list[dict[str, float | None]], prev_actions: list[dict[str, float]],
-                     layout: Layout, norm: Normalizer) -> torch.Tensor:
+def window_from_rows(
+    rows: list[dict[str, float | None]],
+    prev_actions: list[dict[str, float]],
+    layout: Layout,
+    norm: Normalizer,
+) -> torch.Tensor:
     """One live context window (W, 2F) from recent measurements and the actions before them."""
-    obs = np.array([[np.nan if r.get(t) is None else float(r[t]) for t in layout.observed]
-                    for r in rows], dtype=float)
-    act = np.array([[np.nan if a is None or a.get(t) is None else float(a[t])
-                     for t in layout.actions] for a in prev_actions], dtype=float)
+    obs = np.array(
+        [[np.nan if r.get(t) is None else float(r[t]) for t in layout.observed] for r in rows],
+        dtype=float,
+    )
+    act = np.array(
+        [
+            [np.nan if a is None or a.get(t) is None else float(a[t]) for t in layout.actions]
+            for a in prev_actions
+        ],
+        dtype=float,
+    )
     feats = np.hstack([norm.normalise(obs, layout.observed), norm.normalise(act, layout.actions)])
     mask = np.isfinite(feats)
     out = np.concatenate([np.where(mask, feats, 0.0), mask], axis=1).astype(np.float32)

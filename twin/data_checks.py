@@ -56,21 +56,27 @@ def timestamps_s(df: pd.DataFrame, spec: ProcessSpec) -> np.ndarray:
         unparsed = numbers.isna() & column.notna()
         if unparsed.any():  # numbers mixed with text
             row = int(np.flatnonzero(unparsed.to_numpy())[0])
-            raise InvalidInput(f"timestamp column '{name}' has {column.iloc[row]!r} at row "
-                               f"{row}, which is not a number of seconds")
+            raise InvalidInput(
+                f"timestamp column '{name}' has {column.iloc[row]!r} at row "
+                f"{row}, which is not a number of seconds"
+            )
         ts = numbers.to_numpy(dtype=float)
     else:
         try:
             parsed = pd.to_datetime(column, utc=True, format="ISO8601")
         except (ValueError, TypeError):
             bad = _first_unparseable(column)
-            raise InvalidInput(f"timestamp column '{name}' has {bad!r}, which is neither a "
-                               "number of seconds nor an ISO 8601 date-time") from None
+            raise InvalidInput(
+                f"timestamp column '{name}' has {bad!r}, which is neither a "
+                "number of seconds nor an ISO 8601 date-time"
+            ) from None
         ts = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
     bad_rows = np.flatnonzero(~np.isfinite(ts))
     if bad_rows.size:
-        raise InvalidInput(f"timestamp column '{name}' has a missing or non-numeric value "
-                           f"at row {int(bad_rows[0])}")
+        raise InvalidInput(
+            f"timestamp column '{name}' has a missing or non-numeric value "
+            f"at row {int(bad_rows[0])}"
+        )
     return ts
 
 
@@ -109,13 +115,17 @@ def _check_columns(df: pd.DataFrame, spec: ProcessSpec) -> None:
     needed = [spec.timestamp_column] + [t.name for t in spec.tags]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise InvalidInput(f"log lacks column(s) {', '.join(missing)} required by spec "
-                           f"'{spec.name}' (has: {', '.join(map(str, df.columns))})")
+        raise InvalidInput(
+            f"log lacks column(s) {', '.join(missing)} required by spec "
+            f"'{spec.name}' (has: {', '.join(map(str, df.columns))})"
+        )
     unknown = [str(c) for c in df.columns if c not in needed and c not in spec.ignore_columns]
     if unknown:
-        raise InvalidInput(f"log has column(s) {', '.join(unknown)} that spec '{spec.name}' "
-                           "does not know: add them to the tag file as tags, or list them "
-                           "under ignore_columns")
+        raise InvalidInput(
+            f"log has column(s) {', '.join(unknown)} that spec '{spec.name}' "
+            "does not know: add them to the tag file as tags, or list them "
+            "under ignore_columns"
+        )
 
 
 def _check_timestamps(ts: np.ndarray, spec: ProcessSpec) -> None:
@@ -124,19 +134,25 @@ def _check_timestamps(ts: np.ndarray, spec: ProcessSpec) -> None:
     duplicate = np.flatnonzero(steps == 0)
     if duplicate.size:
         row = int(duplicate[0]) + 1
-        raise InvalidInput(f"duplicate timestamp in '{name}' at rows {row - 1} and {row} "
-                           f"({ts[row]:g} s); {duplicate.size} duplicate(s) in all")
+        raise InvalidInput(
+            f"duplicate timestamp in '{name}' at rows {row - 1} and {row} "
+            f"({ts[row]:g} s); {duplicate.size} duplicate(s) in all"
+        )
     backwards = np.flatnonzero(steps < 0)
     if backwards.size:
         row = int(backwards[0]) + 1
-        raise InvalidInput(f"timestamps in '{name}' must strictly increase: row {row} "
-                           f"({ts[row]:g} s) is before row {row - 1} ({ts[row - 1]:g} s)")
+        raise InvalidInput(
+            f"timestamps in '{name}' must strictly increase: row {row} "
+            f"({ts[row]:g} s) is before row {row - 1} ({ts[row - 1]:g} s)"
+        )
     if steps.size:
         typical = float(np.median(steps))
         if abs(typical - spec.sample_period_s) > 0.1 * spec.sample_period_s:
-            raise InvalidInput(f"log is sampled every {typical:g} s (median), but the tag file "
-                               f"says sample_period_s: {spec.sample_period_s:g}; resample the "
-                               "log or correct the tag file")
+            raise InvalidInput(
+                f"log is sampled every {typical:g} s (median), but the tag file "
+                f"says sample_period_s: {spec.sample_period_s:g}; resample the "
+                "log or correct the tag file"
+            )
 
 
 def _numeric_column(df: pd.DataFrame, name: str) -> np.ndarray:
@@ -147,8 +163,7 @@ def _numeric_column(df: pd.DataFrame, name: str) -> np.ndarray:
     not_numbers = col.isna() & raw.notna()
     if not_numbers.any():
         row = int(np.flatnonzero(not_numbers.to_numpy())[0])
-        raise InvalidInput(f"tag '{name}' has a non-numeric value {raw.iloc[row]!r} "
-                           f"at row {row}")
+        raise InvalidInput(f"tag '{name}' has a non-numeric value {raw.iloc[row]!r} at row {row}")
     values = col.to_numpy(dtype=float)
     if np.isinf(values).any():
         row = int(np.flatnonzero(np.isinf(values))[0])
@@ -159,17 +174,21 @@ def _numeric_column(df: pd.DataFrame, name: str) -> np.ndarray:
 def _check_actuator(u: np.ndarray, ts: np.ndarray, tag: Tag, spec: ProcessSpec) -> None:
     missing = np.flatnonzero(np.isnan(u))
     if missing.size:
-        raise InvalidInput(f"actuator '{tag.name}' has missing values ({missing.size}, first "
-                           f"at row {int(missing[0])}); an actuator's applied value must be "
-                           "known at every sample")
+        raise InvalidInput(
+            f"actuator '{tag.name}' has missing values ({missing.size}, first "
+            f"at row {int(missing[0])}); an actuator's applied value must be "
+            "known at every sample"
+        )
     assert tag.low is not None and tag.high is not None and tag.rate_limit is not None
     outside = np.flatnonzero((u < tag.low) | (u > tag.high))
     if outside.size:
         row = int(outside[0])
-        raise InvalidInput(f"actuator '{tag.name}' is {u[row]:g} {tag.unit} at row {row}, "
-                           f"outside its bounds [{tag.low:g}, {tag.high:g}] {tag.unit} from "
-                           f"the tag file ({outside.size} sample(s)); the bounds or the data "
-                           "are wrong")
+        raise InvalidInput(
+            f"actuator '{tag.name}' is {u[row]:g} {tag.unit} at row {row}, "
+            f"outside its bounds [{tag.low:g}, {tag.high:g}] {tag.unit} from "
+            f"the tag file ({outside.size} sample(s)); the bounds or the data "
+            "are wrong"
+        )
     dt = np.diff(ts)
     contiguous = dt <= 1.5 * spec.sample_period_s
     moves = np.abs(np.diff(u))
@@ -183,9 +202,11 @@ def _check_actuator(u: np.ndarray, ts: np.ndarray, tag: Tag, spec: ProcessSpec) 
         row = int(too_fast[0]) + 1
         rate = moves[row - 1] / dt[row - 1]
         shown_rate, shown_limit = distinct_format(rate, tag.rate_limit)
-        raise InvalidInput(f"actuator '{tag.name}' moves {shown_rate} {tag.unit}/s at row "
-                           f"{row}, faster than its rate_limit {shown_limit} {tag.unit}/s "
-                           f"({too_fast.size} move(s)); the rate limit or the data are wrong")
+        raise InvalidInput(
+            f"actuator '{tag.name}' moves {shown_rate} {tag.unit}/s at row "
+            f"{row}, faster than its rate_limit {shown_limit} {tag.unit}/s "
+            f"({too_fast.size} move(s)); the rate limit or the data are wrong"
+        )
 
 
 def _check_measured(values: np.ndarray, tag: Tag) -> None:
@@ -193,9 +214,13 @@ def _check_measured(values: np.ndarray, tag: Tag) -> None:
     if finite.size == 0:
         raise InvalidInput(f"{tag.role} '{tag.name}' has no values at all")
     typical = float(np.median(finite))
-    for side, limit, beyond in (("high", tag.high, typical > (tag.high or 0.0)),
-                                ("low", tag.low, typical < (tag.low or 0.0))):
+    for side, limit, beyond in (
+        ("high", tag.high, typical > (tag.high or 0.0)),
+        ("low", tag.low, typical < (tag.low or 0.0)),
+    ):
         if limit is not None and beyond:
-            raise InvalidInput(f"{tag.role} '{tag.name}' is typically {typical:g} {tag.unit}, "
-                               f"beyond its {side} limit {limit:g} {tag.unit}: the limit "
-                               "contradicts the data (check the unit and the limit)")
+            raise InvalidInput(
+                f"{tag.role} '{tag.name}' is typically {typical:g} {tag.unit}, "
+                f"beyond its {side} limit {limit:g} {tag.unit}: the limit "
+                "contradicts the data (check the unit and the limit)"
+            )

@@ -91,8 +91,9 @@ def embed_log(twin: Twin, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     check_log(df, twin.spec)
     window = twin.config.window
     seg = segment_ids(timestamps_s(df, twin.spec), twin.spec.sample_period_s)
-    ends = np.array([t for t in range(window - 1, len(df)) if seg[t - window + 1] == seg[t]],
-                    dtype=int)
+    ends = np.array(
+        [t for t in range(window - 1, len(df)) if seg[t - window + 1] == seg[t]], dtype=int
+    )
     if ends.size == 0:
         raise InvalidInput(f"log too short to embed: need {window} contiguous samples")
     feats, mask = features(df, twin.layout, twin.norm)
@@ -112,8 +113,7 @@ class HorizonError:
     samples: int  # predictions scored per horizon (at most)
 
 
-def error_by_horizon(twin: Twin, df: pd.DataFrame, horizon: int, stride: int = 1
-                     ) -> HorizonError:
+def error_by_horizon(twin: Twin, df: pd.DataFrame, horizon: int, stride: int = 1) -> HorizonError:
     """RMSE of the twin's open-loop predictions against the log, at each horizon."""
     episode = open_loop(twin, df, horizon=horizon, stride=stride)
     ts = timestamps_s(df, twin.spec)
@@ -121,14 +121,14 @@ def error_by_horizon(twin: Twin, df: pd.DataFrame, horizon: int, stride: int = 1
     ahead = starts[:, None] + np.arange(1, horizon + 1)
     rmse, in_std = {}, {}
     for tag in twin.layout.sensors:
-        predicted = np.array([step.plan.sensors[tag] for step in episode.steps
-                              if step.plan is not None])
+        predicted = np.array(
+            [step.plan.sensors[tag] for step in episode.steps if step.plan is not None]
+        )
         truth = df[tag].to_numpy(dtype=float)[ahead]
         squared = (predicted - truth) ** 2
         counts = np.isfinite(squared).sum(axis=0)
         sums = np.nansum(squared, axis=0)
-        rmse[tag] = np.sqrt(np.divide(sums, counts, out=np.full(horizon, np.nan),
-                                      where=counts > 0))
+        rmse[tag] = np.sqrt(np.divide(sums, counts, out=np.full(horizon, np.nan), where=counts > 0))
         in_std[tag] = rmse[tag] / twin.norm.std[twin.norm.index(tag)]
     dt = twin.spec.sample_period_s
     return HorizonError(dt * np.arange(1, horizon + 1), rmse, in_std, len(starts))

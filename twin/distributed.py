@@ -46,8 +46,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model, self.loss_fn, self.cfg = model, loss_fn, cfg
 
-    def forward(self, batch: dict[str, torch.Tensor],
-                generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, Any]:
         return self.loss_fn(self.model, batch, self.cfg, generator)
 
 
@@ -70,9 +71,12 @@ class Trainer:
             dist.init_process_group(backend=backend)
         world, rank = dist.get_world_size(), dist.get_rank()
         if cfg.batch_size % world:
-            warnings.warn(f"batch_size {cfg.batch_size} is not a multiple of {world} "
-                          f"processes: the effective batch is "
-                          f"{(cfg.batch_size // world) * world}", stacklevel=2)
+            warnings.warn(
+                f"batch_size {cfg.batch_size} is not a multiple of {world} "
+                f"processes: the effective batch is "
+                f"{(cfg.batch_size // world) * world}",
+                stacklevel=2,
+            )
         ddp = DistributedDataParallel(_LossModule(model, loss_fn, cfg))
         return cls(model, loss_fn, cfg, rank, world, ddp)
 
@@ -85,18 +89,25 @@ class Trainer:
         """Windows per step in this process."""
         return max(1, self.cfg.batch_size // self.world_size)
 
-    def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator,
-                    epoch: int) -> torch.Tensor:
+    def epoch_order(
+        self, train_idx: torch.Tensor, generator: torch.Generator, epoch: int
+    ) -> torch.Tensor:
         """This process's training windows for `epoch`, in order."""
         if self.ddp is None:
             return train_idx[torch.randperm(len(train_idx), generator=generator)]
-        sampler = DistributedSampler(range(len(train_idx)), num_replicas=self.world_size,
-                                     rank=self.rank, shuffle=True, seed=self.cfg.seed)
+        sampler = DistributedSampler(
+            range(len(train_idx)),
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+        )
         sampler.set_epoch(epoch)
         return train_idx[torch.tensor(list(sampler), dtype=torch.long)]
 
-    def loss(self, batch: dict[str, torch.Tensor],
-             generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, Any]:
         if self.ddp is None:
             return self.loss_fn(self.model, batch, self.cfg, generator)
         return self.ddp(batch, generator)

@@ -30,19 +30,23 @@ class Effect(BaseModel):
         return 1.0 if self.sign == "positive" else -1.0
 
 
-def check_effects(effects: Collection[Effect], actuators: Collection[str],
-                  sensors: Collection[str]) -> None:
+def check_effects(
+    effects: Collection[Effect], actuators: Collection[str], sensors: Collection[str]
+) -> None:
     """Each effect joins an actuator tag to a sensor tag, each pair once; the error names
     the entry by its place and pair."""
     seen: set[tuple[str, str]] = set()
     for i, effect in enumerate(effects):
         entry = f"effects[{i}] ({effect.actuator} -> {effect.sensor})"
         if effect.actuator not in actuators:
-            raise ValueError(f"{entry}: '{effect.actuator}' is not an actuator tag "
-                             f"(actuators: {', '.join(actuators)})")
+            raise ValueError(
+                f"{entry}: '{effect.actuator}' is not an actuator tag "
+                f"(actuators: {', '.join(actuators)})"
+            )
         if effect.sensor not in sensors:
-            raise ValueError(f"{entry}: '{effect.sensor}' is not a sensor tag "
-                             f"(sensors: {', '.join(sensors)})")
+            raise ValueError(
+                f"{entry}: '{effect.sensor}' is not a sensor tag (sensors: {', '.join(sensors)})"
+            )
         if (effect.actuator, effect.sensor) in seen:
             raise ValueError(f"{entry}: this pair is declared twice")
         seen.add((effect.actuator, effect.sensor))

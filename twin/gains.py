@@ -64,9 +64,15 @@ class EffectPair:
 
 def effect_pairs(spec: ProcessSpec, layout: Layout) -> list[EffectPair]:
     """The spec's declared effects as column indices of the twin's layout."""
-    return [EffectPair(layout.actions.index(e.actuator), layout.observed.index(e.sensor),
-                       e.direction, is_dose(spec.tag(e.actuator)))
-            for e in spec.effects]
+    return [
+        EffectPair(
+            layout.actions.index(e.actuator),
+            layout.observed.index(e.sensor),
+            e.direction,
+            is_dose(spec.tag(e.actuator)),
+        )
+        for e in spec.effects
+    ]
 
 
 def is_dose(tag: Tag) -> bool:
@@ -74,8 +80,9 @@ def is_dose(tag: Tag) -> bool:
     return getattr(tag, "kind", "level") == "dose"
 
 
-def stepped(actions: torch.Tensor, actuator: int, size: float | torch.Tensor,
-            dose: bool) -> torch.Tensor:
+def stepped(
+    actions: torch.Tensor, actuator: int, size: float | torch.Tensor, dose: bool
+) -> torch.Tensor:
     """Actions (B, H, A) with one actuator stepped by `size`: held from the start (a level)
     or given once at the start (a dose)."""
     out = actions.clone()
@@ -92,8 +99,9 @@ def held_on(actions: torch.Tensor, horizon: int) -> torch.Tensor:
     return torch.cat([actions, actions[:, -1:].expand(-1, more, -1)], dim=1)
 
 
-def sign_penalty(model: JEPA, batch: Mapping[str, torch.Tensor],
-                 pairs: list[EffectPair]) -> torch.Tensor:
+def sign_penalty(
+    model: JEPA, batch: Mapping[str, torch.Tensor], pairs: list[EffectPair]
+) -> torch.Tensor:
     """Mean hinge, over the rollout's steps and the batch, of each declared effect's
     readout change per training std of its actuator, taken against its sign; summed over
     effects and ensemble members. Zero without declared effects."""
@@ -114,13 +122,16 @@ def sign_penalty(model: JEPA, batch: Mapping[str, torch.Tensor],
     for member in model.members():
         read = model.readout(member.rollout(starts, runs)).unflatten(0, (1 + len(actuators), -1))
         for pair in pairs:
-            moved = (read[1 + actuators.index(pair.actuator), ..., pair.sensor]
-                     - read[0, ..., pair.sensor])
+            moved = (
+                read[1 + actuators.index(pair.actuator), ..., pair.sensor]
+                - read[0, ..., pair.sensor]
+            )
             total = total + torch.relu(-pair.direction * moved).mean()
     return SIGN_WEIGHT * total
 
 
 # -- the gain check ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TwinGain:
@@ -152,8 +163,9 @@ def start_states(twin: Twin, count: int = START_STATES) -> tuple[torch.Tensor, t
     states nearest the nominal actuators and measured disturbances (tags with a nominal)."""
     bank, spec, layout = twin.bank, twin.spec, twin.layout
     if bank.actions is None:
-        raise ValueError("the twin's goal bank keeps no actions (a checkpoint too old for "
-                         "a gain check)")
+        raise ValueError(
+            "the twin's goal bank keeps no actions (a checkpoint too old for a gain check)"
+        )
     distance = torch.zeros(len(bank.embeddings))
     for i, name in enumerate(layout.actions):
         nominal = spec.tag(name).nominal
@@ -170,9 +182,12 @@ def start_states(twin: Twin, count: int = START_STATES) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def twin_gains(twin: Twin, horizon_steps: int | None = None,
-               step_fraction: float = STEP_FRACTION,
-               sensors: list[str] | None = None) -> list[TwinGain]:
+def twin_gains(
+    twin: Twin,
+    horizon_steps: int | None = None,
+    step_fraction: float = STEP_FRACTION,
+    sensors: list[str] | None = None,
+) -> list[TwinGain]:
     """The twin's gain from every actuator to each of `sensors` (default `gain_sensors`)
     by step tests in embedding space (see the module docstring)."""
     spec, layout = twin.spec, twin.layout
@@ -189,8 +204,9 @@ def twin_gains(twin: Twin, horizon_steps: int | None = None,
         step = step_size(twin, name, step_fraction)
         dose = is_dose(spec.tag(name))
         scale = twin.norm.std[twin.norm.index(name)]
-        moved = twin.model.readout(twin.model.predictor.rollout(
-            z0, stepped(base_actions, i, step / scale, dose))[:, -1])
+        moved = twin.model.readout(
+            twin.model.predictor.rollout(z0, stepped(base_actions, i, step / scale, dose))[:, -1]
+        )
         for sensor in sensors:
             column = layout.observed.index(sensor)
             change = (moved - base)[:, column].numpy() * twin.norm.std[twin.norm.index(sensor)]
@@ -214,9 +230,12 @@ CLEAR_EFFECT = 0.02
 share of its training spread: below it, a sign is noise and not judged."""
 
 
-def gain_table(twin: Twin, plant: Mapping[tuple[str, str], float] | None = None,
-               horizon_steps: int | None = None,
-               step_fraction: float = STEP_FRACTION) -> list[dict[str, Any]]:
+def gain_table(
+    twin: Twin,
+    plant: Mapping[tuple[str, str], float] | None = None,
+    horizon_steps: int | None = None,
+    step_fraction: float = STEP_FRACTION,
+) -> list[dict[str, Any]]:
     """The gain check as plain rows (for a table or a page): per (actuator, sensor), the
     twin's gain and, where `plant` gives one (the true plant's step test, same step and
     horizon), the plant's, whether its effect is clear, and whether the signs match; the
@@ -227,17 +246,22 @@ def gain_table(twin: Twin, plant: Mapping[tuple[str, str], float] | None = None,
     for g in twin_gains(twin, horizon_steps, step_fraction):
         row = asdict(g)
         tag = twin.spec.tag(g.actuator)
-        row.update(unit=f"{units[g.sensor]} per {units[g.actuator]}",
-                   horizon_s=g.horizon_steps * twin.spec.sample_period_s,
-                   dose=is_dose(tag),
-                   declared=declared.get((g.actuator, g.sensor)))
+        row.update(
+            unit=f"{units[g.sensor]} per {units[g.actuator]}",
+            horizon_s=g.horizon_steps * twin.spec.sample_period_s,
+            dose=is_dose(tag),
+            declared=declared.get((g.actuator, g.sensor)),
+        )
         true = (plant or {}).get((g.actuator, g.sensor))
         if true is not None:
             spread = twin.norm.std[twin.norm.index(g.sensor)]
             clear = abs(true) * g.step >= CLEAR_EFFECT * spread
-            row.update(plant_gain=true, clear=bool(clear),
-                       ratio=g.gain / true if true else None,
-                       sign_match=bool(np.sign(true) == np.sign(g.gain)) if clear else None)
+            row.update(
+                plant_gain=true,
+                clear=bool(clear),
+                ratio=g.gain / true if true else None,
+                sign_match=bool(np.sign(true) == np.sign(g.gain)) if clear else None,
+            )
         rows.append(row)
     return rows
 
@@ -255,9 +279,12 @@ def with_sign_penalty(loss_fn: LossFn, pairs: list[EffectPair]) -> LossFn:
     if not pairs:
         return loss_fn
 
-    def signed(model: JEPA, batch: Mapping[str, torch.Tensor], cfg: Any,
-               generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+    def signed(
+        model: JEPA,
+        batch: Mapping[str, torch.Tensor],
+        cfg: Any,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = loss_fn(model, batch, cfg, generator)
         penalty = sign_penalty(model, batch, pairs)
         return loss + penalty, {**parts, "sign": float(penalty.detach())}

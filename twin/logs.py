@@ -26,8 +26,13 @@ def read_log(path: str | Path) -> pd.DataFrame:
         raise InvalidInput(f"log file not found: {path}")
     try:
         return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-            pyarrow.ArrowException, OSError) as exc:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        pyarrow.ArrowException,
+        OSError,
+    ) as exc:
         raise InvalidInput(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
 
 

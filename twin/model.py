@@ -49,8 +49,7 @@ class JEPAConfig:
         return cls(**{**LEGACY_FIELDS, **data})
 
 
-LEGACY_FIELDS = {"ensemble_size": 1, "coarse_steps": 0, "present_skip": False,
-                 "window_norm": False}
+LEGACY_FIELDS = {"ensemble_size": 1, "coarse_steps": 0, "present_skip": False, "window_norm": False}
 """Fields added after the first checkpoints, with the behaviour those checkpoints had."""
 
 
@@ -64,17 +63,27 @@ class ContextEncoder(nn.Module):
     recover the present sensors exactly.
     """
 
-    def __init__(self, window: int, feature_dim: int, hidden: int, embed_dim: int,
-                 window_norm: bool = False, present_skip: bool = False) -> None:
+    def __init__(
+        self,
+        window: int,
+        feature_dim: int,
+        hidden: int,
+        embed_dim: int,
+        window_norm: bool = False,
+        present_skip: bool = False,
+    ) -> None:
         super().__init__()
         self.window_norm = window_norm
         self.conv = nn.Sequential(
-            nn.Conv1d(2 * feature_dim, hidden // 2, kernel_size=3, padding=1), nn.GELU(),
-            nn.Conv1d(hidden // 2, hidden // 2, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv1d(2 * feature_dim, hidden // 2, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(hidden // 2, hidden // 2, kernel_size=3, padding=1),
+            nn.GELU(),
         )
         stats = 2 * feature_dim if window_norm else 0
         self.head = nn.Sequential(
-            nn.Linear(window * hidden // 2 + 2 * feature_dim + stats, hidden), nn.GELU(),
+            nn.Linear(window * hidden // 2 + 2 * feature_dim + stats, hidden),
+            nn.GELU(),
             nn.Linear(hidden, embed_dim),
         )
         self.skip = nn.Linear(2 * feature_dim, embed_dim, bias=False) if present_skip else None
@@ -140,7 +149,8 @@ class Readout(nn.Module):
     def __init__(self, embed_dim: int, out_dim: int, hidden: int) -> None:
         super().__init__()
         self.net: nn.Module = (
-            nn.Linear(embed_dim, out_dim) if hidden == 0
+            nn.Linear(embed_dim, out_dim)
+            if hidden == 0
             else nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
         )
 
@@ -149,31 +159,53 @@ class Readout(nn.Module):
 
 
 class JEPA(nn.Module):
-    def __init__(self, config: JEPAConfig, feature_dim: int, action_dim: int,
-                 observed_dim: int) -> None:
+    def __init__(
+        self, config: JEPAConfig, feature_dim: int, action_dim: int, observed_dim: int
+    ) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ContextEncoder(config.window, feature_dim, config.encoder_hidden,
-                                      config.embed_dim, config.window_norm, config.present_skip)
+        self.encoder = ContextEncoder(
+            config.window,
+            feature_dim,
+            config.encoder_hidden,
+            config.embed_dim,
+            config.window_norm,
+            config.present_skip,
+        )
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        self.predictor = Predictor(config.embed_dim, action_dim, config.predictor_hidden,
-                                   config.predictor_layers)
+        self.predictor = Predictor(
+            config.embed_dim, action_dim, config.predictor_hidden, config.predictor_layers
+        )
         self.readout = Readout(config.embed_dim, observed_dim, config.readout_hidden)
         if config.ensemble_size > 1:
             # member 0 is the planning predictor itself; disagreement is an uncertainty signal
-            self.ensemble = nn.ModuleList([self.predictor] + [
-                Predictor(config.embed_dim, action_dim, config.predictor_hidden,
-                          config.predictor_layers) for _ in range(config.ensemble_size - 1)])
+            self.ensemble = nn.ModuleList(
+                [self.predictor]
+                + [
+                    Predictor(
+                        config.embed_dim,
+                        action_dim,
+                        config.predictor_hidden,
+                        config.predictor_layers,
+                    )
+                    for _ in range(config.ensemble_size - 1)
+                ]
+            )
         if config.coarse_steps > 0:
-            self.coarse = Predictor(config.embed_dim, action_dim * config.coarse_steps,
-                                    config.predictor_hidden, config.predictor_layers)
+            self.coarse = Predictor(
+                config.embed_dim,
+                action_dim * config.coarse_steps,
+                config.predictor_hidden,
+                config.predictor_layers,
+            )
 
     def members(self) -> list[Predictor]:
         """The ensemble's predictors, the planning predictor first."""
         return list(self.ensemble) if self.config.ensemble_size > 1 else [self.predictor]
 
-    def predictor_rollout(self, z0: torch.Tensor, actions: torch.Tensor,
-                          member: int = 0) -> torch.Tensor:
+    def predictor_rollout(
+        self, z0: torch.Tensor, actions: torch.Tensor, member: int = 0
+    ) -> torch.Tensor:
         return self.members()[member].rollout(z0, actions)
 
     def ensemble_rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -184,13 +216,14 @@ class JEPA(nn.Module):
         """Embeddings at steps k, 2k, ... (B, H // k, D) from blocks of k actions at once."""
         k = self.config.coarse_steps
         blocks = actions.shape[1] // k
-        grouped = actions[:, :blocks * k].reshape(actions.shape[0], blocks, -1)
+        grouped = actions[:, : blocks * k].reshape(actions.shape[0], blocks, -1)
         return self.coarse.rollout(z0, grouped)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        for online, target in zip(self.encoder.parameters(), self.target_encoder.parameters(),
-                                  strict=True):
+        for online, target in zip(
+            self.encoder.parameters(), self.target_encoder.parameters(), strict=True
+        ):
             target.mul_(momentum).add_(online.detach(), alpha=1.0 - momentum)
 
     def encode(self, windows: torch.Tensor) -> torch.Tensor:
@@ -217,8 +250,12 @@ def vicreg_terms(z: torch.Tensor, std_target: float = 1.0) -> tuple[torch.Tensor
     return variance, covariance
 
 
-def sigreg(z: torch.Tensor, directions: int = 64, points: int = 17,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sigreg(
+    z: torch.Tensor,
+    directions: int = 64,
+    points: int = 17,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Sketched isotropic Gaussian regulariser (SIGReg, LeJEPA / LeWorldModel).
 
     Projects the batch of embeddings (N, D) on random unit directions and measures, per

@@ -144,8 +144,9 @@ class OperatorSettings:
         out[:, columns] = path[:, columns]
         return out
 
-    def fixed(self, proposal: Mapping[str, float], previous: Mapping[str, float],
-              spec: ProcessSpec) -> Moves:
+    def fixed(
+        self, proposal: Mapping[str, float], previous: Mapping[str, float], spec: ProcessSpec
+    ) -> Moves:
         """`proposal` with every out-of-service actuator at its measured value (a dose at
         zero: holding a dose would repeat it every sample)."""
         out = dict(proposal)

@@ -5,6 +5,5 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-PlannerName = Literal["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi",
-                      "hierarchical"]
+PlannerName = Literal["casadi", "casadi-ipopt", "casadi-fatrop", "cem", "mppi", "hierarchical"]
 PLANNER_NAMES: tuple[str, ...] = get_args(PlannerName)

@@ -32,8 +32,14 @@ def _clock(seconds: float) -> str:
 class TrainingDisplay:
     """Progress of one training run; a no-op when `enabled` is False (API jobs, tests)."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, max_seconds: float | None,
-                 enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        steps_per_epoch: int,
+        max_seconds: float | None,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
         self.epochs, self.steps_per_epoch = epochs, max(1, steps_per_epoch)
         self.max_seconds, self.enabled = max_seconds, enabled
         self.stream = stream or sys.stdout
@@ -48,23 +54,30 @@ class TrainingDisplay:
         self.started = time.perf_counter()
         if self.interactive:
             self._progress = Progress(
-                TextColumn("[bold]training twin"), BarColumn(),
+                TextColumn("[bold]training twin"),
+                BarColumn(),
                 TextColumn("epoch {task.fields[epoch]}/{task.total:.0f}"),
-                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                TextColumn("left ~{task.fields[left]}"), TextColumn("{task.description}"),
-                console=self.console)
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TextColumn("left ~{task.fields[left]}"),
+                TextColumn("{task.description}"),
+                console=self.console,
+            )
             self._progress.__enter__()
-            self._task = self._progress.add_task("", total=self.epochs, epoch=0, loss="-",
-                                                 left="?")
+            self._task = self._progress.add_task("", total=self.epochs, epoch=0, loss="-", left="?")
         elif self.enabled:
-            budget = (f", time budget {_clock(self.max_seconds)}" if self.max_seconds
-                      else "")
-            self._line(f"training twin: {self.epochs} epochs of {self.steps_per_epoch} "
-                       f"batches{budget}")
+            budget = f", time budget {_clock(self.max_seconds)}" if self.max_seconds else ""
+            self._line(
+                f"training twin: {self.epochs} epochs of {self.steps_per_epoch} batches{budget}"
+            )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
 
@@ -87,18 +100,23 @@ class TrainingDisplay:
         if self._progress is not None and self._task is not None:
             left = self.time_left()
             self._progress.update(
-                self._task, completed=self.steps_done / self.steps_per_epoch,
+                self._task,
+                completed=self.steps_done / self.steps_per_epoch,
                 epoch=min(self.epochs, self.steps_done // self.steps_per_epoch + 1),
-                loss=f"{loss:.4f}", left="?" if left is None else _clock(left))
+                loss=f"{loss:.4f}",
+                left="?" if left is None else _clock(left),
+            )
 
     def epoch(self, number: int, summary: str) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=summary)
         elif self.enabled:
             left = self.time_left()
-            self._line(f"epoch {number}/{self.epochs} | {summary} | "
-                       f"{_clock(self.elapsed())} spent"
-                       + ("" if left is None else f", ~{_clock(left)} left"))
+            self._line(
+                f"epoch {number}/{self.epochs} | {summary} | "
+                f"{_clock(self.elapsed())} spent"
+                + ("" if left is None else f", ~{_clock(left)} left")
+            )
 
     def finish(self, note: str | None) -> None:
         """Say once, after the bar, how training ended when the budget ended it."""
@@ -111,25 +129,38 @@ class TrainingDisplay:
         print(text, file=self.stream, flush=True)
 
 
-def budget_note(history: Sequence[Mapping[str, Any]], epochs_asked: int, epochs_done: float,
-                max_seconds: float | None, stopped_by_budget: bool) -> str | None:
+def budget_note(
+    history: Sequence[Mapping[str, Any]],
+    epochs_asked: int,
+    epochs_done: float,
+    max_seconds: float | None,
+    stopped_by_budget: bool,
+) -> str | None:
     """A plain sentence when the time budget cut training short: how much was done and
     what the cut is likely to cost, judged from the held-out error's last trend."""
     if not stopped_by_budget or max_seconds is None:
         return None
     share = 100.0 * epochs_done / max(1, epochs_asked)
     done = f"{epochs_done:.2f}" if epochs_done < 1 else f"{epochs_done:.1f}"
-    text = (f"training stopped by its time budget ({_clock(max_seconds)}) after "
-            f"{done} of {epochs_asked} epochs ({share:.0f} %)")
+    text = (
+        f"training stopped by its time budget ({_clock(max_seconds)}) after "
+        f"{done} of {epochs_asked} epochs ({share:.0f} %)"
+    )
     full = [h for h in history if h.get("fraction", 1.0) >= 1.0]
     if len(full) >= 2:
         before, last = full[-2]["holdout_prediction"], full[-1]["holdout_prediction"]
         drop = (before - last) / before if before > 0 else 0.0
         if drop > STILL_IMPROVING:
-            return (text + f"; the held-out prediction error was still falling "
-                    f"{100 * drop:.0f} % per epoch, so this twin is likely worse than a full "
-                    "run's: give more --max-minutes or fewer --epochs")
-        return (text + f"; the held-out prediction error had levelled off ({-100 * drop:+.1f} "
-                "% in the last full epoch), so the cut likely costs little")
-    return (text + "; too few epochs to judge the trend: this twin is likely much worse "
-            "than a full run's, give more --max-minutes")
+            return (
+                text + f"; the held-out prediction error was still falling "
+                f"{100 * drop:.0f} % per epoch, so this twin is likely worse than a full "
+                "run's: give more --max-minutes or fewer --epochs"
+            )
+        return (
+            text + f"; the held-out prediction error had levelled off ({-100 * drop:+.1f} "
+            "% in the last full epoch), so the cut likely costs little"
+        )
+    return (
+        text + "; too few epochs to judge the trend: this twin is likely much worse "
+        "than a full run's, give more --max-minutes"
+    )

@@ -41,8 +41,12 @@ def _margins(spec: ProcessSpec, row: Mapping[str, float]) -> dict[str, float]:
         value = row.get(tag.name)
         if value is None or not math.isfinite(value) or (tag.low is None and tag.high is None):
             continue
-        margins[tag.name] = float(min(tag.high - value if tag.high is not None else math.inf,
-                                      value - tag.low if tag.low is not None else math.inf))
+        margins[tag.name] = float(
+            min(
+                tag.high - value if tag.high is not None else math.inf,
+                value - tag.low if tag.low is not None else math.inf,
+            )
+        )
     return margins
 
 
@@ -54,13 +58,20 @@ def as_logged(df: pd.DataFrame, spec: ProcessSpec, name: str = "as logged") -> E
     actuators = [t.name for t in spec.actuators]
     steps = []
     for k, row in enumerate(df[measured + actuators].to_dict("records")):
-        steps.append(StepRecord(step=k, time_s=float(ts[k] - ts[0]),
-                                measurements=_finite({t: row[t] for t in measured}),
-                                setpoints={}, actuators=_finite({t: row[t] for t in actuators}),
-                                margins=_margins(spec, row)))
+        steps.append(
+            StepRecord(
+                step=k,
+                time_s=float(ts[k] - ts[0]),
+                measurements=_finite({t: row[t] for t in measured}),
+                setpoints={},
+                actuators=_finite({t: row[t] for t in actuators}),
+                margins=_margins(spec, row),
+            )
+        )
     metrics = {"samples": len(df), "violations": _violations(df, spec)}
-    return EpisodeResult(spec.name, name, {"mode": "as_logged", "start_time_s": float(ts[0])},
-                         steps, metrics)
+    return EpisodeResult(
+        spec.name, name, {"mode": "as_logged", "start_time_s": float(ts[0])}, steps, metrics
+    )
 
 
 def _violations(df: pd.DataFrame, spec: ProcessSpec) -> int:
@@ -75,8 +86,13 @@ def _violations(df: pd.DataFrame, spec: ProcessSpec) -> int:
 
 
 @torch.no_grad()
-def open_loop(twin: Twin, df: pd.DataFrame, horizon: int | None = None, stride: int = 1,
-              show_progress: bool = False) -> EpisodeResult:
+def open_loop(
+    twin: Twin,
+    df: pd.DataFrame,
+    horizon: int | None = None,
+    stride: int = 1,
+    show_progress: bool = False,
+) -> EpisodeResult:
     """Multi-step predictions from every `stride`-th sample, given the applied actions.
 
     Metrics: RMSE per sensor at each reported horizon in the sensor's unit, and the mean
@@ -89,30 +105,42 @@ def open_loop(twin: Twin, df: pd.DataFrame, horizon: int | None = None, stride: 
         raise InvalidInput("horizon and stride must be at least 1")
     ts = timestamps_s(df, spec)
     seg = segment_ids(ts, spec.sample_period_s)
-    starts = [t for t in range(window, len(df) - horizon, stride)
-              if seg[t - window + 1] == seg[t + horizon]]
+    starts = [
+        t
+        for t in range(window, len(df) - horizon, stride)
+        if seg[t - window + 1] == seg[t + horizon]
+    ]
     if not starts:
-        raise InvalidInput(f"log too short for open-loop replay: need more than "
-                           f"{window + horizon + 1} contiguous samples")
+        raise InvalidInput(
+            f"log too short for open-loop replay: need more than "
+            f"{window + horizon + 1} contiguous samples"
+        )
     feats, mask = features(df, layout, twin.norm)
     windows_all = torch.from_numpy(np.concatenate([feats, mask], axis=1))
-    actions_all = torch.from_numpy(twin.normalise_actions(
-        df[list(layout.actions)].to_numpy(dtype=float)).astype(np.float32))
+    actions_all = torch.from_numpy(
+        twin.normalise_actions(df[list(layout.actions)].to_numpy(dtype=float)).astype(np.float32)
+    )
     sensors = list(layout.sensors)
     predicted = {tag: np.empty((len(starts), horizon)) for tag in sensors}
     batches = range(0, len(starts), BATCH)
     for b in track(batches, description="open-loop replay", disable=not show_progress):
-        rows = torch.tensor(starts[b:b + BATCH])
+        rows = torch.tensor(starts[b : b + BATCH])
         windows = windows_all[rows.unsqueeze(-1) + torch.arange(-window + 1, 1)]
         actions = actions_all[rows.unsqueeze(-1) + torch.arange(horizon)]
         z = twin.model.predictor.rollout(twin.model.encode(windows), actions).numpy()
         for tag, values in twin.readout(z).items():
-            predicted[tag][b:b + BATCH] = values
+            predicted[tag][b : b + BATCH] = values
     return _open_loop_result(twin, df, ts, starts, predicted, horizon)
 
 
-def _open_loop_result(twin: Twin, df: pd.DataFrame, ts: np.ndarray, starts: list[int],
-                      predicted: dict[str, np.ndarray], horizon: int) -> EpisodeResult:
+def _open_loop_result(
+    twin: Twin,
+    df: pd.DataFrame,
+    ts: np.ndarray,
+    starts: list[int],
+    predicted: dict[str, np.ndarray],
+    horizon: int,
+) -> EpisodeResult:
     spec, dt = twin.spec, twin.spec.sample_period_s
     actual = {tag: df[tag].to_numpy(dtype=float) for tag in predicted}
     measured = [t.name for t in (*spec.sensors, *spec.disturbances)]
@@ -120,15 +148,22 @@ def _open_loop_result(twin: Twin, df: pd.DataFrame, ts: np.ndarray, starts: list
     records = df[measured + actuators].to_dict("records")
     steps = []
     for i, t in enumerate(starts):
-        plan = Plan(time_s=[dt * (k + 1) for k in range(horizon)],
-                    actuators={a: [float(records[t + k][a]) for k in range(horizon)]
-                               for a in actuators},
-                    sensors={tag: [float(v) for v in predicted[tag][i]] for tag in predicted})
-        steps.append(StepRecord(step=i, time_s=float(ts[t] - ts[0]),
-                                measurements=_finite({m: records[t][m] for m in measured}),
-                                setpoints={}, actuators=_finite({a: records[t][a]
-                                                                 for a in actuators}),
-                                plan=plan, margins=_margins(spec, records[t])))
+        plan = Plan(
+            time_s=[dt * (k + 1) for k in range(horizon)],
+            actuators={a: [float(records[t + k][a]) for k in range(horizon)] for a in actuators},
+            sensors={tag: [float(v) for v in predicted[tag][i]] for tag in predicted},
+        )
+        steps.append(
+            StepRecord(
+                step=i,
+                time_s=float(ts[t] - ts[0]),
+                measurements=_finite({m: records[t][m] for m in measured}),
+                setpoints={},
+                actuators=_finite({a: records[t][a] for a in actuators}),
+                plan=plan,
+                margins=_margins(spec, records[t]),
+            )
+        )
     metrics: dict[str, float] = {"samples": len(starts), "horizon": horizon}
     rows = np.array(starts)
     for h in sorted({*[h for h in REPORT_HORIZONS if h <= horizon], horizon}):
@@ -150,15 +185,18 @@ def _open_loop_result(twin: Twin, df: pd.DataFrame, ts: np.ndarray, starts: list
 def default_setpoints(df: pd.DataFrame, spec: ProcessSpec) -> dict[str, float]:
     """Without a setpoint given, each controlled sensor holds its median in the log."""
     if not spec.controlled:
-        raise InvalidInput(f"process '{spec.name}' marks no sensor as controlled; give "
-                           "setpoints explicitly")
-    return {t.name: float(np.nanmedian(df[t.name].to_numpy(dtype=float)))
-            for t in spec.controlled}
+        raise InvalidInput(
+            f"process '{spec.name}' marks no sensor as controlled; give setpoints explicitly"
+        )
+    return {t.name: float(np.nanmedian(df[t.name].to_numpy(dtype=float))) for t in spec.controlled}
 
 
-def shadow(controller: TwinController, df: pd.DataFrame,
-           setpoints: Mapping[str, float] | None = None,
-           show_progress: bool = False) -> EpisodeResult:
+def shadow(
+    controller: TwinController,
+    df: pd.DataFrame,
+    setpoints: Mapping[str, float] | None = None,
+    show_progress: bool = False,
+) -> EpisodeResult:
     """What the controller would have set, sample by sample, while the log's actions ran."""
     spec = controller.spec
     check_log(df, spec)
@@ -172,7 +210,8 @@ def shadow(controller: TwinController, df: pd.DataFrame,
     for k in track(range(len(records)), description="shadow replay", disable=not show_progress):
         meas: dict[str, float | None] = {
             m: (None if not math.isfinite(records[k][m]) else float(records[k][m]))
-            for m in measured}
+            for m in measured
+        }
         if k > 0:  # what the plant really had applied going into this sample
             meas.update({a: float(records[k - 1][a]) for a in actuators})
         record = controller.step(float(ts[k] - ts[0]), meas, setpoints)

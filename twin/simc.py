@@ -75,8 +75,7 @@ def simc_pi(model: Fopdt, tau_c_s: float | None = None) -> PiTuning:
     return PiTuning(kc, min(model.tau_s, 4.0 * closed), model, tau_c)
 
 
-def identify_fopdt(df: pd.DataFrame, spec: ProcessSpec, sensor: str,
-                   actuator: str) -> Fopdt:
+def identify_fopdt(df: pd.DataFrame, spec: ProcessSpec, sensor: str, actuator: str) -> Fopdt:
     """The FOPDT model from `actuator` to `sensor` in a log (see the module's docstring).
     Theta includes half a sample for the digital PI's hold (Skogestad's advice)."""
     dt = spec.sample_period_s
@@ -85,28 +84,36 @@ def identify_fopdt(df: pd.DataFrame, spec: ProcessSpec, sensor: str,
     u = df[actuators].to_numpy(dtype=float)
     j = actuators.index(actuator)
     if not np.nanstd(u[:, j]) > 0:
-        raise InvalidInput(f"the log shows no effect of '{actuator}' on '{sensor}' (it never "
-                           "moves): a PI cannot be tuned on it; give kp and ti_s in the tag "
-                           "file")
+        raise InvalidInput(
+            f"the log shows no effect of '{actuator}' on '{sensor}' (it never "
+            "moves): a PI cannot be tuned on it; give kp and ti_s in the tag "
+            "file"
+        )
     segment = np.concatenate([[0], np.cumsum(np.diff(timestamps_s(df, spec)) > 1.5 * dt)])
     max_delay = int(min(MAX_DELAY_SAMPLES, max(1, MAX_DELAY_FRACTION * len(y))))
     delays = _arx_delays(y, u, segment, max_delay)
     lags, gains = _output_error_fit(y, u, segment, delays, max_delay)
     if abs(gains[j]) * np.nanstd(u[:, j]) < 1e-6 * float(np.nanstd(y)):
-        raise InvalidInput(f"the log shows no effect of '{actuator}' on '{sensor}': "
-                           "a PI cannot be tuned on it; give kp and ti_s in the tag file")
+        raise InvalidInput(
+            f"the log shows no effect of '{actuator}' on '{sensor}': "
+            "a PI cannot be tuned on it; give kp and ti_s in the tag file"
+        )
     a = float(np.clip(lags[j], 1e-6, LAG_LIMIT))
     tau = -dt / math.log(a)
     return Fopdt(gain=float(gains[j]), tau_s=tau, theta_s=(delays[j] + 0.5) * dt)
 
 
-def tune_loop(df: pd.DataFrame, spec: ProcessSpec, loop: PILoop,
-              tau_c_s: float | None = None) -> PiTuning:
+def tune_loop(
+    df: pd.DataFrame, spec: ProcessSpec, loop: PILoop, tau_c_s: float | None = None
+) -> PiTuning:
     tuning = simc_pi(identify_fopdt(df, spec, loop.sensor, loop.actuator), tau_c_s)
     model = tuning.model
     if model.tau_s > MIN_TAU_OVER_THETA * model.theta_s:  # SIMC's rule for large lags
-        lagged = Fopdt(model.slope * MIN_TAU_OVER_THETA * model.theta_s,
-                       MIN_TAU_OVER_THETA * model.theta_s, model.theta_s)
+        lagged = Fopdt(
+            model.slope * MIN_TAU_OVER_THETA * model.theta_s,
+            MIN_TAU_OVER_THETA * model.theta_s,
+            model.theta_s,
+        )
         integral = simc_pi(lagged, tau_c_s)
         tuning = PiTuning(tuning.kp, integral.ti_s, model, tuning.tau_c_s)
     return tuning
@@ -121,8 +128,9 @@ def with_simc_gains(spec: ProcessSpec, df: pd.DataFrame) -> ProcessSpec:
     for loop in spec.baseline:
         if loop.kp is None:
             tuning = tune_loop(df, spec, loop)
-            loop = PILoop(sensor=loop.sensor, actuator=loop.actuator, kp=tuning.kp,
-                          ti_s=tuning.ti_s)
+            loop = PILoop(
+                sensor=loop.sensor, actuator=loop.actuator, kp=tuning.kp, ti_s=tuning.ti_s
+            )
         loops.append(loop)
     return spec.model_copy(update={"baseline": tuple(loops)})
 
@@ -134,8 +142,7 @@ def _rows(segment: np.ndarray, max_delay: int) -> np.ndarray:
     return k[(segment[k - max_delay] == segment[k + 1])]
 
 
-def _arx_delays(y: np.ndarray, u: np.ndarray, segment: np.ndarray,
-                max_delay: int) -> list[int]:
+def _arx_delays(y: np.ndarray, u: np.ndarray, segment: np.ndarray, max_delay: int) -> list[int]:
     """Per actuator, the dead time whose one-step least-squares fit leaves the smallest
     residual (coordinate search, two passes)."""
     rows = _rows(segment, max_delay)
@@ -152,7 +159,7 @@ def _arx_delays(y: np.ndarray, u: np.ndarray, segment: np.ndarray,
 
     for _ in range(2):
         for j in range(u.shape[1]):
-            scores = [residual(delays[:j] + [d] + delays[j + 1:]) for d in range(max_delay + 1)]
+            scores = [residual(delays[:j] + [d] + delays[j + 1 :]) for d in range(max_delay + 1)]
             delays[j] = int(np.argmin(scores))
     return delays
 
@@ -167,8 +174,9 @@ def _chunks(segment: np.ndarray, max_delay: int) -> list[tuple[int, int, int]]:
         same = np.flatnonzero(segment[k:end] != segment[k])
         end = k + int(same[0]) if same.size else end
         earliest = k - CHUNK_SAMPLES
-        while earliest < k and (earliest < first_row
-                                or segment[earliest - max_delay - 1] != segment[k]):
+        while earliest < k and (
+            earliest < first_row or segment[earliest - max_delay - 1] != segment[k]
+        ):
             earliest += 1
         if end - k >= 20:
             chunks.append((earliest, k, end))
@@ -176,21 +184,26 @@ def _chunks(segment: np.ndarray, max_delay: int) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def _simulate(params: np.ndarray, y: np.ndarray, u: np.ndarray,
-              chunks: list[tuple[int, int, int]], delays: list[int],
-              y_scale: float) -> np.ndarray:
+def _simulate(
+    params: np.ndarray,
+    y: np.ndarray,
+    u: np.ndarray,
+    chunks: list[tuple[int, int, int]],
+    delays: list[int],
+    y_scale: float,
+) -> np.ndarray:
     """Simulation errors over every chunk, in sensor standard deviations. Each chunk starts
     at its measured value, its lags carrying the inputs of the burn-in before it; its own
     drift per sample (fitted in closed form) stands in for what that does not show: an
     integrating level's imbalance, an unmeasured disturbance."""
     n_u = u.shape[1]
-    lags, slopes = _lag(params[:n_u]), params[n_u:2 * n_u]
+    lags, slopes = _lag(params[:n_u]), params[n_u : 2 * n_u]
     errors = []
     for burn_in, start, end in chunks:
         miss = y[start:end] - y[start]
         skip = start - burn_in
         for j, d in enumerate(delays):
-            drive = u[burn_in - 1 - d:end - 1 - d, j]
+            drive = u[burn_in - 1 - d : end - 1 - d, j]
             x = lfilter([slopes[j]], [1.0, -lags[j]], drive - drive[0])
             miss = miss - (x[skip:] - x[skip])
         ramp = np.arange(end - start, dtype=float)
@@ -205,8 +218,9 @@ def _lag(raw: np.ndarray) -> np.ndarray:
     return LAG_LIMIT / (1.0 + np.exp(-raw))  # in (0, LAG_LIMIT)
 
 
-def _output_error_fit(y: np.ndarray, u: np.ndarray, segment: np.ndarray, delays: list[int],
-                      max_delay: int) -> tuple[np.ndarray, np.ndarray]:
+def _output_error_fit(
+    y: np.ndarray, u: np.ndarray, segment: np.ndarray, delays: list[int], max_delay: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Lags a_j and steady gains K_j = b_j / (1 - a_j), by simulation error on chunks."""
     chunks = _chunks(segment, max_delay)
     if not chunks:
@@ -221,10 +235,11 @@ def _output_error_fit(y: np.ndarray, u: np.ndarray, segment: np.ndarray, delays:
         raw0 = np.full(n_u, math.log(a0 / (LAG_LIMIT - a0)))
         x0 = np.concatenate([raw0, np.zeros(n_u)])
         scale = np.concatenate([np.ones(n_u), (1.0 - a0) * y_scale / u_scale])
-        fit = least_squares(_simulate, x0, x_scale=scale, args=(y, u, chunks, delays, y_scale),
-                            max_nfev=100)
+        fit = least_squares(
+            _simulate, x0, x_scale=scale, args=(y, u, chunks, delays, y_scale), max_nfev=100
+        )
         if fit.cost < best_cost:
             best, best_cost = fit.x, fit.cost
     assert best is not None
     lags = _lag(best[:n_u])
-    return lags, best[n_u:2 * n_u] / (1.0 - lags)
+    return lags, best[n_u : 2 * n_u] / (1.0 - lags)

@@ -62,8 +62,9 @@ class Tag(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0, description="max |change| per second")
     nominal: float | None = None
     controlled: bool = Field(default=False, description="sensor that tracks a setpoint")
-    kind: ActuatorKind = Field(default=ActuatorKind.LEVEL,
-                               description="actuator: level (held as is) or dose (held at 0)")
+    kind: ActuatorKind = Field(
+        default=ActuatorKind.LEVEL, description="actuator: level (held as is) or dose (held at 0)"
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -87,8 +88,10 @@ class Tag(BaseModel):
             if self.role is not TagRole.ACTUATOR:
                 raise ValueError("only an actuator can be a dose")
             if not self.low <= 0.0 <= self.high:  # type: ignore[operator]
-                raise ValueError(f"a dose is held at 0, which must lie inside its bounds "
-                                 f"[{self.low}, {self.high}]")
+                raise ValueError(
+                    f"a dose is held at 0, which must lie inside its bounds "
+                    f"[{self.low}, {self.high}]"
+                )
         if self.nominal is not None:
             if (self.low is not None and self.nominal < self.low) or (
                 self.high is not None and self.nominal > self.high
@@ -111,18 +114,28 @@ class ProcessSpec(BaseModel):
     description: str = ""
     sample_period_s: float = Field(gt=0)
     timestamp_column: str = Field(
-        default="time_s", description="seconds (numbers) or date-times (ISO 8601 strings)")
+        default="time_s", description="seconds (numbers) or date-times (ISO 8601 strings)"
+    )
     tags: tuple[Tag, ...] = Field(min_length=2)
     ignore_columns: tuple[str, ...] = Field(
-        default=(), description="log columns that are neither tags nor the timestamp")
+        default=(), description="log columns that are neither tags nor the timestamp"
+    )
     baseline: tuple[PILoop, ...] = Field(
-        default=(), description="PI loops the controller falls back to (else it holds)")
+        default=(), description="PI loops the controller falls back to (else it holds)"
+    )
     control: ControlWeights = Field(
-        default_factory=ControlWeights, description="the controller's cost weights")
-    version: int = Field(default=1, ge=1, description=(
-        "revision of the tag file: the store counts it up each time it accepts a change"))
+        default_factory=ControlWeights, description="the controller's cost weights"
+    )
+    version: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "revision of the tag file: the store counts it up each time it accepts a change"
+        ),
+    )
     effects: tuple[Effect, ...] = Field(
-        default=(), description="known signs of actuator-to-sensor effects")
+        default=(), description="known signs of actuator-to-sensor effects"
+    )
 
     @model_validator(mode="after")
     def _check_tags(self) -> ProcessSpec:
@@ -145,14 +158,16 @@ class ProcessSpec(BaseModel):
             raise ValueError("a process needs at least one sensor")
         if not self.actuators:
             raise ValueError("a process needs at least one actuator")
-        check_effects(self.effects, [t.name for t in self.actuators],
-                      [t.name for t in self.sensors])
+        check_effects(
+            self.effects, [t.name for t in self.actuators], [t.name for t in self.sensors]
+        )
         for name in self.control.baseline_actuators:
             if roles.get(name) is not TagRole.ACTUATOR:
                 raise ValueError(f"control.baseline_actuators: '{name}' is not an actuator tag")
         if set(self.control.baseline_actuators) >= {t.name for t in self.actuators}:
-            raise ValueError("control.baseline_actuators lists every actuator: the twin "
-                             "would have none to plan")
+            raise ValueError(
+                "control.baseline_actuators lists every actuator: the twin would have none to plan"
+            )
         return self
 
     def _by_role(self, role: TagRole) -> tuple[Tag, ...]:
@@ -248,8 +263,11 @@ def _describe(exc: ValidationError, data: Any, source: str) -> str:
             rest = ".".join(str(p) for p in loc[2:])
             where = f"tag '{name}'" + (f" field '{rest}'" if rest else "")
         elif len(loc) >= 2 and loc[0] == "effects" and isinstance(loc[1], int):
-            where = f"effects[{loc[1]}]" + effect_pair(data, loc[1]) + "".join(
-                f" field '{p}'" for p in loc[2:3])
+            where = (
+                f"effects[{loc[1]}]"
+                + effect_pair(data, loc[1])
+                + "".join(f" field '{p}'" for p in loc[2:3])
+            )
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"  - {where}: {message}")
     return "\n".join(lines)

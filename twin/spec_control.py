@@ -34,8 +34,11 @@ class PILoop(BaseModel):
     def _check_gain(self) -> PILoop:
         if (self.kp is None) != (self.ti_s is None):
             raise ValueError("give both kp and ti_s, or neither (tuned from the log)")
-        if self.kp is not None and self.ti_s is not None and (
-                not math.isfinite(self.kp) or self.kp == 0 or not math.isfinite(self.ti_s)):
+        if (
+            self.kp is not None
+            and self.ti_s is not None
+            and (not math.isfinite(self.kp) or self.kp == 0 or not math.isfinite(self.ti_s))
+        ):
             raise ValueError("kp must be a finite, non-zero number and ti_s finite")
         return self
 
@@ -119,7 +122,8 @@ class ControlWeights(BaseModel):
     def _named_policy(cls, data: Any) -> Any:
         """Read the switches of a spec written before policies had names."""
         if not isinstance(data, dict) or not (
-                {"data_envelope", "guard_keeps_twin_moves"} & data.keys()):
+            {"data_envelope", "guard_keeps_twin_moves"} & data.keys()
+        ):
             return data
         data = dict(data)
         envelope = bool(data.pop("data_envelope", True))

@@ -63,8 +63,11 @@ def surprise_scores(twin: Twin, frame: pd.DataFrame) -> np.ndarray:
     if n < 2:
         return scores
     windows = _padded_windows(twin, frame)
-    actions = torch.from_numpy(twin.normalise_actions(
-        frame[list(twin.layout.actions)].to_numpy(dtype=float)).astype(np.float32))
+    actions = torch.from_numpy(
+        twin.normalise_actions(frame[list(twin.layout.actions)].to_numpy(dtype=float)).astype(
+            np.float32
+        )
+    )
     model = twin.model
     z = torch.cat([model.encode(chunk) for chunk in windows.split(BATCH)])
     # the predictor was trained to reach the target encoder's embedding of the next window
@@ -84,8 +87,7 @@ def calibrate_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     per hundred normal samples.
     """
     if not 0.0 < false_alarm_rate < 1.0:
-        raise InvalidInput(f"false_alarm_rate must be a fraction in (0, 1), got "
-                           f"{false_alarm_rate}")
+        raise InvalidInput(f"false_alarm_rate must be a fraction in (0, 1), got {false_alarm_rate}")
     values = np.asarray(scores, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -114,8 +116,9 @@ class SurpriseDetector:
     smoothing: int = 1
 
     @classmethod
-    def calibrate(cls, twin: Twin, normal: pd.DataFrame, false_alarm_rate: float,
-                  smoothing: int = 1) -> SurpriseDetector:
+    def calibrate(
+        cls, twin: Twin, normal: pd.DataFrame, false_alarm_rate: float, smoothing: int = 1
+    ) -> SurpriseDetector:
         """A detector whose alarm rate on the normal log `normal` is `false_alarm_rate`."""
         smoothed = trailing_mean(surprise_scores(twin, normal), smoothing)
         return cls(calibrate_threshold(smoothed, false_alarm_rate), smoothing)

@@ -61,7 +61,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-
 class BudgetSchedule:
     """Warm-up then cosine decay over the budget, whichever of steps or seconds runs out first.
 
@@ -71,8 +70,9 @@ class BudgetSchedule:
     Without `max_seconds`, progress counts steps only (deterministic).
     """
 
-    def __init__(self, peak: float, total_steps: int, max_seconds: float | None,
-                 warmup: float = 0.05) -> None:
+    def __init__(
+        self, peak: float, total_steps: int, max_seconds: float | None, warmup: float = 0.05
+    ) -> None:
         self.peak, self.total_steps, self.max_seconds = peak, max(1, total_steps), max_seconds
         self.warmup, self.done, self.started = warmup, 0, time.perf_counter()
 
@@ -98,32 +98,40 @@ class BudgetSchedule:
         return self.progress() >= 1.0
 
 
-def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = None,
-               show_progress: bool = True,
-               on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[Twin, list[EpochLog]]:
+def train_twin(
+    df: pd.DataFrame,
+    spec: ProcessSpec,
+    cfg: TrainConfig | None = None,
+    show_progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> tuple[Twin, list[EpochLog]]:
     """Train a twin on a log; deterministic for a given seed, data and machine."""
     cfg = cfg or TrainConfig()
     if cfg.collapse not in COLLAPSE_METHODS:
-        raise ValueError(f"collapse must be one of {', '.join(COLLAPSE_METHODS)}, "
-                         f"got {cfg.collapse!r}")
+        raise ValueError(
+            f"collapse must be one of {', '.join(COLLAPSE_METHODS)}, got {cfg.collapse!r}"
+        )
     seed_everything(cfg.seed)
     data = WindowDataset(df, spec, cfg.model.window, cfg.rollout_steps)
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
-    model = JEPA(cfg.model, data.layout.feature_dim, len(data.layout.actions),
-                 len(data.layout.observed))
+    model = JEPA(
+        cfg.model, data.layout.feature_dim, len(data.layout.actions), len(data.layout.observed)
+    )
     # the spec's known gain signs (effects) are kept by a penalty on the loss
     loss_fn = with_sign_penalty(batch_loss, effect_pairs(spec, data.layout))
     trainer = Trainer.create(model, cfg, loss_fn)  # DDP when launched by torchrun
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     schedule = BudgetSchedule(cfg.learning_rate, cfg.epochs * steps_per_epoch, cfg.max_seconds)
     history: list[EpochLog] = []
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     stopped_by_budget = False
-    display = TrainingDisplay(cfg.epochs, steps_per_epoch, cfg.max_seconds,
-                              show_progress and trainer.is_main)
+    display = TrainingDisplay(
+        cfg.epochs, steps_per_epoch, cfg.max_seconds, show_progress and trainer.is_main
+    )
     with display:
         model.train()
         for epoch in range(cfg.epochs):
@@ -147,10 +155,18 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
             # a full evaluation (the figures are then noisier, not biased)
             cut = schedule.finished() and schedule.done < schedule.total_steps
             stats = evaluate(model, data, hold_idx[:CUT_EVAL_WINDOWS] if cut else hold_idx)
-            log = EpochLog(epoch + 1, total / max(1, seen), stats["prediction"],
-                           stats["readout_rmse"], stats["effective_rank"], stats["dim_std_min"],
-                           stats["dim_std_mean"], time.perf_counter() - epoch_start,
-                           stats["forecast_rmse"], fraction=seen / len(train_idx))
+            log = EpochLog(
+                epoch + 1,
+                total / max(1, seen),
+                stats["prediction"],
+                stats["readout_rmse"],
+                stats["effective_rank"],
+                stats["dim_std_min"],
+                stats["dim_std_mean"],
+                time.perf_counter() - epoch_start,
+                stats["forecast_rmse"],
+                fraction=seen / len(train_idx),
+            )
             history.append(log)
             if on_epoch:
                 on_epoch(log)
@@ -160,8 +176,9 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
                 break
         epochs_done = epoch + log.fraction
         history_dicts = [asdict(h) for h in history]
-        note = budget_note(history_dicts, cfg.epochs, epochs_done, cfg.max_seconds,
-                           stopped_by_budget)
+        note = budget_note(
+            history_dicts, cfg.epochs, epochs_done, cfg.max_seconds, stopped_by_budget
+        )
         display.finish(note)
     model.eval()
     final = history[-1]
@@ -183,13 +200,22 @@ def train_twin(df: pd.DataFrame, spec: ProcessSpec, cfg: TrainConfig | None = No
     if note:
         metrics["budget_note"] = note
     trainer.finish()  # under torchrun only rank 0 goes on (to save and register)
-    twin = Twin(spec, cfg.model, data.norm, model, build_goal_bank(model, data, cfg.seed),
-                metrics=metrics, train_config=cfg.to_dict())
+    twin = Twin(
+        spec,
+        cfg.model,
+        data.norm,
+        model,
+        build_goal_bank(model, data, cfg.seed),
+        metrics=metrics,
+        train_config=cfg.to_dict(),
+    )
     return twin, history
 
 
 def _describe(log: EpochLog, spec: ProcessSpec) -> str:
     units = {t.name: t.unit for t in spec.tags}
     rmse = " ".join(f"{t}±{v:.3g} {units[t]}" for t, v in log.holdout_readout_rmse.items())
-    return (f"loss {log.train_loss:.3f} | pred {log.holdout_prediction:.3f} | "
-            f"eff. rank {log.effective_rank:.1f} | readout RMSE {rmse}")
+    return (
+        f"loss {log.train_loss:.3f} | pred {log.holdout_prediction:.3f} | "
+        f"eff. rank {log.effective_rank:.1f} | readout RMSE {rmse}"
+    )

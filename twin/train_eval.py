@@ -18,7 +18,7 @@ BANK_SIZE = 4000
 @torch.no_grad()
 def evaluate(model: JEPA, data: WindowDataset, idx: torch.Tensor) -> dict[str, Any]:
     model.eval()
-    idx = idx[: 2048]
+    idx = idx[:2048]
     batch = data.batch(idx)
     z_all = model.encode(batch["windows"])
     target = model.target_encoder(batch["windows"][:, 1:])  # a copy of the encoder without EMA
@@ -33,14 +33,22 @@ def evaluate(model: JEPA, data: WindowDataset, idx: torch.Tensor) -> dict[str, A
         y = model.readout(z) - batch["obs"][:, step]
         mask = batch["obs_mask"][:, step]
         rmse_norm = torch.sqrt((y**2 * mask).sum(0) / mask.sum(0).clamp_min(1.0)).numpy()
-        return {t: float(rmse_norm[i] * scale[i]) for i, t in enumerate(data.layout.observed)
-                if t in data.layout.sensors}
+        return {
+            t: float(rmse_norm[i] * scale[i])
+            for i, t in enumerate(data.layout.observed)
+            if t in data.layout.sensors
+        }
 
     readout_rmse, forecast_rmse = rmse(z0, 0), rmse(predicted[:, 0], 1)
     model.train()
-    return {"prediction": prediction, "effective_rank": effective_rank(z0),
-            "dim_std_min": float(std.min()), "dim_std_mean": float(std.mean()),
-            "readout_rmse": readout_rmse, "forecast_rmse": forecast_rmse}
+    return {
+        "prediction": prediction,
+        "effective_rank": effective_rank(z0),
+        "dim_std_min": float(std.min()),
+        "dim_std_mean": float(std.mean()),
+        "readout_rmse": readout_rmse,
+        "forecast_rmse": forecast_rmse,
+    }
 
 
 @torch.no_grad()

@@ -41,8 +41,9 @@ class TrainConfig:
         return asdict(self)
 
 
-def mask_history(windows: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
-                 ) -> torch.Tensor:
+def mask_history(
+    windows: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Hide a random leading part of some windows, and a few random samples in all.
 
     A control loop starts with an empty history and live data has holes; the encoder
@@ -83,10 +84,18 @@ def target_steps(horizon: int, sparse: bool) -> torch.Tensor:
     return torch.tensor(sorted(steps))
 
 
-def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    windows, actions, obs, obs_mask = (batch["windows"], batch["actions"], batch["obs"],
-                                       batch["obs_mask"])
+def batch_loss(
+    model: JEPA,
+    batch: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    windows, actions, obs, obs_mask = (
+        batch["windows"],
+        batch["actions"],
+        batch["obs"],
+        batch["obs_mask"],
+    )
     steps = target_steps(actions.shape[1], cfg.sparse_targets)
     rows = torch.cat([torch.zeros(1, dtype=torch.long), steps])
     z_all = model.encode(windows[:, rows])  # (B, 1 + len(steps), D)
@@ -111,7 +120,8 @@ def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
     prediction = ((predicted[:, steps - 1] - target) ** 2).mean()
     loss = prediction + anti_collapse + cfg.readout_weight * readout
     loss = loss + cfg.predicted_readout_weight * _masked_mse(
-        model.readout(predicted), obs[:, 1:], obs_mask[:, 1:])
+        model.readout(predicted), obs[:, 1:], obs_mask[:, 1:]
+    )
     # the other members and the coarse predictor learn on the encoder's embeddings without
     # shaping them (z0 detached): the encoder serves the planning predictor
     extra = torch.zeros(())
@@ -119,7 +129,8 @@ def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
         rolled = member.rollout(z0.detach(), actions)
         extra = extra + ((rolled[:, steps - 1] - target) ** 2).mean()
         extra = extra + cfg.predicted_readout_weight * _masked_mse(
-            model.readout(rolled), obs[:, 1:], obs_mask[:, 1:])
+            model.readout(rolled), obs[:, 1:], obs_mask[:, 1:]
+        )
     k = model.config.coarse_steps
     if k and actions.shape[1] >= k:
         coarse = model.coarse_rollout(z0.detach(), actions)
@@ -129,11 +140,17 @@ def batch_loss(model: JEPA, batch: dict[str, torch.Tensor], cfg: TrainConfig,
             blocks = steps[encoded] // k - 1
             extra = extra + ((coarse[:, blocks] - target[:, encoded]) ** 2).mean()
         extra = extra + cfg.predicted_readout_weight * _masked_mse(
-            model.readout(coarse), obs[:, k::k][:, :coarse.shape[1]],
-            obs_mask[:, k::k][:, :coarse.shape[1]])
-    parts = {"prediction": prediction.item(), "variance": variance.item(),
-             "covariance": covariance.item(), "readout": readout.item(),
-             "extra_predictors": extra.item()}
+            model.readout(coarse),
+            obs[:, k::k][:, : coarse.shape[1]],
+            obs_mask[:, k::k][:, : coarse.shape[1]],
+        )
+    parts = {
+        "prediction": prediction.item(),
+        "variance": variance.item(),
+        "covariance": covariance.item(),
+        "readout": readout.item(),
+        "extra_predictors": extra.item(),
+    }
     return loss + extra, parts
 
 

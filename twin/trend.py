@@ -117,7 +117,8 @@ class TrendFilter:
             sample = min(second * second / 6.0, 9.0 * self.variance[tag])
             floor = (NOISE_FLOOR * self.scales[tag]) ** 2
             self.variance[tag] = max(
-                (1.0 - NOISE_MEMORY) * self.variance[tag] + NOISE_MEMORY * sample, floor)
+                (1.0 - NOISE_MEMORY) * self.variance[tag] + NOISE_MEMORY * sample, floor
+            )
         alpha, beta = self.gains(tag)
         predicted = self.level[tag] + steps * self.slope[tag]
         innovation = value - predicted
@@ -137,6 +138,7 @@ class TrendFilter:
                 continue
             noise = math.sqrt(self.variance[tag])
             level_ratio, slope_ratio = noise_ratios(*self.gains(tag))
-            out[tag] = Trend(self.level[tag], self.slope[tag], level_ratio * noise,
-                             slope_ratio * noise, noise)
+            out[tag] = Trend(
+                self.level[tag], self.slope[tag], level_ratio * noise, slope_ratio * noise, noise
+            )
         return out

@@ -22,6 +22,8 @@ from .model import JEPA, JEPAConfig
 from .spec import ProcessSpec, SpecError
 
 CHECKPOINT_FORMAT = 1
+
+
 @dataclass
 class GoalBank:
     """Embeddings of training windows with the sensor values they ended on and the move
@@ -33,8 +35,11 @@ class GoalBank:
     actions: torch.Tensor | None = None  # (N, A) normalised actions applied at the window's end
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        out = {"embeddings": self.embeddings, "observed": self.observed,
-               "unsteadiness": self.unsteadiness}
+        out = {
+            "embeddings": self.embeddings,
+            "observed": self.observed,
+            "unsteadiness": self.unsteadiness,
+        }
         if self.actions is not None:
             out["actions"] = self.actions
         return out
@@ -61,8 +66,9 @@ class Twin:
         """One context window (W, 2F) -> embedding (D,)."""
         expected = (self.config.window, 2 * self.layout.feature_dim)
         if tuple(window.shape) != expected:
-            raise InvalidInput(f"context window has shape {tuple(window.shape)}, "
-                               f"expected {expected}")
+            raise InvalidInput(
+                f"context window has shape {tuple(window.shape)}, expected {expected}"
+            )
         return self.model.encode(window.unsqueeze(0))[0].numpy().astype(float)
 
     @torch.no_grad()
@@ -70,8 +76,11 @@ class Twin:
         """Embeddings (..., D) -> sensors in engineering units, by tag."""
         y = self.model.readout(torch.as_tensor(z, dtype=torch.float32)).numpy()
         values = self.norm.denormalise(y, self.layout.observed)
-        return {tag: values[..., i] for i, tag in enumerate(self.layout.observed)
-                if tag in self.layout.sensors}
+        return {
+            tag: values[..., i]
+            for i, tag in enumerate(self.layout.observed)
+            if tag in self.layout.sensors
+        }
 
     def readout_jacobian(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
         """(len(tags), D): each sensor's readout (training stds) per unit of embedding at z."""
@@ -122,9 +131,14 @@ class Twin:
         cached = self.__dict__.get("_member_layers")
         if cached is None or cached[0] != key:
             per_member = [_linear_tanh_layers(m.net) for m in self.model.members()]
-            layers = [(np.stack([m[i][0] for m in per_member]),
-                       np.stack([m[i][1] for m in per_member]), per_member[0][i][2])
-                      for i in range(len(per_member[0]))]
+            layers = [
+                (
+                    np.stack([m[i][0] for m in per_member]),
+                    np.stack([m[i][1] for m in per_member]),
+                    per_member[0][i][2],
+                )
+                for i in range(len(per_member[0]))
+            ]
             cached = (key, layers)
             self.__dict__["_member_layers"] = cached
         return cached[1]
@@ -138,8 +152,9 @@ class Twin:
     def normalise_sensor(self, tag: str, value: float) -> float:
         return float(self.norm.normalise(np.array([value]), (tag,))[0])
 
-    def goal_embedding(self, setpoints: dict[str, float],
-                       conditions: dict[str, float] | None = None) -> np.ndarray:
+    def goal_embedding(
+        self, setpoints: dict[str, float], conditions: dict[str, float] | None = None
+    ) -> np.ndarray:
         """Setpoints in engineering units -> goal embedding.
 
         The goal is the mean embedding of the training windows that ended closest to the
@@ -156,8 +171,10 @@ class Twin:
         for tag, value in setpoints.items():
             if tag not in self.layout.sensors:
                 sensors = ", ".join(self.layout.sensors)
-                raise InvalidInput(f"setpoint for '{tag}', which is not a sensor of "
-                                   f"'{self.spec.name}' (sensors: {sensors})")
+                raise InvalidInput(
+                    f"setpoint for '{tag}', which is not a sensor of "
+                    f"'{self.spec.name}' (sensors: {sensors})"
+                )
             if not np.isfinite(value):
                 raise InvalidInput(f"setpoint for '{tag}' must be finite, got {value}")
             cols.append(self.layout.observed.index(tag))
@@ -176,15 +193,17 @@ class Twin:
         nearest = torch.topk(score, k, largest=False).indices
         return self.bank.embeddings[nearest].mean(dim=0).numpy().astype(float)
 
-    def action_envelope(self, z: np.ndarray, neighbours: int, margin_std: float
-                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    def action_envelope(
+        self, z: np.ndarray, neighbours: int, margin_std: float
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The actuator values the training log applied from the `neighbours` states nearest
         to embedding `z`, widened by `margin_std` training stds: [low, high] per actuator in
         engineering units. None when the bank holds no actions (older checkpoints)."""
         if self.bank.actions is None or neighbours <= 0:
             return None
-        distance = ((self.bank.embeddings - torch.as_tensor(z, dtype=self.bank.embeddings.dtype))
-                    ** 2).sum(dim=1)
+        distance = (
+            (self.bank.embeddings - torch.as_tensor(z, dtype=self.bank.embeddings.dtype)) ** 2
+        ).sum(dim=1)
         nearest = torch.topk(distance, min(neighbours, len(distance)), largest=False).indices
         seen = self.bank.actions[nearest].double().numpy()
         low = self.denormalise_actions(seen.min(axis=0) - margin_std)
@@ -207,8 +226,13 @@ class Twin:
     def to_bytes(self) -> bytes:
         """The checkpoint: the state, wrapped with its own sha256 so damage never loads."""
         payload = _torch_bytes(self.state())
-        return _torch_bytes({"format": CHECKPOINT_FORMAT, "payload": payload,
-                             "sha256": hashlib.sha256(payload).hexdigest()})
+        return _torch_bytes(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "payload": payload,
+                "sha256": hashlib.sha256(payload).hexdigest(),
+            }
+        )
 
     def save(self, path: str | Path) -> str:
         """Write the checkpoint; returns its sha256."""
@@ -224,8 +248,9 @@ class Twin:
         if not isinstance(wrapper, dict) or wrapper.get("format") != CHECKPOINT_FORMAT:
             raise InvalidInput("not a twin checkpoint of a supported format")
         payload = wrapper.get("payload")
-        if not isinstance(payload, bytes) or \
-                hashlib.sha256(payload).hexdigest() != wrapper.get("sha256"):
+        if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != wrapper.get(
+            "sha256"
+        ):
             raise InvalidInput("checkpoint is damaged: its content does not match its sha256")
         state = _torch_load(payload)
         if not isinstance(state, dict):
@@ -238,17 +263,23 @@ class Twin:
             model.load_state_dict(state["weights"])
             bank = GoalBank(**state["bank"])
             if bank.actions is not None and tuple(bank.actions.shape) != (
-                    len(bank.embeddings), len(layout.actions)):
-                raise InvalidInput(f"checkpoint is inconsistent: its goal bank holds moves of "
-                                   f"shape {tuple(bank.actions.shape)} for "
-                                   f"{len(bank.embeddings)} states and "
-                                   f"{len(layout.actions)} actuators")
+                len(bank.embeddings),
+                len(layout.actions),
+            ):
+                raise InvalidInput(
+                    f"checkpoint is inconsistent: its goal bank holds moves of "
+                    f"shape {tuple(bank.actions.shape)} for "
+                    f"{len(bank.embeddings)} states and "
+                    f"{len(layout.actions)} actuators"
+                )
             norm = Normalizer.from_dict(state["normalizer"])
         except (KeyError, TypeError, RuntimeError, SpecError) as exc:
-            raise InvalidInput(f"checkpoint is incomplete or inconsistent: "
-                               f"{type(exc).__name__}: {exc}") from None
-        return cls(spec, config, norm, model, bank, state.get("metrics", {}),
-                   state.get("train_config", {}))
+            raise InvalidInput(
+                f"checkpoint is incomplete or inconsistent: {type(exc).__name__}: {exc}"
+            ) from None
+        return cls(
+            spec, config, norm, model, bank, state.get("metrics", {}), state.get("train_config", {})
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Twin:
@@ -274,8 +305,9 @@ def _torch_load(data: bytes) -> Any:
         # torch's own message is many lines of advice about weights_only; one line is enough
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         cause = "" if "weights_only" in first or not first else f": {first}"
-        raise InvalidInput(f"not a twin checkpoint (torch cannot read it as one: "
-                           f"{type(exc).__name__}{cause})") from None
+        raise InvalidInput(
+            f"not a twin checkpoint (torch cannot read it as one: {type(exc).__name__}{cause})"
+        ) from None
 
 
 def _linear_tanh_layers(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, bool]]:
@@ -285,9 +317,13 @@ def _linear_tanh_layers(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarr
     for i, module in enumerate(modules):
         if isinstance(module, torch.nn.Linear):
             tanh = i + 1 < len(modules) and isinstance(modules[i + 1], torch.nn.Tanh)
-            layers.append((module.weight.detach().double().numpy(),
-                           module.bias.detach().double().numpy(), tanh))
+            layers.append(
+                (
+                    module.weight.detach().double().numpy(),
+                    module.bias.detach().double().numpy(),
+                    tanh,
+                )
+            )
         elif not isinstance(module, torch.nn.Tanh):
             raise TypeError(f"ensemble member layer {type(module).__name__} is not Linear/Tanh")
     return layers
-

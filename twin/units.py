@@ -44,31 +44,55 @@ def _scale(name: str, quantity: str, factor: float) -> Unit:
 
 def _offset(name: str, factor: float, offset: float) -> Unit:
     """A temperature: base (K) = value * factor + offset."""
-    return Unit(name, "temperature", lambda v: v * factor + offset,
-                lambda v: (v - offset) / factor)
+    return Unit(name, "temperature", lambda v: v * factor + offset, lambda v: (v - offset) / factor)
 
 
 _UNITS: list[Unit] = [
-    _offset("K", 1.0, 0.0), _offset("degC", 1.0, 273.15),
+    _offset("K", 1.0, 0.0),
+    _offset("degC", 1.0, 273.15),
     _offset("degF", 5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0),
-    _scale("Pa", "pressure", 1.0), _scale("kPa", "pressure", 1e3),
-    _scale("MPa", "pressure", 1e6), _scale("bar", "pressure", 1e5),
-    _scale("mbar", "pressure", 1e2), _scale("psi", "pressure", 6894.757),
+    _scale("Pa", "pressure", 1.0),
+    _scale("kPa", "pressure", 1e3),
+    _scale("MPa", "pressure", 1e6),
+    _scale("bar", "pressure", 1e5),
+    _scale("mbar", "pressure", 1e2),
+    _scale("psi", "pressure", 6894.757),
     _scale("atm", "pressure", 101_325.0),
-    _scale("mol/L", "concentration", 1.0), _scale("mmol/L", "concentration", 1e-3),
+    _scale("mol/L", "concentration", 1.0),
+    _scale("mmol/L", "concentration", 1e-3),
     _scale("mol/m3", "concentration", 1e-3),
-    _scale("kg/s", "mass flow", 1.0), _scale("kg/h", "mass flow", 1 / 3600),
-    _scale("t/h", "mass flow", 1000 / 3600), _scale("g/s", "mass flow", 1e-3),
-    _scale("m3/h", "volume flow", 1 / 3600), _scale("m3/s", "volume flow", 1.0),
-    _scale("L/s", "volume flow", 1e-3), _scale("L/min", "volume flow", 1e-3 / 60),
-    _scale("W", "power", 1.0), _scale("kW", "power", 1e3), _scale("MW", "power", 1e6),
+    _scale("kg/s", "mass flow", 1.0),
+    _scale("kg/h", "mass flow", 1 / 3600),
+    _scale("t/h", "mass flow", 1000 / 3600),
+    _scale("g/s", "mass flow", 1e-3),
+    _scale("m3/h", "volume flow", 1 / 3600),
+    _scale("m3/s", "volume flow", 1.0),
+    _scale("L/s", "volume flow", 1e-3),
+    _scale("L/min", "volume flow", 1e-3 / 60),
+    _scale("W", "power", 1.0),
+    _scale("kW", "power", 1e3),
+    _scale("MW", "power", 1e6),
 ]
 UNITS: Mapping[str, Unit] = {u.name: u for u in _UNITS}
 # Spellings found in tag files, mapped to the names above.
-_ALIASES = {"°c": "degC", "c": "degC", "deg c": "degC", "celsius": "degC",
-            "°f": "degF", "f": "degF", "deg f": "degF", "fahrenheit": "degF",
-            "kelvin": "K", "m³/h": "m3/h", "m³/s": "m3/s", "mol/m³": "mol/m3",
-            "mmol/l": "mmol/L", "mol/l": "mol/L", "l/s": "L/s", "l/min": "L/min"}
+_ALIASES = {
+    "°c": "degC",
+    "c": "degC",
+    "deg c": "degC",
+    "celsius": "degC",
+    "°f": "degF",
+    "f": "degF",
+    "deg f": "degF",
+    "fahrenheit": "degF",
+    "kelvin": "K",
+    "m³/h": "m3/h",
+    "m³/s": "m3/s",
+    "mol/m³": "mol/m3",
+    "mmol/l": "mmol/L",
+    "mol/l": "mol/L",
+    "l/s": "L/s",
+    "l/min": "L/min",
+}
 _GAUGE = " gauge"
 
 
@@ -115,8 +139,11 @@ def likely_mixup(tag: Tag, typical: float) -> str | None:
     if parsed is None or band is None or not math.isfinite(typical):
         return None
     declared, gauge = parsed
-    far, near = ((FAR_WIDTHS, NEAR_WIDTHS) if declared.quantity == "temperature"
-                 else (FAR_DECADES, NEAR_DECADES))
+    far, near = (
+        (FAR_WIDTHS, NEAR_WIDTHS)
+        if declared.quantity == "temperature"
+        else (FAR_DECADES, NEAR_DECADES)
+    )
     here = _distance(typical, band, declared)
     if here is None or here < far:
         return None
@@ -156,4 +183,5 @@ def check_units(spec: ProcessSpec, columns: Mapping[str, np.ndarray]) -> None:
             f"tag file expects in {tag.unit} (nominal {tag.nominal}, limits {tag.low} to "
             f"{tag.high}); read as {other} it would be {converted:.4g} {tag.unit}, as "
             f"expected: the log is likely in {other}, not {tag.unit}. Convert the column "
-            "or correct the tag's unit")
+            "or correct the tag's unit"
+        )

@@ -87,8 +87,7 @@ class MqttBridge:
         self._last_data: tuple[float, float] | None = None  # (monotonic arrival, time_s)
         self._last_hold = 0.0
         self.connected = threading.Event()  # connected and subscribed
-        where = (f"{self.sparkplug.group}-{self.sparkplug.node}" if self.sparkplug
-                 else self.prefix)
+        where = f"{self.sparkplug.group}-{self.sparkplug.node}" if self.sparkplug else self.prefix
         client_id = self.client_id or f"twin-{where}-loop-{self.stepper.run_id}"
         self.client = paho.Client(client_id=client_id, clean_session=not self.persistent)
         self.client.on_connect = self._on_connect
@@ -102,12 +101,14 @@ class MqttBridge:
         if rc != 0:
             log.warning("loop %d: broker refused the connection (rc %s)", self.stepper.run_id, rc)
             return
-        topics = (self.sparkplug.subscriptions() if self.sparkplug
-                  else [self.topics.measurements, self.topics.gateway])
+        topics = (
+            self.sparkplug.subscriptions()
+            if self.sparkplug
+            else [self.topics.measurements, self.topics.gateway]
+        )
         client.subscribe([(topic, 1) for topic in topics])
 
-    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int,
-                      _granted: Any) -> None:
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, _granted: Any) -> None:
         self.connected.set()  # subscribed: from now on nothing published is missed
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -163,8 +164,9 @@ class MqttBridge:
             return
         self._publish(done, arrived)
 
-    def _parse(self, topic: str, payload: bytes
-               ) -> tuple[str, float, dict[str, float | None], dict[str, float]] | None:
+    def _parse(
+        self, topic: str, payload: bytes
+    ) -> tuple[str, float, dict[str, float | None], dict[str, float]] | None:
         if self._session is not None:
             got = self._session.receive(topic, payload)
             if got.seq_jump:
@@ -200,15 +202,22 @@ class MqttBridge:
             topic, body = self.sparkplug.topic("CMD"), encode_command(self.sparkplug, values)
         else:
             topic = self.topics.setpoints
-            body = json.dumps({"run_id": self.stepper.run_id, "step": done.step,
-                               "time_s": done.time_s, "status": str(done.record.status),
-                               "actuators": values}).encode()
+            body = json.dumps(
+                {
+                    "run_id": self.stepper.run_id,
+                    "step": done.step,
+                    "time_s": done.time_s,
+                    "status": str(done.record.status),
+                    "actuators": values,
+                }
+            ).encode()
         self.client.publish(topic, body, qos=1, retain=False)
         self.stepper.confirm_written(done, values)
         self.stats.latencies_ms.append((time.perf_counter() - arrived) * 1000.0)
         self.stats.step_ms.append(done.step_ms)
-        readback = {tag: done.record.measurements[tag] for tag in values
-                    if tag in done.record.measurements}
+        readback = {
+            tag: done.record.measurements[tag] for tag in values if tag in done.record.measurements
+        }
         self.stats.written.append((done.time_s, values, readback))
 
     def _check_silence(self) -> None:
@@ -219,16 +228,20 @@ class MqttBridge:
         silent = now - self._last_data[0]
         if silent > STALE_AFTER_PERIODS * self.period_s and now - self._last_hold >= self.period_s:
             limit = STALE_AFTER_PERIODS * self.period_s
-            self._hold("silence", f"no measurement for {silent:.1f} s (limit {limit:g} s, "
-                                  f"{STALE_AFTER_PERIODS} sample periods)")
+            self._hold(
+                "silence",
+                f"no measurement for {silent:.1f} s (limit {limit:g} s, "
+                f"{STALE_AFTER_PERIODS} sample periods)",
+            )
 
     def _hold(self, kind: str, reason: str) -> None:
         """A recorded stale hold, stamped in the gateway's time base: its last sample's
         time plus the seconds since that sample arrived."""
         now = time.monotonic()
         self._last_hold = now
-        time_s = None if self._last_data is None else \
-            self._last_data[1] + (now - self._last_data[0])
+        time_s = (
+            None if self._last_data is None else self._last_data[1] + (now - self._last_data[0])
+        )
         try:
             self.stepper.hold(reason, time_s)
             self.stats.holds[kind] += 1  # counted once stored

@@ -45,8 +45,11 @@ class Gateway:
     def __post_init__(self) -> None:
         self.sim = cstr.CSTRSimulator(seed=self.seed)
         self.topics = JsonTopics(self.prefix, self.run_id)
-        name = f"{self.address.node}-{self.address.device}" if self.address else \
-            f"{self.prefix}-{self.run_id}"
+        name = (
+            f"{self.address.node}-{self.address.device}"
+            if self.address
+            else f"{self.prefix}-{self.run_id}"
+        )
         self.client = paho.Client(client_id=f"gateway-{name}", clean_session=True)
         self.seq = 0
         if self.address is not None:
@@ -65,12 +68,18 @@ class Gateway:
             node = sparkplug.Address(self.address.group, self.address.node)
             tags = {**self.sim.measure(), "Tc": self.tc}
             self.seq = 0
-            client.publish(node.topic("BIRTH"), sparkplug.encode_birth(
-                node, {} if self.address.device else tags, seq=0), qos=1)
+            client.publish(
+                node.topic("BIRTH"),
+                sparkplug.encode_birth(node, {} if self.address.device else tags, seq=0),
+                qos=1,
+            )
             if self.address.device:
                 self.seq = 1
-                client.publish(self.address.topic("BIRTH"),
-                               sparkplug.encode_birth(self.address, tags, seq=1), qos=1)
+                client.publish(
+                    self.address.topic("BIRTH"),
+                    sparkplug.encode_birth(self.address, tags, seq=1),
+                    qos=1,
+                )
         else:
             client.publish(self.topics.gateway, b"online", qos=1)
 
@@ -141,8 +150,7 @@ def main() -> None:
     if args.sparkplug:
         parts = args.sparkplug.split("/")
         address = sparkplug.Address(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
-    gateway = Gateway(args.loop, args.host, args.port, args.prefix, address, args.period,
-                      args.seed)
+    gateway = Gateway(args.loop, args.host, args.port, args.prefix, address, args.period, args.seed)
     gateway.start()
     gateway.run(threading.Event())
 

@@ -77,6 +77,9 @@ def load_node_map(path: Path, spec: ProcessSpec) -> NodeMap:
     try:
         return NodeMap.model_validate(raw).check(spec)
     except ValidationError as exc:
-        raise InvalidInput(f"tag map {path}: " + "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
-            for e in exc.errors())) from None
+        raise InvalidInput(
+            f"tag map {path}: "
+            + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
+            )
+        ) from None

@@ -103,8 +103,9 @@ class OpcUaLoop:
             next_at = max(next_at, time.monotonic() - self.period_s)  # no burst after a stall
         return True
 
-    def _judge(self, values: list[ua.DataValue]
-               ) -> tuple[dict[str, float | None], float, tuple[str, str] | None]:
+    def _judge(
+        self, values: list[ua.DataValue]
+    ) -> tuple[dict[str, float | None], float, tuple[str, str] | None]:
         """(measurements, plant time, (reason kind, text) when the sample must be held)."""
         measurements: dict[str, float | None] = {}
         newest, reason = 0.0, None
@@ -120,8 +121,10 @@ class OpcUaLoop:
                 continue
             seconds = _epoch(stamp)
             if seconds <= self._last_source.get(tag, -math.inf):
-                reason = reason or ("timestamp", f"{tag} ({node}) source timestamp "
-                                                 f"{stamp.isoformat()} did not advance")
+                reason = reason or (
+                    "timestamp",
+                    f"{tag} ({node}) source timestamp {stamp.isoformat()} did not advance",
+                )
             self._last_source[tag] = max(seconds, self._last_source.get(tag, -math.inf))
             if not _is_number(value):
                 reason = reason or ("value", f"{tag} ({node}) holds {value!r}, not a number")
@@ -130,8 +133,9 @@ class OpcUaLoop:
             newest = max(newest, seconds)
         return measurements, newest or time.time(), reason
 
-    async def _write(self, client: Client, writes: dict[str, Any], done: EdgeStep,
-                     started: float) -> None:
+    async def _write(
+        self, client: Client, writes: dict[str, Any], done: EdgeStep, started: float
+    ) -> None:
         self.stats.steps += 1
         try:
             values = self.stepper.outgoing(done)
@@ -140,8 +144,9 @@ class OpcUaLoop:
             await asyncio.to_thread(self.stepper.edge_event, "unsafe_setpoint", str(exc))
             return
         nodes = [writes[tag] for tag in values]
-        results = await client.write_values(nodes, list(values.values()),
-                                            raise_on_partial_error=False)
+        results = await client.write_values(
+            nodes, list(values.values()), raise_on_partial_error=False
+        )
         accepted = {}
         for (tag, value), result in zip(values.items(), results, strict=True):
             if result.is_good():
@@ -153,8 +158,11 @@ class OpcUaLoop:
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         self.stats.step_ms.append(done.step_ms)
         if accepted:
-            readback = {tag: done.record.measurements[tag] for tag in accepted
-                        if tag in done.record.measurements}
+            readback = {
+                tag: done.record.measurements[tag]
+                for tag in accepted
+                if tag in done.record.measurements
+            }
             self.stats.written.append((done.time_s, accepted, readback))
 
     async def _hold(self, kind: str, reason: str, time_s: float) -> None:
@@ -174,8 +182,7 @@ def _epoch(moment: datetime) -> float:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -47,8 +47,11 @@ class SimulatedPlant:
 
     def node_map(self, unit: int, period_s: float | None = None) -> NodeMap:
         prefix = f"ns={self.ns};s=cstr{unit}/"
-        return NodeMap(tags={tag: prefix + tag for tag in (*INPUT_TAGS, "Tc")},
-                       readback={"Tc": prefix + "Tc_pv"}, period_s=period_s)
+        return NodeMap(
+            tags={tag: prefix + tag for tag in (*INPUT_TAGS, "Tc")},
+            readback={"Tc": prefix + "Tc_pv"},
+            period_s=period_s,
+        )
 
     async def start(self) -> None:
         server = Server()
@@ -63,8 +66,11 @@ class SimulatedPlant:
             if unit.writes:
                 values["Tc"] = values["Tc_pv"] = unit.writes[-1][1]
             for tag, value in values.items():
-                node = await folder.add_variable(ua.NodeId(f"cstr{i}/{tag}", self.ns), tag,
-                                                 ua.Variant(float(value), ua.VariantType.Double))
+                node = await folder.add_variable(
+                    ua.NodeId(f"cstr{i}/{tag}", self.ns),
+                    tag,
+                    ua.Variant(float(value), ua.VariantType.Double),
+                )
                 if tag == "Tc":
                     await node.set_writable(True)
                 unit.nodes[tag] = node
@@ -100,6 +106,11 @@ class SimulatedPlant:
         now = datetime.now(UTC)
         for tag, value in values.items():
             status = ua.StatusCode(unit.forced_status.get(tag, ua.StatusCodes.Good))
-            await unit.nodes[tag].write_value(ua.DataValue(  # type: ignore[attr-defined]
-                ua.Variant(float(value), ua.VariantType.Double), StatusCode=status,
-                SourceTimestamp=now, ServerTimestamp=now))
+            await unit.nodes[tag].write_value(
+                ua.DataValue(  # type: ignore[attr-defined]
+                    ua.Variant(float(value), ua.VariantType.Double),
+                    StatusCode=status,
+                    SourceTimestamp=now,
+                    ServerTimestamp=now,
+                )
+            )

@@ -72,16 +72,29 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _metrics(values: Mapping[str, float | None], stamp: int,
-             aliases: Mapping[str, int] | None = None) -> tuple[Metric, ...]:
-    return tuple(Metric(timestamp=stamp, name=name, datatype=DataType.DOUBLE,
-                        value=None if value is None else float(value), is_null=value is None,
-                        alias=(aliases or {}).get(name))
-                 for name, value in values.items())
+def _metrics(
+    values: Mapping[str, float | None], stamp: int, aliases: Mapping[str, int] | None = None
+) -> tuple[Metric, ...]:
+    return tuple(
+        Metric(
+            timestamp=stamp,
+            name=name,
+            datatype=DataType.DOUBLE,
+            value=None if value is None else float(value),
+            is_null=value is None,
+            alias=(aliases or {}).get(name),
+        )
+        for name, value in values.items()
+    )
 
 
-def encode_birth(address: Address, values: Mapping[str, float], seq: int = 0,
-                 bdseq: int = 0, stamp: int | None = None) -> bytes:
+def encode_birth(
+    address: Address,
+    values: Mapping[str, float],
+    seq: int = 0,
+    bdseq: int = 0,
+    stamp: int | None = None,
+) -> bytes:
     stamp = stamp or now_ms()
     metrics = _metrics(values, stamp)
     if address.device:
@@ -90,12 +103,14 @@ def encode_birth(address: Address, values: Mapping[str, float], seq: int = 0,
     return NBirth(timestamp=stamp, seq=seq, metrics=(bd, *metrics)).encode(include_dtypes=True)
 
 
-def encode_data(address: Address, values: Mapping[str, float | None], seq: int,
-                stamp: int | None = None) -> bytes:
+def encode_data(
+    address: Address, values: Mapping[str, float | None], seq: int, stamp: int | None = None
+) -> bytes:
     stamp = stamp or now_ms()
     payload = DData if address.device else NData
     return payload(timestamp=stamp, seq=seq, metrics=_metrics(values, stamp)).encode(
-        include_dtypes=True)
+        include_dtypes=True
+    )
 
 
 def encode_death(address: Address, bdseq: int = 0, seq: int = 0) -> bytes:
@@ -113,8 +128,11 @@ def encode_command(address: Address, values: Mapping[str, float]) -> bytes:
 
 def decode_command(raw: bytes, address: Address) -> dict[str, float]:
     payload = (DCmd if address.device else NCmd).decode(raw)
-    return {m.name: float(m.value) for m in payload.metrics
-            if m.name is not None and m.value is not None}
+    return {
+        m.name: float(m.value)
+        for m in payload.metrics
+        if m.name is not None and m.value is not None
+    }
 
 
 class SparkplugSession:
@@ -143,8 +161,11 @@ class SparkplugSession:
         if kind == MessageType.NBIRTH:
             self.node_birth = NBirth.decode(raw)
             self.expected_seq = (self.node_birth.seq + 1) % SEQ_MODULUS
-            return Received("birth", self.node_birth.timestamp / 1000.0,
-                            self._values(self.node_birth.metrics) if ours else {})
+            return Received(
+                "birth",
+                self.node_birth.timestamp / 1000.0,
+                self._values(self.node_birth.metrics) if ours else {},
+            )
         if kind == MessageType.NDATA:
             payload = NData.decode(raw, birth=self.node_birth)
         elif kind == MessageType.DBIRTH:
@@ -160,8 +181,9 @@ class SparkplugSession:
             return Received("ignored", seq_jump=jump)
         if kind == MessageType.DBIRTH:
             self.device_birth = payload
-            return Received("birth", payload.timestamp / 1000.0,
-                            self._values(payload.metrics), jump)
+            return Received(
+                "birth", payload.timestamp / 1000.0, self._values(payload.metrics), jump
+            )
         if kind == MessageType.DDEATH:
             self.device_birth = None
             return Received("death", time.time(), seq_jump=jump)
@@ -172,8 +194,10 @@ class SparkplugSession:
         if expected is None:
             return f"{topic}: seq {seq} with no birth seen (a rebirth is needed)"
         if seq != expected:
-            return f"{topic}: seq jumped to {seq}, expected {expected} " \
-                   f"({(seq - expected) % SEQ_MODULUS} message(s) missing)"
+            return (
+                f"{topic}: seq jumped to {seq}, expected {expected} "
+                f"({(seq - expected) % SEQ_MODULUS} message(s) missing)"
+            )
         return None
 
     @staticmethod
@@ -184,7 +208,7 @@ class SparkplugSession:
                 continue
             value = metric.value
             number = isinstance(value, int | float) and not isinstance(value, bool)
-            out[metric.name] = float(value) if number and math.isfinite(value) \
-                and not metric.is_null else None
+            out[metric.name] = (
+                float(value) if number and math.isfinite(value) and not metric.is_null else None
+            )
         return out
-

@@ -78,8 +78,7 @@ class EdgeStats:
     latencies_ms: list[float] = field(default_factory=list)  # sample in -> setpoint out
     step_ms: list[float] = field(default_factory=list)  # of which: the step path's call
     # (loop time, values written, the plant's read-back of them in that step's sample)
-    written: list[tuple[float, dict[str, float], dict[str, float]]] = field(
-        default_factory=list)
+    written: list[tuple[float, dict[str, float], dict[str, float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,16 +104,26 @@ class LoopStepper:
 
     # ------------------------------------------------------------ steps
 
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float] | None = None) -> EdgeStep:
+    def step(
+        self,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float] | None = None,
+    ) -> EdgeStep:
         """One sample through the HTTP path's service; raises its errors unchanged."""
         with self._lock, self.sessions() as session:
             started = time.perf_counter()
-            number, record = self.manager.step(session, self.run_id, time_s, measurements,
-                                               setpoints)
+            number, record = self.manager.step(
+                session, self.run_id, time_s, measurements, setpoints
+            )
             self.last_time_s = float(time_s)
-            return EdgeStep(number, float(time_s), record, held=False,
-                            step_ms=(time.perf_counter() - started) * 1000.0)
+            return EdgeStep(
+                number,
+                float(time_s),
+                record,
+                held=False,
+                step_ms=(time.perf_counter() - started) * 1000.0,
+            )
 
     def hold(self, reason: str, time_s: float | None = None) -> EdgeStep:
         """A recorded stale hold: the controller holds, the edge says why."""
@@ -131,8 +140,12 @@ class LoopStepper:
     def edge_event(self, kind: str, message: str, tag: str | None = None) -> None:
         """A run event at the loop's latest step (e.g. a Sparkplug sequence jump)."""
         with self._lock, self.sessions() as session:
-            last = session.scalar(select(RunStep).where(RunStep.run_id == self.run_id)
-                                  .order_by(RunStep.step.desc()).limit(1))
+            last = session.scalar(
+                select(RunStep)
+                .where(RunStep.run_id == self.run_id)
+                .order_by(RunStep.step.desc())
+                .limit(1)
+            )
             step, time_s = (last.step, last.time_s) if last is not None else (0, 0.0)
             _add_event(session, self.run_id, step, time_s, kind, message, tag)
             session.commit()
@@ -156,7 +169,8 @@ class LoopStepper:
             if value is None or not math.isfinite(value):
                 raise UnsafeSetpoint(f"{tag.name}: no finite value to write ({value!r})")
             if (tag.low is not None and value < tag.low) or (
-                    tag.high is not None and value > tag.high):
+                tag.high is not None and value > tag.high
+            ):
                 raise UnsafeSetpoint(f"{tag.name} = {value} is outside [{tag.low}, {tag.high}]")
             previous = self.written.get(tag.name)
             if previous is not None and tag.rate_limit is not None:
@@ -164,10 +178,15 @@ class LoopStepper:
                 # applied (this step's read-back) or else from what was last written.
                 dt = max(done.time_s - previous[0], 0.0)
                 bases = [previous[1], done.record.measurements.get(tag.name)]
-                if not any(base is not None and abs(value - base)
-                           <= tag.rate_limit * dt * (1 + 1e-9) + 1e-9 for base in bases):
-                    raise UnsafeSetpoint(f"{tag.name}: {previous[1]} -> {value} in {dt:.3g} s "
-                                         f"exceeds {tag.rate_limit} {tag.unit}/s")
+                if not any(
+                    base is not None
+                    and abs(value - base) <= tag.rate_limit * dt * (1 + 1e-9) + 1e-9
+                    for base in bases
+                ):
+                    raise UnsafeSetpoint(
+                        f"{tag.name}: {previous[1]} -> {value} in {dt:.3g} s "
+                        f"exceeds {tag.rate_limit} {tag.unit}/s"
+                    )
             out[tag.name] = float(value)
         return out
 
@@ -185,20 +204,34 @@ class LoopStepper:
             return {"run_id": run.id, "process": run.process.name, "status": run.status}
 
 
-def _add_event(session: Session, run_id: int, step: int, time_s: float, kind: str,
-               message: str, tag: str | None) -> None:
-    session.add(RunEvent(run_id=run_id, step=step, time_s=float(time_s), kind=kind,
-                         message=message, tag=tag))
+def _add_event(
+    session: Session,
+    run_id: int,
+    step: int,
+    time_s: float,
+    kind: str,
+    message: str,
+    tag: str | None,
+) -> None:
+    session.add(
+        RunEvent(
+            run_id=run_id, step=step, time_s=float(time_s), kind=kind, message=message, tag=tag
+        )
+    )
 
 
-def _raise_alarm(session: Session, run_id: int, spec: ProcessSpec, done: EdgeStep, tag: str,
-                 message: str) -> None:
+def _raise_alarm(
+    session: Session, run_id: int, spec: ProcessSpec, done: EdgeStep, tag: str, message: str
+) -> None:
     """Raise (or keep raised) the actuator's point through the alarm module's own state
     machine, so acknowledging, shelving and clearing work as for any other alarm."""
     cond = alarms.Condition(tag, AlarmKind.FALLBACK, message)
     view = alarms.StepView(done.step, done.time_s, "fallback", {})
-    alarm = session.scalar(select(Alarm).where(Alarm.run_id == run_id, Alarm.tag == tag,
-                                               Alarm.kind == AlarmKind.FALLBACK))
+    alarm = session.scalar(
+        select(Alarm).where(
+            Alarm.run_id == run_id, Alarm.tag == tag, Alarm.kind == AlarmKind.FALLBACK
+        )
+    )
     now = utcnow()
     if alarm is None:
         alarm = alarms.new_point(session, run_id, cond, view, now)

@@ -18,8 +18,13 @@ from api.deps import OperatorDep, SessionDep, SettingsDep, require
 from api.orm import Alarm, AlarmState, Role, utcnow
 from api.services import alarms
 
-router = APIRouter(prefix="/api/alarms", tags=["alarms"], dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api/alarms",
+    tags=["alarms"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 def _now(request: Request) -> datetime:
@@ -35,15 +40,26 @@ def _out(session: SessionDep, alarm: Alarm) -> AlarmOut:
 
 
 @router.get("", response_model=list[AlarmOut])
-def list_alarms(session: SessionDep, settings: SettingsDep, now: NowDep,
-                state: AlarmState | None = None,
-                loop: Annotated[int | None, Query(ge=1, le=MAX_ID,
-                                                 description="a control loop's run id")] = None,
-                limit: Annotated[int, Query(ge=1)] = 100,
-                offset: Annotated[int, Query(ge=0)] = 0) -> list[AlarmOut]:
+def list_alarms(
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    state: AlarmState | None = None,
+    loop: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="a control loop's run id")
+    ] = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AlarmOut]:
     """Alarms, newest raised first, brought up to date with the loops' latest steps."""
-    found = alarms.list_alarms(session, state=state, run_id=loop, now=now,
-                               limit=min(limit, settings.max_list_limit), offset=offset)
+    found = alarms.list_alarms(
+        session,
+        state=state,
+        run_id=loop,
+        now=now,
+        limit=min(limit, settings.max_list_limit),
+        offset=offset,
+    )
     names = alarms.process_names(session, [a.run_id for a in found])
     return [AlarmOut.of(a, names[a.run_id]) for a in found]
 
@@ -57,23 +73,27 @@ def get_alarm(alarm_id: AlarmIdPath, session: SessionDep) -> AlarmDetailOut:
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmOut)
-def acknowledge(alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep,
-                now: NowDep) -> AlarmOut:
+def acknowledge(
+    alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep, now: NowDep
+) -> AlarmOut:
     """unacknowledged -> acknowledged; returned to normal -> normal. 409 for a normal or
     shelved alarm; acknowledging an acknowledged one again changes nothing."""
     return _out(session, alarms.acknowledge(session, alarm_id, actor, now=now))
 
 
 @router.post("/{alarm_id}/shelve", response_model=AlarmOut)
-def shelve(alarm_id: AlarmIdPath, body: ShelveIn, session: SessionDep, actor: OperatorDep,
-           now: NowDep) -> AlarmOut:
+def shelve(
+    alarm_id: AlarmIdPath, body: ShelveIn, session: SessionDep, actor: OperatorDep, now: NowDep
+) -> AlarmOut:
     """Hide the alarm for `minutes` (at most 24 h); it comes back by itself after that."""
-    return _out(session, alarms.shelve(session, alarm_id, actor, body.minutes, body.reason,
-                                       now=now))
+    return _out(
+        session, alarms.shelve(session, alarm_id, actor, body.minutes, body.reason, now=now)
+    )
 
 
 @router.post("/{alarm_id}/unshelve", response_model=AlarmOut)
-def unshelve(alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep,
-             now: NowDep) -> AlarmOut:
+def unshelve(
+    alarm_id: AlarmIdPath, session: SessionDep, actor: OperatorDep, now: NowDep
+) -> AlarmOut:
     """Show a shelved alarm again: unacknowledged if its condition is present, else normal."""
     return _out(session, alarms.unshelve(session, alarm_id, actor, now=now))

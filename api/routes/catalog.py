@@ -17,8 +17,12 @@ from api.schemas import Health, ProcessOut
 from twin.spec import ProcessSpec
 
 public_router = APIRouter(prefix="/api", route_class=StrictJSONRoute)
-router = APIRouter(prefix="/api", dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api",
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @public_router.get("/health", response_model=Health, tags=["health"])

@@ -15,8 +15,13 @@ from api.job_schemas import JobOut, TrainJobCreate
 from api.orm import Role, RunStatus
 from api.services import jobs
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api/jobs",
+    tags=["jobs"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @router.post("/train", response_model=JobOut, status_code=201)
@@ -27,11 +32,16 @@ def enqueue_training(body: TrainJobCreate, session: SessionDep, actor: EngineerD
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, settings: SettingsDep, status: RunStatus | None = None,
-              limit: Annotated[int, Query(ge=1)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[JobOut]:
-    runs = jobs.list_jobs(session, status=status,
-                          limit=min(limit, settings.max_list_limit), offset=offset)
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobOut]:
+    runs = jobs.list_jobs(
+        session, status=status, limit=min(limit, settings.max_list_limit), offset=offset
+    )
     return [JobOut.of(r) for r in runs]
 
 

@@ -18,8 +18,12 @@ from api.orm import Role
 from api.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut
 from api.services import audit, auth
 
-router = APIRouter(prefix="/api", dependencies=[require(Role.ADMIN)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api",
+    dependencies=[require(Role.ADMIN)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
@@ -30,11 +34,19 @@ def create_key(body: KeyCreate, session: SessionDep, actor: AdminDep) -> KeyCrea
 
 
 @router.get("/keys", response_model=list[KeyOut], tags=["keys"])
-def list_keys(session: SessionDep, settings: SettingsDep, include_revoked: bool = True,
-              limit: Annotated[int, Query(ge=1)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[KeyOut]:
-    keys = auth.list_keys(session, include_revoked=include_revoked,
-                          limit=min(limit, settings.max_list_limit), offset=offset)
+def list_keys(
+    session: SessionDep,
+    settings: SettingsDep,
+    include_revoked: bool = True,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[KeyOut]:
+    keys = auth.list_keys(
+        session,
+        include_revoked=include_revoked,
+        limit=min(limit, settings.max_list_limit),
+        offset=offset,
+    )
     return [KeyOut.of(k) for k in keys]
 
 
@@ -47,12 +59,22 @@ def revoke_key(key_id: KeyIdPath, session: SessionDep, actor: AdminDep) -> KeyOu
 
 
 @router.get("/audit", response_model=list[AuditOut], tags=["audit"])
-def list_audit(session: SessionDep, settings: SettingsDep,
-               key_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-               action: str | None = None, target: str | None = None,
-               limit: Annotated[int, Query(ge=1)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0) -> list[AuditOut]:
+def list_audit(
+    session: SessionDep,
+    settings: SettingsDep,
+    key_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    action: str | None = None,
+    target: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AuditOut]:
     """Changes, newest first; filter by key, action (e.g. job.cancel) or target (run:12)."""
-    entries = audit.list_audit(session, key_id=key_id, action=action, target=target,
-                               limit=min(limit, settings.max_list_limit), offset=offset)
+    entries = audit.list_audit(
+        session,
+        key_id=key_id,
+        action=action,
+        target=target,
+        limit=min(limit, settings.max_list_limit),
+        offset=offset,
+    )
     return [AuditOut.of(e) for e in entries]

@@ -27,35 +27,62 @@ from api.schemas import (
 )
 from twin.operator import OperatorSettings
 
-router = APIRouter(prefix="/api/loops", tags=["loops"], dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS, 503))
+router = APIRouter(
+    prefix="/api/loops",
+    tags=["loops"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS, 503),
+)
 
 
 @router.get("", response_model=list[LoopOut])
-def list_loops(session: SessionDep, loops: LoopsDep, process: str | None = None,
-               running: Annotated[bool | None, Query(
-                   description="true: running loops only; false: stopped ones only")] = None,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0) -> list[LoopOut]:
+def list_loops(
+    session: SessionDep,
+    loops: LoopsDep,
+    process: str | None = None,
+    running: Annotated[
+        bool | None, Query(description="true: running loops only; false: stopped ones only")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[LoopOut]:
     """Control loops, newest first, with their status, active model and latest values."""
-    views = loops.list_loops(session, process=process, running=running, limit=limit,
-                             offset=offset)
+    views = loops.list_loops(session, process=process, running=running, limit=limit, offset=offset)
     return [LoopOut.of(view) for view in views]
 
 
 @router.post("", response_model=LoopOut, status_code=status.HTTP_201_CREATED)
-def start_loop(body: LoopCreate, session: SessionDep, loops: LoopsDep, actor: OperatorDep,
-               idempotency_key: Annotated[str | None, Header(
-                   min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
-                   description="retry a start safely: a start with a key this API key "
-                               "already used returns that loop (the same request) or 409 "
-                               "(another request)")] = None) -> LoopOut:
+def start_loop(
+    body: LoopCreate,
+    session: SessionDep,
+    loops: LoopsDep,
+    actor: OperatorDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x21-\x7e]+$",
+            description="retry a start safely: a start with a key this API key "
+            "already used returns that loop (the same request) or 409 "
+            "(another request)",
+        ),
+    ] = None,
+) -> LoopOut:
     """Start a loop (see LoopCreate). Its controller is built within the server's limits
     (TWIN_PLANNER_BUILD_TIMEOUT_S and memory): past them the answer is 503 and nothing
     was started. Operator role."""
-    run = loops.start(session, body.process, body.model_id, body.planner, body.setpoints,
-                      actor=actor, initial=body.initial_actuators,
-                      idempotency_key=idempotency_key)
+    run = loops.start(
+        session,
+        body.process,
+        body.model_id,
+        body.planner,
+        body.setpoints,
+        actor=actor,
+        initial=body.initial_actuators,
+        idempotency_key=idempotency_key,
+    )
     return LoopOut.of(loops.view(session, run.id))
 
 
@@ -71,8 +98,7 @@ def latest_setpoint(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> 
     return SetpointOut.of(loops.latest_setpoint(session, run_id))
 
 
-@router.post("/{run_id}/step", response_model=StepOut,
-             dependencies=[require(Role.OPERATOR)])
+@router.post("/{run_id}/step", response_model=StepOut, dependencies=[require(Role.OPERATOR)])
 def step_loop(run_id: RunIdPath, body: StepIn, session: SessionDep, loops: LoopsDep) -> StepOut:
     """Post one sample (see StepIn); the answer's actuators are to be applied now.
 
@@ -83,8 +109,9 @@ def step_loop(run_id: RunIdPath, body: StepIn, session: SessionDep, loops: Loops
 
 
 @router.post("/{run_id}/stop", response_model=LoopOut)
-def stop_loop(run_id: RunIdPath, session: SessionDep, loops: LoopsDep,
-              actor: OperatorDep) -> LoopOut:
+def stop_loop(
+    run_id: RunIdPath, session: SessionDep, loops: LoopsDep, actor: OperatorDep
+) -> LoopOut:
     loops.stop(session, run_id, actor=actor)
     return LoopOut.of(loops.view(session, run_id))
 
@@ -96,8 +123,9 @@ def model_history(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> li
 
 
 @router.put("/{run_id}/model", response_model=LoopOut)
-def switch_model(run_id: RunIdPath, body: ModelSwitch, session: SessionDep, loops: LoopsDep,
-                 actor: EngineerDep) -> LoopOut:
+def switch_model(
+    run_id: RunIdPath, body: ModelSwitch, session: SessionDep, loops: LoopsDep, actor: EngineerDep
+) -> LoopOut:
     """Make another model of the loop's process drive it, from the next step on.
 
     The new controller is built (checkpoint verified) before anything changes, and
@@ -113,19 +141,34 @@ def get_operator(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> Ope
 
 
 @router.put("/{run_id}/operator", response_model=OperatorOut)
-def change_operator(run_id: RunIdPath, body: OperatorChange, session: SessionDep,
-                    loops: LoopsDep, actor: OperatorDep) -> OperatorOut:
+def change_operator(
+    run_id: RunIdPath,
+    body: OperatorChange,
+    session: SessionDep,
+    loops: LoopsDep,
+    actor: OperatorDep,
+) -> OperatorOut:
     """Change the controller mode, put actuators in or out of service, drop or enable
     sensors, from the next step on; audited with the key's name and the reason, and shown
     on the trends as an event. An unknown mode, actuator or sensor is refused (422) and
     changes nothing. Operator role."""
-    settings = loops.change_operator(session, run_id, body.reason, mode=body.mode,
-                                     out_of_service=body.out_of_service,
-                                     dropped=body.dropped, actor=actor)
+    settings = loops.change_operator(
+        session,
+        run_id,
+        body.reason,
+        mode=body.mode,
+        out_of_service=body.out_of_service,
+        dropped=body.dropped,
+        actor=actor,
+    )
     return _operator_out(run_id, settings)
 
 
 def _operator_out(run_id: int, settings: OperatorSettings) -> OperatorOut:
     data = settings.to_dict()
-    return OperatorOut(run_id=run_id, mode=data["mode"], out_of_service=data["out_of_service"],
-                       dropped=data["dropped"])
+    return OperatorOut(
+        run_id=run_id,
+        mode=data["mode"],
+        out_of_service=data["out_of_service"],
+        dropped=data["dropped"],
+    )

@@ -17,17 +17,24 @@ from api.deps import SessionDep, require
 from api.orm import Role
 from api.schemas import ModelOut
 
-router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api/models",
+    tags=["models"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(session: SessionDep,
-                process: Annotated[str | None, Query(description="one process only")] = None,
-                dataset_sha256: Annotated[str | None, Query(
-                    pattern=r"^[0-9a-fA-F]{64}$",
-                    description="only models trained on this dataset")] = None,
-                ) -> list[ModelOut]:
+def list_models(
+    session: SessionDep,
+    process: Annotated[str | None, Query(description="one process only")] = None,
+    dataset_sha256: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-fA-F]{64}$", description="only models trained on this dataset"),
+    ] = None,
+) -> list[ModelOut]:
     """Versions per process and name, newest version first."""
     models = services.list_models(session, process, dataset_sha256=dataset_sha256)
     active = services.active_loops(session, [m.id for m in models])

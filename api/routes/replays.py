@@ -18,9 +18,13 @@ from api.job_schemas import ReplayCreate, ReplayOut
 from api.orm import Role, RunStatus
 from api.services import replays
 
-router = APIRouter(prefix="/api/replays", tags=["replays"],
-                   dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api/replays",
+    tags=["replays"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @router.post("", response_model=ReplayOut, status_code=201)
@@ -31,11 +35,16 @@ def enqueue_replay(body: ReplayCreate, session: SessionDep, actor: EngineerDep) 
 
 
 @router.get("", response_model=list[ReplayOut])
-def list_replays(session: SessionDep, settings: SettingsDep, status: RunStatus | None = None,
-                 limit: Annotated[int, Query(ge=1)] = 100,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> list[ReplayOut]:
-    runs = replays.list_replays(session, status=status,
-                                limit=min(limit, settings.max_list_limit), offset=offset)
+def list_replays(
+    session: SessionDep,
+    settings: SettingsDep,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ReplayOut]:
+    runs = replays.list_replays(
+        session, status=status, limit=min(limit, settings.max_list_limit), offset=offset
+    )
     counts = services.step_counts(session, [r.id for r in runs])
     return [ReplayOut.of(r, counts.get(r.id, 0)) for r in runs]
 

@@ -14,18 +14,33 @@ from api.orm import Channel, Role, RunKind, RunStatus
 from api.schemas import RunOut, SeriesOut, StepDetailOut
 from api.services import replays
 
-router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[require(Role.VIEWER)],
-                   route_class=StrictJSONRoute, responses=error_responses(*API_ERRORS))
+router = APIRouter(
+    prefix="/api/runs",
+    tags=["runs"],
+    dependencies=[require(Role.VIEWER)],
+    route_class=StrictJSONRoute,
+    responses=error_responses(*API_ERRORS),
+)
 
 
 @router.get("", response_model=list[RunOut])
-def list_runs(session: SessionDep, settings: SettingsDep,
-              kind: RunKind | None = None, process: str | None = None,
-              status: RunStatus | None = None,
-              limit: Annotated[int, Query(ge=1)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[RunOut]:
-    runs = services.list_runs(session, kind=kind, process=process, status=status,
-                              limit=min(limit, settings.max_list_limit), offset=offset)
+def list_runs(
+    session: SessionDep,
+    settings: SettingsDep,
+    kind: RunKind | None = None,
+    process: str | None = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[RunOut]:
+    runs = services.list_runs(
+        session,
+        kind=kind,
+        process=process,
+        status=status,
+        limit=min(limit, settings.max_list_limit),
+        offset=offset,
+    )
     counts = services.step_counts(session, [r.id for r in runs])
     return [RunOut.of(r, counts.get(r.id, 0)) for r in runs]
 
@@ -37,17 +52,27 @@ def get_run(run_id: RunIdPath, session: SessionDep) -> RunOut:
 
 
 @router.get("/{run_id}/series", response_model=SeriesOut)
-def get_series(run_id: RunIdPath, session: SessionDep, settings: SettingsDep,
-               channels: Annotated[list[Channel] | None, Query()] = None,
-               tags: Annotated[list[str] | None, Query()] = None,
-               max_points: Annotated[int | None, Query(ge=1)] = None,
-               start_s: Annotated[FiniteFloat | None, Query(
-                   description="first time (s, the run's time_s) to include")] = None,
-               end_s: Annotated[FiniteFloat | None, Query(
-                   description="last time (s) to include; not before start_s")] = None,
-               method: Annotated[Literal["minmax", "stride"], Query(
-                   description="minmax: each bucket's minimum and maximum (spikes survive); "
-                   "stride: every n-th step")] = "minmax") -> SeriesOut:
+def get_series(
+    run_id: RunIdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    channels: Annotated[list[Channel] | None, Query()] = None,
+    tags: Annotated[list[str] | None, Query()] = None,
+    max_points: Annotated[int | None, Query(ge=1)] = None,
+    start_s: Annotated[
+        FiniteFloat | None, Query(description="first time (s, the run's time_s) to include")
+    ] = None,
+    end_s: Annotated[
+        FiniteFloat | None, Query(description="last time (s) to include; not before start_s")
+    ] = None,
+    method: Annotated[
+        Literal["minmax", "stride"],
+        Query(
+            description="minmax: each bucket's minimum and maximum (spikes survive); "
+            "stride: every n-th step"
+        ),
+    ] = "minmax",
+) -> SeriesOut:
     """Channels and tags repeat (`?channels=sensor&channels=actuator&tags=T`).
 
     At most `max_points` points per tag (capped by the server's limit) over the steps
@@ -55,29 +80,53 @@ def get_series(run_id: RunIdPath, session: SessionDep, settings: SettingsDep,
     database by `method`. A range that ends before it starts, or a time that is not a
     finite number, is refused (422); a range without steps gives empty lists."""
     limit = min(max_points or settings.max_series_points, settings.max_series_points)
-    data = services.get_series(session, run_id, channels=channels, tags=tags, max_points=limit,
-                               start_s=start_s, end_s=end_s, method=method)
+    data = services.get_series(
+        session,
+        run_id,
+        channels=channels,
+        tags=tags,
+        max_points=limit,
+        start_s=start_s,
+        end_s=end_s,
+        method=method,
+    )
     return SeriesOut(**data)
 
 
 @router.get("/{run_id}/steps/{step}", response_model=StepDetailOut)
 def get_step(run_id: RunIdPath, step: StepPath, session: SessionDep) -> StepDetailOut:
     row = services.get_step(session, run_id, step)
-    return StepDetailOut.of(row, services.list_events(session, run_id, step),
-                            services.step_values(session, run_id, step))
+    return StepDetailOut.of(
+        row,
+        services.list_events(session, run_id, step),
+        services.step_values(session, run_id, step),
+    )
 
 
-@router.get("/{run_id}/export", response_class=Response, responses={200: {
-    "description": "the run's series in its process's log shape",
-    "content": {media.split(";")[0]: {} for media in replays.EXPORT_MEDIA_TYPES.values()}}})
-def export_run(run_id: RunIdPath, session: SessionDep,
-               fmt: Annotated[Literal["csv", "parquet"], Query(alias="format")] = "csv",
-               start_s: FiniteFloat | None = None,
-               end_s: FiniteFloat | None = None) -> Response:
+@router.get(
+    "/{run_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the run's series in its process's log shape",
+            "content": {media.split(";")[0]: {} for media in replays.EXPORT_MEDIA_TYPES.values()},
+        }
+    },
+)
+def export_run(
+    run_id: RunIdPath,
+    session: SessionDep,
+    fmt: Annotated[Literal["csv", "parquet"], Query(alias="format")] = "csv",
+    start_s: FiniteFloat | None = None,
+    end_s: FiniteFloat | None = None,
+) -> Response:
     """The run as a log file: the timestamp column and every tag (as `twin.logs.read_log`
     reads it), then `<tag>.setpoint`, `<tag>.prediction` and `status` columns. Times
     are the run's own `time_s`; [start_s, end_s] keeps part of it. Large ranges are
     refused (413): narrow them."""
     export = replays.export_run(session, run_id, fmt, start_s, end_s)
-    return Response(export.content, media_type=export.media_type, headers={
-        "Content-Disposition": f'attachment; filename="{export.filename}"'})
+    return Response(
+        export.content,
+        media_type=export.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
+    )

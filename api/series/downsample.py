@@ -43,33 +43,52 @@ class SeriesQuery:
         return out
 
 
+def series_out(
+    run_id: int,
+    steps: list[int],
+    time_s: list[float],
+    stride: int,
+    method: str,
+    series: dict[str, dict[str, list[float | None]]],
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "steps": steps,
+        "time_s": time_s,
+        "stride": stride,
+        "method": method,
+        "series": series,
+    }
 
-def series_out(run_id: int, steps: list[int], time_s: list[float], stride: int,
-                method: str, series: dict[str, dict[str, list[float | None]]]
-                ) -> dict[str, Any]:
-    return {"run_id": run_id, "steps": steps, "time_s": time_s, "stride": stride,
-            "method": method, "series": series}
 
-
-def stride_series(session: Session, query: SeriesQuery, stride: int,
-                   method: str) -> dict[str, Any]:
+def stride_series(session: Session, query: SeriesQuery, stride: int, method: str) -> dict[str, Any]:
     """Every stride-th step from the first, filtered in SQL (a long run is not read whole)."""
     kept = session.execute(
         select(RunStep.step, RunStep.time_s)
-        .where(RunStep.run_id == query.run_id, RunStep.step.between(query.first, query.last),
-               *_on_stride(RunStep.step, query.first, stride))
-        .order_by(RunStep.step)).all()
+        .where(
+            RunStep.run_id == query.run_id,
+            RunStep.step.between(query.first, query.last),
+            *_on_stride(RunStep.step, query.first, stride),
+        )
+        .order_by(RunStep.step)
+    ).all()
     column_of = {row.step: i for i, row in enumerate(kept)}
     series: dict[str, dict[str, list[float | None]]] = {}
-    values = (select(RunValue.channel, RunValue.tag, RunValue.step, RunValue.value)
-              .where(*query.filters(RunValue), RunValue.step.between(query.first, query.last),
-                     *_on_stride(RunValue.step, query.first, stride))
-              .order_by(RunValue.channel, RunValue.tag, RunValue.step))
+    values = (
+        select(RunValue.channel, RunValue.tag, RunValue.step, RunValue.value)
+        .where(
+            *query.filters(RunValue),
+            RunValue.step.between(query.first, query.last),
+            *_on_stride(RunValue.step, query.first, stride),
+        )
+        .order_by(RunValue.channel, RunValue.tag, RunValue.step)
+    )
     for channel, tag, step, value in session.execute(values):
         column = series.setdefault(channel, {}).setdefault(tag, [None] * len(kept))
         column[column_of[step]] = value
-    return series_out(query.run_id, [r.step for r in kept], [r.time_s for r in kept],
-                       stride, method, series)
+    return series_out(
+        query.run_id, [r.step for r in kept], [r.time_s for r in kept], stride, method, series
+    )
 
 
 def _on_stride(step: Any, first: int, stride: int) -> list[ColumnElement[bool]]:
@@ -82,7 +101,6 @@ def stride_for(n: int, max_points: int | None) -> int:
     if max_points < 1:
         raise Invalid("max_points must be at least 1")
     return math.ceil(n / max_points)
-
 
 
 @dataclass(frozen=True)
@@ -151,16 +169,17 @@ def minmax_series(session: Session, query: SeriesQuery, max_points: int) -> dict
         column[slots.first[bucket[mine]]] = early[mine]
         column[slots.second[bucket[mine]]] = late[mine]
         channel, tag = keys[code]
-        series.setdefault(channel, {})[tag] = [None if math.isnan(v) else v
-                                               for v in column.tolist()]
+        series.setdefault(channel, {})[tag] = [
+            None if math.isnan(v) else v for v in column.tolist()
+        ]
     ordered = {c: dict(sorted(series[c].items())) for c in sorted(series)}
     times = _times_of(session, query.run_id, slots.steps)
-    return series_out(query.run_id, slots.steps, times, plan.bucket_steps // 2, "minmax",
-                       ordered)
+    return series_out(query.run_id, slots.steps, times, plan.bucket_steps // 2, "minmax", ordered)
 
 
-def _range_extremes(session: Session, query: SeriesQuery,
-                    width: int) -> tuple[list[tuple[str, str]], Extremes]:
+def _range_extremes(
+    session: Session, query: SeriesQuery, width: int
+) -> tuple[list[tuple[str, str]], Extremes]:
     """Extremes of exactly steps first..last: whole rollup buckets of `width` and the
     narrower widths at both ends, raw values for what no whole bucket covers."""
     keys: dict[tuple[str, str], int] = {}
@@ -178,8 +197,9 @@ def _range_extremes(session: Session, query: SeriesQuery,
     return list(keys), out
 
 
-def _cover(first: int, last: int,
-           widths: Sequence[int]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+def _cover(
+    first: int, last: int, widths: Sequence[int]
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
     """Split steps first..last into whole buckets (width, first bucket, last bucket), widest
     first, and the raw step ranges (first, last) left at the ends."""
     if first > last:
@@ -200,35 +220,66 @@ def _rollup_keys(session: Session, query: SeriesQuery) -> list[tuple[str, str]]:
     them lets each read seek to its steps or buckets instead of scanning every tag's."""
     table = RunValueRollup
     rows = session.execute(
-        select(table.channel, table.tag).distinct()
-        .where(*query.filters(table), table.width_steps == ROLLUP_WIDTHS_STEPS[-1]))
+        select(table.channel, table.tag)
+        .distinct()
+        .where(*query.filters(table), table.width_steps == ROLLUP_WIDTHS_STEPS[-1])
+    )
     return [(c, t) for c, t in rows]
 
 
-def _rollup_extremes(session: Session, query: SeriesQuery, pairs: list[tuple[str, str]],
-                     width: int, buckets: list[tuple[int, int]],
-                     keys: dict[tuple[str, str], int]) -> Extremes:
+def _rollup_extremes(
+    session: Session,
+    query: SeriesQuery,
+    pairs: list[tuple[str, str]],
+    width: int,
+    buckets: list[tuple[int, int]],
+    keys: dict[tuple[str, str], int],
+) -> Extremes:
     table = RunValueRollup.__table__
-    rows = _plain_rows(session, select(
-        table.c.channel, table.c.tag, table.c.bucket, table.c.n_values, table.c.min_value,
-        table.c.min_step, table.c.max_value, table.c.max_step)
-        .where(table.c.run_id == query.run_id, table.c.width_steps == width,
-               *_pair_filters(table.c, pairs),
-               or_(*(table.c.bucket.between(b0, b1) for b0, b1 in buckets))))
+    rows = _plain_rows(
+        session,
+        select(
+            table.c.channel,
+            table.c.tag,
+            table.c.bucket,
+            table.c.n_values,
+            table.c.min_value,
+            table.c.min_step,
+            table.c.max_value,
+            table.c.max_step,
+        ).where(
+            table.c.run_id == query.run_id,
+            table.c.width_steps == width,
+            *_pair_filters(table.c, pairs),
+            or_(*(table.c.bucket.between(b0, b1) for b0, b1 in buckets)),
+        ),
+    )
     key = [keys.setdefault((row[0], row[1]), len(keys)) for row in rows]
     start, count, low, low_step, high, high_step = (
-        _column(rows, i, kind) for i, kind in enumerate(
-            (np.int64, np.int64, np.float64, np.int64, np.float64, np.int64), start=2))
+        _column(rows, i, kind)
+        for i, kind in enumerate(
+            (np.int64, np.int64, np.float64, np.int64, np.float64, np.int64), start=2
+        )
+    )
     return Extremes.build(key, start * width, count, low, low_step, high, high_step)
 
 
-def _raw_extremes(session: Session, query: SeriesQuery, pairs: list[tuple[str, str]],
-                  ranges: list[tuple[int, int]], keys: dict[tuple[str, str], int]) -> Extremes:
+def _raw_extremes(
+    session: Session,
+    query: SeriesQuery,
+    pairs: list[tuple[str, str]],
+    ranges: list[tuple[int, int]],
+    keys: dict[tuple[str, str], int],
+) -> Extremes:
     table = RunValue.__table__
-    rows = _plain_rows(session, select(table.c.channel, table.c.tag, table.c.step,
-                                       table.c.value)
-                       .where(table.c.run_id == query.run_id, *_pair_filters(table.c, pairs),
-                              or_(*(table.c.step.between(a, z) for a, z in ranges))))
+    rows = _plain_rows(
+        session,
+        select(table.c.channel, table.c.tag, table.c.step, table.c.value).where(
+            table.c.run_id == query.run_id,
+            *_pair_filters(table.c, pairs),
+            or_(*(table.c.step.between(a, z) for a, z in ranges)),
+        ),
+    )
     key = [keys.setdefault((row[0], row[1]), len(keys)) for row in rows]
     return Extremes.of_values(key, _column(rows, 2, np.int64), _column(rows, 3, np.float64))
 
@@ -236,8 +287,10 @@ def _raw_extremes(session: Session, query: SeriesQuery, pairs: list[tuple[str, s
 def _pair_filters(columns: Any, pairs: list[tuple[str, str]]) -> list[ColumnElement[bool]]:
     """Channel and tag lists of the pairs: their cross product may name pairs that do not
     exist, never one outside the caller's channel and tag filters."""
-    return [columns.channel.in_(sorted({c for c, _ in pairs})),
-            columns.tag.in_(sorted({t for _, t in pairs}))]
+    return [
+        columns.channel.in_(sorted({c for c, _ in pairs})),
+        columns.tag.in_(sorted({t for _, t in pairs})),
+    ]
 
 
 def _plain_rows(session: Session, statement: Select) -> list[tuple[Any, ...]]:
@@ -259,14 +312,18 @@ def _times_of(session: Session, run_id: int, steps: list[int]) -> list[float]:
     between its neighbours on the axis (the first one always exists: it starts the range)."""
     found: dict[int, float] = {}
     for start in range(0, len(steps), IN_CHUNK):
-        chunk = steps[start:start + IN_CHUNK]
+        chunk = steps[start : start + IN_CHUNK]
         # `status` is read only so that no index covers the query: SQLite (no statistics)
         # would otherwise scan ix_run_steps_run_time whole instead of seeking each step.
-        found.update((step, time_s) for step, time_s, _ in session.execute(
-            select(RunStep.step, RunStep.time_s, RunStep.status)
-            .where(RunStep.run_id == run_id, RunStep.step.in_(chunk))))
+        found.update(
+            (step, time_s)
+            for step, time_s, _ in session.execute(
+                select(RunStep.step, RunStep.time_s, RunStep.status).where(
+                    RunStep.run_id == run_id, RunStep.step.in_(chunk)
+                )
+            )
+        )
     if len(found) == len(steps):
         return [found[s] for s in steps]
     known = sorted(found)
     return np.interp(steps, known, [found[s] for s in known]).tolist()
-

@@ -40,19 +40,31 @@ class Extremes:
     high_step: np.ndarray
 
     @classmethod
-    def build(cls, key: Sequence[int], start: Sequence[int], count: Sequence[int],
-              low: Sequence[float], low_step: Sequence[int], high: Sequence[float],
-              high_step: Sequence[int]) -> Extremes:
+    def build(
+        cls,
+        key: Sequence[int],
+        start: Sequence[int],
+        count: Sequence[int],
+        low: Sequence[float],
+        low_step: Sequence[int],
+        high: Sequence[float],
+        high_step: Sequence[int],
+    ) -> Extremes:
         """From unsorted columns (raw values: count 1, low = high, steps = start)."""
         key_array, start_array = np.asarray(key, np.int64), np.asarray(start, np.int64)
         order = np.lexsort((start_array, key_array))
-        return cls(key_array[order], start_array[order], np.asarray(count, np.int64)[order],
-                   np.asarray(low, np.float64)[order], np.asarray(low_step, np.int64)[order],
-                   np.asarray(high, np.float64)[order], np.asarray(high_step, np.int64)[order])
+        return cls(
+            key_array[order],
+            start_array[order],
+            np.asarray(count, np.int64)[order],
+            np.asarray(low, np.float64)[order],
+            np.asarray(low_step, np.int64)[order],
+            np.asarray(high, np.float64)[order],
+            np.asarray(high_step, np.int64)[order],
+        )
 
     @classmethod
-    def of_values(cls, key: Sequence[int], step: Sequence[int],
-                  value: Sequence[float]) -> Extremes:
+    def of_values(cls, key: Sequence[int], step: Sequence[int], value: Sequence[float]) -> Extremes:
         return cls.build(key, step, np.ones(len(key), np.int64), value, step, value, step)
 
     def __len__(self) -> int:
@@ -60,8 +72,10 @@ class Extremes:
 
     def concat(self, other: Extremes) -> Extremes:
         """Both sets of groups, re-sorted by key then start."""
-        columns = [np.concatenate([getattr(self, f), getattr(other, f)])
-                   for f in ("key", "start", "count", "low", "low_step", "high", "high_step")]
+        columns = [
+            np.concatenate([getattr(self, f), getattr(other, f)])
+            for f in ("key", "start", "count", "low", "low_step", "high", "high_step")
+        ]
         return Extremes.build(*columns)
 
     def bucketed(self, width: int, origin: int = 0) -> tuple[Extremes, np.ndarray]:
@@ -80,9 +94,15 @@ class Extremes:
         high = np.maximum.reduceat(self.high, first)
         at_low = _first_true(self.low == np.repeat(low, sizes), first)
         at_high = _first_true(self.high == np.repeat(high, sizes), first)
-        merged = Extremes(self.key[first], origin + bucket[first] * width,
-                          np.add.reduceat(self.count, first), low, self.low_step[at_low],
-                          high, self.high_step[at_high])
+        merged = Extremes(
+            self.key[first],
+            origin + bucket[first] * width,
+            np.add.reduceat(self.count, first),
+            low,
+            self.low_step[at_low],
+            high,
+            self.high_step[at_high],
+        )
         return merged, bucket[first]
 
 
@@ -102,9 +122,20 @@ class Rollups:
 
     def columns(self) -> dict[str, list[Any]]:
         """Column lists for the upsert (without run_id)."""
-        out: dict[str, list[Any]] = {name: [] for name in (
-            "width_steps", "channel", "tag", "bucket", "n_values", "min_value", "min_step",
-            "max_value", "max_step")}
+        out: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "width_steps",
+                "channel",
+                "tag",
+                "bucket",
+                "n_values",
+                "min_value",
+                "min_step",
+                "max_value",
+                "max_step",
+            )
+        }
         for width, extremes, bucket in self.levels:
             out["width_steps"].extend([width] * len(extremes))
             out["channel"].extend(self.keys[k][0] for k in extremes.key.tolist())
@@ -132,10 +163,14 @@ def value_rollups(values: Sequence[tuple[Any, ...]]) -> Rollups:
 
 def _merge_rollup(old: Any, new: Any) -> dict[str, ColumnElement[Any]]:
     """SET clause merging an incoming rollup row (`new`) into the stored one (`old`)."""
-    new_low = or_(new.min_value < old.min_value,
-                  and_(new.min_value == old.min_value, new.min_step < old.min_step))
-    new_high = or_(new.max_value > old.max_value,
-                   and_(new.max_value == old.max_value, new.max_step < old.max_step))
+    new_low = or_(
+        new.min_value < old.min_value,
+        and_(new.min_value == old.min_value, new.min_step < old.min_step),
+    )
+    new_high = or_(
+        new.max_value > old.max_value,
+        and_(new.max_value == old.max_value, new.max_step < old.max_step),
+    )
     return {
         "n_values": old.n_values + new.n_values,
         "min_value": case((new_low, new.min_value), else_=old.min_value),
@@ -154,8 +189,13 @@ def upsert_rollups(connection: Connection, run_id: int, rollups: Rollups) -> Non
         connection.execute(statement, {"run_id": run_id, **columns})
         return
     names = list(columns)
-    connection.execute(statement, [{"run_id": run_id, **dict(zip(names, row, strict=True))}
-                                   for row in zip(*columns.values(), strict=True)])
+    connection.execute(
+        statement,
+        [
+            {"run_id": run_id, **dict(zip(names, row, strict=True))}
+            for row in zip(*columns.values(), strict=True)
+        ],
+    )
 
 
 @functools.cache
@@ -165,12 +205,20 @@ def _rollup_upsert(dialect: str) -> Any:
     names = [c.name for c in table.columns if c.name != "run_id"]
     if dialect == "postgresql":
         # One statement for the whole batch: the columns travel as arrays and unnest.
-        arrays = func.unnest(*(bindparam(name, type_=postgresql.ARRAY(table.c[name].type))
-                               for name in names)).table_valued(*names).render_derived()
+        arrays = (
+            func.unnest(
+                *(bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in names)
+            )
+            .table_valued(*names)
+            .render_derived()
+        )
         pg_insert = postgresql.insert(table).from_select(
-            ["run_id", *names], select(bindparam("run_id", type_=Integer), *arrays.c))
+            ["run_id", *names], select(bindparam("run_id", type_=Integer), *arrays.c)
+        )
         return pg_insert.on_conflict_do_update(
-            index_elements=list(ROLLUP_KEY), set_=_merge_rollup(table.c, pg_insert.excluded))
+            index_elements=list(ROLLUP_KEY), set_=_merge_rollup(table.c, pg_insert.excluded)
+        )
     lite_insert = sqlite.insert(table)
     return lite_insert.on_conflict_do_update(
-        index_elements=list(ROLLUP_KEY), set_=_merge_rollup(table.c, lite_insert.excluded))
+        index_elements=list(ROLLUP_KEY), set_=_merge_rollup(table.c, lite_insert.excluded)
+    )

@@ -45,8 +45,9 @@ class StepRows:
         yield RunEvent.__tablename__, EVENT_COLUMNS, self.events
 
 
-def write_steps(session: Session, run_id: int, spec: ProcessSpec,
-                records: Iterable[tuple[int, StepRecord]]) -> None:
+def write_steps(
+    session: Session, run_id: int, spec: ProcessSpec, records: Iterable[tuple[int, StepRecord]]
+) -> None:
     """Insert steps, their values, events and value rollups without committing.
 
     The caller owns the transaction: when anything fails (an unknown tag, a step stored
@@ -65,8 +66,9 @@ def write_steps(session: Session, run_id: int, spec: ProcessSpec,
     upsert_rollups(connection, run_id, value_rollups(rows.values))
 
 
-def step_rows(run_id: int, spec: ProcessSpec,
-              records: Iterable[tuple[int, StepRecord]]) -> StepRows:
+def step_rows(
+    run_id: int, spec: ProcessSpec, records: Iterable[tuple[int, StepRecord]]
+) -> StepRows:
     """Validate and flatten records into table rows (an unknown tag raises Invalid)."""
     rows = StepRows()
     channel_of = {t.name: _CHANNEL_OF_ROLE.get(t.role) for t in spec.tags}
@@ -75,21 +77,28 @@ def step_rows(run_id: int, spec: ProcessSpec,
     return rows
 
 
-def _add_step_rows(rows: StepRows, run_id: int, spec: ProcessSpec,
-                   channel_of: dict[str, Channel | None], step: int,
-                   record: StepRecord) -> None:
+def _add_step_rows(
+    rows: StepRows,
+    run_id: int,
+    spec: ProcessSpec,
+    channel_of: dict[str, Channel | None],
+    step: int,
+    record: StepRecord,
+) -> None:
     time_s = float(record.time_s)
-    plan = (json.dumps(json_safe(record.plan.to_dict()))
-            if record.plan is not None else None)
-    rows.steps.append((run_id, step, time_s, str(record.status),
-                       _finite_or(record.solve_ms), plan))
+    plan = json.dumps(json_safe(record.plan.to_dict())) if record.plan is not None else None
+    rows.steps.append((run_id, step, time_s, str(record.status), _finite_or(record.solve_ms), plan))
     rows.values.extend(_value_rows(run_id, spec, channel_of, step, record))
-    rows.events.extend((run_id, step, time_s, ev.kind, ev.message, ev.tag)
-                       for ev in record.events)
+    rows.events.extend((run_id, step, time_s, ev.kind, ev.message, ev.tag) for ev in record.events)
 
 
-def _value_rows(run_id: int, spec: ProcessSpec, channel_of: dict[str, Channel | None],
-                step: int, record: StepRecord) -> Iterator[tuple[Any, ...]]:
+def _value_rows(
+    run_id: int,
+    spec: ProcessSpec,
+    channel_of: dict[str, Channel | None],
+    step: int,
+    record: StepRecord,
+) -> Iterator[tuple[Any, ...]]:
     by_channel: list[tuple[Channel, dict[str, float]]] = [
         (Channel.ACTUATOR, record.actuators),
         (Channel.SETPOINT, record.setpoints),
@@ -106,8 +115,12 @@ def _value_rows(run_id: int, spec: ProcessSpec, channel_of: dict[str, Channel | 
     by_channel.extend(measured.items())
     if record.plan is not None:
         # One-step-ahead prediction, kept at the step it was made (plan.time_s[0] later).
-        by_channel.append((Channel.PREDICTION, {tag: vals[0] for tag, vals
-                                                in record.plan.sensors.items() if vals}))
+        by_channel.append(
+            (
+                Channel.PREDICTION,
+                {tag: vals[0] for tag, vals in record.plan.sensors.items() if vals},
+            )
+        )
     for channel, values in by_channel:
         name = channel.value
         for tag, value in values.items():
@@ -138,7 +151,8 @@ def _executemany(connection: Connection, rows: StepRows) -> None:
         if batch:
             marks = ", ".join("?" * len(columns))
             connection.exec_driver_sql(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch)
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch
+            )
 
 
 def _role(spec: ProcessSpec, tag: str) -> TagRole:

@@ -30,9 +30,15 @@ class StepView:
 
     @classmethod
     def of(cls, step: int, record: StepRecord, gap_s: float | None) -> StepView:
-        return cls(step, float(record.time_s), str(record.status),
-                   _finite(record.measurements), _finite(record.setpoints),
-                   [(e.kind, e.message, e.tag) for e in record.events], gap_s)
+        return cls(
+            step,
+            float(record.time_s),
+            str(record.status),
+            _finite(record.measurements),
+            _finite(record.setpoints),
+            [(e.kind, e.message, e.tag) for e in record.events],
+            gap_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ class Condition:
     direction: int = 1
 
 
-def approach_band(tag: Tag, setpoint: float | None = None,
-                  fraction: float = APPROACH_FRACTION) -> float | None:
+def approach_band(
+    tag: Tag, setpoint: float | None = None, fraction: float = APPROACH_FRACTION
+) -> float | None:
     """Distance to a limit (tag unit) inside which an approach alarm is raised."""
     if tag.low is not None and tag.high is not None:
         return fraction * (tag.high - tag.low)
@@ -60,8 +67,9 @@ def approach_band(tag: Tag, setpoint: float | None = None,
     return fraction * abs(limit - reference)
 
 
-def step_conditions(spec: ProcessSpec, view: StepView,
-                    fraction: float = APPROACH_FRACTION) -> list[Condition]:
+def step_conditions(
+    spec: ProcessSpec, view: StepView, fraction: float = APPROACH_FRACTION
+) -> list[Condition]:
     """Every alarm condition present in one step."""
     found = []
     for tag in spec.sensors:
@@ -69,15 +77,21 @@ def step_conditions(spec: ProcessSpec, view: StepView,
         if value is not None:
             found.extend(_limit_conditions(tag, value, view.setpoints.get(tag.name), fraction))
     if view.status == StepStatus.FALLBACK and not _only_warming_up(view):
-        why = [f"{kind}: {message}" for kind, message, _ in view.events
-               if kind not in STALE_EVENTS]
-        found.append(Condition(LOOP, AlarmKind.FALLBACK,
-                               "; ".join(why) or "the controller fell back"))
+        why = [f"{kind}: {message}" for kind, message, _ in view.events if kind not in STALE_EVENTS]
+        found.append(
+            Condition(LOOP, AlarmKind.FALLBACK, "; ".join(why) or "the controller fell back")
+        )
     stale = [message for kind, message, _ in view.events if kind in STALE_EVENTS]
     if view.status == StepStatus.STALE or stale:
-        found.append(Condition(LOOP, AlarmKind.STALE_DATA,
-                               "; ".join(stale) or "stale data: actuators held",
-                               view.gap_s, "s"))
+        found.append(
+            Condition(
+                LOOP,
+                AlarmKind.STALE_DATA,
+                "; ".join(stale) or "stale data: actuators held",
+                view.gap_s,
+                "s",
+            )
+        )
     return found
 
 
@@ -88,8 +102,9 @@ def _only_warming_up(view: StepView) -> bool:
     return reasons == {EventKind.WARMING_UP}
 
 
-def _limit_conditions(tag: Tag, value: float, setpoint: float | None,
-                      fraction: float) -> list[Condition]:
+def _limit_conditions(
+    tag: Tag, value: float, setpoint: float | None, fraction: float
+) -> list[Condition]:
     sides = [(tag.high - value, "high", tag.high, 1)] if tag.high is not None else []
     if tag.low is not None:
         sides.append((value - tag.low, "low", tag.low, -1))
@@ -99,22 +114,40 @@ def _limit_conditions(tag: Tag, value: float, setpoint: float | None,
     reading = f"{tag.name} {value:.6g} {tag.unit}"
     if margin < 0:
         word = "above" if side == "high" else "below"
-        return [Condition(tag.name, AlarmKind.LIMIT_VIOLATION,
-                          f"{reading} {word} its {side} limit {limit:g} {tag.unit}",
-                          value, tag.unit, direction),
-                _approach(tag, reading, side, limit, direction, value, margin)]
+        return [
+            Condition(
+                tag.name,
+                AlarmKind.LIMIT_VIOLATION,
+                f"{reading} {word} its {side} limit {limit:g} {tag.unit}",
+                value,
+                tag.unit,
+                direction,
+            ),
+            _approach(tag, reading, side, limit, direction, value, margin),
+        ]
     band = approach_band(tag, setpoint, fraction)
     if band is not None and margin < band:
         return [_approach(tag, reading, side, limit, direction, value, margin, band)]
     return []
 
 
-def _approach(tag: Tag, reading: str, side: str, limit: float, direction: int,
-              value: float, margin: float, band: float | None = None) -> Condition:
+def _approach(
+    tag: Tag,
+    reading: str,
+    side: str,
+    limit: float,
+    direction: int,
+    value: float,
+    margin: float,
+    band: float | None = None,
+) -> Condition:
     detail = f" (approach band {band:.3g} {tag.unit})" if band is not None else ""
-    text = (f"{reading} is past its {side} limit {limit:g} {tag.unit}" if margin < 0 else
-            f"{reading} within {margin:.3g} {tag.unit} of its {side} limit "
-            f"{limit:g} {tag.unit}{detail}")
+    text = (
+        f"{reading} is past its {side} limit {limit:g} {tag.unit}"
+        if margin < 0
+        else f"{reading} within {margin:.3g} {tag.unit} of its {side} limit "
+        f"{limit:g} {tag.unit}{detail}"
+    )
     return Condition(tag.name, AlarmKind.LIMIT_APPROACH, text, value, tag.unit, direction)
 
 

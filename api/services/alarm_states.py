@@ -12,21 +12,42 @@ from api.services.alarm_conditions import Condition, StepView
 from api.services.audit import Actor
 
 
-def log_change(session: Session, alarm: Alarm, action: str, before: str, now: datetime, *,
-         step: int | None = None, value: float | None = None, actor: Actor | None = None,
-         note: str = "") -> None:
-    session.add(AlarmEvent(alarm_id=alarm.id, at=now, action=action, from_state=before,
-                           to_state=alarm.state, step=step, value=value,
-                           actor=actor.name if actor else None, note=note))
+def log_change(
+    session: Session,
+    alarm: Alarm,
+    action: str,
+    before: str,
+    now: datetime,
+    *,
+    step: int | None = None,
+    value: float | None = None,
+    actor: Actor | None = None,
+    note: str = "",
+) -> None:
+    session.add(
+        AlarmEvent(
+            alarm_id=alarm.id,
+            at=now,
+            action=action,
+            from_state=before,
+            to_state=alarm.state,
+            step=step,
+            value=value,
+            actor=actor.name if actor else None,
+            note=note,
+        )
+    )
     alarm.updated_at = now
 
 
-def activate(session: Session, alarm: Alarm, cond: Condition, view: StepView,
-              now: datetime) -> None:
+def activate(
+    session: Session, alarm: Alarm, cond: Condition, view: StepView, now: datetime
+) -> None:
     alarm.clear_streak = 0
     if alarm.active:
-        if cond.value is not None and (alarm.worst_value is None or
-                                       cond.direction * (cond.value - alarm.worst_value) > 0):
+        if cond.value is not None and (
+            alarm.worst_value is None or cond.direction * (cond.value - alarm.worst_value) > 0
+        ):
             alarm.worst_value = cond.value
         return
     before = alarm.state
@@ -36,12 +57,12 @@ def activate(session: Session, alarm: Alarm, cond: Condition, view: StepView,
     if alarm.state != AlarmState.SHELVED:
         alarm.state = AlarmState.UNACKNOWLEDGED
         alarm.acknowledged_at = alarm.acknowledged_by = None
-    log_change(session, alarm, "raised", before, now, step=view.step, value=cond.value,
-         note=cond.message)
+    log_change(
+        session, alarm, "raised", before, now, step=view.step, value=cond.value, note=cond.message
+    )
 
 
-def deactivate(session: Session, alarm: Alarm, now: datetime, step: int | None,
-                note: str) -> None:
+def deactivate(session: Session, alarm: Alarm, now: datetime, step: int | None, note: str) -> None:
     before = alarm.state
     alarm.active, alarm.cleared_at, alarm.clear_streak = False, now, 0
     if alarm.state == AlarmState.UNACKNOWLEDGED:
@@ -51,8 +72,9 @@ def deactivate(session: Session, alarm: Alarm, now: datetime, step: int | None,
     log_change(session, alarm, "cleared", before, now, step=step, note=note)
 
 
-def end_shelving(session: Session, alarm: Alarm, now: datetime, action: str,
-              actor: Actor | None) -> None:
+def end_shelving(
+    session: Session, alarm: Alarm, now: datetime, action: str, actor: Actor | None
+) -> None:
     before = alarm.state
     alarm.state = AlarmState.UNACKNOWLEDGED if alarm.active else AlarmState.NORMAL
     alarm.acknowledged_at = alarm.acknowledged_by = None

@@ -50,7 +50,6 @@ from api.errors import Invalid, NotFound
 from api.orm import (
     Alarm,
     AlarmCursor,
-    AlarmEvent,
     AlarmKind,
     AlarmPriority,
     AlarmState,
@@ -80,6 +79,9 @@ from api.services.alarm_conditions import (  # noqa: F401
     approach_band,
     step_conditions,
 )
+from api.services.alarm_reads import alarm_history as alarm_history
+from api.services.alarm_reads import get_alarm as get_alarm
+from api.services.alarm_reads import process_names as process_names
 from api.services.alarm_states import activate, as_utc, deactivate, end_shelving
 from api.services.processes import spec_of
 from twin.records import StepRecord, StepStatus
@@ -100,8 +102,15 @@ ACTIVE_STATES = (AlarmState.UNACKNOWLEDGED, AlarmState.ACKNOWLEDGED)
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_step(session: Session, run_id: int, step: int, record: StepRecord,
-                  spec: ProcessSpec, *, now: datetime | None = None) -> None:
+def evaluate_step(
+    session: Session,
+    run_id: int,
+    step: int,
+    record: StepRecord,
+    spec: ProcessSpec,
+    *,
+    now: datetime | None = None,
+) -> None:
     """Judge one control step as it is stored, in the caller's transaction (no commit).
 
     Call it right after the step's rows are written. Steps stored before it that were
@@ -114,21 +123,28 @@ def evaluate_step(session: Session, run_id: int, step: int, record: StepRecord,
     if step - cursor.last_step - 1 > MAX_STEPS_PER_PASS:
         cursor.last_step = step - 1 - MAX_STEPS_PER_PASS
     if step > cursor.last_step + 1:
-        _judge(session, run_id, spec, _stored_steps(session, run_id, cursor.last_step + 1,
-                                                    step - 1), now)
+        _judge(
+            session,
+            run_id,
+            spec,
+            _stored_steps(session, run_id, cursor.last_step + 1, step - 1),
+            now,
+        )
     gap = None
     if record.status == StepStatus.STALE or any(e.kind in STALE_EVENTS for e in record.events):
         # Only a stale step reports its gap: other steps save the query.
-        previous = session.scalar(select(RunStep.time_s).where(
-            RunStep.run_id == run_id, RunStep.step < step)
-            .order_by(RunStep.step.desc()).limit(1))
+        previous = session.scalar(
+            select(RunStep.time_s)
+            .where(RunStep.run_id == run_id, RunStep.step < step)
+            .order_by(RunStep.step.desc())
+            .limit(1)
+        )
         gap = None if previous is None else float(record.time_s) - previous
     _judge(session, run_id, spec, [StepView.of(step, record, gap)], now)
     cursor.last_step, cursor.last_seen_at = step, now
 
 
-def refresh(session: Session, *, now: datetime | None = None,
-            run_id: int | None = None) -> None:
+def refresh(session: Session, *, now: datetime | None = None, run_id: int | None = None) -> None:
     """Bring alarms up to date: judge steps stored since each loop's cursor, raise stale
     data for silent running loops, end the points of stopped loops, expire shelving.
     Committed; a concurrent refresh that got there first makes this one a no-op."""
@@ -146,31 +162,44 @@ def refresh(session: Session, *, now: datetime | None = None,
 
 
 def _loops_to_judge(session: Session, run_id: int | None) -> list[Run]:
-    query = (select(Run).outerjoin(AlarmCursor, AlarmCursor.run_id == Run.id)
-             .where(Run.kind == RunKind.CONTROL,
-                    Run.status.in_([RunStatus.RUNNING, RunStatus.STOPPED]),
-                    (AlarmCursor.run_id.is_(None)) | (AlarmCursor.closed.is_(False)))
-             .order_by(Run.id))
+    query = (
+        select(Run)
+        .outerjoin(AlarmCursor, AlarmCursor.run_id == Run.id)
+        .where(
+            Run.kind == RunKind.CONTROL,
+            Run.status.in_([RunStatus.RUNNING, RunStatus.STOPPED]),
+            (AlarmCursor.run_id.is_(None)) | (AlarmCursor.closed.is_(False)),
+        )
+        .order_by(Run.id)
+    )
     if run_id is not None:
         query = query.where(Run.id == run_id)
     return list(session.scalars(query))
 
 
 def _catch_up(session: Session, run: Run, now: datetime) -> None:
-    latest = session.scalar(select(RunStep.step).where(RunStep.run_id == run.id)
-                            .order_by(RunStep.step.desc()).limit(1))
+    latest = session.scalar(
+        select(RunStep.step).where(RunStep.run_id == run.id).order_by(RunStep.step.desc()).limit(1)
+    )
     running = run.status == RunStatus.RUNNING
     # A loop judged for the first time has been silent since it started, at most.
     cursor = _cursor(session, run.id, as_utc(run.started_at), create=running)
     if cursor is None:  # a loop that ended before its alarms were ever judged: history
-        session.add(AlarmCursor(run_id=run.id, last_step=-1 if latest is None else latest,
-                                last_seen_at=now, closed=True))
+        session.add(
+            AlarmCursor(
+                run_id=run.id,
+                last_step=-1 if latest is None else latest,
+                last_seen_at=now,
+                closed=True,
+            )
+        )
         return
     spec = spec_of(run.process)
     if latest is not None and latest > cursor.last_step:
         last = min(latest, cursor.last_step + MAX_STEPS_PER_PASS)
-        _judge(session, run.id, spec, _stored_steps(session, run.id, cursor.last_step + 1,
-                                                    last), now)
+        _judge(
+            session, run.id, spec, _stored_steps(session, run.id, cursor.last_step + 1, last), now
+        )
         cursor.last_step, cursor.last_seen_at = last, now
     if running:
         _check_silence(session, run, spec, cursor, now)
@@ -179,11 +208,13 @@ def _catch_up(session: Session, run: Run, now: datetime) -> None:
         cursor.closed = True
 
 
-def _cursor(session: Session, run_id: int, seen_at: datetime,
-            create: bool = True) -> AlarmCursor | None:
+def _cursor(
+    session: Session, run_id: int, seen_at: datetime, create: bool = True
+) -> AlarmCursor | None:
     # Locked: the step path and readers judge a loop's steps one at a time, in order.
-    cursor = session.scalars(select(AlarmCursor).where(AlarmCursor.run_id == run_id)
-                             .with_for_update()).one_or_none()
+    cursor = session.scalars(
+        select(AlarmCursor).where(AlarmCursor.run_id == run_id).with_for_update()
+    ).one_or_none()
     if cursor is None and create:
         cursor = AlarmCursor(run_id=run_id, last_step=-1, last_seen_at=seen_at, closed=False)
         session.add(cursor)
@@ -191,10 +222,12 @@ def _cursor(session: Session, run_id: int, seen_at: datetime,
     return cursor
 
 
-def _judge(session: Session, run_id: int, spec: ProcessSpec, views: Iterable[StepView],
-           now: datetime) -> None:
-    points = {(a.tag, a.kind): a for a in
-              session.scalars(select(Alarm).where(Alarm.run_id == run_id))}
+def _judge(
+    session: Session, run_id: int, spec: ProcessSpec, views: Iterable[StepView], now: datetime
+) -> None:
+    points = {
+        (a.tag, a.kind): a for a in session.scalars(select(Alarm).where(Alarm.run_id == run_id))
+    }
     for view in views:
         present = {(c.tag, c.kind): c for c in step_conditions(spec, view)}
         for key, cond in present.items():
@@ -207,23 +240,41 @@ def _judge(session: Session, run_id: int, spec: ProcessSpec, views: Iterable[Ste
             if alarm.active and (tag, kind) not in present and judged:
                 alarm.clear_streak += 1
                 if alarm.clear_streak >= CLEAR_AFTER_STEPS:
-                    deactivate(session, alarm, now, view.step,
-                                f"condition absent for {CLEAR_AFTER_STEPS} steps")
+                    deactivate(
+                        session,
+                        alarm,
+                        now,
+                        view.step,
+                        f"condition absent for {CLEAR_AFTER_STEPS} steps",
+                    )
 
 
-def new_point(session: Session, run_id: int, cond: Condition, view: StepView,
-               now: datetime) -> Alarm:
-    alarm = Alarm(run_id=run_id, tag=cond.tag, kind=str(cond.kind),
-                  priority=str(PRIORITY[cond.kind]), state=AlarmState.NORMAL, active=False,
-                  message=cond.message, unit=cond.unit, step=view.step, time_s=view.time_s,
-                  raised_at=now, clear_streak=0, updated_at=now)
+def new_point(
+    session: Session, run_id: int, cond: Condition, view: StepView, now: datetime
+) -> Alarm:
+    alarm = Alarm(
+        run_id=run_id,
+        tag=cond.tag,
+        kind=str(cond.kind),
+        priority=str(PRIORITY[cond.kind]),
+        state=AlarmState.NORMAL,
+        active=False,
+        message=cond.message,
+        unit=cond.unit,
+        step=view.step,
+        time_s=view.time_s,
+        raised_at=now,
+        clear_streak=0,
+        updated_at=now,
+    )
     session.add(alarm)
     session.flush()
     return alarm
 
 
-def _check_silence(session: Session, run: Run, spec: ProcessSpec, cursor: AlarmCursor,
-                   now: datetime) -> None:
+def _check_silence(
+    session: Session, run: Run, spec: ProcessSpec, cursor: AlarmCursor, now: datetime
+) -> None:
     # When the step path stamps arrivals (runs.last_step_at) that is exact; else the
     # cursor's first sight of the newest step, which is never earlier than its arrival.
     seen = run.last_step_at if run.last_step_at is not None else cursor.last_seen_at
@@ -232,23 +283,36 @@ def _check_silence(session: Session, run: Run, spec: ProcessSpec, cursor: AlarmC
     limit_s = STALE_AFTER_PERIODS * spec.sample_period_s
     if silent_s <= limit_s:
         return
-    time_s = session.scalar(select(RunStep.time_s).where(
-        RunStep.run_id == run_id, RunStep.step == cursor.last_step)) or 0.0
+    time_s = (
+        session.scalar(
+            select(RunStep.time_s).where(RunStep.run_id == run_id, RunStep.step == cursor.last_step)
+        )
+        or 0.0
+    )
     view = StepView(max(cursor.last_step, 0), time_s, StepStatus.STALE, {})
-    cond = Condition(LOOP, AlarmKind.STALE_DATA,
-                     f"no step stored for {silent_s:.0f} s (limit {limit_s:g} s, "
-                     f"{STALE_AFTER_PERIODS:g} sample periods)", silent_s, "s")
-    points = {(a.tag, a.kind): a for a in session.scalars(
-        select(Alarm).where(Alarm.run_id == run_id, Alarm.kind == AlarmKind.STALE_DATA))}
-    alarm = points.get((LOOP, AlarmKind.STALE_DATA)) or new_point(session, run_id, cond,
-                                                                   view, now)
+    cond = Condition(
+        LOOP,
+        AlarmKind.STALE_DATA,
+        f"no step stored for {silent_s:.0f} s (limit {limit_s:g} s, "
+        f"{STALE_AFTER_PERIODS:g} sample periods)",
+        silent_s,
+        "s",
+    )
+    points = {
+        (a.tag, a.kind): a
+        for a in session.scalars(
+            select(Alarm).where(Alarm.run_id == run_id, Alarm.kind == AlarmKind.STALE_DATA)
+        )
+    }
+    alarm = points.get((LOOP, AlarmKind.STALE_DATA)) or new_point(session, run_id, cond, view, now)
     activate(session, alarm, cond, view, now)
 
 
 def _end_loop(session: Session, run_id: int, now: datetime, why: str) -> None:
     """A stopped loop's conditions are no longer measured: its active points clear."""
-    for alarm in session.scalars(select(Alarm).where(Alarm.run_id == run_id,
-                                                     Alarm.active.is_(True))):
+    for alarm in session.scalars(
+        select(Alarm).where(Alarm.run_id == run_id, Alarm.active.is_(True))
+    ):
         deactivate(session, alarm, now, None, why)
 
 
@@ -263,25 +327,33 @@ def _stored_steps(session: Session, run_id: int, first: int, last: int) -> list[
     rows = session.execute(
         select(RunStep.step, RunStep.time_s, RunStep.status)
         .where(RunStep.run_id == run_id, RunStep.step.between(first - 1, last))
-        .order_by(RunStep.step)).all()
+        .order_by(RunStep.step)
+    ).all()
     channels: dict[str, dict[int, dict[str, float]]] = {Channel.SENSOR: {}, Channel.SETPOINT: {}}
-    for channel, tag, step, value in values_between(session, run_id, first, last,
-                                                    list(channels)):
+    for channel, tag, step, value in values_between(session, run_id, first, last, list(channels)):
         channels[channel].setdefault(step, {})[tag] = value
     events: dict[int, list[tuple[str, str, str | None]]] = {}
     for step, kind, message, tag in session.execute(
-            select(RunEvent.step, RunEvent.kind, RunEvent.message, RunEvent.tag)
-            .where(RunEvent.run_id == run_id, RunEvent.step.between(first, last))
-            .order_by(RunEvent.step, RunEvent.id)):
+        select(RunEvent.step, RunEvent.kind, RunEvent.message, RunEvent.tag)
+        .where(RunEvent.run_id == run_id, RunEvent.step.between(first, last))
+        .order_by(RunEvent.step, RunEvent.id)
+    ):
         events.setdefault(step, []).append((kind, message, tag))
     views, previous = [], None
     for row in rows:
         if row.step >= first:
             gap = None if previous is None else row.time_s - previous
-            views.append(StepView(row.step, row.time_s, row.status,
-                                  channels[Channel.SENSOR].get(row.step, {}),
-                                  channels[Channel.SETPOINT].get(row.step, {}),
-                                  events.get(row.step, []), gap))
+            views.append(
+                StepView(
+                    row.step,
+                    row.time_s,
+                    row.status,
+                    channels[Channel.SENSOR].get(row.step, {}),
+                    channels[Channel.SETPOINT].get(row.step, {}),
+                    events.get(row.step, []),
+                    gap,
+                )
+            )
         previous = row.time_s
     return views
 
@@ -289,9 +361,15 @@ def _stored_steps(session: Session, run_id: int, first: int, last: int) -> list[
 # ---------------------------------------------------------------- reading
 
 
-def list_alarms(session: Session, *, state: str | None = None, run_id: int | None = None,
-                limit: int = 100, offset: int = 0, now: datetime | None = None,
-                ) -> list[Alarm]:
+def list_alarms(
+    session: Session,
+    *,
+    state: str | None = None,
+    run_id: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    now: datetime | None = None,
+) -> list[Alarm]:
     """Alarms, newest raised first, after a refresh; optionally one state or one loop."""
     if state is not None and state not in {s.value for s in AlarmState}:
         known = ", ".join(s.value for s in AlarmState)
@@ -299,32 +377,11 @@ def list_alarms(session: Session, *, state: str | None = None, run_id: int | Non
     if run_id is not None and session.get(Run, run_id) is None:
         raise NotFound(f"unknown run id {run_id}")
     refresh(session, now=now, run_id=run_id)
-    query = (select(Alarm).order_by(Alarm.raised_at.desc(), Alarm.id.desc())
-             .limit(limit).offset(offset))
+    query = (
+        select(Alarm).order_by(Alarm.raised_at.desc(), Alarm.id.desc()).limit(limit).offset(offset)
+    )
     if state is not None:
         query = query.where(Alarm.state == state)
     if run_id is not None:
         query = query.where(Alarm.run_id == run_id)
     return list(session.scalars(query))
-
-
-def get_alarm(session: Session, alarm_id: int) -> Alarm:
-    alarm = session.get(Alarm, alarm_id)
-    if alarm is None:
-        raise NotFound(f"unknown alarm id {alarm_id}")
-    return alarm
-
-
-def alarm_history(session: Session, alarm_id: int) -> list[AlarmEvent]:
-    get_alarm(session, alarm_id)
-    return list(session.scalars(select(AlarmEvent).where(AlarmEvent.alarm_id == alarm_id)
-                                .order_by(AlarmEvent.id)))
-
-
-def process_names(session: Session, run_ids: Iterable[int]) -> dict[int, str]:
-    """run id -> its process's name, for listing alarms."""
-    ids = sorted(set(run_ids))
-    if not ids:
-        return {}
-    return {run.id: run.process.name
-            for run in session.scalars(select(Run).where(Run.id.in_(ids)))}

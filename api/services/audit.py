@@ -42,20 +42,36 @@ class Actor:
 ANONYMOUS = Actor("anonymous", Role.ADMIN)  # a keyless request while auth is not required
 
 
-def record(session: Session, actor: Actor | None, action: str, target: str,
-           detail: dict[str, Any] | None = None) -> AuditEntry | None:
+def record(
+    session: Session,
+    actor: Actor | None,
+    action: str,
+    target: str,
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry | None:
     """Add an audit row for a change the caller is about to commit (None: not audited)."""
     if actor is None:
         return None
-    entry = AuditEntry(key_id=actor.key_id, actor=actor.name, action=action, target=target,
-                       detail=json_safe(detail or {}))
+    entry = AuditEntry(
+        key_id=actor.key_id,
+        actor=actor.name,
+        action=action,
+        target=target,
+        detail=json_safe(detail or {}),
+    )
     session.add(entry)
     return entry
 
 
-def list_audit(session: Session, *, key_id: int | None = None, action: str | None = None,
-               target: str | None = None, limit: int = 100,
-               offset: int = 0) -> list[AuditEntry]:
+def list_audit(
+    session: Session,
+    *,
+    key_id: int | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[AuditEntry]:
     """Newest first, optionally only one key's changes, one action, or one target."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
     if key_id is not None:

@@ -42,8 +42,10 @@ TOKEN_PREFIX = "twin"
 MAX_TOKEN_CHARS = 200  # real tokens have 62; anything far longer is not one of ours
 ROLE_RANK = {role: rank for rank, role in enumerate(Role)}
 HOW_TO_SEND = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-MISSING_KEY = (f"this API requires a key: {HOW_TO_SEND}; an admin creates one with "
-               "`twin keys create --role viewer --name NAME`")
+MISSING_KEY = (
+    f"this API requires a key: {HOW_TO_SEND}; an admin creates one with "
+    "`twin keys create --role viewer --name NAME`"
+)
 
 
 # ---------------------------------------------------------------- roles
@@ -64,8 +66,10 @@ def check_role(actor: Actor, need: Role) -> None:
     """Raise Forbidden unless the actor's role includes `need`."""
     if role_allows(actor.role, need):
         return
-    raise Forbidden(f"this request needs the '{need}' role or higher; key '{actor.name}' "
-                    f"(id {actor.key_id}) has the '{actor.role}' role")
+    raise Forbidden(
+        f"this request needs the '{need}' role or higher; key '{actor.name}' "
+        f"(id {actor.key_id}) has the '{actor.role}' role"
+    )
 
 
 # ---------------------------------------------------------------- tokens
@@ -83,15 +87,23 @@ def _new_token() -> tuple[str, str]:
 
 def _prefix_of(token: str) -> str:
     parts = token.split("_", 2)  # the secret may itself contain '_'
-    if (len(token) > MAX_TOKEN_CHARS or len(parts) != 3 or parts[0] != TOKEN_PREFIX
-            or not parts[1] or not parts[2]):
-        raise Unauthorized("malformed API key: expected 'twin_<prefix>_<secret>' as printed "
-                           "by `twin keys create`", invalid_token=True)
+    if (
+        len(token) > MAX_TOKEN_CHARS
+        or len(parts) != 3
+        or parts[0] != TOKEN_PREFIX
+        or not parts[1]
+        or not parts[2]
+    ):
+        raise Unauthorized(
+            "malformed API key: expected 'twin_<prefix>_<secret>' as printed by `twin keys create`",
+            invalid_token=True,
+        )
     return parts[1]
 
 
-def presented_token(authorization: str | None, api_key: str | None,
-                    cookie: str | None = None) -> str | None:
+def presented_token(
+    authorization: str | None, api_key: str | None, cookie: str | None = None
+) -> str | None:
     """The token a request carries, or None. Headers win over the cookie (pages only).
 
     An Authorization header with another scheme (e.g. Basic, added by a proxy in front)
@@ -102,8 +114,10 @@ def presented_token(authorization: str | None, api_key: str | None,
     if header == "":
         raise Unauthorized("empty X-API-Key header", invalid_token=True)
     if bearer is not None and header is not None and bearer != header:
-        raise Unauthorized("the Authorization and X-API-Key headers carry different keys; "
-                           "send one", invalid_token=True)
+        raise Unauthorized(
+            "the Authorization and X-API-Key headers carry different keys; send one",
+            invalid_token=True,
+        )
     if bearer is not None or header is not None:
         return bearer or header
     if cookie is None:
@@ -136,8 +150,7 @@ def authenticate(session: Session, token: str | None, *, required: bool) -> Acto
     if key is None or not hmac.compare_digest(key.key_hash, hash_token(token)):
         raise Unauthorized("unknown API key", invalid_token=True)
     if key.revoked_at is not None:
-        raise Unauthorized(f"API key '{key.name}' (id {key.id}) was revoked",
-                           invalid_token=True)
+        raise Unauthorized(f"API key '{key.name}' (id {key.id}) was revoked", invalid_token=True)
     return Actor(name=key.name, role=Role(key.role), key_id=key.id)
 
 
@@ -156,8 +169,10 @@ def cli_actor() -> Actor:
 def _check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 100 or not name.isprintable():
-        raise Invalid("key name must be 1 to 100 printable characters (e.g. a person or "
-                      "a program: 'alice', 'historian-bridge')")
+        raise Invalid(
+            "key name must be 1 to 100 printable characters (e.g. a person or "
+            "a program: 'alice', 'historian-bridge')"
+        )
     return name
 
 
@@ -169,12 +184,22 @@ def create_key(session: Session, name: str, role: str, actor: Actor) -> tuple[Ap
     name, parsed = _check_name(name), parse_role(role)
     prefix, token = _new_token()
     with rollback_on_error(session):
-        key = ApiKey(name=name, role=str(parsed), prefix=prefix, key_hash=hash_token(token),
-                     created_by=actor.name)
+        key = ApiKey(
+            name=name,
+            role=str(parsed),
+            prefix=prefix,
+            key_hash=hash_token(token),
+            created_by=actor.name,
+        )
         session.add(key)
         session.flush()
-        record(session, actor, "key.create", f"key:{key.id}",
-               {"name": name, "role": str(parsed), "prefix": prefix})
+        record(
+            session,
+            actor,
+            "key.create",
+            f"key:{key.id}",
+            {"name": name, "role": str(parsed), "prefix": prefix},
+        )
         session.commit()
     return key, token
 
@@ -186,16 +211,18 @@ def get_key(session: Session, key_id: int) -> ApiKey:
     return key
 
 
-def list_keys(session: Session, *, include_revoked: bool = True, limit: int = 1_000,
-              offset: int = 0) -> list[ApiKey]:
+def list_keys(
+    session: Session, *, include_revoked: bool = True, limit: int = 1_000, offset: int = 0
+) -> list[ApiKey]:
     query = select(ApiKey).order_by(ApiKey.id).limit(limit).offset(offset)
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, key_id: int, actor: Actor, *,
-               keep_an_admin: bool = False) -> ApiKey:
+def revoke_key(
+    session: Session, key_id: int, actor: Actor, *, keep_an_admin: bool = False
+) -> ApiKey:
     """Revoke now; revoking a revoked key again is harmless and records nothing.
 
     `keep_an_admin` (the API): refuse (409) to revoke the caller's own key or the last
@@ -207,25 +234,33 @@ def revoke_key(session: Session, key_id: int, actor: Actor, *,
             _check_not_locking_out(session, key, actor)
         # Conditional: of two concurrent revocations, only one changes (and audits) it.
         changed = session.execute(
-            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
         if changed:
-            record(session, actor, "key.revoke", f"key:{key_id}",
-                   {"name": key.name, "role": key.role})
+            record(
+                session, actor, "key.revoke", f"key:{key_id}", {"name": key.name, "role": key.role}
+            )
         session.commit()
     return session.get(ApiKey, key_id, populate_existing=True) or key
 
 
 def _check_not_locking_out(session: Session, key: ApiKey, actor: Actor) -> None:
     if key.id == actor.key_id:
-        raise Conflict(f"key {key.id} is the one making this request: an admin cannot "
-                       "revoke their own key (another admin can)")
+        raise Conflict(
+            f"key {key.id} is the one making this request: an admin cannot "
+            "revoke their own key (another admin can)"
+        )
     if key.role != Role.ADMIN:
         return
     # Locked (PostgreSQL) so that two admins revoking each other cannot both succeed.
-    admins = session.scalars(select(ApiKey.id).where(
-        ApiKey.role == str(Role.ADMIN), ApiKey.revoked_at.is_(None))
-        .order_by(ApiKey.id).with_for_update()).all()
+    admins = session.scalars(
+        select(ApiKey.id)
+        .where(ApiKey.role == str(Role.ADMIN), ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.id)
+        .with_for_update()
+    ).all()
     if list(admins) == [key.id]:
-        raise Conflict(f"key {key.id} is the last active admin key: create another admin "
-                       "key first")
+        raise Conflict(f"key {key.id} is the last active admin key: create another admin key first")

@@ -74,9 +74,14 @@ def beat(session: Session, lease: Lease) -> bool:
     """Stamp the heartbeat; False when the lease is lost (reclaimed, or the job ended)."""
     try:
         stamped = session.execute(
-            update(Run).where(Run.id == lease.run_id, Run.status == RunStatus.RUNNING,
-                              Run.started_at == lease.claimed_at)
-            .values(last_step_at=utcnow()).execution_options(synchronize_session=False)
+            update(Run)
+            .where(
+                Run.id == lease.run_id,
+                Run.status == RunStatus.RUNNING,
+                Run.started_at == lease.claimed_at,
+            )
+            .values(last_step_at=utcnow())
+            .execution_options(synchronize_session=False)
         ).rowcount
         session.commit()
     except BaseException:
@@ -100,9 +105,13 @@ def check(session: Session, lease: Lease, *, lock: bool = False) -> None:
         session.commit()
 
 
-def reclaim_stale(session: Session, job_kinds: tuple[str, ...],
-                  stale_after_s: float = STALE_AFTER_S, max_attempts: int = MAX_ATTEMPTS,
-                  now: datetime | None = None) -> list[int]:
+def reclaim_stale(
+    session: Session,
+    job_kinds: tuple[str, ...],
+    stale_after_s: float = STALE_AFTER_S,
+    max_attempts: int = MAX_ATTEMPTS,
+    now: datetime | None = None,
+) -> list[int]:
     """Requeue (or fail, past the retry limit) running jobs whose heartbeat is older than
     `stale_after_s`; returns their ids."""
     now = now or utcnow()
@@ -110,11 +119,19 @@ def reclaim_stale(session: Session, job_kinds: tuple[str, ...],
     done = []
     try:
         stale = session.scalars(
-            select(Run).where(Run.kind.in_(job_kinds), Run.status == RunStatus.RUNNING,
-                              or_(Run.last_step_at < cutoff,
-                                  Run.last_step_at.is_(None) & (Run.started_at < cutoff)))
-            .order_by(Run.id).with_for_update(skip_locked=True, of=Run)
-            .execution_options(populate_existing=True)).all()
+            select(Run)
+            .where(
+                Run.kind.in_(job_kinds),
+                Run.status == RunStatus.RUNNING,
+                or_(
+                    Run.last_step_at < cutoff,
+                    Run.last_step_at.is_(None) & (Run.started_at < cutoff),
+                ),
+            )
+            .order_by(Run.id)
+            .with_for_update(skip_locked=True, of=Run)
+            .execution_options(populate_existing=True)
+        ).all()
         for run in stale:
             metrics = {k: v for k, v in (run.metrics or {}).items() if k != "progress"}
             attempts = int(metrics.get("attempts", 1))
@@ -126,8 +143,10 @@ def reclaim_stale(session: Session, job_kinds: tuple[str, ...],
                 metrics["error"] = f"{why}; gave up after {attempts} attempt(s)"
             else:
                 run.status = RunStatus.QUEUED
-                metrics["requeued"] = [*metrics.get("requeued", []),
-                                       {"at": now.isoformat(), "reason": why}]
+                metrics["requeued"] = [
+                    *metrics.get("requeued", []),
+                    {"at": now.isoformat(), "reason": why},
+                ]
             run.metrics = metrics
             done.append(run.id)
             log.warning("job %d: %s; %s", run.id, why, run.status)
@@ -141,14 +160,16 @@ def reclaim_stale(session: Session, job_kinds: tuple[str, ...],
 class Heartbeat:
     """A thread that keeps a lease alive; `lost` is set once it no longer holds."""
 
-    def __init__(self, sessions: sessionmaker[Session], lease: Lease,
-                 every_s: float = HEARTBEAT_S) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], lease: Lease, every_s: float = HEARTBEAT_S
+    ) -> None:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self.lease = lease
         self._sessions, self._every_s = sessions, every_s
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{lease.run_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{lease.run_id}", daemon=True
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

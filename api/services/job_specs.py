@@ -59,8 +59,9 @@ class TrainSettings(_Strict):
     covariance_weight: float | None = Field(default=None, ge=0)
     readout_weight: float | None = Field(default=None, ge=0)
     holdout_fraction: float | None = Field(default=None, gt=0, lt=1)
-    max_seconds: float | None = Field(default=None, gt=0,
-                                      description="stop training after this long")
+    max_seconds: float | None = Field(
+        default=None, gt=0, description="stop training after this long"
+    )
     model: ModelSettings | None = None
 
 
@@ -70,15 +71,25 @@ class TrainJobSpec(_Strict):
     process: str = Field(min_length=1, max_length=100)
     data: DataSource
     train: TrainSettings = Field(default_factory=TrainSettings)
-    model_name: str = Field(default="jepa", min_length=1, max_length=200,
-                            description="registry name; each job adds the next version")
-    processes: int = Field(default=1, ge=1, le=64, description="training processes on the "
-                           "worker (torchrun, DistributedDataParallel); 1: in the worker")
+    model_name: str = Field(
+        default="jepa",
+        min_length=1,
+        max_length=200,
+        description="registry name; each job adds the next version",
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="training processes on the "
+        "worker (torchrun, DistributedDataParallel); 1: in the worker",
+    )
 
     def stored(self) -> dict[str, Any]:
         """The run's config: every given field, defaults of TrainConfig left out."""
-        out = self.model_dump(exclude_none=True,
-                               exclude={"processes"} if self.processes == 1 else None)
+        out = self.model_dump(
+            exclude_none=True, exclude={"processes"} if self.processes == 1 else None
+        )
         out["train"] = self.train.model_dump(exclude_none=True)
         return out
 
@@ -93,9 +104,13 @@ def parse_job_config(process: str, config: dict[str, Any]) -> TrainJobSpec:
     try:
         return TrainJobSpec.model_validate({"process": process, **body})
     except ValidationError as exc:
-        raise Invalid("invalid training job: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors())) from None
+        raise Invalid(
+            "invalid training job: "
+            + "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+                for err in exc.errors()
+            )
+        ) from None
 
 
 def train_config(spec: TrainJobSpec) -> Any:
@@ -106,8 +121,5 @@ def train_config(spec: TrainJobSpec) -> Any:
     base = train_config_for(spec.process)
     fields = spec.train.model_dump(exclude_none=True, exclude={"model"})
     if spec.train.model is not None:
-        fields["model"] = replace(base.model,
-                                  **spec.train.model.model_dump(exclude_none=True))
+        fields["model"] = replace(base.model, **spec.train.model.model_dump(exclude_none=True))
     return replace(base, **fields)
-
-

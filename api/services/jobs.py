@@ -71,8 +71,9 @@ _JOB_NAMES = {RunKind.TRAIN: "training job", RunKind.REPLAY: "replay job"}
 # ---------------------------------------------------------------- API side
 
 
-def enqueue_training(session: Session, process: str, config: dict[str, Any], *,
-                     actor: Actor | None = None) -> Run:
+def enqueue_training(
+    session: Session, process: str, config: dict[str, Any], *, actor: Actor | None = None
+) -> Run:
     """Validate the job and store it as a queued train run; stores nothing if invalid.
     With an `actor`, the audit row ("job.enqueue") is committed with the job."""
     spec = parse_job_config(process, config)
@@ -81,18 +82,36 @@ def enqueue_training(session: Session, process: str, config: dict[str, Any], *,
 
         if process not in PROCESS_MODULES:
             known = ", ".join(sorted(PROCESS_MODULES))
-            raise Invalid(f"process '{process}' has no built-in simulator (those with one: "
-                          f"{known}); train it from a csv data source")
+            raise Invalid(
+                f"process '{process}' has no built-in simulator (those with one: "
+                f"{known}); train it from a csv data source"
+            )
     try:
         try:
             process_or_builtin(session, process)
         except NotFound as exc:  # in a job definition, an unknown process is bad input
             raise Invalid(str(exc)) from None
-        run = create_run(session, kind=RunKind.TRAIN, process=process, controller=CONTROLLER,
-                         config=spec.stored(), status=RunStatus.QUEUED, commit=False)
-        record(session, actor, "job.enqueue", f"run:{run.id}",
-               {"process": process, "model_name": spec.model_name,
-                "data": spec.data.source, "epochs": spec.train.epochs})
+        run = create_run(
+            session,
+            kind=RunKind.TRAIN,
+            process=process,
+            controller=CONTROLLER,
+            config=spec.stored(),
+            status=RunStatus.QUEUED,
+            commit=False,
+        )
+        record(
+            session,
+            actor,
+            "job.enqueue",
+            f"run:{run.id}",
+            {
+                "process": process,
+                "model_name": spec.model_name,
+                "data": spec.data.source,
+                "epochs": spec.train.epochs,
+            },
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -116,17 +135,24 @@ def _job(session: Session, run_id: int) -> Run:
     return run
 
 
-def list_jobs(session: Session, status: str | None = None, limit: int = 100,
-              offset: int = 0) -> list[Run]:
-    query = (select(Run).where(Run.kind == RunKind.TRAIN).order_by(Run.id.desc())
-             .limit(limit).offset(offset))
+def list_jobs(
+    session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+) -> list[Run]:
+    query = (
+        select(Run)
+        .where(Run.kind == RunKind.TRAIN)
+        .order_by(Run.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
     if status is not None:
         query = query.where(Run.status == status)
     return list(session.scalars(query))
 
 
-def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None,
-               kind: RunKind = RunKind.TRAIN) -> Run:
+def cancel_job(
+    session: Session, run_id: int, *, actor: Actor | None = None, kind: RunKind = RunKind.TRAIN
+) -> Run:
     """Queued: stopped now. Running: flagged (config["cancel_requested"]); the worker stops
     it after the current epoch (a replay: within about a second). Cancelling a stopped job
     again is harmless; cancelling a finished one is a Conflict. With an `actor`, a real
@@ -139,23 +165,42 @@ def cancel_job(session: Session, run_id: int, *, actor: Actor | None = None,
         if run.status == RunStatus.QUEUED:
             # Conditional: a worker may claim it at this very moment (then it is running).
             stopped = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
                 .values(status=RunStatus.STOPPED, finished_at=utcnow(), config=flagged)
-                .execution_options(synchronize_session=False)).rowcount
+                .execution_options(synchronize_session=False)
+            ).rowcount
             if stopped:
-                record(session, actor, action, f"run:{run_id}",
-                       {"was": RunStatus.QUEUED, "status": RunStatus.STOPPED})
+                record(
+                    session,
+                    actor,
+                    action,
+                    f"run:{run_id}",
+                    {"was": RunStatus.QUEUED, "status": RunStatus.STOPPED},
+                )
                 session.commit()
                 return _fresh(session, run_id)
         # Lock the row so the worker's finish cannot slip in between read and write.
-        run = session.scalars(select(Run).where(Run.id == run_id).with_for_update(of=Run)
-                              .execution_options(populate_existing=True)).one()
+        run = session.scalars(
+            select(Run)
+            .where(Run.id == run_id)
+            .with_for_update(of=Run)
+            .execution_options(populate_existing=True)
+        ).one()
         if run.status == RunStatus.RUNNING:
             if not run.config.get("cancel_requested"):
                 run.config = {**run.config, "cancel_requested": True}
-                record(session, actor, action, f"run:{run_id}",
-                       {"was": RunStatus.RUNNING, "status": RunStatus.RUNNING,
-                        "cancel_requested": True})
+                record(
+                    session,
+                    actor,
+                    action,
+                    f"run:{run_id}",
+                    {
+                        "was": RunStatus.RUNNING,
+                        "status": RunStatus.RUNNING,
+                        "cancel_requested": True,
+                    },
+                )
         elif run.status != RunStatus.STOPPED:
             raise Conflict(f"job {run_id} already {run.status}; nothing to cancel")
         session.commit()
@@ -173,16 +218,22 @@ def claim_next_job(session: Session) -> Run | None:
     while True:  # a lost race means another worker got a job: the queue shrinks
         try:
             run_id = session.scalar(
-                select(Run.id).where(Run.kind.in_(JOB_KINDS), Run.status == RunStatus.QUEUED)
-                .order_by(Run.id).limit(1).with_for_update(skip_locked=True))
+                select(Run.id)
+                .where(Run.kind.in_(JOB_KINDS), Run.status == RunStatus.QUEUED)
+                .order_by(Run.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
             if run_id is None:
                 session.commit()
                 return None
             # Conditional: on SQLite another worker may have claimed the same row meanwhile.
             claimed = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
                 .values(status=RunStatus.RUNNING, started_at=utcnow())
-                .execution_options(synchronize_session=False)).rowcount
+                .execution_options(synchronize_session=False)
+            ).rowcount
             session.commit()
         except BaseException:
             session.rollback()
@@ -212,9 +263,15 @@ def cancel_requested(session: Session, run_id: int) -> bool:
     return bool(config and config.get("cancel_requested"))
 
 
-def finish_job(session: Session, run_id: int, checkpoint: bytes,
-               model_metrics: dict[str, Any], model_config: dict[str, Any],
-               provenance: DataProvenance | None = None, lease: Lease | None = None) -> Run:
+def finish_job(
+    session: Session,
+    run_id: int,
+    checkpoint: bytes,
+    model_metrics: dict[str, Any],
+    model_config: dict[str, Any],
+    provenance: DataProvenance | None = None,
+    lease: Lease | None = None,
+) -> Run:
     """Register the trained model (with the `provenance` of its training data) and mark
     the job succeeded, in one transaction; with a `lease`, only while it still holds
     (job_leases.LeaseLost if not: the job was reclaimed, it must not register twice)."""
@@ -222,17 +279,32 @@ def finish_job(session: Session, run_id: int, checkpoint: bytes,
         if lease is not None:
             check(session, lease, lock=True)
         run = get_job(session, run_id)
-        model = register_model(session, run.process.name, str(run.config.get("model_name",
-                                                                             "jepa")),
-                               checkpoint, model_config, model_metrics,
-                               provenance=provenance, commit=False)
+        model = register_model(
+            session,
+            run.process.name,
+            str(run.config.get("model_name", "jepa")),
+            checkpoint,
+            model_config,
+            model_metrics,
+            provenance=provenance,
+            commit=False,
+        )
         run.model_id = model.id
         run.status = RunStatus.SUCCEEDED
         run.finished_at = utcnow()
-        run.metrics = json_safe({
-            **(run.metrics or {}), **model_metrics,
-            "model": {"id": model.id, "name": model.name, "version": model.version,
-                      "sha256": model.sha256, "size_bytes": model.size_bytes}})
+        run.metrics = json_safe(
+            {
+                **(run.metrics or {}),
+                **model_metrics,
+                "model": {
+                    "id": model.id,
+                    "name": model.name,
+                    "version": model.version,
+                    "sha256": model.sha256,
+                    "size_bytes": model.size_bytes,
+                },
+            }
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -240,16 +312,17 @@ def finish_job(session: Session, run_id: int, checkpoint: bytes,
     return run
 
 
-def training_data_provenance(spec: TrainJobSpec, df: Any,
-                             process_spec: ProcessSpec) -> DataProvenance:
+def training_data_provenance(
+    spec: TrainJobSpec, df: Any, process_spec: ProcessSpec
+) -> DataProvenance:
     """Provenance of a job's training log: of the file it read, or of the log it generated."""
     data = spec.data
     if isinstance(data, CsvData):
         path = Path(data.path).resolve()
         return log_provenance(df, process_spec, source=f"file:{path}", path=path)
-    return log_provenance(df, process_spec,
-                          source=f"simulator:{spec.process} hours={data.hours:g} "
-                                 f"seed={data.seed}")
+    return log_provenance(
+        df, process_spec, source=f"simulator:{spec.process} hours={data.hours:g} seed={data.seed}"
+    )
 
 
 def fail_job(session: Session, run_id: int, error: str) -> Run:
@@ -266,8 +339,10 @@ def requeue_job(session: Session, run_id: int, reason: str) -> Run:
     try:
         run = _job(session, run_id)
         metrics = {k: v for k, v in (run.metrics or {}).items() if k != "progress"}
-        metrics["requeued"] = [*metrics.get("requeued", []),
-                               {"at": utcnow().isoformat(), "reason": reason}]
+        metrics["requeued"] = [
+            *metrics.get("requeued", []),
+            {"at": utcnow().isoformat(), "reason": reason},
+        ]
         run.metrics = metrics
         run.status = RunStatus.QUEUED
         session.commit()
@@ -300,4 +375,3 @@ def _fresh(session: Session, run_id: int) -> Run:
 
 def job_progress(run: Run) -> dict[str, Any] | None:
     return (run.metrics or {}).get("progress")
-

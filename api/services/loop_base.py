@@ -33,8 +33,12 @@ class Controller(Protocol):
 
     spec: ProcessSpec
 
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float]) -> StepRecord: ...
+    def step(
+        self,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+    ) -> StepRecord: ...
 
 
 ControllerFactory = Callable[[bytes, str], Controller]

@@ -54,17 +54,20 @@ class Range:
 # ---------------------------------------------------------------- tags and numbers
 
 
-def check_finite(what: str, values: Mapping[str, float | None], *,
-                 allow_null: bool = False) -> None:
-    bad = sorted(tag for tag, v in values.items()
-                 if not (v is None and allow_null) and not is_finite_number(v))
+def check_finite(
+    what: str, values: Mapping[str, float | None], *, allow_null: bool = False
+) -> None:
+    bad = sorted(
+        tag
+        for tag, v in values.items()
+        if not (v is None and allow_null) and not is_finite_number(v)
+    )
     if bad:
         raise Invalid(f"{what}: not a finite number for {', '.join(bad)}")
 
 
 def is_finite_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def role_of(spec: ProcessSpec, tag: str) -> TagRole:
@@ -82,8 +85,10 @@ def check_measurements(spec: ProcessSpec, measurements: Mapping[str, float | Non
         role_of(spec, tag)
     missing = [t.name for t in spec.sensors if t.name not in measurements]
     if missing:
-        raise Invalid(f"missing sensor measurements: {', '.join(missing)} "
-                      "(send null for a sample that is really missing)")
+        raise Invalid(
+            f"missing sensor measurements: {', '.join(missing)} "
+            "(send null for a sample that is really missing)"
+        )
 
 
 def check_setpoint_tags(spec: ProcessSpec, setpoints: Mapping[str, float]) -> None:
@@ -97,9 +102,12 @@ def check_setpoint_limits(spec: ProcessSpec, setpoints: Mapping[str, float]) -> 
     for name, value in setpoints.items():
         tag = spec.tag(name)
         if (tag.high is not None and value >= tag.high) or (
-                tag.low is not None and value <= tag.low):
-            raise Invalid(f"setpoint {value:g} {tag.unit} for '{name}' is not inside its "
-                          f"limits ({_bound(tag.low)}, {_bound(tag.high)}) {tag.unit}")
+            tag.low is not None and value <= tag.low
+        ):
+            raise Invalid(
+                f"setpoint {value:g} {tag.unit} for '{name}' is not inside its "
+                f"limits ({_bound(tag.low)}, {_bound(tag.high)}) {tag.unit}"
+            )
 
 
 def initial_setpoints(spec: ProcessSpec, given: Mapping[str, float]) -> dict[str, float]:
@@ -123,23 +131,31 @@ def initial_actuators(spec: ProcessSpec, given: Mapping[str, float]) -> dict[str
             raise Invalid(f"initial_actuators: '{name}' is not an actuator")
         tag = spec.tag(name)
         if not tag.low <= value <= tag.high:  # type: ignore[operator]
-            raise Invalid(f"initial_actuators: {name} {value:g} {tag.unit} is outside its "
-                          f"bounds [{tag.low:g}, {tag.high:g}] {tag.unit}")
+            raise Invalid(
+                f"initial_actuators: {name} {value:g} {tag.unit} is outside its "
+                f"bounds [{tag.low:g}, {tag.high:g}] {tag.unit}"
+            )
     out = {t.name: float(t.nominal) for t in spec.actuators if t.nominal is not None}
     out.update({k: float(v) for k, v in given.items()})
     return out
 
 
-def first_step_reference(spec: ProcessSpec, measurements: Mapping[str, float | None],
-                         known: Mapping[str, float]) -> None:
+def first_step_reference(
+    spec: ProcessSpec, measurements: Mapping[str, float | None], known: Mapping[str, float]
+) -> None:
     """Refuse a first step that would have to guess an actuator's current value (no
     read-back, none `known` from the start, no nominal in the tag file)."""
-    blind = [t.name for t in spec.actuators if measurements.get(t.name) is None
-             and t.name not in known and t.nominal is None]
+    blind = [
+        t.name
+        for t in spec.actuators
+        if measurements.get(t.name) is None and t.name not in known and t.nominal is None
+    ]
     if blind:
-        raise Invalid(f"no current value for actuator(s) {', '.join(blind)}: send the "
-                      "read-back in this first step's measurements, or start the loop with "
-                      "initial_actuators (the tag file gives no nominal to assume)")
+        raise Invalid(
+            f"no current value for actuator(s) {', '.join(blind)}: send the "
+            "read-back in this first step's measurements, or start the loop with "
+            "initial_actuators (the tag file gives no nominal to assume)"
+        )
 
 
 def is_dose(tag: Tag) -> bool:
@@ -154,53 +170,80 @@ def _bound(value: float | None) -> str:
 # ---------------------------------------------------------------- time
 
 
-def check_time(time_s: float, previous_time_s: float | None, *, now_epoch_s: float,
-               wall_elapsed_s: float, sample_period_s: float, window: TimeWindow) -> None:
+def check_time(
+    time_s: float,
+    previous_time_s: float | None,
+    *,
+    now_epoch_s: float,
+    wall_elapsed_s: float,
+    sample_period_s: float,
+    window: TimeWindow,
+) -> None:
     """Refuse a `time_s` no clock could give (see the module docstring)."""
     horizon = now_epoch_s + window.max_clock_lead_s
     if abs(time_s) > horizon:
-        hint = (" It looks like milliseconds: send seconds." if
-                abs(time_s) / MILLISECONDS <= horizon else "")
-        raise Invalid(f"time_s {time_s:.6g} s is implausible: further from zero than the "
-                      f"server clock ({now_epoch_s:.0f} s since 1970) plus "
-                      f"{window.max_clock_lead_s:g} s.{hint} time_s is seconds, relative "
-                      "or Unix time, strictly increasing")
+        hint = (
+            " It looks like milliseconds: send seconds."
+            if abs(time_s) / MILLISECONDS <= horizon
+            else ""
+        )
+        raise Invalid(
+            f"time_s {time_s:.6g} s is implausible: further from zero than the "
+            f"server clock ({now_epoch_s:.0f} s since 1970) plus "
+            f"{window.max_clock_lead_s:g} s.{hint} time_s is seconds, relative "
+            "or Unix time, strictly increasing"
+        )
     if previous_time_s is None or time_s <= previous_time_s:
         return  # time order is the caller's check (409)
     gap = time_s - previous_time_s
     allowed = window.max_gap_periods * sample_period_s + max(wall_elapsed_s, 0.0)
     if gap > allowed:
-        hint = (" It looks like milliseconds (the gap / 1000 is about one sample period):"
-                " send seconds." if gap / MILLISECONDS <= 2 * sample_period_s else "")
-        raise Invalid(f"time_s {time_s:.6g} s is {gap:.6g} s after the last step's "
-                      f"{previous_time_s:.6g} s, but only {wall_elapsed_s:.3g} s passed on "
-                      f"the server: more than {window.max_gap_periods:g} sample periods "
-                      f"({sample_period_s:g} s) ahead is implausible.{hint}")
+        hint = (
+            " It looks like milliseconds (the gap / 1000 is about one sample period): send seconds."
+            if gap / MILLISECONDS <= 2 * sample_period_s
+            else ""
+        )
+        raise Invalid(
+            f"time_s {time_s:.6g} s is {gap:.6g} s after the last step's "
+            f"{previous_time_s:.6g} s, but only {wall_elapsed_s:.3g} s passed on "
+            f"the server: more than {window.max_gap_periods:g} sample periods "
+            f"({sample_period_s:g} s) ahead is implausible.{hint}"
+        )
 
 
 # ---------------------------------------------------------------- actuator read-backs
 
 
-def plausible_readbacks(spec: ProcessSpec, measurements: Mapping[str, float | None],
-                        last_command: Mapping[str, float], dt: float | None
-                        ) -> tuple[dict[str, float | None], list[SafetyEvent]]:
+def plausible_readbacks(
+    spec: ProcessSpec,
+    measurements: Mapping[str, float | None],
+    last_command: Mapping[str, float],
+    dt: float | None,
+) -> tuple[dict[str, float | None], list[SafetyEvent]]:
     """The measurements with implausible read-backs removed, and an event for each."""
     out, events = dict(measurements), []
     for tag in spec.actuators:
         value = out.get(tag.name)
         if value is None:
             continue
-        why = _implausible_readback(tag, value, last_command.get(tag.name), dt,
-                                    spec.sample_period_s)
+        why = _implausible_readback(
+            tag, value, last_command.get(tag.name), dt, spec.sample_period_s
+        )
         if why:
             out.pop(tag.name)
-            events.append(SafetyEvent("implausible_readback", f"{tag.name} read-back "
-                                      f"{value:.6g} {tag.unit} ignored: {why}", tag.name))
+            events.append(
+                SafetyEvent(
+                    "implausible_readback",
+                    f"{tag.name} read-back {value:.6g} {tag.unit} ignored: {why}",
+                    tag.name,
+                )
+            )
     return out, events
 
 
-def _implausible_readback(tag: Tag, value: float, command: float | None,
-                          dt: float | None, sample_period_s: float) -> str:
+def _implausible_readback(
+    tag: Tag, value: float, command: float | None, dt: float | None, sample_period_s: float
+) -> str:
     low, high = float(tag.low), float(tag.high)  # type: ignore[arg-type]
     tolerance = READBACK_TOLERANCE * (high - low)
     if not low - tolerance <= value <= high + tolerance:
@@ -209,15 +252,20 @@ def _implausible_readback(tag: Tag, value: float, command: float | None,
         return ""
     reach = max_move(tag, sample_period_s, dt) + tolerance
     if abs(value - command) > reach:
-        return (f"{abs(value - command):.6g} {tag.unit} from the last command "
-                f"{command:.6g} {tag.unit}, farther than the rate limit allows in "
-                f"{dt:.6g} s; the rate limit counts from the last command")
+        return (
+            f"{abs(value - command):.6g} {tag.unit} from the last command "
+            f"{command:.6g} {tag.unit}, farther than the rate limit allows in "
+            f"{dt:.6g} s; the rate limit counts from the last command"
+        )
     return ""
 
 
-def within_reach_of_command(spec: ProcessSpec, actuators: Mapping[str, float],
-                            last_command: Mapping[str, float], dt: float | None
-                            ) -> tuple[dict[str, float], list[SafetyEvent]]:
+def within_reach_of_command(
+    spec: ProcessSpec,
+    actuators: Mapping[str, float],
+    last_command: Mapping[str, float],
+    dt: float | None,
+) -> tuple[dict[str, float], list[SafetyEvent]]:
     """Keep every value within its rate limit of the last command: a read-back the plant
     reports may narrow a move, never widen it. Bounds stay with the safety layer."""
     out, events = dict(actuators), []
@@ -233,10 +281,14 @@ def within_reach_of_command(spec: ProcessSpec, actuators: Mapping[str, float],
         if held != value:
             out[tag.name] = held
             reach = max_move(tag, spec.sample_period_s, dt)
-            events.append(SafetyEvent(EventKind.RATE_LIMITED,
-                                      f"{value:.6g} -> {held:.6g} {tag.unit}: within "
-                                      f"{reach:.6g} of the last command {command:.6g}",
-                                      tag.name))
+            events.append(
+                SafetyEvent(
+                    EventKind.RATE_LIMITED,
+                    f"{value:.6g} -> {held:.6g} {tag.unit}: within "
+                    f"{reach:.6g} of the last command {command:.6g}",
+                    tag.name,
+                )
+            )
     return out, events
 
 
@@ -249,15 +301,20 @@ UNIT_MIX_UPS: dict[str, list[Conversion]] = {
     "mg/dl": [("mmol/L", lambda x: x * 18.016)],
     "mmol/l": [("mg/dL", lambda x: x / 18.016)],
     "k": [("degC", lambda x: x + 273.15), ("degF", lambda x: (x - 32.0) / 1.8 + 273.15)],
-    "kpa": [("Pa", lambda x: x / 1000.0), ("bar", lambda x: x * 100.0),
-            ("psi", lambda x: x * 6.894757)],
+    "kpa": [
+        ("Pa", lambda x: x / 1000.0),
+        ("bar", lambda x: x * 100.0),
+        ("psi", lambda x: x * 6.894757),
+    ],
     "kg/s": [("kg/h", lambda x: x / 3600.0), ("g/s", lambda x: x / 1000.0)],
     "g/min": [("g/s", lambda x: x * 60.0)],
     "rpm": [("rad/s", lambda x: x * 60.0 / (2.0 * math.pi))],
 }
 # Any unit: a prefix slip (milli- where the base unit was meant, or the reverse).
-PREFIX_MIX_UPS: list[Conversion] = [("a unit 1000 x smaller (milli-)", lambda x: x / 1000.0),
-                                    ("a unit 1000 x larger (kilo-)", lambda x: x * 1000.0)]
+PREFIX_MIX_UPS: list[Conversion] = [
+    ("a unit 1000 x smaller (milli-)", lambda x: x / 1000.0),
+    ("a unit 1000 x larger (kilo-)", lambda x: x * 1000.0),
+]
 
 
 def tag_range(tag: Tag, training: tuple[float, float] | None) -> Range | None:
@@ -287,9 +344,14 @@ def plausible_span(r: Range, sigmas: float, ratio: float) -> tuple[float, float]
     return low, high
 
 
-def check_units(spec: ProcessSpec, measurements: Mapping[str, float | None],
-                training: Mapping[str, tuple[float, float]], *, sigmas: float = 6.0,
-                ratio: float = 4.0) -> list[SafetyEvent]:
+def check_units(
+    spec: ProcessSpec,
+    measurements: Mapping[str, float | None],
+    training: Mapping[str, tuple[float, float]],
+    *,
+    sigmas: float = 6.0,
+    ratio: float = 4.0,
+) -> list[SafetyEvent]:
     """Refuse a measurement outside its plausible span that a unit mix-up brings inside;
     name the mix-up. One that no mix-up explains goes on to the controller (a real
     excursion must reach its limit guard) with an `implausible_measurement` event."""
@@ -307,11 +369,19 @@ def check_units(spec: ProcessSpec, measurements: Mapping[str, float | None],
         for other_unit, convert in UNIT_MIX_UPS.get(tag.unit.lower(), []) + PREFIX_MIX_UPS:
             converted = convert(value)
             if low <= converted <= high:
-                raise Invalid(f"measurement {name} = {value:.6g} is implausible in "
-                              f"{tag.unit} (expected {low:.4g} to {high:.4g} {tag.unit}); "
-                              f"it looks like {other_unit}: {value:.6g} {other_unit} is "
-                              f"{converted:.6g} {tag.unit}. Send {tag.unit}")
-        events.append(SafetyEvent("implausible_measurement", f"{name} {value:.6g} {tag.unit} "
-                                  f"is outside its plausible {low:.4g} to {high:.4g} "
-                                  f"{tag.unit}; check the sensor and its unit", name))
+                raise Invalid(
+                    f"measurement {name} = {value:.6g} is implausible in "
+                    f"{tag.unit} (expected {low:.4g} to {high:.4g} {tag.unit}); "
+                    f"it looks like {other_unit}: {value:.6g} {other_unit} is "
+                    f"{converted:.6g} {tag.unit}. Send {tag.unit}"
+                )
+        events.append(
+            SafetyEvent(
+                "implausible_measurement",
+                f"{name} {value:.6g} {tag.unit} "
+                f"is outside its plausible {low:.4g} to {high:.4g} "
+                f"{tag.unit}; check the sensor and its unit",
+                name,
+            )
+        )
     return events

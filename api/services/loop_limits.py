@@ -59,17 +59,19 @@ class LoopLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> LoopLimits:
-        return cls(loop_planners=tuple(settings.loop_planners),
-                   engineer_loop_planners=tuple(settings.engineer_loop_planners),
-                   max_loops=settings.max_loops, max_loops_per_key=settings.max_loops_per_key,
-                   planner_build_timeout_s=settings.planner_build_timeout_s,
-                   max_concurrent_builds=settings.max_concurrent_builds,
-                   max_server_memory_mb=settings.max_server_memory_mb,
-                   max_build_memory_mb=settings.max_build_memory_mb,
-                   time_window=TimeWindow(settings.max_clock_lead_s,
-                                          settings.max_gap_periods),
-                   unit_check_sigmas=settings.unit_check_sigmas,
-                   unit_check_ratio=settings.unit_check_ratio)
+        return cls(
+            loop_planners=tuple(settings.loop_planners),
+            engineer_loop_planners=tuple(settings.engineer_loop_planners),
+            max_loops=settings.max_loops,
+            max_loops_per_key=settings.max_loops_per_key,
+            planner_build_timeout_s=settings.planner_build_timeout_s,
+            max_concurrent_builds=settings.max_concurrent_builds,
+            max_server_memory_mb=settings.max_server_memory_mb,
+            max_build_memory_mb=settings.max_build_memory_mb,
+            time_window=TimeWindow(settings.max_clock_lead_s, settings.max_gap_periods),
+            unit_check_sigmas=settings.unit_check_sigmas,
+            unit_check_ratio=settings.unit_check_ratio,
+        )
 
 
 def resident_mb() -> float | None:
@@ -89,28 +91,46 @@ def check_planner(limits: LoopLimits, planner: str, actor: Actor | None) -> None
     if planner in limits.engineer_loop_planners:
         if actor is None or role_allows(actor.role, Role.ENGINEER):
             return
-        raise Forbidden(f"planner '{planner}' needs the 'engineer' role for a live loop "
-                        f"(operators may use: {', '.join(limits.loop_planners)})")
+        raise Forbidden(
+            f"planner '{planner}' needs the 'engineer' role for a live loop "
+            f"(operators may use: {', '.join(limits.loop_planners)})"
+        )
     allowed = limits.loop_planners + limits.engineer_loop_planners
-    raise Invalid(f"planner '{planner}' is not enabled for live loops on this server "
-                  f"(enabled: {', '.join(allowed) or 'none'}; settings TWIN_LOOP_PLANNERS, "
-                  "TWIN_ENGINEER_LOOP_PLANNERS)")
+    raise Invalid(
+        f"planner '{planner}' is not enabled for live loops on this server "
+        f"(enabled: {', '.join(allowed) or 'none'}; settings TWIN_LOOP_PLANNERS, "
+        "TWIN_ENGINEER_LOOP_PLANNERS)"
+    )
 
 
 def check_loop_count(session: Session, limits: LoopLimits, key_id: int | None) -> None:
     """Refuse a new loop beyond the server's or this key's limit (running loops count)."""
-    running = (select(func.count()).select_from(Run)
-               .where(Run.kind == RunKind.CONTROL, Run.status == RunStatus.RUNNING))
+    running = (
+        select(func.count())
+        .select_from(Run)
+        .where(Run.kind == RunKind.CONTROL, Run.status == RunStatus.RUNNING)
+    )
     total = session.scalar(running) or 0
     if total >= limits.max_loops:
-        raise Unavailable(f"{total} loops are running, the server's limit "
-                          f"(TWIN_MAX_LOOPS={limits.max_loops}): stop one first")
-    mine = session.scalar(running.where(
-        Run.config["started_by_key"].as_integer() == key_id if key_id is not None
-        else Run.config["started_by_key"].as_string().is_(None))) or 0
+        raise Unavailable(
+            f"{total} loops are running, the server's limit "
+            f"(TWIN_MAX_LOOPS={limits.max_loops}): stop one first"
+        )
+    mine = (
+        session.scalar(
+            running.where(
+                Run.config["started_by_key"].as_integer() == key_id
+                if key_id is not None
+                else Run.config["started_by_key"].as_string().is_(None)
+            )
+        )
+        or 0
+    )
     if mine >= limits.max_loops_per_key:
-        raise Unavailable(f"this key runs {mine} loops, its limit (TWIN_MAX_LOOPS_PER_KEY="
-                          f"{limits.max_loops_per_key}): stop one first")
+        raise Unavailable(
+            f"this key runs {mine} loops, its limit (TWIN_MAX_LOOPS_PER_KEY="
+            f"{limits.max_loops_per_key}): stop one first"
+        )
 
 
 class ControllerBuilder:
@@ -119,21 +139,26 @@ class ControllerBuilder:
     def __init__(self, limits: LoopLimits) -> None:
         self.limits = limits
         self._slots = threading.BoundedSemaphore(limits.max_concurrent_builds)
-        self._pool = ThreadPoolExecutor(max_workers=limits.max_concurrent_builds,
-                                        thread_name_prefix="controller-build")
+        self._pool = ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_builds, thread_name_prefix="controller-build"
+        )
 
     def build(self, what: str, make: Callable[[], T]) -> T:
         """`make()` in a worker thread; `what` names it in errors ("model 3, planner cem")."""
         before = resident_mb()
         cap = self.limits.max_server_memory_mb
         if before is not None and before >= cap:
-            raise Unavailable(f"the server holds {before:.0f} MB, at its limit "
-                              f"(TWIN_MAX_SERVER_MEMORY_MB={cap:g}): no new controller now")
+            raise Unavailable(
+                f"the server holds {before:.0f} MB, at its limit "
+                f"(TWIN_MAX_SERVER_MEMORY_MB={cap:g}): no new controller now"
+            )
         timeout = self.limits.planner_build_timeout_s
         # Builds queue for a slot, as long as one build may take (then: retry later).
         if not self._slots.acquire(timeout=timeout):
-            raise Unavailable(f"other controllers were being built for {timeout:g} s; "
-                              "try again shortly", retry_after_s=max(1, int(timeout)))
+            raise Unavailable(
+                f"other controllers were being built for {timeout:g} s; try again shortly",
+                retry_after_s=max(1, int(timeout)),
+            )
         try:
             future: Future[T] = self._pool.submit(make)
         except BaseException:
@@ -144,16 +169,20 @@ class ControllerBuilder:
         try:
             built = future.result(timeout=timeout)
         except FutureTimeout:
-            raise Unavailable(f"building the controller ({what}) took longer than {timeout:g} "
-                              "s (TWIN_PLANNER_BUILD_TIMEOUT_S); nothing was started. Try a "
-                              "lighter planner") from None
+            raise Unavailable(
+                f"building the controller ({what}) took longer than {timeout:g} "
+                "s (TWIN_PLANNER_BUILD_TIMEOUT_S); nothing was started. Try a "
+                "lighter planner"
+            ) from None
         after = resident_mb()
         if before is not None and after is not None:
             grown = after - before
             if grown > self.limits.max_build_memory_mb:
-                raise Unavailable(f"building the controller ({what}) took {grown:.0f} MB, "
-                                  f"over TWIN_MAX_BUILD_MEMORY_MB="
-                                  f"{self.limits.max_build_memory_mb:g}; nothing was started")
+                raise Unavailable(
+                    f"building the controller ({what}) took {grown:.0f} MB, "
+                    f"over TWIN_MAX_BUILD_MEMORY_MB="
+                    f"{self.limits.max_build_memory_mb:g}; nothing was started"
+                )
         return built
 
     def shutdown(self) -> None:

@@ -30,8 +30,15 @@ class LoopModels:
     _loops: dict[int, Loop]
     _registry_lock: threading.Lock
 
-    def switch_model(self, session: Session, run_id: int, model_id: int, reason: str, *,
-                     actor: Actor | None = None) -> Run:
+    def switch_model(
+        self,
+        session: Session,
+        run_id: int,
+        model_id: int,
+        reason: str,
+        *,
+        actor: Actor | None = None,
+    ) -> Run:
         """Make `model_id` the loop's model (audited as "loop.model_switch" with an actor).
 
         Refused, changing nothing, for a model of another process (422), an unknown model
@@ -39,13 +46,14 @@ class LoopModels:
         is already active succeeds and records nothing."""
         run = control_run(session, run_id)
         if run.status != RunStatus.RUNNING:
-            raise Conflict(f"loop {run_id} is {run.status}; only a running loop can switch "
-                           "models")
+            raise Conflict(f"loop {run_id} is {run.status}; only a running loop can switch models")
         model = get_model(session, model_id)
         if model.process_id != run.process_id:
-            raise Invalid(f"model {model_id} ('{model.name}' v{model.version}) was trained "
-                          f"for process '{model.process.name}', not for this loop's "
-                          f"'{run.process.name}'")
+            raise Invalid(
+                f"model {model_id} ('{model.name}' v{model.version}) was trained "
+                f"for process '{model.process.name}', not for this loop's "
+                f"'{run.process.name}'"
+            )
         if run.model_id == model_id:
             return run
         planner = str(run.config.get("planner", "casadi"))
@@ -54,8 +62,9 @@ class LoopModels:
         except ChecksumMismatch as exc:
             raise Conflict(f"model {model_id} cannot be activated: {exc}") from None
         if controller.spec.name != run.process.name:
-            raise Invalid(f"model {model_id} controls '{controller.spec.name}', "
-                          f"not '{run.process.name}'")
+            raise Invalid(
+                f"model {model_id} controls '{controller.spec.name}', not '{run.process.name}'"
+            )
         loop = self._loop(session, run_id, prebuilt=(controller, model_id))
         if not loop.lock.acquire(timeout=self._lock_timeout_s):
             raise Conflict(f"loop {run_id} is busy with a step; try the switch again")
@@ -65,8 +74,16 @@ class LoopModels:
             loop.lock.release()
         return run
 
-    def _switch_locked(self, session: Session, loop: Loop, run: Run, model: TwinModel,
-                       controller: Controller, reason: str, actor: Actor | None) -> None:
+    def _switch_locked(
+        self,
+        session: Session,
+        loop: Loop,
+        run: Run,
+        model: TwinModel,
+        controller: Controller,
+        reason: str,
+        actor: Actor | None,
+    ) -> None:
         session.refresh(run)  # a step or a stop may have committed while we waited
         if run.status != RunStatus.RUNNING:
             raise Conflict(f"loop {run.id} was {run.status} meanwhile; nothing switched")
@@ -75,14 +92,30 @@ class LoopModels:
             return
         try:
             run.model_id = model.id
-            session.add(ModelActivation(run_id=run.id, model_id=model.id,
-                                        previous_model_id=previous,
-                                        activated_at=self._clock(), actor=actor_name(actor),
-                                        reason=reason))
-            record(session, actor, "loop.model_switch", f"run:{run.id}",
-                   {"model_id": model.id, "previous_model_id": previous,
-                    "name": model.name, "version": model.version, "sha256": model.sha256,
-                    "reason": reason})
+            session.add(
+                ModelActivation(
+                    run_id=run.id,
+                    model_id=model.id,
+                    previous_model_id=previous,
+                    activated_at=self._clock(),
+                    actor=actor_name(actor),
+                    reason=reason,
+                )
+            )
+            record(
+                session,
+                actor,
+                "loop.model_switch",
+                f"run:{run.id}",
+                {
+                    "model_id": model.id,
+                    "previous_model_id": previous,
+                    "name": model.name,
+                    "version": model.version,
+                    "sha256": model.sha256,
+                    "reason": reason,
+                },
+            )
             session.commit()
         except BaseException:
             session.rollback()
@@ -98,6 +131,10 @@ class LoopModels:
     def history(self, session: Session, run_id: int) -> list[ModelActivation]:
         """The loop's model activations, newest first."""
         control_run(session, run_id)
-        return list(session.scalars(
-            select(ModelActivation).where(ModelActivation.run_id == run_id)
-            .order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())))
+        return list(
+            session.scalars(
+                select(ModelActivation)
+                .where(ModelActivation.run_id == run_id)
+                .order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())
+            )
+        )

@@ -68,7 +68,8 @@ class LoopOperator:
         if mode is None and not out_of_service and not dropped:
             raise Invalid("name a change: mode, out_of_service or dropped")
         run = session.scalars(
-            select(Run).where(Run.id == control_run(session, run_id).id)
+            select(Run)
+            .where(Run.id == control_run(session, run_id).id)
             .with_for_update(of=Run)  # not the joined process row
             .execution_options(populate_existing=True)
         ).one()
@@ -86,12 +87,23 @@ class LoopOperator:
             run.config = {**run.config, CONFIG_KEY: after.to_dict()}
             previous = last_step(session, run_id)
             who = actor_name(actor)
-            session.add(RunEvent(
-                run_id=run_id, step=0 if previous is None else previous.step + 1,
-                time_s=0.0 if previous is None else previous.time_s, kind=OPERATOR_EVENT,
-                message=f"{'; '.join(words)} (by {who}: {reason})", tag=None))
-            record(session, actor, "loop.operator", f"run:{run_id}",
-                   {"changes": words, "settings": after.to_dict(), "reason": reason})
+            session.add(
+                RunEvent(
+                    run_id=run_id,
+                    step=0 if previous is None else previous.step + 1,
+                    time_s=0.0 if previous is None else previous.time_s,
+                    kind=OPERATOR_EVENT,
+                    message=f"{'; '.join(words)} (by {who}: {reason})",
+                    tag=None,
+                )
+            )
+            record(
+                session,
+                actor,
+                "loop.operator",
+                f"run:{run_id}",
+                {"changes": words, "settings": after.to_dict(), "reason": reason},
+            )
             session.commit()
         except BaseException:
             session.rollback()

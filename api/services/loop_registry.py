@@ -33,8 +33,9 @@ class LoopRegistry:
     _registry_lock: threading.Lock
     _restoring: dict[int, threading.Lock]
 
-    def _loop(self, session: Session, run_id: int,
-              prebuilt: tuple[Controller, int] | None = None) -> Loop:
+    def _loop(
+        self, session: Session, run_id: int, prebuilt: tuple[Controller, int] | None = None
+    ) -> Loop:
         # A loop is never built twice (two controllers, two histories): one restore per
         # loop at a time. The registry lock is not held while it builds, so other loops'
         # steps go on.
@@ -54,8 +55,9 @@ class LoopRegistry:
                 self._restoring.pop(run_id, None)
             return loop
 
-    def _restore(self, session: Session, run_id: int,
-                 prebuilt: tuple[Controller, int] | None = None) -> Loop:
+    def _restore(
+        self, session: Session, run_id: int, prebuilt: tuple[Controller, int] | None = None
+    ) -> Loop:
         """Rebuild a loop after a restart (or on another worker) from what is stored;
         with `prebuilt` (controller, model id), around that controller instead."""
         run = get_run(session, run_id)
@@ -99,7 +101,8 @@ class LoopRegistry:
     def _build(self, session: Session, model_id: int, planner: str) -> Controller:
         checkpoint = load_model_bytes(session, model_id)
         try:
-            return self._builder.build(f"model {model_id}, planner {planner}",
-                                       lambda: self._factory(checkpoint, planner))
+            return self._builder.build(
+                f"model {model_id}, planner {planner}", lambda: self._factory(checkpoint, planner)
+            )
         except InvalidInput as exc:
             raise Invalid(f"model {model_id} cannot drive a loop: {exc}") from None

@@ -36,10 +36,18 @@ class LoopStarts:
     _start_gates: dict[tuple[int | None, str], threading.Lock]
     _admission: threading.Lock
 
-    def start(self, session: Session, process: str, model_id: int, planner: str,
-              setpoints: Mapping[str, float], *, actor: Actor | None = None,
-              initial: Mapping[str, float] | None = None,
-              idempotency_key: str | None = None) -> Run:
+    def start(
+        self,
+        session: Session,
+        process: str,
+        model_id: int,
+        planner: str,
+        setpoints: Mapping[str, float],
+        *,
+        actor: Actor | None = None,
+        initial: Mapping[str, float] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
         """Build the controller, then store the run and its first model activation
         (audited as "loop.start" with an actor). `initial`: the actuator values the plant
         applies now. A start repeated with the same `idempotency_key` (per key) returns
@@ -49,8 +57,13 @@ class LoopStarts:
         self._check_size(setpoints, initial or {})
         check_finite("setpoints", setpoints)
         check_finite("initial_actuators", initial or {})
-        request = {"process": process, "model_id": model_id, "planner": planner,
-                   "setpoints": dict(setpoints), "initial_actuators": dict(initial or {})}
+        request = {
+            "process": process,
+            "model_id": model_id,
+            "planner": planner,
+            "setpoints": dict(setpoints),
+            "initial_actuators": dict(initial or {}),
+        }
         key_id = actor.key_id if actor is not None else None
         if idempotency_key is None:
             return self._start(session, request, actor, None)
@@ -60,13 +73,16 @@ class LoopStarts:
             earlier = started_with(session, key_id, idempotency_key)
             if earlier is not None:
                 if earlier.config.get("request") != request:
-                    raise Conflict(f"Idempotency-Key '{idempotency_key}' was used for another "
-                                   f"start (loop {earlier.id}); use a new key")
+                    raise Conflict(
+                        f"Idempotency-Key '{idempotency_key}' was used for another "
+                        f"start (loop {earlier.id}); use a new key"
+                    )
                 return earlier
             return self._start(session, request, actor, idempotency_key)
 
-    def _start(self, session: Session, request: dict, actor: Actor | None,
-               idempotency_key: str | None) -> Run:
+    def _start(
+        self, session: Session, request: dict, actor: Actor | None, idempotency_key: str | None
+    ) -> Run:
         process, model_id, planner = request["process"], request["model_id"], request["planner"]
         if actor is not None:
             check_planner(self.limits, planner, actor)
@@ -85,8 +101,14 @@ class LoopStarts:
         full_setpoints = initial_setpoints(controller.spec, request["setpoints"])
         given = request["initial_actuators"]
         applied = initial_actuators(controller.spec, given)
-        config = {"planner": planner, "model_id": model_id, "setpoints": full_setpoints,
-                  "initial_actuators": given, "started_by_key": key_id, "request": request}
+        config = {
+            "planner": planner,
+            "model_id": model_id,
+            "setpoints": full_setpoints,
+            "initial_actuators": given,
+            "started_by_key": key_id,
+            "request": request,
+        }
         if idempotency_key is not None:
             config["idempotency_key"] = idempotency_key
         with self._admission:  # the count again: other starts may have finished meanwhile
@@ -96,22 +118,47 @@ class LoopStarts:
         if given:  # else the controller starts from the nominals itself
             hand_over(controller, applied)
         with self._registry_lock:
-            self._loops[run.id] = Loop(run.id, controller, full_setpoints, dict(given),
-                                       model_id=model_id)
+            self._loops[run.id] = Loop(
+                run.id, controller, full_setpoints, dict(given), model_id=model_id
+            )
         return run
 
-    def _store_start(self, session: Session, process: str, model_id: int, planner: str,
-                     config: dict, actor: Actor | None) -> Run:
+    def _store_start(
+        self,
+        session: Session,
+        process: str,
+        model_id: int,
+        planner: str,
+        config: dict,
+        actor: Actor | None,
+    ) -> Run:
         try:
-            run = create_run(session, kind=RunKind.CONTROL, process=process,
-                             controller=f"twin/{planner}", model_id=model_id,
-                             config=config, commit=False)
+            run = create_run(
+                session,
+                kind=RunKind.CONTROL,
+                process=process,
+                controller=f"twin/{planner}",
+                model_id=model_id,
+                config=config,
+                commit=False,
+            )
             run.started_at = self._clock()
-            session.add(ModelActivation(run_id=run.id, model_id=model_id,
-                                        activated_at=run.started_at, actor=actor_name(actor),
-                                        reason="loop started"))
-            record(session, actor, "loop.start", f"run:{run.id}",
-                   {"process": process, "model_id": model_id, "planner": planner})
+            session.add(
+                ModelActivation(
+                    run_id=run.id,
+                    model_id=model_id,
+                    activated_at=run.started_at,
+                    actor=actor_name(actor),
+                    reason="loop started",
+                )
+            )
+            record(
+                session,
+                actor,
+                "loop.start",
+                f"run:{run.id}",
+                {"process": process, "model_id": model_id, "planner": planner},
+            )
             session.commit()
         except BaseException:
             session.rollback()
@@ -121,8 +168,9 @@ class LoopStarts:
 
 def started_with(session: Session, key_id: int | None, idempotency_key: str) -> Run | None:
     """The loop a start with this idempotency key (of this API key) made, if any."""
-    query = select(Run).where(Run.kind == RunKind.CONTROL,
-                              Run.config["idempotency_key"].as_string() == idempotency_key)
+    query = select(Run).where(
+        Run.kind == RunKind.CONTROL, Run.config["idempotency_key"].as_string() == idempotency_key
+    )
     for run in session.scalars(query.order_by(Run.id)):
         if run.config.get("started_by_key") == key_id:
             return run

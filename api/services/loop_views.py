@@ -43,12 +43,23 @@ class LoopReading:
     def view(self, session: Session, run_id: int) -> LoopView:
         return self._view(session, control_run(session, run_id), self._clock())
 
-    def list_loops(self, session: Session, *, process: str | None = None,
-                   running: bool | None = None, limit: int = 100,
-                   offset: int = 0) -> list[LoopView]:
+    def list_loops(
+        self,
+        session: Session,
+        *,
+        process: str | None = None,
+        running: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[LoopView]:
         """Loops newest first; optionally of one process, running (or not) only."""
-        query = (select(Run).where(Run.kind == RunKind.CONTROL).order_by(Run.id.desc())
-                 .limit(limit).offset(offset))
+        query = (
+            select(Run)
+            .where(Run.kind == RunKind.CONTROL)
+            .order_by(Run.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         if process is not None:
             query = query.where(Run.process.has(name=process))
         if running is not None:
@@ -61,8 +72,10 @@ class LoopReading:
         """The loop with its latest step; NotFound before the first step."""
         view = self.view(session, run_id)
         if view.last is None:
-            raise NotFound(f"loop {run_id} has no setpoint yet: nothing was posted to "
-                           f"POST /api/loops/{run_id}/step")
+            raise NotFound(
+                f"loop {run_id} has no setpoint yet: nothing was posted to "
+                f"POST /api/loops/{run_id}/step"
+            )
         return view
 
     def _view(self, session: Session, run: Run, now: datetime) -> LoopView:
@@ -70,15 +83,19 @@ class LoopReading:
         stale_after_s = STALE_AFTER_PERIODS * spec.sample_period_s
         last = last_step(session, run.id)
         values = step_values(session, run.id, last.step) if last is not None else {}
-        since = aware(run.last_step_at if last is not None and run.last_step_at
-                       else run.started_at)
+        since = aware(run.last_step_at if last is not None and run.last_step_at else run.started_at)
         age_s = max(0.0, (now - since).total_seconds())
         model = session.get(TwinModel, run.model_id) if run.model_id is not None else None
         return LoopView(
-            run=run, status=loop_status(run, last, age_s, stale_after_s), model=model,
-            last=last, age_s=age_s, stale_after_s=stale_after_s,
+            run=run,
+            status=loop_status(run, last, age_s, stale_after_s),
+            model=model,
+            last=last,
+            age_s=age_s,
+            stale_after_s=stale_after_s,
             setpoints=values.get("setpoint") or dict(run.config.get("setpoints", {})),
-            actuators=values.get("actuator", {}))
+            actuators=values.get("actuator", {}),
+        )
 
 
 def loop_status(run: Run, last: RunStep | None, age_s: float, stale_after_s: float) -> str:
@@ -88,5 +105,4 @@ def loop_status(run: Run, last: RunStep | None, age_s: float, stale_after_s: flo
         return StepStatus.STALE
     if last is None:
         return StepStatus.OK
-    return last.status if last.status in (StepStatus.FALLBACK, StepStatus.STALE) \
-        else StepStatus.OK
+    return last.status if last.status in (StepStatus.FALLBACK, StepStatus.STALE) else StepStatus.OK

@@ -98,9 +98,15 @@ def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
 
 
 class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistry):
-    def __init__(self, factory: ControllerFactory = default_controller_factory, *,
-                 lock_timeout_s: float = 10.0, max_tags: int = 2_000,
-                 clock: Clock = utcnow, limits: LoopLimits | None = None) -> None:
+    def __init__(
+        self,
+        factory: ControllerFactory = default_controller_factory,
+        *,
+        lock_timeout_s: float = 10.0,
+        max_tags: int = 2_000,
+        clock: Clock = utcnow,
+        limits: LoopLimits | None = None,
+    ) -> None:
         """`clock` gives the server time (timezone-aware) that staleness is judged by."""
         self._factory = factory
         self._lock_timeout_s = lock_timeout_s
@@ -140,9 +146,14 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
 
     # ------------------------------------------------------------ one step
 
-    def step(self, session: Session, run_id: int, time_s: float,
-             measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float] | None = None) -> tuple[int, StepRecord]:
+    def step(
+        self,
+        session: Session,
+        run_id: int,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float] | None = None,
+    ) -> tuple[int, StepRecord]:
         """Validate, ask the controller, store; returns (step number, stored record)."""
         setpoints = dict(setpoints or {})
         self._check_size(measurements, setpoints)
@@ -162,7 +173,8 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
         """Another API worker may have stopped the loop, switched its model or applied an
         operator's change."""
         status, model_id, config = session.execute(
-            select(Run.status, Run.model_id, Run.config).where(Run.id == loop.run_id)).one()
+            select(Run.status, Run.model_id, Run.config).where(Run.id == loop.run_id)
+        ).one()
         planner = config.get("planner")
         if status != RunStatus.RUNNING or model_id is None:
             with self._registry_lock:
@@ -176,9 +188,14 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
             loop.operator = OperatorSettings()  # the new controller is told them below
         follow_operator(loop, config.get(CONFIG_KEY))
 
-    def _step_locked(self, session: Session, loop: Loop, time_s: float,
-                     measurements: dict[str, float | None],
-                     setpoints: dict[str, float]) -> tuple[int, StepRecord]:
+    def _step_locked(
+        self,
+        session: Session,
+        loop: Loop,
+        time_s: float,
+        measurements: dict[str, float | None],
+        setpoints: dict[str, float],
+    ) -> tuple[int, StepRecord]:
         spec = loop.spec
         check_measurements(spec, measurements)
         check_setpoint_tags(spec, setpoints)
@@ -187,9 +204,13 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
         self._check_time(session, loop, time_s, previous)
         if previous is not None and time_s <= previous.time_s:
             raise Conflict(f"time_s {time_s} is not after the last step's {previous.time_s}")
-        edge_events = check_units(spec, measurements, _training_ranges(loop.controller),
-                                  sigmas=self.limits.unit_check_sigmas,
-                                  ratio=self.limits.unit_check_ratio)
+        edge_events = check_units(
+            spec,
+            measurements,
+            _training_ranges(loop.controller),
+            sigmas=self.limits.unit_check_sigmas,
+            ratio=self.limits.unit_check_ratio,
+        )
         if previous is not None and previous.step != loop.last_step:
             self._catch_up(session, loop, previous.step)
         dt = None if previous is None else time_s - previous.time_s
@@ -208,9 +229,12 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
             write_steps(session, loop.run_id, loop.spec, [(number, record)])
             # Alarms change in the same transaction as the step that raised them.
             alarms.evaluate_step(session, loop.run_id, number, record, loop.spec)
-            session.execute(update(Run).where(Run.id == loop.run_id)
-                            .values(last_step_at=self._clock())
-                            .execution_options(synchronize_session=False))
+            session.execute(
+                update(Run)
+                .where(Run.id == loop.run_id)
+                .values(last_step_at=self._clock())
+                .execution_options(synchronize_session=False)
+            )
             session.commit()
         except BaseException:
             session.rollback()
@@ -219,14 +243,20 @@ class LoopManager(LoopStarts, LoopModels, LoopOperator, LoopReading, LoopRegistr
         loop.last_step = number
         return number, dataclasses.replace(record, step=number)
 
-    def _check_time(self, session: Session, loop: Loop, time_s: float,
-                    previous: RunStep | None) -> None:
+    def _check_time(
+        self, session: Session, loop: Loop, time_s: float, previous: RunStep | None
+    ) -> None:
         now = self._clock()
         arrived = session.scalar(select(Run.last_step_at).where(Run.id == loop.run_id))
         elapsed = (now - aware(arrived)).total_seconds() if arrived is not None else 0.0
-        check_time(time_s, previous.time_s if previous is not None else None,
-                   now_epoch_s=now.timestamp(), wall_elapsed_s=elapsed,
-                   sample_period_s=loop.spec.sample_period_s, window=self.limits.time_window)
+        check_time(
+            time_s,
+            previous.time_s if previous is not None else None,
+            now_epoch_s=now.timestamp(),
+            wall_elapsed_s=elapsed,
+            sample_period_s=loop.spec.sample_period_s,
+            window=self.limits.time_window,
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -241,28 +271,37 @@ def _training_ranges(controller: Controller) -> dict[str, tuple[float, float]]:
     norm = getattr(getattr(controller, "twin", None), "norm", None)
     if norm is None:
         return {}
-    return {tag: (float(m), float(sd)) for tag, m, sd in zip(norm.tags, norm.mean, norm.std,
-                                                             strict=True)}
+    return {
+        tag: (float(m), float(sd))
+        for tag, m, sd in zip(norm.tags, norm.mean, norm.std, strict=True)
+    }
 
 
-def _held_to_command(loop: Loop, record: StepRecord, dt: float | None,
-                     edge_events: list[SafetyEvent]) -> StepRecord:
+def _held_to_command(
+    loop: Loop, record: StepRecord, dt: float | None, edge_events: list[SafetyEvent]
+) -> StepRecord:
     """Read-backs narrow moves, never widen them; what the edge found is stored with the
     step and makes it a fallback step, which raises the loop's fallback alarm."""
     actuators, held = within_reach_of_command(loop.spec, record.actuators, loop.applied, dt)
     if not (edge_events or held):
         return record
     status = StepStatus.FALLBACK if record.status is StepStatus.OK else record.status
-    return dataclasses.replace(record, actuators=actuators, status=status,
-                               events=[*record.events, *edge_events, *held])
+    return dataclasses.replace(
+        record, actuators=actuators, status=status, events=[*record.events, *edge_events, *held]
+    )
 
 
 # ---------------------------------------------------------------- last line of defence
 
 
-def _guard(loop: Loop, record: StepRecord, time_s: float,
-           measurements: dict[str, float | None], setpoints: dict[str, float],
-           dt: float | None) -> StepRecord:
+def _guard(
+    loop: Loop,
+    record: StepRecord,
+    time_s: float,
+    measurements: dict[str, float | None],
+    setpoints: dict[str, float],
+    dt: float | None,
+) -> StepRecord:
     """Never send an actuator value outside its bounds or rate limit, whatever the controller
     returned (the twin's safety layer should already ensure it; this catches its bugs): the
     same clip (`twin.safety.clip_setpoint`). The rate limit counts from what the plant
@@ -271,8 +310,9 @@ def _guard(loop: Loop, record: StepRecord, time_s: float,
     for tag in loop.spec.actuators:
         readback = measurements.get(tag.name)
         previous = readback if readback is not None else loop.applied.get(tag.name)
-        value, changes = clip_setpoint(tag, record.actuators.get(tag.name), previous,
-                                       loop.spec.sample_period_s, dt)
+        value, changes = clip_setpoint(
+            tag, record.actuators.get(tag.name), previous, loop.spec.sample_period_s, dt
+        )
         actuators[tag.name] = value
         if changes:
             why = "; ".join(change.message for change in changes)
@@ -280,9 +320,12 @@ def _guard(loop: Loop, record: StepRecord, time_s: float,
     guarded = len(events) > len(record.events)
     status = StepStatus.FALLBACK if guarded and record.status is StepStatus.OK else record.status
     return dataclasses.replace(
-        record, time_s=time_s,
-        measurements=record.measurements or {k: v for k, v in measurements.items()
-                                             if v is not None},
-        setpoints=record.setpoints or setpoints, actuators=actuators, events=events,
-        status=status)
-
+        record,
+        time_s=time_s,
+        measurements=record.measurements
+        or {k: v for k, v in measurements.items() if v is not None},
+        setpoints=record.setpoints or setpoints,
+        actuators=actuators,
+        events=events,
+        status=status,
+    )

@@ -59,13 +59,18 @@ class DataProvenance(BaseModel):
     def of_model(cls, model: TwinModel) -> DataProvenance | None:
         if model.dataset_sha256 is None:
             return None
-        return cls(sha256=model.dataset_sha256, rows=model.dataset_rows or 0,
-                   start_s=model.data_start_s, end_s=model.data_end_s,
-                   source=model.data_source or "unknown")
+        return cls(
+            sha256=model.dataset_sha256,
+            rows=model.dataset_rows or 0,
+            start_s=model.data_start_s,
+            end_s=model.data_end_s,
+            source=model.data_source or "unknown",
+        )
 
 
-def log_provenance(df: pd.DataFrame, spec: ProcessSpec, *, source: str,
-                   path: str | Path | None = None) -> DataProvenance:
+def log_provenance(
+    df: pd.DataFrame, spec: ProcessSpec, *, source: str, path: str | Path | None = None
+) -> DataProvenance:
     """Provenance of a training log: of the file at `path` when it was read from one,
     else of the frame itself (a generated log) written as CSV."""
     if path is not None:
@@ -79,14 +84,22 @@ def log_provenance(df: pd.DataFrame, spec: ProcessSpec, *, source: str,
 
         ts = timestamps_s(df, spec)
         start_s, end_s = float(ts.min()), float(ts.max())
-    return DataProvenance(sha256=digest, rows=len(df), start_s=start_s, end_s=end_s,
-                          source=source[:1000])
+    return DataProvenance(
+        sha256=digest, rows=len(df), start_s=start_s, end_s=end_s, source=source[:1000]
+    )
 
 
-def register_model(session: Session, process_name: str, name: str, checkpoint: bytes,
-                   config: dict[str, Any], metrics: dict[str, Any], *,
-                   provenance: DataProvenance | None = None,
-                   commit: bool = True) -> TwinModel:
+def register_model(
+    session: Session,
+    process_name: str,
+    name: str,
+    checkpoint: bytes,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    provenance: DataProvenance | None = None,
+    commit: bool = True,
+) -> TwinModel:
     """Store a checkpoint as the next version of (process, name); versions start at 1.
 
     Training (the worker and `twin train`) always passes the data's `provenance`."""
@@ -117,8 +130,10 @@ def register_model(session: Session, process_name: str, name: str, checkpoint: b
 
 def _next_version(session: Session, process_id: int, name: str) -> int:
     latest = session.scalar(
-        select(func.max(TwinModel.version))
-        .where(TwinModel.process_id == process_id, TwinModel.name == name))
+        select(func.max(TwinModel.version)).where(
+            TwinModel.process_id == process_id, TwinModel.name == name
+        )
+    )
     return (latest or 0) + 1
 
 
@@ -129,11 +144,15 @@ def get_model(session: Session, model_id: int) -> TwinModel:
     return model
 
 
-def list_models(session: Session, process: str | None = None, *,
-                dataset_sha256: str | None = None) -> list[TwinModel]:
+def list_models(
+    session: Session, process: str | None = None, *, dataset_sha256: str | None = None
+) -> list[TwinModel]:
     """Versions grouped by process and name, newest version first."""
-    query = (select(TwinModel).join(TwinModel.process)
-             .order_by(Process.name, TwinModel.name, TwinModel.version.desc()))
+    query = (
+        select(TwinModel)
+        .join(TwinModel.process)
+        .order_by(Process.name, TwinModel.name, TwinModel.version.desc())
+    )
     if process is not None:
         query = query.where(Process.name == process)
     if dataset_sha256 is not None:
@@ -147,9 +166,13 @@ def active_loops(session: Session, model_ids: Sequence[int]) -> dict[int, list[i
         return {}
     rows = session.execute(
         select(Run.model_id, Run.id)
-        .where(Run.kind == RunKind.CONTROL, Run.status == RunStatus.RUNNING,
-               Run.model_id.in_(list(model_ids)))
-        .order_by(Run.id))
+        .where(
+            Run.kind == RunKind.CONTROL,
+            Run.status == RunStatus.RUNNING,
+            Run.model_id.in_(list(model_ids)),
+        )
+        .order_by(Run.id)
+    )
     out: dict[int, list[int]] = {}
     for model_id, run_id in rows:
         out.setdefault(model_id, []).append(run_id)
@@ -165,5 +188,6 @@ def load_model_bytes(session: Session, model_id: int) -> bytes:
         raise ChecksumMismatch(
             f"checkpoint of model {model_id} ('{model.name}' v{model.version}) is corrupted: "
             f"sha256 {digest} ({len(data)} bytes) != stored {model.sha256} "
-            f"({model.size_bytes} bytes); register the model again")
+            f"({model.size_bytes} bytes); register the model again"
+        )
     return data

@@ -53,15 +53,17 @@ def check_spec_change(session: Session, spec: ProcessSpec) -> None:
     if not model_changes:
         return
     has_models = session.scalars(
-        select(TwinModel.id).where(TwinModel.process_id == existing.id).limit(1)).first()
+        select(TwinModel.id).where(TwinModel.process_id == existing.id).limit(1)
+    ).first()
     if has_models is not None:
-        raise Conflict(f"process '{spec.name}' already has trained models on other tags "
-                       f"(changed: {', '.join(model_changes)}); register the new tag file "
-                       "under a new name")
+        raise Conflict(
+            f"process '{spec.name}' already has trained models on other tags "
+            f"(changed: {', '.join(model_changes)}); register the new tag file "
+            "under a new name"
+        )
 
 
-def store_spec(session: Session, spec: ProcessSpec, *,
-               actor: Actor | None = None) -> SpecVersion:
+def store_spec(session: Session, spec: ProcessSpec, *, actor: Actor | None = None) -> SpecVersion:
     """Store a tag file: a new process at version 1, the same spec again unchanged, any
     other change (a PI gain, controller weights) as the next version. The API and
     `twin train --spec` both store through here, so they agree."""
@@ -83,9 +85,18 @@ def store_spec(session: Session, spec: ProcessSpec, *,
             process = existing
             process.spec = stored.to_dict()
         session.flush()
-        record(session, actor, "process.define", f"process:{spec.name}",
-               {"created": existing is None, "tags": len(spec.tags),
-                "version": stored.version, "changed": list(changed)})
+        record(
+            session,
+            actor,
+            "process.define",
+            f"process:{spec.name}",
+            {
+                "created": existing is None,
+                "tags": len(spec.tags),
+                "version": stored.version,
+                "changed": list(changed),
+            },
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -93,8 +104,7 @@ def store_spec(session: Session, spec: ProcessSpec, *,
     return SpecVersion(process, stored.version, changed, created=existing is None)
 
 
-def define_process(session: Session, spec: ProcessSpec, *,
-                   actor: Actor | None = None) -> Process:
+def define_process(session: Session, spec: ProcessSpec, *, actor: Actor | None = None) -> Process:
     """Store a process known only from its tag file (a plant engineer's own process).
 
     Built-in names are refused (their spec lives in code). A changed tag file is the

@@ -17,8 +17,11 @@ from twin.spec import ProcessSpec, TagRole
 
 # Most samples one replay may take: shadow mode plans at every one (tens of ms each).
 MAX_REPLAY_SAMPLES = 50_000
-MEASURED_CHANNEL = {TagRole.SENSOR: Channel.SENSOR, TagRole.DISTURBANCE: Channel.DISTURBANCE,
-             TagRole.ACTUATOR: Channel.ACTUATOR}
+MEASURED_CHANNEL = {
+    TagRole.SENSOR: Channel.SENSOR,
+    TagRole.DISTURBANCE: Channel.DISTURBANCE,
+    TagRole.ACTUATOR: Channel.ACTUATOR,
+}
 
 
 @dataclass
@@ -40,8 +43,9 @@ class RunFrame:
 
     def extra(self, channel: Channel) -> pd.DataFrame:
         tags = sorted(tag for c, tag in self.values if c == channel)
-        return pd.DataFrame({tag: self.values[(channel, tag)] for tag in tags},
-                            index=range(len(self.time_s)))
+        return pd.DataFrame(
+            {tag: self.values[(channel, tag)] for tag in tags}, index=range(len(self.time_s))
+        )
 
     def table(self, spec: ProcessSpec) -> pd.DataFrame:
         """The log plus `<tag>.setpoint`, `<tag>.prediction` and `status` (exports)."""
@@ -52,8 +56,14 @@ class RunFrame:
         return pd.concat(parts, axis=1)
 
 
-def run_frame(session: Session, run_id: int, start_s: float | None = None,
-              end_s: float | None = None, *, max_values: int | None = None) -> RunFrame:
+def run_frame(
+    session: Session,
+    run_id: int,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    *,
+    max_values: int | None = None,
+) -> RunFrame:
     """Read a run's steps in [start_s, end_s] and their values, filled into arrays."""
     span_in(session, run_id, start_s, end_s)
     rows = steps_between(session, run_id, start_s, end_s)
@@ -61,13 +71,20 @@ def run_frame(session: Session, run_id: int, start_s: float | None = None,
     if max_values is not None:
         count = count_values(session, run_id, first, last)
         if count > max_values:
-            raise PayloadTooLarge(f"run {run_id} holds {count} values in that range, more "
-                                  f"than the {max_values} one request may read: narrow the "
-                                  "range with start_s and end_s")
+            raise PayloadTooLarge(
+                f"run {run_id} holds {count} values in that range, more "
+                f"than the {max_values} one request may read: narrow the "
+                "range with start_s and end_s"
+            )
     row_of = {row.step: i for i, row in enumerate(rows)}
     values: dict[tuple[str, str], np.ndarray] = {}
-    channels = [Channel.SENSOR, Channel.DISTURBANCE, Channel.ACTUATOR, Channel.SETPOINT,
-                Channel.PREDICTION]
+    channels = [
+        Channel.SENSOR,
+        Channel.DISTURBANCE,
+        Channel.ACTUATOR,
+        Channel.SETPOINT,
+        Channel.PREDICTION,
+    ]
     for channel, tag, step, value in values_between(session, run_id, first, last, channels):
         i = row_of.get(step)
         if i is None:  # a step numbered inside but timed outside the range
@@ -76,19 +93,23 @@ def run_frame(session: Session, run_id: int, start_s: float | None = None,
         if column is None:
             column = values[(channel, tag)] = np.full(len(rows), np.nan)
         column[i] = value
-    return RunFrame(np.array([r.time_s for r in rows], dtype=float),
-                    [str(r.status) for r in rows], values)
+    return RunFrame(
+        np.array([r.time_s for r in rows], dtype=float), [str(r.status) for r in rows], values
+    )
 
 
-def file_frame(path: str, spec: ProcessSpec, start_s: float | None,
-               end_s: float | None) -> pd.DataFrame:
+def file_frame(
+    path: str, spec: ProcessSpec, start_s: float | None, end_s: float | None
+) -> pd.DataFrame:
     """A log file on the worker, cut to the range (of its own timestamps)."""
     from twin.data import timestamps_s
     from twin.logs import read_log
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"replay data {path} not found on the worker "
-                                "(paths are read by the worker, not the API)")
+        raise FileNotFoundError(
+            f"replay data {path} not found on the worker "
+            "(paths are read by the worker, not the API)"
+        )
     df = read_log(path)
     ts = timestamps_s(df, spec)
     keep = np.ones(len(df), dtype=bool)
@@ -98,16 +119,19 @@ def file_frame(path: str, spec: ProcessSpec, start_s: float | None,
         keep &= ts <= end_s
     if not keep.any():
         span = f"{ts.min():g} to {ts.max():g} s" if len(ts) else "no rows"
-        raise Invalid(f"no row of {path} lies between start_s {_fmt(start_s)} and end_s "
-                      f"{_fmt(end_s)}: the log covers {span}")
+        raise Invalid(
+            f"no row of {path} lies between start_s {_fmt(start_s)} and end_s "
+            f"{_fmt(end_s)}: the log covers {span}"
+        )
     if int(keep.sum()) > MAX_REPLAY_SAMPLES:
-        raise PayloadTooLarge(f"the range holds {int(keep.sum())} rows of {path}; a replay "
-                              f"takes at most {MAX_REPLAY_SAMPLES}: narrow it")
+        raise PayloadTooLarge(
+            f"the range holds {int(keep.sum())} rows of {path}; a replay "
+            f"takes at most {MAX_REPLAY_SAMPLES}: narrow it"
+        )
     return df.loc[keep].reset_index(drop=True)
 
 
-def span_in(session: Session, run_id: int, start_s: float | None,
-             end_s: float | None) -> StepSpan:
+def span_in(session: Session, run_id: int, start_s: float | None, end_s: float | None) -> StepSpan:
     """The steps inside the range; Invalid, naming the run's own span, when there are none."""
     span = step_span(session, run_id, start_s, end_s)
     if span.count:
@@ -115,8 +139,10 @@ def span_in(session: Session, run_id: int, start_s: float | None,
     whole = step_span(session, run_id)
     if not whole.count:
         raise Invalid(f"run {run_id} has no steps")
-    raise Invalid(f"no step of run {run_id} lies between start_s {_fmt(start_s)} and end_s "
-                  f"{_fmt(end_s)}: the run covers {whole.first_s:g} to {whole.last_s:g} s")
+    raise Invalid(
+        f"no step of run {run_id} lies between start_s {_fmt(start_s)} and end_s "
+        f"{_fmt(end_s)}: the run covers {whole.first_s:g} to {whole.last_s:g} s"
+    )
 
 
 def _fmt(value: float | None) -> str:

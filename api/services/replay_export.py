@@ -15,8 +15,7 @@ from api.services.runs import get_run
 
 # Most stored values (steps x tags) one export may read: the file is built in memory.
 EXPORT_MAX_VALUES = 2_000_000
-EXPORT_MEDIA_TYPES = {"csv": "text/csv; charset=utf-8",
-                      "parquet": "application/vnd.apache.parquet"}
+EXPORT_MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,13 @@ class Export:
     filename: str
 
 
-def export_run(session: Session, run_id: int, fmt: str, start_s: float | None = None,
-               end_s: float | None = None) -> Export:
+def export_run(
+    session: Session,
+    run_id: int,
+    fmt: str,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> Export:
     """A run's series as a file in its process's log shape (see RunFrame.table)."""
     if fmt not in EXPORT_MEDIA_TYPES:
         raise Invalid(f"unknown format '{fmt}' (one of: {', '.join(EXPORT_MEDIA_TYPES)})")
@@ -47,7 +51,12 @@ def export_run(session: Session, run_id: int, fmt: str, start_s: float | None = 
 
 def _filename(run: Run, fmt: str, start_s: float | None, end_s: float | None) -> str:
     """run-12-cstr.csv, or run-12-cstr-60-600s.csv for a range (start/end when open)."""
-    span = "" if start_s is None and end_s is None else (
-        f"-{'start' if start_s is None else f'{start_s:g}'}"
-        f"-{'end' if end_s is None else f'{end_s:g}'}s")
+    span = (
+        ""
+        if start_s is None and end_s is None
+        else (
+            f"-{'start' if start_s is None else f'{start_s:g}'}"
+            f"-{'end' if end_s is None else f'{end_s:g}'}s"
+        )
+    )
     return f"run-{run.id}-{run.process.name}{span}.{fmt}"

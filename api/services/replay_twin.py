@@ -33,8 +33,9 @@ def replay_controller(twin: Any, planner: str) -> Any:
     return build_controller(twin, planner, parts=plant_parts(twin.spec))
 
 
-def shadow_episode(twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.DataFrame,
-            on_step: StepHook) -> EpisodeResult:
+def shadow_episode(
+    twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.DataFrame, on_step: StepHook
+) -> EpisodeResult:
     from twin.replay import default_setpoints, shadow
 
     sensors = [t.name for t in twin.spec.sensors]
@@ -43,8 +44,10 @@ def shadow_episode(twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.
     if spec.setpoints is not None:
         setpoints, origin = dict(spec.setpoints), "given"
     elif not recorded.empty:
-        per_step = [{k: float(v) for k, v in row.items() if math.isfinite(v)}
-                    for row in recorded.to_dict("records")]
+        per_step = [
+            {k: float(v) for k, v in row.items() if math.isfinite(v)}
+            for row in recorded.to_dict("records")
+        ]
         setpoints, origin = per_step[0], "recorded"
     else:
         setpoints, origin = default_setpoints(log, twin.spec), "median"
@@ -60,8 +63,9 @@ class _Watched:
     recorded setpoints, hands the controller the ones of that step (shadow() itself holds
     one setpoint dict for the whole log)."""
 
-    def __init__(self, inner: Any, on_step: StepHook, total: int,
-                 per_step: list[dict[str, float]] | None) -> None:
+    def __init__(
+        self, inner: Any, on_step: StepHook, total: int, per_step: list[dict[str, float]] | None
+    ) -> None:
         self.inner, self.on_step, self.total, self.per_step = inner, on_step, total, per_step
         self.done = 0
 
@@ -72,8 +76,12 @@ class _Watched:
     def reset(self, applied: Mapping[str, float] | None = None) -> None:
         self.inner.reset(applied)
 
-    def step(self, time_s: float, measurements: Mapping[str, float | None],
-             setpoints: Mapping[str, float]) -> StepRecord:
+    def step(
+        self,
+        time_s: float,
+        measurements: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+    ) -> StepRecord:
         if self.per_step is not None:
             setpoints = self.per_step[self.done]
         result = self.inner.step(time_s, measurements, setpoints)

@@ -108,20 +108,37 @@ from twin.spec import ProcessSpec, SpecError, TagRole
 # ---------------------------------------------------------------- API side
 
 
-def enqueue_replay(session: Session, config: Mapping[str, Any], *,
-                   actor: Actor | None = None) -> Run:
+def enqueue_replay(
+    session: Session, config: Mapping[str, Any], *, actor: Actor | None = None
+) -> Run:
     """Validate everything the database can tell, then store the replay as a queued run.
     Stores nothing if invalid; with an `actor`, audited ("replay.enqueue") in the same
     transaction."""
     spec = parse_replay_config(config)
     with rollback_on_error(session):
         spec = spec.model_copy(update={"process": _check(session, spec)})
-        run = create_run(session, kind=RunKind.REPLAY, process=str(spec.process),
-                         controller=controller_label(spec), config=spec.stored(),
-                         model_id=spec.model_id, status=RunStatus.QUEUED, commit=False)
-        record(session, actor, "replay.enqueue", f"run:{run.id}",
-               {"mode": spec.mode, "process": spec.process, "model_id": spec.model_id,
-                "source": spec.source.model_dump(exclude_none=True)})
+        run = create_run(
+            session,
+            kind=RunKind.REPLAY,
+            process=str(spec.process),
+            controller=controller_label(spec),
+            config=spec.stored(),
+            model_id=spec.model_id,
+            status=RunStatus.QUEUED,
+            commit=False,
+        )
+        record(
+            session,
+            actor,
+            "replay.enqueue",
+            f"run:{run.id}",
+            {
+                "mode": spec.mode,
+                "process": spec.process,
+                "model_id": spec.model_id,
+                "source": spec.source.model_dump(exclude_none=True),
+            },
+        )
         session.commit()
     return run
 
@@ -130,11 +147,17 @@ def get_replay(session: Session, run_id: int) -> Run:
     return jobs.get_job(session, run_id, RunKind.REPLAY)
 
 
-def list_replays(session: Session, status: str | None = None, limit: int = 100,
-                 offset: int = 0) -> list[Run]:
+def list_replays(
+    session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+) -> list[Run]:
     """Replays queued through the API (and those `twin replay` stored), newest first."""
-    query = (select(Run).where(Run.kind == RunKind.REPLAY).order_by(Run.id.desc())
-             .limit(limit).offset(offset))
+    query = (
+        select(Run)
+        .where(Run.kind == RunKind.REPLAY)
+        .order_by(Run.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
     if status is not None:
         query = query.where(Run.status == status)
     return list(session.scalars(query))
@@ -146,15 +169,19 @@ def cancel_replay(session: Session, run_id: int, *, actor: Actor | None = None) 
 
 def _check(session: Session, spec: ReplaySpec) -> str:
     """Every check that needs no file and no model weights; returns the process name."""
-    source = get_run(session, spec.source.run_id) if isinstance(spec.source, RunSource) \
-        else None
+    source = get_run(session, spec.source.run_id) if isinstance(spec.source, RunSource) else None
     process = _process_name(session, spec, source)
     process_spec = spec_of(process_or_builtin(session, process))
     window = _check_model(session, spec.model_id, process)
     if spec.mode == "counterfactual":
         assert source is not None  # the schema demands a run source
-        episode_case(find_simulator(process), source, spec.source.start_s,
-                     spec.source.end_s, process_spec.sample_period_s)
+        episode_case(
+            find_simulator(process),
+            source,
+            spec.source.start_s,
+            spec.source.end_s,
+            process_spec.sample_period_s,
+        )
         if spec.controller == "oracle":
             check_oracle(process)
         return process
@@ -162,11 +189,15 @@ def _check(session: Session, spec: ReplaySpec) -> str:
         samples = _check_run_data(session, source, spec, process_spec)
         needed = spec.horizon + (window or 1) + 1
         if spec.mode == "open_loop" and samples <= needed:
-            raise Invalid(f"open-loop replay with horizon {spec.horizon} needs more than "
-                          f"{needed} samples; the range holds {samples}")
+            raise Invalid(
+                f"open-loop replay with horizon {spec.horizon} needs more than "
+                f"{needed} samples; the range holds {samples}"
+            )
     elif spec.mode == "shadow" and spec.setpoints is None and not process_spec.controlled:
-        raise Invalid(f"process '{process_spec.name}' marks no sensor as controlled and a "
-                      "log file records no setpoints: give setpoints")
+        raise Invalid(
+            f"process '{process_spec.name}' marks no sensor as controlled and a "
+            "log file records no setpoints: give setpoints"
+        )
     if spec.setpoints is not None:
         check_setpoints(process_spec, spec.setpoints)
     return process
@@ -181,8 +212,9 @@ def _process_name(session: Session, spec: ReplaySpec, source: Run | None) -> str
     if source.kind == RunKind.TRAIN:
         raise Invalid(f"run {source.id} is a training job: it has no time series to replay")
     if spec.process is not None and spec.process != source.process.name:
-        raise Invalid(f"run {source.id} is of process '{source.process.name}', "
-                      f"not '{spec.process}'")
+        raise Invalid(
+            f"run {source.id} is of process '{source.process.name}', not '{spec.process}'"
+        )
     return source.process.name
 
 
@@ -192,33 +224,46 @@ def _check_model(session: Session, model_id: int | None, process: str) -> int | 
         return None
     model = get_model(session, model_id)
     if model.process.name != process:
-        raise Invalid(f"model {model_id} was trained for process '{model.process.name}', "
-                      f"not '{process}'")
+        raise Invalid(
+            f"model {model_id} was trained for process '{model.process.name}', not '{process}'"
+        )
     window = (model.config.get("train") or {}).get("model", {}).get("window")
     return int(window) if isinstance(window, int) else None
 
 
-def _check_run_data(session: Session, source: Run, spec: ReplaySpec,
-                    process_spec: ProcessSpec) -> int:
+def _check_run_data(
+    session: Session, source: Run, spec: ReplaySpec, process_spec: ProcessSpec
+) -> int:
     """The range holds steps, not too many, with every tag recorded; returns the count."""
     start_s, end_s = spec.source.start_s, spec.source.end_s
     span = span_in(session, source.id, start_s, end_s)
     if span.count > MAX_REPLAY_SAMPLES:
-        raise PayloadTooLarge(f"the range holds {span.count} samples of run {source.id}; "
-                              f"a replay takes at most {MAX_REPLAY_SAMPLES}: narrow it "
-                              "with start_s and end_s")
+        raise PayloadTooLarge(
+            f"the range holds {span.count} samples of run {source.id}; "
+            f"a replay takes at most {MAX_REPLAY_SAMPLES}: narrow it "
+            "with start_s and end_s"
+        )
     bounds = step_bounds(session, source.id, start_s, end_s)
     assert bounds is not None  # span_in refused an empty range
     recorded = recorded_tags(session, source.id, *bounds)
-    missing = [t.name for t in process_spec.tags
-               if (MEASURED_CHANNEL[t.role], t.name) not in recorded]
+    missing = [
+        t.name for t in process_spec.tags if (MEASURED_CHANNEL[t.role], t.name) not in recorded
+    ]
     if missing:
-        raise Invalid(f"run {source.id} has no values of {', '.join(missing)} in the range: "
-                      f"it is not a log of process '{process_spec.name}'")
-    if spec.mode == "shadow" and spec.setpoints is None and not process_spec.controlled \
-            and not any(c == Channel.SETPOINT for c, _ in recorded):
-        raise Invalid(f"process '{process_spec.name}' marks no sensor as controlled and "
-                      f"run {source.id} recorded no setpoints: give setpoints")
+        raise Invalid(
+            f"run {source.id} has no values of {', '.join(missing)} in the range: "
+            f"it is not a log of process '{process_spec.name}'"
+        )
+    if (
+        spec.mode == "shadow"
+        and spec.setpoints is None
+        and not process_spec.controlled
+        and not any(c == Channel.SETPOINT for c, _ in recorded)
+    ):
+        raise Invalid(
+            f"process '{process_spec.name}' marks no sensor as controlled and "
+            f"run {source.id} recorded no setpoints: give setpoints"
+        )
     return span.count
 
 
@@ -234,9 +279,12 @@ def check_setpoints(spec: ProcessSpec, setpoints: Mapping[str, float]) -> None:
         if found.role is not TagRole.SENSOR:
             raise Invalid(f"setpoint for '{tag}': only sensors take setpoints")
         if (found.high is not None and value >= found.high) or (
-                found.low is not None and value <= found.low):
-            raise Invalid(f"setpoint {value:g} {found.unit} for '{tag}' is not inside its "
-                          f"limits [{found.low}, {found.high}]")
+            found.low is not None and value <= found.low
+        ):
+            raise Invalid(
+                f"setpoint {value:g} {found.unit} for '{tag}' is not inside its "
+                f"limits [{found.low}, {found.high}]"
+            )
 
 
 # ---------------------------------------------------------------- worker side
@@ -253,8 +301,7 @@ def execute(session: Session, run: Run, on_step: StepHook) -> EpisodeResult:
         frame = run_frame(session, spec.source.run_id, spec.source.start_s, spec.source.end_s)
         log, recorded = frame.log(process_spec), frame.extra(Channel.SETPOINT)
     else:
-        log = file_frame(spec.source.path, process_spec, spec.source.start_s,
-                         spec.source.end_s)
+        log = file_frame(spec.source.path, process_spec, spec.source.start_s, spec.source.end_s)
         recorded = pd.DataFrame(index=log.index)
     assert spec.model_id is not None  # the schema demands one in these modes
     twin = load_twin(session, spec.model_id)
@@ -273,12 +320,17 @@ def finish_replay(session: Session, run_id: int, episode: EpisodeResult) -> Run:
     """Write the result's steps and mark the replay succeeded, in one transaction."""
     with rollback_on_error(session):
         # Locked: the API's cancel flag must not be lost between this read and write.
-        run = session.scalars(select(Run).where(Run.id == run_id).with_for_update(of=Run)
-                              .execution_options(populate_existing=True)).one()
+        run = session.scalars(
+            select(Run)
+            .where(Run.id == run_id)
+            .with_for_update(of=Run)
+            .execution_options(populate_existing=True)
+        ).one()
         if run.kind != RunKind.REPLAY:
             raise NotFound(f"run {run_id} is a {run.kind} run, not a replay job")
-        write_steps(session, run_id, spec_of(run.process),
-                    ((rec.step, rec) for rec in episode.steps))
+        write_steps(
+            session, run_id, spec_of(run.process), ((rec.step, rec) for rec in episode.steps)
+        )
         run.config = json_safe({**run.config, "episode": episode.config})
         run.metrics = json_safe({**(run.metrics or {}), **episode.metrics})
         run.status = RunStatus.SUCCEEDED

@@ -55,16 +55,31 @@ SERIES_METHODS: tuple[str, ...] = ("stride", "minmax")
 # ---------------------------------------------------------------- writing
 
 
-def create_run(session: Session, *, kind: str, process: str, controller: str,
-               config: dict[str, Any], model_id: int | None = None,
-               status: str = RunStatus.RUNNING, commit: bool = True) -> Run:
+def create_run(
+    session: Session,
+    *,
+    kind: str,
+    process: str,
+    controller: str,
+    config: dict[str, Any],
+    model_id: int | None = None,
+    status: str = RunStatus.RUNNING,
+    commit: bool = True,
+) -> Run:
     _check_choice("kind", kind, RunKind)
     _check_choice("status", status, RunStatus)
     proc = process_or_builtin(session, process)
     if model_id is not None and get_model(session, model_id).process_id != proc.id:
         raise Invalid(f"model {model_id} was not trained for process '{process}'")
-    run = Run(kind=str(kind), status=str(status), process_id=proc.id, model_id=model_id,
-              controller=controller, config=json_safe(config), metrics={})
+    run = Run(
+        kind=str(kind),
+        status=str(status),
+        process_id=proc.id,
+        model_id=model_id,
+        controller=controller,
+        config=json_safe(config),
+        metrics={},
+    )
     session.add(run)
     session.flush()
     if commit:
@@ -72,8 +87,14 @@ def create_run(session: Session, *, kind: str, process: str, controller: str,
     return run
 
 
-def finish_run(session: Session, run_id: int, status: str,
-               metrics: dict[str, Any] | None = None, *, commit: bool = True) -> Run:
+def finish_run(
+    session: Session,
+    run_id: int,
+    status: str,
+    metrics: dict[str, Any] | None = None,
+    *,
+    commit: bool = True,
+) -> Run:
     _check_choice("status", status, RunStatus)
     run = get_run(session, run_id)
     run.status = str(status)
@@ -85,14 +106,21 @@ def finish_run(session: Session, run_id: int, status: str,
     return run
 
 
-
-def store_episode(session: Session, episode: EpisodeResult, kind: str = "control",
-                  model_id: int | None = None) -> Run:
+def store_episode(
+    session: Session, episode: EpisodeResult, kind: str = "control", model_id: int | None = None
+) -> Run:
     """Store a finished episode (run, steps, values, events) in one transaction."""
     with rollback_on_error(session):
-        run = create_run(session, kind=kind, process=episode.process,
-                         controller=episode.controller, config=episode.config,
-                         model_id=model_id, status=RunStatus.SUCCEEDED, commit=False)
+        run = create_run(
+            session,
+            kind=kind,
+            process=episode.process,
+            controller=episode.controller,
+            config=episode.config,
+            model_id=model_id,
+            status=RunStatus.SUCCEEDED,
+            commit=False,
+        )
         spec = spec_of(run.process)
         _check_unique_steps(episode.steps)
         write_steps(session, run.id, spec, ((rec.step, rec) for rec in episode.steps))
@@ -126,8 +154,15 @@ def get_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def list_runs(session: Session, *, kind: str | None = None, process: str | None = None,
-              status: str | None = None, limit: int = 100, offset: int = 0) -> list[Run]:
+def list_runs(
+    session: Session,
+    *,
+    kind: str | None = None,
+    process: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Run]:
     query = select(Run).join(Run.process).order_by(Run.id.desc()).limit(limit).offset(offset)
     if kind is not None:
         query = query.where(Run.kind == kind)
@@ -141,27 +176,30 @@ def list_runs(session: Session, *, kind: str | None = None, process: str | None 
 def step_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
     if not run_ids:
         return {}
-    query = (select(RunStep.run_id, func.count()).where(RunStep.run_id.in_(run_ids))
-             .group_by(RunStep.run_id))
+    query = (
+        select(RunStep.run_id, func.count())
+        .where(RunStep.run_id.in_(run_ids))
+        .group_by(RunStep.run_id)
+    )
     return {run_id: count for run_id, count in session.execute(query)}
 
 
 def last_step(session: Session, run_id: int) -> RunStep | None:
-    query = (select(RunStep).where(RunStep.run_id == run_id)
-             .order_by(RunStep.step.desc()).limit(1))
+    query = select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.step.desc()).limit(1)
     return session.scalars(query).one_or_none()
 
 
 def step_range(session: Session, run_id: int) -> tuple[int, int] | None:
     low, high = session.execute(
-        select(func.min(RunStep.step), func.max(RunStep.step))
-        .where(RunStep.run_id == run_id)).one()
+        select(func.min(RunStep.step), func.max(RunStep.step)).where(RunStep.run_id == run_id)
+    ).one()
     return None if low is None else (int(low), int(high))
 
 
 def get_step(session: Session, run_id: int, step: int) -> RunStep:
     row = session.scalars(
-        select(RunStep).where(RunStep.run_id == run_id, RunStep.step == step)).one_or_none()
+        select(RunStep).where(RunStep.run_id == run_id, RunStep.step == step)
+    ).one_or_none()
     if row is None:
         get_run(session, run_id)  # a 404 on the run reads better than one on the step
         raise NotFound(f"run {run_id} has no step {step}")
@@ -170,15 +208,17 @@ def get_step(session: Session, run_id: int, step: int) -> RunStep:
 
 def step_values(session: Session, run_id: int, step: int) -> dict[str, dict[str, float]]:
     query = select(RunValue.channel, RunValue.tag, RunValue.value).where(
-        RunValue.run_id == run_id, RunValue.step == step)
+        RunValue.run_id == run_id, RunValue.step == step
+    )
     out: dict[str, dict[str, float]] = {}
     for channel, tag, value in session.execute(query):
         out.setdefault(channel, {})[tag] = value
     return out
 
 
-def list_events(session: Session, run_id: int, step: int | None = None,
-                limit: int | None = None) -> list[RunEvent]:
+def list_events(
+    session: Session, run_id: int, step: int | None = None, limit: int | None = None
+) -> list[RunEvent]:
     query = select(RunEvent).where(RunEvent.run_id == run_id)
     if step is not None:
         query = query.where(RunEvent.step == step)
@@ -188,10 +228,17 @@ def list_events(session: Session, run_id: int, step: int | None = None,
 # ---------------------------------------------------------------- series (plots)
 
 
-def get_series(session: Session, run_id: int, channels: Sequence[str] | None = None,
-               tags: Sequence[str] | None = None, max_points: int | None = None, *,
-               start_s: float | None = None, end_s: float | None = None,
-               method: str = "stride") -> dict[str, Any]:
+def get_series(
+    session: Session,
+    run_id: int,
+    channels: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    max_points: int | None = None,
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    method: str = "stride",
+) -> dict[str, Any]:
     """Time series of a run, aligned on one time axis, shaped for JSON.
 
     `{"run_id", "steps", "time_s", "stride", "method", "series": {channel: {tag:
@@ -225,8 +272,11 @@ def get_series(session: Session, run_id: int, channels: Sequence[str] | None = N
         return stride_series(session, query, 1, method)
     if method == "minmax" and max_points >= 2:
         return minmax_series(session, query, max_points)
-    count = session.scalar(select(func.count()).where(
-        RunStep.run_id == run_id, RunStep.step.between(query.first, query.last)))
+    count = session.scalar(
+        select(func.count()).where(
+            RunStep.run_id == run_id, RunStep.step.between(query.first, query.last)
+        )
+    )
     return stride_series(session, query, stride_for(int(count or 0), max_points), "stride")
 
 
@@ -242,4 +292,3 @@ def _check_time_range(start_s: float | None, end_s: float | None) -> None:
             raise Invalid(f"{name} must be a finite number of seconds, got {value}")
     if start_s is not None and end_s is not None and end_s < start_s:
         raise Invalid(f"empty time range: end_s {end_s:g} is before start_s {start_s:g}")
-

@@ -74,8 +74,7 @@ class Plant:
     output_residual: Callable[[Any, Any], Any] | None = None
     # an outer feedback loop running while the log is recorded (an integrating level
     # cannot be logged open loop: it would drain); None: open-loop excitation
-    logging_loop: Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray] | None \
-        = None
+    logging_loop: Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray] | None = None
     _step: ca.Function | None = field(default=None, repr=False)
     _out: ca.Function | None = field(default=None, repr=False)
 
@@ -128,12 +127,25 @@ class Plant:
                 tag["controlled"] = True
             tags.append(tag)
         for a in self.actuators:
-            tags.append({"name": a.name, "role": "actuator", "unit": a.unit, "low": a.low,
-                         "high": a.high, "rate_limit": a.rate_limit, "nominal": a.nominal})
-        return {"name": self.name, "description": self.description,
-                "sample_period_s": self.sample_period_s, "timestamp_column": "time_s",
-                "tags": tags,
-                "baseline": [{"sensor": s, "actuator": a} for s, a in self.pairing]}
+            tags.append(
+                {
+                    "name": a.name,
+                    "role": "actuator",
+                    "unit": a.unit,
+                    "low": a.low,
+                    "high": a.high,
+                    "rate_limit": a.rate_limit,
+                    "nominal": a.nominal,
+                }
+            )
+        return {
+            "name": self.name,
+            "description": self.description,
+            "sample_period_s": self.sample_period_s,
+            "timestamp_column": "time_s",
+            "tags": tags,
+            "baseline": [{"sensor": s, "actuator": a} for s, a in self.pairing],
+        }
 
     def noise_std(self) -> np.ndarray:
         return np.array([self.noise_fraction * (s.span[1] - s.span[0]) for s in self.sensors])

@@ -77,10 +77,18 @@ class OracleNmpc:
         opti.subject_to(ca.vec(slack) >= 0)
         cost += LIMIT_PENALTY * ca.sumsqr(slack) + LIMIT_PENALTY * ca.sum1(ca.vec(slack))
         opti.minimize(cost)
-        opti.solver("ipopt", {"print_time": False, "expand": True,
-                              "ipopt.print_level": 0, "ipopt.sb": "yes",
-                              "ipopt.max_iter": 100, "ipopt.tol": 1e-6,
-                              "ipopt.acceptable_tol": 1e-4})
+        opti.solver(
+            "ipopt",
+            {
+                "print_time": False,
+                "expand": True,
+                "ipopt.print_level": 0,
+                "ipopt.sb": "yes",
+                "ipopt.max_iter": 100,
+                "ipopt.tol": 1e-6,
+                "ipopt.acceptable_tol": 1e-4,
+            },
+        )
         self.opti, self.u, self.slack = opti, u, slack
         self.x0, self.history, self.setpoint = x0, history, setpoint
 

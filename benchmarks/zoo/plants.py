@@ -34,18 +34,32 @@ def wood_berry() -> Plant:
         return ca.vertcat(x_d0 + x[0] + x[1], x_b0 + x[2] + x[3])
 
     return Plant(
-        name="wood_berry", description="Wood-Berry 2x2 distillation column (zoo)",
+        name="wood_berry",
+        description="Wood-Berry 2x2 distillation column (zoo)",
         sample_period_s=MINUTE,
-        sensors=(Sensor("xD", "mol%", (90.0, 100.0), low=92.5, controlled=True),
-                 Sensor("xB", "mol%", (0.0, 8.0), high=7.0, controlled=True)),
-        actuators=(Actuator("R", "lb/min", 1.45, 2.45, 0.0005, 1.95),
-                   Actuator("S", "lb/min", 1.35, 2.05, 0.0005, 1.71)),
-        channels=channels, rhs=rhs, outputs=outputs, x0=np.zeros(4),
+        sensors=(
+            Sensor("xD", "mol%", (90.0, 100.0), low=92.5, controlled=True),
+            Sensor("xB", "mol%", (0.0, 8.0), high=7.0, controlled=True),
+        ),
+        actuators=(
+            Actuator("R", "lb/min", 1.45, 2.45, 0.0005, 1.95),
+            Actuator("S", "lb/min", 1.35, 2.05, 0.0005, 1.71),
+        ),
+        channels=channels,
+        rhs=rhs,
+        outputs=outputs,
+        x0=np.zeros(4),
         pairing=(("xD", "R"), ("xB", "S")),
-        episode=(Segment(60, {"xD": 96.25, "xB": 3.0}), Segment(80, {"xD": 97.0, "xB": 3.0}),
-                 Segment(80, {"xD": 97.0, "xB": 2.5}), Segment(80, {"xD": 95.5, "xB": 3.5})),
-        excitation_hold_s=(10 * MINUTE, 60 * MINUTE), excitation_band=(0.2, 0.1),
-        oracle_horizon=30)
+        episode=(
+            Segment(60, {"xD": 96.25, "xB": 3.0}),
+            Segment(80, {"xD": 97.0, "xB": 3.0}),
+            Segment(80, {"xD": 97.0, "xB": 2.5}),
+            Segment(80, {"xD": 95.5, "xB": 3.5}),
+        ),
+        excitation_hold_s=(10 * MINUTE, 60 * MINUTE),
+        excitation_band=(0.2, 0.1),
+        oracle_horizon=30,
+    )
 
 
 def van_de_vusse() -> Plant:
@@ -56,20 +70,35 @@ def van_de_vusse() -> Plant:
 
     def rhs(x, v):
         dilution = v[0] / MINUTE
-        return ca.vertcat(-k1 * x[0] - k3 * x[0] ** 2 + dilution * (c_af - x[0]),
-                          k1 * x[0] - k2 * x[1] - dilution * x[1])
+        return ca.vertcat(
+            -k1 * x[0] - k3 * x[0] ** 2 + dilution * (c_af - x[0]),
+            k1 * x[0] - k2 * x[1] - dilution * x[1],
+        )
 
     return Plant(
-        name="van_de_vusse", description="van de Vusse reactor, inverse response (zoo)",
+        name="van_de_vusse",
+        description="van de Vusse reactor, inverse response (zoo)",
         sample_period_s=6.0,
-        sensors=(Sensor("Cb", "mol/L", (0.0, 1.5), controlled=True),
-                 Sensor("Ca", "mol/L", (0.0, 6.0), high=4.0)),
+        sensors=(
+            Sensor("Cb", "mol/L", (0.0, 1.5), controlled=True),
+            Sensor("Ca", "mol/L", (0.0, 6.0), high=4.0),
+        ),
         actuators=(Actuator("D", "1/min", 0.2, 1.2, 0.002, 4 / 7),),
-        channels=((0, 0),), rhs=rhs, outputs=lambda x: ca.vertcat(x[1], x[0]),
-        x0=np.array([3.0, 1.117]), pairing=(("Cb", "D"),),
-        episode=(Segment(50, {"Cb": 1.117}), Segment(80, {"Cb": 1.18}),
-                 Segment(80, {"Cb": 1.0}), Segment(80, {"Cb": 1.15})),
-        excitation_hold_s=(30.0, 240.0), excitation_band=(0.35,), oracle_horizon=25)
+        channels=((0, 0),),
+        rhs=rhs,
+        outputs=lambda x: ca.vertcat(x[1], x[0]),
+        x0=np.array([3.0, 1.117]),
+        pairing=(("Cb", "D"),),
+        episode=(
+            Segment(50, {"Cb": 1.117}),
+            Segment(80, {"Cb": 1.18}),
+            Segment(80, {"Cb": 1.0}),
+            Segment(80, {"Cb": 1.15}),
+        ),
+        excitation_hold_s=(30.0, 240.0),
+        excitation_band=(0.35,),
+        oracle_horizon=25,
+    )
 
 
 PK1, PK2 = 6.35, 10.33  # carbonate buffer
@@ -77,15 +106,23 @@ PK1, PK2 = 6.35, 10.33  # carbonate buffer
 
 def _charge_balance(ph, w):
     """Reaction-invariant charge balance of the Hall & Seborg (1989) pH neutraliser."""
-    return w[0] + 10 ** (ph - 14) - 10 ** (-ph) + w[1] * (1 + 2 * 10 ** (ph - PK2)) / (
-        1 + 10 ** (PK1 - ph) + 10 ** (ph - PK2))
+    return (
+        w[0]
+        + 10 ** (ph - 14)
+        - 10 ** (-ph)
+        + w[1] * (1 + 2 * 10 ** (ph - PK2)) / (1 + 10 ** (PK1 - ph) + 10 ** (ph - PK2))
+    )
 
 
 def _ph_solver() -> ca.Function:
     ph, w = ca.MX.sym("ph"), ca.MX.sym("w", 2)
     residual = ca.asinh(_charge_balance(ph, w) * 1e5)  # asinh: Newton converges from pH 7
-    return ca.rootfinder("ph", "newton", {"x": ph, "p": w, "g": residual},
-                         {"abstol": 1e-12, "max_iter": 100, "error_on_fail": False})
+    return ca.rootfinder(
+        "ph",
+        "newton",
+        {"x": ph, "p": w, "g": residual},
+        {"abstol": 1e-12, "max_iter": 100, "error_on_fail": False},
+    )
 
 
 def ph_neutraliser() -> Plant:
@@ -108,20 +145,32 @@ def ph_neutraliser() -> Plant:
 
     def steady(q_base: float) -> np.ndarray:
         total = q_acid + q_buffer + q_base
-        return (q_acid * np.array(acid) + q_buffer * np.array(buffer)
-                + q_base * np.array(base)) / total
+        return (
+            q_acid * np.array(acid) + q_buffer * np.array(buffer) + q_base * np.array(base)
+        ) / total
 
     return Plant(
-        name="ph_neutraliser", description="pH neutralisation, Hall-Seborg (zoo)",
+        name="ph_neutraliser",
+        description="pH neutralisation, Hall-Seborg (zoo)",
         sample_period_s=10.0,
         sensors=(Sensor("pH", "pH", (2.0, 12.0), low=4.0, high=10.0, controlled=True),),
         actuators=(Actuator("q_base", "mL/s", 8.0, 25.0, 0.05, 15.55),),
-        channels=((0, 3),), rhs=rhs, outputs=outputs, x0=steady(15.55),
+        channels=((0, 3),),
+        rhs=rhs,
+        outputs=outputs,
+        x0=steady(15.55),
         pairing=(("pH", "q_base"),),
-        episode=(Segment(60, {"pH": 7.0}), Segment(90, {"pH": 8.0}),
-                 Segment(90, {"pH": 6.0}), Segment(90, {"pH": 7.5})),
-        excitation_hold_s=(60.0, 600.0), excitation_band=(4.0,), oracle_horizon=25,
-        output_residual=lambda y, x: 1e3 * _charge_balance(y[0], x))
+        episode=(
+            Segment(60, {"pH": 7.0}),
+            Segment(90, {"pH": 8.0}),
+            Segment(90, {"pH": 6.0}),
+            Segment(90, {"pH": 7.5}),
+        ),
+        excitation_hold_s=(60.0, 600.0),
+        excitation_band=(4.0,),
+        oracle_horizon=25,
+        output_residual=lambda y, x: 1e3 * _charge_balance(y[0], x),
+    )
 
 
 def level_tank() -> Plant:
@@ -132,11 +181,11 @@ def level_tank() -> Plant:
     area, height, q_out = 2.0, 2.0, 10.0  # m^2, m, L/s
 
     def rhs(x, v):
-        return ca.vertcat((x[1] - q_out) / 1000.0 / area / height * 100.0,
-                          (v[0] - x[1]) / 15.0)
+        return ca.vertcat((x[1] - q_out) / 1000.0 / area / height * 100.0, (v[0] - x[1]) / 15.0)
 
-    def operators(measured: np.ndarray, targets: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+    def operators(
+        measured: np.ndarray, targets: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         if rng.random() < 1 / 120:  # a new level target every ten minutes or so
             operators.target = rng.uniform(25.0, 75.0)  # type: ignore[attr-defined]
         wanted = q_out + 0.5 * (operators.target - measured[0])  # type: ignore[attr-defined]
@@ -144,16 +193,27 @@ def level_tank() -> Plant:
 
     operators.target = 50.0  # type: ignore[attr-defined]
     return Plant(
-        name="level_tank", description="integrating tank level (zoo)",
+        name="level_tank",
+        description="integrating tank level (zoo)",
         sample_period_s=5.0,
         sensors=(Sensor("level", "%", (0.0, 100.0), low=10.0, high=90.0, controlled=True),),
         actuators=(Actuator("q_in", "L/s", 0.0, 20.0, 0.2, 10.0),),
-        channels=((0, 2),), rhs=rhs, outputs=lambda x: x[0],
-        x0=np.array([50.0, q_out]), pairing=(("level", "q_in"),),
-        episode=(Segment(50, {"level": 50.0}), Segment(100, {"level": 65.0}),
-                 Segment(100, {"level": 35.0}), Segment(100, {"level": 55.0})),
-        excitation_hold_s=(20.0, 120.0), excitation_band=(3.0,), oracle_horizon=30,
-        logging_loop=operators)
+        channels=((0, 2),),
+        rhs=rhs,
+        outputs=lambda x: x[0],
+        x0=np.array([50.0, q_out]),
+        pairing=(("level", "q_in"),),
+        episode=(
+            Segment(50, {"level": 50.0}),
+            Segment(100, {"level": 65.0}),
+            Segment(100, {"level": 35.0}),
+            Segment(100, {"level": 55.0}),
+        ),
+        excitation_hold_s=(20.0, 120.0),
+        excitation_band=(3.0,),
+        oracle_horizon=30,
+        logging_loop=operators,
+    )
 
 
 def heat_exchanger() -> Plant:
@@ -170,18 +230,32 @@ def heat_exchanger() -> Plant:
 
     heater0 = t_in + gain * 50.0
     return Plant(
-        name="heat_exchanger", description="delay-dominated heater and pipeline (zoo)",
+        name="heat_exchanger",
+        description="delay-dominated heater and pipeline (zoo)",
         sample_period_s=10.0,
         sensors=(Sensor("T_out", "degC", (20.0, 80.0), high=62.0, controlled=True),),
         actuators=(Actuator("power", "kW", 0.0, 100.0, 0.5, 50.0),),
-        channels=((0, 15),), rhs=rhs, outputs=lambda x: x[1],
+        channels=((0, 15),),
+        rhs=rhs,
+        outputs=lambda x: x[1],
         x0=np.array([heater0, t_ambient + (1 - loss) * (heater0 - t_ambient)]),
         pairing=(("T_out", "power"),),
-        episode=(Segment(50, {"T_out": 41.875}), Segment(90, {"T_out": 52.0}),
-                 Segment(90, {"T_out": 36.0}), Segment(90, {"T_out": 58.0})),
-        excitation_hold_s=(60.0, 600.0), excitation_band=(40.0,), oracle_horizon=40)
+        episode=(
+            Segment(50, {"T_out": 41.875}),
+            Segment(90, {"T_out": 52.0}),
+            Segment(90, {"T_out": 36.0}),
+            Segment(90, {"T_out": 58.0}),
+        ),
+        excitation_hold_s=(60.0, 600.0),
+        excitation_band=(40.0,),
+        oracle_horizon=40,
+    )
 
 
-PLANTS = {"wood_berry": wood_berry, "van_de_vusse": van_de_vusse,
-          "ph_neutraliser": ph_neutraliser, "level_tank": level_tank,
-          "heat_exchanger": heat_exchanger}
+PLANTS = {
+    "wood_berry": wood_berry,
+    "van_de_vusse": van_de_vusse,
+    "ph_neutraliser": ph_neutraliser,
+    "level_tank": level_tank,
+    "heat_exchanger": heat_exchanger,
+}

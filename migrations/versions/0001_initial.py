@@ -34,8 +34,9 @@ def _created_at(name: str = "created_at", nullable: bool = False) -> sa.Column:
 
 
 def _run_fk() -> sa.Column:
-    return sa.Column("run_id", sa.Integer(),
-                     sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    return sa.Column(
+        "run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    )
 
 
 def upgrade() -> None:
@@ -50,8 +51,12 @@ def upgrade() -> None:
     op.create_table(
         "models",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("process_id", sa.Integer(),
-                  sa.ForeignKey("processes.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "process_id",
+            sa.Integer(),
+            sa.ForeignKey("processes.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("checkpoint", sa.LargeBinary(), nullable=False),
@@ -67,10 +72,15 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("process_id", sa.Integer(),
-                  sa.ForeignKey("processes.id", ondelete="CASCADE"), nullable=False),
-        sa.Column("model_id", sa.Integer(),
-                  sa.ForeignKey("models.id", ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "process_id",
+            sa.Integer(),
+            sa.ForeignKey("processes.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column(
+            "model_id", sa.Integer(), sa.ForeignKey("models.id", ondelete="SET NULL"), nullable=True
+        ),
         sa.Column("controller", sa.String(200), nullable=False),
         sa.Column("config", JSON_TYPE, nullable=False),
         sa.Column("metrics", JSON_TYPE, nullable=False),

@@ -49,8 +49,9 @@ def upgrade() -> None:
         "audit_log",
         sa.Column("id", sa.Integer(), primary_key=True),
         _timestamp("at"),
-        sa.Column("key_id", sa.Integer(),
-                  sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "key_id", sa.Integer(), sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True
+        ),
         sa.Column("actor", sa.String(200), nullable=False),
         sa.Column("action", sa.String(64), nullable=False),
         sa.Column("target", sa.String(200), nullable=False),

@@ -32,8 +32,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PROVENANCE_COLUMNS = ("dataset_sha256", "dataset_rows", "data_start_s", "data_end_s",
-                      "data_source")
+PROVENANCE_COLUMNS = ("dataset_sha256", "dataset_rows", "data_start_s", "data_end_s", "data_source")
 
 
 def upgrade() -> None:
@@ -47,23 +46,29 @@ def upgrade() -> None:
     op.create_table(
         "model_activations",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"),
-                  nullable=False),
-        sa.Column("model_id", sa.Integer(), sa.ForeignKey("models.id", ondelete="CASCADE"),
-                  nullable=False),
-        sa.Column("previous_model_id", sa.Integer(),
-                  sa.ForeignKey("models.id", ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column(
+            "model_id", sa.Integer(), sa.ForeignKey("models.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column(
+            "previous_model_id",
+            sa.Integer(),
+            sa.ForeignKey("models.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
         sa.Column("activated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(200), nullable=False),
         sa.Column("reason", sa.String(500), nullable=False),
     )
-    op.create_index("ix_model_activations_run", "model_activations",
-                    ["run_id", "activated_at"])
+    op.create_index("ix_model_activations_run", "model_activations", ["run_id", "activated_at"])
     op.create_index("ix_model_activations_model_id", "model_activations", ["model_id"])
     op.execute(
         "INSERT INTO model_activations (run_id, model_id, activated_at, actor, reason) "
         "SELECT id, model_id, started_at, 'migration 0003', 'loop started' FROM runs "
-        "WHERE kind = 'control' AND model_id IS NOT NULL")
+        "WHERE kind = 'control' AND model_id IS NOT NULL"
+    )
 
 
 def downgrade() -> None:

@@ -34,15 +34,17 @@ CHANNELS = "('sensor', 'disturbance', 'actuator', 'setpoint', 'prediction', 'mar
 # Frozen here (a migration must not change when the code does); the same as
 # api.series.rollups.ROLLUP_WIDTHS_STEPS.
 WIDTHS_STEPS = (16, 64, 256, 1024, 4096, 16384, 65536)
-COLUMNS = ("run_id, width_steps, channel, tag, bucket, n_values, min_value, min_step, "
-           "max_value, max_step")
+COLUMNS = (
+    "run_id, width_steps, channel, tag, bucket, n_values, min_value, min_step, max_value, max_step"
+)
 
 
 def upgrade() -> None:
     op.create_table(
         "run_value_rollups",
-        sa.Column("run_id", sa.Integer(),
-                  sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("width_steps", sa.Integer(), nullable=False),
         sa.Column("channel", sa.String(16), nullable=False),
         sa.Column("tag", sa.String(200), nullable=False),
@@ -68,8 +70,9 @@ def downgrade() -> None:
 
 def _floor_div(column: str, width: int) -> str:
     # Integer division truncates toward zero in both databases; buckets floor.
-    return (f"(CASE WHEN {column} >= 0 THEN {column} / {width} "
-            f"ELSE ({column} + 1) / {width} - 1 END)")
+    return (
+        f"(CASE WHEN {column} >= 0 THEN {column} / {width} ELSE ({column} + 1) / {width} - 1 END)"
+    )
 
 
 def _first_level() -> str:

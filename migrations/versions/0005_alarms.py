@@ -37,8 +37,9 @@ def upgrade() -> None:
     op.create_table(
         "alarms",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("tag", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("priority", sa.String(16), nullable=False),
@@ -69,8 +70,9 @@ def upgrade() -> None:
     op.create_table(
         "alarm_events",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("alarm_id", sa.Integer(), sa.ForeignKey("alarms.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "alarm_id", sa.Integer(), sa.ForeignKey("alarms.id", ondelete="CASCADE"), nullable=False
+        ),
         _timestamp("at"),
         sa.Column("action", sa.String(32), nullable=False),
         sa.Column("from_state", sa.String(24), nullable=False),
@@ -83,8 +85,9 @@ def upgrade() -> None:
     op.create_index("ix_alarm_events_alarm", "alarm_events", ["alarm_id", "id"])
     op.create_table(
         "alarm_cursors",
-        sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+        ),
         sa.Column("last_step", sa.Integer(), nullable=False),
         _timestamp("last_seen_at"),
         sa.Column("closed", sa.Boolean(), nullable=False),

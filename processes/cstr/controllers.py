@@ -49,8 +49,9 @@ class Scenario:
         return self._at(self.setpoints, k, self.setpoints[0][1])
 
     def disturbances(self, k: int) -> Disturbances:
-        return Disturbances(self._at(self.caf_steps, k, CAF_NOMINAL),
-                            self._at(self.tf_steps, k, TF_NOMINAL))
+        return Disturbances(
+            self._at(self.caf_steps, k, CAF_NOMINAL), self._at(self.tf_steps, k, TF_NOMINAL)
+        )
 
 
 def benchmark_scenario() -> Scenario:
@@ -90,8 +91,9 @@ class OracleNMPC:
     limit as a hard state constraint softened by a heavily penalised slack.
     """
 
-    def __init__(self, horizon: int = 20, move_weight: float = 0.05,
-                 limit_margin_k: float = 1.0) -> None:
+    def __init__(
+        self, horizon: int = 20, move_weight: float = 0.05, limit_margin_k: float = 1.0
+    ) -> None:
         self.horizon = horizon
         dt_min = SAMPLE_PERIOD_S / 60.0
         opti = ca.Opti()
@@ -105,8 +107,9 @@ class OracleNMPC:
         opti.subject_to(x[:, 0] == self.p_x0)
         cost = 0
         for k in range(horizon):
-            ca_next, t_next = rk4_step((x[0, k], x[1, k]), u[0, k], self.p_dist[0],
-                                       self.p_dist[1], dt_min, exp=ca.exp)
+            ca_next, t_next = rk4_step(
+                (x[0, k], x[1, k]), u[0, k], self.p_dist[0], self.p_dist[1], dt_min, exp=ca.exp
+            )
             opti.subject_to(x[0, k + 1] == ca_next)
             opti.subject_to(x[1, k + 1] == t_next)
             prev = self.p_uprev if k == 0 else u[0, k - 1]
@@ -118,13 +121,16 @@ class OracleNMPC:
         opti.subject_to(opti.bounded(TC_LOW, u, TC_HIGH))
         opti.subject_to(slack >= 0)
         opti.minimize(cost)
-        opti.solver("ipopt", {"print_time": False, "ipopt.print_level": 0,
-                              "ipopt.sb": "yes", "ipopt.max_iter": 200})
+        opti.solver(
+            "ipopt",
+            {"print_time": False, "ipopt.print_level": 0, "ipopt.sb": "yes", "ipopt.max_iter": 200},
+        )
         self.opti, self.x, self.u, self.slack = opti, x, u, slack
         self.last_plan_ms = 0.0
 
-    def __call__(self, state: tuple[float, float], u_prev: float, setpoint: float,
-                 dist: Disturbances) -> float:
+    def __call__(
+        self, state: tuple[float, float], u_prev: float, setpoint: float, dist: Disturbances
+    ) -> float:
         opti = self.opti
         opti.set_value(self.p_x0, np.array(state))
         opti.set_value(self.p_uprev, u_prev)
@@ -142,8 +148,9 @@ class OracleNMPC:
         return u0
 
 
-def _would_run_away(sim: CSTRSimulator, u: float, lookahead: int = 5,
-                    margin_k: float = 4.0) -> bool:
+def _would_run_away(
+    sim: CSTRSimulator, u: float, lookahead: int = 5, margin_k: float = 4.0
+) -> bool:
     """Supervisory guard of the logging rig: would holding `u` approach the limit soon?
 
     A cold reactor full of reactant ignites within two samples, faster than any
@@ -186,8 +193,9 @@ def generate_training_log(hours: float, seed: int, show_progress: bool = False) 
             # open-loop steps around where the loop last held the plant: local excitation
             target = anchor + float(open_loop_offset[k])
             pi.reset(u)
-        u_next = float(np.clip(np.clip(target, u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE),
-                               TC_LOW, TC_HIGH))
+        u_next = float(
+            np.clip(np.clip(target, u - RATE_PER_SAMPLE, u + RATE_PER_SAMPLE), TC_LOW, TC_HIGH)
+        )
         if _would_run_away(sim, u_next):
             u_next = max(TC_LOW, u - RATE_PER_SAMPLE)
             anchor = min(anchor, u_next - 4.0)

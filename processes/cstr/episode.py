@@ -39,8 +39,9 @@ def pi_policy() -> Policy:
     def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
         start = time.perf_counter()
         u = pi(meas["T"], sp)
-        return StepRecord(0, time_s, meas, {"T": sp}, {"Tc": u},
-                          solve_ms=(time.perf_counter() - start) * 1e3)
+        return StepRecord(
+            0, time_s, meas, {"T": sp}, {"Tc": u}, solve_ms=(time.perf_counter() - start) * 1e3
+        )
 
     return act
 
@@ -52,8 +53,13 @@ def oracle_policy(horizon: int = 20) -> Policy:
 
     def act(sim: CSTRSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
         u = nmpc(sim.state, applied["Tc"], sp, sim.disturbances)
-        u = float(np.clip(np.clip(u, applied["Tc"] - RATE_PER_SAMPLE,
-                                  applied["Tc"] + RATE_PER_SAMPLE), TC_LOW, TC_HIGH))
+        u = float(
+            np.clip(
+                np.clip(u, applied["Tc"] - RATE_PER_SAMPLE, applied["Tc"] + RATE_PER_SAMPLE),
+                TC_LOW,
+                TC_HIGH,
+            )
+        )
         applied["Tc"] = u
         return StepRecord(0, time_s, meas, {"T": sp}, {"Tc": u}, solve_ms=nmpc.last_plan_ms)
 
@@ -64,8 +70,11 @@ def pi_fallback() -> Fallback:
     """The PI baseline as the twin controller's fallback (bumpless from the applied value)."""
     pi = PIController()
 
-    def fallback(meas: Mapping[str, float | None], setpoints: Mapping[str, float],
-                 applied: Mapping[str, float]) -> dict[str, float]:
+    def fallback(
+        meas: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         pi.u = float(applied["Tc"])
         measured = meas.get("T")
         if measured is None or "T" not in setpoints:
@@ -82,9 +91,14 @@ def twin_policy(controller: Controller) -> Policy:
     return act
 
 
-def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None = None,
-                seed: int = 7, config: dict[str, Any] | None = None,
-                show_progress: bool = False) -> EpisodeResult:
+def run_episode(
+    policy: Policy,
+    controller_name: str,
+    scenario: Scenario | None = None,
+    seed: int = 7,
+    config: dict[str, Any] | None = None,
+    show_progress: bool = False,
+) -> EpisodeResult:
     """Drive the plant with `policy` through `scenario`; score it on the true temperature."""
     scenario = scenario or benchmark_scenario()
     sim = CSTRSimulator(seed=seed)
@@ -92,8 +106,11 @@ def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None 
     true_t: list[float] = []
     moves: list[float] = []
     applied_before = TC_NOMINAL
-    for k in track(range(scenario.steps), description=f"closed loop ({controller_name})",
-                   disable=not show_progress):
+    for k in track(
+        range(scenario.steps),
+        description=f"closed loop ({controller_name})",
+        disable=not show_progress,
+    ):
         sim.disturbances = scenario.disturbances(k)
         meas = sim.measure()
         record = policy(sim, sim.time_s, meas, scenario.setpoint(k))
@@ -107,13 +124,18 @@ def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None 
         steps.append(record)
     setpoints = np.array([scenario.setpoint(k) for k in range(scenario.steps)])
     metrics = episode_metrics(np.array(true_t), setpoints, np.array(moves), steps)
-    return EpisodeResult("cstr", controller_name,
-                         {"scenario": asdict(scenario), "seed": seed, **(config or {})},
-                         steps, metrics)
+    return EpisodeResult(
+        "cstr",
+        controller_name,
+        {"scenario": asdict(scenario), "seed": seed, **(config or {})},
+        steps,
+        metrics,
+    )
 
 
-def episode_metrics(true_t: np.ndarray, setpoints: np.ndarray, moves: np.ndarray,
-                    steps: list[StepRecord]) -> dict[str, float]:
+def episode_metrics(
+    true_t: np.ndarray, setpoints: np.ndarray, moves: np.ndarray, steps: list[StepRecord]
+) -> dict[str, float]:
     """Cost = sum of ((T - T_sp)/10 K)^2 + 0.05 (dTc / max step)^2 on the true state."""
     tracking = float((((true_t - setpoints) / TRACKING_SCALE_K) ** 2).sum())
     move = float(MOVE_WEIGHT * ((moves / RATE_PER_SAMPLE) ** 2).sum())
@@ -146,5 +168,6 @@ EPISODE_SUMMARY = (
 # Two predictor layers and rollout readout weight 25 (defaults 1 and 5): open-loop error at
 # 10 steps 0.0277 -> 0.0168 of range, closed loop 1.049 -> 0.988 x the oracle
 # (benchmarks/prediction.py, benchmarks/control.py).
-TRAINING_RECIPE = TrainingRecipe(hours=12.0, epochs=20, max_minutes=4.5, predictor_layers=2,
-                                 predicted_readout_weight=25.0)
+TRAINING_RECIPE = TrainingRecipe(
+    hours=12.0, epochs=20, max_minutes=4.5, predictor_layers=2, predicted_readout_weight=25.0
+)

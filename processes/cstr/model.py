@@ -36,16 +36,49 @@ SPEC = ProcessSpec(
     sample_period_s=SAMPLE_PERIOD_S,
     timestamp_column="time_s",
     tags=(
-        Tag(name="Ca", role=TagRole.SENSOR, unit="mol/L", low=0.0, high=None, nominal=0.5,
-            description="reactor concentration of A"),
-        Tag(name="T", role=TagRole.SENSOR, unit="K", low=None, high=T_LIMIT_K, nominal=350.0,
-            controlled=True, description="reactor temperature; hard upper limit"),
-        Tag(name="Tc", role=TagRole.ACTUATOR, unit="K", low=TC_LOW, high=TC_HIGH,
-            rate_limit=TC_RATE_K_PER_S, nominal=TC_NOMINAL, description="coolant temperature"),
-        Tag(name="Caf", role=TagRole.DISTURBANCE, unit="mol/L", nominal=CAF_NOMINAL,
-            description="feed concentration of A"),
-        Tag(name="Tf", role=TagRole.DISTURBANCE, unit="K", nominal=TF_NOMINAL,
-            description="feed temperature"),
+        Tag(
+            name="Ca",
+            role=TagRole.SENSOR,
+            unit="mol/L",
+            low=0.0,
+            high=None,
+            nominal=0.5,
+            description="reactor concentration of A",
+        ),
+        Tag(
+            name="T",
+            role=TagRole.SENSOR,
+            unit="K",
+            low=None,
+            high=T_LIMIT_K,
+            nominal=350.0,
+            controlled=True,
+            description="reactor temperature; hard upper limit",
+        ),
+        Tag(
+            name="Tc",
+            role=TagRole.ACTUATOR,
+            unit="K",
+            low=TC_LOW,
+            high=TC_HIGH,
+            rate_limit=TC_RATE_K_PER_S,
+            nominal=TC_NOMINAL,
+            description="coolant temperature",
+        ),
+        Tag(
+            name="Caf",
+            role=TagRole.DISTURBANCE,
+            unit="mol/L",
+            nominal=CAF_NOMINAL,
+            description="feed concentration of A",
+        ),
+        Tag(
+            name="Tf",
+            role=TagRole.DISTURBANCE,
+            unit="K",
+            nominal=TF_NOMINAL,
+            description="feed temperature",
+        ),
     ),
     # The default tracking weight (the twin's embedding distance alone let plans overshoot
     # into the runaway region); moves weighed up for the jacket's lag (measured in the
@@ -58,9 +91,14 @@ SPEC = ProcessSpec(
 RATE_PER_SAMPLE = TC_RATE_K_PER_S * SAMPLE_PERIOD_S
 
 
-def derivatives(ca_: np.ndarray | ca.MX | ca.SX, t_: np.ndarray | ca.MX | ca.SX,
-                tc: float | ca.MX | ca.SX, caf: float, tf: float,
-                exp=np.exp) -> tuple:
+def derivatives(
+    ca_: np.ndarray | ca.MX | ca.SX,
+    t_: np.ndarray | ca.MX | ca.SX,
+    tc: float | ca.MX | ca.SX,
+    caf: float,
+    tf: float,
+    exp=np.exp,
+) -> tuple:
     """Right-hand side in per-minute units; works for numpy and CasADi symbols."""
     rate = K0_PER_MIN * exp(-E_OVER_R_K / t_) * ca_
     dca = Q_L_PER_MIN / VOLUME_L * (caf - ca_) - rate
@@ -86,8 +124,12 @@ def rk4_step(x: tuple, tc, caf, tf, dt_min: float, substeps: int = RK4_SUBSTEPS,
     return ca_, t_
 
 
-def steady_state(tc: float, caf: float = CAF_NOMINAL, tf: float = TF_NOMINAL,
-                 start: tuple[float, float] = (0.5, 350.0)) -> tuple[float, float]:
+def steady_state(
+    tc: float,
+    caf: float = CAF_NOMINAL,
+    tf: float = TF_NOMINAL,
+    start: tuple[float, float] = (0.5, 350.0),
+) -> tuple[float, float]:
     """Steady state reached from `start` by simulating long enough (stable branches only)."""
     x = start
     for _ in range(3000):
@@ -125,8 +167,12 @@ class CSTRSimulator:
         if self.noise:
             ca_ = ca_ + NOISE_CA * self.rng.standard_normal()
             t_ = t_ + NOISE_T * self.rng.standard_normal()
-        return {"Ca": float(ca_), "T": float(t_),
-                "Caf": self.disturbances.caf, "Tf": self.disturbances.tf}
+        return {
+            "Ca": float(ca_),
+            "T": float(t_),
+            "Caf": self.disturbances.caf,
+            "Tf": self.disturbances.tf,
+        }
 
     def step(self, tc: float) -> dict[str, float]:
         tc = float(np.clip(tc, TC_LOW, TC_HIGH))

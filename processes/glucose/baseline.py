@@ -24,6 +24,7 @@ from .therapy import (
 
 # -- the basal-bolus baseline -------------------------------------------------------------
 
+
 def basal_bolus(th: Therapy, cgm: float | None, cho_g_per_min: float | None) -> dict[str, float]:
     """simglucose's BBController: scheduled basal; at an announced meal, carbs/CR plus a
     correction (CGM - 140)/CF when CGM is above 150 (none without a CGM reading)."""
@@ -52,13 +53,13 @@ what was delivered."""
 def baseline_policy(patient: str | None = None) -> Policy:
     """Basal-bolus on the patient's own settings (the simulated patient's, by default)."""
 
-    def act(sim: GlucoseSimulator, time_s: float, meas: dict[str, float],
-            sp: float) -> StepRecord:
+    def act(sim: GlucoseSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
         start = time.perf_counter()
         th = therapy(patient) if patient else sim.therapy
         u = basal_bolus(th, meas.get("CGM"), meas.get("CHO"))
-        return StepRecord(0, time_s, dict(meas), {"CGM": sp}, u,
-                          solve_ms=(time.perf_counter() - start) * 1e3)
+        return StepRecord(
+            0, time_s, dict(meas), {"CGM": sp}, u, solve_ms=(time.perf_counter() - start) * 1e3
+        )
 
     return act
 
@@ -86,13 +87,16 @@ class BasalBolusFallback:
         """Use this patient's pump settings (a pump holds its own patient's)."""
         self.therapy = therapy(patient)
 
-    def __call__(self, meas: Mapping[str, float | None], setpoints: Mapping[str, float],
-                 applied: Mapping[str, float]) -> dict[str, float]:
+    def __call__(
+        self,
+        meas: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         cgm, iob = meas.get("CGM"), meas.get("IOB")
         meal = basal_bolus(self.therapy, None, meas.get("CHO"))["bolus"]
         correction = 0.0
-        if meal > 0 and cgm is not None and iob is not None \
-                and cgm > BB_CORRECTION_ABOVE_MG_DL:
+        if meal > 0 and cgm is not None and iob is not None and cgm > BB_CORRECTION_ABOVE_MG_DL:
             correction = wizard_correction(self.therapy, float(cgm), float(iob))
         return {"basal": self.therapy.basal_u_per_h, "bolus": meal + correction}
 
@@ -107,11 +111,12 @@ def twin_policy(controller: Controller) -> Policy:
     limits and context window follow the insulin after the IOB limit, not its plan; a
     basal-bolus fallback is bound to the simulated patient's own settings."""
 
-    def act(sim: GlucoseSimulator, time_s: float, meas: dict[str, float],
-            sp: float) -> StepRecord:
+    def act(sim: GlucoseSimulator, time_s: float, meas: dict[str, float], sp: float) -> StepRecord:
         fallback = controller.fallback
-        if isinstance(fallback, BasalBolusFallback) and \
-                fallback.therapy.patient != sim.patient_name:
+        if (
+            isinstance(fallback, BasalBolusFallback)
+            and fallback.therapy.patient != sim.patient_name
+        ):
             fallback.bind(sim.patient_name)
         return controller.step(time_s, {**meas, **sim.applied}, {"CGM": sp})
 

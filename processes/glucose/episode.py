@@ -43,8 +43,10 @@ from .therapy import (
 
 # -- closed-loop episodes -----------------------------------------------------------------
 
-def _deliver(record: StepRecord, sim: GlucoseSimulator, meas: dict[str, float], step: int,
-             limit_u: float) -> None:
+
+def _deliver(
+    record: StepRecord, sim: GlucoseSimulator, meas: dict[str, float], step: int, limit_u: float
+) -> None:
     """Pass the policy's proposal through the pump, record what it delivered, step on."""
     applied, events = pump_guard(record.actuators, sim.applied, meas["IOB"], limit_u)
     record.step = step
@@ -54,11 +56,18 @@ def _deliver(record: StepRecord, sim: GlucoseSimulator, meas: dict[str, float], 
     sim.step(applied["basal"], applied["bolus"])
 
 
-def run_episode(policy: Policy, controller_name: str, seed: int = 7,
-                config: dict[str, Any] | None = None, show_progress: bool = False,
-                patient: str = DEFAULT_PATIENT, hours: float = 24.0,
-                unannounced: bool = False, setpoint: float = SETPOINT_MG_DL,
-                unannounced_share: float = UNANNOUNCED_SHARE) -> EpisodeResult:
+def run_episode(
+    policy: Policy,
+    controller_name: str,
+    seed: int = 7,
+    config: dict[str, Any] | None = None,
+    show_progress: bool = False,
+    patient: str = DEFAULT_PATIENT,
+    hours: float = 24.0,
+    unannounced: bool = False,
+    setpoint: float = SETPOINT_MG_DL,
+    unannounced_share: float = UNANNOUNCED_SHARE,
+) -> EpisodeResult:
     """One patient from midnight for `hours`, scored on true plasma glucose.
 
     `seed` draws the meals (RandomScenario) and the CGM noise; with `unannounced`, each
@@ -71,8 +80,11 @@ def run_episode(policy: Policy, controller_name: str, seed: int = 7,
     steps: list[StepRecord] = []
     true_bg = [sim.bg]
     n = int(round(hours * 3600.0 / SAMPLE_PERIOD_S))
-    for k in track(range(n), description=f"closed loop ({controller_name}, {patient})",
-                   disable=not show_progress):
+    for k in track(
+        range(n),
+        description=f"closed loop ({controller_name}, {patient})",
+        disable=not show_progress,
+    ):
         meas = sim.measure()
         record = policy(sim, sim.time_s, meas, setpoint)
         _deliver(record, sim, meas, k, limit)
@@ -80,9 +92,16 @@ def run_episode(policy: Policy, controller_name: str, seed: int = 7,
         steps.append(record)
     metrics = episode_metrics(np.array(true_bg), steps)
     metrics["max_iob_u"] = max((limit - s.margins["IOB"] for s in steps), default=0.0)
-    episode_config = {"patient": patient, "hours": hours, "unannounced": unannounced,
-                      "setpoint": setpoint, "seed": seed, "iob_limit_u": limit,
-                      "meals": [asdict(m) for m in meals], **(config or {})}
+    episode_config = {
+        "patient": patient,
+        "hours": hours,
+        "unannounced": unannounced,
+        "setpoint": setpoint,
+        "seed": seed,
+        "iob_limit_u": limit,
+        "meals": [asdict(m) for m in meals],
+        **(config or {}),
+    }
     if unannounced:
         episode_config["unannounced_share"] = unannounced_share
     return EpisodeResult("glucose", controller_name, episode_config, steps, metrics)
@@ -108,7 +127,7 @@ def episode_metrics(true_bg: np.ndarray, steps: list[StepRecord]) -> dict[str, f
     lbgi, hbgi = risk_indices(true_bg)
     low = true_bg < BG_LOW
     insulin = [(s.actuators["basal"] * HOURS_PER_SAMPLE, s.actuators["bolus"]) for s in steps]
-    basal_u, bolus_u = (np.array(insulin).sum(axis=0) if insulin else (0.0, 0.0))
+    basal_u, bolus_u = np.array(insulin).sum(axis=0) if insulin else (0.0, 0.0)
     return {
         "cost": lbgi + hbgi,
         "violations": int(low.sum()),
@@ -126,8 +145,7 @@ def episode_metrics(true_bg: np.ndarray, steps: list[StepRecord]) -> dict[str, f
         "cv_pct": float(100.0 * true_bg.std() / true_bg.mean()),
         "total_basal_u": float(basal_u),
         "total_bolus_u": float(bolus_u),
-        "iob_limited_steps": int(sum(any(e.kind == "iob_limit" for e in s.events)
-                                     for s in steps)),
+        "iob_limited_steps": int(sum(any(e.kind == "iob_limit" for e in s.events) for s in steps)),
         **plan_time_metrics(steps),
     }
 

@@ -67,12 +67,14 @@ class _Excitation:
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n: int) -> _Excitation:
-        return cls(basal_factor=aprbs_levels(rng, n, 0.3, 2.0, 10, 40),
-                   dither=rng.normal(0.0, 0.1, n),
-                   carb_error=rng.uniform(*MEAL_BOLUS_SHARE, n),
-                   correction_share=rng.uniform(0.3, 1.0, n),
-                   probe=rng.random(n) < PROBE_CHANCE,
-                   probe_share=rng.uniform(0.3, 1.0, n))
+        return cls(
+            basal_factor=aprbs_levels(rng, n, 0.3, 2.0, 10, 40),
+            dither=rng.normal(0.0, 0.1, n),
+            carb_error=rng.uniform(*MEAL_BOLUS_SHARE, n),
+            correction_share=rng.uniform(0.3, 1.0, n),
+            probe=rng.random(n) < PROBE_CHANCE,
+            probe_share=rng.uniform(0.3, 1.0, n),
+        )
 
 
 class _LoggingRig:
@@ -81,8 +83,11 @@ class _LoggingRig:
     def __init__(self, th: Therapy, excitation: _Excitation, meals: tuple[Meal, ...]) -> None:
         self.th, self.ex = th, excitation
         # samples at which a probe bolus would lie within PROBE_CLEAR_OF_MEALS_MIN of a meal
-        self.near_meal = {(m.minute + d) // SAMPLE_PERIOD_MIN for m in meals
-                          for d in range(-PROBE_CLEAR_OF_MEALS_MIN, PROBE_CLEAR_OF_MEALS_MIN + 1)}
+        self.near_meal = {
+            (m.minute + d) // SAMPLE_PERIOD_MIN
+            for m in meals
+            for d in range(-PROBE_CLEAR_OF_MEALS_MIN, PROBE_CLEAR_OF_MEALS_MIN + 1)
+        }
         self.cgm_history: deque[float] = deque(maxlen=TREND_SAMPLES)
         self.since_bolus = CORRECT_AFTER_SAMPLES
         self.since_rescue = RESCUE_EVERY_SAMPLES
@@ -98,8 +103,9 @@ class _LoggingRig:
             bolus = basal_bolus(th, None, meal)["bolus"] * ex.carb_error[k]
             if cgm > BB_CORRECTION_ABOVE_MG_DL:
                 bolus += wizard_correction(th, cgm, meas["IOB"])
-        elif self.since_bolus >= CORRECT_AFTER_SAMPLES and cgm > CORRECT_ABOVE_MG_DL \
-                and not suspend:
+        elif (
+            self.since_bolus >= CORRECT_AFTER_SAMPLES and cgm > CORRECT_ABOVE_MG_DL and not suspend
+        ):
             bolus = ex.correction_share[k] * wizard_correction(th, cgm, meas["IOB"])
         elif ex.probe[k] and k not in self.near_meal and not suspend:
             bolus = ex.probe_share[k] * self._largest_probe(cgm, meas["IOB"])
@@ -116,8 +122,9 @@ class _LoggingRig:
         net_iob = max(0.0, iob_u - steady_basal_iob(self.th.basal_u_per_h))
         return max(0.0, (cgm - PROBE_FLOOR_MG_DL) / self.th.correction_mg_dl_per_u - net_iob)
 
-    def treat_and_count(self, sim: GlucoseSimulator, meas: dict[str, float],
-                        applied: dict[str, float]) -> None:
+    def treat_and_count(
+        self, sim: GlucoseSimulator, meas: dict[str, float], applied: dict[str, float]
+    ) -> None:
         """Book the delivered bolus; eat 15 g now if CGM is low (rule of 15)."""
         self.since_bolus = 0 if applied["bolus"] > 0 else self.since_bolus + 1
         self.rescue_g_per_min = 0.0
@@ -127,8 +134,9 @@ class _LoggingRig:
         self.since_rescue += 1
 
 
-def generate_training_log(hours: float, seed: int, show_progress: bool = False,
-                          patient: str = DEFAULT_PATIENT) -> pd.DataFrame:
+def generate_training_log(
+    hours: float, seed: int, show_progress: bool = False, patient: str = DEFAULT_PATIENT
+) -> pd.DataFrame:
     """Excitation data: basal-bolus in closed loop, APRBS basal steps and dither, random meals.
 
     The basal is the scheduled rate times an APRBS factor in [0.3, 2.0] held 30 min to

@@ -54,6 +54,7 @@ from .therapy import (
 
 # -- tags ---------------------------------------------------------------------------------
 
+
 def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
     """The glucose spec with this patient's IOB limit and nominal basal.
 
@@ -65,25 +66,57 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
     return ProcessSpec(
         name="glucose",
         description=f"Type-1 diabetes (UVA/Padova, simglucose), patient {patient}: CGM "
-                    "under basal-bolus insulin; announced meals measured.",
+        "under basal-bolus insulin; announced meals measured.",
         sample_period_s=SAMPLE_PERIOD_S,
         timestamp_column="time_s",
         tags=(
-            Tag(name="CGM", role=TagRole.SENSOR, unit="mg/dL", low=BG_LOW, high=None,
-                nominal=SETPOINT_MG_DL, controlled=True,
-                description="continuous glucose monitor (Dexcom); hard low limit 70 mg/dL"),
-            Tag(name="IOB", role=TagRole.SENSOR, unit="U", low=None, high=iob_limit(patient),
+            Tag(
+                name="CGM",
+                role=TagRole.SENSOR,
+                unit="mg/dL",
+                low=BG_LOW,
+                high=None,
+                nominal=SETPOINT_MG_DL,
+                controlled=True,
+                description="continuous glucose monitor (Dexcom); hard low limit 70 mg/dL",
+            ),
+            Tag(
+                name="IOB",
+                role=TagRole.SENSOR,
+                unit="U",
+                low=None,
+                high=iob_limit(patient),
                 nominal=steady_basal_iob(th.basal_u_per_h),
-                description="insulin on board (exponential curve, 6 h); hard high limit"),
-            Tag(name="basal", role=TagRole.ACTUATOR, unit="U/h", low=0.0,
-                high=max_basal(patient), rate_limit=BASAL_RATE_PER_S,
+                description="insulin on board (exponential curve, 6 h); hard high limit",
+            ),
+            Tag(
+                name="basal",
+                role=TagRole.ACTUATOR,
+                unit="U/h",
+                low=0.0,
+                high=max_basal(patient),
+                rate_limit=BASAL_RATE_PER_S,
                 nominal=th.basal_u_per_h,
-                description="pump basal rate, up to the patient's max basal setting"),
-            Tag(name="bolus", role=TagRole.ACTUATOR, unit="U", low=0.0, high=BOLUS_MAX_U,
-                rate_limit=BOLUS_RATE_PER_S, nominal=0.0, kind=ActuatorKind.DOSE,
-                description="insulin bolus delivered during the sample"),
-            Tag(name="CHO", role=TagRole.DISTURBANCE, unit="g/min", nominal=0.0,
-                description="announced carbohydrate of the last sample"),
+                description="pump basal rate, up to the patient's max basal setting",
+            ),
+            Tag(
+                name="bolus",
+                role=TagRole.ACTUATOR,
+                unit="U",
+                low=0.0,
+                high=BOLUS_MAX_U,
+                rate_limit=BOLUS_RATE_PER_S,
+                nominal=0.0,
+                kind=ActuatorKind.DOSE,
+                description="insulin bolus delivered during the sample",
+            ),
+            Tag(
+                name="CHO",
+                role=TagRole.DISTURBANCE,
+                unit="g/min",
+                nominal=0.0,
+                description="announced carbohydrate of the last sample",
+            ),
         ),
         # the log's boluses follow meals, not the state: bounding the twin's insulin by
         # them took the benchmark's children to 43 % TIR, 57 % above 180 (default cases);
@@ -94,12 +127,13 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # (TIR 76 %, mean BG 157 mg/dL); the wizard's took it to 100 % and 141 mg/dL
         # (adolescent#001, same twin, seeds 7-19). Measured on the embedding distance
         # alone: the default tracking weight is not yet measured here.
-        control=ControlWeights(policy="hybrid", baseline_actuators=("bolus",),
-                               tracking_weight=0.0),
+        control=ControlWeights(policy="hybrid", baseline_actuators=("bolus",), tracking_weight=0.0),
         # insulin lowers glucose; IOB counts the insulin delivered
-        effects=tuple(Effect(actuator=a, sensor=s, sign=sign)
-                      for a in ("basal", "bolus")
-                      for s, sign in (("CGM", "negative"), ("IOB", "positive"))),
+        effects=tuple(
+            Effect(actuator=a, sensor=s, sign=sign)
+            for a in ("basal", "bolus")
+            for s, sign in (("CGM", "negative"), ("IOB", "positive"))
+        ),
     )
 
 
@@ -129,6 +163,7 @@ def variant_of(spec: ProcessSpec) -> str | None:
 
 # -- meals --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Meal:
     minute: int  # after the episode's start (midnight)
@@ -136,8 +171,9 @@ class Meal:
     announced: bool = True
 
 
-def meal_plan(hours: float, seed: int, unannounced: bool = False,
-              unannounced_share: float = UNANNOUNCED_SHARE) -> tuple[Meal, ...]:
+def meal_plan(
+    hours: float, seed: int, unannounced: bool = False, unannounced_share: float = UNANNOUNCED_SHARE
+) -> tuple[Meal, ...]:
     """The meals of `hours` from simglucose's RandomScenario(seed), queried as its env does.
 
     With `unannounced`, each meal is eaten without an announcement (no CHO reading, no
@@ -157,6 +193,7 @@ def meal_plan(hours: float, seed: int, unannounced: bool = False,
 
 # -- the plant ----------------------------------------------------------------------------
 
+
 class GlucoseSimulator:
     """One virtual patient with a Dexcom CGM and an Insulet pump, one 3-min sample per step.
 
@@ -165,8 +202,9 @@ class GlucoseSimulator:
     those minutes. `bg` is the TRUE plasma glucose (scoring only, never a measurement).
     """
 
-    def __init__(self, patient: str = DEFAULT_PATIENT, seed: int = 0,
-                 meals: tuple[Meal, ...] = ()) -> None:
+    def __init__(
+        self, patient: str = DEFAULT_PATIENT, seed: int = 0, meals: tuple[Meal, ...] = ()
+    ) -> None:
         self.therapy = therapy(check_patient(patient))
         self.patient = T1DPatient(_fast_params(patient))
         self.sensor = CGMSensor.withName(SENSOR_NAME, seed=seed)
@@ -217,27 +255,36 @@ class GlucoseSimulator:
         return self.measure()
 
 
-def pump_guard(proposed: Mapping[str, float | None], previous: Mapping[str, float],
-               iob_u: float, limit_u: float) -> tuple[dict[str, float], list[SafetyEvent]]:
+def pump_guard(
+    proposed: Mapping[str, float | None],
+    previous: Mapping[str, float],
+    iob_u: float,
+    limit_u: float,
+) -> tuple[dict[str, float], list[SafetyEvent]]:
     """What the pump delivers of a proposal: its bounds and rates, then the IOB limit.
 
     A missing or non-finite proposal holds the previous basal and gives no bolus.
     """
     events: list[SafetyEvent] = []
     values: dict[str, float] = {}
-    bounds = {"basal": (BASAL_MAX_U_PER_H, BASAL_RATE_PER_S),
-              "bolus": (BOLUS_MAX_U, BOLUS_RATE_PER_S)}
+    bounds = {
+        "basal": (BASAL_MAX_U_PER_H, BASAL_RATE_PER_S),
+        "bolus": (BOLUS_MAX_U, BOLUS_RATE_PER_S),
+    }
     for name, (high, rate_per_s) in bounds.items():
         raw = proposed.get(name)
         if raw is None or not math.isfinite(float(raw)):
             raw = previous[name] if name == "basal" else 0.0
-            events.append(SafetyEvent(EventKind.INVALID_PROPOSAL, "missing or not finite; basal "
-                                      "held, no bolus", name))
+            events.append(
+                SafetyEvent(
+                    EventKind.INVALID_PROPOSAL, "missing or not finite; basal held, no bolus", name
+                )
+            )
         value = rate_clip(float(raw), previous[name], rate_per_s * SAMPLE_PERIOD_S, 0.0, high)
         if value != float(raw):
-            events.append(SafetyEvent(EventKind.CLIPPED_BOUNDS, f"{float(raw):.4g} -> {value:.4g}",
-                                      name))
+            events.append(
+                SafetyEvent(EventKind.CLIPPED_BOUNDS, f"{float(raw):.4g} -> {value:.4g}", name)
+            )
         values[name] = value
-    basal, bolus, iob_events = enforce_iob_limit(values["basal"], values["bolus"], iob_u,
-                                                 limit_u)
+    basal, bolus, iob_events = enforce_iob_limit(values["basal"], values["bolus"], iob_u, limit_u)
     return {"basal": basal, "bolus": bolus}, events + iob_events

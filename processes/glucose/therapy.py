@@ -24,8 +24,8 @@ with warnings.catch_warnings():  # simglucose imports pkg_resources, deprecated 
 
 
 ALL_PATIENTS: tuple[str, ...] = tuple(
-    f"{group}#{number:03d}" for group in ("adolescent", "adult", "child")
-    for number in range(1, 11))
+    f"{group}#{number:03d}" for group in ("adolescent", "adult", "child") for number in range(1, 11)
+)
 DEFAULT_PATIENT = "adult#001"
 
 SENSOR_NAME = "Dexcom"
@@ -70,6 +70,7 @@ BOLUS_RATE_PER_S = BOLUS_MAX_U / SAMPLE_PERIOD_S
 
 # -- patients and their therapy settings --------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Therapy:
     """A patient's pump settings, as simglucose's basal-bolus controller derives them."""
@@ -83,8 +84,10 @@ class Therapy:
 
 def check_patient(patient: str) -> str:
     if patient not in ALL_PATIENTS:
-        raise ValueError(f"unknown patient '{patient}' (known: {ALL_PATIENTS[0]} ... "
-                         f"{ALL_PATIENTS[-1]}, see glucose.ALL_PATIENTS)")
+        raise ValueError(
+            f"unknown patient '{patient}' (known: {ALL_PATIENTS[0]} ... "
+            f"{ALL_PATIENTS[-1]}, see glucose.ALL_PATIENTS)"
+        )
     return patient
 
 
@@ -122,15 +125,20 @@ def _fast_params(patient: str) -> SimpleNamespace:
 
 # -- insulin on board ---------------------------------------------------------------------
 
-def insulin_remaining(minutes: np.ndarray | float, peak_min: float = INSULIN_PEAK_MIN,
-                      duration_min: float = INSULIN_DURATION_MIN) -> np.ndarray:
+
+def insulin_remaining(
+    minutes: np.ndarray | float,
+    peak_min: float = INSULIN_PEAK_MIN,
+    duration_min: float = INSULIN_DURATION_MIN,
+) -> np.ndarray:
     """Fraction of a dose still active `minutes` after it (exponential model, LoopKit)."""
     t = np.asarray(minutes, dtype=float)
     tau = peak_min * (1 - peak_min / duration_min) / (1 - 2 * peak_min / duration_min)
     a = 2 * tau / duration_min
     s = 1 / (1 - a + (1 + a) * math.exp(-duration_min / tau))
-    inside = 1 - s * (1 - a) * ((t ** 2 / (tau * duration_min * (1 - a)) - t / tau - 1)
-                                * np.exp(-t / tau) + 1)
+    inside = 1 - s * (1 - a) * (
+        (t**2 / (tau * duration_min * (1 - a)) - t / tau - 1) * np.exp(-t / tau) + 1
+    )
     return np.where(t <= 0, 1.0, np.where(t >= duration_min, 0.0, inside))
 
 
@@ -178,14 +186,18 @@ def max_basal(patient: str) -> float:
 def iob_limit(patient: str) -> float:
     """The patient's hard IOB limit [U], rounded to 0.5 U (see the module docstring)."""
     th = therapy(patient)
-    units = (IOB_MEAL_G / th.carb_ratio_g_per_u
-             + (IOB_CORRECTION_FROM_MG_DL - BB_TARGET_MG_DL) / th.correction_mg_dl_per_u
-             + IOB_BASAL_HOURS * th.basal_u_per_h + steady_basal_iob(th.basal_u_per_h))
+    units = (
+        IOB_MEAL_G / th.carb_ratio_g_per_u
+        + (IOB_CORRECTION_FROM_MG_DL - BB_TARGET_MG_DL) / th.correction_mg_dl_per_u
+        + IOB_BASAL_HOURS * th.basal_u_per_h
+        + steady_basal_iob(th.basal_u_per_h)
+    )
     return round(2.0 * units) / 2.0
 
 
-def enforce_iob_limit(basal_u_per_h: float, bolus_u: float, iob_u: float,
-                      limit_u: float) -> tuple[float, float, list[SafetyEvent]]:
+def enforce_iob_limit(
+    basal_u_per_h: float, bolus_u: float, iob_u: float, limit_u: float
+) -> tuple[float, float, list[SafetyEvent]]:
     """Cut this sample's insulin so IOB stays at or under `limit_u`; bolus goes first."""
     allowed = max(0.0, limit_u - iob_u)
     basal_dose = basal_u_per_h * HOURS_PER_SAMPLE
@@ -193,6 +205,8 @@ def enforce_iob_limit(basal_u_per_h: float, bolus_u: float, iob_u: float,
         return basal_u_per_h, bolus_u, []
     new_bolus = max(0.0, allowed - basal_dose)
     new_basal = min(basal_u_per_h, allowed / HOURS_PER_SAMPLE)
-    message = (f"IOB {iob_u:.2f} U of limit {limit_u:.2f} U: basal {basal_u_per_h:.3g} -> "
-               f"{new_basal:.3g} U/h, bolus {bolus_u:.3g} -> {new_bolus:.3g} U")
+    message = (
+        f"IOB {iob_u:.2f} U of limit {limit_u:.2f} U: basal {basal_u_per_h:.3g} -> "
+        f"{new_basal:.3g} U/h, bolus {bolus_u:.3g} -> {new_bolus:.3g} U"
+    )
     return new_basal, new_bolus, [SafetyEvent(EventKind.IOB_LIMIT, message, "IOB")]

@@ -32,18 +32,23 @@ from .plant import (
 
 # -- the baseline: Ricker's decentralised PI as tep-studio ships it -----------------------
 
+
 def controller_setpoints(setpoints: Mapping[str, float] | None = None) -> ControllerSetpoints:
     """Ricker's setpoint record from tag setpoints; tags not given keep the base case."""
-    values = {**BASE_SETPOINTS, **{k: float(v) for k, v in (setpoints or {}).items()
-                                   if k in SETPOINT_FIELDS}}
-    return ControllerSetpoints(**{SETPOINT_FIELDS[tag]: v for tag, v in values.items()},
-                               ya=BASE_YA, yac=BASE_YAC)
+    values = {
+        **BASE_SETPOINTS,
+        **{k: float(v) for k, v in (setpoints or {}).items() if k in SETPOINT_FIELDS},
+    }
+    return ControllerSetpoints(
+        **{SETPOINT_FIELDS[tag]: v for tag, v in values.items()}, ya=BASE_YA, yac=BASE_YAC
+    )
 
 
 def _with_static_mvs(registry: RickerRegistry, static: Mapping[str, float]) -> RickerRegistry:
     """The scheme with its hand-set MVs (recycle, steam, agitator) held at `static`."""
-    return dataclasses.replace(registry, nominal=dataclasses.replace(registry.nominal,
-                                                                      static_mv=dict(static)))
+    return dataclasses.replace(
+        registry, nominal=dataclasses.replace(registry.nominal, static_mv=dict(static))
+    )
 
 
 def _ya(meas: np.ndarray) -> tuple[float, float]:
@@ -77,30 +82,49 @@ class TrackingRicker(RickerMultiLoopController):
         m = _reader(meas)
         # the production index at which today's production has the base case's ratios
         production = reg.production
-        fp_adjust = float(np.clip(reg.nominal.fp_base * (
-            m("stripper_underflow") / BASE_SETPOINTS["stripper_underflow"] - 1.0),
-            production.lo, production.hi))
+        fp_adjust = float(
+            np.clip(
+                reg.nominal.fp_base
+                * (m("stripper_underflow") / BASE_SETPOINTS["stripper_underflow"] - 1.0),
+                production.lo,
+                production.hi,
+            )
+        )
         self._fp = fp = reg.nominal.fp_base + fp_adjust
         self._r1, self._r4 = m("feed_A_flow") / fp, m("feed_AC_flow") / fp
         outer = (  # loop, output now, setpoint, measured
             (production, fp_adjust, self._ramped_production, m("stripper_underflow")),
-            (reg.reactor_level, m("separator_temperature"), sp.reactor_level,
-             m("reactor_level")),
-            (reg.reactor_pressure, m("purge_flow") / fp, sp.reactor_pressure,
-             m("reactor_pressure")),
-            (reg.separator_level, m("separator_underflow") / fp, sp.separator_level,
-             m("separator_level")),
-            (reg.stripper_level, m("stripper_underflow") / fp, sp.stripper_level,
-             m("stripper_level")),
-            (reg.pct_g, reg.nominal.eadj0, self._ramped_pct_g,
-             m("stripper_underflow_G_concentration")),
+            (reg.reactor_level, m("separator_temperature"), sp.reactor_level, m("reactor_level")),
+            (
+                reg.reactor_pressure,
+                m("purge_flow") / fp,
+                sp.reactor_pressure,
+                m("reactor_pressure"),
+            ),
+            (
+                reg.separator_level,
+                m("separator_underflow") / fp,
+                sp.separator_level,
+                m("separator_level"),
+            ),
+            (
+                reg.stripper_level,
+                m("stripper_underflow") / fp,
+                sp.stripper_level,
+                m("stripper_level"),
+            ),
+            (
+                reg.pct_g,
+                reg.nominal.eadj0,
+                self._ramped_pct_g,
+                m("stripper_underflow_G_concentration"),
+            ),
         )
         for loop, output, setpoint, measured in outer:
             self._seed(self._pi[loop.name], loop.name, output, setpoint - measured, time_h)
         ya, yac = _ya(meas)
         self._state[reg.ya.name] = self._ya.initial_state(prev_error=sp.ya - ya, time=time_h)
-        self._state[reg.yac.name] = self._yac.initial_state(prev_error=sp.yac - yac,
-                                                            time=time_h)
+        self._state[reg.yac.name] = self._yac.initial_state(prev_error=sp.yac - yac, time=time_h)
         self.seize(meas, applied, time_h)
 
     def seize(self, meas: np.ndarray, applied: np.ndarray, time_h: float) -> None:
@@ -113,10 +137,12 @@ class TrackingRicker(RickerMultiLoopController):
         assert sp is not None
         m = _reader(meas)
         fp = self._fp  # the production index of the last step, overrides included
-        eadj = (self._state[reg.pct_g.name].output if self.enable_pct_g_feedback
-                else reg.nominal.eadj0)
+        eadj = (
+            self._state[reg.pct_g.name].output if self.enable_pct_g_feedback else reg.nominal.eadj0
+        )
         ratios = {  # as compute_action forms them
-            "r1": self._r1, "r4": self._r4,
+            "r1": self._r1,
+            "r4": self._r4,
             "r2": float(np.polyval(reg.nominal.p2_coeffs, self._ramped_pct_g))
             - reg.nominal.ff_gain_d * eadj * fp,
             "r3": float(np.polyval(reg.nominal.p3_coeffs, self._ramped_pct_g))
@@ -126,21 +152,38 @@ class TrackingRicker(RickerMultiLoopController):
             "r7": self._state[reg.stripper_level.name].output,
         }
         for loop in reg.feed_loops:
-            self._seed(self._feed_pi[loop.name], loop.name, applied[MV_INDEX[loop.mv]],
-                       ratios[loop.ratio_key] * fp - m(loop.pv), time_h)
+            self._seed(
+                self._feed_pi[loop.name],
+                loop.name,
+                applied[MV_INDEX[loop.mv]],
+                ratios[loop.ratio_key] * fp - m(loop.pv),
+                time_h,
+            )
         separator_setpoint = self._state[reg.reactor_level.name].output
-        for loop, setpoint in ((reg.reactor_temperature, sp.reactor_temperature),
-                               (reg.separator_temperature, separator_setpoint)):
-            self._seed(self._pi[loop.name], loop.name, applied[MV_INDEX[loop.drives]],
-                       setpoint - m(loop.pv), time_h)
+        for loop, setpoint in (
+            (reg.reactor_temperature, sp.reactor_temperature),
+            (reg.separator_temperature, separator_setpoint),
+        ):
+            self._seed(
+                self._pi[loop.name],
+                loop.name,
+                applied[MV_INDEX[loop.drives]],
+                setpoint - m(loop.pv),
+                time_h,
+            )
 
     def hold_hand_set(self, meas: np.ndarray, applied: np.ndarray) -> None:
         """Hold the valves the scheme does not move where they are; an active override's
         cut is added back, as compute_action takes it off again."""
         static = {name: float(applied[MV_INDEX[name]]) for name in self.registry.nominal.static_mv}
         for override in self.registry.overrides:
-            if (self.enable_overrides and override.enabled and override.target in static
-                    and override.threshold is not None and override.gain is not None):
+            if (
+                self.enable_overrides
+                and override.enabled
+                and override.target in static
+                and override.threshold is not None
+                and override.gain is not None
+            ):
                 excess = float(meas[MEAS_INDEX[override.trigger_pv]]) - override.threshold
                 static[override.target] += override.gain * max(0.0, excess)
         self.registry = _with_static_mvs(self.registry, static)
@@ -149,16 +192,18 @@ class TrackingRicker(RickerMultiLoopController):
         """Anti-windup: the valve loops remember the valve the rate limit let through."""
         reg = self.registry
         valve_loops = [(self._feed_pi[loop.name], loop.name, loop.mv) for loop in reg.feed_loops]
-        valve_loops += [(self._pi[loop.name], loop.name, loop.drives)
-                        for loop in (reg.reactor_temperature, reg.separator_temperature)]
+        valve_loops += [
+            (self._pi[loop.name], loop.name, loop.drives)
+            for loop in (reg.reactor_temperature, reg.separator_temperature)
+        ]
         for pi, name, mv in valve_loops:
             state = self._state[name]
             self._state[name] = dataclasses.replace(
-                state, output=float(np.clip(applied[MV_INDEX[mv]], pi.lo, pi.hi)))
+                state, output=float(np.clip(applied[MV_INDEX[mv]], pi.lo, pi.hi))
+            )
 
     def _seed(self, pi: Any, name: str, output: float, error: float, time_h: float) -> None:
-        self._state[name] = pi.initial_state(float(output), prev_error=float(error),
-                                             time=time_h)
+        self._state[name] = pi.initial_state(float(output), prev_error=float(error), time=time_h)
 
 
 def _reader(meas: np.ndarray) -> Callable[[str], float]:
@@ -184,8 +229,9 @@ class RickerBaseline:
     """
 
     def __init__(self, overrides: bool = True) -> None:
-        self.controller = TrackingRicker(setpoints=controller_setpoints(),
-                                         enable_overrides=overrides)
+        self.controller = TrackingRicker(
+            setpoints=controller_setpoints(), enable_overrides=overrides
+        )
         self.time_h = 0.0
         self.last_raw: np.ndarray | None = None  # what the loops asked for last
         self.last_output: np.ndarray | None = None  # what they got, after the rate limit
@@ -201,8 +247,9 @@ class RickerBaseline:
             return None
         return np.array([self.last_good[name] for name in SENSOR_NAMES])
 
-    def act(self, meas: Mapping[str, float | None], setpoints: Mapping[str, float],
-            applied: np.ndarray) -> np.ndarray:
+    def act(
+        self, meas: Mapping[str, float | None], setpoints: Mapping[str, float], applied: np.ndarray
+    ) -> np.ndarray:
         """The scheme's next valve positions, rate-limited around `applied`."""
         vector = self._vector(meas)
         if vector is None:  # nothing to act on yet: hold the valves
@@ -217,12 +264,20 @@ class RickerBaseline:
             self.controller.hold_valves(applied)  # the rate limit held a valve back
         raw, _ = self.controller.compute_action(vector, time=self.time_h)
         self.time_h += SAMPLE_PERIOD_H
-        out = np.array([rate_clip(float(u), float(p), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
-                        for u, p in zip(raw, applied, strict=True)])
+        out = np.array(
+            [
+                rate_clip(float(u), float(p), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
+                for u, p in zip(raw, applied, strict=True)
+            ]
+        )
         self.last_raw, self.last_output = raw.copy(), out.copy()
         return out
 
-    def __call__(self, meas: Mapping[str, float | None], setpoints: Mapping[str, float],
-                 applied: Mapping[str, float]) -> dict[str, float]:
+    def __call__(
+        self,
+        meas: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         previous = np.array([float(applied[name]) for name in MV_NAMES])
         return dict(zip(MV_NAMES, map(float, self.act(meas, setpoints, previous)), strict=True))

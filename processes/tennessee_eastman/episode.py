@@ -50,13 +50,20 @@ def baseline_policy(overrides: bool = True) -> Policy:
     """Ricker's decentralised PI (tep-studio), run at the 36 s sample."""
     baseline = RickerBaseline(overrides=overrides)
 
-    def act(plant: TEPPlant, time_s: float, meas: dict[str, float],
-            setpoints: dict[str, float]) -> StepRecord:
+    def act(
+        plant: TEPPlant, time_s: float, meas: dict[str, float], setpoints: dict[str, float]
+    ) -> StepRecord:
         start = time.perf_counter()
         mv = baseline.act(meas, setpoints, plant.mv)
         actuators = dict(zip(MV_NAMES, map(float, mv), strict=True))
-        return StepRecord(0, time_s, meas, dict(setpoints), actuators,
-                          solve_ms=(time.perf_counter() - start) * 1e3)
+        return StepRecord(
+            0,
+            time_s,
+            meas,
+            dict(setpoints),
+            actuators,
+            solve_ms=(time.perf_counter() - start) * 1e3,
+        )
 
     return act
 
@@ -77,8 +84,9 @@ def twin_policy(controller: Controller) -> Policy:
     DCS reads them back), so rate limits, the window and a takeover by the fallback start
     from the valves as they are, not from the spec's rounded nominal values."""
 
-    def act(plant: TEPPlant, time_s: float, meas: dict[str, float],
-            setpoints: dict[str, float]) -> StepRecord:
+    def act(
+        plant: TEPPlant, time_s: float, meas: dict[str, float], setpoints: dict[str, float]
+    ) -> StepRecord:
         valves = dict(zip(MV_NAMES, map(float, plant.mv), strict=True))
         return controller.step(time_s, {**meas, **valves}, setpoints)
 
@@ -89,8 +97,10 @@ def _margins(meas: Mapping[str, float]) -> dict[str, float]:
     """Distance of each limited sensor to its nearest limit (negative: beyond it)."""
     out = {}
     for name, (low, high) in HARD_LIMITS.items():
-        sides = [high - meas[name] if high is not None else math.inf,
-                 meas[name] - low if low is not None else math.inf]
+        sides = [
+            high - meas[name] if high is not None else math.inf,
+            meas[name] - low if low is not None else math.inf,
+        ]
         out[name] = float(min(sides))
     return out
 
@@ -101,21 +111,33 @@ def _applied(record: StepRecord, previous: np.ndarray) -> tuple[np.ndarray, list
     for i, name in enumerate(MV_NAMES):
         proposed = record.actuators.get(name)
         if proposed is None or not math.isfinite(proposed):
-            events.append(SafetyEvent(EventKind.INVALID_PROPOSAL, "held by the episode runner",
-                                      name))
+            events.append(
+                SafetyEvent(EventKind.INVALID_PROPOSAL, "held by the episode runner", name)
+            )
             continue
         out[i] = rate_clip(float(proposed), float(previous[i]), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
         if abs(out[i] - proposed) > 1e-9:
-            events.append(SafetyEvent(EventKind.RATE_LIMITED, f"{proposed:.6g} -> {out[i]:.6g} % "
-                                      "by the episode runner", name))
+            events.append(
+                SafetyEvent(
+                    EventKind.RATE_LIMITED,
+                    f"{proposed:.6g} -> {out[i]:.6g} % by the episode runner",
+                    name,
+                )
+            )
     return out, events
 
 
-def run_episode(policy: Policy, controller_name: str, seed: int = 7,
-                config: dict[str, Any] | None = None, show_progress: bool = False,
-                idv: int | Sequence[int] | None = None, idv_start_h: float = IDV_START_H,
-                hours: float = EPISODE_HOURS,
-                setpoints: Mapping[str, float] | None = None) -> EpisodeResult:
+def run_episode(
+    policy: Policy,
+    controller_name: str,
+    seed: int = 7,
+    config: dict[str, Any] | None = None,
+    show_progress: bool = False,
+    idv: int | Sequence[int] | None = None,
+    idv_start_h: float = IDV_START_H,
+    hours: float = EPISODE_HOURS,
+    setpoints: Mapping[str, float] | None = None,
+) -> EpisodeResult:
     """Drive the plant from the base case with `policy` for `hours`; IDV(s) from `idv_start_h`.
 
     Setpoints are the base case unless given. The episode ends early at a shutdown.
@@ -128,8 +150,9 @@ def run_episode(policy: Policy, controller_name: str, seed: int = 7,
     true_rows: list[np.ndarray] = []
     costs: list[float] = []
     n = int(round(hours * 3600.0 / SAMPLE_PERIOD_S))
-    for k in track(range(n), description=f"closed loop ({controller_name})",
-                   disable=not show_progress):
+    for k in track(
+        range(n), description=f"closed loop ({controller_name})", disable=not show_progress
+    ):
         if plant.time_s >= idv_start_h * 3600.0 - 1e-6:
             plant.idv = disturbance
         meas = plant.measure()
@@ -146,15 +169,28 @@ def run_episode(policy: Policy, controller_name: str, seed: int = 7,
         if plant.shutdown:
             break
     numbers = [] if idv is None else [idv] if isinstance(idv, int) else list(idv)
-    metrics = episode_metrics(np.array(true_rows), np.array(costs), targets, steps,
-                              shutdown=bool(plant.shutdown))
-    episode_config = {"seed": seed, "idv": numbers, "idv_start_h": idv_start_h, "hours": hours,
-                      "setpoints": targets, "shutdown": plant.shutdown, **(config or {})}
+    metrics = episode_metrics(
+        np.array(true_rows), np.array(costs), targets, steps, shutdown=bool(plant.shutdown)
+    )
+    episode_config = {
+        "seed": seed,
+        "idv": numbers,
+        "idv_start_h": idv_start_h,
+        "hours": hours,
+        "setpoints": targets,
+        "shutdown": plant.shutdown,
+        **(config or {}),
+    }
     return EpisodeResult("tennessee_eastman", controller_name, episode_config, steps, metrics)
 
 
-def episode_metrics(true: np.ndarray, cost_per_h: np.ndarray, setpoints: Mapping[str, float],
-                    steps: list[StepRecord], shutdown: bool = False) -> dict[str, float]:
+def episode_metrics(
+    true: np.ndarray,
+    cost_per_h: np.ndarray,
+    setpoints: Mapping[str, float],
+    steps: list[StepRecord],
+    shutdown: bool = False,
+) -> dict[str, float]:
     """Scores on the true measurements after each move (rows of `true`, XMEAS order).
 
     cost: mean operating cost [$/h] over the samples run; violations: samples with any
@@ -181,9 +217,11 @@ def episode_metrics(true: np.ndarray, cost_per_h: np.ndarray, setpoints: Mapping
         "hours_run": float(len(true) * SAMPLE_PERIOD_H),
         "production_mean_m3h": float(column("stripper_underflow").mean()),
         "mean_abs_error_production_m3h": float(
-            np.abs(column("stripper_underflow") - setpoints["stripper_underflow"]).mean()),
+            np.abs(column("stripper_underflow") - setpoints["stripper_underflow"]).mean()
+        ),
         "mean_abs_error_pressure_kPa": float(
-            np.abs(column("reactor_pressure") - setpoints["reactor_pressure"]).mean()),
+            np.abs(column("reactor_pressure") - setpoints["reactor_pressure"]).mean()
+        ),
         "max_reactor_pressure_kPa": float(column("reactor_pressure").max()),
         "max_reactor_temperature_C": float(column("reactor_temperature").max()),
         **plan_time_metrics(steps),

@@ -91,8 +91,10 @@ def generate_training_log(hours: float, seed: int, show_progress: bool = False) 
     n = int(round(hours * 3600.0 / SAMPLE_PERIOD_S))
     plant = TEPPlant(seed=seed + 10_000)
     baseline = RickerBaseline()
-    sp_levels = {tag: aprbs_levels(rng, n, low, high, *SETPOINT_HOLD)
-                 for tag, (low, high) in SETPOINT_RANGES.items()}
+    sp_levels = {
+        tag: aprbs_levels(rng, n, low, high, *SETPOINT_HOLD)
+        for tag, (low, high) in SETPOINT_RANGES.items()
+    }
     offsets = np.column_stack([aprbs_levels(rng, n, -a, a, *OFFSET_HOLD) for a in MV_OFFSET_PCT])
     applied, pi_output = plant.mv.copy(), plant.mv.copy()
     paused = 0
@@ -101,16 +103,24 @@ def generate_training_log(hours: float, seed: int, show_progress: bool = False) 
         meas = plant.measure()
         paused = _paused_for(paused, meas)
         excite = 0.0 if paused else 1.0
-        setpoints = {tag: float(levels[k]) if excite else BASE_SETPOINTS[tag]
-                     for tag, levels in sp_levels.items()}
+        setpoints = {
+            tag: float(levels[k]) if excite else BASE_SETPOINTS[tag]
+            for tag, levels in sp_levels.items()
+        }
         # the baseline runs on its own output: the offsets are disturbances it rejects
         pi_output = baseline.act(meas, setpoints, pi_output)
         target = pi_output + excite * (offsets[k] + rng.normal(0.0, DITHER_PCT, len(MV_NAMES)))
-        applied = np.array([rate_clip(float(t), float(p), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
-                            for t, p in zip(target, applied, strict=True)])
+        applied = np.array(
+            [
+                rate_clip(float(t), float(p), RATE_PER_SAMPLE, MV_LOW, MV_HIGH)
+                for t, p in zip(target, applied, strict=True)
+            ]
+        )
         rows.append([plant.time_s, *meas.values(), *applied])
         plant.step(applied)
         if plant.shutdown:
-            raise RuntimeError(f"excitation shut the plant down at {plant.time_s / 3600:.2f} h "
-                               f"(seed {seed}): {plant.shutdown}")
+            raise RuntimeError(
+                f"excitation shut the plant down at {plant.time_s / 3600:.2f} h "
+                f"(seed {seed}): {plant.shutdown}"
+            )
     return pd.DataFrame(rows, columns=[SPEC.timestamp_column, *TAG_COLUMNS])

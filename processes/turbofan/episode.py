@@ -34,8 +34,9 @@ Policy = Callable[[TurbofanSimulator, float, dict[str, float], float], StepRecor
 """(plant, time_s, measurements, thrust demand [kN]) -> the step's record with applied Wf."""
 
 
-def _record(time_s: float, meas: dict[str, float], demand: float, wf: float,
-            solve_ms: float) -> StepRecord:
+def _record(
+    time_s: float, meas: dict[str, float], demand: float, wf: float, solve_ms: float
+) -> StepRecord:
     return StepRecord(0, time_s, meas, {"Fn": demand}, {"Wf": wf}, solve_ms=solve_ms)
 
 
@@ -43,8 +44,9 @@ def fadec_policy(protect: bool = True) -> Policy:
     """The baseline: PI on thrust with limit protection (`protect=False`: the bare PI)."""
     control = FuelControl(protect=protect)
 
-    def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
-            demand: float) -> StepRecord:
+    def act(
+        sim: TurbofanSimulator, time_s: float, meas: dict[str, float], demand: float
+    ) -> StepRecord:
         start = time.perf_counter()
         if time_s <= 0.0:  # a new episode: no error history from the last one
             control.reset()
@@ -65,8 +67,9 @@ def oracle_policy(horizon: int = 20, protected: bool = False) -> Policy:
     nmpc = OracleNMPC(horizon=horizon)
     protection = FuelControl() if protected else None
 
-    def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
-            demand: float) -> StepRecord:
+    def act(
+        sim: TurbofanSimulator, time_s: float, meas: dict[str, float], demand: float
+    ) -> StepRecord:
         if time_s <= 0.0:
             nmpc.reset()
             if protection is not None:
@@ -91,8 +94,11 @@ def fadec_fallback() -> Fallback:
     control = FuelControl()
     last_output: list[float] = []
 
-    def fallback(meas: Mapping[str, float | None], setpoints: Mapping[str, float],
-                 applied: Mapping[str, float]) -> dict[str, float]:
+    def fallback(
+        meas: Mapping[str, float | None],
+        setpoints: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         wf = float(applied["Wf"])
         if not last_output or last_output[0] != wf:
             control.reset()  # another controller acted since: no derivative kick from old errors
@@ -111,16 +117,20 @@ def fadec_protection() -> Protection:
     dip the instant fuel steps up, and this law is sized for it (SM_PER_LOG_FUEL)."""
     control = FuelControl()
 
-    def protect(meas: Mapping[str, float | None], proposal: Mapping[str, float],
-                applied: Mapping[str, float]) -> dict[str, float]:
+    def protect(
+        meas: Mapping[str, float | None],
+        proposal: Mapping[str, float],
+        applied: Mapping[str, float],
+    ) -> dict[str, float]:
         return {"Wf": control.protect_fuel(meas, float(proposal["Wf"]), float(applied["Wf"]))}
 
     return protect
 
 
 def twin_policy(controller: Controller) -> Policy:
-    def act(sim: TurbofanSimulator, time_s: float, meas: dict[str, float],
-            demand: float) -> StepRecord:
+    def act(
+        sim: TurbofanSimulator, time_s: float, meas: dict[str, float], demand: float
+    ) -> StepRecord:
         # the fuel control reports the fuel it holds, so the twin's first move is bumpless
         return controller.step(time_s, {**meas, "Wf": sim.wf}, {"Fn": demand})
 
@@ -141,16 +151,24 @@ def _margins(meas: Mapping[str, float]) -> dict[str, float]:
     """Distance of each limited sensor's measurement to its nearest limit (negative: beyond)."""
     out = {}
     for tag, (low, high) in LIMITS.items():
-        sides = [high - meas[tag] if high is not None else math.inf,
-                 meas[tag] - low if low is not None else math.inf]
+        sides = [
+            high - meas[tag] if high is not None else math.inf,
+            meas[tag] - low if low is not None else math.inf,
+        ]
         out[tag] = float(min(sides))
     return out
 
 
-def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None = None,
-                seed: int = 7, config: dict[str, Any] | None = None,
-                show_progress: bool = False, cycle: float = 0.0, unit: int = 1
-                ) -> EpisodeResult:
+def run_episode(
+    policy: Policy,
+    controller_name: str,
+    scenario: Scenario | None = None,
+    seed: int = 7,
+    config: dict[str, Any] | None = None,
+    show_progress: bool = False,
+    cycle: float = 0.0,
+    unit: int = 1,
+) -> EpisodeResult:
     """Drive engine `unit` at `cycle` through `scenario` with `policy`; score on the truth.
 
     The engine starts trimmed to the first demand. Each step: measure, decide, apply; the
@@ -160,13 +178,15 @@ def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None 
     scenario = scenario or benchmark_scenario()
     health = health_at(cycle, unit)
     wf0, _ = trim_fuel(scenario.setpoint(0), scenario.flight(0), health)
-    sim = TurbofanSimulator(seed=seed, cycle=cycle, unit=unit, wf0=wf0,
-                            flight=scenario.flight(0))
+    sim = TurbofanSimulator(seed=seed, cycle=cycle, unit=unit, wf0=wf0, flight=scenario.flight(0))
     steps: list[StepRecord] = []
     thrust, fuel, moves, excess = [], [], [], []
     extremes: dict[str, list[float]] = {tag: [] for tag in LIMITS}
-    for k in track(range(scenario.steps), description=f"closed loop ({controller_name})",
-                   disable=not show_progress):
+    for k in track(
+        range(scenario.steps),
+        description=f"closed loop ({controller_name})",
+        disable=not show_progress,
+    ):
         sim.flight = scenario.flight(k)
         meas = sim.measure()
         held = sim.wf
@@ -179,8 +199,10 @@ def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None 
         moves.append(wf - held)
         fuel.append(wf)
         thrust.append(end["Fn"])
-        worst = {tag: max(a, b) for (tag, a), b in
-                 zip(_excess(start).items(), _excess(end).values(), strict=True)}
+        worst = {
+            tag: max(a, b)
+            for (tag, a), b in zip(_excess(start).items(), _excess(end).values(), strict=True)
+        }
         excess.append(worst)
         for tag, (low, _high) in LIMITS.items():
             pick = min if low is not None else max
@@ -188,17 +210,33 @@ def run_episode(policy: Policy, controller_name: str, scenario: Scenario | None 
         record.margins = _margins(meas)
         steps.append(record)
     demands = np.array([scenario.setpoint(k) for k in range(scenario.steps)])
-    metrics = episode_metrics(np.array(thrust), demands, np.array(moves), np.array(fuel),
-                              excess, extremes, steps)
-    return EpisodeResult("turbofan", controller_name,
-                         {"scenario": scenario.to_dict(), "seed": seed, "cycle": cycle,
-                          "unit": unit, **(config or {})}, steps, metrics)
+    metrics = episode_metrics(
+        np.array(thrust), demands, np.array(moves), np.array(fuel), excess, extremes, steps
+    )
+    return EpisodeResult(
+        "turbofan",
+        controller_name,
+        {
+            "scenario": scenario.to_dict(),
+            "seed": seed,
+            "cycle": cycle,
+            "unit": unit,
+            **(config or {}),
+        },
+        steps,
+        metrics,
+    )
 
 
-def episode_metrics(thrust: np.ndarray, demands: np.ndarray, moves: np.ndarray,
-                    fuel: np.ndarray, excess: list[dict[str, float]],
-                    extremes: Mapping[str, list[float]],
-                    steps: list[StepRecord]) -> dict[str, float]:
+def episode_metrics(
+    thrust: np.ndarray,
+    demands: np.ndarray,
+    moves: np.ndarray,
+    fuel: np.ndarray,
+    excess: list[dict[str, float]],
+    extremes: Mapping[str, list[float]],
+    steps: list[StepRecord],
+) -> dict[str, float]:
     """Cost = sum of ((Fn - demand) / 10 kN)^2 + 0.05 (dWf / max step)^2 on the true thrust.
 
     10 kN is about a tenth of the takeoff thrust, so a step held 10 kN off costs one per
@@ -251,5 +289,6 @@ EPISODE_SUMMARY = (
 # Two predictor layers and rollout readout weight 25 (defaults 1 and 5): open-loop error at
 # 10 steps 0.0266 -> 0.0199 of range, closed loop 1.286 -> 1.281 x the oracle
 # (benchmarks/prediction.py, benchmarks/control.py).
-TRAINING_RECIPE = TrainingRecipe(hours=1.5, epochs=8, max_minutes=5.0, predictor_layers=2,
-                                 predicted_readout_weight=25.0)
+TRAINING_RECIPE = TrainingRecipe(
+    hours=1.5, epochs=8, max_minutes=5.0, predictor_layers=2, predicted_readout_weight=25.0
+)

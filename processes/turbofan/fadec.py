@@ -63,22 +63,31 @@ class FuelControl:
         ceilings = []
         sm, t50 = meas.get("SM_hpc"), meas.get("T50")
         # a missing limit sensor allows no increase: the protection must not go blind
-        ceilings.append(applied if sm is None else applied * max(
-            0.5, 1.0 + 0.8 * (float(sm) - SM_CONTROL_PCT) / SM_PER_LOG_FUEL))
-        ceilings.append(applied if t50 is None else applied * max(
-            0.5, 1.0 + 0.8 * (T50_CONTROL_K - float(t50)) / T50_PER_LOG_FUEL))
+        ceilings.append(
+            applied
+            if sm is None
+            else applied * max(0.5, 1.0 + 0.8 * (float(sm) - SM_CONTROL_PCT) / SM_PER_LOG_FUEL)
+        )
+        ceilings.append(
+            applied
+            if t50 is None
+            else applied * max(0.5, 1.0 + 0.8 * (T50_CONTROL_K - float(t50)) / T50_PER_LOG_FUEL)
+        )
         for tag, limit in (("Nf", NF_CONTROL_RPM), ("Nc", NC_CONTROL_RPM)):
             speed = meas.get(tag)
             if speed is None:
                 ceilings.append(applied)
                 self.previous_errors.pop(tag, None)
             else:
-                ceilings.append(applied + self._pi_move(tag, limit - float(speed),
-                                                        SPEED_KP[tag], SPEED_TI_S[tag]))
+                ceilings.append(
+                    applied
+                    + self._pi_move(tag, limit - float(speed), SPEED_KP[tag], SPEED_TI_S[tag])
+                )
         return ceilings
 
-    def __call__(self, meas: Mapping[str, float | None], thrust_demand: float | None,
-                 applied: float) -> float:
+    def __call__(
+        self, meas: Mapping[str, float | None], thrust_demand: float | None, applied: float
+    ) -> float:
         thrust = meas.get("Fn")
         if thrust is None or thrust_demand is None:
             self.previous_errors.pop("Fn", None)
@@ -86,8 +95,9 @@ class FuelControl:
         move = self._pi_move("Fn", thrust_demand - float(thrust), FN_KP, FN_TI_S)
         return self.protect_fuel(meas, applied + move, applied)
 
-    def protect_fuel(self, meas: Mapping[str, float | None], demand: float,
-                     applied: float) -> float:
+    def protect_fuel(
+        self, meas: Mapping[str, float | None], demand: float, applied: float
+    ) -> float:
         """A fuel demand through the limit selection, the rate limit and the bounds."""
         if self.protect:
             demand = min(demand, *self._ceilings(meas, applied))

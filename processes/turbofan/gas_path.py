@@ -80,8 +80,9 @@ class Health(NamedTuple):
 
 NEW_ENGINE = Health()
 SEA_LEVEL_STATIC = Flight()
-END_OF_LIFE_LOSS = Health(fan_eff=0.02, fan_flow=0.02, hpc_eff=0.03, hpc_flow=0.03,
-                          hpt_eff=0.03, hpt_flow=0.02)
+END_OF_LIFE_LOSS = Health(
+    fan_eff=0.02, fan_flow=0.02, hpc_eff=0.03, hpc_flow=0.03, hpt_eff=0.03, hpt_flow=0.02
+)
 DEGRADATION_CURVATURE = 2.0  # C-MAPSS-like exponential growth of wear with cycles
 SURGE_LINE_PER_EFF_LOSS = 2.0  # surge pressure ratio lost per unit HPC efficiency lost
 
@@ -93,20 +94,23 @@ def health_at(cycle: float, unit: int = 1) -> Health:
     rate = rng.lognormal(0.0, 0.2, size=6)
     b = DEGRADATION_CURVATURE
     growth = (math.exp(b * max(cycle, 0.0) / CYCLE_END_OF_LIFE) - 1.0) / (math.exp(b) - 1.0)
-    losses = [float(d * (w0 + r * growth))
-              for d, w0, r in zip(END_OF_LIFE_LOSS, initial_wear, rate, strict=True)]
+    losses = [
+        float(d * (w0 + r * growth))
+        for d, w0, r in zip(END_OF_LIFE_LOSS, initial_wear, rate, strict=True)
+    ]
     return Health(*losses)
 
 
 # -- smooth helpers that work on floats and CasADi symbols -------------------------------------
 
+
 def _sqrt(x: Scalar) -> Scalar:
-    return x ** 0.5
+    return x**0.5
 
 
 def _smooth_max(a: Scalar, b: Scalar, eps: float) -> Scalar:
     """max(a, b) rounded over a width ~eps, so the oracle's derivatives exist everywhere."""
-    return 0.5 * (a + b + _sqrt((a - b) ** 2 + eps ** 2))
+    return 0.5 * (a + b + _sqrt((a - b) ** 2 + eps**2))
 
 
 def _efficiency(n: Scalar, design: float, peak_at: float, curvature: float) -> Scalar:
@@ -116,11 +120,11 @@ def _efficiency(n: Scalar, design: float, peak_at: float, curvature: float) -> S
 
 
 def _pressure_ratio(n: Scalar, design: float) -> Scalar:
-    return 1.0 + (design - 1.0) * n ** 2
+    return 1.0 + (design - 1.0) * n**2
 
 
 def _compress(t_in: Scalar, pr: Scalar, eta: Scalar) -> Scalar:
-    return t_in * (1.0 + (pr ** KAPPA_AIR - 1.0) / eta)
+    return t_in * (1.0 + (pr**KAPPA_AIR - 1.0) / eta)
 
 
 def _fan_flow_shape(n: Scalar) -> Scalar:
@@ -128,20 +132,20 @@ def _fan_flow_shape(n: Scalar) -> Scalar:
 
 
 def _hpc_flow_shape(n: Scalar) -> Scalar:
-    return n ** 3  # steep speed lines of a high-pressure-ratio core compressor
+    return n**3  # steep speed lines of a high-pressure-ratio core compressor
 
 
 def _surge_pressure_ratio(wc: Scalar) -> Scalar:
-    return 1.0 + (PR_SURGE_DESIGN - 1.0) * wc ** 1.6
+    return 1.0 + (PR_SURGE_DESIGN - 1.0) * wc**1.6
 
 
 def _hpc_pr_guess(n2: Scalar) -> Scalar:
-    return 1.0 + (PR_HPC_DESIGN - 1.0) * n2 ** 4.7  # steady working line, first guess
+    return 1.0 + (PR_HPC_DESIGN - 1.0) * n2**4.7  # steady working line, first guess
 
 
 def _nozzle_pressure(pa: Scalar, w: Scalar, t: Scalar, area_sq: float) -> Scalar:
     """Upstream total pressure that passes flow w at temperature t: orifice law, explicit."""
-    return 0.5 * pa + _sqrt(0.25 * pa ** 2 + w ** 2 * R_GAS * t / (2.0 * area_sq))
+    return 0.5 * pa + _sqrt(0.25 * pa**2 + w**2 * R_GAS * t / (2.0 * area_sq))
 
 
 def _jet_velocity(t: Scalar, p: Scalar, pa: Scalar, cp: float, kappa: float) -> Scalar:
@@ -177,8 +181,11 @@ def _match_design_point() -> Design:
     p24 = p2 * PR_FAN_DESIGN * PR_LPC_DESIGN
     t3 = _compress(t24, PR_HPC_DESIGN, ETA_HPC_DESIGN)
     p4 = p24 * PR_HPC_DESIGN * (1.0 - BURNER_LOSS)
-    wf = W25_DESIGN * (CP_GAS * T4_DESIGN_K - CP_AIR * t3) / (
-        ETA_BURNER * FUEL_LHV - CP_GAS * T4_DESIGN_K)
+    wf = (
+        W25_DESIGN
+        * (CP_GAS * T4_DESIGN_K - CP_AIR * t3)
+        / (ETA_BURNER * FUEL_LHV - CP_GAS * T4_DESIGN_K)
+    )
     w4 = W25_DESIGN + wf
     hp_work = (W25_DESIGN * CP_AIR * (t3 - t24) + HP_OFFTAKE_W) / (ETA_MECH * w4 * CP_GAS)
     pr_hpt = (1.0 - hp_work / (ETA_HPT * T4_DESIGN_K)) ** (-1.0 / KAPPA_GAS)
@@ -187,9 +194,16 @@ def _match_design_point() -> Design:
     t5 = t45 - lp_power / (ETA_MECH * w4 * CP_GAS)
     pr_lpt = (1.0 - (t45 - t5) / (ETA_LPT * t45)) ** (-1.0 / KAPPA_GAS)
     p5 = p4 / pr_hpt / pr_lpt
-    area_sq = w4 ** 2 * R_GAS * t5 / (2.0 * ((p5 - 0.5 * P_STD_PA) ** 2 - 0.25 * P_STD_PA ** 2))
-    return Design(t24=t24, p24=p24, wf=wf, hpt_capacity=w4 * math.sqrt(T4_DESIGN_K) / p4,
-                  pr_hpt=pr_hpt, nozzle_area_sq=area_sq, t50=t5)
+    area_sq = w4**2 * R_GAS * t5 / (2.0 * ((p5 - 0.5 * P_STD_PA) ** 2 - 0.25 * P_STD_PA**2))
+    return Design(
+        t24=t24,
+        p24=p24,
+        wf=wf,
+        hpt_capacity=w4 * math.sqrt(T4_DESIGN_K) / p4,
+        pr_hpt=pr_hpt,
+        nozzle_area_sq=area_sq,
+        t50=t5,
+    )
 
 
 DESIGN = _match_design_point()
@@ -212,21 +226,22 @@ class GasPath:
     w25: Scalar
 
 
-def gas_path(n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight,
-             health: Health = NEW_ENGINE) -> GasPath:
+def gas_path(
+    n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight, health: Health = NEW_ENGINE
+) -> GasPath:
     """The quasi-steady gas path at spool speeds n1, n2 [rpm] and fuel flow wf [kg/s]."""
     t_amb, p_amb = _ambient(flight)
-    ram = 1.0 + 0.2 * flight.mach ** 2
-    t2, p2 = t_amb * ram, p_amb * ram ** 3.5 * RAM_RECOVERY
+    ram = 1.0 + 0.2 * flight.mach**2
+    t2, p2 = t_amb * ram, p_amb * ram**3.5 * RAM_RECOVERY
     v0 = flight.mach * _sqrt(GAMMA_AIR * R_GAS * t_amb)
     # low spool: fan (whole flow) and booster (core stream) on their working lines
     theta2 = t2 / T_STD_K
     n1c = n1 / N1_DESIGN_RPM / _sqrt(theta2)
-    w2 = (W2_DESIGN * _fan_flow_shape(n1c) * (1.0 - health.fan_flow)
-          * (p2 / P_STD_PA) / _sqrt(theta2))
+    w2 = (
+        W2_DESIGN * _fan_flow_shape(n1c) * (1.0 - health.fan_flow) * (p2 / P_STD_PA) / _sqrt(theta2)
+    )
     pr_fan = _pressure_ratio(n1c, PR_FAN_DESIGN)
-    t21 = _compress(t2, pr_fan, _efficiency(n1c, ETA_FAN_DESIGN, 0.9, 0.6)
-                    * (1.0 - health.fan_eff))
+    t21 = _compress(t2, pr_fan, _efficiency(n1c, ETA_FAN_DESIGN, 0.9, 0.6) * (1.0 - health.fan_eff))
     pr_lpc = _pressure_ratio(n1c, PR_LPC_DESIGN)
     t24 = _compress(t21, pr_lpc, _efficiency(n1c, ETA_LPC_DESIGN, 0.9, 0.6))
     p21 = p2 * pr_fan
@@ -252,13 +267,13 @@ def gas_path(n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight,
     surge_pr = _surge_pressure_ratio(wc25) * (1.0 - SURGE_LINE_PER_EFF_LOSS * health.hpc_eff)
     surge_margin = 100.0 * (surge_pr / (p3 / p24) - 1.0)
     # turbines: fixed HPT expansion; LPT expansion set by the core nozzle
-    t45 = t4 * (1.0 - ETA_HPT * (1.0 - health.hpt_eff) * (1.0 - DESIGN.pr_hpt ** -KAPPA_GAS))
+    t45 = t4 * (1.0 - ETA_HPT * (1.0 - health.hpt_eff) * (1.0 - DESIGN.pr_hpt**-KAPPA_GAS))
     p45 = p4 / DESIGN.pr_hpt
     t5 = 0.8 * t45
     for _ in range(FIXED_POINT_PASSES):
         p5 = _nozzle_pressure(p_amb, w4, t5, DESIGN.nozzle_area_sq)
         pr_lpt = _smooth_max(p45 / p5, 1.0, 0.01)
-        t5 = t45 * (1.0 - ETA_LPT * (1.0 - pr_lpt ** -KAPPA_GAS))
+        t5 = t45 * (1.0 - ETA_LPT * (1.0 - pr_lpt**-KAPPA_GAS))
     p5 = _nozzle_pressure(p_amb, w4, t5, DESIGN.nozzle_area_sq)
     # thrust of both fully expanded jets less the ram drag
     w13 = w2 - w25
@@ -267,25 +282,39 @@ def gas_path(n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight,
     thrust = w13 * v19 + w4 * v9 - w2 * v0
     lp_power = w2 * CP_AIR * (t21 - t2) + w25 * CP_AIR * (t24 - t21)
     hp_power = w25 * CP_AIR * (t3 - t24) + HP_OFFTAKE_W
-    return GasPath(t24=t24, t3=t3, p3=p3, t4=t4, t5=t5, thrust=thrust,
-                   surge_margin=surge_margin,
-                   lp_excess_power=ETA_MECH * w4 * CP_GAS * (t45 - t5) - lp_power,
-                   hp_excess_power=ETA_MECH * w4 * CP_GAS * (t4 - t45) - hp_power,
-                   w2=w2, w25=w25)
+    return GasPath(
+        t24=t24,
+        t3=t3,
+        p3=p3,
+        t4=t4,
+        t5=t5,
+        thrust=thrust,
+        surge_margin=surge_margin,
+        lp_excess_power=ETA_MECH * w4 * CP_GAS * (t45 - t5) - lp_power,
+        hp_excess_power=ETA_MECH * w4 * CP_GAS * (t4 - t45) - hp_power,
+        w2=w2,
+        w25=w25,
+    )
 
 
-def derivatives(n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight,
-                health: Health = NEW_ENGINE) -> tuple[Scalar, Scalar]:
+def derivatives(
+    n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight, health: Health = NEW_ENGINE
+) -> tuple[Scalar, Scalar]:
     """Spool accelerations [rpm/s]: J w dw/dt = excess power, w in rad/s."""
     g = gas_path(n1, n2, wf, flight, health)
-    dn1 = g.lp_excess_power / (J_LP_KG_M2 * RPM_TO_RAD ** 2 * n1)
-    dn2 = g.hp_excess_power / (J_HP_KG_M2 * RPM_TO_RAD ** 2 * n2)
+    dn1 = g.lp_excess_power / (J_LP_KG_M2 * RPM_TO_RAD**2 * n1)
+    dn2 = g.hp_excess_power / (J_HP_KG_M2 * RPM_TO_RAD**2 * n2)
     return dn1, dn2
 
 
-def rk4_step(x: tuple[Scalar, Scalar], wf: Scalar, flight: Flight, health: Health,
-             dt_s: float = SAMPLE_PERIOD_S, substeps: int = RK4_SUBSTEPS
-             ) -> tuple[Scalar, Scalar]:
+def rk4_step(
+    x: tuple[Scalar, Scalar],
+    wf: Scalar,
+    flight: Flight,
+    health: Health,
+    dt_s: float = SAMPLE_PERIOD_S,
+    substeps: int = RK4_SUBSTEPS,
+) -> tuple[Scalar, Scalar]:
     """One sample period of the spool dynamics at constant fuel and flight condition."""
     h = dt_s / substeps
     n1, n2 = x
@@ -299,18 +328,32 @@ def rk4_step(x: tuple[Scalar, Scalar], wf: Scalar, flight: Flight, health: Healt
     return n1, n2
 
 
-def sensors(n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight,
-            health: Health = NEW_ENGINE) -> dict[str, Scalar]:
+def sensors(
+    n1: Scalar, n2: Scalar, wf: Scalar, flight: Flight, health: Health = NEW_ENGINE
+) -> dict[str, Scalar]:
     """The true (noise-free) value of every sensor tag, in the spec's units."""
     g = gas_path(n1, n2, wf, flight, health)
     ps30_kpa = PS30_OVER_P30 * g.p3 / 1e3
-    return {"T24": g.t24, "T30": g.t3, "T50": g.t5, "P30": g.p3 / 1e3, "Nf": n1, "Nc": n2,
-            "Ps30": ps30_kpa, "phi": 1e3 * wf / ps30_kpa, "Fn": g.thrust / 1e3,
-            "SM_hpc": g.surge_margin}
+    return {
+        "T24": g.t24,
+        "T30": g.t3,
+        "T50": g.t5,
+        "P30": g.p3 / 1e3,
+        "Nf": n1,
+        "Nc": n2,
+        "Ps30": ps30_kpa,
+        "phi": 1e3 * wf / ps30_kpa,
+        "Fn": g.thrust / 1e3,
+        "SM_hpc": g.surge_margin,
+    }
 
 
-def steady_state(wf: float, flight: Flight = SEA_LEVEL_STATIC, health: Health = NEW_ENGINE,
-                 start: tuple[float, float] | None = None) -> tuple[float, float]:
+def steady_state(
+    wf: float,
+    flight: Flight = SEA_LEVEL_STATIC,
+    health: Health = NEW_ENGINE,
+    start: tuple[float, float] | None = None,
+) -> tuple[float, float]:
     """Spool speeds where both shafts balance at fuel wf: damped Newton, numerical Jacobian."""
     x = np.array(start if start is not None else (4000.0, 13500.0), dtype=float)
 
@@ -327,8 +370,9 @@ def steady_state(wf: float, flight: Flight = SEA_LEVEL_STATIC, health: Health = 
     return float(x[0]), float(x[1])
 
 
-def trim_fuel(thrust_kn: float, flight: Flight = SEA_LEVEL_STATIC,
-              health: Health = NEW_ENGINE) -> tuple[float, tuple[float, float]]:
+def trim_fuel(
+    thrust_kn: float, flight: Flight = SEA_LEVEL_STATIC, health: Health = NEW_ENGINE
+) -> tuple[float, tuple[float, float]]:
     """Fuel (within its bounds) whose steady state gives `thrust_kn`, and that steady state."""
     low, high = WF_LOW, WF_HIGH
     x = steady_state(low, flight, health)

@@ -48,9 +48,11 @@ def _step_function() -> ca.Function:
         values = sensors(a, b, u, flight, health)
         return ca.vertcat(*[values[k] for k in names])
 
-    return ca.Function("turbofan_step", [x, u, p],
-                       [ca.vertcat(nxt[0] / N1_DESIGN_RPM, nxt[1] / N2_DESIGN_RPM),
-                        picked(n1, n2), picked(*nxt)])
+    return ca.Function(
+        "turbofan_step",
+        [x, u, p],
+        [ca.vertcat(nxt[0] / N1_DESIGN_RPM, nxt[1] / N2_DESIGN_RPM), picked(n1, n2), picked(*nxt)],
+    )
 
 
 class OracleNMPC:
@@ -62,8 +64,14 @@ class OracleNMPC:
 
     def __init__(self, horizon: int = 20, margins: Mapping[str, float] | None = None) -> None:
         self.horizon = horizon
-        margins = {"T50": 3.0, "SM_hpc": 0.5, "phi": 0.005, "Nf": 10.0, "Nc": 15.0,
-                   **(margins or {})}
+        margins = {
+            "T50": 3.0,
+            "SM_hpc": 0.5,
+            "phi": 0.005,
+            "Nf": 10.0,
+            "Nc": 15.0,
+            **(margins or {}),
+        }
         step = _step_function()
         opti = ca.Opti()
         x = opti.variable(2, horizon + 1)
@@ -82,10 +90,12 @@ class OracleNMPC:
                 opti.subject_to(y[0] <= T50_MAX_K - margins["T50"] + 10.0 * slack[0, k])
                 opti.subject_to(y[1] >= SM_MIN_PCT + margins["SM_hpc"] - slack[1, k])
                 opti.subject_to(y[2] >= PHI_MIN + margins["phi"] - 0.01 * slack[2, k])
-            opti.subject_to(x[0, k + 1] * N1_DESIGN_RPM <= NF_MAX_RPM - margins["Nf"]
-                            + 10.0 * slack[3, k])
-            opti.subject_to(x[1, k + 1] * N2_DESIGN_RPM <= NC_MAX_RPM - margins["Nc"]
-                            + 10.0 * slack[4, k])
+            opti.subject_to(
+                x[0, k + 1] * N1_DESIGN_RPM <= NF_MAX_RPM - margins["Nf"] + 10.0 * slack[3, k]
+            )
+            opti.subject_to(
+                x[1, k + 1] * N2_DESIGN_RPM <= NC_MAX_RPM - margins["Nc"] + 10.0 * slack[4, k]
+            )
             cost += ((y_end[3] - self.p_sp) / FN_SCALE_KN) ** 2
             cost += MOVE_WEIGHT * ((u[0, k] - prev) / RATE_PER_SAMPLE) ** 2
             cost += 1e3 * ca.sum1(slack[:, k])
@@ -93,11 +103,20 @@ class OracleNMPC:
         opti.subject_to(opti.bounded(0.2, x, 1.3))
         opti.subject_to(ca.vec(slack) >= 0)
         opti.minimize(cost)
-        opti.solver("ipopt", {"print_time": False, "expand": True, "ipopt.print_level": 0,
-                              "ipopt.sb": "yes", "ipopt.max_iter": 100, "ipopt.tol": 1e-6,
-                              "ipopt.acceptable_tol": 1e-4,
-                              # quasi-Newton: half the time of the exact Hessian, same plans
-                              "ipopt.hessian_approximation": "limited-memory"})
+        opti.solver(
+            "ipopt",
+            {
+                "print_time": False,
+                "expand": True,
+                "ipopt.print_level": 0,
+                "ipopt.sb": "yes",
+                "ipopt.max_iter": 100,
+                "ipopt.tol": 1e-6,
+                "ipopt.acceptable_tol": 1e-4,
+                # quasi-Newton: half the time of the exact Hessian, same plans
+                "ipopt.hessian_approximation": "limited-memory",
+            },
+        )
         self.opti, self.x, self.u, self.slack = opti, x, u, slack
         self.last_plan_ms = 0.0
         self.last_status = ""
@@ -106,8 +125,14 @@ class OracleNMPC:
     def reset(self) -> None:
         self._warm = None
 
-    def __call__(self, state: tuple[float, float], u_prev: float, thrust_demand: float,
-                 flight: Flight, health: Health) -> float:
+    def __call__(
+        self,
+        state: tuple[float, float],
+        u_prev: float,
+        thrust_demand: float,
+        flight: Flight,
+        health: Health,
+    ) -> float:
         opti = self.opti
         x0 = np.array(state) / N_SCALE
         opti.set_value(self.p_x0, x0)

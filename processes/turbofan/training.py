@@ -35,6 +35,7 @@ from .plant import SPEC, TurbofanSimulator
 
 # -- scenarios ------------------------------------------------------------------------------
 
+
 @dataclass
 class Scenario:
     """A thrust-demand schedule and flight-condition waypoints (linear between), by sample."""
@@ -51,8 +52,11 @@ class Scenario:
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "setpoints": [list(p) for p in self.setpoints],
-                "flight_points": [[k, f._asdict()] for k, f in self.flight_points]}
+        return {
+            "steps": self.steps,
+            "setpoints": [list(p) for p in self.setpoints],
+            "flight_points": [[k, f._asdict()] for k, f in self.flight_points],
+        }
 
     def flight(self, k: int) -> Flight:
         ks = [p[0] for p in self.flight_points]
@@ -66,8 +70,11 @@ def benchmark_scenario() -> Scenario:
     return Scenario(
         steps=300,
         setpoints=[(0, 25.0), (15, 65.0), (75, 100.0), (165, 65.0), (240, 30.0)],
-        flight_points=[(0, Flight(0.0, 0.2, 10.0)), (150, Flight(0.0, 0.2, 10.0)),
-                       (300, Flight(300.0, 0.3, 10.0))],
+        flight_points=[
+            (0, Flight(0.0, 0.2, 10.0)),
+            (150, Flight(0.0, 0.2, 10.0)),
+            (300, Flight(300.0, 0.3, 10.0)),
+        ],
     )
 
 
@@ -115,20 +122,24 @@ def _flight_profile(rng: np.random.Generator, n: int) -> list[Flight]:
     alt_targets = aprbs_levels(rng, n, 0.0, ALT_MAX_M, *hold)
     alt = _ramp(alt_targets, float(alt_targets[0]), CLIMB_RATE_M_PER_S * dt)
     share = aprbs_levels(rng, n, 0.0, 1.0, *hold)
-    mach_targets = np.array([lo + s * (hi - lo) for s, (lo, hi) in
-                             zip(share, map(mach_range, alt), strict=True)])
+    mach_targets = np.array(
+        [lo + s * (hi - lo) for s, (lo, hi) in zip(share, map(mach_range, alt), strict=True)]
+    )
     mach = _ramp(mach_targets, float(mach_targets[0]), MACH_RATE_PER_S * dt)
     dt_targets = aprbs_levels(rng, n, *DT_ISA_RANGE_K, *hold)
     dt_isa = _ramp(dt_targets, float(dt_targets[0]), DT_ISA_RATE_K_PER_S * dt)
-    return [Flight(float(a), float(m), float(t)) for a, m, t in zip(alt, mach, dt_isa,
-                                                                     strict=True)]
+    return [Flight(float(a), float(m), float(t)) for a, m, t in zip(alt, mach, dt_isa, strict=True)]
 
 
 def _violates(values: Mapping[str, float]) -> bool:
     """Does a true sensor reading come within the rig's guard band of a hard limit?"""
-    return bool(values["T50"] > T50_MAX_K - 4.0 or values["Nf"] > NF_MAX_RPM - 15.0
-                or values["Nc"] > NC_MAX_RPM - 20.0 or values["SM_hpc"] < SM_MIN_PCT + 1.0
-                or values["phi"] < PHI_MIN + 0.01)
+    return bool(
+        values["T50"] > T50_MAX_K - 4.0
+        or values["Nf"] > NF_MAX_RPM - 15.0
+        or values["Nc"] > NC_MAX_RPM - 20.0
+        or values["SM_hpc"] < SM_MIN_PCT + 1.0
+        or values["phi"] < PHI_MIN + 0.01
+    )
 
 
 def _guard(sim: TurbofanSimulator, wf: float, lookahead: int = 3) -> bool:
@@ -152,25 +163,39 @@ def _safe_fuel(sim: TurbofanSimulator, wf: float) -> float:
             return candidate
     # nothing looks safe: move away from whichever limit is nearer
     phi_low = sim.true_sensors(held)["phi"] < PHI_MIN + 0.02
-    return rate_clip(held + (RATE_PER_SAMPLE if phi_low else -RATE_PER_SAMPLE), held,
-                     RATE_PER_SAMPLE, WF_LOW, WF_HIGH)
+    return rate_clip(
+        held + (RATE_PER_SAMPLE if phi_low else -RATE_PER_SAMPLE),
+        held,
+        RATE_PER_SAMPLE,
+        WF_LOW,
+        WF_HIGH,
+    )
 
 
-def _flight_segment(rng: np.random.Generator, n: int, cycle: float, unit: int,
-                    sim_seed: int, start_time_s: float) -> list[dict[str, float]]:
+def _flight_segment(
+    rng: np.random.Generator, n: int, cycle: float, unit: int, sim_seed: int, start_time_s: float
+) -> list[dict[str, float]]:
     """One logged flight: the baseline on random thrust demands with dither, alternating with
     open-loop APRBS fuel steps around where the loop left the engine; the baseline's limit
     protection and the rig's guard keep every sample within the limits."""
     flights = _flight_profile(rng, n)
-    demand_share = aprbs_levels(rng, n, 0.1, 1.05, int(3 / SAMPLE_PERIOD_S),
-                                int(25 / SAMPLE_PERIOD_S))
+    demand_share = aprbs_levels(
+        rng, n, 0.1, 1.05, int(3 / SAMPLE_PERIOD_S), int(25 / SAMPLE_PERIOD_S)
+    )
     offsets = aprbs_levels(rng, n, -0.3, 0.3, int(1 / SAMPLE_PERIOD_S), int(8 / SAMPLE_PERIOD_S))
-    closed = aprbs_levels(rng, n, 0.0, 1.0, int(20 / SAMPLE_PERIOD_S),
-                          int(90 / SAMPLE_PERIOD_S)) < 0.6
+    closed = (
+        aprbs_levels(rng, n, 0.0, 1.0, int(20 / SAMPLE_PERIOD_S), int(90 / SAMPLE_PERIOD_S)) < 0.6
+    )
     # start in steady state at a random part-power fuel flow (lapsing like the thrust)
     wf0 = float(rng.uniform(0.3, 0.7)) * thrust_available_kn(flights[0]) / 125.0
-    sim = TurbofanSimulator(seed=sim_seed, cycle=cycle, unit=unit, flight=flights[0],
-                            wf0=max(WF_LOW, wf0), time_s=start_time_s)
+    sim = TurbofanSimulator(
+        seed=sim_seed,
+        cycle=cycle,
+        unit=unit,
+        flight=flights[0],
+        wf0=max(WF_LOW, wf0),
+        time_s=start_time_s,
+    )
     control, anchor = FuelControl(), sim.wf
     rows: list[dict[str, float]] = []
     for k in range(n):
@@ -205,8 +230,14 @@ def generate_training_log(hours: float, seed: int, show_progress: bool = False) 
     rows: list[dict[str, float]] = []
     start = 0.0
     for i in track(range(len(sizes)), description="turbofan flights", disable=not show_progress):
-        rows += _flight_segment(rng, sizes[i], float(cycles[i]), unit=seed,
-                                sim_seed=seed + 10_000 + i, start_time_s=start)
+        rows += _flight_segment(
+            rng,
+            sizes[i],
+            float(cycles[i]),
+            unit=seed,
+            sim_seed=seed + 10_000 + i,
+            start_time_s=start,
+        )
         start = rows[-1]["time_s"] + SAMPLE_PERIOD_S + SEGMENT_GAP_S
     columns = ["time_s", *(t.name for t in SPEC.tags)]
     df = pd.DataFrame(rows, columns=columns)
