@@ -1,4 +1,8 @@
-"""`twin db ...` (migrations) and `twin keys ...` (API keys)."""
+"""`twin db ...` (migrations) and `twin keys ...` (API keys).
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
+"""
 
 from __future__ import annotations
 

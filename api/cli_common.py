@@ -1,5 +1,9 @@
 """What every `twin` command shares: the console, the error handling that turns a user's
-mistake into one red line, and the common options."""
+mistake into one red line, and the common options.
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
+"""
 
 from __future__ import annotations
 

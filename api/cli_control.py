@@ -1,5 +1,9 @@
 """`twin control` and `twin replay`: closed-loop episodes and replays of a log, from the
-command line, stored as runs on request."""
+command line, stored as runs on request.
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
+"""
 
 from __future__ import annotations
 
@@ -144,12 +148,13 @@ def _check_plant_tags(twin_spec: ProcessSpec, plant_spec: ProcessSpec) -> None:
 def _store_episode(
     url: str | None, episode: Any, checkpoint: Path | None, spec: ProcessSpec, kind: str = "control"
 ) -> int:
-    from api import services
     from api.db import open_session
     from api.orm import TwinModel
+    from api.services import processes as processes_service
+    from api.services import runs as runs_service
 
     with open_session(resolve_url(url)) as session:
-        services.ensure_process(session, spec)
+        processes_service.ensure_process(session, spec)
         model_id = None
         if checkpoint is not None:
             sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
@@ -157,7 +162,7 @@ def _store_episode(
                 session.query(TwinModel).filter_by(sha256=sha).order_by(TwinModel.id.desc()).first()
             )
             model_id = model.id if model else None
-        run = services.store_episode(session, episode, kind=kind, model_id=model_id)
+        run = runs_service.store_episode(session, episode, kind=kind, model_id=model_id)
         return int(run.id)
 
 

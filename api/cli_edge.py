@@ -7,6 +7,9 @@
 The loop is started first (`POST /api/loops`); each sample goes through the same service
 as `POST /api/loops/{id}/step` and is stored the same way (api.edge). Ctrl+C or SIGTERM
 stops the connector, not the loop.
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`twin serve` (the API and dashboards) and `twin worker` (queued jobs)."""
+"""`twin serve` (the API and dashboards) and `twin worker` (queued jobs).
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
+"""
 
 from __future__ import annotations
 
@@ -72,11 +76,11 @@ def _missing_sqlite_file(url: str) -> Path | None:
 
 def _twin_and_baseline(url: str) -> tuple[int, int] | None:
     """The latest twin-controlled run and the latest baseline run of its process and seed."""
-    from api import services
     from api.db import open_session
+    from api.services import runs as runs_service
 
     with open_session(url) as session:
-        runs = services.list_runs(session, kind="control", limit=200)
+        runs = runs_service.list_runs(session, kind="control", limit=200)
         twin = next((r for r in runs if r.controller != "baseline"), None)
         if twin is None:
             return None
@@ -95,11 +99,11 @@ def _twin_and_baseline(url: str) -> tuple[int, int] | None:
 
 
 def _latest_control_run(url: str) -> int | None:
-    from api import services
     from api.db import open_session
+    from api.services import runs as runs_service
 
     with open_session(url) as session:
-        runs = services.list_runs(session, kind="control", limit=1)
+        runs = runs_service.list_runs(session, kind="control", limit=1)
         return int(runs[0].id) if runs else None
 
 

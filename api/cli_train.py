@@ -1,4 +1,8 @@
-"""`twin data generate`, `twin train` and `twin register`: logs, training, the registry."""
+"""`twin data generate`, `twin train` and `twin register`: logs, training, the registry.
+
+Commands import what they need inside their bodies (late imports): `twin --help` and the
+light commands must not pay seconds for torch, CasADi, the simulators or the database layer.
+"""
 
 from __future__ import annotations
 
@@ -169,8 +173,10 @@ def _register(
     provenance: DataProvenance,
     from_file: bool = False,
 ) -> int:
-    from api import services
     from api.db import open_session
+    from api.services import models as models_service
+    from api.services import processes as processes_service
+    from api.services import runs as runs_service
     from api.services.processes import store_spec
 
     with open_session(resolve_url(url)) as session:
@@ -185,8 +191,8 @@ def _register(
             )
             console.print(f"process [bold]{spec.name}[/] spec version {stored.version} ({what})")
         else:
-            services.ensure_process(session, spec)
-        model = services.register_model(
+            processes_service.ensure_process(session, spec)
+        model = models_service.register_model(
             session,
             spec.name,
             name,
@@ -195,7 +201,7 @@ def _register(
             metrics,
             provenance=provenance,
         )
-        run = services.create_run(
+        run = runs_service.create_run(
             session,
             kind="train",
             process=spec.name,
@@ -205,7 +211,7 @@ def _register(
         )
         summary = {k: v for k, v in metrics.items() if k != "history"}
         summary["history"] = metrics.get("history", [])
-        services.finish_run(session, run.id, "succeeded", summary)
+        runs_service.finish_run(session, run.id, "succeeded", summary)
         return int(model.id)
 
 

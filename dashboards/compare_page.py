@@ -10,10 +10,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import FiniteFloat
 from sqlalchemy.orm import Session
 
-from api import services
 from api.deps import SessionDep, SettingsDep
 from api.errors import Invalid, ServiceError
 from api.orm import Run
+from api.services import processes as processes_service
+from api.services import runs as runs_service
 from api.services.jsonsafe import json_safe
 from dashboards import figures
 from dashboards.page_common import (
@@ -39,19 +40,19 @@ def compare_page(
     tags: TagsQuery = None,
 ) -> Response:
     if not runs:  # nothing chosen yet: offer the runs to choose from
-        recent = services.list_runs(session, limit=settings.max_list_limit)
-        counts = services.step_counts(session, [r.id for r in recent])
+        recent = runs_service.list_runs(session, limit=settings.max_list_limit)
+        counts = runs_service.step_counts(session, [r.id for r in recent])
         return templates.TemplateResponse(
             request, "compare.html", {"choices": [run_row(r, counts.get(r.id, 0)) for r in recent]}
         )
     try:
         compared = _compared_runs(session, runs or [])
-        spec = services.spec_of(compared[0].process)
+        spec = processes_service.spec_of(compared[0].process)
         chosen = chosen_tags(spec, tags)
     except ServiceError as exc:
         return error_page(request, exc)
     series = [_compared(session, run, settings.dashboard_points, chosen) for run in compared]
-    counts = services.step_counts(session, [r.id for r in compared])
+    counts = runs_service.step_counts(session, [r.id for r in compared])
     table = figures.summary_table({r.id: r.metrics for r in compared})
     context = {
         "process": compared[0].process.name,
@@ -87,7 +88,7 @@ def compare_window(
     tags: TagsQuery = None,
 ) -> JSONResponse:
     compared = _compared_runs(session, runs or [])
-    spec = services.spec_of(compared[0].process)
+    spec = processes_service.spec_of(compared[0].process)
     chosen = chosen_tags(spec, tags)
     points = min(max_points or settings.dashboard_points, settings.max_series_points)
     traces: figures.TraceData = {}
@@ -104,7 +105,7 @@ def _compared_runs(session: Session, run_ids: Sequence[int]) -> list[Run]:
         raise Invalid("compare needs at least two different runs: /compare?runs=1&runs=2")
     if len(ids) > MAX_COMPARED_RUNS:
         raise Invalid(f"compare at most {MAX_COMPARED_RUNS} runs at once ({len(ids)} given)")
-    compared = [services.get_run(session, run_id) for run_id in ids]
+    compared = [runs_service.get_run(session, run_id) for run_id in ids]
     processes = {r.process.name for r in compared}
     if len(processes) > 1:
         which = ", ".join(f"run {r.id}: {r.process.name}" for r in compared)

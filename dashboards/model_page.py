@@ -29,10 +29,11 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from api import services
 from api.deps import SessionDep
 from api.orm import RunKind, TwinModel
 from api.series.ranges import step_span
+from api.services import models as models_service
+from api.services import runs as runs_service
 from api.services.replay_data import run_frame
 from dashboards.model_figures import (  # noqa: F401 (re-exported for callers of this module)
     FALSE_ALARM_RATE,
@@ -94,7 +95,7 @@ def held_out_log(session: Session, model: TwinModel, spec: ProcessSpec) -> HeldO
 
 
 def _stored_run_log(session: Session, spec: ProcessSpec) -> HeldOut:
-    for run in services.list_runs(session, process=spec.name, limit=50):
+    for run in runs_service.list_runs(session, process=spec.name, limit=50):
         if run.kind not in (RunKind.CONTROL, RunKind.REPLAY):
             continue
         span = step_span(session, run.id)
@@ -133,7 +134,7 @@ def build_model_page(session: Session, model: TwinModel) -> ModelPage:
     from twin.twin_model import Twin  # late: torch loads only when a model page is asked
 
     started = time.perf_counter()
-    twin = Twin.from_bytes(services.load_model_bytes(session, model.id))
+    twin = Twin.from_bytes(models_service.load_model_bytes(session, model.id))
     page = ModelPage(summary=_summary(model, twin))
     _add(
         page,
@@ -249,7 +250,7 @@ def _regime_tag(spec: ProcessSpec) -> Tag:
 
 
 def _relative_times(frame: pd.DataFrame, spec: ProcessSpec) -> np.ndarray:
-    from twin.data import timestamps_s
+    from twin.data import timestamps_s  # late: torch loads only when a model page is asked
 
     ts = timestamps_s(frame, spec)
     return ts - ts[0]
@@ -302,7 +303,7 @@ CACHE = PageCache()
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(request: Request, model_id: int, session: SessionDep) -> HTMLResponse:
-    model = services.get_model(session, model_id)
+    model = models_service.get_model(session, model_id)
     try:
         page = CACHE.get((model.id, model.sha256), lambda: build_model_page(session, model))
     except SpecError as exc:

@@ -19,10 +19,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import services
 from api.deps import SessionDep
 from api.errors import NotFound
 from api.orm import Run, RunKind, TwinModel
+from api.services import models as models_service
+from api.services import processes as processes_service
 from dashboards.humanise import human_bytes, human_seconds, metric_rows, value_text
 from dashboards.model_figures import training_figure
 from twin.errors import InvalidInput
@@ -80,9 +81,9 @@ def model_row(model: TwinModel, train_run: int | None, loops: list[int]) -> dict
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep) -> HTMLResponse:
-    models = services.list_models(session)
+    models = models_service.list_models(session)
     ids = [m.id for m in models]
-    runs, loops = _training_runs(session, ids), services.active_loops(session, ids)
+    runs, loops = _training_runs(session, ids), models_service.active_loops(session, ids)
     rows = [model_row(m, runs.get(m.id), loops.get(m.id, [])) for m in models]
     return templates.TemplateResponse(
         request, "models.html", {"models": rows, "nav_active": "models"}
@@ -123,7 +124,7 @@ def _sensor_scales(session: Session, model: TwinModel | None) -> tuple[int, dict
     if model is None:
         return 0, {}
     try:
-        twin = Twin.from_bytes(services.load_model_bytes(session, model.id))
+        twin = Twin.from_bytes(models_service.load_model_bytes(session, model.id))
     except InvalidInput:
         return 0, {}
     return twin.config.embed_dim, {
@@ -138,14 +139,14 @@ def training_run_page(
     model = None
     if run.model_id is not None:
         try:
-            model = services.get_model(session, run.model_id)
+            model = models_service.get_model(session, run.model_id)
         except NotFound:
             model = None
     metrics = dict(run.metrics or {})
     history = metrics.get("history") or (model.metrics.get("history") if model else None) or []
     embed_dim, scales = _sensor_scales(session, model)
     figure = training_figure(history, embed_dim, scales)
-    spec_units = {t.name: t.unit for t in services.spec_of(run.process).tags}
+    spec_units = {t.name: t.unit for t in processes_service.spec_of(run.process).tags}
     context = {
         "run": run_row,
         "model": model_row(model, run.id, []) if model else None,

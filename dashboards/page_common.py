@@ -13,9 +13,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from api import services
 from api.errors import Invalid, ServiceError
 from api.orm import Run
+from api.services import runs as runs_service
 from dashboards import figures
 from dashboards.humanise import human_bytes, metric_label
 from twin.spec import ProcessSpec
@@ -103,7 +103,7 @@ def window_series(
     """The window at `max_points` per tag: each bucket's minimum and maximum (read from
     the stored rollups), so a month of 1 s data stays a few thousand points and no spike
     is lost between two plotted points."""
-    return services.get_series(
+    return runs_service.get_series(
         session,
         run_id,
         tags=tags,

@@ -26,11 +26,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from sqlalchemy.orm import Session
 
-from api import services
 from api.deps import LoopsDep, SessionDep, SettingsDep
 from api.errors import NotFound
 from api.orm import AlarmState, RunStatus
 from api.services import alarms as alarm_service
+from api.services import models as models_service
+from api.services import processes as processes_service
+from api.services import runs as runs_service
 from api.services.jsonsafe import json_safe
 from api.services.loops import LoopManager, LoopView
 from dashboards import compare_page, run_pages
@@ -91,12 +93,12 @@ def index(
     loops: LoopsDep,
     refresh: RefreshQuery = None,
 ) -> HTMLResponse:
-    runs = services.list_runs(session, limit=settings.max_list_limit)
-    counts = services.step_counts(session, [r.id for r in runs])
+    runs = runs_service.list_runs(session, limit=settings.max_list_limit)
+    counts = runs_service.step_counts(session, [r.id for r in runs])
     context = {
         "overview": overview_data(session, loops),
         "runs": [run_row(r, counts.get(r.id, 0)) for r in runs],
-        "models": services.list_models(session),
+        "models": models_service.list_models(session),
         **refresh_choices(LIVE_REFRESH_S if refresh is None else refresh),
     }
     return templates.TemplateResponse(request, "index.html", context)
@@ -114,7 +116,7 @@ def overview_data(session: Session, loops: LoopManager) -> dict[str, Any]:
     open_alarms = _open_alarms(session)
     rows = [_loop_row(session, view, open_alarms.get(view.run.id, [])) for view in views]
     processes = []
-    for process in services.list_processes(session):
+    for process in processes_service.list_processes(session):
         own = [r for r in rows if r["process"] == process.name]
         processes.append(
             {
@@ -156,7 +158,7 @@ def _loop_row(
     session: Session, view: LoopView, open_alarms: list[dict[str, Any]]
 ) -> dict[str, Any]:
     run = view.run
-    spec = services.spec_of(run.process)
+    spec = processes_service.spec_of(run.process)
     model = view.model
     recent = _recent(session, run.id, spec)
     return {

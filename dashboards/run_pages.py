@@ -13,10 +13,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import FiniteFloat
 from sqlalchemy.orm import Session
 
-from api import services
 from api.deps import LoopsDep, SessionDep, SettingsDep
 from api.errors import Invalid, NotFound, ServiceError
 from api.orm import Run, RunKind, RunStatus
+from api.services import processes as processes_service
+from api.services import runs as runs_service
 from api.services import trend_reads as reads
 from api.services.jsonsafe import json_safe
 from api.services.loops import LoopManager
@@ -135,10 +136,10 @@ def _run_page(
     step: int | None,
     asked: RunView,
 ) -> HTMLResponse:
-    run = services.get_run(session, run_id)
+    run = runs_service.get_run(session, run_id)
     if run.kind == RunKind.TRAIN:  # curves and provenance, not control trends
         return training_run_page(request, session, run, run_row(run, None))
-    spec = services.spec_of(run.process)
+    spec = processes_service.spec_of(run.process)
     tags = chosen_tags(spec, asked.tags)
     live = run.status in (RunStatus.RUNNING, RunStatus.QUEUED)
     ends = reads.run_ends(session, run_id)
@@ -242,8 +243,8 @@ def run_window(
     tags: TagsQuery = None,
 ) -> JSONResponse:
     """Every trace of the run page for [start_s, end_s], downsampled to `max_points`."""
-    run = services.get_run(session, run_id)
-    spec = services.spec_of(run.process)
+    run = runs_service.get_run(session, run_id)
+    spec = processes_service.spec_of(run.process)
     chosen = chosen_tags(spec, tags)
     if start_s is not None and end_s is not None and start_s >= end_s:
         raise Invalid(f"start_s ({start_s:g} s) must be before end_s ({end_s:g} s)")
@@ -276,8 +277,8 @@ def run_tail(
 ) -> JSONResponse:
     """Steps after `after_step`, for a live page to append, with the latest plan, new
     events, the health cards and the loop's status."""
-    run = services.get_run(session, run_id)
-    spec = services.spec_of(run.process)
+    run = runs_service.get_run(session, run_id)
+    spec = processes_service.spec_of(run.process)
     chosen = chosen_tags(spec, tags)
     rows = reads.step_rows_between(session, run_id, after_step + 1, None, limit=MAX_TAIL_STEPS + 1)
     status = _loop_status(session, loops, run)
@@ -376,7 +377,7 @@ def _plan_at(
     default = high if latest else (low + high) // 2
     chosen = default if step is None else min(max(step, low), high)
     try:
-        row = services.get_step(session, run_id, chosen)
+        row = runs_service.get_step(session, run_id, chosen)
     except NotFound:  # a gap in the steps: draw without a plan
         return None
     return {"step": row.step, "time_s": row.time_s, "plan": row.plan}

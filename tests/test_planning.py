@@ -582,17 +582,17 @@ def test_the_controller_weighs_the_setpoint_error_as_its_spec_says(twin: Twin) -
     for weight, expected in ((None, twin.spec.control.tracking_weight), (3.0, 3.0)):
         controller = TwinController(twin, RTIPlanner(twin), tracking_weight=weight)
         assert controller.tracking_weight == expected > 0
-        goal = controller._goal_for(setpoints, measurements)
-        metric = controller._metric
+        goal = controller.goals.goal_for(setpoints, measurements)
+        metric = controller.goals.metric
         assert metric is not None
-        jacobian = twin.readout_jacobian(controller._goal, ["T"])
+        jacobian = twin.readout_jacobian(controller.goals.goal, ["T"])
         np.testing.assert_allclose(
             metric.T @ metric, np.eye(D) + expected * jacobian.T @ jacobian, atol=1e-9
         )
         assert np.all(np.isfinite(goal))
     plain = TwinController(twin, RTIPlanner(twin), tracking_weight=0.0)
-    plain._goal_for(setpoints, measurements)
-    assert plain._metric is None
+    plain.goals.goal_for(setpoints, measurements)
+    assert plain.goals.metric is None
 
 
 def _shifted_limit_problem(

@@ -254,15 +254,6 @@ class TwinController:
             events += cut
         return status, {**proposal, **baseline.driven()}, result, spread
 
-    # kept for callers that read the goal the way the controller once held it
-    def _goal_for(
-        self, setpoints: Mapping[str, float], measurements: Mapping[str, float | None]
-    ) -> np.ndarray:
-        return self.goals.goal_for(setpoints, measurements)
-
-    _goal = property(lambda self: self.goals.goal)
-    _metric = property(lambda self: self.goals.metric)
-
 
 def call_planner(
     planner: Planner, problem: PlanningProblem

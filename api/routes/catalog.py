@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api import services
 from api.contract import API_ERRORS, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, require
 from api.migrate import revision_of
 from api.orm import Role
 from api.schemas import Health, ProcessOut
+from api.services import processes as processes_service
 from twin.spec import ProcessSpec
 
 public_router = APIRouter(prefix="/api", route_class=StrictJSONRoute)
@@ -35,7 +35,7 @@ def health(session: SessionDep) -> Health:
 @router.get("/processes", response_model=list[ProcessOut], tags=["processes"])
 def list_processes(session: SessionDep) -> list[ProcessOut]:
     """Built-in processes (stored on first listing) and those defined by a tag file."""
-    return [ProcessOut.of(p) for p in services.list_processes(session, with_builtins=True)]
+    return [ProcessOut.of(p) for p in processes_service.list_processes(session, with_builtins=True)]
 
 
 @router.post("/processes", response_model=ProcessOut, status_code=201, tags=["processes"])
@@ -45,9 +45,9 @@ def define_process(spec: ProcessSpec, session: SessionDep, actor: EngineerDep) -
     Then queue a training job on its logged data (POST /api/jobs/train with a csv data
     source) and start control loops or replays with the model it produces.
     """
-    return ProcessOut.of(services.define_process(session, spec, actor=actor))
+    return ProcessOut.of(processes_service.define_process(session, spec, actor=actor))
 
 
 @router.get("/processes/{name}", response_model=ProcessOut, tags=["processes"])
 def get_process(name: str, session: SessionDep) -> ProcessOut:
-    return ProcessOut.of(services.process_or_builtin(session, name, commit=True))
+    return ProcessOut.of(processes_service.process_or_builtin(session, name, commit=True))

@@ -11,11 +11,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api import services
 from api.contract import API_ERRORS, ModelIdPath, StrictJSONRoute, error_responses
 from api.deps import SessionDep, require
 from api.orm import Role
 from api.schemas import ModelOut
+from api.services import models as models_service
 
 router = APIRouter(
     prefix="/api/models",
@@ -36,12 +36,12 @@ def list_models(
     ] = None,
 ) -> list[ModelOut]:
     """Versions per process and name, newest version first."""
-    models = services.list_models(session, process, dataset_sha256=dataset_sha256)
-    active = services.active_loops(session, [m.id for m in models])
+    models = models_service.list_models(session, process, dataset_sha256=dataset_sha256)
+    active = models_service.active_loops(session, [m.id for m in models])
     return [ModelOut.of(m, active.get(m.id)) for m in models]
 
 
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: ModelIdPath, session: SessionDep) -> ModelOut:
-    model = services.get_model(session, model_id)
-    return ModelOut.of(model, services.active_loops(session, [model.id]).get(model.id))
+    model = models_service.get_model(session, model_id)
+    return ModelOut.of(model, models_service.active_loops(session, [model.id]).get(model.id))

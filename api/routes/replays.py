@@ -11,12 +11,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api import services
 from api.contract import API_ERRORS, RunIdPath, StrictJSONRoute, error_responses
 from api.deps import EngineerDep, SessionDep, SettingsDep, require
 from api.job_schemas import ReplayCreate, ReplayOut
 from api.orm import Role, RunStatus
 from api.services import replays
+from api.services import runs as runs_service
 
 router = APIRouter(
     prefix="/api/replays",
@@ -45,14 +45,14 @@ def list_replays(
     runs = replays.list_replays(
         session, status=status, limit=min(limit, settings.max_list_limit), offset=offset
     )
-    counts = services.step_counts(session, [r.id for r in runs])
+    counts = runs_service.step_counts(session, [r.id for r in runs])
     return [ReplayOut.of(r, counts.get(r.id, 0)) for r in runs]
 
 
 @router.get("/{run_id}", response_model=ReplayOut)
 def get_replay(run_id: RunIdPath, session: SessionDep) -> ReplayOut:
     run = replays.get_replay(session, run_id)
-    return ReplayOut.of(run, services.step_counts(session, [run_id]).get(run_id, 0))
+    return ReplayOut.of(run, runs_service.step_counts(session, [run_id]).get(run_id, 0))
 
 
 @router.post("/{run_id}/cancel", response_model=ReplayOut)

@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import FiniteFloat
 
-from api import services
 from api.contract import API_ERRORS, RunIdPath, StepPath, StrictJSONRoute, error_responses
 from api.deps import SessionDep, SettingsDep, require
 from api.orm import Channel, Role, RunKind, RunStatus
 from api.schemas import RunOut, SeriesOut, StepDetailOut
 from api.services import replays
+from api.services import runs as runs_service
 
 router = APIRouter(
     prefix="/api/runs",
@@ -33,7 +33,7 @@ def list_runs(
     limit: Annotated[int, Query(ge=1)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[RunOut]:
-    runs = services.list_runs(
+    runs = runs_service.list_runs(
         session,
         kind=kind,
         process=process,
@@ -41,14 +41,14 @@ def list_runs(
         limit=min(limit, settings.max_list_limit),
         offset=offset,
     )
-    counts = services.step_counts(session, [r.id for r in runs])
+    counts = runs_service.step_counts(session, [r.id for r in runs])
     return [RunOut.of(r, counts.get(r.id, 0)) for r in runs]
 
 
 @router.get("/{run_id}", response_model=RunOut)
 def get_run(run_id: RunIdPath, session: SessionDep) -> RunOut:
-    run = services.get_run(session, run_id)
-    return RunOut.of(run, services.step_counts(session, [run_id]).get(run_id, 0))
+    run = runs_service.get_run(session, run_id)
+    return RunOut.of(run, runs_service.step_counts(session, [run_id]).get(run_id, 0))
 
 
 @router.get("/{run_id}/series", response_model=SeriesOut)
@@ -80,7 +80,7 @@ def get_series(
     database by `method`. A range that ends before it starts, or a time that is not a
     finite number, is refused (422); a range without steps gives empty lists."""
     limit = min(max_points or settings.max_series_points, settings.max_series_points)
-    data = services.get_series(
+    data = runs_service.get_series(
         session,
         run_id,
         channels=channels,
@@ -95,11 +95,11 @@ def get_series(
 
 @router.get("/{run_id}/steps/{step}", response_model=StepDetailOut)
 def get_step(run_id: RunIdPath, step: StepPath, session: SessionDep) -> StepDetailOut:
-    row = services.get_step(session, run_id, step)
+    row = runs_service.get_step(session, run_id, step)
     return StepDetailOut.of(
         row,
-        services.list_events(session, run_id, step),
-        services.step_values(session, run_id, step),
+        runs_service.list_events(session, run_id, step),
+        runs_service.step_values(session, run_id, step),
     )
 
 

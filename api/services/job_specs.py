@@ -116,7 +116,7 @@ def parse_job_config(process: str, config: dict[str, Any]) -> TrainJobSpec:
 def train_config(spec: TrainJobSpec) -> Any:
     """The `twin.train.TrainConfig` a job trains with (imported late: torch is heavy): the
     built-in process's recipe, or TrainConfig's defaults, with the job's settings on top."""
-    from processes import train_config_for
+    from processes import train_config_for  # late: the registry imports simulators lazily
 
     base = train_config_for(spec.process)
     fields = spec.train.model_dump(exclude_none=True, exclude={"model"})

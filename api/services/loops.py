@@ -87,6 +87,7 @@ from twin.safety import clip_setpoint
 
 def default_controller_factory(checkpoint: bytes, planner: str) -> Controller:
     # Imported late: torch and casadi load only when a loop actually starts.
+    # late: torch, CasADi and the simulators load when the first loop starts, not at import
     from processes import plant_parts
     from twin.assembly import build_controller
     from twin.twin_model import Twin

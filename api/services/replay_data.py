@@ -102,6 +102,7 @@ def file_frame(
     path: str, spec: ProcessSpec, start_s: float | None, end_s: float | None
 ) -> pd.DataFrame:
     """A log file on the worker, cut to the range (of its own timestamps)."""
+    # late: the log readers load only for a log replay
     from twin.data import timestamps_s
     from twin.logs import read_log
 

@@ -27,6 +27,7 @@ def load_twin(session: Session, model_id: int) -> Any:
 
 def replay_controller(twin: Any, planner: str) -> Any:
     # late: torch and casadi load only when there is work
+    # late: torch and the simulators load only when a replay runs
     from processes import plant_parts
     from twin.assembly import build_controller
 
@@ -36,7 +37,7 @@ def replay_controller(twin: Any, planner: str) -> Any:
 def shadow_episode(
     twin: Any, spec: ReplaySpec, log: pd.DataFrame, recorded: pd.DataFrame, on_step: StepHook
 ) -> EpisodeResult:
-    from twin.replay import default_setpoints, shadow
+    from twin.replay import default_setpoints, shadow  # late: as above
 
     sensors = [t.name for t in twin.spec.sensors]
     recorded = recorded[[c for c in recorded.columns if c in sensors]].ffill().bfill()
