@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from api.cli_common import friendly_errors
 from twin.errors import InvalidInput
 
 connect_app = typer.Typer(
@@ -86,8 +87,7 @@ def opcua(
     database_url: UrlOption = None,
 ) -> None:
     """Read measurement nodes, step the loop, write the setpoints back, every sample."""
-    # Late: api.cli imports this module, and asyncua loads only for this command.
-    from api.cli import friendly_errors
+    # Late: asyncua loads only for this command.
     from api.edge.nodemap import load_node_map
     from api.edge.opcua import OpcUaLoop
 
@@ -129,8 +129,7 @@ def mqtt(
     database_url: UrlOption = None,
 ) -> None:
     """Take measurements from a broker (JSON or Sparkplug B), publish setpoints (QoS 1)."""
-    # Late: api.cli imports this module, and paho-mqtt loads only for this command.
-    from api.cli import friendly_errors
+    # Late: paho-mqtt loads only for this command.
     from api.edge.mqtt import MqttBridge
     from api.edge.sparkplug import Address
 

@@ -52,6 +52,7 @@ class Gateway:
         )
         self.client = paho.Client(client_id=f"gateway-{name}", clean_session=True)
         self.seq = 0
+        self.online = threading.Event()  # births sent: samples may follow
         if self.address is not None:
             node = sparkplug.Address(self.address.group, self.address.node)
             self.client.will_set(node.topic("DEATH"), sparkplug.encode_death(node), qos=1)
@@ -82,6 +83,7 @@ class Gateway:
                 )
         else:
             client.publish(self.topics.gateway, b"online", qos=1)
+        self.online.set()
 
     def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         if self.address is not None:
@@ -97,8 +99,12 @@ class Gateway:
         self.setpoints.append((time.perf_counter(), values, bool(msg.retain)))
 
     def start(self) -> None:
+        """Connect and wait for the session's births: a sample sent before them would
+        reach the host with no birth seen, or out of sequence."""
         self.client.connect(self.host, self.port, keepalive=self.keepalive_s)
         self.client.loop_start()
+        if not self.online.wait(10.0):
+            raise ConnectionError(f"no MQTT session with {self.host}:{self.port} within 10 s")
 
     def sample(self) -> paho.MQTTMessageInfo:
         """Advance the plant one sample and publish it (QoS 1)."""
