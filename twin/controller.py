@@ -124,9 +124,7 @@ class TwinController:
         self.goals.reset()
         self.applied: Moves = dict(applied or self.safety.initial())
         self.step_index = 0
-        reset = getattr(self.planner, "reset", None)
-        if reset:
-            reset()
+        getattr(self.planner, "reset", lambda: None)()  # a planner may keep a warm start
 
     def prime(
         self, history: Sequence[tuple[float, Mapping[str, float | None], Mapping[str, float]]]
@@ -214,9 +212,7 @@ class TwinController:
         """The operator's settings from the next step on; back to `on`, the planner starts
         afresh (no warm start from a plan made before the switch)."""
         if settings.mode is Mode.ON and self.operator.mode is not Mode.ON:
-            reset = getattr(self.planner, "reset", None)
-            if reset:
-                reset()
+            getattr(self.planner, "reset", lambda: None)()
         self.operator = settings
 
     def _act(
