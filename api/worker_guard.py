@@ -87,23 +87,7 @@ def train_in_processes(
         write_log(df, folder / "log.parquet")
         process_spec.save(folder / "spec.json")
         (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={processes}",
-            "-m",
-            "api.worker_ddp",
-            "--data",
-            str(folder / "log.parquet"),
-            "--spec",
-            str(folder / "spec.json"),
-            "--config",
-            str(folder / "config.json"),
-            "--out",
-            str(folder / "twin.pt"),
-        ]
+        command = torchrun_command(folder, processes, folder / "twin.pt")
         child = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -158,3 +142,25 @@ def _relay(child: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None
     for line in child.stdout:
         lines.put(line.rstrip("\n"))
     lines.put(None)
+
+
+def torchrun_command(folder: Path, processes: int, out: Path) -> list[str]:
+    """torchrun on this machine for `api.worker_ddp`, reading the log, spec and config
+    written in `folder`."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "api.worker_ddp",
+        "--data",
+        str(folder / "log.parquet"),
+        "--spec",
+        str(folder / "spec.json"),
+        "--config",
+        str(folder / "config.json"),
+        "--out",
+        str(out),
+    ]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.worker_guard import torchrun_command  # noqa: E402
 from processes import cstr, train_config_for  # noqa: E402
 from twin.data import WindowDataset  # noqa: E402
 from twin.logs import write_log  # noqa: E402
@@ -46,23 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(folder: Path, processes: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = folder / f"twin_{processes}p{threads}t.pt"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "api.worker_ddp",
-        "--data",
-        str(folder / "log.parquet"),
-        "--spec",
-        str(folder / "spec.json"),
-        "--config",
-        str(folder / "config.json"),
-        "--out",
-        str(out),
-    ]
+    command = torchrun_command(folder, processes, out)
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
