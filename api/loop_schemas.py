@@ -140,7 +140,7 @@ class LoopOut(BaseModel):
     finished_at: UtcDatetime | None
     operator: dict[str, Any] = Field(
         description="the operator's settings: mode (on, standby, off), out_of_service "
-        "(actuators), dropped (sensors)"
+        "(actuators), dropped (sensors), ranges (sensor -> {low, high}; absent when none)"
     )
 
     @classmethod
@@ -208,8 +208,18 @@ class ModelSwitch(BaseModel):
     )
 
 
+class SensorRange(BaseModel):
+    """An operator's range of a sensor, in its engineering units: strictly inside the
+    sensor's engineering limits, low below high."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    low: FiniteFloat
+    high: FiniteFloat
+
+
 class OperatorChange(BaseModel):
-    """An operator's change to a live loop, from its next step on (any of the three)."""
+    """An operator's change to a live loop, from its next step on (any of the four)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -228,6 +238,12 @@ class OperatorChange(BaseModel):
         default_factory=dict,
         description="sensor -> true: dropped (its setpoint is not chased); false: enabled again",
     )
+    ranges: dict[str, SensorRange | None] = Field(
+        default_factory=dict,
+        description="sensor -> {low, high}: the operator's range. With a setpoint, the "
+        "setpoint is moved into the range; without one, the sensor is left free inside the "
+        "range and brought back to the nearest bound when outside. null clears the range",
+    )
     reason: str = Field(
         min_length=1,
         max_length=500,
@@ -241,6 +257,9 @@ class OperatorOut(BaseModel):
     mode: Literal["on", "standby", "off"]
     out_of_service: list[str] = Field(description="actuators out of service")
     dropped: list[str] = Field(description="sensors whose setpoints are not chased")
+    ranges: dict[str, SensorRange] | None = Field(
+        None, description="sensor -> the operator's range; absent when no sensor has one"
+    )
 
 
 class ActivationOut(BaseModel):

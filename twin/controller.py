@@ -200,7 +200,7 @@ class TwinController:
         return PlanningProblem(
             z0,
             self.twin.normalise_actions(np.array([baseline.previous[a] for a in actions])),
-            self.goals.goal_for(self.operator.tracked(setpoints), measurements),
+            self.goals.goal_for(self.operator.tracked(setpoints, measurements), measurements),
             metric=self.goals.metric,
             limit_shift=self.estimator.limit_shift(self.supervisor.limited),
             pinned=self.operator.pinned(

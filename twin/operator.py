@@ -1,5 +1,6 @@
 """The operator's controls of a live loop, as every APC console has them: the controller's
-mode, each actuator in or out of service, each controlled sensor enabled or dropped.
+mode, each actuator in or out of service, each controlled sensor enabled or dropped, and
+each sensor's operator range (low/high limits inside its engineering limits).
 
 - `on`: the twin plans. `standby`: the baseline drives (a hold without one) while the twin
   keeps estimating, so that switching back is bumpless. `off`: the actuators hold at what
@@ -9,6 +10,11 @@ mode, each actuator in or out of service, each controlled sensor enabled or drop
   loop are), and what goes out for it is that value whoever proposed a move.
 - A dropped sensor's setpoint is left out of the plan's goal and tracking metric (its
   tracking weight is zero); it is still measured, limited and stored.
+- A ranged sensor with a setpoint chases that setpoint, moved to the range's nearest bound
+  when it lies outside. Without a setpoint it is range-controlled: left free (as if dropped)
+  while its measurement is inside the range, chased to the nearest bound once outside.
+  When nothing is left to chase because every such sensor is inside its range, the
+  actuators hold (a hybrid loop's baseline still drives its own).
 
 Moves from one mode to the next are bumpless because every move leaves through the same
 safety clip, rate-limited from the value last applied.
@@ -32,6 +38,7 @@ from .spec import ProcessSpec
 from .twin_model import Twin
 
 Moves = dict[str, float]
+Range = tuple[float, float]  # (low, high), engineering units
 OPERATOR_EVENT = "operator"
 """The event kind of an operator's change, recorded with the step it takes effect at."""
 
@@ -47,6 +54,7 @@ class OperatorSettings:
     mode: Mode = Mode.ON
     out_of_service: frozenset[str] = field(default_factory=frozenset)  # actuators
     dropped: frozenset[str] = field(default_factory=frozenset)  # sensors
+    ranges: Mapping[str, Range] = field(default_factory=dict)  # sensor -> (low, high)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OperatorSettings:
@@ -56,14 +64,26 @@ class OperatorSettings:
             Mode(data.get("mode", Mode.ON)),
             frozenset(data.get("out_of_service", ())),
             frozenset(data.get("dropped", ())),
+            {
+                name: (float(bounds["low"]), float(bounds["high"]))
+                for name, bounds in (data.get("ranges") or {}).items()
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Plain JSON; `ranges` only when there is one (settings stored before ranges
+        existed read back unchanged)."""
+        data: dict[str, Any] = {
             "mode": str(self.mode),
             "out_of_service": sorted(self.out_of_service),
             "dropped": sorted(self.dropped),
         }
+        if self.ranges:
+            data["ranges"] = {
+                name: {"low": low, "high": high}
+                for name, (low, high) in sorted(self.ranges.items())
+            }
+        return data
 
     def changed(
         self,
@@ -71,9 +91,11 @@ class OperatorSettings:
         mode: str | None = None,
         out_of_service: Mapping[str, bool] | None = None,
         dropped: Mapping[str, bool] | None = None,
+        ranges: Mapping[str, Range | None] | None = None,
     ) -> OperatorSettings:
-        """These settings with a change applied; an unknown mode, actuator or sensor raises
-        `InvalidInput` naming it (nothing changes)."""
+        """These settings with a change applied; an unknown mode, actuator or sensor, or a
+        range that is empty or reaches its sensor's engineering limits, raises `InvalidInput`
+        naming it (nothing changes). `ranges`: sensor -> (low, high), or None to clear."""
         if mode is not None and mode not in {m.value for m in Mode}:
             raise InvalidInput(
                 f"unknown controller mode '{mode}' (known: {', '.join(m.value for m in Mode)})"
@@ -82,14 +104,26 @@ class OperatorSettings:
         sensors = [t.name for t in spec.sensors]
         _check_names("actuator", out_of_service or {}, actuators, spec.name)
         _check_names("sensor", dropped or {}, sensors, spec.name)
+        for name, bounds in (ranges or {}).items():
+            _check_range(spec, name, bounds, sensors)
+        new_ranges = dict(self.ranges)
+        for name, bounds in (ranges or {}).items():
+            if bounds is None:
+                new_ranges.pop(name, None)
+            else:
+                new_ranges[name] = (float(bounds[0]), float(bounds[1]))
         return OperatorSettings(
             Mode(mode) if mode is not None else self.mode,
             _toggled(self.out_of_service, out_of_service or {}),
             _toggled(self.dropped, dropped or {}),
+            new_ranges,
         )
 
-    def describe_change(self, before: OperatorSettings) -> list[str]:
-        """What differs from `before`, in words (an annotation on the trends)."""
+    def describe_change(
+        self, before: OperatorSettings, spec: ProcessSpec | None = None
+    ) -> list[str]:
+        """What differs from `before`, in words (an annotation on the trends); ranges with
+        their units when `spec` is given."""
         words = []
         if self.mode != before.mode:
             words.append(f"controller mode {before.mode} -> {self.mode}")
@@ -101,13 +135,41 @@ class OperatorSettings:
             words.append(f"sensor {name} dropped")
         for name in sorted(before.dropped - self.dropped):
             words.append(f"sensor {name} enabled")
+        for name in sorted({*self.ranges, *before.ranges}):
+            old, new = before.ranges.get(name), self.ranges.get(name)
+            unit = _unit(spec, name)
+            if new is None and old is not None:
+                words.append(f"sensor {name} range {_span(old, unit)} cleared")
+            elif new is not None and old is None:
+                words.append(f"sensor {name} range set to {_span(new, unit)}")
+            elif new is not None and old is not None and new != old:
+                words.append(f"sensor {name} range {_span(old, unit)} -> {_span(new, unit)}")
         return words
 
     # ------------------------------------------------------------ in the controller's step
 
-    def tracked(self, setpoints: Mapping[str, float]) -> dict[str, float]:
-        """The setpoints the plan chases: those of sensors not dropped."""
-        return {tag: value for tag, value in setpoints.items() if tag not in self.dropped}
+    def tracked(
+        self,
+        setpoints: Mapping[str, float],
+        measurements: Mapping[str, float | None] | None = None,
+    ) -> dict[str, float]:
+        """The setpoints the plan chases: those of sensors not dropped, each inside its
+        sensor's range; and for a ranged sensor without one, the nearest bound while its
+        measurement lies outside the range (inside, or not measured, it is left free)."""
+        out = {}
+        for tag, value in setpoints.items():
+            if tag not in self.dropped:
+                low, high = self.ranges.get(tag, (value, value))
+                out[tag] = min(max(float(value), low), high)
+        for tag, (low, high) in self.ranges.items():
+            if tag in self.dropped or tag in setpoints:
+                continue
+            measured = (measurements or {}).get(tag)
+            if measured is not None and measured < low:
+                out[tag] = low
+            elif measured is not None and measured > high:
+                out[tag] = high
+        return out
 
     def instead(
         self, baseline: BaselineMove, setpoints: Mapping[str, float]
@@ -117,10 +179,14 @@ class OperatorSettings:
             return baseline.hold(), None
         if self.mode is Mode.STANDBY:
             return (baseline() if baseline.fallback is not None else baseline.hold()), None
-        if not self.tracked(setpoints):
-            move, event = baseline.instead(OPERATOR_EVENT, "every setpoint's sensor is dropped")
-            return move, event
-        return None
+        if self.tracked(setpoints, _measurements_of(baseline)):
+            return None
+        if any(tag not in self.dropped for tag in self.ranges):
+            # every ranged sensor is where the operator wants it: nothing to chase, a normal
+            # state of range control, so no event
+            return {**baseline.hold(), **baseline.driven()}, None
+        move, event = baseline.instead(OPERATOR_EVENT, "every setpoint's sensor is dropped")
+        return move, event
 
     def pinned(
         self,
@@ -164,6 +230,52 @@ def _check_names(kind: str, changes: Mapping[str, bool], known: list[str], proce
             )
         if not isinstance(value, bool):
             raise InvalidInput(f"{kind} '{name}' must be true or false, got {value!r}")
+
+
+def _check_range(spec: ProcessSpec, name: str, bounds: Range | None, sensors: list[str]) -> None:
+    """A range lies strictly inside the sensor's engineering limits, as a setpoint must (its
+    bounds become setpoints), and its low is below its high."""
+    if name not in sensors:
+        raise InvalidInput(
+            f"unknown sensor '{name}' for process '{spec.name}' (known: {', '.join(sensors)})"
+        )
+    if bounds is None:
+        return
+    tag = spec.tag(name)
+    low, high = bounds
+    for label, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise InvalidInput(f"range of sensor '{name}': {label} must be a finite number")
+    if low >= high:
+        raise InvalidInput(
+            f"range of sensor '{name}': low {low:g} {tag.unit} must be below high "
+            f"{high:g} {tag.unit}"
+        )
+    if tag.low is not None and low <= tag.low:
+        raise InvalidInput(
+            f"range of sensor '{name}': low {low:g} {tag.unit} must be above its "
+            f"engineering low limit {tag.low:g} {tag.unit}"
+        )
+    if tag.high is not None and high >= tag.high:
+        raise InvalidInput(
+            f"range of sensor '{name}': high {high:g} {tag.unit} must be below its "
+            f"engineering high limit {tag.high:g} {tag.unit}"
+        )
+
+
+def _unit(spec: ProcessSpec | None, name: str) -> str:
+    if spec is None:
+        return ""
+    return next((f" {t.unit}" for t in spec.sensors if t.name == name and t.unit), "")
+
+
+def _span(bounds: Range, unit: str) -> str:
+    return f"[{bounds[0]:g}, {bounds[1]:g}]{unit}"
+
+
+def _measurements_of(baseline: BaselineMove) -> Mapping[str, float | None]:
+    """The step's measurements, as the baseline was given them (its first argument)."""
+    return baseline._args[0]  # the controller hands `instead` no other copy
 
 
 def _toggled(current: Iterable[str], changes: Mapping[str, bool]) -> frozenset[str]:

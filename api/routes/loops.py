@@ -134,13 +134,13 @@ def switch_model(
     return LoopOut.of(loops.view(session, run_id))
 
 
-@router.get("/{run_id}/operator", response_model=OperatorOut)
+@router.get("/{run_id}/operator", response_model=OperatorOut, response_model_exclude_none=True)
 def get_operator(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> OperatorOut:
     """The loop's controller mode, actuators out of service and dropped sensors."""
     return _operator_out(run_id, loops.operator(session, run_id))
 
 
-@router.put("/{run_id}/operator", response_model=OperatorOut)
+@router.put("/{run_id}/operator", response_model=OperatorOut, response_model_exclude_none=True)
 def change_operator(
     run_id: RunIdPath,
     body: OperatorChange,
@@ -149,9 +149,10 @@ def change_operator(
     actor: OperatorDep,
 ) -> OperatorOut:
     """Change the controller mode, put actuators in or out of service, drop or enable
-    sensors, from the next step on; audited with the key's name and the reason, and shown
-    on the trends as an event. An unknown mode, actuator or sensor is refused (422) and
-    changes nothing. Operator role."""
+    sensors, set or clear sensors' ranges, from the next step on; audited with the key's
+    name and the reason, and shown on the trends as an event. An unknown mode, actuator or
+    sensor, or a range that is empty or reaches the sensor's engineering limits, is refused
+    (422) and changes nothing. Operator role."""
     settings = loops.change_operator(
         session,
         run_id,
@@ -159,9 +160,18 @@ def change_operator(
         mode=body.mode,
         out_of_service=body.out_of_service,
         dropped=body.dropped,
+        ranges=operator_ranges(body),
         actor=actor,
     )
     return _operator_out(run_id, settings)
+
+
+def operator_ranges(body: OperatorChange) -> dict[str, tuple[float, float] | None]:
+    """The change's ranges as the service takes them: (low, high), or None to clear."""
+    return {
+        name: None if bounds is None else (bounds.low, bounds.high)
+        for name, bounds in body.ranges.items()
+    }
 
 
 def _operator_out(run_id: int, settings: OperatorSettings) -> OperatorOut:
@@ -171,4 +181,5 @@ def _operator_out(run_id: int, settings: OperatorSettings) -> OperatorOut:
         mode=data["mode"],
         out_of_service=data["out_of_service"],
         dropped=data["dropped"],
+        ranges=data.get("ranges"),
     )

@@ -1,12 +1,12 @@
 """The operator's controls of a live loop: the controller's mode, each actuator in or out
-of service, each sensor enabled or dropped (`twin.operator`).
+of service, each sensor enabled or dropped, each sensor's range (`twin.operator`).
 
 The settings live in the loop's run (`runs.config["operator"]`), so they survive a restart
 and every API worker reads them before its next step (`follow_operator`). A change is
 validated against the process's spec before anything is written (an unknown mode,
-actuator or sensor changes nothing), audited as "loop.operator" with the key's name and
-the reason, and recorded as a run event at the step it takes effect at, so the trends can
-show it.
+actuator or sensor, or a range outside the sensor's limits, changes nothing), audited as
+"loop.operator" with the key's name and the reason, and recorded as a run event at the
+step it takes effect at, so the trends can show it.
 """
 
 from __future__ import annotations
@@ -60,13 +60,15 @@ class LoopOperator:
         mode: str | None = None,
         out_of_service: Mapping[str, bool] | None = None,
         dropped: Mapping[str, bool] | None = None,
+        ranges: Mapping[str, tuple[float, float] | None] | None = None,
         actor: Actor | None = None,
     ) -> OperatorSettings:
         """Apply an operator's change from the next step on. Refused, changing nothing: an
-        unknown mode, actuator or sensor (422), a stopped loop (409). A change to what is
-        already set succeeds and records nothing."""
-        if mode is None and not out_of_service and not dropped:
-            raise Invalid("name a change: mode, out_of_service or dropped")
+        unknown mode, actuator or sensor, a range that is empty or reaches its sensor's
+        engineering limits (422), a stopped loop (409). `ranges`: sensor -> (low, high), or
+        None to clear it. A change to what is already set succeeds and records nothing."""
+        if mode is None and not out_of_service and not dropped and not ranges:
+            raise Invalid("name a change: mode, out_of_service, dropped or ranges")
         run = session.scalars(
             select(Run)
             .where(Run.id == control_run(session, run_id).id)
@@ -75,12 +77,12 @@ class LoopOperator:
         ).one()
         if run.status != RunStatus.RUNNING:
             raise Conflict(f"loop {run_id} is {run.status}; only a running loop can change")
-        before = stored_settings(run)
+        before, spec = stored_settings(run), spec_of(run.process)
         try:
-            after = before.changed(spec_of(run.process), mode, out_of_service, dropped)
+            after = before.changed(spec, mode, out_of_service, dropped, ranges)
         except InvalidInput as exc:
             raise Invalid(str(exc)) from None
-        words = after.describe_change(before)
+        words = after.describe_change(before, spec)
         if not words:
             return after
         try:
