@@ -16,6 +16,7 @@ from api.orm import ModelActivation, RunEvent, TwinModel
 from api.services.jsonsafe import json_safe
 from api.services.loop_operator import stored_settings
 from api.services.loops import LoopView
+from twin.operator import OperatorSettings
 from twin.planner_names import PlannerName
 from twin.records import StepRecord
 
@@ -251,6 +252,13 @@ class OperatorChange(BaseModel):
         description="why: kept in the audit log and on the trends",
     )
 
+    def range_bounds(self) -> dict[str, tuple[float, float] | None]:
+        """`ranges` as the service takes them: (low, high), or None to clear."""
+        return {
+            name: None if bounds is None else (bounds.low, bounds.high)
+            for name, bounds in self.ranges.items()
+        }
+
 
 class OperatorOut(BaseModel):
     run_id: int
@@ -260,6 +268,17 @@ class OperatorOut(BaseModel):
     ranges: dict[str, SensorRange] | None = Field(
         None, description="sensor -> the operator's range; absent when no sensor has one"
     )
+
+    @classmethod
+    def of(cls, run_id: int, settings: OperatorSettings) -> OperatorOut:
+        data = settings.to_dict()
+        return cls(
+            run_id=run_id,
+            mode=data["mode"],
+            out_of_service=data["out_of_service"],
+            dropped=data["dropped"],
+            ranges=data.get("ranges"),
+        )
 
 
 class ActivationOut(BaseModel):

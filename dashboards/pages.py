@@ -35,7 +35,7 @@ from api.services import processes as processes_service
 from api.services import runs as runs_service
 from api.services.jsonsafe import json_safe
 from api.services.loops import LoopManager, LoopView
-from dashboards import compare_page, run_pages
+from dashboards import compare_page, operator_panel, run_pages
 from dashboards.health import health_cards
 from dashboards.health import recent as _recent
 from dashboards.page_common import (
@@ -199,4 +199,5 @@ def _worst_status(rows: Sequence[dict[str, Any]]) -> str:
 
 # After this module's own routes, in the order they always had.
 router.include_router(run_pages.router)
+router.include_router(operator_panel.router)
 router.include_router(compare_page.router)

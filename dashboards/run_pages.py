@@ -22,7 +22,7 @@ from api.services import trend_reads as reads
 from api.services.jsonsafe import json_safe
 from api.services.loops import LoopManager
 from api.settings import Settings
-from dashboards import figures
+from dashboards import figures, operator_panel
 from dashboards.health import health_cards
 from dashboards.health import recent as _recent
 from dashboards.humanise import metric_rows, summary_of
@@ -177,6 +177,7 @@ def _run_page(
             run.metrics or {}, summary_of(run.process.name), {t.name: t.unit for t in spec.tags}
         ),
         "loop_status": status,
+        "operator": operator_panel.panel(request, run, spec),
         "health": health_cards(spec, _recent(session, run_id, spec), status),
         "step_range": step_range,
         "step": plan_at["step"] if plan_at else None,

@@ -25,7 +25,6 @@ from api.schemas import (
     StepIn,
     StepOut,
 )
-from twin.operator import OperatorSettings
 
 router = APIRouter(
     prefix="/api/loops",
@@ -136,8 +135,9 @@ def switch_model(
 
 @router.get("/{run_id}/operator", response_model=OperatorOut, response_model_exclude_none=True)
 def get_operator(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> OperatorOut:
-    """The loop's controller mode, actuators out of service and dropped sensors."""
-    return _operator_out(run_id, loops.operator(session, run_id))
+    """The loop's controller mode, actuators out of service, dropped sensors and sensors'
+    ranges."""
+    return OperatorOut.of(run_id, loops.operator(session, run_id))
 
 
 @router.put("/{run_id}/operator", response_model=OperatorOut, response_model_exclude_none=True)
@@ -160,26 +160,7 @@ def change_operator(
         mode=body.mode,
         out_of_service=body.out_of_service,
         dropped=body.dropped,
-        ranges=operator_ranges(body),
+        ranges=body.range_bounds(),
         actor=actor,
     )
-    return _operator_out(run_id, settings)
-
-
-def operator_ranges(body: OperatorChange) -> dict[str, tuple[float, float] | None]:
-    """The change's ranges as the service takes them: (low, high), or None to clear."""
-    return {
-        name: None if bounds is None else (bounds.low, bounds.high)
-        for name, bounds in body.ranges.items()
-    }
-
-
-def _operator_out(run_id: int, settings: OperatorSettings) -> OperatorOut:
-    data = settings.to_dict()
-    return OperatorOut(
-        run_id=run_id,
-        mode=data["mode"],
-        out_of_service=data["out_of_service"],
-        dropped=data["dropped"],
-        ranges=data.get("ranges"),
-    )
+    return OperatorOut.of(run_id, settings)
