@@ -1,4 +1,5 @@
-"""Starting a live loop: within the server's limits, idempotent per key."""
+"""Starting a live loop: within the server's limits, idempotent per key, with a planner
+that keeps up with the process (api.services.loop_timing)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from api.services.loop_checks import (
     initial_actuators,
     initial_setpoints,
 )
-from api.services.loop_limits import LoopLimits, check_loop_count, check_planner
+from api.services.loop_limits import ControllerBuilder, LoopLimits, check_loop_count, check_planner
+from api.services.loop_timing import allowed_planners, check_planner_timing
 from api.services.models import get_model
 from api.services.processes import process_or_builtin, spec_of
 from api.services.runs import create_run
@@ -35,6 +37,7 @@ class LoopStarts:
     _registry_lock: threading.Lock
     _start_gates: dict[tuple[int | None, str], threading.Lock]
     _admission: threading.Lock
+    _builder: ControllerBuilder
 
     def start(
         self,
@@ -48,10 +51,12 @@ class LoopStarts:
         initial: Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
     ) -> Run:
-        """Build the controller, then store the run and its first model activation
-        (audited as "loop.start" with an actor). `initial`: the actuator values the plant
-        applies now. A start repeated with the same `idempotency_key` (per key) returns
-        the loop the first one started; the key with another request is refused (409)."""
+        """Build the controller and time its planner (one that cannot keep up with the
+        sample period is refused, 422, with a planner that can suggested), then store the
+        run and its first model activation (audited as "loop.start" with an actor).
+        `initial`: the actuator values the plant applies now. A start repeated with the
+        same `idempotency_key` (per key) returns the loop the first one started; the key
+        with another request is refused (409)."""
         if planner not in PLANNERS:
             raise Invalid(f"unknown planner '{planner}' (one of: {', '.join(PLANNERS)})")
         self._check_size(setpoints, initial or {})
@@ -98,6 +103,11 @@ class LoopStarts:
         controller = self._build(session, model_id, planner)
         if controller.spec.name != process:
             raise Invalid(f"model {model_id} controls '{controller.spec.name}', not '{process}'")
+        # within the builder's time limit: a planner far too slow is refused, not waited for
+        timing = self._builder.build(
+            f"model {model_id}, planner {planner}: timing its plans",
+            lambda: check_planner_timing(controller, planner, allowed_planners(self.limits, actor)),
+        )
         full_setpoints = initial_setpoints(controller.spec, request["setpoints"])
         given = request["initial_actuators"]
         applied = initial_actuators(controller.spec, given)
@@ -109,6 +119,8 @@ class LoopStarts:
             "started_by_key": key_id,
             "request": request,
         }
+        if timing is not None:
+            config["planner_timing"] = timing
         if idempotency_key is not None:
             config["idempotency_key"] = idempotency_key
         with self._admission:  # the count again: other starts may have finished meanwhile
