@@ -54,7 +54,7 @@ class OperatorSettings:
     mode: Mode = Mode.ON
     out_of_service: frozenset[str] = field(default_factory=frozenset)  # actuators
     dropped: frozenset[str] = field(default_factory=frozenset)  # sensors
-    ranges: Mapping[str, Range] = field(default_factory=dict)  # sensor -> (low, high)
+    ranges: Mapping[str, Range] = field(default_factory=dict, hash=False)  # sensor -> (low, high)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OperatorSettings:
