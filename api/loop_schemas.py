@@ -78,6 +78,8 @@ class LoopCreate(BaseModel):
     `initial_actuators`: actuator -> the value the plant applies now; the first step moves
     from there. Left out: the first step's read-back, else the tag's nominal; an actuator
     with neither is refused at its first step, never guessed.
+    `planner` makes a few timed plans on the model first: one whose p99 is over the shorter
+    of its deadline and the sample period is refused (422, with a planner that keeps up).
     Send an `Idempotency-Key` header to retry a start safely: the same key (per API key)
     returns the loop the first request started."""
 
