@@ -476,6 +476,7 @@ def _trip_the_guard(twin: Twin, plan_value: float) -> tuple[StepRecord, StepReco
         twin,
         StubPlanner("wild", value=plan_value),
         cstr.pi_fallback(),
+        guard_band=0.3,  # wide enough that the PI's move at the band is not rate-limited
         mismatch_trip=math.inf,
         disagreement_trip=math.inf,
         envelope_neighbours=0,

@@ -29,6 +29,7 @@ from .supervisor import (
     DISAGREEMENT_TRIP,
     ENVELOPE_MARGIN,
     ENVELOPE_NEIGHBOURS,
+    GUARD_BAND,
     LimitGuard,
     Supervisor,
 )
@@ -53,7 +54,7 @@ class TwinController:
         planner: Planner,
         fallback: Fallback | None = None,
         stale_after_s: float | None = None,
-        guard_band: float = 0.3,
+        guard_band: float = GUARD_BAND,
         mismatch_trip: float = 0.3,
         mismatch_clear: float = 0.15,
         trust_after_steps: int = 10,

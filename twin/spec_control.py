@@ -56,11 +56,15 @@ a day at full power) and the twin never got past 87 kN; at 10 it reads 93 kN, an
 for 25 kN where it had read 37 kN. Weighing the setpoint alone up cost the CSTR (a twin
 cut to 14 epochs, seeds 7 and 11: 14.8 -> 16.4): its goals drifted to unsteady windows."""
 
-TRACKING_WEIGHT = 40.0
+TRACKING_WEIGHT = 150.0
 """Weight of each controlled sensor's squared setpoint error (training stds) against the
-embedding distance in the plan's stage cost. With 0 a plan chases the goal embedding alone:
-on the CSTR its plans overshot into the runaway region, and the CSTR and the turbofan were
-each tuned to 40 on their own. A tag file needs no control settings to track."""
+embedding distance in the plan's stage cost. With 0 a plan chases the goal embedding alone
+(on the CSTR its plans overshot into the runaway region). Chosen over the five zoo plants
+(`benchmarks/new_plant.py`, two twins each): 10 lost to the SIMC PI on three of them, 40
+on two (pH 0.79-0.87 x the PI, van de Vusse 0.97-1.03 x), 150 beat it on four and tied
+the oracle on the fifth, 500 lost again (more fallbacks on model mismatch); the CSTR
+demo twin costs the same at 40 and 150 (13.35 and 13.37, seed 7). A tag file needs no
+control settings to track."""
 
 FORECAST_BIAS_GAIN = 0.2
 """Per sample, how far the twin's forecast bias (measured minus one-step forecast, per
@@ -80,6 +84,10 @@ class ControlWeights(BaseModel):
     with z the embedding and e the setpoint error of each controlled sensor, in training
     standard deviations (default `TRACKING_WEIGHT`). With tracking_weight 0 the goal is the
     embedding alone.
+
+    `horizon`: samples each plan covers; None (the default) takes it from the twin's own
+    step responses (`twin.response.planning_horizon`: dead time plus three time constants
+    of the slowest controlled sensor, 20 to 60 samples).
 
     `policy`: the name of a `twin.policies.LoopPolicy` (how the twin and the baseline
     share the loop: data envelope, moves near a limit); `default` unless the log calls for
@@ -110,6 +118,9 @@ class ControlWeights(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tracking_weight: float = Field(default=TRACKING_WEIGHT, ge=0, allow_inf_nan=False)
+    horizon: int | None = Field(
+        default=None, ge=2, le=200, description="samples; None: from the twin's step response"
+    )
     move_weight: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     policy: str = Field(default=DEFAULT_POLICY, description="a twin.policies loop policy")
     limit_margin: float = Field(default=0.25, ge=0, allow_inf_nan=False)

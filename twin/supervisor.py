@@ -29,6 +29,12 @@ DISAGREEMENT_MULTIPLE = 5.0
 """With `metrics["ensemble_spread"]` (held-out std across members, training stds, per
 sensor) the trip is at least this multiple of it: a twin whose members always differ more
 is judged against its own usual spread."""
+GUARD_BAND = 0.15
+"""The limit guard trips when a sensor heads to within this many training stds of a hard
+limit: inside the plan's own back-off (`PlannerSettings.limit_margin`, 0.25), so a plan
+held at its backed-off limit does not trip it. At 0.3 the zoo's heat exchanger, asked for
+58 degC under a 62 degC limit, fell back on 4-13 % of its samples; at 0.15 on 0-3 %, with
+no violation on any zoo plant (`benchmarks/new_plant.py`)."""
 GUARD_LOOKAHEAD = 2
 """Samples ahead the limit guard extrapolates each limited sensor's filtered trend. One
 sample was too late for the CSTR's jacket lag: the hierarchical twin overshot the 385 K

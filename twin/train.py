@@ -33,6 +33,7 @@ from .gains import effect_pairs, with_sign_penalty
 from .model import JEPA
 from .progress import TrainingDisplay, budget_note
 from .spec import ProcessSpec
+from .time_scales import with_log_horizon
 from .train_eval import build_goal_bank, evaluate
 from .train_loss import COLLAPSE_METHODS, TrainConfig, batch_loss, uses_ema
 from .twin_model import Twin
@@ -112,6 +113,7 @@ def train_twin(
             f"collapse must be one of {', '.join(COLLAPSE_METHODS)}, got {cfg.collapse!r}"
         )
     seed_everything(cfg.seed)
+    spec = with_log_horizon(spec, df)  # the plan's horizon from the log's time scales
     data = WindowDataset(df, spec, cfg.model.window, cfg.rollout_steps)
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
     model = JEPA(

@@ -126,8 +126,11 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # basal (hybrid closed loop): the twin's own boluses under-dosed the adolescent
         # (TIR 76 %, mean BG 157 mg/dL); the wizard's took it to 100 % and 141 mg/dL
         # (adolescent#001, same twin, seeds 7-19). Measured on the embedding distance
-        # alone: the default tracking weight is not yet measured here.
-        control=ControlWeights(policy="hybrid", baseline_actuators=("bolus",), tracking_weight=0.0),
+        # alone over 20 samples: the default tracking weight and the log's horizon are not
+        # yet measured here.
+        control=ControlWeights(
+            policy="hybrid", baseline_actuators=("bolus",), tracking_weight=0.0, horizon=20
+        ),
         # insulin lowers glucose; IOB counts the insulin delivered
         effects=tuple(
             Effect(actuator=a, sensor=s, sign=sign)

@@ -29,9 +29,14 @@ class PlannerSettings:
 
     @classmethod
     def for_twin(cls, twin: Twin) -> PlannerSettings:
-        """The defaults, with the move weight and limit margin of the twin's process spec."""
+        """The defaults, with the horizon, move weight and limit margin of the twin's
+        process spec (training sets the horizon from the log, `twin.time_scales`)."""
         control = twin.spec.control
-        return cls(move_weight=control.move_weight, limit_margin=control.limit_margin)
+        return cls(
+            horizon=control.horizon or cls.horizon,
+            move_weight=control.move_weight,
+            limit_margin=control.limit_margin,
+        )
 
 
 @dataclass
