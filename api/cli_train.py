@@ -69,21 +69,20 @@ def train(
     A glucose twin is of one patient (--patient, default adult#001): its spec carries that
     patient's limits, and its loops fall back to that patient's basal and bolus wizard."""
     from processes import train_config_for
-    from twin.simc import with_simc_gains  # late, like torch: scipy loads when training
     from twin.train import train_twin
 
     process_spec = spec_for(process, spec, patient)
     if register and spec is not None:  # refuse changed tags before training, not after
         _check_spec_change(database_url, process_spec)
     df = read_log(data)
-    process_spec = with_simc_gains(process_spec, df)  # a PI pairing without gains: SIMC
     config = train_config_for(
         process if spec is None else None, epochs=epochs, seed=seed, max_seconds=max_minutes * 60.0
     )
     _fit_threads_to_load()
+    # training tunes a PI pairing without gains by SIMC and sets the horizon from the log
     twin, history = train_twin(df, process_spec, config, show_progress=True)
     sha = twin.save(out)
-    _print_training(twin.metrics, process_spec)
+    _print_training(twin.metrics, twin.spec)
     console.print(f"checkpoint [bold]{out}[/] sha256 {sha[:16]}...")
     if register:
         from api.services.models import log_provenance
@@ -97,7 +96,7 @@ def train(
         }
         model_id = _register(
             database_url,
-            process_spec,
+            twin.spec,  # as trained: SIMC gains and the horizon the log gave
             name,
             out,
             twin.metrics,

@@ -29,7 +29,7 @@ class BaselineMove:
         previous: Mapping[str, float],
     ) -> None:
         self.twin, self.spec, self.fallback = twin, twin.spec, fallback
-        self.previous = dict(previous)
+        self.previous, self.measurements = dict(previous), measurements
         self._args = (measurements, setpoints, self.previous)
         self._move: Moves | None = None
 

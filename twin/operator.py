@@ -179,7 +179,7 @@ class OperatorSettings:
             return baseline.hold(), None
         if self.mode is Mode.STANDBY:
             return (baseline() if baseline.fallback is not None else baseline.hold()), None
-        if self.tracked(setpoints, _measurements_of(baseline)):
+        if self.tracked(setpoints, baseline.measurements):
             return None
         if any(tag not in self.dropped for tag in self.ranges):
             # every ranged sensor is where the operator wants it: nothing to chase, a normal
@@ -271,11 +271,6 @@ def _unit(spec: ProcessSpec | None, name: str) -> str:
 
 def _span(bounds: Range, unit: str) -> str:
     return f"[{bounds[0]:g}, {bounds[1]:g}]{unit}"
-
-
-def _measurements_of(baseline: BaselineMove) -> Mapping[str, float | None]:
-    """The step's measurements, as the baseline was given them (its first argument)."""
-    return baseline._args[0]  # the controller hands `instead` no other copy
 
 
 def _toggled(current: Iterable[str], changes: Mapping[str, bool]) -> frozenset[str]:

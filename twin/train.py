@@ -32,6 +32,7 @@ from .distributed import Trainer
 from .gains import effect_pairs, with_sign_penalty
 from .model import JEPA
 from .progress import TrainingDisplay, budget_note
+from .simc import with_simc_gains
 from .spec import ProcessSpec
 from .time_scales import with_log_horizon
 from .train_eval import build_goal_bank, evaluate
@@ -113,7 +114,8 @@ def train_twin(
             f"collapse must be one of {', '.join(COLLAPSE_METHODS)}, got {cfg.collapse!r}"
         )
     seed_everything(cfg.seed)
-    spec = with_log_horizon(spec, df)  # the plan's horizon from the log's time scales
+    # what the log tells that a tag file need not: the plan's horizon, a PI pairing's gains
+    spec = with_simc_gains(with_log_horizon(spec, df), df)
     data = WindowDataset(df, spec, cfg.model.window, cfg.rollout_steps)
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
     model = JEPA(
