@@ -206,7 +206,12 @@ def bench_plant(
                 run_episode(plant, twin_decider(plant, checkpoint), noise_seed),
                 warmup=twin.config.window,
             )
-            run.update(train_seed=train_seed, noise_seed=noise_seed, training_s=training_s)
+            run.update(
+                train_seed=train_seed,
+                noise_seed=noise_seed,
+                training_s=training_s,
+                horizon=twin.spec.control.horizon,  # samples, from the log
+            )
             twin_runs.append(run)
             print(
                 f"[{name}] twin seed {train_seed}/{noise_seed}: cost {run['cost']:.4g} "
