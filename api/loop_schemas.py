@@ -143,7 +143,8 @@ class LoopOut(BaseModel):
     finished_at: UtcDatetime | None
     operator: dict[str, Any] = Field(
         description="the operator's settings: mode (on, standby, off), out_of_service "
-        "(actuators), dropped (sensors), ranges (sensor -> {low, high}; absent when none)"
+        "(actuators), dropped (sensors), ranges (sensor -> {low, high}; absent when none), "
+        "economic (actuator or sensor -> maximise or minimise; absent when none)"
     )
 
     @classmethod
@@ -222,7 +223,7 @@ class SensorRange(BaseModel):
 
 
 class OperatorChange(BaseModel):
-    """An operator's change to a live loop, from its next step on (any of the four)."""
+    """An operator's change to a live loop, from its next step on (any of the five)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -247,6 +248,12 @@ class OperatorChange(BaseModel):
         "setpoint is moved into the range; without one, the sensor is left free inside the "
         "range and brought back to the nearest bound when outside. null clears the range",
     )
+    economic: dict[str, Literal["maximise", "minimise"] | None] = Field(
+        default_factory=dict,
+        description="actuator or sensor -> maximise or minimise: the plan pushes it that "
+        "way as far as the setpoints and limits allow (a small push: setpoints win). "
+        "null clears the direction",
+    )
     reason: str = Field(
         min_length=1,
         max_length=500,
@@ -270,6 +277,9 @@ class OperatorOut(BaseModel):
     ranges: dict[str, SensorRange] | None = Field(
         None, description="sensor -> the operator's range; absent when no sensor has one"
     )
+    economic: dict[str, str] | None = Field(
+        None, description="actuator or sensor -> maximise or minimise; absent when none"
+    )
 
     @classmethod
     def of(cls, run_id: int, settings: OperatorSettings) -> OperatorOut:
@@ -280,6 +290,7 @@ class OperatorOut(BaseModel):
             out_of_service=data["out_of_service"],
             dropped=data["dropped"],
             ranges=data.get("ranges"),
+            economic=data.get("economic"),
         )
 
 

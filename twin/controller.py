@@ -207,6 +207,7 @@ class TwinController:
             pinned=self.operator.pinned(
                 baseline.pinned(limits, horizon), self.twin, baseline.previous, limits, horizon
             ),
+            economic=self.operator.economic_weights(self.twin, z0, self.tracking_weight),
         )
 
     def set_operator(self, settings: OperatorSettings) -> None:

@@ -15,6 +15,11 @@ each sensor's operator range (low/high limits inside its engineering limits).
   while its measurement is inside the range, chased to the nearest bound once outside.
   When nothing is left to chase because every such sensor is inside its range, the
   actuators hold (a hybrid loop's baseline still drives its own).
+- An economic direction (`economic`: actuator or sensor -> maximise/minimise) adds a small
+  linear push to the plan's cost (`PlanningProblem.economic`), so the plan moves that tag
+  the chosen way as far as the setpoints, limits and move suppression allow. A ranged
+  sensor without a setpoint that has one of its own is chased to the range's bound in its
+  direction (pushed to its constraint, as an APC's economic optimiser does).
 
 Moves from one mode to the next are bumpless because every move leaves through the same
 safety clip, rate-limited from the value last applied.
@@ -41,6 +46,12 @@ Moves = dict[str, float]
 Range = tuple[float, float]  # (low, high), engineering units
 OPERATOR_EVENT = "operator"
 """The event kind of an operator's change, recorded with the step it takes effect at."""
+DIRECTIONS = {"maximise": -1.0, "minimise": 1.0}
+"""Each economic direction's sign on its tag's weight in the plan's (minimised) cost."""
+ECONOMIC_GIVE = 0.01
+"""Training stds of setpoint error the economic push is worth: its weight per stage is the
+slope of the tracking cost (1 + tracking weight) e^2 at e = 0.01, so a setpoint gives up at
+most about 1 % of a training std to it (well inside sensor noise) and always wins."""
 
 
 class Mode(StrEnum):
@@ -55,6 +66,8 @@ class OperatorSettings:
     out_of_service: frozenset[str] = field(default_factory=frozenset)  # actuators
     dropped: frozenset[str] = field(default_factory=frozenset)  # sensors
     ranges: Mapping[str, Range] = field(default_factory=dict, hash=False)  # sensor -> (low, high)
+    # actuator or sensor -> "maximise" | "minimise"
+    economic: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OperatorSettings:
@@ -68,11 +81,12 @@ class OperatorSettings:
                 name: (float(bounds["low"]), float(bounds["high"]))
                 for name, bounds in (data.get("ranges") or {}).items()
             },
+            {name: str(way) for name, way in (data.get("economic") or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON; `ranges` only when there is one (settings stored before ranges
-        existed read back unchanged)."""
+        """Plain JSON; `ranges` and `economic` only when there is one (settings stored
+        before they existed read back unchanged)."""
         data: dict[str, Any] = {
             "mode": str(self.mode),
             "out_of_service": sorted(self.out_of_service),
@@ -83,6 +97,8 @@ class OperatorSettings:
                 name: {"low": low, "high": high}
                 for name, (low, high) in sorted(self.ranges.items())
             }
+        if self.economic:
+            data["economic"] = dict(sorted(self.economic.items()))
         return data
 
     def changed(
@@ -92,10 +108,13 @@ class OperatorSettings:
         out_of_service: Mapping[str, bool] | None = None,
         dropped: Mapping[str, bool] | None = None,
         ranges: Mapping[str, Range | None] | None = None,
+        economic: Mapping[str, str | None] | None = None,
     ) -> OperatorSettings:
-        """These settings with a change applied; an unknown mode, actuator or sensor, or a
-        range that is empty or reaches its sensor's engineering limits, raises `InvalidInput`
-        naming it (nothing changes). `ranges`: sensor -> (low, high), or None to clear."""
+        """These settings with a change applied; an unknown mode, actuator or sensor, a
+        range that is empty or reaches its sensor's engineering limits, or an economic
+        direction on an unknown tag or not "maximise"/"minimise", raises `InvalidInput`
+        naming it (nothing changes). `ranges`: sensor -> (low, high), or None to clear;
+        `economic`: actuator or sensor -> direction, or None to clear."""
         if mode is not None and mode not in {m.value for m in Mode}:
             raise InvalidInput(
                 f"unknown controller mode '{mode}' (known: {', '.join(m.value for m in Mode)})"
@@ -106,6 +125,14 @@ class OperatorSettings:
         _check_names("sensor", dropped or {}, sensors, spec.name)
         for name, bounds in (ranges or {}).items():
             _check_range(spec, name, bounds, sensors)
+        for name, way in (economic or {}).items():
+            _check_direction(spec.name, name, way, actuators + sensors)
+        new_economic = dict(self.economic)
+        for name, way in (economic or {}).items():
+            if way is None:
+                new_economic.pop(name, None)
+            else:
+                new_economic[name] = way
         new_ranges = dict(self.ranges)
         for name, bounds in (ranges or {}).items():
             if bounds is None:
@@ -117,6 +144,7 @@ class OperatorSettings:
             _toggled(self.out_of_service, out_of_service or {}),
             _toggled(self.dropped, dropped or {}),
             new_ranges,
+            new_economic,
         )
 
     def describe_change(
@@ -144,6 +172,12 @@ class OperatorSettings:
                 words.append(f"sensor {name} range set to {_span(new, unit)}")
             elif new is not None and old is not None and new != old:
                 words.append(f"sensor {name} range {_span(old, unit)} -> {_span(new, unit)}")
+        for name in sorted({*self.economic, *before.economic}):
+            old_way, new_way = before.economic.get(name), self.economic.get(name)
+            if new_way is None and old_way is not None:
+                words.append(f"economic direction on {name} ({old_way}) cleared")
+            elif new_way is not None and new_way != old_way:
+                words.append(f"{name} economic direction: {new_way}")
         return words
 
     # ------------------------------------------------------------ in the controller's step
@@ -155,7 +189,8 @@ class OperatorSettings:
     ) -> dict[str, float]:
         """The setpoints the plan chases: those of sensors not dropped, each inside its
         sensor's range; and for a ranged sensor without one, the nearest bound while its
-        measurement lies outside the range (inside, or not measured, it is left free)."""
+        measurement lies outside the range, the bound of its economic direction inside it
+        (otherwise, or not measured, it is left free)."""
         out = {}
         for tag, value in setpoints.items():
             if tag not in self.dropped:
@@ -169,7 +204,32 @@ class OperatorSettings:
                 out[tag] = low
             elif measured is not None and measured > high:
                 out[tag] = high
+            elif measured is not None and tag in self.economic:
+                out[tag] = high if self.economic[tag] == "maximise" else low
         return out
+
+    def economic_weights(
+        self, twin: Twin, z0: np.ndarray, tracking_weight: float
+    ) -> np.ndarray | None:
+        """The plan's economic push (`PlanningProblem.economic`: (A + D,) weights per stage
+        on the normalised moves, then on the embedding), None without a direction. An
+        actuator's weight is on its own move; a sensor's reaches the embedding through the
+        readout's Jacobian at z0 (exact for the default linear readout). Each is
+        `ECONOMIC_GIVE` of the tracking cost's slope, signed by its direction."""
+        if not self.economic:
+            return None
+        actions, d = twin.layout.actions, len(z0)
+        scale = 2.0 * ECONOMIC_GIVE * (1.0 + max(float(tracking_weight), 0.0))
+        on_moves, on_embedding = np.zeros(len(actions)), np.zeros(d)
+        sensors = [tag for tag in self.economic if tag not in actions]
+        if sensors:
+            jacobian = twin.readout_jacobian(np.asarray(z0, dtype=float), sensors)
+            for row, tag in zip(jacobian, sensors, strict=True):
+                on_embedding += scale * DIRECTIONS[self.economic[tag]] * row
+        for tag, way in self.economic.items():
+            if tag in actions:
+                on_moves[actions.index(tag)] = scale * DIRECTIONS[way]
+        return np.concatenate([on_moves, on_embedding])
 
     def instead(
         self, baseline: BaselineMove, setpoints: Mapping[str, float]
@@ -230,6 +290,18 @@ def _check_names(kind: str, changes: Mapping[str, bool], known: list[str], proce
             )
         if not isinstance(value, bool):
             raise InvalidInput(f"{kind} '{name}' must be true or false, got {value!r}")
+
+
+def _check_direction(process: str, name: str, way: str | None, known: list[str]) -> None:
+    if name not in known:
+        raise InvalidInput(
+            f"unknown actuator or sensor '{name}' for an economic direction of process "
+            f"'{process}' (known: {', '.join(known)})"
+        )
+    if way is not None and (not isinstance(way, str) or way not in DIRECTIONS):
+        raise InvalidInput(
+            f"economic direction of '{name}' must be {' or '.join(DIRECTIONS)}, got {way!r}"
+        )
 
 
 def _check_range(spec: ProcessSpec, name: str, bounds: Range | None, sensors: list[str]) -> None:

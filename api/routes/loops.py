@@ -135,8 +135,8 @@ def switch_model(
 
 @router.get("/{run_id}/operator", response_model=OperatorOut, response_model_exclude_none=True)
 def get_operator(run_id: RunIdPath, session: SessionDep, loops: LoopsDep) -> OperatorOut:
-    """The loop's controller mode, actuators out of service, dropped sensors and sensors'
-    ranges."""
+    """The loop's controller mode, actuators out of service, dropped sensors, sensors'
+    ranges and economic directions."""
     return OperatorOut.of(run_id, loops.operator(session, run_id))
 
 
@@ -149,10 +149,11 @@ def change_operator(
     actor: OperatorDep,
 ) -> OperatorOut:
     """Change the controller mode, put actuators in or out of service, drop or enable
-    sensors, set or clear sensors' ranges, from the next step on; audited with the key's
-    name and the reason, and shown on the trends as an event. An unknown mode, actuator or
-    sensor, or a range that is empty or reaches the sensor's engineering limits, is refused
-    (422) and changes nothing. Operator role."""
+    sensors, set or clear sensors' ranges and economic directions, from the next step on;
+    audited with the key's name and the reason, and shown on the trends as an event. An
+    unknown mode, actuator or sensor, a range that is empty or reaches the sensor's
+    engineering limits, or a direction other than maximise or minimise, is refused (422)
+    and changes nothing. Operator role."""
     settings = loops.change_operator(
         session,
         run_id,
@@ -161,6 +162,7 @@ def change_operator(
         out_of_service=body.out_of_service,
         dropped=body.dropped,
         ranges=body.range_bounds(),
+        economic=body.economic,
         actor=actor,
     )
     return OperatorOut.of(run_id, settings)

@@ -1,12 +1,13 @@
 """The operator's controls of a live loop: the controller's mode, each actuator in or out
-of service, each sensor enabled or dropped, each sensor's range (`twin.operator`).
+of service, each sensor enabled or dropped, each sensor's range, each economic direction
+(`twin.operator`).
 
 The settings live in the loop's run (`runs.config["operator"]`), so they survive a restart
 and every API worker reads them before its next step (`follow_operator`). A change is
 validated against the process's spec before anything is written (an unknown mode,
-actuator or sensor, or a range outside the sensor's limits, changes nothing), audited as
-"loop.operator" with the key's name and the reason, and recorded as a run event at the
-step it takes effect at, so the trends can show it.
+actuator or sensor, a range outside the sensor's limits, or an unknown economic direction,
+changes nothing), audited as "loop.operator" with the key's name and the reason, and
+recorded as a run event at the step it takes effect at, so the trends can show it.
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ class LoopOperator:
         out_of_service: Mapping[str, bool] | None = None,
         dropped: Mapping[str, bool] | None = None,
         ranges: Mapping[str, tuple[float, float] | None] | None = None,
+        economic: Mapping[str, str | None] | None = None,
         actor: Actor | None = None,
     ) -> OperatorSettings:
         """Apply an operator's change from the next step on. Refused, changing nothing: an
         unknown mode, actuator or sensor, a range that is empty or reaches its sensor's
-        engineering limits (422), a stopped loop (409). `ranges`: sensor -> (low, high), or
-        None to clear it. A change to what is already set succeeds and records nothing."""
-        if mode is None and not out_of_service and not dropped and not ranges:
-            raise Invalid("name a change: mode, out_of_service, dropped or ranges")
+        engineering limits, an economic direction other than maximise or minimise (422), a
+        stopped loop (409). `ranges`: sensor -> (low, high), or None to clear it;
+        `economic`: actuator or sensor -> direction, or None to clear it. A change to what
+        is already set succeeds and records nothing."""
+        if mode is None and not (out_of_service or dropped or ranges or economic):
+            raise Invalid("name a change: mode, out_of_service, dropped, ranges or economic")
         run = session.scalars(
             select(Run)
             .where(Run.id == control_run(session, run_id).id)
@@ -79,7 +83,7 @@ class LoopOperator:
             raise Conflict(f"loop {run_id} is {run.status}; only a running loop can change")
         before, spec = stored_settings(run), spec_of(run.process)
         try:
-            after = before.changed(spec, mode, out_of_service, dropped, ranges)
+            after = before.changed(spec, mode, out_of_service, dropped, ranges, economic)
         except InvalidInput as exc:
             raise Invalid(str(exc)) from None
         words = after.describe_change(before, spec)

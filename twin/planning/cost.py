@@ -7,6 +7,9 @@ embeddings z_1..z_H with their limited-sensor readouts y_k:
       + move_weight * sum_k |(u_k - u_{k-1}) / rate|^2   move suppression
       + slack_weight * sum_k w_k * sum_j s_kj              sensor-limit slack, s >= 0 with
                                                             low_j - s <= y_kj <= high_j + s
+      + sum_k (e_u . u_k + w_k e_z . z_k)                  the operator's economic push, with
+                                                            e = [e_u; e_z] the problem's
+                                                            `economic` (absent: zero)
 
 w_k = 1 for a sample-by-sample plan; the hierarchical planner's coarse level scores block
 ends that each stand for `k` samples (w = k). At the optimum each slack is the violation
@@ -53,6 +56,7 @@ class TorchProblem:
     metric: torch.Tensor | None  # (D, D)
     y_low: torch.Tensor  # (L,) the problem's sensor bounds (`sensor_bounds`)
     y_high: torch.Tensor
+    economic: torch.Tensor | None = None  # (A + D,) linear weights on [u; z]
 
     @classmethod
     def of(
@@ -71,6 +75,7 @@ class TorchProblem:
             None if problem.metric is None else tensor(problem.metric),
             tensor(low),
             tensor(high),
+            None if problem.economic is None else tensor(problem.economic),
         )
 
 
@@ -99,6 +104,15 @@ class PlanningCost:
     def casadi_slack(self, slack: ca.SX | ca.MX) -> ca.SX | ca.MX:
         return self.slack_weight * ca.sum1(slack)
 
+    @staticmethod
+    def casadi_economic(
+        economic: ca.SX | ca.MX, u: ca.SX | ca.MX | None, z: ca.SX | ca.MX | None
+    ) -> ca.SX | ca.MX:
+        """e_u . u + e_z . z for `economic` = [e_u; e_z] (either part left out: None)."""
+        a = u.numel() if u is not None else economic.numel() - z.numel()
+        term = 0 if u is None else ca.dot(economic[:a], u)
+        return term if z is None else term + ca.dot(economic[a:], z)
+
     def casadi_stage(
         self,
         z: ca.SX | ca.MX,
@@ -107,13 +121,16 @@ class PlanningCost:
         u: ca.SX | ca.MX,
         before: ca.SX | ca.MX,
         slack: ca.SX | ca.MX,
+        economic: ca.SX | ca.MX | None = None,
     ) -> ca.SX | ca.MX:
-        """Stage k's whole cost: tracking of z_k, the move u_k - u_{k-1}, the slack s_k."""
-        return (
+        """Stage k's whole cost: tracking of z_k, the move u_k - u_{k-1}, the slack s_k,
+        and the economic push on u_k and z_k (`economic`: [e_u; e_z], None: none)."""
+        cost = (
             self.casadi_tracking(z, z_goal, metric)
             + self.casadi_move(u, before)
             + self.casadi_slack(slack)
         )
+        return cost if economic is None else cost + self.casadi_economic(economic, u, z)
 
     # -- numpy float64: the exact cost, and its Gauss-Newton least-squares form -----------
     def numpy(self, problem: PlanningProblem, U: np.ndarray, Z: np.ndarray, Y: np.ndarray) -> float:
@@ -127,6 +144,9 @@ class PlanningCost:
             low, high = problem.sensor_bounds(lim)
             over = np.maximum(Y - high[:, None], low[:, None] - Y)
             cost += self.slack_weight * float(np.maximum(over, 0.0).sum())
+        if problem.economic is not None:
+            e_u, e_z = problem.economic_parts()
+            cost += float(e_u @ U.sum(axis=0)) + float(e_z @ Z.sum(axis=1))
         return cost
 
     def move_least_squares(self, horizon: int) -> np.ndarray:
@@ -162,4 +182,8 @@ class PlanningCost:
         if y is not None:
             violation = torch.clamp_min(torch.maximum(y - problem.y_high, problem.y_low - y), 0.0)
             cost = cost + self.slack_weight * stage_weight * violation.sum(dim=(1, 2))
+        if problem.economic is not None:
+            a = u.shape[-1]
+            cost = cost + (u.sum(dim=1) @ problem.economic[:a])
+            cost = cost + stage_weight * (z.sum(dim=1) @ problem.economic[a:])
         return cost

@@ -18,7 +18,7 @@ from .problem import PlannerSettings, PlanningProblem, PlanResult, failed_plan, 
 class CasadiPlanner:
     """Multiple-shooting NLP solved by IPOPT with exact Hessians; built once per twin.
 
-    The problem is parametric in (z0, u_prev, z_goal, metric), so each step only updates
+    The problem is parametric in (z0, u_prev, z_goal, metric, economic), so each step only updates
     numbers and warm-starts from the previous solution shifted by one sample.
     """
 
@@ -43,7 +43,7 @@ class CasadiPlanner:
         Z, U = ca.SX.sym("Z", d, horizon), ca.SX.sym("U", a, horizon)
         S = ca.SX.sym("S", max(n_lim, 1), horizon)
         z0, u_prev, z_goal = ca.SX.sym("z0", d), ca.SX.sym("u_prev", a), ca.SX.sym("z_goal", d)
-        metric = ca.SX.sym("metric", d, d)
+        metric, economic = ca.SX.sym("metric", d, d), ca.SX.sym("economic", a + d)
         g, lbg, ubg, cost = [], [], [], 0
         self._sensor_rows = rows = SensorRows()
         z_k, u_before = z0, u_prev
@@ -58,12 +58,14 @@ class CasadiPlanner:
                 add_sensor_limit_rows(
                     h(Z[:, k])[lim.limit_rows.tolist()], S[:, k], lim, g, lbg, ubg, rows
                 )
-            cost += self.cost.casadi_stage(Z[:, k], z_goal, metric, U[:, k], u_before, S[:, k])
+            cost += self.cost.casadi_stage(
+                Z[:, k], z_goal, metric, U[:, k], u_before, S[:, k], economic
+            )
             z_k, u_before = Z[:, k], U[:, k]
         x = ca.vertcat(ca.vec(Z), ca.vec(U), ca.vec(S))
         nlp = {
             "x": x,
-            "p": ca.vertcat(z0, u_prev, z_goal, ca.vec(metric)),
+            "p": ca.vertcat(z0, u_prev, z_goal, ca.vec(metric), economic),
             "f": cost,
             "g": ca.vertcat(*g),
         }
@@ -121,6 +123,7 @@ class CasadiPlanner:
                 problem.u_prev,
                 problem.z_goal,
                 problem.metric_or_identity().ravel(order="F"),
+                problem.economic_or_zeros(),
             ]
         )
         lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem.limit_shift)

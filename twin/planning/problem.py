@@ -55,6 +55,20 @@ class PlanningProblem:
     # spec's `control.baseline_actuators`), NaN where the planner chooses; each actuator's
     # column is pinned whole or free
     pinned: np.ndarray | None = None
+    # (A + D,) the operator's economic push: linear weights per stage on the normalised
+    # moves u_k (first A) and the embeddings z_k (last D); None: no push
+    economic: np.ndarray | None = None
+
+    def economic_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(e_u (A,), e_z (D,)) of `economic` (zeros without one)."""
+        d, a = len(self.z_goal), len(self.u_prev)
+        if self.economic is None:
+            return np.zeros(a), np.zeros(d)
+        economic = np.asarray(self.economic, dtype=float)
+        return economic[:a], economic[a:]
+
+    def economic_or_zeros(self) -> np.ndarray:
+        return np.concatenate(self.economic_parts())
 
     def with_pinned(self, actions: np.ndarray) -> np.ndarray:
         """(H, A) moves with the pinned ones in their place."""
@@ -158,6 +172,11 @@ def problem_error(
             )
         if not np.all(np.isfinite(problem.limit_shift)):
             return "limit_shift is not finite"
+    if problem.economic is not None:
+        if np.shape(problem.economic) != (a + d,):
+            return f"economic shape {np.shape(problem.economic)}, expected {(a + d,)}"
+        if not np.all(np.isfinite(problem.economic)):
+            return "economic is not finite"
     if problem.pinned is not None:
         return pinned_error(np.asarray(problem.pinned, dtype=float), problem.u_prev, lim, horizon)
     return None

@@ -25,11 +25,11 @@ class RTIPlanner:
     Jacobians (`linearisation.py`: numpy by default, CasADi's own functions on
     request); numpy condenses them into dZ/dU (the embeddings are eliminated, so the QP has
     only the moves and the sensor slacks); a dense QP solver takes the Gauss-Newton step
-    (the cost is a sum of squares plus a linear slack term, so its Gauss-Newton Hessian is
-    exact but for the twin's curvature); a backtracking line search on the exact cost keeps
-    the plan no worse than the warm start. The warm start is the previous plan shifted by
-    one sample, projected onto the new rate window; the QP starts from the previous QP's
-    active set, shifted by one sample the same way (`dense_qp.py`).
+    (the cost is a sum of squares plus linear slack and economic terms, so its Gauss-Newton
+    Hessian is exact but for the twin's curvature); a backtracking line search on the exact
+    cost keeps the plan no worse than the warm start. The warm start is the previous plan
+    shifted by one sample, projected onto the new rate window; the QP starts from the
+    previous QP's active set, shifted by one sample the same way (`dense_qp.py`).
 
     `sqp_iterations=1` is the acados-style real-time iteration; more iterations converge to
     the same local optimum as IPOPT. `qp_solver`: "daqp" (the DAQP package, warm-started;
@@ -232,6 +232,9 @@ class RTIPlanner:
                 np.full(n_s, self.cost.slack_weight),
             ]
         )
+        if problem.economic is not None:  # linear in U through the linearised embeddings
+            e_u, e_z = problem.economic_parts()
+            grad[:n_u] += np.tile(e_u, horizon) + G.T @ np.tile(e_z, horizon)
         lbx = np.concatenate([np.tile(lim.u_low, horizon), np.zeros(n_s)])
         ubx = np.concatenate([np.tile(lim.u_high, horizon), np.full(n_s, np.inf)])
         lbx[:a] = np.maximum(lbx[:a], problem.u_prev - lim.rate)

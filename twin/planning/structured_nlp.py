@@ -53,6 +53,7 @@ class StructuredNLPPlanner:
         f, h = casadi_dynamics(self.twin, ca.MX)
         horizon, nx, nu = s.horizon, d + a, a + n
         z_goal, metric = ca.MX.sym("z_goal", d), ca.MX.sym("metric", d, d)
+        economic = ca.MX.sym("economic", a + d)
         X = [ca.MX.sym(f"x{k}", nx) for k in range(horizon + 1)]
         W = [ca.MX.sym(f"w{k}", nu) for k in range(horizon)]
         g, lbg, ubg, cost = [], [], [], 0
@@ -77,14 +78,16 @@ class StructuredNLPPlanner:
                 cost += terms.casadi_tracking(z, z_goal, metric)
             cost += terms.casadi_move(u, before)
             cost += terms.casadi_slack(slack)
+            cost += terms.casadi_economic(economic, u, z if k else None)
         cost += terms.casadi_tracking(X[horizon][:d], z_goal, metric)
+        cost += terms.casadi_economic(economic, None, X[horizon][:d])
         variables = []
         for k in range(horizon):
             variables += [X[k], W[k]]
         variables.append(X[horizon])
         nlp = {
             "x": ca.vertcat(*variables),
-            "p": ca.vertcat(z_goal, ca.vec(metric)),
+            "p": ca.vertcat(z_goal, ca.vec(metric), economic),
             "f": cost,
             "g": ca.vertcat(*g),
         }
@@ -176,7 +179,13 @@ class StructuredNLPPlanner:
                 problem, self.limits, horizon, self.d, start, f"{self.solver_name}: {why}"
             )
         lbx, ubx = self._bounds(problem)
-        p = np.concatenate([problem.z_goal, problem.metric_or_identity().ravel(order="F")])
+        p = np.concatenate(
+            [
+                problem.z_goal,
+                problem.metric_or_identity().ravel(order="F"),
+                problem.economic_or_zeros(),
+            ]
+        )
         lbg, ubg = self._sensor_rows.bounds(self.lbg, self.ubg, problem.limit_shift)
         try:
             sol = self.solver(x0=self._guess(problem), p=p, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
