@@ -230,3 +230,18 @@ def test_a_slow_response_gets_a_gentle_gain() -> None:
     assert disturbance_gain(fast, 0.1) == 0.1  # the ceiling
     assert disturbance_gain(slow, 0.1) == pytest.approx(1 / 36)
     assert disturbance_gain(Response(500.0, 500.0), 0.1) == 0.01  # the floor
+
+
+def test_an_estimate_is_dropped_when_its_setpoint_moves_to_another_operating_point() -> None:
+    """A twin's miss is local: an estimate survives a setpoint move within OFFSET_LIMIT
+    training stds and is dropped beyond it (the turbofan from idle to takeoff thrust)."""
+    twin = tiny_twin()[0]
+    goals = GoalIntegrator(twin, 150.0, 0.1)
+    std = float(twin.norm.std[twin.norm.index("T")])
+    unmeasured = {k: v for k, v in cstr.CSTRSimulator(seed=0).measure().items() if k != "T"}
+    goals.goal_for({"T": 350.0}, unmeasured)
+    goals.disturbance["T"] = 0.5
+    goals.goal_for({"T": 350.0 + 0.8 * OFFSET_LIMIT * std}, unmeasured)
+    assert goals.disturbance["T"] == 0.5
+    goals.goal_for({"T": 350.0 - 0.5 * OFFSET_LIMIT * std}, unmeasured)  # 1.3 limits away
+    assert "T" not in goals.disturbance
