@@ -1,5 +1,6 @@
 """The operator's controls on a live loop's page: the controller's mode, each actuator in or
-out of service, each sensor dropped or enabled and its range, with a form to change them.
+out of service, each sensor dropped or enabled and its range, each actuator's and sensor's
+economic direction (none, maximise or minimise), with a form to change them.
 
 The form sends the same change as `PUT /api/loops/{id}/operator` (api.loop_schemas.
 OperatorChange, a reason required) to the page's own endpoint `PUT /dash/api/loops/{id}/
@@ -28,7 +29,7 @@ from api.services.auth import check_role, role_allows
 from api.services.loop_operator import stored_settings
 from dashboards.alarms_page import CSRF_HEADER, csrf_token
 from dashboards.login import page_actor
-from twin.operator import Mode
+from twin.operator import DIRECTIONS, Mode, OperatorSettings
 from twin.spec import ProcessSpec
 
 router = APIRouter(include_in_schema=False)
@@ -45,27 +46,34 @@ def panel(request: Request, run: Run, spec: ProcessSpec) -> dict[str, Any] | Non
         "run_id": run.id,
         "mode": str(settings.mode),
         "modes": [m.value for m in Mode],
+        "directions": list(DIRECTIONS),
         "actuators": [
-            {"name": t.name, "unit": t.unit, "out_of_service": t.name in settings.out_of_service}
+            {
+                "name": t.name,
+                "unit": t.unit,
+                "out_of_service": t.name in settings.out_of_service,
+                "economic": settings.economic.get(t.name),
+            }
             for t in spec.actuators
         ],
-        "sensors": [_sensor_row(t, settings.dropped, settings.ranges) for t in spec.sensors],
+        "sensors": [_sensor_row(t, settings) for t in spec.sensors],
         "can_change": actor is not None and role_allows(actor.role, Role.OPERATOR),
         "csrf": csrf_token(request),
         "url": f"/dash/api/loops/{run.id}/operator",
     }
 
 
-def _sensor_row(tag, dropped: frozenset[str], ranges) -> dict[str, Any]:
-    low, high = ranges.get(tag.name, (None, None))
+def _sensor_row(tag, settings: OperatorSettings) -> dict[str, Any]:
+    low, high = settings.ranges.get(tag.name, (None, None))
     return {
         "name": tag.name,
         "unit": tag.unit,
         "limit_low": tag.low,
         "limit_high": tag.high,
-        "dropped": tag.name in dropped,
+        "dropped": tag.name in settings.dropped,
         "range_low": low,
         "range_high": high,
+        "economic": settings.economic.get(tag.name),
     }
 
 
@@ -93,6 +101,7 @@ def change_operator(
         out_of_service=body.out_of_service,
         dropped=body.dropped,
         ranges=body.range_bounds(),
+        economic=body.economic,
         actor=actor,
     )
     return JSONResponse(OperatorOut.of(run_id, settings).model_dump(mode="json", exclude_none=True))

@@ -100,3 +100,49 @@ def test_the_page_refuses_what_the_api_refuses(
         assert response.status_code == code, (body, response.text)
         assert named in response.text
         assert _stored(session, loop_id) == {}
+
+
+def test_the_page_sets_and_clears_an_economic_direction(
+    api: TestClient, loop_id: int, tokens, session: Session
+) -> None:
+    page = _page(api, loop_id, tokens, Role.OPERATOR)
+    assert '<select name="economic" data-tag="Tc" data-was="">' in page
+    assert '<select name="economic" data-tag="Ca" data-was="">' in page
+    assert "data-economic=" not in page  # the operator gets selects, not text
+    body = {"economic": {"Tc": "maximise"}, "reason": "cheap coolant"}
+    response = _change(api, loop_id, tokens, Role.OPERATOR, body, _csrf(page))
+    assert response.status_code == 200, response.text
+    assert response.json()["economic"] == {"Tc": "maximise"}
+    got = api.get(f"/api/loops/{loop_id}/operator", headers=_auth(tokens, Role.VIEWER)).json()
+    assert got["economic"] == {"Tc": "maximise"}
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "loop.operator")).one()
+    assert entry.detail["reason"] == "cheap coolant"
+    viewer = _page(api, loop_id, tokens, Role.VIEWER)
+    assert '<span data-economic="Tc">maximise</span>' in viewer
+    assert '<span data-economic="Ca">none</span>' in viewer
+    assert 'name="economic"' not in viewer  # read-only
+    page = _page(api, loop_id, tokens, Role.OPERATOR)
+    chosen = re.search(r'data-tag="Tc" data-was="maximise">(.*?)</select>', page, re.S)
+    assert chosen and '<option value="maximise" selected>' in chosen.group(1)
+    body = {"economic": {"Tc": None}, "reason": "coolant dear again"}
+    response = _change(api, loop_id, tokens, Role.OPERATOR, body, _csrf(page))
+    assert response.status_code == 200, response.text
+    assert "economic" not in _stored(session, loop_id)
+    assert '<span data-economic="Tc">none</span>' in _page(api, loop_id, tokens, Role.VIEWER)
+
+
+def test_the_page_refuses_a_bad_economic_direction(
+    api: TestClient, loop_id: int, tokens, session: Session
+) -> None:
+    csrf = _csrf(_page(api, loop_id, tokens, Role.OPERATOR))
+    refusals = [
+        (Role.OPERATOR, {"economic": {"Tc": "up"}, "reason": "r"}, 422, "maximise"),
+        (Role.OPERATOR, {"economic": {"Cb": "maximise"}, "reason": "r"}, 422, "'Cb'"),
+        (Role.OPERATOR, {"economic": {"Tc": "maximise"}}, 422, "reason"),
+        (Role.VIEWER, {"economic": {"Tc": "maximise"}, "reason": "r"}, 403, "'operator' role"),
+    ]
+    for role, body, code, named in refusals:
+        response = _change(api, loop_id, tokens, role, body, csrf)
+        assert response.status_code == code, (body, response.text)
+        assert named in response.text
+        assert _stored(session, loop_id) == {}

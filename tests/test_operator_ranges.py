@@ -16,7 +16,7 @@ from test_operator_controls import GOOD, GreedyPlanner, _auth, _controller, _put
 from api.orm import AuditEntry, Role, Run, RunEvent
 from processes import cstr
 from twin.errors import InvalidInput
-from twin.operator import OperatorSettings
+from twin.operator import RANGE_DEADBAND, OperatorSettings
 from twin.twin_model import Twin
 
 SPEC = cstr.SPEC  # Ca: low limit 0 mol/L; T: high limit 385 K
@@ -52,6 +52,32 @@ def test_a_setpoint_outside_the_range_moves_to_its_nearest_bound() -> None:
     # a dropped sensor is not chased, range or not
     dropped = settings.changed(SPEC, dropped={"Ca": True})
     assert dropped.tracked({"T": 345.0}, {"T": 350.0, "Ca": 0.9}) == {"T": 345.0}
+
+
+def test_a_sensor_hovering_at_its_bound_stays_chased_until_back_by_the_deadband() -> None:
+    settings = OperatorSettings().changed(SPEC, ranges={"Ca": (0.4, 0.6)})
+    margin = RANGE_DEADBAND * 0.2
+    assert 0.0 < margin < 0.1  # a small part of the range
+
+    def chased(ca: float) -> float | None:
+        return settings.tracked({}, {"Ca": ca}).get("Ca")
+
+    hovering = [0.399, 0.401, 0.398, 0.402, 0.397, 0.4 + 0.9 * margin]
+    assert [chased(ca) for ca in hovering] == [0.4] * len(hovering)  # no toggling
+    assert chased(0.4 + 0.9 * margin) == 0.4  # one sample asked twice: one answer
+    assert chased(0.4 + 1.1 * margin) is None  # back inside by the deadband: free
+    assert chased(0.402) is None  # free near the bound until it leaves the range
+    assert chased(0.601) == 0.6 and chased(0.6 - 0.9 * margin) == 0.6  # the high side
+    assert chased(0.35) == 0.4  # crossing the range moves it to the other bound
+    assert settings.tracked({}, {"Ca": None}) == {} and chased(0.401) == 0.4  # a lost sample
+    assert settings.tracked({"Ca": 0.5}, {"Ca": 0.401}) == {"Ca": 0.5}  # a setpoint wins
+    assert chased(0.401) is None  # and ends the chase
+    # the chase is the loop's memory, not a setting: stored, compared and hashed without it
+    fresh = OperatorSettings().changed(SPEC, ranges={"Ca": (0.4, 0.6)})
+    chased(0.3)
+    assert settings == fresh and hash(settings) == hash(fresh)
+    assert settings.to_dict() == fresh.to_dict()
+    assert fresh.tracked({}, {"Ca": 0.401}) == {}  # without a chase behind it: free
 
 
 @pytest.mark.parametrize(
@@ -143,6 +169,20 @@ def test_every_ranged_sensor_inside_holds_without_an_event(twin: Twin) -> None:
     # once Ca leaves its range the twin plans again
     outside = OperatorSettings(dropped=frozenset({"T"}), ranges={"Ca": (0.6, 0.9)})
     assert _last_problem(twin, outside, {"T": 360.0})[0] is not None
+
+
+def test_a_loop_hovering_at_a_bound_keeps_planning(twin: Twin) -> None:
+    # Ca at about 0.50 mol/L is nudged across its low bound 0.5 every other sample: the
+    # twin plans every step after the first dip instead of holding every other one
+    planner = GreedyPlanner()
+    controller = _controller(twin, planner)
+    controller.set_operator(OperatorSettings(dropped=frozenset({"T"}), ranges={"Ca": (0.5, 0.7)}))
+    sim = cstr.CSTRSimulator(seed=2)
+    for k in range(6):
+        measured = {**sim.measure(), "Ca": 0.499 if k % 2 == 0 else 0.501}
+        record = controller.step(k * cstr.SAMPLE_PERIOD_S, measured, {"T": 360.0})
+        sim.step(record.actuators["Tc"])
+    assert len(planner.problems) == 6
 
 
 # ---------------------------------------------------------------- through the API

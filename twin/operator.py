@@ -13,8 +13,10 @@ each sensor's operator range (low/high limits inside its engineering limits).
 - A ranged sensor with a setpoint chases that setpoint, moved to the range's nearest bound
   when it lies outside. Without a setpoint it is range-controlled: left free (as if dropped)
   while its measurement is inside the range, chased to the nearest bound once outside.
-  When nothing is left to chase because every such sensor is inside its range, the
-  actuators hold (a hybrid loop's baseline still drives its own).
+  Once chased it stays chased until it is back inside by `RANGE_DEADBAND` of the range's
+  width (the loop's `RangeChase` remembers it across steps). When nothing is left to chase
+  because every such sensor is inside its range, the actuators hold (a hybrid loop's
+  baseline still drives its own).
 - An economic direction (`economic`: actuator or sensor -> maximise/minimise) adds a small
   linear push to the plan's cost (`PlanningProblem.economic`), so the plan moves that tag
   the chosen way as far as the setpoints, limits and move suppression allow. A ranged
@@ -52,12 +54,46 @@ ECONOMIC_GIVE = 0.01
 """Training stds of setpoint error the economic push is worth: its weight per stage is the
 slope of the tracking cost (1 + tracking weight) e^2 at e = 0.01, so a setpoint gives up at
 most about 1 % of a training std to it (well inside sensor noise) and always wins."""
+RANGE_DEADBAND = 0.05
+"""Fraction of a range's width a chased sensor must come back inside it by before it is left
+free: noise at a bound would otherwise flip it between free and chased every sample."""
 
 
 class Mode(StrEnum):
     ON = "on"
     STANDBY = "standby"
     OFF = "off"
+
+
+class RangeChase:
+    """Which range-controlled sensors are being chased back to a bound, across steps (the
+    deadband's memory): state of the loop the settings run in, not a setting, so it is
+    neither stored nor compared; new settings start with none chased."""
+
+    def __init__(self) -> None:
+        self.bounds: dict[str, float] = {}  # sensor -> the bound it is chased to
+
+    def bound(self, tag: str, bounds: Range, measured: float | None) -> float | None:
+        """The bound `tag` is chased to at this measurement, None while it is free. Not
+        measured: free this sample, remembered for the next."""
+        if measured is None:
+            return None
+        low, high = bounds
+        margin = RANGE_DEADBAND * (high - low)
+        chased = self.bounds.get(tag)
+        if measured < low:
+            self.bounds[tag] = low
+        elif measured > high:
+            self.bounds[tag] = high
+        elif not (
+            (chased == low and measured < low + margin)
+            or (chased == high and measured > high - margin)
+        ):
+            self.bounds.pop(tag, None)
+        return self.bounds.get(tag)
+
+    def forget(self, tag: str) -> None:
+        self.bounds.pop(tag, None)
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,7 @@ class OperatorSettings:
     ranges: Mapping[str, Range] = field(default_factory=dict, hash=False)  # sensor -> (low, high)
     # actuator or sensor -> "maximise" | "minimise"
     economic: Mapping[str, str] = field(default_factory=dict, hash=False)
+    chase: RangeChase = field(default_factory=RangeChase, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OperatorSettings:
@@ -189,8 +226,9 @@ class OperatorSettings:
     ) -> dict[str, float]:
         """The setpoints the plan chases: those of sensors not dropped, each inside its
         sensor's range; and for a ranged sensor without one, the nearest bound while its
-        measurement lies outside the range, the bound of its economic direction inside it
-        (otherwise, or not measured, it is left free)."""
+        measurement lies outside the range (and after, until it is back inside by the
+        deadband), the bound of its economic direction inside it (otherwise, or not
+        measured, it is left free). Calling it twice with one sample gives one answer."""
         out = {}
         for tag, value in setpoints.items():
             if tag not in self.dropped:
@@ -198,12 +236,11 @@ class OperatorSettings:
                 out[tag] = min(max(float(value), low), high)
         for tag, (low, high) in self.ranges.items():
             if tag in self.dropped or tag in setpoints:
+                self.chase.forget(tag)
                 continue
             measured = (measurements or {}).get(tag)
-            if measured is not None and measured < low:
-                out[tag] = low
-            elif measured is not None and measured > high:
-                out[tag] = high
+            if (bound := self.chase.bound(tag, (low, high), measured)) is not None:
+                out[tag] = bound
             elif measured is not None and tag in self.economic:
                 out[tag] = high if self.economic[tag] == "maximise" else low
         return out
