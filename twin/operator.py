@@ -21,7 +21,8 @@ each sensor's operator range (low/high limits inside its engineering limits).
   linear push to the plan's cost (`PlanningProblem.economic`), so the plan moves that tag
   the chosen way as far as the setpoints, limits and move suppression allow. A ranged
   sensor without a setpoint that has one of its own is chased to the range's bound in its
-  direction (pushed to its constraint, as an APC's economic optimiser does).
+  direction (pushed to its constraint, as an APC's economic optimiser does), and so is the
+  free one a pushed actuator's push binds first (`economic_push`; else the loop holds).
 
 Moves from one mode to the next are bumpless because every move leaves through the same
 safety clip, rate-limited from the value last applied.
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .economic_push import ActuatorPush
 from .errors import InvalidInput
 from .hybrid import BaselineMove
 from .planning import Constraints, project_moves
@@ -105,6 +107,7 @@ class OperatorSettings:
     # actuator or sensor -> "maximise" | "minimise"
     economic: Mapping[str, str] = field(default_factory=dict, hash=False)
     chase: RangeChase = field(default_factory=RangeChase, compare=False, hash=False, repr=False)
+    push: ActuatorPush = field(default_factory=ActuatorPush, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OperatorSettings:
@@ -227,9 +230,10 @@ class OperatorSettings:
         """The setpoints the plan chases: those of sensors not dropped, each inside its
         sensor's range; and for a ranged sensor without one, the nearest bound while its
         measurement lies outside the range (and after, until it is back inside by the
-        deadband), the bound of its economic direction inside it (otherwise, or not
-        measured, it is left free). Calling it twice with one sample gives one answer."""
-        out = {}
+        deadband), the bound of its economic direction inside it, or of an actuator's push
+        (`ActuatorPush.target`, once `instead` has met the twin); otherwise, or not
+        measured, it is left free. Calling it twice with one sample gives one answer."""
+        out, free = {}, {}
         for tag, value in setpoints.items():
             if tag not in self.dropped:
                 low, high = self.ranges.get(tag, (value, value))
@@ -243,6 +247,10 @@ class OperatorSettings:
                 out[tag] = bound
             elif measured is not None and tag in self.economic:
                 out[tag] = high if self.economic[tag] == "maximise" else low
+            elif measured is not None:
+                free[tag] = ((low, high), float(measured))
+        if (pushed := self.push.target(self.economic, free, len(out))) is not None:
+            out[pushed[0]] = pushed[1]
         return out
 
     def economic_weights(
@@ -276,6 +284,8 @@ class OperatorSettings:
             return baseline.hold(), None
         if self.mode is Mode.STANDBY:
             return (baseline() if baseline.fallback is not None else baseline.hold()), None
+        held = self.out_of_service | {*baseline.driven_names}
+        self.push.learn(baseline.twin, self.economic, held)
         if self.tracked(setpoints, baseline.measurements):
             return None
         if any(tag not in self.dropped for tag in self.ranges):
