@@ -6,11 +6,14 @@ chases win. Through the controller on the tiny CSTR twin of the other operator t
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import test_operator_economic as economic
 from test_operator_controls import GreedyPlanner, _controller
 
 from processes import cstr
+from twin import economic_push
 from twin.economic_push import ActuatorPush
+from twin.gains import TwinGain
 from twin.operator import OperatorSettings
 from twin.twin_model import Twin
 
@@ -63,6 +66,29 @@ def test_the_twins_own_gains_are_learnt_once_and_only_for_a_push(twin: Twin) -> 
     assert settings.tracked({}, {"T": 350.0}) == {"T": 340.0}
     assert settings.tracked({"T": 355.0}, {"T": 350.0}) == {"T": 355.0}  # a setpoint wins
     assert settings.tracked({}, {"T": 366.0}) == {"T": 365.0}  # and so does a range chase
+
+
+def test_a_sign_the_twin_is_not_sure_of_is_not_pushed_to(twin: Twin, monkeypatch) -> None:
+    """A gain whose sign differs between the gain check's horizon and the horizon the twin
+    was trained over, or too small to be clear, leaves its sensor out of the push."""
+    ca_gain = {"early": -1e-3, "late": -0.02}
+
+    def gains(twin: Twin, horizon_steps: int | None = None, sensors=None) -> list[TwinGain]:
+        early = horizon_steps == twin.train_config["rollout_steps"]
+        return [
+            TwinGain("Tc", "T", 2.0 if early else -1.5, 1.0, 6.0, 16),
+            TwinGain("Tc", "Ca", ca_gain["early" if early else "late"], 1.0, 6.0, 16),
+        ]
+
+    monkeypatch.setattr(economic_push, "twin_gains", gains)
+    push = ActuatorPush()
+    push.learn(twin, {"Tc": "minimise"}, ())
+    std = float(twin.norm.std[twin.norm.index("Tc")])
+    assert push.gains == {("Tc", "Ca"): pytest.approx(-0.02 * std)}
+    ca_gain.update(early=-1e-9, late=-1e-9)
+    push = ActuatorPush()
+    push.learn(twin, {"Tc": "minimise"}, ())
+    assert push.gains == {}
 
 
 def test_a_pushed_actuator_moves_until_the_free_sensor_reaches_its_bound(twin: Twin) -> None:

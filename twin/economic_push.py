@@ -40,17 +40,25 @@ class ActuatorPush:
         if self.gains is not None or not any(a in economic for a in self.pushable):
             return
         sensors = [t.name for t in twin.spec.sensors if t.name in twin.layout.observed]
+        trained = int(twin.train_config.get("rollout_steps", 16))
         try:
             found = twin_gains(twin, sensors=sensors)
+            early = {
+                (g.actuator, g.sensor): g.gain for g in twin_gains(twin, trained, sensors=sensors)
+            }
         except ValueError:  # a twin whose bank keeps no actions cannot be step-tested
             self.gains = {}
             return
         std = {name: float(twin.norm.std[twin.norm.index(name)]) for name in [*actions, *sensors]}
-        # a gain moving its sensor by less than a clear effect per std is noise, sign unknown
+        # Signs not trusted, so not pushed to: a gain moving its sensor less than a clear
+        # effect per std (noise), and one whose sign differs at the horizon the twin was
+        # trained over (an inverse response, or a long rollout drifting: one tiny van de
+        # Vusse twin in six read D -> Ca negative at 16 samples, positive at 4 as the plant)
         self.gains = {
             (g.actuator, g.sensor): g.gain * std[g.actuator]
             for g in found
             if abs(g.gain) * std[g.actuator] >= CLEAR_EFFECT * std[g.sensor]
+            and g.gain * early[(g.actuator, g.sensor)] > 0.0
         }
 
     def target(
