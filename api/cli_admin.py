@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from api.cli_common import UrlOption, console, friendly_errors, resolve_url
+from api.cli_common import UrlOption, console, friendly_errors, resolve_url, shown_url
 
 
 @friendly_errors
@@ -25,7 +25,8 @@ def db_upgrade(
 
     url = resolve_url(database_url)
     migrate.upgrade(url, revision)
-    console.print(f"database at [bold]{url}[/] is at revision {migrate.current_revision(url)}")
+    revision_now = migrate.current_revision(url)
+    console.print(f"database at [bold]{shown_url(url)}[/] is at revision {revision_now}")
 
 
 @friendly_errors
@@ -38,7 +39,8 @@ def db_downgrade(
 
     url = resolve_url(database_url)
     migrate.downgrade(url, revision)
-    console.print(f"database at [bold]{url}[/] is at revision {migrate.current_revision(url)}")
+    revision_now = migrate.current_revision(url)
+    console.print(f"database at [bold]{shown_url(url)}[/] is at revision {revision_now}")
 
 
 @friendly_errors
@@ -48,7 +50,7 @@ def db_current(database_url: UrlOption = None) -> None:
 
     url = resolve_url(database_url)
     state = "up to date" if migrate.is_up_to_date(url) else "NOT up to date: run twin db upgrade"
-    console.print(f"{url}: revision {migrate.current_revision(url)} ({state})")
+    console.print(f"{shown_url(url)}: revision {migrate.current_revision(url)} ({state})")
 
 
 # Whoever can reach the database may manage keys (that is how the first admin key is

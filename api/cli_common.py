@@ -63,6 +63,17 @@ def resolve_url(url: str | None) -> str:
     return url or Settings().database_url
 
 
+def shown_url(url: str) -> str:
+    """The database URL as printed: its password masked, since container logs keep it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def spec_for(
     process: str | None, spec_file: Path | None, patient: str | None = None
 ) -> ProcessSpec:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from api.cli_common import UrlOption, console, friendly_errors, resolve_url
+from api.cli_common import UrlOption, console, friendly_errors, resolve_url, shown_url
 
 
 @friendly_errors
@@ -42,7 +42,8 @@ def serve(
         migrate.upgrade(url)
     elif not migrate.is_up_to_date(url):
         raise migrate.DatabaseNotMigrated(
-            f"database at {url} is not migrated to the latest schema: run `twin db upgrade`"
+            f"database at {shown_url(url)} is not migrated to the latest schema: "
+            "run `twin db upgrade`"
         )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(

@@ -285,3 +285,16 @@ def test_training_uses_one_thread_on_a_machine_busier_than_its_cores(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_printed_database_urls_hide_the_password(tmp_path: Path) -> None:
+    """Container logs keep what the entrypoint's `twin db upgrade` prints."""
+    from api.cli_common import shown_url
+
+    shown = shown_url("postgresql+psycopg://twin:s3cret@db:5432/twin")
+    assert "s3cret" not in shown and "twin:***@db:5432/twin" in shown
+    sqlite = f"sqlite:///{tmp_path / 'plain.db'}"
+    assert shown_url(sqlite) == sqlite
+    result = runner.invoke(app, ["db", "upgrade", "--database-url", sqlite])
+    assert result.exit_code == 0, result.output
+    assert "plain.db" in result.output
