@@ -63,6 +63,10 @@ def test_readout_learns_the_temperature(trained) -> None:
     forecast = twin.metrics["forecast_rmse"]
     assert set(forecast) == {"Ca", "T"} and forecast == history[-1].holdout_forecast_rmse
     assert 0.0 < forecast["T"] < 0.5 * spread
+    # the tail of its misses as a normal's std: about the RMSE where misses are near normal
+    tail = twin.metrics["forecast_tail"]
+    assert set(tail) == {"Ca", "T"} and tail == history[-1].holdout_forecast_tail
+    assert 0.3 * forecast["T"] < tail["T"] < 3.0 * forecast["T"]
     # the bank holds real training windows
     assert twin.bank.embeddings.shape[1] == 8
     assert len(twin.bank.embeddings) == len(twin.bank.observed) == len(twin.bank.unsteadiness)

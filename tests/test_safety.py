@@ -714,12 +714,15 @@ def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
     std_t = twin.norm.std[twin.norm.index("T")]
     meas = dict(_plant_samples(1)[0], **forecasts)
 
-    def second_step_status(rmse_t: float, miss: float, forecast_rmse_t: float = 0.0) -> StepStatus:
+    def second_step_status(
+        rmse_t: float, miss: float, forecast_rmse_t: float = 0.0, tail_t: float = 0.0
+    ) -> StepStatus:
         poor = copy.copy(twin)
         poor.metrics = {
             **twin.metrics,
             "readout_rmse": {**twin.metrics["readout_rmse"], "T": rmse_t},
             "forecast_rmse": {**twin.metrics.get("forecast_rmse", {}), "T": forecast_rmse_t},
+            "forecast_tail": {"T": tail_t},
         }
         controller = cold_controller(
             poor, StubPlanner("wild", value=0.0), cstr.pi_fallback(), guard_band=0.0
@@ -734,6 +737,9 @@ def test_mismatch_allows_for_a_sensor_the_twin_reads_out_poorly(
     # a sharp readout but a rough one-step forecast: the forecast's RMSE sets the scale
     assert second_step_status(0.01 * std_t, 3.5 * rmse, forecast_rmse_t=rmse) is StepStatus.OK
     assert second_step_status(0.01 * std_t, 4.5 * rmse, forecast_rmse_t=rmse) is StepStatus.FALLBACK
+    # rare large misses (a sampled analyser's jumps): the held-out tail widens the scale
+    assert second_step_status(0.01 * std_t, 3.5 * rmse, tail_t=rmse) is StepStatus.OK
+    assert second_step_status(0.01 * std_t, 4.5 * rmse, tail_t=rmse) is StepStatus.FALLBACK
 
 
 def test_setpoint_beyond_a_hard_limit_is_refused(twin: Twin) -> None:

@@ -54,6 +54,7 @@ class EpochLog:
     seconds: float
     # engineering units, per sensor: readout of the one-step prediction against the next sample
     holdout_forecast_rmse: dict[str, float] = field(default_factory=dict)
+    holdout_forecast_tail: dict[str, float] = field(default_factory=dict)
     fraction: float = 1.0  # share of the epoch's batches run (< 1: the time budget cut it)
 
 
@@ -169,6 +170,7 @@ def train_twin(
                 stats["dim_std_mean"],
                 time.perf_counter() - epoch_start,
                 stats["forecast_rmse"],
+                stats["forecast_tail"],
                 fraction=seen / len(train_idx),
             )
             history.append(log)
@@ -198,6 +200,7 @@ def train_twin(
         "dim_std_min": final.dim_std_min,
         "readout_rmse": final.holdout_readout_rmse,
         "forecast_rmse": final.holdout_forecast_rmse,
+        "forecast_tail": final.holdout_forecast_tail,
         "windows": len(data),
         "history": history_dicts,
     }
