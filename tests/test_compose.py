@@ -70,9 +70,12 @@ def test_app_services_share_the_image_secrets_and_data_volume(compose: dict) -> 
 
 def test_dockerfile_builds_with_a_compiler_and_runs_without_one() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    build, runtime = text.split("FROM python:3.11-slim AS runtime")
-    assert "FROM python:3.11-slim AS build" in build and "gcc" in build
-    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in build
+    head, stages = text.split("FROM ${PYTHON_IMAGE} AS build")
+    build, runtime = stages.split("FROM ${PYTHON_IMAGE} AS runtime")
+    # the base and torch's index are build args whose defaults are the public ones
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in head and "gcc" in build
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in build
+    assert 'pip install torch==2.13.0 --index-url "$TORCH_INDEX_URL"' in build
     assert build.index("torch==2.13.0") < build.index("RUN pip install .")
     assert "gcc" not in runtime and "RUN pip install" not in runtime
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
