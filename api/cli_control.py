@@ -82,6 +82,7 @@ def control(
     _check_plant_tags(twin_model.spec, module.SPEC)
     parts = plant_parts(twin_model.spec)  # bound to the twin's variant (glucose: patient)
     controller = build_controller(twin_model, planner, parts=parts)
+    controller = _planner_that_keeps_up(controller, planner, parts)
     variant = {"patient": parts.variant} if parts.variant is not None and plant is None else {}
     episode = module.run_episode(
         module.twin_policy(controller),
@@ -99,6 +100,35 @@ def control(
             f"stored as run [bold]{run_id}[/]; with `twin serve` running, open "
             f"http://127.0.0.1:8000/runs/{run_id}"
         )
+
+
+def _planner_that_keeps_up(controller: Any, name: str, parts: Any) -> Any:
+    """The controller with a planner that keeps up with the sample period on this twin,
+    timed before the episode: a sampling planner (cem, mppi) over its budget is rebuilt
+    with fewer samples and iterations; one that still cannot keep up is refused before
+    anything runs or is stored (a plan over its deadline is discarded, and the episode
+    would be the baseline's)."""
+    from twin.assembly import build_controller
+    from twin.planning.timing import planner_that_fits, time_planner
+
+    timing = time_planner(controller.planner, controller.twin)
+    if timing.fits:
+        console.print(timing.summary())
+        return controller
+    fitted, timing = planner_that_fits(name, controller.twin)
+    if not timing.fits:
+        raise InvalidInput(
+            f"{timing.summary()}; nothing was run. --planner casadi keeps up on every "
+            "built-in process"
+        )
+    if hasattr(fitted, "samples"):
+        console.print(
+            f"{timing.summary()}, with {fitted.samples} samples x {fitted.iterations} "
+            "iterations (fewer than its defaults, so that it keeps up)"
+        )
+    else:
+        console.print(timing.summary())
+    return build_controller(controller.twin, fitted, parts=parts)
 
 
 def _control_baseline(
