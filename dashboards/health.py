@@ -124,8 +124,9 @@ def _controller_card(spec: ProcessSpec, recent: Recent, status: str | None) -> H
             "no step yet",
             "waiting for the first measurements",
         )
-    n = len(recent.steps)
-    fallback = sum(s != "ok" for s in recent.statuses) / n
+    warm_up = _warm_up_steps(recent)
+    n = len(recent.steps) - warm_up
+    fallback = sum(s != "ok" for s in recent.statuses[warm_up:]) / max(n, 1)
     errors = []
     for tag in spec.controlled:
         measured = recent.values.get("sensor", {}).get(tag.name, [])
@@ -147,9 +148,26 @@ def _controller_card(spec: ProcessSpec, recent: Recent, status: str | None) -> H
         "controller",
         "Controller doing well?",
         verdict,
-        f"{status} · {100 * fallback:.0f} % fallback/stale over {n} steps",
+        f"{status} · {100 * fallback:.0f} % fallback/stale over {n} steps"
+        + (f" after {warm_up} of warm-up" if warm_up else ""),
         "; ".join(errors) or "no controlled sensor with a setpoint",
     )
+
+
+def _warm_up_steps(recent: Recent) -> int:
+    """The fallback steps that open a run before the twin's first prediction: its window
+    filling, by design (an event, not an alarm), so not held against the controller."""
+    if not recent.steps or recent.steps[0] != 0:
+        return 0
+    predicted = [
+        i for values in recent.values.get("prediction", {}).values() for i, v in enumerate(values)
+        if v is not None
+    ]  # fmt: skip
+    first = min(predicted, default=len(recent.steps))
+    leading = 0
+    while leading < first and recent.statuses[leading] == "fallback":
+        leading += 1
+    return leading if leading < len(recent.steps) else 0
 
 
 def _model_card(spec: ProcessSpec, recent: Recent) -> HealthCard:

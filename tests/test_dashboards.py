@@ -279,6 +279,27 @@ def test_health_cards(cstr_spec: ProcessSpec) -> None:
     assert health.health_cards(cstr_spec, health.Recent([], [], {}), "ok")[1].verdict == "unknown"
 
 
+def test_the_opening_warm_up_is_not_held_against_the_controller(cstr_spec: ProcessSpec) -> None:
+    T = [350.0 + 0.1 * k for k in range(20)]
+    predicted: list[float | None] = [None] * 4 + [t + 0.05 for t in T[4:]]
+    statuses = ["fallback"] * 4 + ["ok"] * 15 + ["fallback"]
+    controller = health.health_cards(cstr_spec, _recent(T, predicted, statuses), "ok")[1]
+    # 1 of the 16 steps after the 4 warm-up steps fell back
+    assert controller.verdict == "ok" and "6 % fallback/stale over 16 steps" in controller.headline
+    assert "after 4 of warm-up" in controller.headline
+    # fallbacks after the twin began predicting count, and so does a window not at the start
+    late = _recent(T, [t + 0.05 for t in T], ["fallback"] * 4 + ["ok"] * 16)
+    assert (
+        "20 % fallback/stale over 20 steps"
+        in health.health_cards(cstr_spec, late, "ok")[1].headline
+    )
+    shifted = health.Recent(list(range(5, 25)), statuses, _recent(T, predicted).values)
+    assert (
+        "25 % fallback/stale over 20 steps"
+        in health.health_cards(cstr_spec, shifted, "ok")[1].headline
+    )
+
+
 def test_resolve_window() -> None:
     relative = pages.resolve_window("15m", None, None, 0.0, 3_600.0, "all")
     assert (relative.key, relative.start_s, relative.end_s) == ("15m", 2_700.0, None)
