@@ -121,6 +121,16 @@ class Trainer:
         dist.all_reduce(vote, op=dist.ReduceOp.MAX)
         return bool(vote.item() > 0)
 
+    def skip(self, loss: torch.Tensor) -> bool:
+        """A batch whose loss is not finite changes nothing (its gradients would poison
+        every weight); agreed by all processes, so none waits in a backward the rest skip."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.ddp is None:
+            return bad
+        vote = torch.tensor([1.0 if bad else 0.0])
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return bool(vote.item() > 0)
+
     def finish(self) -> None:
         """End of training: ranks other than 0 leave here (exit status 0)."""
         if self.ddp is None:

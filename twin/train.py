@@ -36,6 +36,7 @@ from .simc import with_simc_gains
 from .spec import ProcessSpec
 from .time_scales import with_log_horizon
 from .train_eval import build_goal_bank, evaluate
+from .train_guard import RATE_CUT, DivergenceGuard
 from .train_loss import COLLAPSE_METHODS, TrainConfig, batch_loss, uses_ema
 from .twin_model import Twin
 
@@ -56,6 +57,7 @@ class EpochLog:
     holdout_forecast_rmse: dict[str, float] = field(default_factory=dict)
     holdout_forecast_tail: dict[str, float] = field(default_factory=dict)
     fraction: float = 1.0  # share of the epoch's batches run (< 1: the time budget cut it)
+    rolled_back: bool = False  # it diverged: the twin went back to the best epoch's state
 
 
 def seed_everything(seed: int) -> None:
@@ -134,6 +136,13 @@ def train_twin(
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     stopped_by_budget = False
+    guard = DivergenceGuard(
+        model,
+        optimiser,
+        {t: float(data.norm.std[data.norm.index(t)]) for t in data.layout.sensors},
+    )
+    # the untrained state is the first to roll back to: a first epoch can diverge too
+    guard.after_epoch(0, evaluate(model, data, hold_idx[:CUT_EVAL_WINDOWS]))
     display = TrainingDisplay(
         cfg.epochs, steps_per_epoch, cfg.max_seconds, show_progress and trainer.is_main
     )
@@ -144,6 +153,9 @@ def train_twin(
             order = trainer.epoch_order(train_idx, gen, epoch)
             for chunk in order.split(trainer.batch_size):
                 loss, _ = trainer.loss(data.batch(chunk), gen)
+                if trainer.skip(loss):
+                    schedule.step(optimiser)
+                    continue
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -173,10 +185,14 @@ def train_twin(
                 stats["forecast_tail"],
                 fraction=seen / len(train_idx),
             )
+            rollback = guard.after_epoch(log.epoch, stats)
+            if rollback:
+                log.rolled_back = True
+                schedule.peak *= RATE_CUT
             history.append(log)
             if on_epoch:
                 on_epoch(log)
-            display.epoch(log.epoch, _describe(log, spec))
+            display.epoch(log.epoch, _describe(log, spec) + (f" | {rollback}" if rollback else ""))
             if trainer.finished(schedule):
                 stopped_by_budget = schedule.done < schedule.total_steps
                 break
@@ -188,6 +204,8 @@ def train_twin(
         display.finish(note)
     model.eval()
     final = history[-1]
+    # after a rollback on the last epoch the twin is the best state's: so are its figures
+    held_out = guard.best_stats if final.rolled_back and guard.best_stats else stats
     metrics = {
         "epochs": final.epoch,
         "epochs_asked": cfg.epochs,
@@ -195,14 +213,15 @@ def train_twin(
         "stopped_by_budget": stopped_by_budget,
         "train_seconds": time.perf_counter() - started,
         "train_loss": final.train_loss,
-        "holdout_prediction": final.holdout_prediction,
-        "effective_rank": final.effective_rank,
-        "dim_std_min": final.dim_std_min,
-        "readout_rmse": final.holdout_readout_rmse,
-        "forecast_rmse": final.holdout_forecast_rmse,
-        "forecast_tail": final.holdout_forecast_tail,
+        "holdout_prediction": held_out["prediction"],
+        "effective_rank": held_out["effective_rank"],
+        "dim_std_min": held_out["dim_std_min"],
+        "readout_rmse": held_out["readout_rmse"],
+        "forecast_rmse": held_out["forecast_rmse"],
+        "forecast_tail": held_out["forecast_tail"],
         "windows": len(data),
         "history": history_dicts,
+        "rollbacks": guard.rollbacks,
     }
     if note:
         metrics["budget_note"] = note
