@@ -129,7 +129,7 @@ from .excitation import (
     RESCUE_EVERY_SAMPLES,
     SUSPEND_BELOW_MG_DL,
     SUSPEND_LOOKAHEAD_SAMPLES,
-    SUSPEND_PREDICTED_MG_DL,
+    SUSPEND_PROJECTION_MARGIN_MG_DL,
     TREND_SAMPLES,
     generate_training_log,
 )
@@ -247,7 +247,7 @@ __all__ = [
     "RESCUE_EVERY_SAMPLES",
     "SUSPEND_BELOW_MG_DL",
     "SUSPEND_LOOKAHEAD_SAMPLES",
-    "SUSPEND_PREDICTED_MG_DL",
+    "SUSPEND_PROJECTION_MARGIN_MG_DL",
     "TREND_SAMPLES",
     "generate_training_log",
     "ALL_CASES",

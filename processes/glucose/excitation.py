@@ -29,8 +29,14 @@ from .therapy import (
 
 # -- excitation data ----------------------------------------------------------------------
 
-SUSPEND_BELOW_MG_DL = 90.0  # the logging rig's predictive low-glucose suspend
-SUSPEND_PREDICTED_MG_DL = 80.0
+# The logging rig's predictive low-glucose suspend acts at a level drawn from this range
+# (held 30 min to 2 h) and keeps a drawn share of the basal: a suspend fixed at 90 mg/dL made
+# every sample below 90 one without basal, so a twin never saw what basal does to a low
+# glucose (adolescent#005's and #010's twins dosed 4-7 U/h at 100-130 mg/dL and spent 15 %
+# of a day below 54 mg/dL; docs/benchmarks.md).
+SUSPEND_BELOW_MG_DL = (75.0, 110.0)
+SUSPEND_PROJECTION_MARGIN_MG_DL = 10.0  # the 30-min projection trips this far lower
+SUSPEND_BASAL_SHARE = (0.0, 0.5)  # of the scheduled-times-excitation basal
 SUSPEND_LOOKAHEAD_SAMPLES = 10  # 30 min
 TREND_SAMPLES = 5  # 15 min of CGM for the trend
 CORRECT_ABOVE_MG_DL = 180.0  # the patient's own correction boluses between meals
@@ -45,13 +51,14 @@ PROBE_ABOVE_MG_DL = 150.0  # probes only from here up, never on a falling CGM
 PROBE_FLOOR_MG_DL = 130.0  # a probe may bring CGM (by the correction factor) this low
 
 
-def _low_glucose_suspend(cgm_history: deque[float]) -> bool:
+def _low_glucose_suspend(cgm_history: deque[float], below_mg_dl: float) -> bool:
     """Predictive low-glucose suspend, as SmartGuard-type pumps: basal stops when CGM is
-    low or its 15-min trend projects it below 80 mg/dL within 30 min."""
+    below `below_mg_dl` or its 15-min trend projects it below that less
+    `SUSPEND_PROJECTION_MARGIN_MG_DL` within 30 min."""
     cgm = cgm_history[-1]
     slope = (cgm - cgm_history[0]) / max(1, len(cgm_history) - 1)
     projected = cgm + SUSPEND_LOOKAHEAD_SAMPLES * slope
-    return cgm < SUSPEND_BELOW_MG_DL or projected < SUSPEND_PREDICTED_MG_DL
+    return cgm < below_mg_dl or projected < below_mg_dl - SUSPEND_PROJECTION_MARGIN_MG_DL
 
 
 @dataclass
@@ -64,6 +71,8 @@ class _Excitation:
     correction_share: np.ndarray
     probe: np.ndarray  # a probe bolus may go at this sample
     probe_share: np.ndarray  # of the largest safe probe
+    suspend_below: np.ndarray  # mg/dL, the suspend's level
+    suspend_share: np.ndarray  # share of the basal kept while suspended
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n: int) -> _Excitation:
@@ -74,6 +83,8 @@ class _Excitation:
             correction_share=rng.uniform(0.3, 1.0, n),
             probe=rng.random(n) < PROBE_CHANCE,
             probe_share=rng.uniform(0.3, 1.0, n),
+            suspend_below=aprbs_levels(rng, n, *SUSPEND_BELOW_MG_DL, 10, 40),
+            suspend_share=aprbs_levels(rng, n, *SUSPEND_BASAL_SHARE, 10, 40),
         )
 
 
@@ -95,8 +106,8 @@ class _LoggingRig:
 
     def propose(self, k: int, meas: dict[str, float]) -> dict[str, float]:
         self.cgm_history.append(meas["CGM"])
-        suspend = _low_glucose_suspend(self.cgm_history)
         th, ex, cgm = self.th, self.ex, meas["CGM"]
+        suspend = _low_glucose_suspend(self.cgm_history, ex.suspend_below[k])
         meal = max(0.0, meas["CHO"] - self.rescue_g_per_min)  # no bolus for a treatment
         bolus = 0.0
         if meal > 0:
@@ -109,7 +120,9 @@ class _LoggingRig:
             bolus = ex.correction_share[k] * wizard_correction(th, cgm, meas["IOB"])
         elif ex.probe[k] and k not in self.near_meal and not suspend:
             bolus = ex.probe_share[k] * self._largest_probe(cgm, meas["IOB"])
-        basal = 0.0 if suspend else th.basal_u_per_h * (ex.basal_factor[k] + ex.dither[k])
+        basal = th.basal_u_per_h * (ex.basal_factor[k] + ex.dither[k])
+        if suspend:
+            basal *= ex.suspend_share[k]
         return {"basal": min(basal, max_basal(th.patient)), "bolus": bolus}
 
     def _largest_probe(self, cgm: float, iob_u: float) -> float:
