@@ -326,16 +326,14 @@ def test_training_log_keeps_pump_and_iob_limits(log: pd.DataFrame) -> None:
 
 
 def test_low_glucose_suspend_is_no_copy_of_the_glucose_level() -> None:
-    """Below 110 mg/dL the log holds samples with the basal suspended and without, and
-    suspended ones with some basal left: a suspend fixed at one level made every low sample
-    one without basal, and the twin read the rise after it into low glucose itself."""
+    """Between 75 and 110 mg/dL the log holds samples with the basal suspended and
+    without: a suspend fixed at 90 mg/dL made every sample below 90 one without basal."""
     log = g.generate_training_log(hours=72.0, seed=5)
     near_low = log[(log["CGM"] > 80.0) & (log["CGM"] < 110.0)]
     scheduled = ADULT.basal_u_per_h
     cut = near_low["basal"] < 0.25 * scheduled
     assert len(near_low) > 50
     assert 0.1 < cut.mean() < 0.9
-    assert (near_low["basal"][cut] > 0).any()
     below_90 = log["basal"][(log["CGM"] > 75.0) & (log["CGM"] < 90.0)]
     assert (below_90 > 0.25 * scheduled).any()  # a suspend at 90 mg/dL left none
     assert (log["CGM"] < 70.0).mean() < 0.05
