@@ -131,7 +131,6 @@ def train_twin(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
-    schedule = BudgetSchedule(cfg.learning_rate, cfg.epochs * steps_per_epoch, cfg.max_seconds)
     history: list[EpochLog] = []
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -143,6 +142,9 @@ def train_twin(
     )
     # the untrained state is the first to roll back to: a first epoch can diverge too
     guard.after_epoch(0, evaluate(model, data, hold_idx[:CUT_EVAL_WINDOWS]))
+    # the budget's clock starts here: time spent before the first batch would raise the
+    # first steps' learning rate by the machine's load (`BudgetSchedule.progress`)
+    schedule = BudgetSchedule(cfg.learning_rate, cfg.epochs * steps_per_epoch, cfg.max_seconds)
     display = TrainingDisplay(
         cfg.epochs, steps_per_epoch, cfg.max_seconds, show_progress and trainer.is_main
     )
