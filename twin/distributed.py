@@ -114,20 +114,18 @@ class Trainer:
 
     def finished(self, schedule: Any) -> bool:
         """The schedule's verdict, agreed by all processes (any one done: all done)."""
-        done = bool(schedule.finished())
-        if self.ddp is None:
-            return done
-        vote = torch.tensor([1.0 if done else 0.0])
-        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-        return bool(vote.item() > 0)
+        return self._anyone(bool(schedule.finished()))
 
     def skip(self, loss: torch.Tensor) -> bool:
         """A batch whose loss is not finite changes nothing (its gradients would poison
         every weight); agreed by all processes, so none waits in a backward the rest skip."""
-        bad = not bool(torch.isfinite(loss.detach()))
+        return self._anyone(not bool(torch.isfinite(loss.detach())))
+
+    def _anyone(self, flag: bool) -> bool:
+        """True in every process when it is true in any one."""
         if self.ddp is None:
-            return bad
-        vote = torch.tensor([1.0 if bad else 0.0])
+            return flag
+        vote = torch.tensor([1.0 if flag else 0.0])
         dist.all_reduce(vote, op=dist.ReduceOp.MAX)
         return bool(vote.item() > 0)
 
