@@ -521,6 +521,15 @@ def test_the_bolus_is_a_dose_and_the_basal_a_level() -> None:
     assert g.SPEC.tag("basal").kind is ActuatorKind.LEVEL
 
 
+def test_the_twin_adds_the_bolus_through_a_linear_path(tiny_glucose_twin: Twin) -> None:
+    """Training gives the dose actuator (and only it) the predictor's linear path."""
+    actions = tiny_glucose_twin.layout.actions
+    assert tiny_glucose_twin.config.dose_actions == (actions.index("bolus"),)
+    gain = tiny_glucose_twin.model.predictor.action_matrix()
+    assert gain is not None and gain[:, actions.index("bolus")].abs().max() > 0
+    assert not gain[:, actions.index("basal")].any()
+
+
 def test_a_stale_hold_never_gives_the_last_bolus_again(tiny_glucose_twin: Twin) -> None:
     """The dinner bolus goes out once; a step without read-backs after a 5-sample gap holds
     the basal where it was and gives no bolus (it re-sent the 9.5 U dose before)."""

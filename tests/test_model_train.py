@@ -272,11 +272,12 @@ def test_checkpoint_from_before_the_ensemble_still_loads(tiny: Twin) -> None:
             "coarse_steps": 0,
             "present_skip": False,
             "window_norm": False,
+            "dose_actions": (),
         }
     )
     model = JEPA(legacy, tiny.layout.feature_dim, 1, len(tiny.layout.observed))
     config = legacy.to_dict()
-    for key in ("ensemble_size", "coarse_steps", "present_skip", "window_norm"):
+    for key in ("ensemble_size", "coarse_steps", "present_skip", "window_norm", "dose_actions"):
         del config[key]  # what a checkpoint written before those fields holds
     state.update(config=config, weights=model.state_dict())
     wrapped = _saved(
@@ -310,8 +311,25 @@ def test_every_anti_collapse_method_trains(collapse: str) -> None:
     assert history[-1].effective_rank > 1.5
 
 
-def test_ensemble_rollout_matches_torch_and_follows_weight_changes(tiny: Twin) -> None:
-    twin = Twin.from_bytes(tiny.to_bytes())  # a private copy: its weights are changed below
+def _with_dose_path(tiny: Twin) -> Twin:
+    from dataclasses import replace
+
+    from twin.model import JEPA
+
+    config = replace(tiny.config, dose_actions=(0,))
+    torch.manual_seed(5)
+    model = JEPA(
+        config, tiny.layout.feature_dim, len(tiny.layout.actions), len(tiny.layout.observed)
+    )
+    return Twin(tiny.spec, config, tiny.norm, model, tiny.bank)
+
+
+@pytest.mark.parametrize("dose_path", [False, True])
+def test_ensemble_rollout_matches_torch_and_follows_weight_changes(
+    tiny: Twin, dose_path: bool
+) -> None:
+    # a private copy: its weights are changed below
+    twin = _with_dose_path(tiny) if dose_path else Twin.from_bytes(tiny.to_bytes())
     rng = np.random.default_rng(0)
     z0 = rng.standard_normal(twin.config.embed_dim)
     actions = rng.standard_normal((12, len(twin.layout.actions)))
@@ -331,6 +349,9 @@ def test_ensemble_rollout_matches_torch_and_follows_weight_changes(tiny: Twin) -
     changed = twin.ensemble_rollout(z0, actions)
     assert np.allclose(changed, by_torch(), atol=1e-5)
     assert not np.allclose(changed[-1], fast[-1])
+    saved = Twin.from_bytes(twin.to_bytes())  # the dose path and its columns survive a save
+    assert saved.config == twin.config
+    assert np.allclose(saved.ensemble_rollout(z0, actions), changed, atol=1e-6)
 
 
 # ---------------------------------------------------------------- time budget and progress

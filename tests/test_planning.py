@@ -96,6 +96,18 @@ def test_casadi_export_with_deep_predictor_and_tanh_readout(twin: Twin) -> None:
     assert f_err < 1e-5 and h_err < 1e-5
 
 
+def test_casadi_export_with_a_linear_dose_path(twin: Twin) -> None:
+    config = JEPAConfig(
+        window=8, embed_dim=6, encoder_hidden=16, predictor_hidden=12, dose_actions=(0,)
+    )
+    torch.manual_seed(4)
+    model = JEPA(config, twin.layout.feature_dim, 1, len(twin.layout.observed))
+    with torch.no_grad():
+        model.predictor.action_gain.weight.mul_(10.0)  # a path the export cannot round away
+    f_err, h_err = _max_export_error(Twin(twin.spec, config, twin.norm, model, twin.bank))
+    assert f_err < 1e-5 and h_err < 1e-5
+
+
 def test_export_differs_from_a_different_model(twin: Twin) -> None:
     """The comparison above can fail: perturbing one weight is visible."""
     model = JEPA(twin.config, twin.layout.feature_dim, 1, len(twin.layout.observed))

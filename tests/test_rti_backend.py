@@ -28,7 +28,13 @@ def twin() -> Twin:
 
 
 def _random_twin(
-    n_actuators: int, embed_dim: int, layers: int, readout_hidden: int, limited: bool, seed: int
+    n_actuators: int,
+    embed_dim: int,
+    layers: int,
+    readout_hidden: int,
+    limited: bool,
+    seed: int,
+    dose_actions: tuple[int, ...] = (),
 ) -> Twin:
     tags = [
         Tag(name="y_hi", role=TagRole.SENSOR, unit="1", high=1.5 if limited else None),
@@ -56,6 +62,7 @@ def _random_twin(
         predictor_hidden=24,
         predictor_layers=layers,
         readout_hidden=readout_hidden,
+        dose_actions=dose_actions,
     )
     torch.manual_seed(seed)
     model = JEPA(config, len(names), n_actuators, 2)
@@ -83,6 +90,38 @@ def test_numpy_linearisation_equals_casadis(
         np.testing.assert_allclose(ours, theirs, atol=1e-10)
     for ours, theirs in zip(fast.simulate(z0, U), exact.simulate(z0, U), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-10)
+
+
+def test_linear_dose_path_in_both_linearisations_equals_torch() -> None:
+    """The predictor's linear path B u of its doses is in the step and in d z_next / d u,
+    in numpy and CasADi alike, and both roll out what torch's predictor does."""
+    twin = _random_twin(2, 6, 1, 0, True, seed=4, dose_actions=(0,))
+    gain = twin.model.predictor.action_matrix().double().numpy()
+    assert np.abs(gain[:, 0]).max() > 0.05  # the path is there to be missed
+    assert not gain[:, 1].any()  # u1 is no dose: no linear path
+    planner = RTIPlanner(twin, PlannerSettings(horizon=5))
+    rows = planner.limits.limit_rows.tolist()
+    fast = NumpyLinearisation(twin.model.predictor.net, twin.model.readout.net, 6, rows, gain)
+    exact = CasadiLinearisation(twin, 5, rows, compile=False)
+    rng = np.random.default_rng(1)
+    z0, U = rng.normal(0, 1, 6), rng.normal(0, 1, (2, 5))
+    for ours, theirs in zip(fast.linearise(z0, U), exact.linearise(z0, U), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10)
+    with torch.no_grad():
+        rolled = (
+            twin.model.predictor.rollout(
+                torch.tensor(z0, dtype=torch.float32)[None],
+                torch.tensor(U.T, dtype=torch.float32)[None],
+            )[0]
+            .double()
+            .numpy()
+        )
+    np.testing.assert_allclose(fast.simulate(z0, U)[0].T, rolled, atol=1e-5)
+    without = NumpyLinearisation(twin.model.predictor.net, twin.model.readout.net, 6, rows)
+    assert np.abs(without.simulate(z0, U)[0].T - rolled).max() > 1e-3
+    # B_0 (both start at z0): the MLP's own input Jacobian plus the path's gain
+    b_with, b_without = fast.linearise(z0, U)[2][0], without.linearise(z0, U)[2][0]
+    assert np.abs(b_with - b_without - gain).max() < 1e-10
 
 
 def test_numpy_linearisation_sees_a_changed_weight(twin: Twin) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,17 +40,28 @@ class JEPAConfig:
     # plans 2.5x worse in closed loop (benchmarks/control.py, cost 46 vs 18).
     present_skip: bool = False  # a linear path from the latest sample to the embedding
     window_norm: bool = False  # RevIN-style: the conv sees the window relative to its end
+    # actions that are doses (an amount per sample, `ActuatorKind.DOSE`): the predictor adds
+    # them through a linear path B u too, as a dose adds to what is on board; set by training
+    # from the spec (none for a checkpoint from before)
+    dose_actions: tuple[int, ...] = ()
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, int]) -> JEPAConfig:
+    def from_dict(cls, data: dict[str, Any]) -> JEPAConfig:
         """A config from a checkpoint; fields it predates take the value they implied."""
-        return cls(**{**LEGACY_FIELDS, **data})
+        merged = {**LEGACY_FIELDS, **data}
+        return cls(**{**merged, "dose_actions": tuple(merged["dose_actions"])})
 
 
-LEGACY_FIELDS = {"ensemble_size": 1, "coarse_steps": 0, "present_skip": False, "window_norm": False}
+LEGACY_FIELDS = {
+    "ensemble_size": 1,
+    "coarse_steps": 0,
+    "present_skip": False,
+    "window_norm": False,
+    "dose_actions": (),
+}
 """Fields added after the first checkpoints, with the behaviour those checkpoints had."""
 
 
@@ -124,8 +136,22 @@ def _relative_window(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Predictor(nn.Module):
     """Residual tanh MLP: (z, u) -> next z."""
 
-    def __init__(self, embed_dim: int, action_dim: int, hidden: int, layers: int) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        action_dim: int,
+        hidden: int,
+        layers: int,
+        dose_actions: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
+        self.register_buffer(
+            "doses", torch.tensor(dose_actions, dtype=torch.long), persistent=False
+        )
+        self.action_gain = (
+            nn.Linear(len(dose_actions), embed_dim, bias=False) if dose_actions else None
+        )
+        self.action_dim = action_dim
         dims = [embed_dim + action_dim] + [hidden] * layers
         blocks: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -134,7 +160,18 @@ class Predictor(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return z + self.net(torch.cat([z, u], dim=-1))
+        step = self.net(torch.cat([z, u], dim=-1))
+        if self.action_gain is not None:
+            step = step + self.action_gain(u[..., self.doses])
+        return z + step
+
+    def action_matrix(self) -> torch.Tensor | None:
+        """B (D, A) of the linear dose path (zero columns for other actions), or None."""
+        if self.action_gain is None:
+            return None
+        gain = torch.zeros(self.action_gain.out_features, self.action_dim)
+        gain[:, self.doses] = self.action_gain.weight.detach()
+        return gain
 
     def rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """z0 (B, D), actions (B, H, A) -> predicted embeddings (B, H, D) for steps 1..H."""
@@ -174,7 +211,11 @@ class JEPA(nn.Module):
         )
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.predictor = Predictor(
-            config.embed_dim, action_dim, config.predictor_hidden, config.predictor_layers
+            config.embed_dim,
+            action_dim,
+            config.predictor_hidden,
+            config.predictor_layers,
+            tuple(config.dose_actions),
         )
         self.readout = Readout(config.embed_dim, observed_dim, config.readout_hidden)
         if config.ensemble_size > 1:
@@ -187,6 +228,7 @@ class JEPA(nn.Module):
                         action_dim,
                         config.predictor_hidden,
                         config.predictor_layers,
+                        tuple(config.dose_actions),
                     )
                     for _ in range(config.ensemble_size - 1)
                 ]

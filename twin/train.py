@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from .gains import effect_pairs, with_sign_penalty
 from .model import JEPA
 from .progress import TrainingDisplay, budget_note
 from .simc import with_simc_gains
-from .spec import ProcessSpec
+from .spec import ActuatorKind, ProcessSpec
 from .time_scales import with_log_horizon
 from .train_eval import build_goal_bank, evaluate
 from .train_guard import RATE_CUT, DivergenceGuard
@@ -120,6 +120,10 @@ def train_twin(
     # what the log tells that a tag file need not: the plan's horizon, a PI pairing's gains
     spec = with_simc_gains(with_log_horizon(spec, df), df)
     data = WindowDataset(df, spec, cfg.model.window, cfg.rollout_steps)
+    doses = tuple(
+        i for i, name in enumerate(data.layout.actions) if spec.tag(name).kind is ActuatorKind.DOSE
+    )
+    cfg = replace(cfg, model=replace(cfg.model, dose_actions=doses))
     train_idx, hold_idx = data.split(cfg.holdout_fraction)
     model = JEPA(
         cfg.model, data.layout.feature_dim, len(data.layout.actions), len(data.layout.observed)

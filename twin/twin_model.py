@@ -110,6 +110,7 @@ class Twin:
         together in numpy: one batched product per layer and step instead of a torch
         module call per member, layer and step (about 5x less time for 3 members)."""
         layers = self._stacked_members()
+        gains = self._member_gains()
         u = np.asarray(actions, dtype=float)
         z = np.repeat(np.asarray(z0, dtype=float)[None, :], layers[0][0].shape[0], axis=0)
         out = np.empty((z.shape[0], u.shape[0], z.shape[1]))
@@ -119,9 +120,18 @@ class Twin:
                 x = np.einsum("moi,mi->mo", weight, x) + bias
                 if tanh:
                     x = np.tanh(x)
+            if gains is not None:
+                x = x + gains @ u[k]
             z = z + x
             out[:, k] = z
         return out
+
+    def _member_gains(self) -> np.ndarray | None:
+        """(M, D, A): each member's linear action path, or None for predictors without."""
+        gains = [m.action_matrix() for m in self.model.members()]
+        if any(g is None for g in gains):
+            return None
+        return np.stack([g.double().numpy() for g in gains])
 
     def _stacked_members(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         """(weights (M, out, in), biases (M, out), tanh after?) per layer; rebuilt only when

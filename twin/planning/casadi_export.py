@@ -48,6 +48,12 @@ def mlp_with_jacobian(module: torch.nn.Sequential, x: ca.MX) -> tuple[ca.MX, ca.
     return x, ca.MX(jac)
 
 
+def action_gain(twin: Twin) -> np.ndarray | None:
+    """The planning predictor's linear action path B (D, A) in float64, if it has one."""
+    gain = twin.model.predictor.action_matrix()
+    return None if gain is None else gain.double().numpy()
+
+
 def casadi_dynamics(twin: Twin, symbol: type = ca.SX) -> tuple[ca.Function, ca.Function]:
     """(z, u) -> z_next and z -> readout, as CasADi functions equal to the torch modules.
 
@@ -57,6 +63,9 @@ def casadi_dynamics(twin: Twin, symbol: type = ca.SX) -> tuple[ca.Function, ca.F
     d, a = twin.config.embed_dim, len(twin.layout.actions)
     z, u = symbol.sym("z", d), symbol.sym("u", a)
     z_next = z + torch_mlp_to_casadi(twin.model.predictor.net, ca.vertcat(z, u))
+    gain = action_gain(twin)
+    if gain is not None:
+        z_next = z_next + ca.mtimes(symbol(gain), u)
     readout_net = twin.model.readout.net
     readout_seq = (
         readout_net
@@ -75,11 +84,12 @@ class CasadiLinearisation:
         self.d, self.a = twin.config.embed_dim, len(twin.layout.actions)
         z, u = ca.MX.sym("z", self.d), ca.MX.sym("u", self.a)
         step, step_jac = mlp_with_jacobian(twin.model.predictor.net, ca.vertcat(z, u))
-        z_next = z + step
+        z_next, u_jac = z + step, step_jac[:, self.d :]
+        gain = action_gain(twin)
+        if gain is not None:
+            z_next, u_jac = z_next + ca.mtimes(ca.MX(gain), u), u_jac + ca.MX(gain)
         stage = ca.Function(
-            "stage",
-            [z, u],
-            [z_next, ca.DM.eye(self.d) + step_jac[:, : self.d], step_jac[:, self.d :]],
+            "stage", [z, u], [z_next, ca.DM.eye(self.d) + step_jac[:, : self.d], u_jac]
         )
         readout = twin.model.readout.net
         y, y_jac = mlp_with_jacobian(

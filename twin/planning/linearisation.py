@@ -77,9 +77,11 @@ class NumpyLinearisation:
         readout: torch.nn.Module,
         embed_dim: int,
         limit_rows: list[int],
+        action_gain: np.ndarray | None = None,
     ) -> None:
         self.d = embed_dim
         self.predictor = mlp_layers(predictor)
+        self.action_gain = action_gain  # B (D, A) of a linear action path, added to each step
         readout_layers = mlp_layers(readout)
         w, b = readout_layers[-1]
         # only the limited sensors' rows are ever read out while planning
@@ -96,6 +98,8 @@ class NumpyLinearisation:
             step, acts = _forward(self.predictor, np.concatenate([z, U[:, k]]))
             for store, a in zip(hidden, acts, strict=True):
                 store.append(a)
+            if self.action_gain is not None:
+                step = step + self.action_gain @ U[:, k]
             z = Z[k] = z + step
         return Z, hidden
 
@@ -122,6 +126,8 @@ class NumpyLinearisation:
         jac = _jacobians(self.predictor, [np.asarray(h) for h in hidden], horizon)
         A = jac[:, :, :d] + np.eye(d)
         B = np.ascontiguousarray(jac[:, :, d:])
+        if self.action_gain is not None:
+            B += self.action_gain
         Y, sensor_hidden = self._sensors(Z)
         if self.n_lim:
             C = _jacobians(self.readout, sensor_hidden, horizon)

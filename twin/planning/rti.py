@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..twin_model import Twin
-from .casadi_export import CasadiLinearisation
+from .casadi_export import CasadiLinearisation, action_gain
 from .constraints import Constraints, project_moves
 from .cost import PlanningCost
 from .dense_qp import CasadiQPSolver, DAQPSolver, QPSolution, QPSolver
@@ -72,7 +72,7 @@ class RTIPlanner:
         rows = self.limits.limit_rows.tolist()
         if linearisation == "numpy":
             self._model: NumpyLinearisation | CasadiLinearisation = NumpyLinearisation(
-                twin.model.predictor.net, twin.model.readout.net, self.d, rows
+                twin.model.predictor.net, twin.model.readout.net, self.d, rows, action_gain(twin)
             )
         else:
             self._model = CasadiLinearisation(twin, self.settings.horizon, rows, compile)
