@@ -24,14 +24,15 @@ def test_a_tag_file_without_control_settings_tracks_its_setpoints() -> None:
 def test_built_in_processes_override_only_what_they_measured() -> None:
     """The CSTR and the turbofan run on the default tracking weight and the log's horizon
     (the CSTR with its heavier move weight, the turbofan with its smaller limit margin);
-    glucose and the Tennessee Eastman keep the weight and the horizon their committed
-    figures were measured with."""
+    glucose keeps the tracking weight its committed figures were measured with and takes
+    the log's horizon; the Tennessee Eastman keeps both."""
     for spec in (cstr.SPEC, turbofan.SPEC):
         assert spec.control.tracking_weight == TRACKING_WEIGHT
         assert not {"tracking_weight", "horizon"} & spec.control.model_fields_set
-    for spec in (tennessee_eastman.SPEC, glucose.SPEC):
-        assert spec.control.tracking_weight == 0.0
-        assert spec.control.horizon == 20
+    assert glucose.SPEC.control.tracking_weight == 0.0
+    assert "horizon" not in glucose.SPEC.control.model_fields_set
+    assert tennessee_eastman.SPEC.control.tracking_weight == 0.0
+    assert tennessee_eastman.SPEC.control.horizon == 20
 
 
 class _MetricRecorder:
