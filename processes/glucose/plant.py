@@ -121,10 +121,12 @@ def spec_for(patient: str = DEFAULT_PATIENT) -> ProcessSpec:
         # Kept by measurement (docs/benchmarks.md, "Glucose: the settings it keeps"; the
         # three benchmark twins, seeds 7-19): the hybrid policy (the wizard's boluses, no
         # data envelope) against the default one took children from 49.7 to 87.6 % TIR;
-        # the embedding distance (tracking weight 0) against the default 150 kept adults
-        # at 98.8 % TIR where it gave 95.4-96.0 %. The horizon is the log's (60 samples,
-        # as long as insulin acts): with the twin that adds the bolus linearly, a pinned
-        # 20 left the adult 2.5 % of the day below 54 mg/dL, the log's none.
+        # the embedding distance (tracking weight 0): the default 150 doubled the child's
+        # time below 54 mg/dL (1.21 against 0.62 %, twins with the bolus path, the log's
+        # horizon) and cost the hidden-meal adult 1.9 points of TIR. The horizon is the
+        # log's (60 samples, as long as insulin acts): with the twin that adds the bolus
+        # linearly, a pinned 20 left the adult 2.5 % of the day below 54 mg/dL, the log's
+        # none.
         control=ControlWeights(policy="hybrid", baseline_actuators=("bolus",), tracking_weight=0.0),
         # insulin lowers glucose; IOB counts the insulin delivered
         effects=tuple(
