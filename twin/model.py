@@ -1,7 +1,8 @@
 """The JEPA world model: context encoder, action-conditioned predictor, readout heads.
 
     z_t      = encoder(window of past sensors + actions, with missing samples masked)
-    z_{t+1}  = z_t + predictor([z_t, u_t])          (prediction in embedding space)
+    z_{t+1}  = z_t + predictor([z_t, u_t]) + B u_dose   (prediction in embedding space;
+               B: a linear path for the actions the spec declares doses)
     y_t      = readout(z_t)                          (sensors, normalised units)
 
 Training (see `twin.train`) matches rolled-out predictions to the encoder's embeddings of
@@ -134,7 +135,7 @@ def _relative_window(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Predictor(nn.Module):
-    """Residual tanh MLP: (z, u) -> next z."""
+    """Residual tanh MLP, plus a linear path for dose actions: (z, u) -> next z."""
 
     def __init__(
         self,
