@@ -579,18 +579,18 @@ def _limit_shift(controller: TwinController) -> np.ndarray:
 
 
 def _biased_run(
-    twin: Twin, offset_units: float, steps: int, **kwargs: float
+    twin: Twin, offset_units: float, steps: int, tag: str = "T", **kwargs: float
 ) -> tuple[TwinController, list[StepRecord]]:
-    """The plant measures what the twin forecast, `offset_units` error units higher on T."""
+    """The plant measures what the twin forecast, `offset_units` error units higher on `tag`."""
     controller = cold_controller(
         twin, StubPlanner("wild", value=0.0), cstr.pi_fallback(), guard_band=0.0, **kwargs
     )
-    offset = offset_units * controller.estimator.error_scale("T")
+    offset = offset_units * controller.estimator.error_scale(tag)
     plant, records = _plant_samples(1)[0], []
     for k in range(steps):
         meas = dict(plant, **controller.estimator.expected)
         if controller.estimator.expected:
-            meas["T"] += offset
+            meas[tag] += offset
         records.append(controller.step(6.0 * k, meas, {"T": 360.0}))
     return controller, records
 
@@ -646,6 +646,25 @@ def test_a_forecast_bias_beyond_its_limit_keeps_the_twin_out(
     assert all(r.status is StepStatus.FALLBACK for r in records[1:])
     assert "bias beyond" in next(
         e.message for e in records[-1].events if e.kind == "model_mismatch"
+    )
+
+
+def test_a_steady_bias_on_a_context_sensor_is_carried_not_judged(
+    twin: Twin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same steady miss beyond the bias limit on Ca, once Ca is neither controlled nor
+    limited: the plan does not answer to Ca, so its offset is carried and the twin earns
+    trust; on Ca with its low limit the twin stays out."""
+    monkeypatch.setattr("twin.supervisor.GUARD_LOOKAHEAD", 0)
+    tags = [t.model_copy(update={"low": None}) if t.name == "Ca" else t for t in twin.spec.tags]
+    context = dataclasses.replace(twin, spec=twin.spec.model_copy(update={"tags": tuple(tags)}))
+    controller, records = _biased_run(context, 1.5, 40, tag="Ca", trust_after_steps=3)
+    assert controller.estimator.forecast_bias["Ca"] > 1.2 * controller.estimator.error_scale("Ca")
+    assert all(r.status is StepStatus.OK for r in records[-10:])
+    _, limited = _biased_run(twin, 1.5, 40, tag="Ca", trust_after_steps=3)
+    assert all(r.status is StepStatus.FALLBACK for r in limited[1:])
+    assert "bias beyond" in next(
+        e.message for e in limited[-1].events if e.kind == "model_mismatch"
     )
 
 
