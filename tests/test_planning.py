@@ -16,6 +16,7 @@ from twin_fixtures import tiny_twin, with_control
 
 from processes import cstr
 from twin.data import Normalizer
+from twin.goals import GoalIntegrator
 from twin.model import JEPA, JEPAConfig
 from twin.planning import (
     PLANNER_NAMES,
@@ -756,3 +757,31 @@ def test_the_goal_is_a_steady_state_at_the_setpoint_before_the_conditions(twin: 
     assert staged.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(1.0)
     alike = with_control(staged, setpoint_priority=1.0)
     assert alike.goal_embedding({"T": target}, {"Tf": feed})[0] == pytest.approx(0.5)
+
+
+def test_the_goal_is_the_cheapest_steady_state_near_the_setpoint(twin: Twin) -> None:
+    """With Ca declared an economic sensor to maximise (`control.economic`), the goal is
+    picked from the bank states near the temperature setpoint that hold the most Ca: 0.3
+    std off the setpoint for 2 std more Ca (inside the give), not 1.2 std off for 4 std
+    more (beyond it: worse than the states at the setpoint); without the declaration the
+    states at the setpoint win."""
+    d, observed = twin.config.embed_dim, twin.layout.observed
+    t_col, ca_col = observed.index("T"), observed.index("Ca")
+    target = 365.0
+    rows = np.zeros((24, len(observed)))
+    rows[:, t_col] = twin.normalise_sensor("T", target)
+    rows[8:16, t_col] += 0.3
+    rows[8:16, ca_col] = 2.0
+    rows[16:, t_col] += 1.2
+    rows[16:, ca_col] = 4.0
+    embeddings = np.zeros((24, d))
+    embeddings[:8, 0], embeddings[8:16, 0], embeddings[16:, 0] = 1.0, 2.0, 3.0
+    bank = GoalBank(
+        torch.tensor(embeddings, dtype=torch.float32),
+        torch.tensor(rows, dtype=torch.float32),
+        torch.zeros(24),
+    )
+    staged = Twin(twin.spec, twin.config, twin.norm, twin.model, bank, twin.metrics)
+    assert GoalIntegrator(staged, 0.0, 0.0).goal_for({"T": target}, {})[0] == pytest.approx(1.0)
+    priced = with_control(staged, economic={"Ca": "maximise"})
+    assert GoalIntegrator(priced, 0.0, 0.0).goal_for({"T": target}, {})[0] == pytest.approx(2.0)

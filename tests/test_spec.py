@@ -270,6 +270,21 @@ def test_baseline_actuators_must_leave_the_twin_an_actuator(names: list[str], wo
         ProcessSpec.from_dict(data, source="plant.yaml")
 
 
+@pytest.mark.parametrize(
+    ("economic", "words"),
+    [
+        ({"Tc": "minimise"}, "control.economic: 'Tc' is not a sensor tag"),
+        ({"Tx": "maximise"}, "control.economic: 'Tx' is not a sensor tag"),
+        ({"T": "lower"}, "control.economic"),
+    ],
+)
+def test_economic_directions_name_sensors_and_a_direction(economic: dict, words: str) -> None:
+    data = cstr_spec_dict()
+    data["control"]["economic"] = economic
+    with pytest.raises(SpecError, match=words):
+        ProcessSpec.from_dict(data, source="plant.yaml")
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_control_weights_survive_a_file_round_trip(tmp_path: Path, suffix: str) -> None:
     data = cstr_spec_dict()
@@ -278,3 +293,6 @@ def test_control_weights_survive_a_file_round_trip(tmp_path: Path, suffix: str) 
     ProcessSpec.from_dict(data).save(path)
     assert ProcessSpec.load(path).control.tracking_weight == 7.5
     assert ProcessSpec.load(path).control.limit_margin == 0.1
+    data["control"]["economic"] = {"Ca": "maximise"}
+    ProcessSpec.from_dict(data).save(path)
+    assert ProcessSpec.load(path).control.economic == {"Ca": "maximise"}

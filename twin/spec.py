@@ -164,6 +164,9 @@ class ProcessSpec(BaseModel):
         for name in self.control.baseline_actuators:
             if roles.get(name) is not TagRole.ACTUATOR:
                 raise ValueError(f"control.baseline_actuators: '{name}' is not an actuator tag")
+        for name in self.control.economic:
+            if roles.get(name) is not TagRole.SENSOR:
+                raise ValueError(f"control.economic: '{name}' is not a sensor tag")
         if set(self.control.baseline_actuators) >= {t.name for t in self.actuators}:
             raise ValueError(
                 "control.baseline_actuators lists every actuator: the twin would have none to plan"

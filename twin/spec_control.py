@@ -5,7 +5,7 @@ back on) and the plain PI loops of a tag file's baseline (`PILoop`)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -113,7 +113,13 @@ class ControlWeights(BaseModel):
     rest: the twin plans around their moves (this one, then back to the tag's nominal)
     and its own on them never go out (a hybrid closed loop, where a log cannot tell an
     actuator's effect from the event that moved it). Without a baseline configured the
-    twin drives them too."""
+    twin drives them too.
+
+    `economic`: sensor -> minimise / maximise, what the plant's operation costs or earns
+    (steam, compressor power, purge losses). The steady-state target the plan tracks is
+    then the cheapest the goal bank holds near the setpoints (`twin.goals`), as an APC's
+    steady-state optimiser picks its targets; the setpoints keep their priority, and the
+    offset-free estimate closes what the target gives up on them. None by default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,6 +133,9 @@ class ControlWeights(BaseModel):
     setpoint_priority: float = Field(default=SETPOINT_PRIORITY, ge=1, allow_inf_nan=False)
     forecast_bias_gain: float = Field(default=FORECAST_BIAS_GAIN, ge=0, le=1, allow_inf_nan=False)
     baseline_actuators: tuple[str, ...] = ()
+    economic: dict[str, Literal["minimise", "maximise"]] = Field(
+        default_factory=dict, description="sensor -> minimise/maximise: the plant's economics"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,10 @@ class Twin:
         return float(self.norm.normalise(np.array([value]), (tag,))[0])
 
     def goal_embedding(
-        self, setpoints: dict[str, float], conditions: dict[str, float] | None = None
+        self,
+        setpoints: dict[str, float],
+        conditions: dict[str, float] | None = None,
+        economic: Mapping[str, float] | None = None,
     ) -> np.ndarray:
         """Setpoints in engineering units -> goal embedding.
 
@@ -173,7 +177,8 @@ class Twin:
         present ones: a state the plant has really been in, not an invented one. A miss of
         the setpoints and the window's unsteadiness weigh `control.setpoint_priority`
         times a miss
-        of the conditions.
+        of the conditions. `economic`: sensor -> cost per training std of its value, added
+        to each state's score (the cheaper of the states near the setpoints win).
         """
         if not setpoints:
             raise InvalidInput("at least one setpoint is needed")
@@ -200,6 +205,8 @@ class Twin:
         miss = (observed - torch.tensor(targets, dtype=observed.dtype)) ** 2
         distance = (miss * torch.tensor(weights, dtype=observed.dtype)).sum(dim=1)
         score = distance + priority * 0.5 * self.bank.unsteadiness
+        for tag, weight in (economic or {}).items():
+            score = score + weight * self.bank.observed[:, self.layout.observed.index(tag)]
         k = min(self.goal_neighbours, len(score))
         nearest = torch.topk(score, k, largest=False).indices
         return self.bank.embeddings[nearest].mean(dim=0).numpy().astype(float)
