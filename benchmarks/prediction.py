@@ -154,7 +154,18 @@ class JEPAForecaster(Forecaster):
             z = model.ensemble_rollout(z0, actions).mean(dim=0)
         else:
             z = model.predictor_rollout(z0, actions, self.member)
-        return model.readout(z).numpy()
+        return self.carried(model.readout(z).numpy(), model.readout(z0).numpy(), windows)
+
+    def carried(
+        self, forecast: np.ndarray, present: np.ndarray, windows: torch.Tensor
+    ) -> np.ndarray:
+        """The present readout miss carried over the steps as the twin's training measured
+        (`Twin.carried`, here in normalised units: the carry is a ratio)."""
+        factors = self.twin.carry_factors(forecast.shape[1])
+        o, f = factors.shape[1], windows.shape[-1] // 2
+        last = windows[:, -1].numpy()
+        miss = np.where(last[:, f : f + o] > 0.5, last[:, :o] - present, 0.0)
+        return forecast + factors[None] * miss[:, None]
 
 
 def jepa_config(process: str, budget: Budget, **changes: Any) -> TrainConfig:

@@ -127,8 +127,11 @@ def open_loop(
         rows = torch.tensor(starts[b : b + BATCH])
         windows = windows_all[rows.unsqueeze(-1) + torch.arange(-window + 1, 1)]
         actions = actions_all[rows.unsqueeze(-1) + torch.arange(horizon)]
-        z = twin.model.predictor.rollout(twin.model.encode(windows), actions).numpy()
-        for tag, values in twin.readout(z).items():
+        z0 = twin.model.encode(windows)
+        z = twin.model.predictor.rollout(z0, actions).numpy()
+        present = twin.readout(z0.numpy())
+        miss = {tag: df[tag].to_numpy(dtype=float)[rows.numpy()] - present[tag] for tag in sensors}
+        for tag, values in twin.carried(twin.readout(z), miss).items():
             predicted[tag][b : b + BATCH] = values
     return _open_loop_result(twin, df, ts, starts, predicted, horizon)
 

@@ -35,7 +35,7 @@ from .progress import TrainingDisplay, budget_note
 from .simc import with_simc_gains
 from .spec import ActuatorKind, ProcessSpec
 from .time_scales import with_log_horizon
-from .train_eval import build_goal_bank, evaluate
+from .train_eval import build_goal_bank, evaluate, readout_carry
 from .train_guard import RATE_CUT, DivergenceGuard
 from .train_loss import COLLAPSE_METHODS, TrainConfig, batch_loss, uses_ema
 from .twin_model import Twin
@@ -228,6 +228,7 @@ def train_twin(
         "windows": len(data),
         "history": history_dicts,
         "rollbacks": guard.rollbacks,
+        "readout_carry": readout_carry(model, df, data, int(data.starts[hold_idx[0]])),
     }
     if note:
         metrics["budget_note"] = note

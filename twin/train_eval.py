@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .data import WindowDataset
@@ -14,6 +15,10 @@ from .twin_model import GoalBank
 
 BANK_SIZE = 4000
 NORMAL_Q99 = 2.5758
+CARRY_STEPS = 64
+"""Forecast steps over which training measures how long a readout miss lasts (the longest
+derived plan is 60 samples; later steps keep the last step's carry)."""
+CARRY_WINDOWS = 2048
 """The 99th percentile of |x| for a unit normal: a tail quantile over this is the std a
 normal error with that tail would have."""
 
@@ -83,3 +88,40 @@ def build_goal_bank(model: JEPA, data: WindowDataset, seed: int) -> GoalBank:
     sensor_values = windows[:, :, :n_sensors]
     unsteadiness = sensor_values.std(dim=1).sum(dim=1)
     return GoalBank(embeddings, data.obs[rows], unsteadiness, data.actions[rows])
+
+
+@torch.no_grad()
+def readout_carry(
+    model: JEPA, df: pd.DataFrame, data: WindowDataset, first_held_out: int
+) -> dict[str, list[float]]:
+    """Per sensor, per forecast step k = 1..`CARRY_STEPS`: how much of the twin's present
+    readout miss e_0 (measured minus the readout of the present embedding) is still in its
+    k-step forecast miss e_k on the held-out end of the log, as the least-squares factor
+    cov(e_k, e_0) / var(e_0), clipped to [0, 1]. A forecast adds carry_k e_0
+    (`Twin.carried`): a miss the readout makes steadily (a sampled analyser held between its
+    updates, a slow bias) is not made again at every step, and noise is not carried. Empty
+    when the held-out end is too short for the steps."""
+    try:
+        long = WindowDataset(df, data.spec, data.window, CARRY_STEPS, data.norm)
+    except ValueError:
+        return {}
+    rows = long.starts[long.starts >= first_held_out]
+    if len(rows) < 100:
+        return {}
+    rows = rows[:: max(1, len(rows) // CARRY_WINDOWS)]
+    steps = rows.unsqueeze(1) + torch.arange(CARRY_STEPS + 1)
+    z0 = torch.cat([model.encode(c) for c in long.windows_at(rows).split(1024)])
+    read = model.readout(model.predictor.rollout(z0, long.actions[steps[:, :-1]]))
+    present = model.readout(z0)
+    obs, seen = long.obs[steps], long.obs_mask[steps] > 0.5
+    miss0 = torch.where(seen[:, 0], obs[:, 0] - present, 0.0)
+    both = seen[:, 1:] & seen[:, :1]
+    miss = torch.where(both, obs[:, 1:] - read, 0.0)
+    together = (miss * miss0.unsqueeze(1)).sum(0) / both.sum(0).clamp_min(1)
+    spread = (miss0**2).sum(0) / seen[:, 0].sum(0).clamp_min(1)
+    carry = (together / spread.clamp_min(1e-12)).clamp(0.0, 1.0)  # (K, O)
+    return {
+        tag: [round(float(v), 4) for v in carry[:, i]]
+        for i, tag in enumerate(data.layout.observed)
+        if tag in data.layout.sensors
+    }

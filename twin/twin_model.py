@@ -83,6 +83,34 @@ class Twin:
             if tag in self.layout.sensors
         }
 
+    def carry_factors(self, steps: int) -> np.ndarray:
+        """(steps, O): per forecast step and observed tag, the share of the present readout
+        miss still in the forecast's miss, as training measured it on held-out data
+        (`twin.train_eval.readout_carry`; later steps keep the last one). Zeros for a twin
+        trained before, and for tags that are not sensors."""
+        carry = self.metrics.get("readout_carry") or {}
+        out = np.zeros((steps, len(self.layout.observed)))
+        for i, tag in enumerate(self.layout.observed):
+            factors = carry.get(tag)
+            if factors:
+                out[:, i] = (list(factors[:steps]) + [factors[-1]] * steps)[:steps]
+        return out
+
+    def carried(
+        self, forecasts: Mapping[str, np.ndarray], present_miss: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Forecasts (tag: (N, H), engineering units) plus each sensor's present readout miss
+        (tag: (N,), measured minus the readout of the present embedding; NaN: not measured)
+        times its carry at each step (`carry_factors`)."""
+        out = dict(forecasts)
+        for tag, values in forecasts.items():
+            miss = present_miss.get(tag)
+            if miss is None:
+                continue
+            factors = self.carry_factors(values.shape[-1])[:, self.layout.observed.index(tag)]
+            out[tag] = values + factors * np.nan_to_num(np.asarray(miss, dtype=float))[..., None]
+        return out
+
     def readout_jacobian(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
         """(len(tags), D): each sensor's readout (training stds) per unit of embedding at z."""
         rows = [self.layout.observed.index(tag) for tag in tags]
