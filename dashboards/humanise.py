@@ -51,7 +51,7 @@ KNOWN = {
     "fallbacks": ("fallback steps", ""),
     "steps": ("steps", ""),
 }
-HIDDEN = {"history"}  # shown as curves, never as a cell
+HIDDEN = {"history", "readout_carry"}  # curves and per-step tables, never a cell
 
 
 @dataclass(frozen=True)
