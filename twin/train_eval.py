@@ -15,12 +15,12 @@ from .twin_model import GoalBank
 
 BANK_SIZE = 4000
 NORMAL_Q99 = 2.5758
+"""The 99th percentile of |x| for a unit normal: a tail quantile over this is the std a
+normal error with that tail would have."""
 CARRY_STEPS = 64
 """Forecast steps over which training measures how long a readout miss lasts (the longest
 derived plan is 60 samples; later steps keep the last step's carry)."""
-CARRY_WINDOWS = 2048
-"""The 99th percentile of |x| for a unit normal: a tail quantile over this is the std a
-normal error with that tail would have."""
+CARRY_WINDOWS = 2048  # held-out starts the carry is measured on, at most
 
 
 @torch.no_grad()
@@ -97,7 +97,7 @@ def readout_carry(
     """Per sensor, per forecast step k = 1..`CARRY_STEPS`: how much of the twin's present
     readout miss e_0 (measured minus the readout of the present embedding) is still in its
     k-step forecast miss e_k on the held-out end of the log, as the least-squares factor
-    cov(e_k, e_0) / var(e_0), clipped to [0, 1]. A forecast adds carry_k e_0
+    E[e_k e_0] / E[e_0^2], clipped to [0, 1]. A forecast adds carry_k e_0
     (`Twin.carried`): a miss the readout makes steadily (a sampled analyser held between its
     updates, a slow bias) is not made again at every step, and noise is not carried. Empty
     when the held-out end is too short for the steps."""

@@ -103,12 +103,15 @@ class Twin:
         (tag: (N,), measured minus the readout of the present embedding; NaN: not measured)
         times its carry at each step (`carry_factors`)."""
         out = dict(forecasts)
+        if not forecasts:
+            return out
+        factors = self.carry_factors(next(iter(forecasts.values())).shape[-1])
         for tag, values in forecasts.items():
             miss = present_miss.get(tag)
             if miss is None:
                 continue
-            factors = self.carry_factors(values.shape[-1])[:, self.layout.observed.index(tag)]
-            out[tag] = values + factors * np.nan_to_num(np.asarray(miss, dtype=float))[..., None]
+            carry = factors[:, self.layout.observed.index(tag)]
+            out[tag] = values + carry * np.nan_to_num(np.asarray(miss, dtype=float))[..., None]
         return out
 
     def readout_jacobian(self, z: np.ndarray, tags: list[str]) -> np.ndarray:
