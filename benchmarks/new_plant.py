@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from api.services.loops import default_controller_factory
-from benchmarks.zoo import PLANTS, OracleNmpc, Plant
+from benchmarks.zoo import HELD_OUT, PLANTS, OracleNmpc, Plant
 from processes import train_config_for
 from twin.baseline import spec_fallback
 from twin.logs import read_log
@@ -48,6 +48,7 @@ from twin.spec import ProcessSpec
 from twin.train import train_twin
 
 RESULTS = Path(__file__).parent / "results" / "new_plant.json"
+ALL_PLANTS = {**PLANTS, **HELD_OUT}
 TARGETS = {
     "cost_vs_pi": 0.8,
     "cost_vs_oracle": 1.3,
@@ -173,12 +174,13 @@ def from_files(tags: Path, log: Path) -> tuple[ProcessSpec, Any]:
 def bench_plant(
     name: str, noise_seeds: list[int], train_seeds: list[int], budget_s: float, folder: Path
 ) -> dict[str, Any]:
-    plant = PLANTS[name]()
+    plant = ALL_PLANTS[name]()
     tags, log = plant.export(folder / name, seed=7)
     spec, df = from_files(tags, log)
     result: dict[str, Any] = {
         "plant": name,
         "description": plant.description,
+        "held_out": name in HELD_OUT,
         "log_rows": len(df),
         "pi": [
             {"sensor": p.sensor, "actuator": p.actuator, "kp": p.kp, "ti_s": p.ti_s}
@@ -298,7 +300,7 @@ def combine(paths: list[Path], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plants", nargs="*", default=list(PLANTS), choices=list(PLANTS))
+    parser.add_argument("--plants", nargs="*", default=list(ALL_PLANTS), choices=list(ALL_PLANTS))
     parser.add_argument(
         "--quick",
         action="store_true",

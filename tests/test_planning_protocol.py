@@ -106,7 +106,7 @@ def test_the_three_forms_of_the_objective_agree(twin: Twin, metric: bool, side: 
 
 def test_the_move_least_squares_is_the_move_term(twin: Twin) -> None:
     lim = Constraints.from_twin(twin, 0.25)
-    cost = PlanningCost(0.7, 1e4, lim)
+    cost = PlanningCost(0.7, 1e4, lim, lim.rate)
     u_prev = np.array([0.2])
     U = np.random.default_rng(0).uniform(-1, 1, (HORIZON, 1))
     M, c = cost.move_least_squares(HORIZON), cost.move_offset(u_prev, HORIZON)

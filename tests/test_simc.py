@@ -145,3 +145,24 @@ def test_a_log_without_the_actuators_effect_is_refused() -> None:
     df["P"] = 50.0  # never moved: nothing to identify
     with pytest.raises(Exception, match="no effect of 'P' on 'T'|cannot tune"):
         identify_fopdt(df, ProcessSpec.from_dict(TAGS), "T", "P")
+
+
+def test_a_loop_takes_over_from_another_controller_without_a_kick() -> None:
+    """Velocity form: a loop whose actuator another controller moved since its last call
+    starts afresh (integral only), not with kp times an error change it did not see; its
+    own moves, cut to the rate limit as the safety clip would, are still its own."""
+    spec = ProcessSpec.from_dict(
+        {**TAGS, "baseline": [{"sensor": "T", "actuator": "P", "kp": 2.0, "ti_s": 10.0 * DT}]}
+    )
+    loop = spec_fallback(spec)
+    assert loop is not None
+    first = loop({"T": 39.0}, {"T": 40.0}, {"P": 50.0, "F": 5.0})["P"]
+    assert first == pytest.approx(50.0 + 2.0 * 0.1 * 1.0)  # integral only at the start
+    own = loop({"T": 38.0}, {"T": 40.0}, {"P": first, "F": 5.0})["P"]
+    assert own == pytest.approx(first + 2.0 * (2.0 - 1.0) + 2.0 * 0.1 * 2.0)
+    # the twin moved P to 60 kW meanwhile, and T fell 3 degC: no 2 * 3 kW kick
+    taken = loop({"T": 35.0}, {"T": 40.0}, {"P": 60.0, "F": 5.0})["P"]
+    assert taken == pytest.approx(60.0 + 2.0 * 0.1 * 5.0)
+    # a step past the rate limit (5 kW/s) is asked as the clip would leave it
+    fast = loop({"T": 20.0}, {"T": 40.0}, {"P": taken, "F": 5.0})["P"]
+    assert fast == pytest.approx(taken + 5.0 * DT)

@@ -13,20 +13,26 @@ import pytest
 # the zoo lives with the benchmarks, which are run from the repository root, not installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.new_plant import from_files, pi_decider, run_episode, score  # noqa: E402
-from benchmarks.zoo import PLANTS, Plant  # noqa: E402
+from benchmarks.new_plant import (  # noqa: E402
+    ALL_PLANTS,
+    from_files,
+    pi_decider,
+    run_episode,
+    score,
+)
+from benchmarks.zoo import Plant  # noqa: E402
 from twin.data import check_log  # noqa: E402
 from twin.logs import read_log  # noqa: E402
 from twin.spec import ProcessSpec  # noqa: E402
 
 
 def short(name: str, samples: int) -> Plant:
-    plant = PLANTS[name]()
+    plant = ALL_PLANTS[name]()
     plant.log_samples = samples
     return plant
 
 
-@pytest.mark.parametrize("name", sorted(PLANTS))
+@pytest.mark.parametrize("name", sorted(ALL_PLANTS))
 def test_export_round_trips_through_the_spec_and_log_checks(name: str, tmp_path: Path) -> None:
     plant = short(name, 300)
     tags, log = plant.export(tmp_path, seed=1)
@@ -46,7 +52,7 @@ def test_export_round_trips_through_the_spec_and_log_checks(name: str, tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(PLANTS))
+@pytest.mark.parametrize("name", sorted(ALL_PLANTS))
 def test_simc_pi_from_the_log_holds_the_plant(name: str, tmp_path: Path) -> None:
     plant = short(name, 2500)
     spec, _ = from_files(*plant.export(tmp_path, seed=3))

@@ -25,6 +25,7 @@ from .operator import Mode, OperatorSettings
 from .planning import Planner, PlannerSettings, PlanningProblem, PlanResult, make_planner
 from .records import EventKind, Plan, SafetyEvent, StepRecord, StepStatus
 from .safety import Fallback, Protection, SafetyLayer, sensor_margins
+from .spec import ActuatorKind
 from .supervisor import (
     DISAGREEMENT_TRIP,
     ENVELOPE_MARGIN,
@@ -42,6 +43,8 @@ coolant 3 K off a steady state at its first sample and took 15 samples to come b
 16.6); acting after 8 samples gave 15.5, after the full 16 gave 14.8. Until then the
 baseline acts, or the actuators hold. A loop primed from stored history (`prime`) is warm
 at once."""
+AT_BOUND = 1e-3
+"""Share of an actuator's range within which it counts as at a bound, or as cut."""
 
 Moves = dict[str, float]
 Values = Mapping[str, float | None]
@@ -124,6 +127,7 @@ class TwinController:
         self.estimator.reset()
         self.goals.reset()
         self.applied: Moves = dict(applied or self.safety.initial())
+        self.held_back = False
         self.step_index = 0
         getattr(self.planner, "reset", lambda: None)()  # a planner may keep a warm start
 
@@ -177,6 +181,7 @@ class TwinController:
         proposal = self.operator.fixed(proposal, previous, self.spec)
         safe = self.safety.enforce(proposal, previous, elapsed)
         self.applied = safe.actuators
+        self.held_back = self._held_back(status, result, safe.actuators, baseline)
         est.forecast(z0, safe.actuators)
         record = StepRecord(
             step=self.step_index,
@@ -201,7 +206,9 @@ class TwinController:
         return PlanningProblem(
             z0,
             self.twin.normalise_actions(np.array([baseline.previous[a] for a in actions])),
-            self.goals.goal_for(self.operator.tracked(setpoints, measurements), measurements),
+            self.goals.goal_for(
+                self.operator.tracked(setpoints, measurements), measurements, not self.held_back
+            ),
             metric=self.goals.metric,
             limit_shift=self.estimator.limit_shift(self.supervisor.limited),
             pinned=self.operator.pinned(
@@ -209,6 +216,36 @@ class TwinController:
             ),
             economic=self.operator.economic_weights(self.twin, z0, self.tracking_weight),
         )
+
+    def _held_back(
+        self,
+        status: StepStatus,
+        result: PlanResult | None,
+        applied: Mapping[str, float],
+        baseline: BaselineMove,
+    ) -> bool:
+        """Whether the moves were not free to close a setpoint miss: an actuator the plan
+        moves sits at a bound, or the plan's move was cut on its way out (data envelope,
+        the plant's protection, a bound). The offset estimate then holds (conditional
+        integration, the anti-windup of a PI): integrated on, it wound up to its limit on
+        the held-out Shell fractionator while the envelope held the side draw, and the
+        loop swung (docs/benchmarks.md)."""
+        first = (
+            self.twin.denormalise_actions(result.actions[0])
+            if status is StepStatus.OK and result is not None
+            else None
+        )
+        for i, name in enumerate(self.twin.layout.actions):
+            tag = self.spec.tag(name)
+            if name in baseline.driven_names or tag.kind is ActuatorKind.DOSE:
+                continue
+            assert tag.low is not None and tag.high is not None
+            span, value = tag.high - tag.low, float(applied[name])
+            if min(value - tag.low, tag.high - value) <= AT_BOUND * span:
+                return True
+            if first is not None and abs(value - float(first[i])) > AT_BOUND * span:
+                return True
+        return False
 
     def set_operator(self, settings: OperatorSettings) -> None:
         """The operator's settings from the next step on; back to `on`, the planner starts

@@ -79,10 +79,14 @@ class GoalIntegrator:
         self._offset_map: np.ndarray | None = None
 
     def goal_for(
-        self, setpoints: Mapping[str, float], measurements: Mapping[str, float | None]
+        self,
+        setpoints: Mapping[str, float],
+        measurements: Mapping[str, float | None],
+        integrate: bool = True,
     ) -> np.ndarray:
         """The target embedding of this sample (the disturbance estimate moves on by one
-        sample first)."""
+        sample first, unless `integrate` is off: the moves were not free to close the
+        miss, see `TwinController._held_back`)."""
         # disturbances are rounded so the goal moves only when conditions really change
         conditions = {}
         for tag in self.spec.disturbances:
@@ -106,7 +110,8 @@ class GoalIntegrator:
                 tag: disturbance_gain(response, self.offset_gain)
                 for tag, response in responses.items()
             }
-        self._estimate(setpoints, measurements)
+        if integrate:
+            self._estimate(setpoints, measurements)
         if not self.offset_gain:
             return self.goal
         shift = -np.array([self.disturbance.get(t, 0.0) for t in self._tags])

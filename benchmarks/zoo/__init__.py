@@ -3,6 +3,15 @@ files a plant engineer has: a historian CSV log and a tag file (`Plant.export`).
 
 from .base import Actuator, Plant, PlantState, Segment, Sensor
 from .oracle import OracleNmpc
-from .plants import PLANTS
+from .plants import HELD_OUT, PLANTS
 
-__all__ = ["PLANTS", "Actuator", "OracleNmpc", "Plant", "PlantState", "Segment", "Sensor"]
+__all__ = [
+    "HELD_OUT",
+    "PLANTS",
+    "Actuator",
+    "OracleNmpc",
+    "Plant",
+    "PlantState",
+    "Segment",
+    "Sensor",
+]

@@ -4,17 +4,19 @@ In normalised units, for moves u_1..u_H from the last applied u_0 and the twin's
 embeddings z_1..z_H with their limited-sensor readouts y_k:
 
     J = sum_k w_k |W (z_k - z_goal)|^2                    tracking (W: the problem's metric)
-      + move_weight * sum_k |(u_k - u_{k-1}) / rate|^2   move suppression
+      + move_weight * sum_k |(u_k - u_{k-1}) / scale|^2    move suppression
       + slack_weight * sum_k w_k * sum_j s_kj              sensor-limit slack, s >= 0 with
                                                             low_j - s <= y_kj <= high_j + s
       + sum_k (e_u . u_k + w_k e_z . z_k)                  the operator's economic push, with
                                                             e = [e_u; e_z] the problem's
                                                             `economic` (absent: zero)
 
-w_k = 1 for a sample-by-sample plan; the hierarchical planner's coarse level scores block
-ends that each stand for `k` samples (w = k). At the optimum each slack is the violation
-max(0, y - high, low - y), which is how the sampling planners and the real-time iteration's
-line search read it.
+`scale` is each actuator's move counted as one: its rate limit, or less where the twin's
+own step response says a move that large shifts a controlled sensor by more than
+`MOVE_EFFECT` training stds (`twin.response.move_scales`). w_k = 1 for a sample-by-sample
+plan; the hierarchical planner's coarse level scores block ends that each stand for `k`
+samples (w = k). At the optimum each slack is the violation max(0, y - high, low - y),
+which is how the sampling planners and the real-time iteration's line search read it.
 
 The same definition is written three times, side by side here, for the three kinds of
 numbers the planners compute with: CasADi expressions (the NLP planners build their
@@ -26,6 +28,7 @@ level). tests/test_planning.py checks that the three agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import casadi as ca
 import numpy as np
@@ -86,10 +89,14 @@ class PlanningCost:
     move_weight: float
     slack_weight: float
     limits: Constraints
+    move_scale: np.ndarray  # (A,) normalised, the move counted as one
 
     @classmethod
     def of(cls, settings: PlannerSettings, limits: Constraints) -> PlanningCost:
-        return cls(settings.move_weight, settings.slack_weight, limits)
+        scale = limits.rate if settings.move_scale is None else np.array(settings.move_scale)
+        if scale.shape != limits.rate.shape:
+            raise ValueError(f"move scale of {scale.shape} for {limits.rate.shape} actuators")
+        return cls(settings.move_weight, settings.slack_weight, limits, scale)
 
     # -- CasADi: one stage's terms, for the NLP planners --------------------------------
     @staticmethod
@@ -99,7 +106,7 @@ class PlanningCost:
         return ca.sumsqr(metric @ (z - z_goal))
 
     def casadi_move(self, u: ca.SX | ca.MX, before: ca.SX | ca.MX) -> ca.SX | ca.MX:
-        return self.move_weight * ca.sumsqr((u - before) / ca.DM(self.limits.rate))
+        return self.move_weight * ca.sumsqr((u - before) / ca.DM(self.move_scale))
 
     def casadi_slack(self, slack: ca.SX | ca.MX) -> ca.SX | ca.MX:
         return self.slack_weight * ca.sum1(slack)
@@ -137,7 +144,7 @@ class PlanningCost:
         """J for moves U (H, A), embeddings Z (D, H) and limited readouts Y (L, H), each
         slack at its optimum (the violation)."""
         lim = self.limits
-        moves = np.diff(np.vstack([problem.u_prev, U]), axis=0) / lim.rate
+        moves = np.diff(np.vstack([problem.u_prev, U]), axis=0) / self.move_scale
         cost = float((problem.weighted(Z - problem.z_goal[:, None]) ** 2).sum())
         cost += self.move_weight * float((moves**2).sum())
         if len(lim.limit_rows):
@@ -152,19 +159,24 @@ class PlanningCost:
     def move_least_squares(self, horizon: int) -> np.ndarray:
         """M (A*H, A*H) with the move term = |M vec(U) - c|^2 (U stage-major; c from
         `move_offset`)."""
-        a = len(self.limits.rate)
+        a = len(self.move_scale)
         n_u = a * horizon
         difference = np.eye(n_u) - np.eye(n_u, k=-a)  # rows u_k - u_{k-1}
-        return np.sqrt(self.move_weight) * difference / np.tile(self.limits.rate, horizon)[:, None]
+        return np.sqrt(self.move_weight) * difference / np.tile(self.move_scale, horizon)[:, None]
 
     def move_offset(self, u_prev: np.ndarray, horizon: int) -> np.ndarray:
         """c of `move_least_squares`: the first move is taken from u_prev."""
-        a = len(self.limits.rate)
+        a = len(self.move_scale)
         c = np.zeros(a * horizon)
-        c[:a] = np.sqrt(self.move_weight) * u_prev / self.limits.rate
+        c[:a] = np.sqrt(self.move_weight) * u_prev / self.move_scale
         return c
 
     # -- torch float32, batched: the sampling planners and the coarse level ----------------
+    @cached_property
+    def _move_share(self) -> torch.Tensor:
+        """The move scale as a share of the rate limit (made once per planner)."""
+        return torch.as_tensor(self.move_scale / self.limits.rate)
+
     def torch(
         self,
         u: torch.Tensor,
@@ -175,10 +187,12 @@ class PlanningCost:
         stage_weight: float = 1.0,
     ) -> torch.Tensor:
         """J per sample for moves u (S, H, A), embeddings z (S, H, D) and limited readouts
-        y (S, H, L) (None without limited sensors); `rate` the rate limits as a tensor."""
+        y (S, H, L) (None without limited sensors); `rate` the rate limits as a tensor (a
+        coarse level's, stretched), which the move scale shrinks as it does the limits'."""
         cost = stage_weight * weighted_distance(z, problem.z_goal, problem.metric).sum(dim=1)
         du = torch.diff(torch.cat([problem.u_prev.expand(u.shape[0], 1, -1), u], dim=1), dim=1)
-        cost = cost + self.move_weight * ((du / rate) ** 2).sum(dim=(1, 2))
+        scale = rate * self._move_share.to(rate.dtype)
+        cost = cost + self.move_weight * ((du / scale) ** 2).sum(dim=(1, 2))
         if y is not None:
             violation = torch.clamp_min(torch.maximum(y - problem.y_high, problem.y_low - y), 0.0)
             cost = cost + self.slack_weight * stage_weight * violation.sum(dim=(1, 2))

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..response import move_scales
 from ..twin_model import Twin
 from .constraints import Constraints
 
@@ -26,16 +27,23 @@ class PlannerSettings:
     limit_margin: float = 0.25  # back-off from sensor limits, normalised units (model error)
     deadline_ms: float = 1000.0
     max_iterations: int = 60
+    # per actuator, the move (normalised units per sample) the move penalty counts as one;
+    # None: the rate limits (`twin.response.move_scales`)
+    move_scale: tuple[float, ...] | None = None
 
     @classmethod
     def for_twin(cls, twin: Twin) -> PlannerSettings:
         """The defaults, with the horizon, move weight and limit margin of the twin's
-        process spec (training sets the horizon from the log, `twin.time_scales`)."""
+        process spec (training sets the horizon from the log, `twin.time_scales`) and the
+        move scales of its own step response (`twin.response.move_scales`)."""
         control = twin.spec.control
+        horizon = control.horizon or cls.horizon
+        scales = move_scales(twin, horizon)
         return cls(
-            horizon=control.horizon or cls.horizon,
+            horizon=horizon,
             move_weight=control.move_weight,
             limit_margin=control.limit_margin,
+            move_scale=None if scales is None else tuple(map(float, scales)),
         )
 
 
