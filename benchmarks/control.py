@@ -291,6 +291,13 @@ def main() -> None:
         help="'default' (the module's BENCHMARK_CASES) or 'all' (ALL_CASES)",
     )
     parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="run only the cases whose description contains one of these, e.g. adolescent#007",
+    )
+    parser.add_argument(
         "--episode-arg",
         action="append",
         default=[],
@@ -313,6 +320,10 @@ def main() -> None:
         if args.cases == "all" and hasattr(module, "ALL_CASES")
         else benchmark_cases(module)
     )
+    if args.only:
+        cases = [c for c in cases if any(text in json.dumps(c) for text in args.only)]
+        if not cases:
+            parser.error(f"no case matches {args.only}")
     for item in args.episode_arg:
         key, _, value = item.partition("=")
         for case in cases:

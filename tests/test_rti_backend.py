@@ -188,6 +188,29 @@ def test_daqp_reports_an_infeasible_qp() -> None:
     assert DAQPSolver().solve(**qp) is None
 
 
+def test_daqp_retries_a_cycling_active_set_with_proximal_iterations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A solve that cycles (DAQP exit flag -2, as on ill-conditioned Hessians) is tried
+    once more with proximal regularisation, which solves the same QP."""
+    import twin.planning.dense_qp as dense_qp
+
+    qp = _random_qp(2)
+    exact = DAQPSolver().solve(**qp)
+    solve, calls = dense_qp.daqp.solve, []
+
+    def cycling_unless_proximal(*args: object, **kwargs: object) -> tuple:
+        calls.append(kwargs.get("eps_prox"))
+        x, fval, flag, info = solve(*args, **kwargs)
+        return (x, fval, flag if "eps_prox" in kwargs else -2, info)
+
+    monkeypatch.setattr(dense_qp.daqp, "solve", cycling_unless_proximal)
+    solution = DAQPSolver().solve(**qp)
+    assert calls == [None, dense_qp.PROXIMAL]
+    assert solution is not None and exact is not None
+    np.testing.assert_allclose(solution.x, exact.x, atol=1e-6)
+
+
 def test_daqp_holds_equal_bounds_exactly() -> None:
     qp = _random_qp(1)
     qp["lbx"][3] = qp["ubx"][3] = 0.123

@@ -16,13 +16,18 @@ DAQP through CasADi) for comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import casadi as ca
 import daqp
 import numpy as np
 
 INFINITY = 1e30  # DAQP's own bound for "no bound"
+PROXIMAL = 1e-8
+"""DAQP's proximal regularisation, tried when the plain solve fails: its active set cycled
+(exit flag -2) on 22 QPs of a turbofan episode once moves were counted by the twin's step
+response (Hessian condition number about 1e7); proximal-point iterations solve the same
+QP, and solved all 22."""
 EQUALITY = 5  # DAQP's sense flag for a constraint held with equality (IMMUTABLE + ACTIVE)
 
 
@@ -87,9 +92,11 @@ class DAQPSolver:
             and bool(np.all(np.isfinite(start)))
             and bool(np.any(start))
         )
-        attempts = [start, None] if usable else [None]
-        for dual_start in attempts:
-            extra = {} if dual_start is None else {"dual_start": np.asarray(dual_start, float)}
+        attempts: list[dict[str, Any]] = (
+            [{"dual_start": np.asarray(start, float)}] if usable else []
+        )
+        attempts += [{}, {"eps_prox": PROXIMAL}]
+        for extra in attempts:
             x, _, flag, info = daqp.solve(*args, iter_limit=self.iteration_limit, **extra)
             if flag > 0 and np.all(np.isfinite(x)):
                 return QPSolution(np.asarray(x), np.asarray(info["lam"]), int(info["iterations"]))
