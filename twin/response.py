@@ -87,11 +87,11 @@ def move_scales(twin: Twin, horizon: int) -> np.ndarray | None:
     limits (no controlled sensor, or a checkpoint whose goal bank keeps no actions)."""
     spec, layout, norm = twin.spec, twin.layout, twin.norm
     controlled = [t.name for t in spec.controlled]
+    if not controlled:
+        return None
     try:
         z, held = start_states(twin, count=1)
     except ValueError:
-        return None
-    if not controlled:
         return None
     acts = [spec.tag(a) for a in layout.actions]
     std_u = np.array([norm.std[norm.index(a)] for a in layout.actions])
