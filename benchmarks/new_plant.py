@@ -70,12 +70,15 @@ class Episode:
 
 def run_episode(plant: Plant, decide: Any, noise_seed: int) -> Episode:
     """`decide(k, time_s, measured, setpoints, state) -> (actuators, status)`; the plant
-    applies the actuators after bounds and rate limits."""
+    applies the actuators after bounds and rate limits. The measured disturbances follow
+    the episode's segments (`state.disturbance`, seen by every controller)."""
     rng = np.random.default_rng(1000 + noise_seed)
     state = plant.start()
     controlled = [s.name for s in plant.sensors if s.controlled]
     outputs, wanted, statuses, step_ms = [], [], [], []
-    for k, setpoints in enumerate(plant.setpoint_schedule()):
+    schedule = zip(plant.setpoint_schedule(), plant.disturbance_schedule(), strict=True)
+    for k, (setpoints, disturbance) in enumerate(schedule):
+        state.disturbance = disturbance
         true = plant.measure(state)
         measured = true + rng.normal(0.0, plant.noise_std())
         started = time.perf_counter()
@@ -94,6 +97,7 @@ def twin_decider(plant: Plant, checkpoint: bytes) -> Any:
     checkpoint bytes, stepped once per sample."""
     controller = default_controller_factory(checkpoint, PLANNER)
     sensors, actuators = [s.name for s in plant.sensors], [a.name for a in plant.actuators]
+    disturbances = [d.name for d in plant.disturbances]
 
     def decide(
         k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float], state: Any
@@ -101,6 +105,7 @@ def twin_decider(plant: Plant, checkpoint: bytes) -> Any:
         measurements: dict[str, float | None] = dict(
             zip(sensors, map(float, measured), strict=True)
         )
+        measurements.update(zip(disturbances, map(float, state.disturbance), strict=True))
         # the plant reports what is applied (valve positions), as a loop client may
         measurements.update(zip(actuators, map(float, state.history[-1]), strict=True))
         record = controller.step(time_s, measurements, setpoints)

@@ -68,3 +68,29 @@ def test_simc_pi_from_the_log_holds_the_plant(name: str, tmp_path: Path) -> None
     # pH loop, tuned at the log's median pH, is slowest where the buffer flattens the
     # titration curve)
     assert result["offset_noise_stds"] < 5.0, result["offsets_by_segment"]
+
+
+def test_measured_disturbances_reach_the_tags_the_log_and_the_plant(tmp_path: Path) -> None:
+    plant = short("mixing_tank", 600)
+    assert plant.disturbances, "the mixing tank is the zoo's plant with measured disturbances"
+    tags, log = plant.export(tmp_path, seed=1)
+    spec, df = ProcessSpec.load(tags), read_log(log)
+    check_log(df, spec)
+    names = [d.name for d in plant.disturbances]
+    assert [t.name for t in spec.disturbances] == names
+    for d in plant.disturbances:  # stepped at random within the band around nominal
+        column = df[d.name].to_numpy()
+        assert column.std() > 0 and np.all(np.abs(column - d.nominal) <= d.band + 1e-9)
+    # the episode's segments set them, and the plant answers: the demand valve's step
+    # drains the tank while the valves are held
+    schedule = plant.disturbance_schedule()
+    assert len(schedule) == len(plant.setpoint_schedule())
+    opened = next(k for k, d in enumerate(schedule) if d[names.index("demand_valve")] > 50.0)
+    hold = plant.nominal_u
+    levels, state = [], plant.start()
+    for k in range(opened + 30):
+        state.disturbance = schedule[k]
+        state = plant.advance(state, hold)
+        levels.append(plant.measure(state)[0])
+    assert levels[opened - 1] == pytest.approx(0.5, abs=1e-6)  # steady before the step
+    assert levels[-1] < levels[opened - 1] - 0.01

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 from scipy.signal import lfilter
+from scipy.special import expit
 
 from .data import timestamps_s
 from .errors import InvalidInput
@@ -215,7 +216,7 @@ def _simulate(
 
 
 def _lag(raw: np.ndarray) -> np.ndarray:
-    return LAG_LIMIT / (1.0 + np.exp(-raw))  # in (0, LAG_LIMIT)
+    return LAG_LIMIT * expit(raw)  # in (0, LAG_LIMIT), no overflow for a large raw
 
 
 def _output_error_fit(

@@ -42,15 +42,28 @@ class Actuator:
 
 
 @dataclass(frozen=True)
+class Disturbance:
+    """A measured disturbance (a tag of role disturbance): the log steps it at random
+    within `band` of its nominal value; the episode's segments may set it."""
+
+    name: str
+    unit: str
+    nominal: float
+    band: float
+
+
+@dataclass(frozen=True)
 class Segment:
     samples: int
     setpoints: dict[str, float]
+    disturbances: dict[str, float] = field(default_factory=dict)  # others: nominal
 
 
 @dataclass
 class Plant:
     """A simulator from the literature. `rhs(x, v)` is dx/dt (per second) with v the
-    delayed channel inputs; `outputs(x)` the sensor values, CasADi-expressible."""
+    delayed channel inputs followed by the measured disturbances; `outputs(x)` the sensor
+    values, CasADi-expressible."""
 
     name: str
     description: str
@@ -75,6 +88,7 @@ class Plant:
     # an outer feedback loop running while the log is recorded (an integrating level
     # cannot be logged open loop: it would drain); None: open-loop excitation
     logging_loop: Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray] | None = None
+    disturbances: tuple[Disturbance, ...] = ()
     _step: ca.Function | None = field(default=None, repr=False)
     _out: ca.Function | None = field(default=None, repr=False)
 
@@ -91,7 +105,7 @@ class Plant:
         """x_{k+1} = F(x_k, v_k): RK4 over one sample, inputs held."""
         if self._step is None:
             x = ca.MX.sym("x", len(self.x0))
-            v = ca.MX.sym("v", len(self.channels))
+            v = ca.MX.sym("v", len(self.channels) + len(self.disturbances))
             h = self.sample_period_s / self.substeps
             xn = x
             for _ in range(self.substeps):
@@ -108,6 +122,10 @@ class Plant:
         self.step_function()
         assert self._out is not None
         return self._out
+
+    @property
+    def nominal_disturbances(self) -> np.ndarray:
+        return np.array([d.nominal for d in self.disturbances])
 
     def channel_inputs(self, history: np.ndarray) -> np.ndarray:
         """v_k from the actuators' history (row -1: applied now, row -1-d: d samples ago)."""
@@ -126,6 +144,10 @@ class Plant:
             if s.controlled:
                 tag["controlled"] = True
             tags.append(tag)
+        for d in self.disturbances:
+            tags.append(
+                {"name": d.name, "role": "disturbance", "unit": d.unit, "nominal": d.nominal}
+            )
         for a in self.actuators:
             tags.append(
                 {
@@ -157,13 +179,14 @@ class Plant:
     # -- simulation ----------------------------------------------------------------------
     def start(self) -> PlantState:
         history = np.tile(self.nominal_u, (self.max_delay + 1, 1))
-        return PlantState(self.x0.copy(), history)
+        return PlantState(self.x0.copy(), history, self.nominal_disturbances)
 
     def advance(self, state: PlantState, applied: np.ndarray) -> PlantState:
-        """Apply `applied` for one sample from `state`."""
+        """Apply `applied` for one sample from `state`, the disturbances held."""
         history = np.vstack([state.history[1:], applied])
-        x = np.asarray(self.step_function()(state.x, self.channel_inputs(history))).ravel()
-        return PlantState(x, history)
+        inputs = np.concatenate([self.channel_inputs(history), state.disturbance])
+        x = np.asarray(self.step_function()(state.x, inputs)).ravel()
+        return PlantState(x, history, state.disturbance)
 
     def measure(self, state: PlantState) -> np.ndarray:
         return np.asarray(self.output_function()(state.x)).ravel()
@@ -184,13 +207,19 @@ class Plant:
         state = self.start()
         targets = self.nominal_u.copy()
         holds = np.zeros(len(self.actuators))
+        disturbance_holds = np.zeros(len(self.disturbances))
         applied = self.nominal_u.copy()
         rows = []
         noise = self.noise_std()
         for k in range(self.log_samples):
+            for i, d in enumerate(self.disturbances):
+                disturbance_holds[i] -= self.sample_period_s
+                if disturbance_holds[i] <= 0:
+                    disturbance_holds[i] = rng.uniform(*self.excitation_hold_s)
+                    state.disturbance[i] = d.nominal + rng.uniform(-d.band, d.band)
             true = self.measure(state)
             measured = true + rng.normal(0.0, noise)
-            rows.append([k * self.sample_period_s, *measured, *applied])
+            rows.append([k * self.sample_period_s, *measured, *state.disturbance, *applied])
             for j, a in enumerate(self.actuators):
                 holds[j] -= self.sample_period_s
                 if holds[j] <= 0:
@@ -202,7 +231,12 @@ class Plant:
                 wanted = self.logging_loop(measured, targets, rng)
             applied = self.clip(wanted, applied)
             state = self.advance(state, applied)
-        columns = ["time_s", *(s.name for s in self.sensors), *(a.name for a in self.actuators)]
+        columns = [
+            "time_s",
+            *(s.name for s in self.sensors),
+            *(d.name for d in self.disturbances),
+            *(a.name for a in self.actuators),
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     def export(self, folder: Path, seed: int) -> tuple[Path, Path]:
@@ -218,6 +252,13 @@ class Plant:
     def setpoint_schedule(self) -> list[dict[str, float]]:
         return [dict(seg.setpoints) for seg in self.episode for _ in range(seg.samples)]
 
+    def disturbance_schedule(self) -> list[np.ndarray]:
+        values = [
+            np.array([seg.disturbances.get(d.name, d.nominal) for d in self.disturbances])
+            for seg in self.episode
+        ]
+        return [values[i] for i, seg in enumerate(self.episode) for _ in range(seg.samples)]
+
     def segment_bounds(self) -> list[tuple[int, int]]:
         bounds, start = [], 0
         for seg in self.episode:
@@ -230,3 +271,4 @@ class Plant:
 class PlantState:
     x: np.ndarray
     history: np.ndarray  # (max_delay + 1, actuators), last row applied most recently
+    disturbance: np.ndarray  # the measured disturbances now, held over the next sample

@@ -1,7 +1,8 @@
 """The oracle: an NMPC on a zoo plant's true equations, seeing its true state (the
-continuous state and the actuators' recent history), held to the same actuator bounds
-and rate limits as every other controller. It knows today's setpoints, not the future
-schedule: it is the limit of a controller that plans with a perfect model.
+continuous state and the actuators' recent history) and the measured disturbances now,
+held to the same actuator bounds and rate limits as every other controller. It knows
+today's setpoints, not the future schedule: it is the limit of a controller that plans
+with a perfect model.
 
 Single shooting with CasADi's Opti and IPOPT (exact Hessian, warm-started from the
 previous plan shifted by one sample). Stage cost, per controlled sensor c:
@@ -40,6 +41,8 @@ class OracleNmpc:
         x0 = opti.parameter(len(plant.x0))
         history = opti.parameter(d_max + 1, nu)  # rows oldest..newest; last: applied now
         setpoint = opti.parameter(len(self.controlled))
+        # the measured disturbances now, held over the plan
+        disturbance = opti.parameter(len(plant.disturbances)) if plant.disturbances else None
         step, names = plant.step_function(), [s.name for s in plant.sensors]
         index = [names.index(c) for c in self.controlled]
         spans = plant.spans(self.controlled)
@@ -59,6 +62,8 @@ class OracleNmpc:
             for j, d in plant.channels:
                 # input applied at sample k - d: a decision if k >= d, else history
                 channels.append(u[j, k - d] if k >= d else history[d_max - (d - k), j])
+            if disturbance is not None:
+                channels.append(disturbance)
             x = step(x, ca.vertcat(*channels))
             if plant.output_residual is None:
                 y = plant.output_function()(x)
@@ -91,6 +96,7 @@ class OracleNmpc:
         )
         self.opti, self.u, self.slack = opti, u, slack
         self.x0, self.history, self.setpoint = x0, history, setpoint
+        self.disturbance = disturbance
 
     def reset(self) -> None:
         self._guess = None
@@ -101,6 +107,8 @@ class OracleNmpc:
         opti.set_value(self.x0, state.x)
         opti.set_value(self.history, state.history)
         opti.set_value(self.setpoint, [setpoints[c] for c in self.controlled])
+        if self.disturbance is not None:
+            opti.set_value(self.disturbance, state.disturbance)
         applied = state.history[-1]
         if self._guess is None:
             self._guess = np.tile(applied[:, None], (1, self.horizon))
