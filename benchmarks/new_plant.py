@@ -129,6 +129,12 @@ def pi_decider(plant: Plant, spec: ProcessSpec) -> Any:
     return decide
 
 
+def hold_decider(
+    k: int, time_s: float, measured: np.ndarray, setpoints: dict[str, float], state: Any
+) -> tuple[np.ndarray, str]:
+    return state.history[-1], "hold"
+
+
 def oracle_decider(plant: Plant) -> Any:
     controlled = [s.name for s in plant.sensors if s.controlled]
     oracle = OracleNmpc(plant, controlled)
@@ -195,6 +201,9 @@ def bench_plant(
     print(f"[{name}] SIMC PI: {result['pi']}", flush=True)
     oracle = score(plant, run_episode(plant, oracle_decider(plant), noise_seed=0))
     print(f"[{name}] oracle cost {oracle['cost']:.4g}", flush=True)
+    # the valves held where they are: a PI that costs more than this is no baseline
+    hold = score(plant, run_episode(plant, hold_decider, noise_seed=0))
+    result["hold_cost"] = hold["cost"]
     pi_runs = [score(plant, run_episode(plant, pi_decider(plant, spec), s)) for s in noise_seeds]
     twin_runs = []
     for train_seed in train_seeds:
@@ -239,6 +248,7 @@ def bench_plant(
             "cost_vs_pi": twin_cost / pi_cost,
             "cost_vs_oracle": twin_cost / oracle["cost"],
             "pi_vs_oracle": pi_cost / oracle["cost"],
+            "pi_vs_hold": pi_cost / result["hold_cost"],
             "violations": int(sum(r["violations"] for r in twin_runs)),
             "pi_violations": int(sum(r["violations"] for r in pi_runs)),
             "fallback_share": float(np.mean([r["fallback_share"] for r in twin_runs])),
@@ -264,20 +274,22 @@ def met(summary: dict[str, float]) -> dict[str, bool]:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| plant | twin/PI (<= 0.8) | twin/oracle (<= 1.3) | PI/oracle | violations twin "
+        "| plant | twin/PI (<= 0.8) | twin/oracle (<= 1.3) | PI/oracle | PI/hold | violations twin "
         "(PI) | fallback share (<= 5 %) | offset, noise sd (<= 2; PI) | training s "
         "(<= 300) |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in results:
         s, m = r["summary"], r["met"]
 
         def mark(ok: bool) -> str:
             return "met" if ok else "NOT met"
 
+        pi_vs_hold = f"{s['pi_vs_hold']:.2f}" if "pi_vs_hold" in s else "-"  # older runs
         lines.append(
             f"| {r['plant']} | {s['cost_vs_pi']:.2f} {mark(m['cost_vs_pi'])} "
             f"| {s['cost_vs_oracle']:.2f} {mark(m['cost_vs_oracle'])} | {s['pi_vs_oracle']:.2f} "
+            f"| {pi_vs_hold} "
             f"| {s['violations']} ({s['pi_violations']}) {mark(m['violations'])} "
             f"| {100 * s['fallback_share']:.1f} % {mark(m['fallback_share'])} "
             f"| {s['offset_noise_stds']:.2f} ({s['pi_offset_noise_stds']:.2f}) "

@@ -25,6 +25,7 @@ from .operator import Mode, OperatorSettings
 from .planning import Planner, PlannerSettings, PlanningProblem, PlanResult, make_planner
 from .records import EventKind, Plan, SafetyEvent, StepRecord, StepStatus
 from .safety import Fallback, Protection, SafetyLayer, sensor_margins
+from .setpoint_watch import SetpointWatch
 from .spec import ActuatorKind
 from .supervisor import (
     DISAGREEMENT_TRIP,
@@ -102,6 +103,11 @@ class TwinController:
             self.spec.control.tracking_weight if tracking_weight is None else float(tracking_weight)
         )
         self.goals = GoalIntegrator(twin, self.tracking_weight, offset_gain)
+        controlled = [t.name for t in self.spec.sensors if t.controlled]
+        self.watch = SetpointWatch(
+            {t: float(twin.norm.std[twin.norm.index(t)]) for t in controlled},
+            self.planner.settings.horizon,
+        )
         window = twin.config.window
         self.warmup_samples = (
             window if warmup_samples is None else min(max(int(warmup_samples), 0), window)
@@ -126,6 +132,7 @@ class TwinController:
     def reset(self, applied: Mapping[str, float] | None = None) -> None:
         self.estimator.reset()
         self.goals.reset()
+        self.watch.reset()
         self.applied: Moves = dict(applied or self.safety.initial())
         self.held_back = False
         self.step_index = 0
@@ -173,8 +180,11 @@ class TwinController:
                 events += [event] if event else []
             else:
                 problem = self._problem(z0, measurements, setpoints, baseline)
+                missed = self.watch.observe(
+                    self.operator.tracked(setpoints, measurements), measurements
+                )
                 status, proposal, result, spread = self._act(
-                    problem, guard, mismatch, baseline, events
+                    problem, guard, mismatch, baseline, events, missed
                 )
             proposal, cut = sup.protected(measurements, proposal, previous, baseline.hold())
             events += cut
@@ -261,9 +271,11 @@ class TwinController:
         mismatch: str | None,
         baseline: BaselineMove,
         events: list[SafetyEvent],
+        missed: str | None = None,
     ) -> tuple[StepStatus, Moves, PlanResult | None, dict[str, list[float]]]:
         """Plan; the move that goes out, and whose (the plan's, or the baseline's when the
-        plan fails or a guard trips), with the plan and its spread."""
+        plan fails, a guard trips or the setpoint watch has set the twin aside), with the
+        plan and its spread."""
         z0 = problem.z0
         result, kind, why = call_planner(self.planner, problem)
         spread: dict[str, list[float]] = {}
@@ -283,6 +295,10 @@ class TwinController:
             events += found
             if handed is not None:
                 proposal, planned = handed, None
+        if missed and planned is not None and baseline.fallback is not None:
+            proposal, event = baseline.instead(EventKind.SETPOINT_MISSED, missed)
+            events.append(event)
+            planned = None
         status = StepStatus.OK if planned is not None else StepStatus.FALLBACK
         if planned is not None:  # the twin's own move goes out: keep it in the envelope
             proposal, cut = self.supervisor.within_envelope(z0, proposal, baseline.previous)

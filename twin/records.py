@@ -39,6 +39,7 @@ class EventKind(StrEnum):
     INVALID_PLAN = "invalid_plan"
     LIMIT_GUARD = "limit_guard"
     MODEL_MISMATCH = "model_mismatch"
+    SETPOINT_MISSED = "setpoint_missed"  # twin.setpoint_watch
     # what cut a move that went out
     DATA_ENVELOPE = "data_envelope"
     LIMIT_PROTECTION = "limit_protection"
@@ -53,6 +54,7 @@ FALLBACK_REASONS = (
     EventKind.INVALID_PLAN,
     EventKind.LIMIT_GUARD,
     EventKind.MODEL_MISMATCH,
+    EventKind.SETPOINT_MISSED,
 )
 """The event kinds the controller records when the baseline (or a hold) replaces the plan."""
 
