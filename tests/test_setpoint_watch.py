@@ -5,6 +5,7 @@ once the baseline has settled the plant."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from processes import cstr
 from twin.planning import PlannerSettings
 from twin.records import EventKind, StepStatus
 from twin.setpoint_watch import CLEAR_BAND, MISS_TRIP, SetpointWatch
+from twin.spec_control import PILoop
 from twin.twin_model import Twin
 
 HORIZON = 8  # the controller's plan, samples: its watch's settle time
@@ -58,6 +60,12 @@ def twin() -> Twin:
     return tiny_twin()[0]
 
 
+def _with_loop(twin: Twin) -> Twin:
+    """The twin under a spec whose baseline declares a PI loop on T (a tag file's pairing)."""
+    loops = [PILoop(sensor="T", actuator="Tc", kp=-1.0, ti_s=60.0)]
+    return dataclasses.replace(twin, spec=twin.spec.model_copy(update={"baseline": loops}))
+
+
 def _steps(twin: Twin, with_baseline: bool, samples: int) -> list:
     planner = GoalRecorder(settings=PlannerSettings(horizon=HORIZON))
     baseline = (lambda m, s, a: {"Tc": 301.0}) if with_baseline else None
@@ -76,11 +84,14 @@ def _steps(twin: Twin, with_baseline: bool, samples: int) -> list:
 
 def test_the_controller_hands_a_missed_setpoint_to_its_baseline(twin: Twin) -> None:
     samples = HORIZON + HORIZON // 2 + 3
-    records = _steps(twin, True, samples)
+    records = _steps(_with_loop(twin), True, samples)
     tripped = [r for r in records if r.status is StepStatus.FALLBACK]
     assert tripped and records[0].status is StepStatus.OK
     kinds = {e.kind for r in tripped for e in r.events}
     assert EventKind.SETPOINT_MISSED in kinds
     # without a baseline the twin keeps the loop: holding the actuators is no remedy
-    alone = _steps(twin, False, samples)
+    alone = _steps(_with_loop(twin), False, samples)
     assert all(r.status is StepStatus.OK for r in alone)
+    # nor is a baseline without a loop on the missed sensor (the glucose basal-bolus)
+    unregulated = _steps(twin, True, samples)
+    assert all(r.status is StepStatus.OK for r in unregulated)

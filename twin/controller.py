@@ -103,9 +103,15 @@ class TwinController:
             self.spec.control.tracking_weight if tracking_weight is None else float(tracking_weight)
         )
         self.goals = GoalIntegrator(twin, self.tracking_weight, offset_gain)
-        controlled = [t.name for t in self.spec.sensors if t.controlled]
+        # watched: the controlled sensors a PI loop of the spec's baseline regulates (a
+        # baseline that does not feed back on a sensor is no remedy for missing it)
+        regulated = {loop.sensor for loop in self.spec.baseline}
         self.watch = SetpointWatch(
-            {t: float(twin.norm.std[twin.norm.index(t)]) for t in controlled},
+            {
+                t.name: float(twin.norm.std[twin.norm.index(t.name)])
+                for t in self.spec.controlled
+                if t.name in regulated
+            },
             self.planner.settings.horizon,
         )
         window = twin.config.window
