@@ -32,9 +32,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-MISS_TRIP = 1.0
+MISS_TRIP = 0.5
 """Training stds of a controlled sensor: a mean miss this large, after the plan has had its
-horizon to answer a setpoint change, is a twin that cannot hold the plant there."""
+horizon to answer a setpoint change, is a twin that cannot hold the plant there; the
+offset estimate closes misses inside this band (`twin.goals.OFFSET_BAND`). On the mixing
+tank's failing twins (training seed 0, noise seed 0) 1.0 tripped 19-20 samples later than
+0.5: 0.0091 and 0.0032 against 0.0044 and 0.0019 (the PI: 0.0038 and 0.0019). On the other
+seven zoo plants neither tripped once (same seeds)."""
 CLEAR_BAND = 0.5
 """Training stds: the baseline has settled the plant when every miss stays inside this
 (the offset estimate's own band, `twin.goals.OFFSET_BAND`)."""
