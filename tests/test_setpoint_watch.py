@@ -95,3 +95,17 @@ def test_the_controller_hands_a_missed_setpoint_to_its_baseline(twin: Twin) -> N
     # nor is a baseline without a loop on the missed sensor (the glucose basal-bolus)
     unregulated = _steps(twin, True, samples)
     assert all(r.status is StepStatus.OK for r in unregulated)
+
+
+def test_a_baseline_that_misses_no_less_gives_the_loop_back() -> None:
+    watch = SetpointWatch({"y": 1.0}, SETTLE)
+    assert _feed(watch, [1.0] * (SETTLE + SETTLE // 2))[-1]  # tripped at 1.0 std
+    # the baseline does better, though not inside the band: it keeps the loop
+    assert all(_feed(watch, [0.8] * (2 * SETTLE)))
+    # then it misses by more than the twin did: the twin has the loop again
+    verdicts = _feed(watch, [1.2] * SETTLE)
+    released = verdicts.index(None)
+    assert released < SETTLE // 2 and not any(verdicts[released:])
+    # the twin keeps it, however it misses, until a setpoint moves
+    assert not any(_feed(watch, [2.5] * (3 * SETTLE)))
+    assert _feed(watch, [2.5] * (SETTLE + SETTLE // 2), setpoint=1.0)[-1]

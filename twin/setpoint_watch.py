@@ -20,9 +20,12 @@ sensor's mean miss over the last `settle // 2` samples exceeds `MISS_TRIP` train
 and is not shrinking (the later half of that window misses no less than the earlier: a
 twin already closing the miss, as after a meal, keeps the loop). It stays tripped, through
 setpoint changes too, until the baseline has held every miss inside `CLEAR_BAND` for
-`settle` samples. Released at the next setpoint change instead, the same twin failed again
-on the mixing tank's next segment before the watch could see it (its 1.5 horizons of
-grace after each change).
+`settle` samples, or, a horizon after the trip and after any setpoint change since, the
+baseline misses a setpoint by no less than the twin did (a PI worse than the twin, as the
+boiler-turbine's SIMC loops are, is no remedy either: the twin then keeps the loop until
+a setpoint moves). Released at the next setpoint
+change instead, the same twin failed again on the mixing tank's next segment before the
+watch could see it (its 1.5 horizons of grace after each change).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class SetpointWatch:
         self._setpoints: tuple | None = None
         self._misses: list[np.ndarray] = []  # since the last setpoint change, training stds
         self._settled = 0  # samples in a row with every miss inside CLEAR_BAND
+        self._since_trip = 0
+        self._trip_miss: np.ndarray | None = None  # the window's mean misses at the trip
+        self._idle = False  # the baseline proved no better: no trip until a setpoint moves
         self.reason: str | None = None
 
     def observe(
@@ -65,7 +71,7 @@ class SetpointWatch:
         tags = sorted(t for t in setpoints if t in self.stds)
         key = tuple((t, float(setpoints[t])) for t in tags)
         if key != self._setpoints:  # a transient the plan is given time for
-            self._setpoints, self._misses, self._settled = key, [], 0
+            self._setpoints, self._misses, self._settled, self._idle = key, [], 0, False
         miss = np.array(
             [
                 np.nan
@@ -79,11 +85,28 @@ class SetpointWatch:
             self._misses.pop(0)
         inside = bool(np.all(np.nan_to_num(np.abs(miss)) <= CLEAR_BAND))
         self._settled = self._settled + 1 if inside else 0
-        if self.reason is not None and self._settled >= self.settle:
-            self.reason = None
-        if self.reason is None and tags:
+        if self.reason is not None:
+            self._since_trip += 1
+            if self._settled >= self.settle:
+                self.reason = None
+            elif self._baseline_no_better():
+                self.reason, self._idle = None, True  # the twin's, until a setpoint moves
+        if self.reason is None and tags and not self._idle:
             self.reason = self._verdict(tags)
         return self.reason
+
+    def _baseline_no_better(self) -> bool:
+        """A horizon after the trip and after any setpoint change since, the baseline
+        misses by no less than the twin did when it tripped: it is no remedy either."""
+        window = self.settle // 2
+        if self._since_trip < self.settle or len(self._misses) < self.settle:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            now = np.nanmean(np.abs(np.array(self._misses[-window:])), axis=0)
+        if self._trip_miss is None or now.shape != self._trip_miss.shape:
+            return False
+        return bool(np.nanmax(now - self._trip_miss) >= 0.0)
 
     def _verdict(self, tags: list[str]) -> str | None:
         window = self.settle // 2
@@ -97,10 +120,11 @@ class SetpointWatch:
             later = np.nanmean(recent[window // 2 :], axis=0)
         for i, tag in enumerate(tags):
             if mean[i] > MISS_TRIP and later[i] >= earlier[i]:
-                self._settled = 0
+                self._settled, self._since_trip, self._trip_miss = 0, 0, mean
                 return (
                     f"setpoint missed: {tag} off its setpoint by {mean[i]:.2f} training std "
                     f"on average over the last {window} samples, not closing; the baseline "
-                    "holds the loop until the setpoints or the conditions change"
+                    f"holds the loop until it has kept every miss within {CLEAR_BAND} std "
+                    f"for {self.settle} samples"
                 )
         return None
