@@ -1,31 +1,23 @@
 """The setpoint watch: where the twin has shown it cannot hold its setpoints, the loop goes
-to the baseline (the classical loops the spec or the process provides) until the baseline
-has settled the plant.
+to the baseline's PI loops until they have settled the plant.
 
-The other guards judge the twin's forecasts and plans. This one judges the result: a twin
+The other guards judge the twin's forecasts and plans; this one judges the result. A twin
 whose one-step forecasts are fine can still be wrong about where its moves lead (a
 measured disturbance at the edge of its log), or be kept by the data envelope from the
-moves the setpoints need, and then hold the plant far from its setpoints for as long as
-nothing changes. On the held-out mixing tank, as first written (docs/benchmarks.md), the
-twin drifted 0.3 m and 10 degC off its setpoints after the demand valve opened, at 7.5 x
-the PI's cost.
+moves the setpoints need, and hold the plant far from its setpoints for as long as
+nothing changes (the held-out mixing tank: docs/benchmarks.md).
 
-It watches the controlled sensors that a PI loop of the spec's baseline regulates (a tag
-file's `baseline` pairing): a baseline without feedback on a sensor is no remedy for
-missing it. On the glucose benchmark, watching the CGM handed the basal-bolus baseline
-47 % of the samples and time in range with unannounced meals fell from 94.9 to 79.3 %.
-
-It trips when, at least `settle` samples after the last setpoint change, a controlled
-sensor's mean miss over the last `settle // 2` samples exceeds `MISS_TRIP` training stds
-and is not shrinking (the later half of that window misses no less than the earlier: a
-twin already closing the miss, as after a meal, keeps the loop). It stays tripped, through
-setpoint changes too, until the baseline has held every miss inside `CLEAR_BAND` for
-`settle` samples, or, a horizon after the trip and after any setpoint change since, the
-baseline misses a setpoint by no less than the twin did (a PI worse than the twin, as the
-boiler-turbine's SIMC loops are, is no remedy either: the twin then keeps the loop until
-a setpoint moves). Released at the next setpoint
-change instead, the same twin failed again on the mixing tank's next segment before the
-watch could see it (its 1.5 horizons of grace after each change).
+- Watched: the controlled sensors a PI loop of the spec's baseline regulates. A baseline
+  without feedback on a sensor is no remedy for missing it (watching the glucose CGM
+  handed basal-bolus half the samples and cost time in range).
+- Trip: at least `settle` samples after the last setpoint change, a sensor's mean miss
+  over the last `settle // 2` samples exceeds `MISS_TRIP` training stds and is not
+  shrinking (a twin already closing the miss, as after a meal, keeps the loop).
+- Release: the baseline has held every miss inside `CLEAR_BAND` for `settle` samples (a
+  setpoint change does not release: the same twin then failed again on the mixing tank's
+  next segment); or, a horizon after the trip and after any setpoint change since, the
+  baseline misses by no less than the twin did, and the twin keeps the loop until a
+  setpoint moves (no lock-in on a PI worse than the twin).
 """
 
 from __future__ import annotations
@@ -36,12 +28,10 @@ from collections.abc import Mapping
 import numpy as np
 
 MISS_TRIP = 0.5
-"""Training stds of a controlled sensor: a mean miss this large, after the plan has had its
-horizon to answer a setpoint change, is a twin that cannot hold the plant there; the
-offset estimate closes misses inside this band (`twin.goals.OFFSET_BAND`). On the mixing
-tank's failing twins (training seed 0, noise seed 0) 1.0 tripped 19-20 samples later than
-0.5: 0.0091 and 0.0032 against 0.0044 and 0.0019 (the PI: 0.0038 and 0.0016). On the other
-seven zoo plants neither tripped once (same seeds)."""
+"""Training stds: the offset estimate closes misses inside this band
+(`twin.goals.OFFSET_BAND`); a mean miss beyond it, a horizon after a setpoint change, is a
+twin that cannot hold the plant there. 1.0 tripped 20 samples later on the mixing tank's
+failing twins (docs/benchmarks.md)."""
 CLEAR_BAND = 0.5
 """Training stds: the baseline has settled the plant when every miss stays inside this
 (the offset estimate's own band, `twin.goals.OFFSET_BAND`)."""
